@@ -1,0 +1,391 @@
+"""Export a (pruned) model to ONNX and to a reloadable PyTorch artifact, with parity checks.
+
+Protocol of :func:`export_onnx`:
+
+1. Run the model in eval mode under ``torch.no_grad()`` on the example inputs: the reference.
+2. Export with the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) at the
+   requested opset, grad enabled and float example inputs marked ``requires_grad``.
+   Grad keeps ``nn.MultiheadAttention`` off its fused inference fast path
+   (``aten::_native_multi_head_attention`` has no ONNX rule), even when the model's
+   parameters are frozen. If the TorchScript exporter raises, the dynamo exporter
+   (``torch.export`` based) is tried at ``max(opset, 18)`` (the lowest opset it
+   implements); :class:`ExportResult` reports the opset actually written.
+3. ``onnx.checker.check_model(full_check=True)`` on the file.
+4. Run the file in ONNX Runtime (CPUExecutionProvider) on the example inputs (and, with
+   ``dynamic_batch``, on a batch one larger) and compare every output with PyTorch:
+   ``|ort - torch| <= atol + rtol * |torch|`` elementwise.
+
+The file is written to a temporary file in the destination directory and moved into
+place with ``os.replace`` only once every check has passed: on failure the destination is
+neither created nor modified, and no temporary file remains. The caller's model is never
+modified: the train/eval flag of every submodule is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from graphprune.errors import ExportError
+
+__all__ = ["ExportResult", "export_onnx", "save_torch_artifact"]
+
+MIN_OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_onnx` wrote.
+
+    ``opset`` is the default-domain opset actually in the file, ``max_abs_diff`` the largest
+    absolute difference between ONNX Runtime and PyTorch over all outputs, ``exporter`` is
+    ``"torchscript"`` or ``"dynamo"``.
+    """
+
+    path: str
+    opset: int
+    max_abs_diff: float
+    file_bytes: int
+    exporter: str = "torchscript"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _as_input_tuple(example_inputs: Any, where: str) -> tuple[torch.Tensor, ...]:
+    """Accept one tensor or a tuple/list of tensors; anything else is an ExportError."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
+        isinstance(t, torch.Tensor) for t in example_inputs
+    ):
+        return tuple(example_inputs)
+    raise ExportError(
+        f"{where}: example_inputs must be a tensor or a non-empty tuple of tensors, "
+        f"got {type(example_inputs).__name__}; pass e.g. (torch.randn(1, 3, 224, 224),)"
+    )
+
+
+def _flatten_outputs(out: Any, where: str) -> list[torch.Tensor]:
+    """Flatten a tensor / nested tuple, list or dict of tensors in ONNX output order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _flatten_outputs(o, where)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _flatten_outputs(o, where)]
+    raise ExportError(
+        f"{where}: the model returned a {type(out).__name__}; only tensors and (nested) "
+        "tuples, lists or dicts of tensors can be exported. Return tensors from forward()."
+    )
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put every submodule in eval mode; restore each one's own flag on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was_training in flags:
+            m.training = was_training
+
+
+@contextlib.contextmanager
+def _temp_path_for(path: str, suffix: str) -> Iterator[str]:
+    """A temporary file name next to ``path``; removed on exit unless it was moved away."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ExportError(
+            f"{path}: directory {directory!r} does not exist; create it first (os.makedirs)"
+        )
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}", dir=directory
+    )
+    os.close(fd)
+    try:
+        yield tmp
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _compare(
+    got: Sequence[np.ndarray], want: Sequence[torch.Tensor], names: Sequence[str],
+    atol: float, rtol: float, where: str,
+) -> float:
+    """Max abs diff over all outputs; ExportError if any output is out of tolerance."""
+    if len(got) != len(want):
+        raise ExportError(
+            f"{where}: ONNX Runtime returned {len(got)} outputs, PyTorch {len(want)}; "
+            "the exported graph does not match the model (check forward() for Python side effects)"
+        )
+    worst = 0.0
+    for name, g, w in zip(names, got, want):
+        w_np = w.detach().cpu().numpy()
+        if tuple(g.shape) != tuple(w_np.shape):
+            raise ExportError(
+                f"{where}: output {name!r} has shape {tuple(g.shape)} in ONNX Runtime but "
+                f"{tuple(w_np.shape)} in PyTorch; a shape was baked into the trace "
+                "(use dynamic_batch=True or avoid Python ints derived from tensor sizes)"
+            )
+        if w_np.size == 0:
+            continue
+        g64, w64 = g.astype(np.float64), w_np.astype(np.float64)
+        diff = np.abs(g64 - w64)
+        both_nan = np.isnan(g64) & np.isnan(w64)
+        diff = np.where(both_nan, 0.0, diff)
+        max_diff = float(np.nanmax(np.where(np.isnan(diff), np.inf, diff)))
+        worst = max(worst, max_diff)
+        if not np.allclose(g64, w64, atol=atol, rtol=rtol, equal_nan=True):
+            raise ExportError(
+                f"{where}: ONNX Runtime output {name!r} differs from PyTorch: max abs diff "
+                f"{max_diff:.3g} > atol {atol:g} + rtol {rtol:g} * |ref|. The exported graph "
+                "computes something else than the model (data-dependent control flow, Python "
+                "state, or an op exported with different numerics); fix the model or, if the "
+                "difference is acceptable, pass a larger atol/rtol"
+            )
+    return worst
+
+
+def _ort_run(path: str, input_names: Sequence[str], inputs: Sequence[torch.Tensor],
+             where: str) -> tuple[list[np.ndarray], list[str]]:
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception classes
+        raise ExportError(
+            f"{where}: ONNX Runtime cannot load the exported model: {_first_line(exc)}. "
+            "An op was exported that ORT's CPU provider does not implement at this opset; "
+            "try another opset"
+        ) from exc
+    feeds_all = {n: t.detach().cpu().numpy() for n, t in zip(input_names, inputs)}
+    # The exporter drops inputs that the graph does not use; feed only the ones it kept.
+    feeds = {i.name: feeds_all[i.name] for i in sess.get_inputs() if i.name in feeds_all}
+    try:
+        out = sess.run(None, feeds)
+    except Exception as exc:
+        raise ExportError(
+            f"{where}: ONNX Runtime failed to run the exported model: {_first_line(exc)}"
+        ) from exc
+    return out, [o.name for o in sess.get_outputs()]
+
+
+def _grad_inputs(inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Detached copies; floating ones require grad so MHA avoids its fused fast path."""
+    return tuple(
+        t.detach().requires_grad_(True) if t.is_floating_point() else t.detach() for t in inputs
+    )
+
+
+def _export_torchscript(model, inputs, tmp, opset, in_names, out_names, dynamic_batch) -> None:
+    dynamic_axes = (
+        {n: {0: "batch"} for n in [*in_names, *out_names]} if dynamic_batch else None
+    )
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation / tracer warnings
+        with torch.enable_grad():
+            torch.onnx.export(
+                model, _grad_inputs(inputs), tmp, dynamo=False, opset_version=opset,
+                input_names=list(in_names), output_names=list(out_names),
+                dynamic_axes=dynamic_axes, do_constant_folding=True,
+            )
+
+
+def _export_dynamo(model, inputs, tmp, opset, in_names, out_names, dynamic_batch) -> None:
+    dynamic_shapes = (
+        tuple({0: torch.export.Dim.DYNAMIC} for _ in inputs) if dynamic_batch else None
+    )
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, tuple(t.detach() for t in inputs), tmp, dynamo=True,
+            # Its lowest implemented opset is 18; asking for 17 triggers a down-conversion
+            # that fails on common graphs (ReduceMean axes), so ask for >= 18 directly.
+            opset_version=max(opset, 18),
+            input_names=list(in_names), output_names=list(out_names),
+            dynamic_shapes=dynamic_shapes, external_data=False, verbose=False,
+        )
+
+
+def _batch_plus_one(inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The example batch with its first sample appended (checks that batch is not baked in)."""
+    return tuple(torch.cat([t, t[:1]], dim=0) for t in inputs)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    path: str | os.PathLike,
+    *,
+    opset: int = 17,
+    dynamic_batch: bool = False,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+) -> ExportResult:
+    """Export ``model`` (nn.Module or fx.GraphModule) to ONNX at ``path``, checked and verified.
+
+    Inputs are named ``input_0, input_1, ...`` and outputs ``output_0, ...`` (tuple/dict
+    outputs flattened in order). ``dynamic_batch=True`` makes dim 0 of every input and
+    output symbolic and also verifies parity at batch size + 1. Raises ExportError on
+    any failure; the destination is then left untouched. See the module docstring.
+    """
+    path = os.fspath(path)
+    where = f"export_onnx({type(model).__name__} -> {path})"
+    if not isinstance(model, torch.nn.Module):
+        raise ExportError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ExportError(f"{where}: opset {opset!r} is too old; use opset >= {MIN_OPSET}")
+    if atol < 0 or rtol < 0:
+        raise ExportError(f"{where}: atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
+    inputs = _as_input_tuple(example_inputs, where)
+    if dynamic_batch and any(t.dim() == 0 for t in inputs):
+        raise ExportError(f"{where}: dynamic_batch=True needs every input to have a batch dim 0")
+
+    import onnx
+
+    with _eval_mode(model):
+        try:
+            with torch.no_grad():
+                reference = _flatten_outputs(model(*inputs), where)
+                reference_b1 = (
+                    _flatten_outputs(model(*_batch_plus_one(inputs)), where)
+                    if dynamic_batch else None
+                )
+        except ExportError:
+            raise
+        except Exception as exc:
+            raise ExportError(
+                f"{where}: the model raised on the example inputs: {type(exc).__name__}: "
+                f"{_first_line(exc)}; check the example input shapes and dtypes"
+            ) from exc
+        in_names = [f"input_{i}" for i in range(len(inputs))]
+        out_names = [f"output_{i}" for i in range(len(reference))]
+
+        with _temp_path_for(path, ".onnx") as tmp:
+            errors = []
+            exporter = None
+            for name, fn in (("torchscript", _export_torchscript), ("dynamo", _export_dynamo)):
+                try:
+                    fn(model, inputs, tmp, opset, in_names, out_names, dynamic_batch)
+                    exporter = name
+                    break
+                except Exception as exc:
+                    errors.append(f"{name} exporter: {type(exc).__name__}: {_first_line(exc)}")
+            if exporter is None:
+                raise ExportError(
+                    f"{where}: the model cannot be exported to ONNX opset {opset} "
+                    f"({'; '.join(errors)}). An op has no ONNX translation: replace it, "
+                    "or register a custom symbolic / translation for it"
+                )
+
+            try:
+                onnx.checker.check_model(tmp, full_check=True)
+            except Exception as exc:
+                raise ExportError(
+                    f"{where}: the exported file fails onnx.checker ({_first_line(exc)}); "
+                    f"this is an exporter bug at opset {opset}, try another opset"
+                ) from exc
+
+            got, names = _ort_run(tmp, in_names, inputs, where)
+            max_diff = _compare(got, reference, names, atol, rtol, where)
+            if reference_b1 is not None:
+                got, names = _ort_run(tmp, in_names, _batch_plus_one(inputs), where + " [batch+1]")
+                max_diff = max(max_diff, _compare(
+                    got, reference_b1, names, atol, rtol, where + " [batch+1]"))
+
+            proto = onnx.load(tmp, load_external_data=False)
+            actual_opset = next(
+                (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset
+            )
+            os.replace(tmp, path)
+    return ExportResult(
+        path=path, opset=int(actual_opset), max_abs_diff=max_diff,
+        file_bytes=os.path.getsize(path), exporter=exporter,
+    )
+
+
+def save_torch_artifact(
+    model: torch.nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    path: str | os.PathLike,
+) -> str:
+    """Save ``model`` so that it reloads without graphprune; return the format written.
+
+    First ``torch.export.export`` + ``torch.export.save`` (returns ``"pt2"``; reload with
+    ``torch.export.load(path).module()``). If that fails or the reloaded program does not
+    match the model (atol 1e-5, rtol 1e-4), ``torch.jit.trace`` + ``torch.jit.save``
+    (returns ``"torchscript"``; reload with ``torch.jit.load(path)``). The model is saved
+    in eval mode; the caller's model is not modified. Atomic like :func:`export_onnx`.
+    Name the file ``*.pt2`` (``torch.export.load`` expects it).
+    """
+    path = os.fspath(path)
+    where = f"save_torch_artifact({type(model).__name__} -> {path})"
+    if not isinstance(model, torch.nn.Module):
+        raise ExportError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = _as_input_tuple(example_inputs, where)
+
+    def check(reloaded: Any, fmt: str) -> None:
+        with torch.no_grad():
+            got = _flatten_outputs(reloaded(*inputs), where)
+        _compare([g.detach().cpu().numpy() for g in got], reference,
+                 [f"output_{i}" for i in range(len(got))], 1e-5, 1e-4, f"{where} [{fmt}]")
+
+    with _eval_mode(model):
+        try:
+            with torch.no_grad():
+                reference = _flatten_outputs(model(*inputs), where)
+        except ExportError:
+            raise
+        except Exception as exc:
+            raise ExportError(
+                f"{where}: the model raised on the example inputs: {type(exc).__name__}: "
+                f"{_first_line(exc)}; check the example input shapes and dtypes"
+            ) from exc
+
+        errors = []
+        with _temp_path_for(path, ".pt2") as tmp:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ep = torch.export.export(model, inputs)
+                    torch.export.save(ep, tmp)
+                    check(torch.export.load(tmp).module(), "pt2")
+                os.replace(tmp, path)
+                return "pt2"
+            except Exception as exc:
+                errors.append(f"torch.export: {type(exc).__name__}: {_first_line(exc)}")
+        with _temp_path_for(path, ".pt") as tmp:
+            try:
+                with warnings.catch_warnings(), torch.no_grad():
+                    warnings.simplefilter("ignore")
+                    torch.jit.save(torch.jit.trace(model, inputs), tmp)
+                check(torch.jit.load(tmp), "torchscript")
+                os.replace(tmp, path)
+                return "torchscript"
+            except Exception as exc:
+                errors.append(f"torch.jit.trace: {type(exc).__name__}: {_first_line(exc)}")
+    raise ExportError(
+        f"{where}: the model cannot be saved as a standalone artifact ({'; '.join(errors)}). "
+        "Make forward() traceable (no data-dependent Python control flow or side effects)"
+    )

@@ -1,0 +1,261 @@
+"""Core data types of the analysis: slots, couplings, channel groups and the dependency graph.
+
+A *slot* is one channel dimension: dim `dim` of the tensor an FX node produces, or of a
+parameter/buffer. A *coupling* says that position `i` of one slot and position `j` of
+another are the same channel (arrays of pairs, never one object per channel). A
+*channel group* is a connected set of slots; its channels are the equivalence classes
+of positions under all couplings, and every member keeps an `index_map`
+(position -> group channel) as one integer array.
+"""
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import networkx as nx
+import numpy as np
+
+
+class Role(enum.Enum):
+    """What a slot is: an activation, or a parameter dim that writes (PRODUCER) or reads (CONSUMER) the channel."""
+
+    ACTIVATION = "activation"
+    PRODUCER = "producer"  # conv/linear output rows, biases, norm affine params, layer scales, embeddings
+    CONSUMER = "consumer"  # conv/linear input columns: zeroing them hides a channel from everything downstream
+    BUFFER = "buffer"  # running statistics: sliced, but not part of importance
+
+
+@dataclass(frozen=True, order=True)
+class Slot:
+    name: str  # FX node name (activations) or qualified parameter/buffer name
+    dim: int
+    role: Role = field(default=Role.ACTIVATION, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.name}[dim {self.dim}]"
+
+    @property
+    def is_param(self) -> bool:
+        return self.role is not Role.ACTIVATION
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """Positions `a_index[k]` of slot `a` and `b_index[k]` of slot `b` carry the same channel.
+
+    `None` for both indices means the identity pairing (both slots have the same size).
+    """
+
+    a: Slot
+    b: Slot
+    a_index: np.ndarray | None = None
+    b_index: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """The group holding `slot` must keep every channel, because of `reason`."""
+
+    slot: Slot
+    reason: str
+
+
+@dataclass(frozen=True)
+class Effect:
+    """What a rule says about one node: the channel dim of its output, couplings, freezes.
+
+    `out_dim` is an int, None (no channel dim) or, for ops returning a tuple, a tuple of those.
+    """
+
+    out_dim: int | None | tuple = None
+    couplings: tuple[Coupling, ...] = ()
+    freezes: tuple[Freeze, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelGroup:
+    """Slots whose channels are removed together.
+
+    `members[slot]` maps each position of the slot to a channel of the group (0..size-1).
+    """
+
+    id: str
+    size: int
+    members: Mapping[Slot, np.ndarray]
+    frozen_reasons: tuple[str, ...] = ()
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.frozen_reasons)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.frozen and self.size > 1
+
+    def kept_positions(self, slot: Slot, kept_channels: np.ndarray) -> np.ndarray:
+        """Positions of `slot` whose channel is in `kept_channels` (sorted)."""
+        return np.flatnonzero(np.isin(self.members[slot], kept_channels))
+
+
+@dataclass(frozen=True, eq=False)
+class DependencyGraph:
+    """All channel groups of a traced model, and the slot graph they were read from."""
+
+    groups: tuple[ChannelGroup, ...]
+    slot_graph: nx.Graph  # nodes: Slot; edges: couplings; connected components == groups
+    channel_dims: Mapping[str, object] = field(default_factory=dict)  # FX node name -> its output's channel dim
+
+    def with_frozen(self, group_ids: Iterable[str], reason: str) -> "DependencyGraph":
+        """A copy where the given groups are frozen with `reason` (e.g. the user's `ignore`)."""
+        ids = set(group_ids)
+        groups = tuple(
+            ChannelGroup(g.id, g.size, g.members, g.frozen_reasons + (reason,)) if g.id in ids else g for g in self.groups
+        )
+        return DependencyGraph(groups, self.slot_graph, self.channel_dims)
+
+    def group(self, group_id: str) -> ChannelGroup:
+        for g in self.groups:
+            if g.id == group_id:
+                return g
+        raise KeyError(group_id)
+
+    def group_of(self, slot: Slot) -> ChannelGroup | None:
+        for g in self.groups:
+            if slot in g.members:
+                return g
+        return None
+
+    @property
+    def prunable(self) -> tuple[ChannelGroup, ...]:
+        return tuple(g for g in self.groups if g.prunable)
+
+    @property
+    def frozen(self) -> tuple[ChannelGroup, ...]:
+        return tuple(g for g in self.groups if g.frozen)
+
+    def describe(self) -> str:
+        """Human-readable listing: one block per group, members and freeze reasons."""
+        lines = []
+        for g in self.groups:
+            state = "frozen: " + "; ".join(g.frozen_reasons) if g.frozen else ("prunable" if g.size > 1 else "single channel")
+            lines.append(f"group {g.id}  size {g.size}  {state}")
+            for slot in sorted(g.members, key=str):
+                if slot.is_param:
+                    lines.append(f"    {slot.role.value:9s} {slot}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {
+            "groups": [
+                {
+                    "id": g.id,
+                    "size": g.size,
+                    "frozen_reasons": list(g.frozen_reasons),
+                    "members": [{"name": s.name, "dim": s.dim, "role": s.role.value} for s in sorted(g.members, key=str)],
+                }
+                for g in self.groups
+            ]
+        }
+
+    def to_graphml(self, path: str) -> None:
+        """Export the slot graph (one node per slot, with its group id) for yEd/Gephi."""
+        g = nx.Graph()
+        for group in self.groups:
+            for slot in group.members:
+                g.add_node(str(slot), group=group.id, role=slot.role.value, frozen=group.frozen)
+        for a, b in self.slot_graph.edges:
+            g.add_edge(str(a), str(b))
+        nx.write_graphml(g, path)
+
+
+def connected_labels(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Connected components of the graph on nodes 0..n-1 with edges (u[k], v[k]).
+
+    Returns a label per node, 0..k-1, numbered by first appearance. Vectorised label
+    propagation with pointer jumping: each round hooks every edge to the smaller label,
+    then compresses paths, so the number of rounds grows with log(n) on typical graphs.
+    """
+    labels = np.arange(n)
+    if len(u):
+        u = np.asarray(u, dtype=np.int64)
+        v = np.asarray(v, dtype=np.int64)
+        while True:
+            lu, lv = labels[u], labels[v]
+            if np.array_equal(lu, lv):
+                break
+            low = np.minimum(lu, lv)
+            np.minimum.at(labels, lu, low)
+            np.minimum.at(labels, lv, low)
+            while True:  # pointer jumping: labels[i] <- labels[labels[i]] until stable
+                nxt = labels[labels]
+                if np.array_equal(nxt, labels):
+                    break
+                labels = nxt
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))  # renumber components by first appearance
+    return order[inverse]
+
+
+def iter_pairs(c: Coupling, size_a: int, size_b: int) -> tuple[np.ndarray, np.ndarray]:
+    if c.a_index is None:
+        if size_a != size_b:
+            raise ValueError(f"identity coupling between {c.a} (size {size_a}) and {c.b} (size {size_b})")
+        idx = np.arange(size_a)
+        return idx, idx
+    return np.asarray(c.a_index, dtype=np.int64), np.asarray(c.b_index, dtype=np.int64)
+
+
+def build_groups(
+    sizes: Mapping[Slot, int],
+    couplings: Iterable[Coupling],
+    freezes: Iterable[Freeze],
+    order: Mapping[str, int],
+    channel_dims: Mapping[str, object],
+) -> DependencyGraph:
+    """Group slots by connected component and number each group's channels.
+
+    `order` ranks node names (graph order) so group ids and numbering are deterministic.
+    """
+    couplings = list(couplings)
+    slot_graph = nx.Graph()
+    slot_graph.add_nodes_from(sizes)
+    for c in couplings:
+        slot_graph.add_edge(c.a, c.b)
+    reasons: dict[Slot, list[str]] = {}
+    for f in freezes:
+        slot_graph.add_node(f.slot)
+        reasons.setdefault(f.slot, []).append(f.reason)
+
+    by_component: dict[int, list[Coupling]] = {}
+    comp_of: dict[Slot, int] = {}
+    components = sorted(
+        (sorted(c, key=lambda s: (order.get(s.name, len(order)), s.name, s.dim)) for c in nx.connected_components(slot_graph)),
+        key=lambda c: (order.get(c[0].name, len(order)), c[0].name, c[0].dim),
+    )
+    for k, comp in enumerate(components):
+        for s in comp:
+            comp_of[s] = k
+    for c in couplings:
+        by_component.setdefault(comp_of[c.a], []).append(c)
+
+    groups = []
+    for k, comp in enumerate(components):
+        base, offset = {}, 0
+        for s in comp:
+            base[s] = offset
+            offset += sizes[s]
+        us, vs = [], []
+        for c in by_component.get(k, ()):
+            ia, ib = iter_pairs(c, sizes[c.a], sizes[c.b])
+            us.append(ia + base[c.a])
+            vs.append(ib + base[c.b])
+        labels = connected_labels(offset, np.concatenate(us) if us else np.empty(0, np.int64),
+                                  np.concatenate(vs) if vs else np.empty(0, np.int64))
+        members = {s: labels[base[s]: base[s] + sizes[s]] for s in comp}
+        frozen = tuple(dict.fromkeys(r for s in comp for r in reasons.get(s, ())))
+        anchor = next((s for s in comp if not s.is_param), comp[0])
+        gid = f"{anchor.name}:{anchor.dim}"
+        groups.append(ChannelGroup(gid, int(labels.max()) + 1 if offset else 0, members, frozen))
+    return DependencyGraph(tuple(groups), slot_graph, dict(channel_dims))

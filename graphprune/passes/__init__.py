@@ -1,0 +1,5 @@
+"""Rewriting passes (transformation). They follow torch.fx's PassBase protocol and run in its PassManager."""
+from .base import GraphPass, PassResult
+from .shrink import EliminateDeadCode, ShrinkChannels, kept_positions
+
+__all__ = ["GraphPass", "PassResult", "ShrinkChannels", "EliminateDeadCode", "kept_positions"]

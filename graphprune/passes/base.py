@@ -1,0 +1,57 @@
+"""Pass infrastructure compatible with torch.fx's PassManager.
+
+A pass implements `requires(gm)`, `call(gm) -> PassResult(graph_module, modified)` and
+`ensures(gm)`. Our passes work in place on the GraphModule they are given (`in_place`),
+and `ensures` lints the graph, recompiles it and re-runs shape recording on the example
+inputs, so a broken rewrite fails inside the pass that caused it, with the pass's name.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+from ..errors import RewriteError
+from ..trace import META_KEY, record_values
+
+__all__ = ["GraphPass", "PassResult"]
+
+
+class GraphPass(PassBase):
+    """Base class: subclasses implement `call`; `ensures` checks the graph and re-records shapes."""
+
+    in_place = True
+
+    def __init__(self, example_inputs: tuple[torch.Tensor, ...]):
+        super().__init__()
+        self.example_inputs = example_inputs
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def requires(self, graph_module: fx.GraphModule) -> None:
+        missing = [n.name for n in graph_module.graph.nodes if META_KEY not in n.meta]
+        if missing:
+            raise RewriteError(f"{self.name} needs recorded node values; nodes {missing[:5]} have none "
+                               "(run graphprune.trace.record_values first)")
+
+    def ensures(self, graph_module: fx.GraphModule) -> None:
+        try:
+            graph_module.graph.lint()
+            graph_module.recompile()
+            training = graph_module.training
+            graph_module.eval()
+            try:
+                record_values(graph_module, self.example_inputs)
+            finally:
+                graph_module.train(training)
+            self.check(graph_module)
+        except RewriteError:
+            raise
+        except Exception as exc:
+            raise RewriteError(f"pass {self.name} produced an invalid graph: {type(exc).__name__}: {exc}. "
+                               "This is a graphprune bug; please report it with the model.") from exc
+
+    def check(self, graph_module: fx.GraphModule) -> None:
+        """Extra post-conditions of a pass (raise on failure)."""

@@ -1,0 +1,94 @@
+"""ShrinkChannels: remove the channels a PrunePlan drops, physically.
+
+1. Every parameter/buffer slot of a pruned group is sliced to its kept positions
+   (index_select along the slot's dim; `requires_grad` is preserved).
+2. Every node's rule updates what depends on channel counts: module attributes
+   (`out_channels`, `groups`, `num_features`, ...) and shape constants baked into the
+   graph (`view(1, 64, ...)`, split sizes, slices).
+Post-condition: after re-running the model, every pruned activation slot has exactly
+its kept number of positions.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from ..errors import RewriteError
+from ..groups import DependencyGraph, Slot
+from ..planner import PrunePlan
+from ..rules import RuleTable, ShrinkContext
+from ..trace import value_meta
+from .base import GraphPass, PassResult
+
+
+def kept_positions(graph: DependencyGraph, plan: PrunePlan) -> dict[Slot, np.ndarray]:
+    """For every slot of a pruned group whose size changes: the sorted positions it keeps."""
+    kept = {}
+    for gid, channels in plan.keep.items():
+        group = graph.group(gid)
+        channels = np.asarray(channels)
+        for slot, index_map in group.members.items():
+            positions = group.kept_positions(slot, channels)
+            if len(positions) < len(index_map):
+                kept[slot] = positions
+    return kept
+
+
+def _set_tensor(gm: fx.GraphModule, qualname: str, value: torch.Tensor) -> None:
+    owner_name, _, attr = qualname.rpartition(".")
+    owner = gm.get_submodule(owner_name) if owner_name else gm
+    old = getattr(owner, attr)
+    if isinstance(old, torch.nn.Parameter):
+        setattr(owner, attr, torch.nn.Parameter(value, requires_grad=old.requires_grad))
+    else:
+        owner._buffers[attr] = value
+
+
+class ShrinkChannels(GraphPass):
+    def __init__(self, graph: DependencyGraph, plan: PrunePlan, rules: RuleTable, example_inputs):
+        super().__init__(example_inputs)
+        self.graph, self.rules = graph, rules
+        self.kept = kept_positions(graph, plan)
+
+    def call(self, graph_module: fx.GraphModule) -> PassResult:
+        gm = graph_module
+        tensors = {**dict(gm.named_parameters(remove_duplicate=False)), **dict(gm.named_buffers(remove_duplicate=False))}
+        current = {}
+        for slot, positions in sorted(self.kept.items()):
+            if not slot.is_param:
+                continue
+            t = current.get(slot.name, tensors[slot.name]).detach()
+            current[slot.name] = t.index_select(slot.dim, torch.as_tensor(positions, dtype=torch.long)).contiguous()
+        for qualname, value in current.items():
+            _set_tensor(gm, qualname, value)
+        ctx = ShrinkContext(gm, self.kept, self.graph.channel_dims)
+        modules = dict(gm.named_modules())
+        for node in list(gm.graph.nodes):
+            rule = self.rules.for_node(node, modules) if node.op in ("call_module", "call_function", "call_method") else None
+            if rule is not None:
+                rule.shrink(node, ctx)
+        return PassResult(gm, bool(self.kept))
+
+    def check(self, graph_module: fx.GraphModule) -> None:
+        nodes = {n.name: n for n in graph_module.graph.nodes}
+        for slot, positions in self.kept.items():
+            if slot.is_param or slot.name not in nodes:
+                continue
+            size = value_meta(nodes[slot.name]).shape[slot.dim]
+            if size != len(positions):
+                raise RewriteError(f"pass {self.name}: `{slot.name}` dim {slot.dim} has {size} channels after the "
+                                   f"rewrite, the plan keeps {len(positions)}. This is a graphprune bug.")
+
+
+class EliminateDeadCode(GraphPass):
+    """Remove nodes whose results no output reads, and submodules no node calls any more."""
+
+    def call(self, graph_module: fx.GraphModule) -> PassResult:
+        changed = graph_module.graph.eliminate_dead_code()
+        before = len(list(graph_module.modules()))
+        graph_module.delete_all_unused_submodules()
+        changed = changed or len(list(graph_module.modules())) != before
+        return PassResult(graph_module, changed)

@@ -1,0 +1,174 @@
+"""Exact accounting: parameters by `numel`, MACs by a counter over the traced graph.
+
+MACs are the multiply-accumulates of convolutions, transposed convolutions, linear
+layers, matmuls and multi-head attention, for the example inputs as given (batch
+included); element-wise ops, norms and pooling count 0. For an output y of a conv with
+kernel k and groups G:  MACs = numel(y) * (C_in / G) * prod(k).  Linear: numel(y) * in.
+matmul (..., n, k) @ (..., k, m): numel(y) * k.
+
+Per group, "params removed" is measured by slicing the parameters' shapes group by
+group, so a weight cut along both dims is counted once; parameters of modules that dead
+code elimination removed are reported separately. The two add up to
+`params_before - params_after`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import operator
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .groups import DependencyGraph
+from .planner import PrunePlan
+from .trace import TensorMeta, value_meta
+
+_MATMULS = (operator.matmul, torch.matmul, torch.bmm, torch.mm, torch.Tensor.matmul, torch.Tensor.bmm, torch.Tensor.mm)
+
+
+def _numel(meta) -> int:
+    return math.prod(meta.shape)
+
+
+def node_macs(node: fx.Node, modules) -> int:
+    """MACs of one node (0 for nodes that do no multiply-accumulate work)."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        out = value_meta(node)
+        if isinstance(m, nn.modules.conv._ConvTransposeNd):
+            x = value_meta(node.args[0])
+            return _numel(x) * (m.out_channels // m.groups) * math.prod(m.kernel_size)
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return _numel(out) * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+        if isinstance(m, nn.Linear):
+            return _numel(out) * m.in_features
+        if isinstance(m, nn.MultiheadAttention):
+            return _mha_macs(node, m)
+        return 0
+    target = node.target if node.op == "call_function" else getattr(torch.Tensor, node.target, None) if node.op == "call_method" else None
+    if target in _MATMULS:
+        a = value_meta(node.args[0])
+        return _numel(value_meta(node)) * a.shape[-1]
+    if target is torch.nn.functional.linear:
+        w = value_meta(node.args[1])
+        return _numel(value_meta(node)) * w.shape[-1]
+    return 0
+
+
+def _mha_macs(node: fx.Node, m: nn.MultiheadAttention) -> int:
+    """q/k/v projections + scores + weighted sum + output projection."""
+    q, k, v = (value_meta(a) for a in node.args[:3])
+    batch_first = m.batch_first
+    lq = q.shape[1] if batch_first else q.shape[0]
+    lk = k.shape[1] if batch_first else k.shape[0]
+    n = _numel(q) // (lq * q.shape[-1])
+    e, kd, vd = m.embed_dim, m.kdim, m.vdim
+    proj = n * (lq * e * e + lk * e * kd + lk * e * vd)
+    attention = n * (lq * lk * e * 2)
+    return proj + attention + n * lq * e * e
+
+
+def count_macs(gm: fx.GraphModule) -> int:
+    """Total MACs of a GraphModule whose nodes carry recorded values."""
+    modules = dict(gm.named_modules())
+    return sum(node_macs(n, modules) for n in gm.graph.nodes if isinstance(value_meta(n), (TensorMeta, tuple)))
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    id: str
+    channels_before: int
+    channels_after: int
+    params_removed: int
+    frozen_reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    name: str
+    params_before: int
+    params_after: int
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    groups: tuple[GroupReport, ...]
+    layers: tuple[LayerReport, ...]
+    params_removed_dead_code: int
+
+    @property
+    def frozen_groups(self) -> tuple[GroupReport, ...]:
+        return tuple(g for g in self.groups if g.frozen_reasons)
+
+    @property
+    def prunable_channels(self) -> int:
+        return sum(g.channels_before for g in self.groups if not g.frozen_reasons and g.channels_before > 1)
+
+    @property
+    def removed_channels(self) -> int:
+        return sum(g.channels_before - g.channels_after for g in self.groups)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=1)
+
+    def summary(self) -> str:
+        def pct(a, b):
+            return f"{100.0 * (b - a) / b:.1f}%" if b else "-"
+        lines = [
+            f"{'':12s}{'before':>16s}{'after':>16s}{'removed':>10s}",
+            f"{'params':12s}{self.params_before:>16,d}{self.params_after:>16,d}{pct(self.params_after, self.params_before):>10s}",
+            f"{'MACs':12s}{self.macs_before:>16,d}{self.macs_after:>16,d}{pct(self.macs_after, self.macs_before):>10s}",
+            f"channel groups: {len(self.groups)}, pruned {sum(1 for g in self.groups if g.channels_after < g.channels_before)}, "
+            f"frozen {len(self.frozen_groups)}; channels removed {self.removed_channels} of {self.prunable_channels} prunable",
+        ]
+        return "\n".join(lines)
+
+
+def _params_by_module(model: nn.Module) -> dict[str, int]:
+    return {name: sum(p.numel() for p in m.parameters(recurse=False))
+            for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+
+
+def build_report(original: fx.GraphModule, pruned: fx.GraphModule, graph: DependencyGraph, plan: PrunePlan,
+                 sliced_params: int | None = None) -> PruneReport:
+    """Measure `original` vs `pruned`. `sliced_params`: parameter count after slicing, before dead-code removal."""
+    shapes = {name: list(p.shape) for name, p in original.named_parameters(remove_duplicate=False)}
+    groups = []
+    for g in graph.groups:
+        removed = 0
+        kept = plan.keep.get(g.id)
+        if kept is not None:
+            for slot, index_map in g.members.items():
+                if slot.name not in shapes:
+                    continue  # activations and buffers hold no parameters
+                before = math.prod(shapes[slot.name])
+                shapes[slot.name][slot.dim] = len(g.kept_positions(slot, kept))
+                removed += before - math.prod(shapes[slot.name])
+        groups.append(GroupReport(g.id, g.size, len(kept) if kept is not None else g.size, removed, g.frozen_reasons))
+    if sliced_params is None:
+        sliced_params = count_params(pruned)
+    before, after = _params_by_module(original), _params_by_module(pruned)
+    layers = tuple(LayerReport(name, n, after.get(name, 0)) for name, n in before.items())
+    return PruneReport(
+        params_before=count_params(original),
+        params_after=count_params(pruned),
+        macs_before=count_macs(original),
+        macs_after=count_macs(pruned),
+        groups=tuple(groups),
+        layers=layers,
+        params_removed_dead_code=sliced_params - count_params(pruned),
+    )

@@ -1,0 +1,88 @@
+"""Rules: how each op family couples channels (analysis) and shrinks (rewrite).
+
+`default_rules()` returns the built-in table; extend it with
+`default_rules().with_rule(MyBlock, MyRule())` — nothing global is mutated.
+"""
+from __future__ import annotations
+
+import builtins
+import operator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import AnalysisContext, Rule, RuleTable, ShrinkContext
+from .elementwise import BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule
+from .layers import BatchNormRule, ConvRule, ConvTransposeRule, GroupNormRule, LayerNormRule, LinearRule
+from .movement import GetItemRule, MovementRule, ReshapeRule, SplitRule, SqueezeRule
+
+__all__ = ["AnalysisContext", "Rule", "RuleTable", "ShrinkContext", "default_rules"]
+
+T = torch.Tensor
+
+_ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
+    nn.LeakyReLU, nn.ELU, nn.SELU, nn.Mish, nn.Softplus, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.AlphaDropout, nn.Identity,
+)
+_ELEMENTWISE_FUNCTIONS = (
+    F.relu, torch.relu, T.relu, F.relu6, F.gelu, F.silu, torch.sigmoid, T.sigmoid, F.sigmoid, torch.tanh, T.tanh,
+    F.tanh, F.hardswish, F.hardsigmoid, F.hardtanh, F.leaky_relu, F.elu, F.selu, F.mish, F.softplus, F.dropout,
+    F.dropout1d, F.dropout2d, F.dropout3d, T.contiguous, T.clone, torch.clone, torch.exp, T.exp, torch.abs, T.abs,
+    operator.neg, torch.neg,
+)
+_SOFTMAX = (nn.Softmax, nn.LogSoftmax, F.softmax, F.log_softmax, torch.softmax, T.softmax, T.log_softmax)
+_SPATIAL_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.Upsample,
+)
+_SPATIAL_FUNCTIONS = (
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.interpolate,
+)
+_REDUCE = (torch.mean, T.mean, torch.sum, T.sum, torch.amax, T.amax, torch.amin, T.amin)
+_BINARY = (
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
+    torch.add, torch.sub, torch.mul, torch.div, T.add, T.sub, T.mul, T.div, torch.maximum, torch.minimum,
+)
+_MOVEMENT = (
+    torch.cat, torch.concat, torch.stack, torch.flatten, T.flatten, torch.permute, T.permute, torch.transpose,
+    T.transpose, torch.movedim, T.movedim, torch.unsqueeze, T.unsqueeze, F.pixel_shuffle, F.pixel_unshuffle,
+    torch.channel_shuffle, T.repeat, nn.Flatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
+)
+_RESHAPE = (T.view, T.reshape, torch.reshape, T.expand)
+_SPLIT = (torch.split, T.split, torch.chunk, T.chunk)
+_SQUEEZE = (torch.squeeze, T.squeeze)
+_SHAPE_QUERIES = (T.size, builtins.getattr, T.dim, T.numel)
+
+
+def default_rules() -> RuleTable:
+    """The built-in rule table (a new immutable table each call)."""
+    table: dict = {}
+
+    def add(keys, rule: Rule) -> None:
+        for key in keys:
+            table[key] = rule
+
+    add((nn.Conv1d, nn.Conv2d, nn.Conv3d), ConvRule())
+    add((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), ConvTransposeRule())
+    add((nn.Linear,), LinearRule())
+    add((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), BatchNormRule())
+    add((nn.LayerNorm,), LayerNormRule())
+    add((nn.GroupNorm,), GroupNormRule())
+    add(_ELEMENTWISE_MODULES + _ELEMENTWISE_FUNCTIONS, ElementwiseRule())
+    add(_SOFTMAX, SoftmaxRule())
+    add(_SPATIAL_MODULES + _SPATIAL_FUNCTIONS, SpatialRule())
+    add((F.pad,), PadRule())
+    add(_REDUCE, ReduceRule())
+    add(_BINARY, BinaryRule())
+    add(_MOVEMENT, MovementRule())
+    add(_RESHAPE, ReshapeRule())
+    add(_SPLIT, SplitRule())
+    add(_SQUEEZE, SqueezeRule())
+    add((operator.getitem,), GetItemRule())
+    add(_SHAPE_QUERIES, ShapeQueryRule())
+    modules = {k: v for k, v in table.items() if isinstance(k, type) and issubclass(k, nn.Module)}
+    functions = {k: v for k, v in table.items() if k not in modules}
+    return RuleTable(modules, functions)

@@ -1,0 +1,199 @@
+"""The rule protocol and the immutable rule table.
+
+A rule has two halves. `couple(node, ctx) -> Effect` (analysis, pure) says which channel
+dims of the node's inputs, output and parameters are tied. `shrink(node, ctx)`
+(transformation) updates module attributes or graph constants once parameters have been
+sliced. Rules are looked up by module type (through the MRO) or by the callable itself,
+never by name.
+"""
+from __future__ import annotations
+
+import operator
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from ..groups import Effect, Freeze, Role, Slot
+from ..trace import TensorMeta, value_meta
+
+
+class Rule:
+    """Base rule: subclasses implement `couple`; `shrink` does nothing by default."""
+
+    def couple(self, node: fx.Node, ctx: "AnalysisContext") -> Effect:
+        raise NotImplementedError
+
+    def shrink(self, node: fx.Node, ctx: "ShrinkContext") -> None:
+        return None
+
+
+def callable_of(node: fx.Node) -> Callable | None:
+    """The function an FX call_function/call_method node runs: `torch.cat`, `torch.Tensor.view`..."""
+    if node.op == "call_function":
+        return node.target
+    if node.op == "call_method":
+        return getattr(torch.Tensor, node.target, None)
+    return None
+
+
+class RuleTable:
+    """Immutable mapping from module types and callables to rules. `with_rule` returns a new table."""
+
+    def __init__(self, modules: Mapping[type, Rule] | None = None, functions: Mapping[Callable, Rule] | None = None):
+        self._modules = MappingProxyType(dict(modules or {}))
+        self._functions = MappingProxyType(dict(functions or {}))
+
+    def with_rule(self, key: type | Callable, rule: Rule) -> "RuleTable":
+        """A new table where `key` (an nn.Module subclass, or a function/method) uses `rule`."""
+        if not isinstance(rule, Rule):
+            raise TypeError(f"rule for {key!r} must be a graphprune Rule instance, got {type(rule).__name__}")
+        if isinstance(key, type) and issubclass(key, torch.nn.Module):
+            return RuleTable({**self._modules, key: rule}, self._functions)
+        if callable(key):
+            return RuleTable(self._modules, {**self._functions, key: rule})
+        raise TypeError(f"rule key must be an nn.Module subclass or a callable, got {key!r}")
+
+    def for_module(self, module: torch.nn.Module) -> Rule | None:
+        for cls in type(module).__mro__:
+            if cls in self._modules:
+                return self._modules[cls]
+        return None
+
+    def has_module_rule(self, module: torch.nn.Module) -> bool:
+        return self.for_module(module) is not None
+
+    def for_node(self, node: fx.Node, modules: Mapping[str, torch.nn.Module]) -> Rule | None:
+        if node.op == "call_module":
+            return self.for_module(modules[node.target])
+        fn = callable_of(node)
+        if fn is None:
+            return None
+        try:
+            return self._functions.get(fn)
+        except TypeError:  # unhashable target
+            return None
+
+
+def describe_node(node: fx.Node, modules: Mapping[str, torch.nn.Module] | None = None) -> str:
+    if node.op == "call_module" and modules is not None:
+        return f"`{node.name}` (module `{node.target}`: {type(modules[node.target]).__name__})"
+    if node.op == "call_function":
+        name = getattr(node.target, "__qualname__", None) or getattr(node.target, "__name__", str(node.target))
+        mod = getattr(node.target, "__module__", None) or ""
+        if node.target in (operator.getitem,):
+            return f"`{node.name}` (operator.getitem)"
+        return f"`{node.name}` ({mod + '.' if mod and not mod.startswith('_') else ''}{name})"
+    if node.op == "call_method":
+        return f"`{node.name}` (Tensor.{node.target})"
+    return f"`{node.name}` ({node.op})"
+
+
+class AnalysisContext:
+    """What a rule may read during analysis: node values, modules, and slot constructors.
+
+    Asking for an input slot on a dim that the producing node did not declare records a
+    freeze, so channels of unknown origin are never pruned.
+    """
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.params = dict(gm.named_parameters(remove_duplicate=False))
+        self.buffers = dict(gm.named_buffers(remove_duplicate=False))
+        self.declared: dict[str, Any] = {}
+        self.producer_note: dict[str, str] = {}
+        self.sizes: dict[Slot, int] = {}
+        self.freezes: list[Freeze] = []
+
+    # -- reading -----------------------------------------------------------------
+    def value(self, node: Any) -> Any:
+        return value_meta(node) if isinstance(node, fx.Node) else node
+
+    def shape(self, node: fx.Node) -> tuple[int, ...]:
+        v = value_meta(node)
+        if not isinstance(v, TensorMeta):
+            raise TypeError(f"{node.name} is not a tensor")
+        return v.shape
+
+    def is_tensor(self, node: Any) -> bool:
+        return isinstance(node, fx.Node) and isinstance(value_meta(node), TensorMeta)
+
+    def module(self, node: fx.Node) -> torch.nn.Module:
+        return self.modules[node.target]
+
+    def channel_dim(self, node: fx.Node) -> Any:
+        return self.declared.get(node.name)
+
+    def constant(self, node: fx.Node) -> torch.Tensor | None:
+        """The parameter or buffer a get_attr node reads, if it is one."""
+        if node.op != "get_attr":
+            return None
+        return self.params.get(node.target, self.buffers.get(node.target))
+
+    # -- slots ---------------------------------------------------------------------
+    def _register(self, slot: Slot, size: int) -> Slot:
+        self.sizes[slot] = size
+        return slot
+
+    def output_slot(self, node: fx.Node, dim: int) -> Slot:
+        """The channel dim `dim` of `node`'s own output (which `node`'s rule declares)."""
+        return self._register(Slot(node.name, dim), self.shape(node)[dim])
+
+    def input_slot(self, node: fx.Node, dim: int) -> Slot:
+        """Channel dim `dim` of an input tensor; frozen unless its producer declared that dim."""
+        slot = self._register(Slot(node.name, dim), self.shape(node)[dim])
+        declared = self.channel_dim(node)
+        if declared != dim:
+            self.freezes.append(Freeze(slot, self._undeclared_reason(node, dim, declared)))
+        return slot
+
+    def param_slot(self, qualname: str, dim: int, role: Role) -> Slot:
+        tensor = self.params.get(qualname, self.buffers.get(qualname))
+        if tensor is None:
+            raise KeyError(qualname)
+        return self._register(Slot(qualname, dim, role), tensor.shape[dim])
+
+    def module_param_slot(self, node: fx.Node, attr: str, dim: int, role: Role) -> Slot | None:
+        """Slot of parameter/buffer `attr` of the module `node` calls, or None if it has none."""
+        qualname = f"{node.target}.{attr}" if node.target else attr
+        if qualname not in self.params and qualname not in self.buffers:
+            return None
+        return self.param_slot(qualname, dim, role)
+
+    def freeze(self, slot: Slot, reason: str) -> Freeze:
+        return Freeze(slot, reason)
+
+    def _undeclared_reason(self, node: fx.Node, dim: int, declared: Any) -> str:
+        if node.op == "placeholder":
+            return f"channels come from model input `{node.name}`"
+        if node.op == "get_attr":
+            return f"channels come from constant `{node.target}`"
+        note = self.producer_note.get(node.name)
+        if note:
+            return note
+        if declared is None:
+            return f"{describe_node(node, self.modules)} has no channel dim graphprune can follow"
+        return f"{describe_node(node, self.modules)} carries channels on dim {declared}, but a consumer reads dim {dim}"
+
+
+class ShrinkContext:
+    """What a rule may read while rewriting: modules, old node values and kept positions per slot."""
+
+    def __init__(self, gm: fx.GraphModule, kept: Mapping[Slot, np.ndarray], declared: Mapping[str, Any]):
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self._kept = {(s.name, s.dim): k for s, k in kept.items()}
+        self.declared = declared
+
+    def module(self, node: fx.Node) -> torch.nn.Module:
+        return self.modules[node.target]
+
+    def kept(self, name: str, dim: int) -> np.ndarray | None:
+        """Positions kept in slot (name, dim), or None if that slot is not pruned."""
+        return self._kept.get((name, dim))
+
+    def value(self, node: Any) -> Any:
+        return value_meta(node) if isinstance(node, fx.Node) else node

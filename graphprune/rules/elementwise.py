@@ -1,0 +1,153 @@
+"""Rules for ops that keep channels where they are.
+
+- `ElementwiseRule`: y[..., c, ...] depends only on x[..., c, ...] (activations, dropout, softmax
+  over another dim, identity). The output channel dim is the input's.
+- `SpatialRule`: acts on the trailing `spatial` dims only (pooling, upsampling); channels pass
+  through if they are not among those dims.
+- `ReduceRule`: mean/sum/amax over listed dims; channels pass through unless reduced.
+- `BinaryRule`: broadcast element-wise arithmetic (residual add/sub, SE multiply, layer scale,
+  position embeddings): every operand that spans the channel dim is tied to the output.
+"""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from ..groups import Coupling, Effect, Role
+from ..trace import TensorMeta
+from .base import AnalysisContext, Rule, describe_node
+
+
+def _freeze_inputs(node: fx.Node, ctx: AnalysisContext, reason: str) -> tuple:
+    freezes = []
+    for a in node.all_input_nodes:
+        d = ctx.channel_dim(a)
+        if ctx.is_tensor(a) and isinstance(d, int):
+            freezes.append(ctx.freeze(ctx.input_slot(a, d), reason))
+    return tuple(freezes)
+
+
+def _passthrough(node: fx.Node, ctx: AnalysisContext, x: fx.Node, out_dim: int | None) -> Effect:
+    if out_dim is None:
+        return Effect(None)
+    return Effect(out_dim, couplings=(Coupling(ctx.input_slot(x, ctx.channel_dim(x)), ctx.output_slot(node, out_dim)),))
+
+
+class ElementwiseRule(Rule):
+    """y = f(x) applied independently to every channel."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        x = node.args[0] if node.args else next(iter(node.kwargs.values()))
+        if not ctx.is_tensor(x) or not ctx.is_tensor(node) or ctx.shape(x) != ctx.shape(node):
+            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node, ctx.modules)} changes the shape"))
+        d = ctx.channel_dim(x)
+        return _passthrough(node, ctx, x, d if isinstance(d, int) else None)
+
+
+class SoftmaxRule(ElementwiseRule):
+    """softmax/log_softmax: element-wise across channels unless it normalises over them (then not exact, still valid)."""
+
+
+class SpatialRule(Rule):
+    """Ops on the trailing `spatial` dims (pooling, upsample); for modules `spatial` is read from the input rank."""
+
+    def __init__(self, spatial: int | None = None):
+        self.spatial = spatial
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        x = node.args[0] if node.args else node.kwargs.get("input")
+        d = ctx.channel_dim(x)
+        if not isinstance(d, int) or not ctx.is_tensor(node):
+            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node, ctx.modules)} output is not a tensor"))
+        in_rank, out_rank = len(ctx.shape(x)), len(ctx.shape(node))
+        spatial = self.spatial if self.spatial is not None else in_rank - 2
+        if in_rank != out_rank or d >= in_rank - spatial or ctx.shape(x)[d] != ctx.shape(node)[d]:
+            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node, ctx.modules)} acts on the channel dim"))
+        return _passthrough(node, ctx, x, d)
+
+
+class PadRule(Rule):
+    """F.pad: channels pass through if the pad spec leaves the channel dim alone."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        x = node.args[0]
+        pad = node.args[1] if len(node.args) > 1 else node.kwargs["pad"]
+        d = ctx.channel_dim(x)
+        if not isinstance(d, int):
+            return Effect(None)
+        rank = len(ctx.shape(x))
+        if isinstance(pad, fx.Node) or d >= rank - len(pad) // 2:
+            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node)} pads the channel dim"))
+        return _passthrough(node, ctx, x, d)
+
+
+def _dims_arg(node: fx.Node, position: int, rank: int):
+    dims = node.args[position] if len(node.args) > position else node.kwargs.get("dim")
+    if dims is None:
+        return tuple(range(rank))
+    if isinstance(dims, int):
+        dims = (dims,)
+    return tuple(d % rank for d in dims)
+
+
+class ReduceRule(Rule):
+    """mean/sum/amax/amin over `dim`: channels pass through (shifted when keepdim=False) unless reduced."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        x = node.args[0]
+        d = ctx.channel_dim(x)
+        if not isinstance(d, int) or not ctx.is_tensor(node):
+            return Effect(None)
+        rank = len(ctx.shape(x))
+        dims = _dims_arg(node, 1, rank)
+        if any(isinstance(v, fx.Node) for v in dims) or d in dims:
+            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node)} reduces over the channel dim"))
+        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        out_dim = d if keepdim else d - sum(1 for r in dims if r < d)
+        return _passthrough(node, ctx, x, out_dim)
+
+
+class BinaryRule(Rule):
+    """Broadcast element-wise binary ops: operands aligned from the right share the output's channel dim."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        if not ctx.is_tensor(node):
+            return Effect(None)
+        out_shape = ctx.shape(node)
+        operands = [a for a in list(node.args) + list(node.kwargs.values()) if ctx.is_tensor(a)]
+        # candidate output dims from operands whose producer declared a channel dim spanning the output
+        candidates = set()
+        for a in operands:
+            d = ctx.channel_dim(a)
+            if isinstance(d, int):
+                aligned = d + len(out_shape) - len(ctx.shape(a))
+                if ctx.shape(a)[d] == out_shape[aligned] and out_shape[aligned] > 1:
+                    candidates.add(aligned)
+        if len(candidates) != 1:
+            if len(candidates) > 1:
+                reason = f"{describe_node(node)} combines tensors whose channels lie on different dims"
+                return Effect(None, freezes=_freeze_inputs(node, ctx, reason))
+            return Effect(None)
+        out_dim = candidates.pop()
+        out = ctx.output_slot(node, out_dim)
+        couplings = []
+        for a in operands:
+            shape = ctx.shape(a)
+            local = out_dim - (len(out_shape) - len(shape))
+            if local < 0 or shape[local] == 1:
+                continue  # broadcast along the channel dim: this operand does not carry channels
+            constant = ctx.constant(a)
+            if constant is not None:  # a parameter or buffer read with get_attr: slice it too
+                role = Role.PRODUCER if a.target in ctx.params else Role.BUFFER
+                couplings.append(Coupling(out, ctx.param_slot(a.target, local, role)))
+            else:
+                couplings.append(Coupling(out, ctx.input_slot(a, local)))
+        return Effect(out_dim, couplings=tuple(couplings))
+
+
+class ShapeQueryRule(Rule):
+    """x.size(), x.shape, x.dim(): read metadata, produce no tensor, tie nothing."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        if isinstance(ctx.value(node), TensorMeta):
+            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node)} has no rule"))
+        return Effect(None)

@@ -1,0 +1,264 @@
+"""Pure data movement, handled by one idea: push channel labels through the op.
+
+Each input tensor with a known channel dim is replaced by an integer tensor of the same
+shape whose value at every element is a label for its channel (labels of different
+inputs do not overlap). Running the op on the labels shows where every channel lands:
+cat, split, chunk, slicing, view/reshape/flatten, permute/transpose, channel shuffle and
+pixel shuffle all come out of the same code.
+
+Reading the output: its channel dim is a dim along which labels vary. When several vary
+(a split of the channel dim into (g, C/g) or (heads, head_dim)), we pick the dim that
+keeps the most independent channels after merging every label that lands at the same
+position; merging is always safe, it only prunes coarser. Position j of the chosen dim
+is tied to every label found at j, which gives the couplings.
+"""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from ..groups import Coupling, Effect, connected_labels
+from ..trace import TensorMeta
+from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node
+from .elementwise import _freeze_inputs
+
+
+def _run_on_labels(node: fx.Node, ctx: AnalysisContext):
+    """Run the node's op on label tensors. Returns (output, [(input node, dim, first label)])."""
+    sources = []
+    next_label = 0
+
+    def to_label(a: fx.Node):
+        nonlocal next_label
+        v = ctx.value(a)
+        if not isinstance(v, TensorMeta):
+            return v
+        d = ctx.channel_dim(a)
+        if not isinstance(d, int):
+            return torch.full(v.shape, -1, dtype=torch.int64)
+        n = v.shape[d]
+        view = [n if i == d else 1 for i in range(len(v.shape))]
+        labels = torch.arange(next_label, next_label + n, dtype=torch.int64).view(view).expand(v.shape).contiguous()
+        sources.append((a, d, next_label))
+        next_label += n
+        return labels
+
+    args = fx.node.map_arg(node.args, to_label)
+    kwargs = fx.node.map_arg(node.kwargs, to_label)
+    if node.op == "call_module":
+        out = ctx.module(node)(*args, **kwargs)
+    else:
+        out = callable_of(node)(*args, **kwargs)
+    return out, sources
+
+
+def _atoms_along(t: np.ndarray, k: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """Positions along dim k paired with the labels found there; and how many channels survive merging."""
+    n = t.shape[k]
+    moved = np.moveaxis(t, k, -1).reshape(-1, n)
+    pos = np.broadcast_to(np.arange(n), moved.shape).ravel()
+    lab = moved.ravel()
+    key = np.unique(lab * n + pos)
+    lab, pos = key // n, key % n
+    uniq, lab_idx = np.unique(lab, return_inverse=True)
+    comps = connected_labels(n + len(uniq), pos, n + lab_idx)
+    return int(comps.max()) + 1, pos, lab
+
+
+def read_channel_dim(t: torch.Tensor):
+    """(dim, positions, labels) of a labelled output, or a string saying why there is none."""
+    a = t.numpy()
+    known = a >= 0
+    if not known.any():
+        return None
+    if not known.all():
+        return "mixes channels with a tensor whose channels graphprune cannot follow"
+    varying = [k for k in range(a.ndim) if a.shape[k] > 1 and not (a == a.take([0], axis=k)).all()]
+    if not varying:
+        return "selects individual channels by index"
+    if len(varying) == 1:
+        k = varying[0]
+        labels = np.moveaxis(a, k, 0).reshape(a.shape[k], -1)[:, 0]
+        return k, np.arange(a.shape[k]), labels
+    best = None
+    for k in varying:
+        atoms, pos, lab = _atoms_along(a, k)
+        if best is None or atoms > best[0]:
+            best = (atoms, k, pos, lab)
+    return best[1], best[2], best[3]
+
+
+def _getitem_users(node: fx.Node, index: int):
+    return [u for u in node.users if u.op == "call_function" and u.target is operator.getitem and u.args[1] == index]
+
+
+class MovementRule(Rule):
+    """Data movement with no shape constants to rewrite (cat, permute, transpose, flatten, ...)."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        out, sources = _run_on_labels(node, ctx)
+        if not sources:
+            return Effect(None)
+        bases = np.array([b for _, _, b in sources])
+        in_slots = [ctx.input_slot(a, d) for a, d, _ in sources]
+        tuple_out = isinstance(out, (tuple, list))
+        outs = list(out) if tuple_out else [out]
+        dims, couplings, freezes = [], [], []
+        for i, t in enumerate(outs):
+            read = read_channel_dim(t) if isinstance(t, torch.Tensor) else None
+            if not isinstance(read, tuple):
+                dims.append(None)
+                if isinstance(read, str):
+                    reason = f"{describe_node(node, ctx.modules)} {read}"
+                    freezes += [ctx.freeze(s, reason) for s in in_slots]
+                continue
+            k, pos, lab = read
+            dims.append(k)
+            owners = [node] if not tuple_out else _getitem_users(node, i)
+            src = np.searchsorted(bases, lab, side="right") - 1
+            for owner in owners:
+                out_slot = ctx.output_slot(owner, k)
+                for j, in_slot in enumerate(in_slots):
+                    mask = src == j
+                    if mask.any():
+                        couplings.append(Coupling(out_slot, in_slot, pos[mask], lab[mask] - bases[j]))
+        if tuple_out and any(u.target is not operator.getitem for u in node.users):
+            reason = f"the parts of {describe_node(node)} are used whole"
+            freezes += [ctx.freeze(s, reason) for s in in_slots]
+        out_dim = tuple(dims) if tuple_out else dims[0]
+        return Effect(out_dim, couplings=tuple(couplings), freezes=tuple(freezes))
+
+
+def _kept_count(ctx: ShrinkContext, name: str, dim: int, old: int) -> int:
+    kept = ctx.kept(name, dim)
+    return old if kept is None else len(kept)
+
+
+class ReshapeRule(MovementRule):
+    """view/reshape/expand: literal sizes in the shape argument follow the kept channel count."""
+
+    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
+        d = ctx.declared.get(node.name)
+        if not isinstance(d, int):
+            return
+        old = ctx.value(node).shape[d]
+        new = _kept_count(ctx, node.name, d, old)
+        if new == old:
+            return
+        if node.op == "call_function":  # torch.reshape(x, shape)
+            shape = list(node.args[1])
+            if isinstance(shape[d], int) and shape[d] != -1:
+                shape[d] = new
+            node.args = (node.args[0], tuple(shape)) + tuple(node.args[2:])
+            return
+        packed = len(node.args) == 2 and isinstance(node.args[1], (tuple, list))
+        shape = list(node.args[1]) if packed else list(node.args[1:])
+        if isinstance(shape[d], int) and shape[d] != -1:
+            shape[d] = new
+        node.args = (node.args[0], tuple(shape)) if packed else (node.args[0], *shape)
+
+
+class SqueezeRule(MovementRule):
+    """squeeze(dim): a bare squeeze() would drop the channel dim if one channel were kept, so it is frozen."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        if len(node.args) < 2 and "dim" not in node.kwargs:
+            reason = f"{describe_node(node)} squeezes every size-1 dim; pass the dim explicitly"
+            return Effect(None, freezes=_freeze_inputs(node, ctx, reason))
+        return super().couple(node, ctx)
+
+
+class SplitRule(MovementRule):
+    """split/chunk: after pruning, parts are re-cut to the kept channel counts (chunk becomes split)."""
+
+    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
+        x = node.args[0]
+        d = ctx.declared.get(x.name)
+        rank = len(ctx.value(x).shape)
+        dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % rank
+        kept = ctx.kept(x.name, dim) if d == dim else None
+        if kept is None:
+            return
+        sizes = [p.shape[dim] for p in ctx.value(node)]
+        bounds = np.cumsum([0] + sizes)
+        new_sizes = [int(np.count_nonzero((kept >= lo) & (kept < hi))) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        node.op, node.target = "call_function", torch.split
+        node.args, node.kwargs = (x, new_sizes), {"dim": dim}
+
+
+class GetItemRule(MovementRule):
+    """x[...]: tuple parts pass through; tensor slices with step 1 on the channel dim are re-cut."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        src, index = node.args
+        if not ctx.is_tensor(src):  # a part of a split/chunk/tuple: its producer rule did the coupling
+            dims = ctx.channel_dim(src)
+            return Effect(dims[index] if isinstance(dims, tuple) and isinstance(index, int) else None)
+        d = ctx.channel_dim(src)
+        entry = _index_entry(index, d, len(ctx.shape(src)))
+        if isinstance(d, int) and not (entry is None or (isinstance(entry, slice) and entry.step in (None, 1)
+                                                         and not isinstance(entry.start, fx.Node)
+                                                         and not isinstance(entry.stop, fx.Node))):
+            reason = f"{describe_node(node)} indexes the channel dim with {entry!r}"
+            return Effect(None, freezes=_freeze_inputs(node, ctx, reason))
+        return super().couple(node, ctx)
+
+    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
+        src, index = node.args
+        d = ctx.declared.get(src.name)
+        if not isinstance(ctx.value(src), TensorMeta) or not isinstance(d, int):
+            return
+        kept = ctx.kept(src.name, d)
+        size = ctx.value(src).shape[d]
+        entry = _index_entry(index, d, len(ctx.value(src).shape))
+        if kept is None or not isinstance(entry, slice):
+            return
+        start, stop, _ = entry.indices(size)
+        new = slice(int(np.count_nonzero(kept < start)), int(np.count_nonzero(kept < stop)), None)
+        node.args = (src, _replace_index_entry(index, d, len(ctx.value(src).shape), new))
+
+
+def _expand_index(index, rank: int) -> list:
+    """The index as one entry per input dim (None entries for new axes are dropped, Ellipsis expanded)."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    out = []
+    for i in items:
+        if i is Ellipsis:
+            out += [slice(None)] * (rank - consumed)
+        elif i is not None:
+            out.append(i)
+    return out + [slice(None)] * (rank - len(out))
+
+
+def _index_entry(index, d, rank: int):
+    if not isinstance(d, int):
+        return None
+    entries = _expand_index(index, rank)
+    entry = entries[d]
+    return None if entry == slice(None) else entry
+
+
+def _replace_index_entry(index, d: int, rank: int, new):
+    items = list(index) if isinstance(index, tuple) else [index]
+    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    dim = 0
+    for pos, i in enumerate(items):
+        if i is None:
+            continue
+        if i is Ellipsis:
+            span = rank - consumed
+            if dim <= d < dim + span:
+                items = items[:pos] + [slice(None)] * (d - dim) + [new] + [slice(None)] * (dim + span - d - 1) + items[pos + 1:]
+                return tuple(items) if isinstance(index, tuple) or len(items) > 1 else items[0]
+            dim += span
+            continue
+        if dim == d:
+            items[pos] = new
+            return tuple(items) if isinstance(index, tuple) else items[0]
+        dim += 1
+    items += [slice(None)] * (d - dim) + [new]
+    return tuple(items)

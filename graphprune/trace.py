@@ -1,0 +1,113 @@
+"""Trace a model with torch.fx and record the value of every node on the example inputs.
+
+Modules that have a rule are leaves, so the analysis sees one node per rule. After
+`record_values`, every node carries `node.meta["gp_value"]`: its output with each tensor
+replaced by a `TensorMeta(shape, dtype)` and every other value (ints from `x.size()`,
+tuples, slices) kept as is, so later stages can re-run data-movement ops on labels.
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch.utils._pytree import tree_map
+
+from .errors import InputError, TraceError
+
+META_KEY = "gp_value"
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+class LeafTracer(fx.Tracer):
+    """torch.fx tracer that keeps every module with a rule as a single `call_module` node."""
+
+    def __init__(self, is_rule_module):
+        super().__init__()
+        self._is_rule_module = is_rule_module
+
+    def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        return self._is_rule_module(m) or super().is_leaf_module(m, qualname)
+
+
+def as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
+    """Normalise example inputs to a tuple of tensors, or raise InputError."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in example_inputs):
+        return tuple(example_inputs)
+    raise InputError(
+        f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}; "
+        "pass e.g. (torch.randn(1, 3, 224, 224),)"
+    )
+
+
+def _user_frame(exc: BaseException) -> str:
+    """The innermost traceback frame outside torch: the user's code that broke tracing."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename]
+    if not frames:
+        return "unknown location"
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno} in {f.name}: `{(f.line or '').strip()}`"
+
+
+def trace(model: torch.nn.Module, is_rule_module=lambda m: False) -> fx.GraphModule:
+    """Symbolically trace `model`; a failure becomes a TraceError naming the offending code."""
+    tracer = LeafTracer(is_rule_module)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # torch.fx raises many types; all mean "cannot trace"
+        raise TraceError(
+            f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: {exc} "
+            f"(at {_user_frame(exc)}). Fix: make the module that contains this code a leaf by adding a rule "
+            "for it (default_rules().with_rule(MyModule, MyRule())), or wrap the function with torch.fx.wrap, "
+            "or remove Python control flow that depends on tensor values."
+        ) from exc
+    name = type(model).__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+def _to_meta(value: Any) -> Any:
+    return tree_map(lambda v: TensorMeta(tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else v, value)
+
+
+class _Recorder(fx.Interpreter):
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as exc:
+            where = n.meta.get("stack_trace", "").strip().splitlines()[-1:] or [""]
+            raise InputError(
+                f"running the traced model failed at node `{n.name}` ({n.op} {n.target}): "
+                f"{type(exc).__name__}: {exc} {where[0].strip()}. "
+                "Check that example_inputs have the shapes and dtypes the model expects."
+            ) from exc
+        n.meta[META_KEY] = _to_meta(result)
+        return result
+
+
+@torch.no_grad()
+def record_values(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Any:
+    """Run `gm` on `inputs` (in its current train/eval mode), storing each node's value meta; returns the output."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(inputs):
+        raise InputError(
+            f"the model takes {len(placeholders)} input(s) ({', '.join(p.name for p in placeholders)}) "
+            f"but {len(inputs)} example input(s) were given; pass one tensor per forward() argument"
+        )
+    return _Recorder(gm).run(*inputs)
+
+
+def value_meta(node: fx.Node) -> Any:
+    return node.meta[META_KEY]

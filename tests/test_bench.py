@@ -1,0 +1,204 @@
+"""ONNX Runtime benchmark harness: report contents, serialisation, clear errors. No timing asserts."""
+
+import json
+import math
+import os
+
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+from onnx import TensorProto, helper
+
+from graphprune.bench import CPU, EDGE, BenchReport, Profile, benchmark
+from graphprune.errors import BenchError
+from graphprune.export import export_onnx
+
+WARMUP, REPEATS, ROUNDS = 2, 10, 2
+
+
+def _tiny_cnn(width):
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(width, 4),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two tiny ONNX files ("wide", "narrow"), batch dim dynamic, and their MACs."""
+    d = tmp_path_factory.mktemp("models")
+    paths, macs = {}, {}
+    for name, width in (("wide", 16), ("narrow", 4)):
+        paths[name] = str(d / f"{name}.onnx")
+        export_onnx(_tiny_cnn(width), torch.randn(2, 3, 16, 16), paths[name], dynamic_batch=True)
+        macs[name] = 16 * 16 * width * 27 + width * 4
+    return paths, macs
+
+
+@pytest.fixture(scope="module", params=[EDGE, CPU], ids=["edge", "cpu"])
+def report(request, models):
+    paths, macs = models
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    result = benchmark(paths, request.param, warmup=WARMUP, repeats=REPEATS, rounds=ROUNDS,
+                       macs=macs)
+    if affinity is not None:
+        assert os.sched_getaffinity(0) == affinity  # the caller is never re-pinned
+    return result
+
+
+def test_every_row_is_complete_and_consistent(report, models):
+    paths, macs = models
+    assert [r.name for r in report.rows] == list(paths)
+    for r in report.rows:
+        assert r.path == paths[r.name]
+        assert r.runs == REPEATS == len(r.latencies_ms)
+        assert all(t > 0 for t in r.latencies_ms)
+        assert 0 < r.p50_ms <= r.p90_ms <= max(r.latencies_ms)
+        assert min(r.latencies_ms) <= r.mean_ms <= max(r.latencies_ms)
+        assert r.load_ms > 0
+        assert r.peak_mem_bytes > 0
+        assert r.file_bytes == os.path.getsize(r.path)
+        assert r.macs == macs[r.name] and r.params is None
+
+
+def test_report_states_the_protocol(report):
+    assert report.warmup == WARMUP and report.repeats == REPEATS and report.rounds == ROUNDS
+    assert report.profile.graph_optimization_level == "ORT_ENABLE_ALL"
+    if report.profile.pin_core and hasattr(os, "sched_setaffinity"):
+        assert report.pinned_core in os.sched_getaffinity(0)
+    else:
+        assert report.pinned_core is None or report.profile.pin_core
+    header = report.format_table().splitlines()[0]
+    assert f"{report.profile.intra_op_threads} intra-op thread(s)" in header
+    assert "ORT_ENABLE_ALL" in header and "spinning off" in header
+
+
+def test_json_round_trip(report, tmp_path):
+    data = json.loads(json.dumps(report.to_json()))
+    assert data["profile"]["name"] == report.profile.name
+    assert BenchReport.from_json(data) == report
+    path = tmp_path / "report.json"
+    report.write_json(path)
+    with open(path) as f:
+        assert BenchReport.from_json(json.load(f)) == report
+    assert os.listdir(tmp_path) == ["report.json"]
+
+
+def test_table_has_every_variant_and_ratio(report):
+    table = report.format_table()
+    lines = table.splitlines()
+    for col in ("variant", "p50 ms", "p90 ms", "mean ms", "load ms", "peak MB", "size MB",
+                "p50 ratio", "GMACs"):
+        assert col in table
+    for r in report.rows:
+        row = next(line for line in lines if line.startswith(r.name + " "))
+        ratio = float(row.split()[7])
+        assert math.isclose(ratio, r.p50_ms / report.rows[0].p50_ms, abs_tol=0.006)
+
+
+def test_plot_writes_png(report, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "latency.png"
+    report.plot(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_macs_is_a_bench_error(models, tmp_path):
+    pytest.importorskip("matplotlib")
+    paths, _ = models
+    report = benchmark({"wide": paths["wide"]}, EDGE, warmup=0, repeats=1, rounds=1)
+    with pytest.raises(BenchError, match="macs"):
+        report.plot(tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_rounds_round_up_the_run_count(models):
+    paths, _ = models
+    report = benchmark(paths, EDGE, warmup=0, repeats=5, rounds=2)
+    assert [r.runs for r in report.rows] == [6, 6]
+
+
+def test_builtin_profiles():
+    assert CPU.intra_op_threads == (os.cpu_count() or 1) and not CPU.pin_core
+    assert EDGE.intra_op_threads == 1 and EDGE.pin_core
+    with pytest.raises(BenchError, match="intra_op_threads"):
+        Profile("x", intra_op_threads=0)
+    with pytest.raises(BenchError, match="graph_optimization_level"):
+        Profile("x", intra_op_threads=1, graph_optimization_level="FAST")
+
+
+def _assert_clean_error(info, *needles):
+    message = str(info.value)
+    for needle in needles:
+        assert needle in message
+    assert "Traceback" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("content", [os.urandom(4096), b"", "truncated"], ids=["random", "empty", "truncated"])
+def test_corrupted_onnx_is_a_bench_error(models, tmp_path, content):
+    paths, _ = models
+    bad = tmp_path / "bad.onnx"
+    if content == "truncated":
+        data = open(paths["wide"], "rb").read()
+        content = data[: len(data) // 2]
+    bad.write_bytes(content)
+    with pytest.raises(BenchError) as info:
+        benchmark({"good": paths["wide"], "bad": bad}, EDGE, warmup=0, repeats=1, rounds=1)
+    _assert_clean_error(info, "'bad'", str(bad), "not a valid ONNX model", "export_onnx")
+
+
+def test_missing_path_is_a_bench_error(tmp_path):
+    missing = tmp_path / "nowhere.onnx"
+    with pytest.raises(BenchError) as info:
+        benchmark({"m": missing}, EDGE)
+    _assert_clean_error(info, str(missing), "does not exist")
+
+
+def test_model_that_onnxruntime_cannot_load_is_a_bench_error(tmp_path):
+    node = helper.make_node("NoSuchOp", ["x"], ["y"], domain="example.custom")
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("example.custom", 1)])
+    path = tmp_path / "custom.onnx"
+    onnx.save(model, path)
+    with pytest.raises(BenchError) as info:
+        benchmark({"custom": path}, EDGE, warmup=0, repeats=1, rounds=1)
+    _assert_clean_error(info, "'custom'", str(path), "ONNX Runtime cannot load it")
+
+
+def test_dynamic_non_batch_dim_needs_input_shapes(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])],
+    )
+    path = tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(BenchError, match="input_shapes"):
+        benchmark({"dyn": path}, EDGE, warmup=0, repeats=1, rounds=1)
+    report = benchmark({"dyn": path}, EDGE, warmup=0, repeats=1, rounds=1,
+                       input_shapes={"x": (2, 7)})
+    assert report.rows[0].runs == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"repeats": 1, "rounds": 2}, "repeats >= rounds"),
+        ({"warmup": -1}, "warmup"),
+        ({"macs": {"nope": 1}}, "unknown variants"),
+    ],
+)
+def test_bad_arguments_are_bench_errors(models, kwargs, match):
+    paths, _ = models
+    with pytest.raises(BenchError, match=match):
+        benchmark(paths, EDGE, **kwargs)
+
+
+def test_no_variants_is_a_bench_error():
+    with pytest.raises(BenchError, match="at least one variant"):
+        benchmark({}, EDGE)
