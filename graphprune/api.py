@@ -45,27 +45,12 @@ class _Prepared:
     timings: dict
 
 
-def _check_runs(model: torch.nn.Module, inputs: tuple) -> None:
-    training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*inputs)
-    except Exception as exc:
-        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
-        raise InputError(f"{type(model).__name__} fails on the example inputs of shape(s) {shapes}: "
-                         f"{type(exc).__name__}: {exc}. Pass example inputs shaped like a real batch.") from exc
-    finally:
-        model.train(training)
-
-
 def _prepare(model: torch.nn.Module, example_inputs, rules: RuleTable, strict: bool) -> _Prepared:
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_tuple(example_inputs)
     timings = {}
     t0 = time.perf_counter()
-    _check_runs(model, inputs)
     copied = copy.deepcopy(model)
     training = copied.training
     original = trace(copied, rules.has_module_rule)

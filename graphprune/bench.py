@@ -9,16 +9,18 @@ Protocol of :func:`benchmark` (every variant sees the same conditions):
 * Timing runs in ONE child process (``sys.executable``), pinned to one core for a pinned
   profile (the calling process's affinity is never touched). Inputs are random, built
   from each model's input signature (seeded; a dynamic dim 0 is 1 unless ``input_shapes``
-  says otherwise). Session load time is the median of 3 loads, interleaved over variants.
+  says otherwise).
   Each variant gets ``warmup`` untimed runs, then ``rounds`` rounds; in each round every
   variant runs ``ceil(repeats / rounds)`` times back to back, and the order of the variants
   is rotated by one each round, so drift (thermal, frequency, noisy neighbours) hits all
   variants alike. Every run is timed with ``time.perf_counter_ns``; Python's GC is off
   while timing. p50/p90/mean are over all timed runs.
-* Peak memory: for each variant, a FRESH child process imports onnxruntime, records its
-  baseline (resident set, peak counter reset through ``/proc/self/clear_refs`` where
-  allowed, else the peak so far), loads the session, runs 3 inferences and reports peak
-  resident memory (``VmHWM``, or ``ru_maxrss``) minus baseline.
+* Load time and peak memory: for each variant, a FRESH child process (same affinity and
+  session options) imports onnxruntime, records its baseline (resident set, peak counter
+  reset through ``/proc/self/clear_refs`` where allowed, else the peak so far), creates the
+  session (timed: the load time, a cold start that includes onnxruntime's one-time
+  per-process set-up, equal for every variant), runs 3 inferences and reports peak resident
+  memory (``VmHWM``, or ``ru_maxrss``) minus baseline.
 * File size is ``os.path.getsize``. MACs/params, when given, are carried through as is.
 """
 
@@ -218,7 +220,7 @@ class BenchReport:
 # Runs in a fresh interpreter; imports only onnxruntime and numpy. Reads a JSON spec on
 # stdin, writes one JSON object on stdout: {"ok": ...} or {"error": ..., "variant": ...}.
 _CHILD = r'''
-import json, os, sys, time
+import json, os, re, sys, time
 spec = json.loads(sys.stdin.read())
 if spec["core"] is not None:
     os.sched_setaffinity(0, {spec["core"]})
@@ -261,11 +263,21 @@ def options():
     so.log_severity_level = 3
     return so
 
+def reason(exc):
+    """ORT's message without its error-code prefix, file path and C++ source location."""
+    msg = " ".join(str(exc).split())
+    msg = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
+    msg = re.sub(r"Load model from .*? failed: ?", "", msg)
+    msg = re.sub(r"/onnxruntime_src/\S+:\d+ .*?\) (?=[A-Z\[])", "", msg)
+    return msg[:400]
+
 def load(name, path):
     try:
         return ort.InferenceSession(path, sess_options=options(), providers=["CPUExecutionProvider"])
     except Exception as exc:
-        fail(name, "ONNX Runtime cannot load it: " + str(exc).strip().splitlines()[0][:300])
+        fail(name, f"ONNX Runtime {ort.__version__} cannot load it: {reason(exc)}; re-export it "
+                   "with graphprune.export.export_onnx (which checks it in ONNX Runtime) or use "
+                   "an onnxruntime that supports its ops and IR version")
 
 def fail(name, message):
     print(json.dumps({"error": message, "variant": name}))
@@ -301,7 +313,9 @@ def run(name, sess, x):
     try:
         sess.run(None, x)
     except Exception as exc:
-        fail(name, "ONNX Runtime cannot run it: " + str(exc).strip().splitlines()[0][:300])
+        shapes = {k: list(v.shape) for k, v in x.items()}
+        fail(name, f"ONNX Runtime cannot run it on random inputs of shapes {shapes}: "
+                   f"{reason(exc)}; pass input_shapes={{name: shape}} with valid shapes")
 
 variants = spec["variants"]
 if spec["mode"] == "memory":
@@ -313,21 +327,17 @@ if spec["mode"] == "memory":
         base = status_kb("VmRSS") * 1024
     except (OSError, TypeError):
         base = peak_bytes()
+    t0 = time.perf_counter_ns()
     sess = load(name, path)
+    load_ns = time.perf_counter_ns() - t0
     x = feeds(name, sess)
     for _ in range(3):
         run(name, sess, x)
-    print(json.dumps({"ok": {"peak_mem_bytes": peak_bytes() - base}}))
+    print(json.dumps({"ok": {"peak_mem_bytes": peak_bytes() - base, "load_ns": load_ns}}))
     sys.exit(0)
 
 names = list(variants)
-load_ns = {n: [] for n in names}
-sessions = {}
-for _ in range(3):
-    for n in names:
-        t0 = time.perf_counter_ns()
-        sessions[n] = load(n, variants[n])
-        load_ns[n].append(time.perf_counter_ns() - t0)
+sessions = {n: load(n, variants[n]) for n in names}
 inputs = {n: feeds(n, sessions[n]) for n in names}
 for n in names:
     for _ in range(spec["warmup"]):
@@ -346,7 +356,7 @@ for r in range(spec["rounds"]):
             sess.run(None, x)
             lat[n].append(time.perf_counter_ns() - t0)
 gc.enable()
-print(json.dumps({"ok": {"latency_ns": lat, "load_ns": load_ns, "ort": ort.__version__}}))
+print(json.dumps({"ok": {"latency_ns": lat, "ort": ort.__version__}}))
 '''
 
 
@@ -365,9 +375,7 @@ def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     if isinstance(result, dict) and "error" in result:
         name = result["variant"]
         raise BenchError(
-            f"variant {name!r} ({spec['variants'][name]}): {result['error']}. "
-            "Check that the file is a complete ONNX model (re-export it with "
-            "graphprune.export.export_onnx)"
+            f"variant {name!r} ({spec['variants'][name]}): {result['error']}"
         )
     if proc.returncode != 0 or not isinstance(result, dict) or "ok" not in result:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
@@ -497,7 +505,7 @@ def benchmark(
         rows.append(BenchRow(
             name=name, path=path, p50_ms=_percentile(ordered, 0.5),
             p90_ms=_percentile(ordered, 0.9), mean_ms=statistics.fmean(lat),
-            load_ms=statistics.median(timing["load_ns"][name]) / 1e6,
+            load_ms=memory["load_ns"] / 1e6,
             peak_mem_bytes=int(memory["peak_mem_bytes"]), file_bytes=os.path.getsize(path),
             runs=len(lat), macs=(macs or {}).get(name), params=(params or {}).get(name),
             latencies_ms=tuple(lat),

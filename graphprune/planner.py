@@ -1,6 +1,7 @@
 """Planning: turn scores and a strategy into a PrunePlan, plain data {group id: kept channels}.
 
-Local scope removes round(ratio * size) channels of every prunable group; global scope
+Local scope removes ceil(ratio * size) channels of every prunable group (at least the
+share asked, never all); global scope
 ranks all channels of all prunable groups together on scores normalised by their group's
 mean (so groups of different layer sizes compare) and removes the lowest ratio share.
 Guards: a group always keeps at least one channel (and at least one position of every
@@ -65,26 +66,40 @@ def _rounded(n_keep: int, size: int, round_to: int) -> int:
     return int(min(size, max(round_to, round(n_keep / round_to) * round_to)))
 
 
-def _with_slot_guard(group: ChannelGroup, kept: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Add, for any member slot left with no position, its best-scored channel."""
-    kept_set = set(kept.tolist())
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))  # rank 0 = best channel
-    for index_map in group.members.values():
-        if index_map.size and not kept_set.intersection(index_map.tolist()):
-            kept_set.add(int(index_map[np.argmin(rank[index_map])]))
-    return np.array(sorted(kept_set), dtype=np.int64)
-
-
 def _keep_best(group: ChannelGroup, scores: np.ndarray, n_keep: int) -> np.ndarray:
-    order = np.argsort(-scores, kind="stable")
-    return _with_slot_guard(group, np.sort(order[:n_keep]), order)
+    """The n_keep best channels, adjusted so that every member slot keeps at least one position.
+
+    A slot left empty gets its best channel back; to stay at n_keep, the worst kept channels
+    that are not the last one of some slot are dropped instead.
+    """
+    order = np.argsort(-scores, kind="stable")  # best first
+    kept = np.zeros(group.size, dtype=bool)
+    kept[order[:n_keep]] = True
+    slot_channels = [np.unique(m) for m in group.members.values() if m.size]
+    required = set()
+    for channels in slot_channels:
+        if not kept[channels].any():
+            best = channels[np.argmax(scores[channels])]
+            kept[best] = True
+            required.add(int(best))
+    excess = int(kept.sum()) - n_keep
+    for c in order[::-1]:
+        if excess <= 0:
+            break
+        if not kept[c] or int(c) in required:
+            continue
+        kept[c] = False
+        if all(kept[channels].any() for channels in slot_channels):
+            excess -= 1
+        else:
+            kept[c] = True
+    return np.flatnonzero(kept)
 
 
 def plan_local(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: float, round_to: int = 1) -> PrunePlan:
     keep, sizes = {}, {}
     for g in graph.prunable:
-        n_remove = min(g.size - 1, int(np.floor(ratio * g.size + 0.5)))
+        n_remove = min(g.size - 1, int(np.ceil(ratio * g.size - 1e-9)))
         n_keep = _rounded(g.size - n_remove, g.size, round_to)
         if n_keep < g.size:
             keep[g.id] = tuple(int(i) for i in _keep_best(g, scores[g.id], n_keep))
@@ -98,7 +113,7 @@ def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio:
         return PrunePlan({}, {})
     normalised = [scores[g.id] / (scores[g.id].mean() or 1.0) for g in groups]
     flat = np.concatenate(normalised)
-    n_remove = int(np.floor(ratio * flat.size + 0.5))
+    n_remove = int(np.ceil(ratio * flat.size - 1e-9))
     threshold = np.sort(flat)[n_remove - 1] if n_remove > 0 else -np.inf
     keep, sizes = {}, {}
     for g, s in zip(groups, normalised):

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_map
 
 from .errors import InputError, TraceError
@@ -98,15 +99,21 @@ class _Recorder(fx.Interpreter):
 
 
 @torch.no_grad()
-def record_values(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Any:
-    """Run `gm` on `inputs` (in its current train/eval mode), storing each node's value meta; returns the output."""
+def record_values(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], *, fake: bool = False) -> Any:
+    """Run `gm` on `inputs` (in its current train/eval mode), storing each node's value meta; returns the output.
+
+    With `fake=True` the run uses FakeTensors: shapes and Python values only, no arithmetic.
+    """
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(inputs):
         raise InputError(
             f"the model takes {len(placeholders)} input(s) ({', '.join(p.name for p in placeholders)}) "
             f"but {len(inputs)} example input(s) were given; pass one tensor per forward() argument"
         )
-    return _Recorder(gm).run(*inputs)
+    if not fake:
+        return _Recorder(gm).run(*inputs)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        return _Recorder(gm).run(*(mode.from_tensor(t) for t in inputs))
 
 
 def value_meta(node: fx.Node) -> Any:

@@ -3,7 +3,8 @@
 A pass implements `requires(gm)`, `call(gm) -> PassResult(graph_module, modified)` and
 `ensures(gm)`. Our passes work in place on the GraphModule they are given (`in_place`),
 and `ensures` lints the graph, recompiles it and re-runs shape recording on the example
-inputs, so a broken rewrite fails inside the pass that caused it, with the pass's name.
+inputs (with FakeTensors: shapes only, no arithmetic), so a broken rewrite fails inside
+the pass that caused it, with the pass's name.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class GraphPass(PassBase):
             training = graph_module.training
             graph_module.eval()
             try:
-                record_values(graph_module, self.example_inputs)
+                record_values(graph_module, self.example_inputs, fake=True)
             finally:
                 graph_module.train(training)
             self.check(graph_module)

@@ -1,0 +1,34 @@
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+def randomize_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Give BN/GN/LN non-trivial affine parameters and running statistics so they are really tested."""
+    g = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                if getattr(m, "weight", None) is not None:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                if getattr(m, "running_mean", None) is not None:
+                    m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model
+
+
+class RandomScores:
+    """An importance criterion with random scores: gives adversarial (arbitrary) plans."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, group, model):
+        return self.rng.random(group.size)
