@@ -138,6 +138,8 @@ def prune_graph(
         raise InputError(f"scope must be 'local' or 'global', got {scope!r}")
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise InputError(f"round_to must be a positive integer, got {round_to!r}")
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     criterion = resolve(importance)
     rules = rules or default_rules()
     ignored = _resolve_ignore(model, ignore)

@@ -40,7 +40,7 @@ class PrunePlan:
             groups = data["groups"]
             keep = {gid: tuple(int(i) for i in g["keep"]) for gid, g in groups.items()}
             sizes = {gid: int(g["size"]) for gid, g in groups.items()}
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"not a graphprune plan ({type(exc).__name__}: {exc}); pass the text of a plan.json") from exc
         return cls(keep, sizes)
 

@@ -26,6 +26,8 @@ from .groups import DependencyGraph
 from .planner import PrunePlan
 from .trace import TensorMeta, value_meta
 
+_CONVS = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d,
+          torch.conv1d, torch.conv2d, torch.conv3d)
 _MATMULS = (operator.matmul, torch.matmul, torch.bmm, torch.mm, torch.Tensor.matmul, torch.Tensor.bmm, torch.Tensor.mm)
 
 
@@ -52,6 +54,9 @@ def node_macs(node: fx.Node, modules) -> int:
     if target in _MATMULS:
         a = value_meta(node.args[0])
         return _numel(value_meta(node)) * a.shape[-1]
+    if target in _CONVS:  # functional conv: weight (C_out, C_in / G, k...)
+        w = value_meta(node.args[1] if len(node.args) > 1 else node.kwargs["weight"])
+        return _numel(value_meta(node)) * math.prod(w.shape[1:])
     if target is torch.nn.functional.linear:
         w = value_meta(node.args[1])
         return _numel(value_meta(node)) * w.shape[-1]

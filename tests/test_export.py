@@ -224,6 +224,7 @@ def test_save_torch_artifact_round_trips_with_torch_export(tmp_path, trace):
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 def test_save_torch_artifact_falls_back_to_torchscript(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("torch.export cannot handle this model")

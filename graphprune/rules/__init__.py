@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from .base import AnalysisContext, Rule, RuleTable, ShrinkContext
 from .elementwise import BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule
-from .layers import BatchNormRule, ConvRule, ConvTransposeRule, GroupNormRule, LayerNormRule, LinearRule
+from .layers import (BatchNormRule, ConvRule, ConvTransposeRule, FunctionalLayerNormRule, GroupNormRule, LayerNormRule,
+                     LinearRule)
 from .movement import GetItemRule, MovementRule, ReshapeRule, SplitRule, SqueezeRule
 
 __all__ = ["AnalysisContext", "Rule", "RuleTable", "ShrinkContext", "default_rules"]
@@ -71,6 +72,7 @@ def default_rules() -> RuleTable:
     add((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), BatchNormRule())
     add((nn.LayerNorm,), LayerNormRule())
     add((nn.GroupNorm,), GroupNormRule())
+    add((F.layer_norm,), FunctionalLayerNormRule())
     add(_ELEMENTWISE_MODULES + _ELEMENTWISE_FUNCTIONS, ElementwiseRule())
     add(_SOFTMAX, SoftmaxRule())
     add(_SPATIAL_MODULES + _SPATIAL_FUNCTIONS, SpatialRule())

@@ -57,8 +57,10 @@ class RuleTable:
         raise TypeError(f"rule key must be an nn.Module subclass or a callable, got {key!r}")
 
     def for_module(self, module: torch.nn.Module) -> Rule | None:
+        """The rule of the module's class, or of a base class whose forward it does not override."""
+        forward = type(module).forward
         for cls in type(module).__mro__:
-            if cls in self._modules:
+            if cls in self._modules and (cls is type(module) or cls.forward is forward):
                 return self._modules[cls]
         return None
 

@@ -158,3 +158,27 @@ class GroupNormRule(Rule):
         if kept is not None:
             width = m.num_channels // m.num_groups
             m.num_channels, m.num_groups = len(kept), len(kept) // width
+
+
+class FunctionalLayerNormRule(Rule):
+    """F.layer_norm(x, (C,), weight, bias) over the last dim, as written inside custom norm modules."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        x, shape = node.args[0], node.args[1]
+        cdim = len(ctx.shape(x)) - 1
+        x_slot, out = ctx.input_slot(x, cdim), ctx.output_slot(node, cdim)
+        if len(shape) != 1:
+            reason = f"layer_norm `{node.name}` normalises over {len(shape)} dims"
+            return Effect(cdim, freezes=(ctx.freeze(x_slot, reason), ctx.freeze(out, reason)))
+        couplings = [Coupling(x_slot, out)]
+        affine = [node.args[i] if len(node.args) > i else node.kwargs.get(name) for i, name in ((2, "weight"), (3, "bias"))]
+        for a in affine:
+            if isinstance(a, fx.Node):
+                couplings.append(Coupling(out, ctx.param_slot(a.target, 0, Role.PRODUCER) if ctx.constant(a) is not None
+                                          else ctx.input_slot(a, 0)))
+        return Effect(out_dim=cdim, couplings=tuple(couplings))
+
+    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
+        kept = ctx.kept(node.name, len(ctx.value(node).shape) - 1)
+        if kept is not None:
+            node.args = (node.args[0], (len(kept),)) + tuple(node.args[2:])

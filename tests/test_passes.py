@@ -1,0 +1,58 @@
+"""The rewrite passes follow torch.fx's pass protocol and fail inside the pass that broke the graph."""
+import copy
+
+import pytest
+import torch
+from torch.fx.passes.infra.pass_manager import PassManager
+
+import graphprune
+from graphprune.analysis import analyse
+from graphprune.errors import RewriteError
+from graphprune.passes import EliminateDeadCode, ShrinkChannels
+from graphprune.rules import default_rules
+from graphprune.rules.movement import ReshapeRule
+from graphprune.trace import record_values, trace
+from op_models import ChannelShuffle, FlattenHead, example_input
+
+
+def _prepared(cls):
+    model = cls().eval()
+    x = (example_input(cls),)
+    rules = default_rules()
+    gm = trace(copy.deepcopy(model), rules.has_module_rule)  # GraphModule shares submodules with its root
+    record_values(gm, x)
+    graph = analyse(gm, rules)
+    plan = graphprune.prune_graph(model, x, ratio=0.5).plan
+    return model, x, rules, gm, graph, plan
+
+
+def test_passes_run_in_torch_pass_manager():
+    model, x, rules, gm, graph, plan = _prepared(ChannelShuffle)
+    pm = PassManager([ShrinkChannels(graph, plan, rules, x), EliminateDeadCode(x)])
+    result = pm(gm)
+    assert result.modified
+    assert result.graph_module is gm
+    assert sum(p.numel() for p in gm.parameters()) < sum(p.numel() for p in model.parameters())
+    assert gm(*x).shape == model(*x).shape
+
+
+def test_analysis_does_not_mutate():
+    model, x, rules, gm, graph, plan = _prepared(ChannelShuffle)
+    code, state = gm.code, copy.deepcopy(gm.state_dict())
+    analyse(gm, rules)
+    assert gm.code == code
+    assert all(torch.equal(v, state[k]) for k, v in gm.state_dict().items())
+
+
+class ForgetfulReshape(ReshapeRule):
+    """A broken rule: never rewrites the literal sizes of view/reshape."""
+
+    def shrink(self, node, ctx):
+        return None
+
+
+def test_broken_rewrite_fails_inside_the_pass_that_caused_it():
+    model, x, _, gm, graph, plan = _prepared(FlattenHead)
+    broken = default_rules().with_rule(torch.Tensor.reshape, ForgetfulReshape())
+    with pytest.raises(RewriteError, match="ShrinkChannels"):
+        ShrinkChannels(graph, plan, broken, x)(gm)

@@ -1,0 +1,97 @@
+"""Unknown ops freeze what they touch (with the op named); users add rules without mutating anything global."""
+import numpy as np
+import pytest
+import torch
+import torch.fx
+import torch.nn as nn
+
+import graphprune
+from graphprune import Rule, default_rules
+from graphprune.errors import UnsupportedOpError
+from graphprune.groups import Coupling, Effect, Role
+from graphprune.verify import max_exactness_error
+from conftest import randomize_norms
+
+
+def mystery(x):
+    return x.flip(1)  # reverses channels: NOT element-wise
+
+
+torch.fx.wrap("mystery")
+
+
+class ChannelScale(nn.Module):
+    """A custom per-channel scale with no built-in rule (traced as a leaf once it has one)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.scale = nn.Parameter(torch.rand(c) + 0.5)
+
+    def forward(self, x):
+        return x * self.scale.view(1, -1, 1, 1)
+
+
+class ChannelScaleRule(Rule):
+    def couple(self, node, ctx):
+        x = node.args[0]
+        out = ctx.output_slot(node, 1)
+        return Effect(1, couplings=(Coupling(ctx.input_slot(x, 1), out),
+                                    Coupling(out, ctx.module_param_slot(node, "scale", 0, Role.PRODUCER))))
+
+
+class WithUnknown(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 12, 3), nn.Conv2d(12, 4, 1)
+        self.bn = nn.BatchNorm2d(12)
+
+    def forward(self, x):
+        x = mystery(self.b(self.a(x)))
+        return self.d(torch.relu(self.bn(self.c(x))))
+
+
+def test_unknown_op_freezes_its_groups_and_prunes_the_rest():
+    model = randomize_norms(WithUnknown()).eval()
+    x = torch.randn(1, 3, 16, 16)
+    result = graphprune.prune_graph(model, x, ratio=0.5)
+    frozen = {g.id: g.frozen_reasons for g in result.report.frozen_groups}
+    assert any("mystery" in r and "no rule" in r for reasons in frozen.values() for r in reasons), frozen
+    assert result.model.b.out_channels == 8  # feeds mystery: frozen
+    assert result.model.a.out_channels == 4  # not touched by it: pruned
+    assert result.model.c.out_channels == 6
+    assert result.model(x).shape == model(x).shape
+    assert max_exactness_error(model, (x,), result) <= 1e-5
+
+
+def test_strict_raises_and_names_the_op():
+    with pytest.raises(UnsupportedOpError, match="mystery.*has no rule.*with_rule"):
+        graphprune.prune_graph(WithUnknown(), torch.randn(1, 3, 16, 16), ratio=0.5, strict=True)
+
+
+class ScaledNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.s, self.b = nn.Conv2d(3, 16, 3, padding=1), ChannelScale(16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.s(self.a(x))))
+
+
+def test_custom_module_rule():
+    model = ScaledNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    # without a rule the module is traced through: view(1, -1, 1, 1) on a constant freezes nothing but the
+    # scale parameter, which cannot be sliced, so the group of `a` is frozen
+    plain = graphprune.prune_graph(model, x, ratio=0.5)
+    assert plain.model.a.out_channels == 16
+    rules = default_rules().with_rule(ChannelScale, ChannelScaleRule())
+    result = graphprune.prune_graph(model, x, ratio=0.5, rules=rules)
+    assert result.model.a.out_channels == 8
+    assert result.model.get_submodule("s").scale.shape == (8,)
+    assert max_exactness_error(model, (x,), result) <= 1e-5
+    assert default_rules().for_module(ChannelScale(2)) is None  # the default table was not changed
+
+
+def test_with_rule_rejects_non_rules():
+    with pytest.raises(TypeError):
+        default_rules().with_rule(ChannelScale, lambda n, c: None)
