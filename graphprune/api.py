@@ -22,7 +22,7 @@ from .groups import DependencyGraph, Role
 from .importance import Criterion, resolve, score_groups
 from .passes import EliminateDeadCode, ShrinkChannels
 from .planner import PrunePlan, plan_global, plan_local
-from .report import PruneReport, build_report
+from .report import ModelStats, PruneReport, build_report
 from .rules import RuleTable, default_rules
 from .trace import as_tuple, record_values, trace
 
@@ -38,8 +38,8 @@ class PruneResult:
 
 @dataclass
 class _Prepared:
-    original: fx.GraphModule  # traced copy, never rewritten (the "before" of the report)
-    working: fx.GraphModule  # traced copy that the passes rewrite
+    gm: fx.GraphModule  # traced copy of the caller's model; scored, then rewritten in place
+    before: ModelStats
     graph: DependencyGraph
     inputs: tuple
     timings: dict
@@ -53,16 +53,16 @@ def _prepare(model: torch.nn.Module, example_inputs, rules: RuleTable, strict: b
     t0 = time.perf_counter()
     copied = copy.deepcopy(model)
     training = copied.training
-    original = trace(copied, rules.has_module_rule)
-    original.eval()
-    record_values(original, inputs)
-    working = copy.deepcopy(original)
-    original.train(training)
+    gm = trace(copied, rules.has_module_rule)
+    gm.eval()
+    record_values(gm, inputs)
+    gm.train(training)
+    before = ModelStats.measure(gm)
     timings["trace"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    graph = analyse(original, rules, strict=strict)
+    graph = analyse(gm, rules, strict=strict)
     timings["analysis"] = time.perf_counter() - t0
-    return _Prepared(original, working, graph, inputs, timings)
+    return _Prepared(gm, before, graph, inputs, timings)
 
 
 def _resolve_ignore(model: torch.nn.Module, ignore: Iterable) -> list[str]:
@@ -94,23 +94,23 @@ def _ignored_groups(graph: DependencyGraph, prefixes: list[str]) -> list[str]:
     return ids
 
 
-def _rewrite(prep: _Prepared, plan: PrunePlan, rules: RuleTable) -> tuple[fx.GraphModule, torch.nn.Module]:
-    t0 = time.perf_counter()
-    gm = prep.working
+def _rewrite(prep: _Prepared, plan: PrunePlan, rules: RuleTable) -> tuple[fx.GraphModule, int]:
+    gm = prep.gm
     training = gm.training
-    shrink = ShrinkChannels(prep.graph, plan, rules, prep.inputs)
-    shrink(gm)  # run alone first so the report can see parameters before dead-code removal
+    shrink, dce = ShrinkChannels(prep.graph, plan, rules, prep.inputs), EliminateDeadCode(prep.inputs)
+    shrink(gm)  # alone first, so the report can count parameters before dead-code removal
     sliced_params = sum(p.numel() for p in gm.parameters())
-    PassManager([EliminateDeadCode(prep.inputs)], run_checks_after_each_pass=False)(gm)
+    PassManager([dce], run_checks_after_each_pass=False)(gm)
     gm.train(training)
-    prep.timings["rewrite"] = time.perf_counter() - t0
+    prep.timings["rewrite"] = shrink.timings["call"] + dce.timings["call"]
+    prep.timings["checks"] = shrink.timings["ensures"] + dce.timings["ensures"]
     return gm, sliced_params
 
 
 def _finish(prep: _Prepared, plan: PrunePlan, rules: RuleTable) -> PruneResult:
     gm, sliced_params = _rewrite(prep, plan, rules)
     t0 = time.perf_counter()
-    report = build_report(prep.original, gm, prep.graph, plan, sliced_params)
+    report = build_report(prep.before, gm, prep.graph, plan, sliced_params)
     prep.timings["report"] = time.perf_counter() - t0
     return PruneResult(gm, plan, report, prep.graph, prep.timings)
 
@@ -147,7 +147,7 @@ def prune_graph(
     if ignored:
         prep.graph = prep.graph.with_frozen(_ignored_groups(prep.graph, ignored), "output channels kept by `ignore`")
     t0 = time.perf_counter()
-    scores = score_groups(prep.graph.prunable, prep.original, criterion)
+    scores = score_groups(prep.graph.prunable, prep.gm, criterion)
     prep.timings["scoring"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     planner = plan_local if scope == "local" else plan_global

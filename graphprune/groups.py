@@ -115,17 +115,15 @@ class DependencyGraph:
         )
         return DependencyGraph(groups, self.slot_graph, self.channel_dims)
 
+    def __post_init__(self):
+        object.__setattr__(self, "_by_id", {g.id: g for g in self.groups})
+        object.__setattr__(self, "_by_slot", {s: g for g in self.groups for s in g.members})
+
     def group(self, group_id: str) -> ChannelGroup:
-        for g in self.groups:
-            if g.id == group_id:
-                return g
-        raise KeyError(group_id)
+        return self._by_id[group_id]
 
     def group_of(self, slot: Slot) -> ChannelGroup | None:
-        for g in self.groups:
-            if slot in g.members:
-                return g
-        return None
+        return self._by_slot.get(slot)
 
     @property
     def prunable(self) -> tuple[ChannelGroup, ...]:

@@ -33,9 +33,10 @@ class Magnitude:
         for slot, index_map in group.members.items():
             if slot.role not in _WEIGHT_ROLES:
                 continue
-            w = params[slot.name].detach().movedim(slot.dim, 0).reshape(index_map.size, -1)
-            per_position = w.abs().sum(1) if self.p == 1 else w.abs().pow(self.p).sum(1)
-            total += np.bincount(index_map, weights=per_position.double().numpy(), minlength=group.size)
+            w = params[slot.name].detach()
+            other = [d for d in range(w.ndim) if d != slot.dim]
+            per_position = torch.linalg.vector_norm(w, self.p, dim=other).double() ** self.p if other else w.abs().double() ** self.p
+            total += np.bincount(index_map, weights=per_position.numpy(), minlength=group.size)
         return total ** (1.0 / self.p)
 
 

@@ -148,30 +148,45 @@ def _params_by_module(model: nn.Module) -> dict[str, int]:
             for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
 
 
-def build_report(original: fx.GraphModule, pruned: fx.GraphModule, graph: DependencyGraph, plan: PrunePlan,
+@dataclass(frozen=True)
+class ModelStats:
+    """What the report needs of the unpruned model, measured once before the rewrite."""
+
+    params: int
+    macs: int
+    params_by_module: dict
+    param_shapes: dict
+
+    @classmethod
+    def measure(cls, gm: fx.GraphModule) -> "ModelStats":
+        shapes = {name: tuple(p.shape) for name, p in gm.named_parameters(remove_duplicate=False)}
+        return cls(count_params(gm), count_macs(gm), _params_by_module(gm), shapes)
+
+
+def build_report(before: ModelStats, pruned: fx.GraphModule, graph: DependencyGraph, plan: PrunePlan,
                  sliced_params: int | None = None) -> PruneReport:
-    """Measure `original` vs `pruned`. `sliced_params`: parameter count after slicing, before dead-code removal."""
-    shapes = {name: list(p.shape) for name, p in original.named_parameters(remove_duplicate=False)}
+    """Measure `pruned` against `before`. `sliced_params`: parameter count after slicing, before dead-code removal."""
+    shapes = {name: list(shape) for name, shape in before.param_shapes.items()}
     groups = []
     for g in graph.groups:
         removed = 0
         kept = plan.keep.get(g.id)
         if kept is not None:
-            for slot, index_map in g.members.items():
+            for slot in g.members:
                 if slot.name not in shapes:
                     continue  # activations and buffers hold no parameters
-                before = math.prod(shapes[slot.name])
+                n = math.prod(shapes[slot.name])
                 shapes[slot.name][slot.dim] = len(g.kept_positions(slot, kept))
-                removed += before - math.prod(shapes[slot.name])
+                removed += n - math.prod(shapes[slot.name])
         groups.append(GroupReport(g.id, g.size, len(kept) if kept is not None else g.size, removed, g.frozen_reasons))
     if sliced_params is None:
         sliced_params = count_params(pruned)
-    before, after = _params_by_module(original), _params_by_module(pruned)
-    layers = tuple(LayerReport(name, n, after.get(name, 0)) for name, n in before.items())
+    after = _params_by_module(pruned)
+    layers = tuple(LayerReport(name, n, after.get(name, 0)) for name, n in before.params_by_module.items())
     return PruneReport(
-        params_before=count_params(original),
+        params_before=before.params,
         params_after=count_params(pruned),
-        macs_before=count_macs(original),
+        macs_before=before.macs,
         macs_after=count_macs(pruned),
         groups=tuple(groups),
         layers=layers,

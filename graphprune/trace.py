@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_map
 
 from .errors import InputError, TraceError
@@ -99,10 +98,11 @@ class _Recorder(fx.Interpreter):
 
 
 @torch.no_grad()
-def record_values(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], *, fake: bool = False) -> Any:
+def record_values(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Any:
     """Run `gm` on `inputs` (in its current train/eval mode), storing each node's value meta; returns the output.
 
-    With `fake=True` the run uses FakeTensors: shapes and Python values only, no arithmetic.
+    A real run, not FakeTensors: on batch-1 CNN inputs it is 5-50x faster than FakeTensor
+    dispatch, and it proves the rewritten model computes.
     """
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(inputs):
@@ -110,10 +110,7 @@ def record_values(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], *, fake:
             f"the model takes {len(placeholders)} input(s) ({', '.join(p.name for p in placeholders)}) "
             f"but {len(inputs)} example input(s) were given; pass one tensor per forward() argument"
         )
-    if not fake:
-        return _Recorder(gm).run(*inputs)
-    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-        return _Recorder(gm).run(*(mode.from_tensor(t) for t in inputs))
+    return _Recorder(gm).run(*inputs)
 
 
 def value_meta(node: fx.Node) -> Any:

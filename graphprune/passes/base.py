@@ -3,10 +3,12 @@
 A pass implements `requires(gm)`, `call(gm) -> PassResult(graph_module, modified)` and
 `ensures(gm)`. Our passes work in place on the GraphModule they are given (`in_place`),
 and `ensures` lints the graph, recompiles it and re-runs shape recording on the example
-inputs (with FakeTensors: shapes only, no arithmetic), so a broken rewrite fails inside
-the pass that caused it, with the pass's name.
+inputs, so a broken rewrite fails inside the pass that caused it, with the pass's name.
+`timings` holds the seconds of the last call's rewrite (`call`) and checks (`ensures`).
 """
 from __future__ import annotations
+
+import time
 
 import torch
 import torch.fx as fx
@@ -27,6 +29,18 @@ class GraphPass(PassBase):
         super().__init__()
         self.example_inputs = example_inputs
 
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, graph_module: fx.GraphModule) -> PassResult:
+        t0 = time.perf_counter()
+        self.requires(graph_module)
+        result = self.call(graph_module)
+        t1 = time.perf_counter()
+        if result.modified:
+            self.ensures(result.graph_module)
+        self.timings = {"call": t1 - t0, "ensures": time.perf_counter() - t1}
+        return result
+
     @property
     def name(self) -> str:
         return type(self).__name__
@@ -44,7 +58,7 @@ class GraphPass(PassBase):
             training = graph_module.training
             graph_module.eval()
             try:
-                record_values(graph_module, self.example_inputs, fake=True)
+                record_values(graph_module, self.example_inputs)
             finally:
                 graph_module.train(training)
             self.check(graph_module)
