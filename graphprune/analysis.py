@@ -11,14 +11,50 @@ import torch.fx as fx
 from torch.utils._pytree import tree_leaves
 
 from .errors import UnsupportedOpError
-from .groups import DependencyGraph, Freeze, build_groups
+from .groups import Coupling, DependencyGraph, Freeze, Role, build_groups
 from .rules import AnalysisContext, RuleTable
 from .rules.base import describe_node
+from .rules.movement import MovementRule
+
+_CALLS = ("call_module", "call_function", "call_method")
+
+
+def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> frozenset[str]:
+    """Data-movement nodes on the way into an op whose rule `reads_heads` (matmul, attention).
+
+    A reshape among them that splits channels into (heads, head_dim) keeps the heads as its
+    channel dim, so attention is pruned by whole heads.
+    """
+    def rule(n):
+        return rules.for_node(n, modules) if n.op in _CALLS else None
+
+    stack = [a for n in gm.graph.nodes if getattr(rule(n), "reads_heads", False) for a in n.all_input_nodes]
+    marked = set()
+    while stack:
+        n = stack.pop()
+        if n.name not in marked and isinstance(rule(n), MovementRule):
+            marked.add(n.name)
+            stack.extend(n.all_input_nodes)
+    return frozenset(marked)
+
+
+def _declare_constant(node: fx.Node, ctx: AnalysisContext) -> list[Coupling]:
+    """A parameter/buffer read with get_attr that is a vector (one dim > 1) carries channels on that dim."""
+    tensor = ctx.constant(node)
+    if tensor is None:
+        return []
+    dims = [d for d in range(tensor.ndim) if tensor.shape[d] > 1]
+    if len(dims) != 1:
+        return []
+    ctx.declared[node.name] = dims[0]
+    role = Role.PRODUCER if node.target in ctx.params else Role.BUFFER
+    return [Coupling(ctx.output_slot(node, dims[0]), ctx.param_slot(node.target, dims[0], role))]
 
 
 def analyse(gm: fx.GraphModule, rules: RuleTable, *, strict: bool = False) -> DependencyGraph:
     """Channel groups of `gm` (whose nodes carry values from `trace.record_values`). Does not modify `gm`."""
     ctx = AnalysisContext(gm)
+    ctx.head_splits = attention_inputs(gm, rules, ctx.modules)
     couplings, freezes, unsupported = [], [], []
 
     def freeze_tensor_inputs(node: fx.Node, reason: str) -> None:
@@ -28,7 +64,10 @@ def analyse(gm: fx.GraphModule, rules: RuleTable, *, strict: bool = False) -> De
                 freezes.append(Freeze(ctx.input_slot(a, d), reason))
 
     for node in gm.graph.nodes:
-        if node.op in ("placeholder", "get_attr"):
+        if node.op == "get_attr":
+            couplings.extend(_declare_constant(node, ctx))
+            continue
+        if node.op == "placeholder":
             continue
         if node.op == "output":
             for a in tree_leaves(node.args):

@@ -10,6 +10,7 @@ of positions under all couplings, and every member keeps an `index_map`
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
@@ -18,6 +19,7 @@ import networkx as nx
 import numpy as np
 
 
+@functools.total_ordering
 class Role(enum.Enum):
     """What a slot is: an activation, or a parameter dim that writes (PRODUCER) or reads (CONSUMER) the channel."""
 
@@ -26,12 +28,15 @@ class Role(enum.Enum):
     CONSUMER = "consumer"  # conv/linear input columns: zeroing them hides a channel from everything downstream
     BUFFER = "buffer"  # running statistics: sliced, but not part of importance
 
+    def __lt__(self, other: "Role") -> bool:
+        return self.value < other.value
+
 
 @dataclass(frozen=True, order=True)
 class Slot:
     name: str  # FX node name (activations) or qualified parameter/buffer name
     dim: int
-    role: Role = field(default=Role.ACTIVATION, compare=False)
+    role: Role = Role.ACTIVATION  # part of identity: a get_attr node may share its parameter's name
 
     def __str__(self) -> str:
         return f"{self.name}[dim {self.dim}]"

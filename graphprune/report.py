@@ -173,7 +173,7 @@ def build_report(before: ModelStats, pruned: fx.GraphModule, graph: DependencyGr
         kept = plan.keep.get(g.id)
         if kept is not None:
             for slot in g.members:
-                if slot.name not in shapes:
+                if not slot.is_param or slot.name not in shapes:
                     continue  # activations and buffers hold no parameters
                 n = math.prod(shapes[slot.name])
                 shapes[slot.name][slot.dim] = len(g.kept_positions(slot, kept))

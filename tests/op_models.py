@@ -283,8 +283,58 @@ class LayerNormBlock(nn.Module):
         return self.head(torch.softmax(x, -1))
 
 
+class MHABlock(nn.Module):
+    """nn.MultiheadAttention in a residual block (no LayerNorm, so pruning is output-exact)."""
+
+    shape = (2, 7, 16)
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(16, 24)
+        self.attn = nn.MultiheadAttention(24, 4, batch_first=True)
+        self.fc1, self.fc2 = nn.Linear(24, 40), nn.Linear(40, 24)
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x):
+        x = self.embed(x)
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        x = x + self.fc2(F.gelu(self.fc1(x)))
+        return self.head(x[:, 0])
+
+
+class PlainAttention(nn.Module):
+    """Attention written with matmul/softmax (qkv in one Linear) and with F.scaled_dot_product_attention."""
+
+    shape = (2, 9, 16)
+
+    def __init__(self, heads=4, head_dim=6):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.embed = nn.Linear(16, 20)
+        self.qkv = nn.Linear(20, 3 * heads * head_dim)
+        self.proj = nn.Linear(heads * head_dim, 20)
+        self.q2, self.k2, self.v2 = (nn.Linear(20, heads * head_dim) for _ in range(3))
+        self.proj2 = nn.Linear(heads * head_dim, 20)
+        self.scale = head_dim ** -0.5
+        self.head = nn.Linear(20, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
+        q = self.q2(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k2(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        v = self.v2(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)
+        return self.head(x + self.proj2(y))
+
+
 EXACT = [ConvChain, Conv1dChain, GroupedConv, Depthwise, TokenMLP, Activations, Pooling, Residual, SqueezeExcite,
-         DenseBlock, Inception, SplitSlice, FlattenHead, ChannelsLast, ChannelShuffle, UpDown, Embeddings]
+         DenseBlock, Inception, SplitSlice, FlattenHead, ChannelsLast, ChannelShuffle, UpDown, Embeddings, MHABlock,
+         PlainAttention]
 SHAPE_ONLY = [LayerNormBlock]
 
 

@@ -28,7 +28,7 @@ class ChannelScale(nn.Module):
         self.scale = nn.Parameter(torch.rand(c) + 0.5)
 
     def forward(self, x):
-        return x * self.scale.view(1, -1, 1, 1)
+        return torch.einsum("bchw,c->bchw", x, self.scale)  # einsum has no built-in rule
 
 
 class ChannelScaleRule(Rule):
@@ -80,10 +80,10 @@ class ScaledNet(nn.Module):
 def test_custom_module_rule():
     model = ScaledNet().eval()
     x = torch.randn(2, 3, 8, 8)
-    # without a rule the module is traced through: view(1, -1, 1, 1) on a constant freezes nothing but the
-    # scale parameter, which cannot be sliced, so the group of `a` is frozen
+    # without a rule the module is traced through to einsum, which has no rule: the group of `a` is frozen
     plain = graphprune.prune_graph(model, x, ratio=0.5)
     assert plain.model.a.out_channels == 16
+    assert any("einsum" in r for g in plain.report.frozen_groups for r in g.frozen_reasons)
     rules = default_rules().with_rule(ChannelScale, ChannelScaleRule())
     result = graphprune.prune_graph(model, x, ratio=0.5, rules=rules)
     assert result.model.a.out_channels == 8

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import MatMulRule, MultiheadAttentionRule, PrunedMultiheadAttention, ScaledDotProductAttentionRule
 from .base import AnalysisContext, Rule, RuleTable, ShrinkContext
 from .elementwise import BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule
 from .layers import (BatchNormRule, ConvRule, ConvTransposeRule, FunctionalLayerNormRule, GroupNormRule, LayerNormRule,
@@ -50,7 +51,7 @@ _BINARY = (
 _MOVEMENT = (
     torch.cat, torch.concat, torch.stack, torch.flatten, T.flatten, torch.permute, T.permute, torch.transpose,
     T.transpose, torch.movedim, T.movedim, torch.unsqueeze, T.unsqueeze, F.pixel_shuffle, F.pixel_unshuffle,
-    torch.channel_shuffle, T.repeat, nn.Flatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
+    torch.channel_shuffle, T.repeat, torch.unbind, T.unbind, nn.Flatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
 )
 _RESHAPE = (T.view, T.reshape, torch.reshape, T.expand)
 _SPLIT = (torch.split, T.split, torch.chunk, T.chunk)
@@ -84,6 +85,9 @@ def default_rules() -> RuleTable:
     add(_SPLIT, SplitRule())
     add(_SQUEEZE, SqueezeRule())
     add((operator.getitem,), GetItemRule())
+    add((nn.MultiheadAttention,), MultiheadAttentionRule())
+    add((operator.matmul, torch.matmul, T.matmul, torch.bmm, T.bmm), MatMulRule())
+    add((F.scaled_dot_product_attention,), ScaledDotProductAttentionRule())
     add(_SHAPE_QUERIES, ShapeQueryRule())
     modules = {k: v for k, v in table.items() if isinstance(k, type) and issubclass(k, nn.Module)}
     functions = {k: v for k, v in table.items() if k not in modules}

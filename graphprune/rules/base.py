@@ -21,7 +21,12 @@ from ..trace import TensorMeta, value_meta
 
 
 class Rule:
-    """Base rule: subclasses implement `couple`; `shrink` does nothing by default."""
+    """Base rule: subclasses implement `couple`; `shrink` does nothing by default.
+
+    `reads_heads`: the op treats a (heads, head_dim) split of channels as heads (matmul, attention).
+    """
+
+    reads_heads = False
 
     def couple(self, node: fx.Node, ctx: "AnalysisContext") -> Effect:
         raise NotImplementedError
@@ -109,6 +114,7 @@ class AnalysisContext:
         self.producer_note: dict[str, str] = {}
         self.sizes: dict[Slot, int] = {}
         self.freezes: list[Freeze] = []
+        self.head_splits: frozenset[str] = frozenset()  # movement nodes feeding attention (see analysis)
 
     # -- reading -----------------------------------------------------------------
     def value(self, node: Any) -> Any:
@@ -187,14 +193,14 @@ class ShrinkContext:
     def __init__(self, gm: fx.GraphModule, kept: Mapping[Slot, np.ndarray], declared: Mapping[str, Any]):
         self.gm = gm
         self.modules = dict(gm.named_modules())
-        self._kept = {(s.name, s.dim): k for s, k in kept.items()}
+        self._kept = {(s.name, s.dim): k for s, k in kept.items() if not s.is_param}
         self.declared = declared
 
     def module(self, node: fx.Node) -> torch.nn.Module:
         return self.modules[node.target]
 
     def kept(self, name: str, dim: int) -> np.ndarray | None:
-        """Positions kept in slot (name, dim), or None if that slot is not pruned."""
+        """Positions kept in the activation slot (node name, dim), or None if it is not pruned."""
         return self._kept.get((name, dim))
 
     def value(self, node: Any) -> Any:

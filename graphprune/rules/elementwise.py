@@ -118,7 +118,7 @@ class BinaryRule(Rule):
         candidates = set()
         for a in operands:
             d = ctx.channel_dim(a)
-            if isinstance(d, int):
+            if isinstance(d, int) and ctx.constant(a) is None:  # constants follow, they never decide
                 aligned = d + len(out_shape) - len(ctx.shape(a))
                 if ctx.shape(a)[d] == out_shape[aligned] and out_shape[aligned] > 1:
                     candidates.add(aligned)

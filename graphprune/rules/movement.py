@@ -9,7 +9,8 @@ pixel shuffle all come out of the same code.
 Reading the output: its channel dim is a dim along which labels vary. When several vary
 (a split of the channel dim into (g, C/g) or (heads, head_dim)), we pick the dim that
 keeps the most independent channels after merging every label that lands at the same
-position; merging is always safe, it only prunes coarser. Position j of the chosen dim
+position; merging is always safe, it only prunes coarser. On the way into attention the
+head_dim is never picked, so heads are pruned whole. Position j of the chosen dim
 is tied to every label found at j, which gives the couplings.
 """
 from __future__ import annotations
@@ -68,8 +69,12 @@ def _atoms_along(t: np.ndarray, k: int) -> tuple[int, np.ndarray, np.ndarray]:
     return int(comps.max()) + 1, pos, lab
 
 
-def read_channel_dim(t: torch.Tensor):
-    """(dim, positions, labels) of a labelled output, or a string saying why there is none."""
+def read_channel_dim(t: torch.Tensor, heads: bool = False):
+    """(dim, positions, labels) of a labelled output, or a string saying why there is none.
+
+    With `heads`, the innermost of several varying dims (the head_dim of a heads split) is
+    never the channel dim. Ties go to the inner dim.
+    """
     a = t.numpy()
     known = a >= 0
     if not known.any():
@@ -84,9 +89,9 @@ def read_channel_dim(t: torch.Tensor):
         labels = np.moveaxis(a, k, 0).reshape(a.shape[k], -1)[:, 0]
         return k, np.arange(a.shape[k]), labels
     best = None
-    for k in varying:
+    for k in varying[:-1] if heads else varying:
         atoms, pos, lab = _atoms_along(a, k)
-        if best is None or atoms > best[0]:
+        if best is None or atoms >= best[0]:
             best = (atoms, k, pos, lab)
     return best[1], best[2], best[3]
 
@@ -108,7 +113,7 @@ class MovementRule(Rule):
         outs = list(out) if tuple_out else [out]
         dims, couplings, freezes = [], [], []
         for i, t in enumerate(outs):
-            read = read_channel_dim(t) if isinstance(t, torch.Tensor) else None
+            read = read_channel_dim(t, node.name in ctx.head_splits) if isinstance(t, torch.Tensor) else None
             if not isinstance(read, tuple):
                 dims.append(None)
                 if isinstance(read, str):

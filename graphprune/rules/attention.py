@@ -1,0 +1,181 @@
+"""Attention: nn.MultiheadAttention, matmul and scaled_dot_product_attention.
+
+Whole heads are pruned, never single dims inside a head, so the softmax scale 1/sqrt(d)
+and every kept head stay exactly as they were:
+  - nn.MultiheadAttention: the heads are one group (rows of the q/k/v projections and the
+    matching columns of out_proj, merged per head); the embedding dim it reads and writes
+    belongs to the residual stream's group. A pruned module is replaced by
+    `PrunedMultiheadAttention`, which allows (heads x head_dim) != embed_dim.
+  - attention written with matmul/softmax or F.scaled_dot_product_attention: the reshape
+    that splits channels into (heads, head_dim) on the way into attention keeps the head
+    dim as its channel dim (see analysis.attention_inputs), and matmul ties its batch dims,
+    rows and columns to the output and its contracted dims together.
+"""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..groups import Coupling, Effect, Role
+from .base import AnalysisContext, Rule, ShrinkContext, describe_node
+from .elementwise import _freeze_inputs
+
+
+class PrunedMultiheadAttention(nn.Module):
+    """Multi-head attention with `num_heads * head_dim` free of `embed_dim` (what remains after head pruning).
+
+    Same parameters and call signature as nn.MultiheadAttention (masks unsupported);
+    returns (output, None).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, batch_first: bool, dropout: float,
+                 in_proj_weight: torch.Tensor, in_proj_bias: torch.Tensor | None, out_proj: nn.Linear):
+        super().__init__()
+        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
+        self.batch_first, self.dropout = batch_first, dropout
+        self.in_proj_weight = nn.Parameter(in_proj_weight.detach().clone())
+        self.in_proj_bias = nn.Parameter(in_proj_bias.detach().clone()) if in_proj_bias is not None else None
+        self.out_proj = out_proj
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=False, attn_mask=None):
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
+        n, lq, lk = query.shape[0], query.shape[1], key.shape[1]
+        q = F.linear(query, w_q, b_q).view(n, lq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = F.linear(key, w_k, b_k).view(n, lk, self.num_heads, self.head_dim).transpose(1, 2)
+        v = F.linear(value, w_v, b_v).view(n, lk, self.num_heads, self.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        out = self.out_proj(out.transpose(1, 2).reshape(n, lq, self.num_heads * self.head_dim))
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+def _call_args(node: fx.Node):
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask")
+    values = dict(zip(names, node.args))
+    values.update(node.kwargs)
+    return values
+
+
+class MultiheadAttentionRule(Rule):
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        m = ctx.module(node)
+        call = _call_args(node)
+        q, k, v = call["query"], call["key"], call["value"]
+        cdim = len(ctx.shape(q)) - 1
+        problem = None
+        if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+            problem = "uses separate k/v dims, bias_k or add_zero_attn"
+        elif any(isinstance(call.get(a), fx.Node) for a in ("key_padding_mask", "attn_mask")):
+            problem = "is called with an attention mask"
+        elif any(u.target is not operator.getitem for u in node.users):
+            problem = "output tuple is used whole"
+        elif any(u.args[1] != 0 and u.users for u in node.users):
+            problem = "returns attention weights that are used"
+        if problem is not None:
+            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node, ctx.modules)} {problem}"))
+        users = [u for u in node.users if u.args[1] == 0]
+        name = node.target
+        w_in = ctx.param_slot(f"{name}.in_proj_weight", 1, Role.CONSUMER)
+        couplings = [Coupling(ctx.input_slot(t, cdim), w_in) for t in dict.fromkeys((q, k, v))]
+        for u in users:
+            out = ctx.output_slot(u, cdim)
+            couplings.append(Coupling(out, ctx.param_slot(f"{name}.out_proj.weight", 0, Role.PRODUCER)))
+            if m.out_proj.bias is not None:
+                couplings.append(Coupling(out, ctx.param_slot(f"{name}.out_proj.bias", 0, Role.PRODUCER)))
+        # heads: column p of out_proj reads rows p, E+p, 2E+p of in_proj; a head's head_dim columns go together
+        e, d = m.embed_dim, m.head_dim
+        p = np.arange(e)
+        heads = ctx.param_slot(f"{name}.out_proj.weight", 1, Role.CONSUMER)
+        couplings.append(Coupling(heads, heads, p, (p // d) * d))
+        rows = ctx.param_slot(f"{name}.in_proj_weight", 0, Role.PRODUCER)
+        couplings.append(Coupling(heads, rows, np.tile(p, 3), np.arange(3 * e)))
+        if m.in_proj_bias is not None:
+            couplings.append(Coupling(rows, ctx.param_slot(f"{name}.in_proj_bias", 0, Role.PRODUCER)))
+        return Effect((cdim, None), couplings=tuple(couplings))
+
+    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
+        m = ctx.module(node)
+        inner = m.out_proj.weight.shape[1]
+        if inner == m.embed_dim and m.in_proj_weight.shape[1] == m.embed_dim:
+            return
+        m.out_proj.in_features, m.out_proj.out_features = inner, m.out_proj.weight.shape[0]
+        pruned = PrunedMultiheadAttention(m.in_proj_weight.shape[1], inner // m.head_dim, m.head_dim, m.batch_first,
+                                          m.dropout, m.in_proj_weight, m.in_proj_bias, m.out_proj)
+        pruned.train(m.training)
+        parent_name, _, attr = node.target.rpartition(".")
+        setattr(ctx.gm.get_submodule(parent_name) if parent_name else ctx.gm, attr, pruned)
+
+
+class MatMulRule(Rule):
+    """a (..., n, k) @ b (..., k, m): batch dims, rows of a and columns of b pass to the output; a's k ~ b's k."""
+
+    reads_heads = True
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        a, b = node.args[0], node.args[1]
+        if not (ctx.is_tensor(a) and ctx.is_tensor(b)) or len(ctx.shape(a)) < 2 or len(ctx.shape(b)) < 2:
+            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node)} is not a batched matrix product"))
+        ra, rb, ro = len(ctx.shape(a)), len(ctx.shape(b)), len(ctx.shape(node))
+        contracted = {a: (ra - 1, b, rb - 2), b: (rb - 2, a, ra - 1)}
+        kept = {a: ra - 2, b: rb - 1}
+        couplings, passing = [], []
+        for x in dict.fromkeys((a, b)):
+            d = ctx.channel_dim(x)
+            if not isinstance(d, int):
+                continue
+            rank = len(ctx.shape(x))
+            own, other, other_dim = contracted[x]
+            if d == own:
+                couplings.append(Coupling(ctx.input_slot(x, d), self._operand_slot(other, other_dim, ctx)))
+            elif d == kept[x]:
+                passing.append((x, d, ro - (2 if x is a else 1)))
+            elif ctx.shape(x)[d] > 1:
+                passing.append((x, d, d + ro - rank))
+        if len({o for _, _, o in passing}) > 1:
+            reason = f"{describe_node(node)} has channels on two output dims"
+            return Effect(None, freezes=_freeze_inputs(node, ctx, reason))
+        if not passing:
+            return Effect(None, couplings=tuple(couplings))
+        out_dim = passing[0][2]
+        out = ctx.output_slot(node, out_dim)
+        couplings += [Coupling(ctx.input_slot(x, d), out) for x, d, _ in passing]
+        return Effect(out_dim, couplings=tuple(couplings))
+
+    @staticmethod
+    def _operand_slot(x: fx.Node, dim: int, ctx: AnalysisContext):
+        if ctx.constant(x) is not None:
+            return ctx.param_slot(x.target, dim, Role.CONSUMER)
+        return ctx.input_slot(x, dim)
+
+
+class ScaledDotProductAttentionRule(Rule):
+    """F.scaled_dot_product_attention(q, k, v): heads (dim -3) pass through; head_dim only with an explicit scale."""
+
+    reads_heads = True
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        q, k, v = node.args[:3]
+        kwargs = dict(zip(("attn_mask", "dropout_p", "is_causal", "scale"), node.args[3:]))
+        kwargs.update(node.kwargs)
+        rank = len(ctx.shape(q))
+        dims = {ctx.channel_dim(t) for t in (q, k, v)}
+        if isinstance(kwargs.get("attn_mask"), fx.Node) or len(dims) != 1:
+            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node)} has a mask or mixed layouts"))
+        d = dims.pop()
+        if d == rank - 3:
+            out = ctx.output_slot(node, d)
+            couplings = tuple(Coupling(ctx.input_slot(t, d), out) for t in dict.fromkeys((q, k, v)))
+            return Effect(d, couplings=couplings)
+        if d == rank - 1 and kwargs.get("scale") is not None:
+            out = ctx.output_slot(node, d)
+            return Effect(d, couplings=(Coupling(ctx.input_slot(q, d), ctx.input_slot(k, d)),
+                                        Coupling(ctx.input_slot(v, d), out)))
+        reason = f"{describe_node(node)}: pruning inside a head would change the default scale 1/sqrt(head_dim)"
+        return Effect(None, freezes=_freeze_inputs(node, ctx, reason))
