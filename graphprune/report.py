@@ -1,7 +1,7 @@
 """Exact accounting: parameters by `numel`, MACs by a counter over the traced graph.
 
 MACs are the multiply-accumulates of convolutions, transposed convolutions, linear
-layers, matmuls and multi-head attention, for the example inputs as given (batch
+layers, matmuls and multi-head attention (projections, scores, weighted sum), for the example inputs as given (batch
 included); element-wise ops, norms and pooling count 0. For an output y of a conv with
 kernel k and groups G:  MACs = numel(y) * (C_in / G) * prod(k).  Linear: numel(y) * in.
 matmul (..., n, k) @ (..., k, m): numel(y) * k.
@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from .groups import DependencyGraph
 from .planner import PrunePlan
+from .rules.attention import PrunedMultiheadAttention
 from .trace import TensorMeta, value_meta
 
 _CONVS = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d,
@@ -47,8 +48,8 @@ def node_macs(node: fx.Node, modules) -> int:
             return _numel(out) * (m.in_channels // m.groups) * math.prod(m.kernel_size)
         if isinstance(m, nn.Linear):
             return _numel(out) * m.in_features
-        if isinstance(m, nn.MultiheadAttention):
-            return _mha_macs(node, m)
+        if isinstance(m, (nn.MultiheadAttention, PrunedMultiheadAttention)):
+            return _attention_macs(node, m)
         return 0
     target = node.target if node.op == "call_function" else getattr(torch.Tensor, node.target, None) if node.op == "call_method" else None
     if target in _MATMULS:
@@ -63,17 +64,14 @@ def node_macs(node: fx.Node, modules) -> int:
     return 0
 
 
-def _mha_macs(node: fx.Node, m: nn.MultiheadAttention) -> int:
-    """q/k/v projections + scores + weighted sum + output projection."""
-    q, k, v = (value_meta(a) for a in node.args[:3])
-    batch_first = m.batch_first
-    lq = q.shape[1] if batch_first else q.shape[0]
-    lk = k.shape[1] if batch_first else k.shape[0]
+def _attention_macs(node: fx.Node, m: nn.Module) -> int:
+    """q/k/v projections + scores + weighted sum + output projection, from the weights' shapes."""
+    q, k = value_meta(node.args[0]), value_meta(node.args[1])
+    lq, lk = (q.shape[1], k.shape[1]) if m.batch_first else (q.shape[0], k.shape[0])
     n = _numel(q) // (lq * q.shape[-1])
-    e, kd, vd = m.embed_dim, m.kdim, m.vdim
-    proj = n * (lq * e * e + lk * e * kd + lk * e * vd)
-    attention = n * (lq * lk * e * 2)
-    return proj + attention + n * lq * e * e
+    inner, e_in = m.in_proj_weight.shape[0] // 3, m.in_proj_weight.shape[1]
+    e_out = m.out_proj.weight.shape[0]
+    return n * ((lq + 2 * lk) * e_in * inner + 2 * lq * lk * inner + lq * inner * e_out)
 
 
 def count_macs(gm: fx.GraphModule) -> int:

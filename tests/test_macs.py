@@ -49,3 +49,18 @@ def test_matmul():
 
 def test_elementwise_ops_cost_nothing():
     assert macs_of(nn.Sequential(nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2)), torch.randn(1, 3, 8, 8)) == 0
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+def test_multihead_attention():
+    # batch 3, 5 tokens, width 8: q/k/v projections 3*(5*8*8), scores 5*5*8, weighted sum 5*5*8, out proj 5*8*8
+    per_sample = 3 * (5 * 8 * 8) + 2 * (5 * 5 * 8) + 5 * 8 * 8
+    assert macs_of(Attention(), torch.randn(3, 5, 8)) == 3 * per_sample
