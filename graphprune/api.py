@@ -1,7 +1,8 @@
 """prune_graph and apply_plan: the public entry points.
 
-trace -> analyse -> score -> plan -> rewrite (ShrinkChannels, EliminateDeadCode) -> report.
-The caller's model is deep-copied first and never modified, even when an error is raised.
+trace -> analyse -> score -> plan -> rewrite (ShrinkChannels, EliminateDeadCode,
+optionally RecalibrateBatchNorm) -> report. The caller's model is deep-copied first and
+never modified, even when an error is raised.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import difflib
 import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Union
+from typing import Callable, Iterable, Mapping, Sequence, Union
 
 import torch
 import torch.fx as fx
@@ -19,11 +20,12 @@ from torch.fx.passes.infra.pass_manager import PassManager
 from .analysis import analyse
 from .errors import InputError
 from .groups import DependencyGraph, Role
-from .importance import Criterion, resolve, score_groups
-from .passes import EliminateDeadCode, ShrinkChannels
-from .planner import PrunePlan, plan_global, plan_local
-from .report import ModelStats, PruneReport, build_report
+from .importance import Criterion, ScoringContext, resolve, score_groups
+from .passes import EliminateDeadCode, RecalibrateBatchNorm, ShrinkChannels
+from .planner import Planned, PrunePlan, plan_global, plan_local, plan_to_target
+from .report import ModelStats, PruneReport, build_report, channel_mac_cost, predict
 from .rules import RuleTable, default_rules
+from .targets import Target, resolve_target
 from .trace import as_tuple, record_values, trace
 
 
@@ -51,116 +53,188 @@ def _prepare(model: torch.nn.Module, example_inputs, rules: RuleTable, strict: b
     inputs = as_tuple(example_inputs)
     timings = {}
     t0 = time.perf_counter()
-    copied = copy.deepcopy(model)
-    training = copied.training
-    gm = trace(copied, rules.has_module_rule)
+    gm = trace(copy.deepcopy(model), rules.has_module_rule)
+    training = gm.training
     gm.eval()
     record_values(gm, inputs)
     gm.train(training)
-    before = ModelStats.measure(gm)
     timings["trace"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     graph = analyse(gm, rules, strict=strict)
     timings["analysis"] = time.perf_counter() - t0
-    return _Prepared(gm, before, graph, inputs, timings)
+    return _Prepared(gm, ModelStats.measure(gm, graph), graph, inputs, timings)
 
 
-def _resolve_ignore(model: torch.nn.Module, ignore: Iterable) -> list[str]:
+def _module_names(model: torch.nn.Module, entries: Iterable, what: str) -> list[str]:
     names = {m: n for n, m in model.named_modules()}
     all_names = [n for n in names.values() if n]
     out = []
-    for entry in ignore:
+    for entry in entries:
         if isinstance(entry, torch.nn.Module):
             if entry not in names:
-                raise InputError(f"ignore entry {type(entry).__name__} is not a submodule of the model; "
+                raise InputError(f"{what} entry {type(entry).__name__} is not a submodule of the model; "
                                  "pass modules of the model itself or their qualified names")
             out.append(names[entry])
         elif isinstance(entry, str):
             if entry not in all_names:
                 close = difflib.get_close_matches(entry, all_names, n=3)
                 hint = f" Did you mean {', '.join(close)}?" if close else " Use names from model.named_modules()."
-                raise InputError(f"ignore entry {entry!r} names no module of the model.{hint}")
+                raise InputError(f"{what} entry {entry!r} names no module of the model.{hint}")
             out.append(entry)
         else:
-            raise InputError(f"ignore entries must be modules or qualified names, got {type(entry).__name__}")
+            raise InputError(f"{what} entries must be modules or qualified names, got {type(entry).__name__}")
     return out
 
 
-def _ignored_groups(graph: DependencyGraph, prefixes: list[str]) -> list[str]:
-    ids = []
-    for g in graph.groups:
-        if any(s.role is Role.PRODUCER and any(s.name.startswith(p + ".") for p in prefixes) for s in g.members):
-            ids.append(g.id)
-    return ids
+def _groups_produced_by(graph: DependencyGraph, prefix: str) -> list[str]:
+    return [g.id for g in graph.groups
+            if any(s.role is Role.PRODUCER and s.name.startswith(prefix + ".") for s in g.members)]
 
 
-def _rewrite(prep: _Prepared, plan: PrunePlan, rules: RuleTable) -> tuple[fx.GraphModule, int]:
+def _group_ratios(model, graph: DependencyGraph, ratio: float, overrides: Mapping) -> dict[str, float]:
+    """Per-group ratio: the default, overridden by group id or by the module that produces the group."""
+    ratios = {g.id: ratio for g in graph.prunable}
+    known = {g.id for g in graph.groups}
+    by_module = {k: v for k, v in overrides.items() if k not in known}
+    for name in sorted(_module_names(model, by_module, "ratios"), key=len):  # longer (deeper) names win
+        for gid in _groups_produced_by(graph, name):
+            if gid in ratios:
+                ratios[gid] = _check_ratio(by_module[name], f"ratios[{name!r}]")
+    for key, value in overrides.items():
+        if key in known and key in ratios:
+            ratios[key] = _check_ratio(value, f"ratios[{key!r}]")
+    return ratios
+
+
+def _check_ratio(ratio, what: str = "ratio") -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0.0 <= float(ratio) < 1.0:
+        raise InputError(f"{what} must be a number in [0, 1), got {ratio!r}; e.g. {what}=0.5 removes half the channels")
+    return float(ratio)
+
+
+def _rewrite(prep: _Prepared, plan: PrunePlan, rules: RuleTable, calibration: Sequence[tuple]) -> tuple[fx.GraphModule, int]:
     gm = prep.gm
     training = gm.training
     shrink, dce = ShrinkChannels(prep.graph, plan, rules, prep.inputs), EliminateDeadCode(prep.inputs)
     shrink(gm)  # alone first, so the report can count parameters before dead-code removal
     sliced_params = sum(p.numel() for p in gm.parameters())
-    PassManager([dce], run_checks_after_each_pass=False)(gm)
+    passes = [dce] + ([RecalibrateBatchNorm(prep.inputs, calibration)] if calibration else [])
+    PassManager(passes, run_checks_after_each_pass=False)(gm)
     gm.train(training)
-    prep.timings["rewrite"] = shrink.timings["call"] + dce.timings["call"]
-    prep.timings["checks"] = shrink.timings["ensures"] + dce.timings["ensures"]
+    prep.timings["rewrite"] = sum(p.timings["call"] for p in [shrink] + passes)
+    prep.timings["checks"] = sum(p.timings["ensures"] for p in [shrink] + passes)
     return gm, sliced_params
 
 
-def _finish(prep: _Prepared, plan: PrunePlan, rules: RuleTable) -> PruneResult:
-    gm, sliced_params = _rewrite(prep, plan, rules)
+def _finish(prep: _Prepared, planned: Planned, rules: RuleTable, recalibrate: Sequence[tuple] = ()) -> PruneResult:
+    gm, sliced_params = _rewrite(prep, planned.plan, rules, recalibrate)
     t0 = time.perf_counter()
-    report = build_report(prep.before, gm, prep.graph, plan, sliced_params)
+    report = build_report(prep.before, gm, prep.graph, planned.plan, sliced_params, planned.rounding)
     prep.timings["report"] = time.perf_counter() - t0
-    return PruneResult(gm, plan, report, prep.graph, prep.timings)
+    return PruneResult(gm, planned.plan, report, prep.graph, prep.timings)
 
 
 def prune_graph(
     model: torch.nn.Module,
     example_inputs,
     *,
-    ratio: float,
-    importance: Union[str, Criterion] = "l2",
+    ratio: float | None = None,
+    importance: Union[str, Criterion, Callable] = "l2",
     scope: str = "local",
     ignore: Iterable = (),
-    round_to: int = 1,
+    round_to: int | None = None,
+    target: str | Target = "auto",
     strict: bool = False,
     rules: RuleTable | None = None,
+    target_params: int | None = None,
+    target_macs: int | None = None,
+    ratios: Mapping[str, float] | None = None,
+    min_keep: float = 0.1,
+    calibration: Sequence[tuple] = (),
+    loss_fn: Callable | None = None,
+    recalibrate_bn: bool = False,
 ) -> PruneResult:
-    """Remove `ratio` of the channels of every prunable group (local) or of the whole model (global).
+    """Prune whole channels and return a physically smaller GraphModule, its plan and a measured report.
 
-    Returns a physically smaller GraphModule with the same inputs and output shapes, the
-    plan (JSON-serialisable) and a measured report. `model` is not modified.
+    How much: exactly one of `ratio` (share of channels removed per group with
+    scope="local", of all prunable channels with scope="global"), `target_params` or
+    `target_macs` (prune until the count is at most the target, within one channel step).
+    `ratios` overrides the local ratio per module name (the groups it produces) or group id.
+    Which channels: `importance` ("l1", "l2", "bn_scale", "taylor", "activation", "apoz",
+    "random", "flops_l2", a Criterion, or a callable(group, model) -> scores); data-driven
+    criteria read `calibration` (batches: the model's inputs, then what `loss_fn(output,
+    *rest)` needs). Channel counts: `target` picks a channel step per layer kind; the
+    default "auto" is "ort-x86" on x86-64 (multiples of 16 with AVX-512, 8 with AVX2 for
+    convs; 8 for linear layers) and "xnnpack" (no rounding) elsewhere; an explicit
+    `round_to` sets one step for every group. Kept counts are rounded down, never below
+    `min_keep` of a group (and never to zero). `recalibrate_bn` re-estimates BatchNorm
+    statistics on `calibration` after pruning. `ignore` keeps the output channels of the
+    given modules. The input and output shapes never change; `model` is not modified.
     """
-    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0.0 <= float(ratio) < 1.0:
-        raise InputError(f"ratio must be a number in [0, 1), got {ratio!r}; e.g. ratio=0.5 removes half the channels")
-    if scope not in ("local", "global"):
-        raise InputError(f"scope must be 'local' or 'global', got {scope!r}")
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise InputError(f"round_to must be a positive integer, got {round_to!r}")
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    given = [name for name, v in (("ratio", ratio), ("target_params", target_params), ("target_macs", target_macs))
+             if v is not None]
+    if len(given) != 1:
+        raise InputError(f"give exactly one of ratio, target_params, target_macs (got {', '.join(given) or 'none'}); "
+                         "e.g. ratio=0.5")
+    if ratio is not None:
+        ratio = _check_ratio(ratio)
+    if scope not in ("local", "global"):
+        raise InputError(f"scope must be 'local' or 'global', got {scope!r}")
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise InputError(f"round_to must be a positive integer or None (the target decides), got {round_to!r}")
+    if not 0.0 <= min_keep < 1.0:
+        raise InputError(f"min_keep must be in [0, 1), got {min_keep!r}")
+    if recalibrate_bn and not calibration:
+        raise InputError("recalibrate_bn=True needs calibration=[batch, ...] to re-estimate BatchNorm statistics")
     criterion = resolve(importance)
+    device_target = resolve_target(target)
     rules = rules or default_rules()
-    ignored = _resolve_ignore(model, ignore)
+    ignored = _module_names(model, ignore, "ignore")
+    calibration = tuple(as_tuple(b) for b in calibration)
     prep = _prepare(model, example_inputs, rules, strict)
     if ignored:
-        prep.graph = prep.graph.with_frozen(_ignored_groups(prep.graph, ignored), "output channels kept by `ignore`")
+        ids = [gid for name in ignored for gid in _groups_produced_by(prep.graph, name)]
+        prep.graph = prep.graph.with_frozen(ids, "output channels kept by `ignore`")
+    graph = prep.graph
+
     t0 = time.perf_counter()
-    scores = score_groups(prep.graph.prunable, prep.gm, criterion)
+    ctx = ScoringContext(prep.gm, graph, calibration, loss_fn, lambda g: channel_mac_cost(prep.before, g))
+    scores = score_groups(graph.prunable, criterion, ctx)
     prep.timings["scoring"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
-    planner = plan_local if scope == "local" else plan_global
-    plan = planner(prep.graph, scores, float(ratio), round_to)
+    modules = dict(prep.gm.named_modules())
+    steps = {g.id: round_to if round_to is not None else device_target.group_step(g, modules) for g in graph.prunable}
+    if scope == "local":
+        def make(r: float) -> Planned:
+            return plan_local(graph, scores, _group_ratios(model, graph, r, ratios or {}), steps, min_keep)
+    else:
+        if ratios:
+            raise InputError("per-module `ratios` apply to scope='local' only")
+
+        def make(r: float) -> Planned:
+            return plan_global(graph, scores, r, steps, min_keep)
+    if ratio is not None:
+        planned = make(ratio)
+    else:
+        which = 0 if target_params is not None else 1
+        goal = target_params if target_params is not None else target_macs
+        what = ("params", "MACs")[which]
+        current = (prep.before.params, prep.before.macs)[which]
+        if not isinstance(goal, numbers.Integral) or goal <= 0 or goal >= current:
+            raise InputError(f"target_{what.lower()}={goal!r} must be a positive int below the model's {current:,} {what}")
+        planned = plan_to_target(make, lambda plan: predict(prep.before, graph, plan)[which], int(goal), what)
     prep.timings["planning"] = time.perf_counter() - t0
-    return _finish(prep, plan, rules)
+    return _finish(prep, planned, rules, calibration if recalibrate_bn else ())
 
 
-def apply_plan(model: torch.nn.Module, example_inputs, plan: PrunePlan, *, rules: RuleTable | None = None) -> PruneResult:
+def apply_plan(model: torch.nn.Module, example_inputs, plan: PrunePlan | str, *, rules: RuleTable | None = None) -> PruneResult:
     """Rebuild the pruned architecture of `plan` from a fresh copy of `model` (e.g. with retrained weights)."""
     if isinstance(plan, str):
         plan = PrunePlan.from_json(plan)
     rules = rules or default_rules()
     prep = _prepare(model, example_inputs, rules, strict=False)
     plan.validate(prep.graph)
-    return _finish(prep, plan, rules)
+    return _finish(prep, Planned(plan, {}), rules)

@@ -114,7 +114,7 @@ def cmd_prune(args) -> int:
     _progress(f"pruning {loaded.name} at ratio {args.ratio} ({args.importance}, {args.scope} scope)")
     t0 = time.perf_counter()
     result = prune_graph(loaded.model, loaded.inputs, ratio=args.ratio, importance=args.importance, scope=args.scope,
-                         ignore=tuple(args.ignore), round_to=args.round_to)
+                         ignore=tuple(args.ignore), round_to=args.round_to, target=args.target)
     _progress(f"pruned in {time.perf_counter() - t0:.2f} s; exporting to ONNX and checking parity")
     staging = tempfile.mkdtemp(prefix=".graphprune-", dir=parent)
     try:
@@ -126,7 +126,7 @@ def cmd_prune(args) -> int:
             f.write(result.plan.to_json())
         summary = {
             "model": loaded.name, "ratio": args.ratio, "importance": args.importance, "scope": args.scope,
-            "round_to": args.round_to, "input_shape": list(loaded.inputs[0].shape),
+            "round_to": args.round_to, "target": args.target, "input_shape": list(loaded.inputs[0].shape),
             "report": result.report.to_json(),
             "onnx": {"original_bytes": original.file_bytes, "pruned_bytes": pruned.file_bytes,
                      "pruned_max_abs_diff": pruned.max_abs_diff, "opset": pruned.opset},
@@ -195,7 +195,7 @@ def _atomic_json(path: str, data) -> None:
 def cmd_demo(args) -> int:
     out = args.out or tempfile.mkdtemp(prefix="graphprune-demo-")
     prune_args = argparse.Namespace(model=args.model, input_shape=None, ratio=args.ratio, importance="l2",
-                                    scope="local", ignore=[], round_to=args.round_to, out=out)
+                                    scope="local", ignore=[], round_to=args.round_to, target=args.target, out=out)
     cmd_prune(prune_args)
     with open(os.path.join(out, "report.json")) as f:
         summary = json.load(f)
@@ -224,9 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a model and write ONNX, a reloadable .pt2, plan.json and report.json")
     p.add_argument("model", help="built-in model name or package.module:factory")
     p.add_argument("--ratio", type=float, required=True, help="share of channels removed per group, in [0, 1)")
-    p.add_argument("--importance", default="l2", choices=["l1", "l2"])
+    p.add_argument("--importance", default="l2", choices=["l1", "l2", "bn_scale", "random", "flops_l2"])
     p.add_argument("--scope", default="local", choices=["local", "global"])
-    p.add_argument("--round-to", type=int, default=1, help="kept channel counts become multiples of N")
+    p.add_argument("--round-to", type=int, default=None, help="kept channel counts become multiples of N (overrides --target)")
+    p.add_argument("--target", default="auto", choices=["auto", "ort-x86", "xnnpack", "arm", "none"],
+                   help="deployment target whose channel-count rules pick the rounding (default auto: ort-x86 on x86-64)")
     p.add_argument("--ignore", nargs="*", default=[], help="qualified module names whose output channels are kept")
     p.add_argument("--input-shape", help="e.g. 1,3,224,224 (required for package.module:factory)")
     p.add_argument("--out", required=True, help="output directory")
@@ -250,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help=f"prune {DEFAULT_MODEL} at ratio 0.5, export, check parity, benchmark")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--ratio", type=float, default=0.5)
-    p.add_argument("--round-to", type=int, default=1)
+    p.add_argument("--round-to", type=int, default=None)
+    p.add_argument("--target", default="auto", choices=["auto", "ort-x86", "xnnpack", "arm", "none"])
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--out", help="output directory (default: a new temporary directory)")

@@ -1,66 +1,300 @@
-"""Importance criteria: one score per channel of a group, higher means more important.
+"""Importance criteria: one score per channel of every group, higher means more important.
 
-A criterion sees every parameter of the group — the producing filters, their biases and
-norm parameters, and the consumers' input kernels — so coupled layers are ranked together.
-For magnitude with exponent p, channel c of group G scores
-    s_c = ( sum over member params P, over positions i of P's slot with map(i) = c, of sum |P[i, ...]|^p )^(1/p)
-Running statistics (buffers) are not weights and do not score.
+A criterion is called once with all groups to score and a ScoringContext, and returns
+{group id: scores}. Every criterion sees the whole group — the producing filters, their
+biases and norm parameters, and the consumers' input kernels — so coupled layers are
+ranked together. Scores are compared across groups (global scope) after dividing each
+group's scores by their mean (planner.plan_global).
+
+- Magnitude(p):   s_c = (sum over group params P, positions i of P's slot with map(i) = c,
+                  of sum |P[i, ...]|^p)^(1/p)                          (L1: p=1, L2: p=2)
+- BNScale:        s_c = sum of |gamma| of the norm layers in the group (network slimming);
+                  groups without a norm layer fall back to L2 magnitude.
+- Taylor:         s_c = mean over calibration batches of (sum over the group's weights
+                  mapping to c of w * dL/dw)^2   (first-order Taylor, Molchanov et al. 2019)
+- ActivationMean: s_c = mean |a_c| over calibration batches and positions, over the
+                  activations of the group that a conv/linear layer reads.
+- APoZ:           s_c = 1 - (share of a_c == 0) on those activations (Hu et al. 2016).
+- Random(seed):   uniform random scores, the baseline.
+- FlopsRegularized(base, lam): s_c / mean(s_group) - lam * macs_c / mean(macs): prefers
+                  removing channels that cost many MACs.
+- a plain callable(group, model) -> scores is wrapped with PerGroup.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Union
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.fx as fx
 
 from .errors import InputError
-from .groups import ChannelGroup, Role
+from .groups import ChannelGroup, DependencyGraph, Role, Slot
 
 _WEIGHT_ROLES = (Role.PRODUCER, Role.CONSUMER)
+_NORMS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
 
 
 @dataclass(frozen=True)
-class Magnitude:
-    """Lp norm of every weight that writes or reads the channel (p=1: L1, p=2: L2)."""
+class ScoringContext:
+    """What criteria may read: the traced unpruned model, calibration batches, a loss, MAC costs."""
 
+    model: fx.GraphModule
+    graph: DependencyGraph
+    calibration: Sequence[tuple] = ()  # batches: model inputs first, then anything the loss needs (labels)
+    loss_fn: Callable | None = None  # loss_fn(output, *rest_of_batch) -> scalar tensor
+    mac_cost: Callable[[ChannelGroup], np.ndarray] | None = None  # MACs that each channel of a group costs
+
+    def model_inputs(self, batch: tuple) -> tuple:
+        n = sum(1 for node in self.model.graph.nodes if node.op == "placeholder")
+        return tuple(batch[:n])
+
+
+def _per_position(tensor: torch.Tensor, dim: int, p: int) -> np.ndarray:
+    """sum over all dims but `dim` of |t|^p."""
+    other = [d for d in range(tensor.ndim) if d != dim]
+    if not other:
+        return (tensor.abs().double() ** p).numpy()
+    return (torch.linalg.vector_norm(tensor, p, dim=other).double() ** p).numpy()
+
+
+def _accumulate(group: ChannelGroup, tensors: Mapping[str, torch.Tensor], p: int, roles=_WEIGHT_ROLES,
+                keep: Callable[[Slot], bool] = lambda s: True) -> np.ndarray:
+    total = np.zeros(group.size)
+    for slot, index_map in group.members.items():
+        if slot.role in roles and keep(slot):
+            total += np.bincount(index_map, weights=_per_position(tensors[slot.name].detach(), slot.dim, p),
+                                 minlength=group.size)
+    return total
+
+
+class Criterion:
+    """Base class: `needs_data` criteria require calibration batches."""
+
+    needs_data = False
+
+    def __call__(self, groups: Sequence[ChannelGroup], ctx: ScoringContext) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Magnitude(Criterion):
     p: int = 2
 
-    def __call__(self, group: ChannelGroup, model: torch.nn.Module) -> np.ndarray:
+    def __call__(self, groups, ctx):
+        params = dict(ctx.model.named_parameters(remove_duplicate=False))
+        return {g.id: _accumulate(g, params, self.p) ** (1.0 / self.p) for g in groups}
+
+
+@dataclass(frozen=True)
+class BNScale(Criterion):
+    def __call__(self, groups, ctx):
+        params = dict(ctx.model.named_parameters(remove_duplicate=False))
+        modules = dict(ctx.model.named_modules())
+        fallback = Magnitude(2)
+
+        def is_gamma(slot: Slot) -> bool:
+            owner, _, attr = slot.name.rpartition(".")
+            return attr == "weight" and isinstance(modules.get(owner), _NORMS)
+
+        out = {}
+        for g in groups:
+            if any(is_gamma(s) for s in g.members):
+                out[g.id] = _accumulate(g, params, 1, (Role.PRODUCER,), is_gamma)
+            else:
+                out[g.id] = fallback([g], ctx)[g.id]
+        return out
+
+
+def _require_data(criterion: Criterion, ctx: ScoringContext, loss: bool = False) -> None:
+    if not ctx.calibration:
+        raise InputError(f"criterion {type(criterion).__name__} is data-driven: pass calibration=[batch, ...] "
+                         "(each batch a tuple: the model's inputs, then e.g. labels)")
+    if loss and ctx.loss_fn is None:
+        raise InputError(f"criterion {type(criterion).__name__} needs loss_fn=callable(output, *rest_of_batch)")
+
+
+@dataclass(frozen=True)
+class Taylor(Criterion):
+    needs_data = True
+
+    def __call__(self, groups, ctx):
+        _require_data(self, ctx, loss=True)
+        model = ctx.model
         params = dict(model.named_parameters(remove_duplicate=False))
-        total = np.zeros(group.size)
-        for slot, index_map in group.members.items():
-            if slot.role not in _WEIGHT_ROLES:
-                continue
-            w = params[slot.name].detach()
-            other = [d for d in range(w.ndim) if d != slot.dim]
-            per_position = torch.linalg.vector_norm(w, self.p, dim=other).double() ** self.p if other else w.abs().double() ** self.p
-            total += np.bincount(index_map, weights=per_position.numpy(), minlength=group.size)
-        return total ** (1.0 / self.p)
+        flags = {n: p.requires_grad for n, p in params.items()}
+        sums = {g.id: np.zeros(g.size) for g in groups}
+        training = model.training
+        model.eval()
+        try:
+            for p in params.values():
+                p.requires_grad_(True)
+            for batch in ctx.calibration:
+                model.zero_grad(set_to_none=True)
+                inputs = ctx.model_inputs(batch)
+                loss = ctx.loss_fn(model(*inputs), *batch[len(inputs):])
+                loss.backward()
+                products = {n: (p.detach() * p.grad) if p.grad is not None else torch.zeros_like(p)
+                            for n, p in params.items()}
+                for g in groups:
+                    per_channel = np.zeros(g.size)
+                    for slot, index_map in g.members.items():
+                        if slot.role in _WEIGHT_ROLES:
+                            t = products[slot.name]
+                            other = [d for d in range(t.ndim) if d != slot.dim]
+                            summed = t.sum(dim=other) if other else t
+                            per_channel += np.bincount(index_map, weights=summed.double().numpy(), minlength=g.size)
+                    sums[g.id] += per_channel ** 2
+        finally:
+            model.zero_grad(set_to_none=True)
+            for n, p in params.items():
+                p.requires_grad_(flags[n])
+            model.train(training)
+        return {gid: s / len(ctx.calibration) for gid, s in sums.items()}
 
 
-Criterion = Callable[[ChannelGroup, torch.nn.Module], np.ndarray]
+def _consumed_activations(group: ChannelGroup, model: fx.GraphModule) -> list[Slot]:
+    """Activation slots of the group that a conv/linear/attention layer reads."""
+    nodes = {n.name: n for n in model.graph.nodes}
+    modules = dict(model.named_modules())
+    reads = []
+    for slot in group.members:
+        if slot.is_param or slot.name not in nodes:
+            continue
+        if any(u.op == "call_module" and isinstance(modules[u.target], (torch.nn.modules.conv._ConvNd, torch.nn.Linear,
+                                                                          torch.nn.MultiheadAttention))
+               for u in nodes[slot.name].users):
+            reads.append(slot)
+    return reads
 
-BUILTIN = MappingProxyType({"l1": Magnitude(1), "l2": Magnitude(2)})
+
+class _Capture(fx.Interpreter):
+    def __init__(self, gm, wanted):
+        super().__init__(gm)
+        self.wanted, self.values = wanted, {}
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n.name in self.wanted:
+            self.values[n.name] = out.detach()
+        return out
 
 
-def resolve(importance: Union[str, Criterion]) -> Criterion:
-    """A criterion object from a built-in name ("l1", "l2") or a user callable(group, model) -> scores."""
+@dataclass(frozen=True)
+class _ActivationStatistic(Criterion):
+    needs_data = True
+
+    def statistic(self, a: torch.Tensor, dim: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, groups, ctx):
+        _require_data(self, ctx)
+        slots = {g.id: _consumed_activations(g, ctx.model) for g in groups}
+        wanted = {s.name for ss in slots.values() for s in ss}
+        sums = {g.id: np.zeros(g.size) for g in groups}
+        training = ctx.model.training
+        ctx.model.eval()
+        try:
+            with torch.no_grad():
+                for batch in ctx.calibration:
+                    capture = _Capture(ctx.model, wanted)
+                    capture.run(*ctx.model_inputs(batch))
+                    for g in groups:
+                        for slot in slots[g.id]:
+                            per_position = self.statistic(capture.values[slot.name], slot.dim).double().numpy()
+                            counts = np.bincount(g.members[slot], minlength=g.size)
+                            sums[g.id] += np.bincount(g.members[slot], weights=per_position, minlength=g.size) / np.maximum(counts, 1)
+        finally:
+            ctx.model.train(training)
+        out = {}
+        for g in groups:
+            n = max(1, len(slots[g.id])) * len(ctx.calibration)
+            out[g.id] = sums[g.id] / n if slots[g.id] else Magnitude(2)([g], ctx)[g.id]
+        return out
+
+
+def _reduce_all_but(t: torch.Tensor, dim: int, fn) -> torch.Tensor:
+    return fn(t.movedim(dim, 0).reshape(t.shape[dim], -1).float(), 1)
+
+
+@dataclass(frozen=True)
+class ActivationMean(_ActivationStatistic):
+    def statistic(self, a, dim):
+        return _reduce_all_but(a.abs(), dim, torch.mean)
+
+
+@dataclass(frozen=True)
+class APoZ(_ActivationStatistic):
+    """Score 1 - average percentage of zeros: a channel that never activates scores 0."""
+
+    def statistic(self, a, dim):
+        return 1.0 - _reduce_all_but((a == 0), dim, torch.mean)
+
+
+@dataclass(frozen=True)
+class Random(Criterion):
+    seed: int = 0
+
+    def __call__(self, groups, ctx):
+        rng = np.random.default_rng(self.seed)
+        return {g.id: rng.random(g.size) for g in groups}
+
+
+@dataclass(frozen=True)
+class FlopsRegularized(Criterion):
+    base: Criterion = field(default_factory=lambda: Magnitude(2))
+    lam: float = 0.5
+
+    @property
+    def needs_data(self) -> bool:  # type: ignore[override]
+        return self.base.needs_data
+
+    def __call__(self, groups, ctx):
+        base = self.base(groups, ctx)
+        if ctx.mac_cost is None:
+            raise InputError("FlopsRegularized needs MAC costs; call it through prune_graph")
+        costs = {g.id: ctx.mac_cost(g) for g in groups}
+        mean_cost = np.mean(np.concatenate(list(costs.values()))) if costs else 1.0
+        return {g.id: base[g.id] / (base[g.id].mean() or 1.0) - self.lam * costs[g.id] / (mean_cost or 1.0)
+                for g in groups}
+
+
+@dataclass(frozen=True)
+class PerGroup(Criterion):
+    """Wrap a user callable(group, model) -> scores."""
+
+    fn: Callable[[ChannelGroup, torch.nn.Module], np.ndarray]
+
+    def __call__(self, groups, ctx):
+        return {g.id: self.fn(g, ctx.model) for g in groups}
+
+
+BUILTIN = MappingProxyType({
+    "l1": Magnitude(1), "l2": Magnitude(2), "bn_scale": BNScale(), "taylor": Taylor(),
+    "activation": ActivationMean(), "apoz": APoZ(), "random": Random(0), "flops_l2": FlopsRegularized(Magnitude(2)),
+})
+
+
+def resolve(importance) -> Criterion:
+    """A criterion from a built-in name, a Criterion, or a user callable(group, model) -> scores."""
     if isinstance(importance, str):
         if importance not in BUILTIN:
             raise InputError(f"unknown importance {importance!r}; use one of {sorted(BUILTIN)} or pass a callable(group, model)")
         return BUILTIN[importance]
-    if callable(importance):
+    if isinstance(importance, Criterion):
         return importance
-    raise InputError(f"importance must be a name or a callable, got {type(importance).__name__}")
+    if callable(importance):
+        return PerGroup(importance)
+    raise InputError(f"importance must be a name, a Criterion or a callable, got {type(importance).__name__}")
 
 
-def score_groups(groups, model: torch.nn.Module, criterion: Criterion) -> dict[str, np.ndarray]:
+def score_groups(groups: Sequence[ChannelGroup], criterion: Criterion, ctx: ScoringContext) -> dict[str, np.ndarray]:
     """Scores for every group, checked for shape and finiteness."""
-    scores = {}
+    scores = criterion(list(groups), ctx)
     for g in groups:
-        s = np.asarray(criterion(g, model), dtype=np.float64)
+        s = np.asarray(scores.get(g.id), dtype=np.float64)
         if s.shape != (g.size,) or not np.isfinite(s).all():
             raise InputError(f"importance for group {g.id} must be {g.size} finite scores, got shape {s.shape}")
         scores[g.id] = s

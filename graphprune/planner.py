@@ -1,18 +1,19 @@
 """Planning: turn scores and a strategy into a PrunePlan, plain data {group id: kept channels}.
 
 Local scope removes ceil(ratio * size) channels of every prunable group (at least the
-share asked, never all); global scope
-ranks all channels of all prunable groups together on scores normalised by their group's
-mean (so groups of different layer sizes compare) and removes the lowest ratio share.
-Guards: a group always keeps at least one channel (and at least one position of every
-member slot, so no layer is left with zero inputs), and kept counts are multiples of
-`round_to` where the group is big enough.
+share asked, never all); global scope ranks all channels of all prunable groups together
+on scores normalised by their group's mean (so groups of different widths and fan-ins
+compare) and removes the lowest ratio share. Targets (`target_params`, `target_macs`)
+bisect the ratio until the count is reached.
+Guards: a group keeps at least `min_keep` of its channels and at least one (and at least
+one position of every member slot, so no layer is left with zero inputs); kept counts are
+rounded down to the target's channel step where that stays above the guard.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -60,12 +61,6 @@ class PrunePlan:
                 raise InputError(f"plan group {gid!r} keeps invalid indices (need 1..{g.size} distinct indices in [0, {g.size}))")
 
 
-def _rounded(n_keep: int, size: int, round_to: int) -> int:
-    if round_to <= 1 or size <= round_to:
-        return n_keep
-    return int(min(size, max(round_to, round(n_keep / round_to) * round_to)))
-
-
 def _keep_best(group: ChannelGroup, scores: np.ndarray, n_keep: int) -> np.ndarray:
     """The n_keep best channels, adjusted so that every member slot keeps at least one position.
 
@@ -96,29 +91,101 @@ def _keep_best(group: ChannelGroup, scores: np.ndarray, n_keep: int) -> np.ndarr
     return np.flatnonzero(kept)
 
 
-def plan_local(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: float, round_to: int = 1) -> PrunePlan:
-    keep, sizes = {}, {}
-    for g in graph.prunable:
-        n_remove = min(g.size - 1, int(np.ceil(ratio * g.size - 1e-9)))
-        n_keep = _rounded(g.size - n_remove, g.size, round_to)
+@dataclass(frozen=True)
+class Rounding:
+    """How a target's channel step changed one group's kept count."""
+
+    step: int
+    asked: int  # channels the strategy asked to keep
+    kept: int  # channels kept after rounding
+
+
+@dataclass(frozen=True)
+class Planned:
+    plan: PrunePlan
+    rounding: Mapping[str, Rounding]  # every pruned group whose step is > 1
+
+
+def guard(group: ChannelGroup, min_keep: float) -> int:
+    """The fewest channels a group may keep: a `min_keep` share of it, and at least one."""
+    return max(1, int(np.ceil(min_keep * group.size - 1e-9)))
+
+
+def rounded_keep(asked: int, size: int, step: int, floor: int) -> int:
+    """Round `asked` down to a multiple of `step` (more pruning, so within the budget), never below `floor`.
+
+    When no multiple fits between `floor` and `asked`, the group keeps `asked`: rounding
+    never undoes pruning and never exceeds the group's size.
+    """
+    if asked >= size:
+        return size  # nothing asked: rounding alone never prunes
+    down = (asked // step) * step
+    return down if floor <= down else asked
+
+
+def _assemble(groups_and_counts, scores, steps, min_keep) -> Planned:
+    keep, sizes, rounding = {}, {}, {}
+    for g, asked in groups_and_counts:
+        floor = guard(g, min_keep)
+        asked = max(asked, floor)
+        step = steps.get(g.id, 1)
+        n_keep = rounded_keep(asked, g.size, step, floor)
         if n_keep < g.size:
             keep[g.id] = tuple(int(i) for i in _keep_best(g, scores[g.id], n_keep))
             sizes[g.id] = g.size
-    return PrunePlan(keep, sizes)
+            if step > 1:
+                rounding[g.id] = Rounding(step, asked, len(keep[g.id]))
+    return Planned(PrunePlan(keep, sizes), rounding)
 
 
-def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: float, round_to: int = 1) -> PrunePlan:
+def plan_local(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: float | Mapping[str, float],
+               steps: Mapping[str, int] | None = None, min_keep: float = 0.0) -> Planned:
+    """Remove ceil(ratio * size) channels of each prunable group; `ratio` may map group ids to their own ratio."""
+    ratio_of = (lambda g: ratio.get(g.id, 0.0)) if isinstance(ratio, Mapping) else (lambda g: ratio)
+    counts = [(g, g.size - min(g.size - 1, int(np.ceil(ratio_of(g) * g.size - 1e-9)))) for g in graph.prunable]
+    return _assemble(counts, scores, steps or {}, min_keep)
+
+
+def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: float,
+                steps: Mapping[str, int] | None = None, min_keep: float = 0.0) -> Planned:
+    """Rank all channels on scores divided by their group's mean score; remove the lowest `ratio` share.
+
+    Each group's `guard` channels with the best scores are never candidates, so no group
+    collapses below the guard however the ranking falls.
+    """
     groups = graph.prunable
-    if not groups:
-        return PrunePlan({}, {})
-    normalised = [scores[g.id] / (scores[g.id].mean() or 1.0) for g in groups]
-    flat = np.concatenate(normalised)
-    n_remove = int(np.ceil(ratio * flat.size - 1e-9))
-    threshold = np.sort(flat)[n_remove - 1] if n_remove > 0 else -np.inf
-    keep, sizes = {}, {}
-    for g, s in zip(groups, normalised):
-        n_keep = _rounded(max(1, int(np.count_nonzero(s > threshold))), g.size, round_to)
-        if n_keep < g.size:
-            keep[g.id] = tuple(int(i) for i in _keep_best(g, scores[g.id], n_keep))
-            sizes[g.id] = g.size
-    return PrunePlan(keep, sizes)
+    candidates = []  # (normalised score, group index) of every channel that may go
+    for k, g in enumerate(groups):
+        s = scores[g.id] / (scores[g.id].mean() or 1.0)
+        protected = guard(g, min_keep)
+        candidates.append(np.stack([np.sort(s)[: g.size - protected], np.full(g.size - protected, k)], 1))
+    flat = np.concatenate(candidates) if candidates else np.empty((0, 2))
+    total = sum(g.size for g in groups)
+    n_remove = min(len(flat), int(np.ceil(ratio * total - 1e-9)))
+    removed = np.bincount(flat[np.argsort(flat[:, 0], kind="stable")[:n_remove], 1].astype(int), minlength=len(groups))
+    counts = [(g, g.size - int(removed[k])) for k, g in enumerate(groups)]
+    return _assemble(counts, scores, steps or {}, min_keep)
+
+
+def plan_to_target(make: Callable[[float], Planned], count: Callable[[PrunePlan], int], target: int,
+                   what: str) -> Planned:
+    """The least pruning whose count is <= target: bisection on the strategy's ratio.
+
+    Plans change one channel at a time as the ratio grows, so the result lands within one
+    channel step of the target. Raises InputError if even the strongest plan the guards
+    allow stays above it.
+    """
+    lo, hi = 0.0, 0.999
+    strongest = make(hi)
+    if count(strongest.plan) > target:
+        raise InputError(f"{what} target {target:,} cannot be reached without collapsing a group: the most the guards "
+                         f"allow leaves {count(strongest.plan):,}; raise the target or lower min_keep")
+    best = strongest
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        planned = make(mid)
+        if count(planned.plan) <= target:
+            hi, best = mid, planned
+        else:
+            lo = mid
+    return best

@@ -20,9 +20,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.fx as fx
+import numpy as np
 import torch.nn as nn
 
-from .groups import DependencyGraph
+from typing import Mapping
+
+from .groups import DependencyGraph, Role, Slot
 from .planner import PrunePlan
 from .rules.attention import PrunedMultiheadAttention
 from .trace import TensorMeta, value_meta
@@ -91,6 +94,8 @@ class GroupReport:
     channels_after: int
     params_removed: int
     frozen_reasons: tuple[str, ...]
+    round_step: int = 1  # the target's channel step for this group
+    asked_before_rounding: int | None = None  # kept count the strategy asked for, if rounding applied
 
 
 @dataclass(frozen=True)
@@ -138,12 +143,76 @@ class PruneReport:
             f"channel groups: {len(self.groups)}, pruned {sum(1 for g in self.groups if g.channels_after < g.channels_before)}, "
             f"frozen {len(self.frozen_groups)}; channels removed {self.removed_channels} of {self.prunable_channels} prunable",
         ]
+        rounded = [g for g in self.groups if g.asked_before_rounding is not None and g.asked_before_rounding != g.channels_after]
+        if rounded:
+            lines.append(f"rounded to the target's channel steps: {len(rounded)} groups, "
+                         + ", ".join(f"{g.id} {g.asked_before_rounding}->{g.channels_after}" for g in rounded[:4])
+                         + (" ..." if len(rounded) > 4 else ""))
         return "\n".join(lines)
 
 
 def _params_by_module(model: nn.Module) -> dict[str, int]:
     return {name: sum(p.numel() for p in m.parameters(recurse=False))
             for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+
+
+@dataclass(frozen=True)
+class MacTerm:
+    """`macs` before pruning, scaling with the kept share of each slot in `factors` (exact for conv/linear/matmul)."""
+
+    macs: int
+    factors: tuple[Slot, ...]
+
+
+def mac_terms(gm: fx.GraphModule, channel_dims: Mapping[str, object]) -> tuple[MacTerm, ...]:
+    """The MACs of every node, each with the channel slots its cost is proportional to.
+
+    Conv (groups 1) and linear: MACs = numel(out) * C_in * k, so they scale with the kept
+    rows and columns of the weight; grouped/depthwise convs only with the rows. matmul:
+    with its output channel dim and its contracted dim. Attention: projections with the
+    embedding and inner widths, scores and weighted sum with the inner width.
+    """
+    modules = dict(gm.named_modules())
+    terms = []
+    for node in gm.graph.nodes:
+        macs = node_macs(node, modules)
+        if not macs:
+            continue
+        weight = f"{node.target}.weight" if node.op == "call_module" else None
+        m = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(m, nn.modules.conv._ConvTransposeNd):
+            factors = (Slot(weight, 0, Role.CONSUMER), Slot(weight, 1, Role.PRODUCER))
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            factors = (Slot(weight, 0, Role.PRODUCER),) + ((Slot(weight, 1, Role.CONSUMER),) if m.groups == 1 else ())
+        elif isinstance(m, nn.Linear):
+            factors = (Slot(weight, 0, Role.PRODUCER), Slot(weight, 1, Role.CONSUMER))
+        elif isinstance(m, nn.MultiheadAttention):
+            e_in = Slot(f"{node.target}.in_proj_weight", 1, Role.CONSUMER)
+            inner = Slot(f"{node.target}.out_proj.weight", 1, Role.CONSUMER)
+            e_out = Slot(f"{node.target}.out_proj.weight", 0, Role.PRODUCER)
+            q, k = value_meta(node.args[0]), value_meta(node.args[1])
+            lq, lk = (q.shape[1], k.shape[1]) if m.batch_first else (q.shape[0], k.shape[0])
+            n, e = _numel(q) // (lq * q.shape[-1]), m.embed_dim
+            terms += [MacTerm(n * (lq + 2 * lk) * e * e, (e_in, inner)), MacTerm(n * 2 * lq * lk * e, (inner,)),
+                      MacTerm(n * lq * e * e, (inner, e_out))]
+            continue
+        else:
+            factors = _matmul_factors(node, channel_dims)
+        terms.append(MacTerm(macs, factors))
+    return tuple(terms)
+
+
+def _matmul_factors(node: fx.Node, channel_dims) -> tuple[Slot, ...]:
+    factors = []
+    out_dim = channel_dims.get(node.name)
+    if isinstance(out_dim, int):
+        factors.append(Slot(node.name, out_dim))
+    if node.target in _MATMULS or (node.op == "call_method" and getattr(torch.Tensor, node.target, None) in _MATMULS):
+        a = node.args[0]
+        rank = len(value_meta(a).shape)
+        if isinstance(a, fx.Node) and channel_dims.get(a.name) == rank - 1:
+            factors.append(Slot(a.name, rank - 1))
+    return tuple(factors)
 
 
 @dataclass(frozen=True)
@@ -154,29 +223,64 @@ class ModelStats:
     macs: int
     params_by_module: dict
     param_shapes: dict
+    mac_terms: tuple[MacTerm, ...]
 
     @classmethod
-    def measure(cls, gm: fx.GraphModule) -> "ModelStats":
+    def measure(cls, gm: fx.GraphModule, graph: DependencyGraph) -> "ModelStats":
         shapes = {name: tuple(p.shape) for name, p in gm.named_parameters(remove_duplicate=False)}
-        return cls(count_params(gm), count_macs(gm), _params_by_module(gm), shapes)
+        return cls(count_params(gm), count_macs(gm), _params_by_module(gm), shapes, mac_terms(gm, graph.channel_dims))
+
+
+def params_removed_by_group(before: ModelStats, graph: DependencyGraph, plan: PrunePlan) -> dict[str, int]:
+    """Parameters each pruned group removes, slicing shapes group by group (a weight cut on two dims counts once)."""
+    shapes = {name: list(shape) for name, shape in before.param_shapes.items()}
+    removed = {}
+    for g in graph.groups:
+        kept = plan.keep.get(g.id)
+        if kept is None:
+            continue
+        total = 0
+        for slot in g.members:
+            if not slot.is_param or slot.name not in shapes:
+                continue  # activations and buffers hold no parameters
+            n = math.prod(shapes[slot.name])
+            shapes[slot.name][slot.dim] = len(g.kept_positions(slot, kept))
+            total += n - math.prod(shapes[slot.name])
+        removed[g.id] = total
+    return removed
+
+
+def predict(before: ModelStats, graph: DependencyGraph, plan: PrunePlan) -> tuple[int, int]:
+    """(params, MACs) the model will have once `plan` is applied, from shapes alone (no rewrite, no run)."""
+    def kept_share(slot: Slot) -> tuple[int, int]:
+        g = graph.group_of(slot)
+        if g is None:
+            return 1, 1
+        size = g.members[slot].size
+        kept = plan.keep.get(g.id)
+        return (size if kept is None else len(g.kept_positions(slot, kept))), size
+
+    macs = 0
+    for term in before.mac_terms:
+        num, den = term.macs, 1
+        for slot in term.factors:
+            k, n = kept_share(slot)
+            num, den = num * k, den * n
+        macs += num // den
+    return before.params - sum(params_removed_by_group(before, graph, plan).values()), macs
 
 
 def build_report(before: ModelStats, pruned: fx.GraphModule, graph: DependencyGraph, plan: PrunePlan,
-                 sliced_params: int | None = None) -> PruneReport:
+                 sliced_params: int | None = None, rounding: Mapping | None = None) -> PruneReport:
     """Measure `pruned` against `before`. `sliced_params`: parameter count after slicing, before dead-code removal."""
-    shapes = {name: list(shape) for name, shape in before.param_shapes.items()}
+    removed = params_removed_by_group(before, graph, plan)
+    rounding = rounding or {}
     groups = []
     for g in graph.groups:
-        removed = 0
         kept = plan.keep.get(g.id)
-        if kept is not None:
-            for slot in g.members:
-                if not slot.is_param or slot.name not in shapes:
-                    continue  # activations and buffers hold no parameters
-                n = math.prod(shapes[slot.name])
-                shapes[slot.name][slot.dim] = len(g.kept_positions(slot, kept))
-                removed += n - math.prod(shapes[slot.name])
-        groups.append(GroupReport(g.id, g.size, len(kept) if kept is not None else g.size, removed, g.frozen_reasons))
+        r = rounding.get(g.id)
+        groups.append(GroupReport(g.id, g.size, len(kept) if kept is not None else g.size, removed.get(g.id, 0),
+                                  g.frozen_reasons, r.step if r else 1, r.asked if r else None))
     if sliced_params is None:
         sliced_params = count_params(pruned)
     after = _params_by_module(pruned)
@@ -190,3 +294,14 @@ def build_report(before: ModelStats, pruned: fx.GraphModule, graph: DependencyGr
         layers=layers,
         params_removed_dead_code=sliced_params - count_params(pruned),
     )
+
+
+def channel_mac_cost(before: ModelStats, group) -> np.ndarray:
+    """MACs that removing each channel of `group` alone would save (first order: other groups unpruned)."""
+    cost = np.zeros(group.size)
+    for term in before.mac_terms:
+        for slot in term.factors:
+            index_map = group.members.get(slot)
+            if index_map is not None:
+                cost += term.macs * np.bincount(index_map, minlength=group.size) / index_map.size
+    return cost

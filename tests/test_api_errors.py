@@ -29,13 +29,20 @@ class Untraceable(nn.Module):
         return self.c(-x)
 
 
-@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, "half", None, True])
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, "half", True])
 def test_ratio_outside_range(ratio):
     model = ConvChain()
     snap = _snapshot(model)
     with pytest.raises(InputError, match="ratio must be a number in \\[0, 1\\)"):
         graphprune.prune_graph(model, example_input(ConvChain), ratio=ratio)
     _assert_unchanged(model, snap)
+
+
+def test_exactly_one_amount():
+    with pytest.raises(InputError, match="exactly one of ratio, target_params, target_macs \\(got none\\)"):
+        graphprune.prune_graph(ConvChain(), example_input(ConvChain))
+    with pytest.raises(InputError, match="got ratio, target_macs"):
+        graphprune.prune_graph(ConvChain(), example_input(ConvChain), ratio=0.5, target_macs=10)
 
 
 def test_ignore_unknown_name_suggests_close_match():

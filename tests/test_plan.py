@@ -27,7 +27,13 @@ def test_plan_json_round_trip_and_replay(cls):
     assert _shapes(replay.model) == _shapes(result.model)
     with torch.no_grad():
         assert torch.equal(replay.model(x), result.model(x))
-    assert replay.report == result.report
+    assert _measured(replay.report) == _measured(result.report)
+
+
+def _measured(report):
+    """The measured figures of a report (a replay cannot know how the original plan was rounded)."""
+    return (report.params_before, report.params_after, report.macs_before, report.macs_after,
+            [(g.id, g.channels_before, g.channels_after, g.params_removed) for g in report.groups])
 
 
 def test_replay_on_retrained_weights():

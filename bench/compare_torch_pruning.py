@@ -1,0 +1,626 @@
+"""Side-by-side comparison of graphprune and Torch-Pruning 1.6.1 on the built-in models.
+
+Usage:
+    python bench/compare_torch_pruning.py [--models a,b,c] [--skip-latency]
+        [--warmup 3 --repeats 10 --rounds 2] [--tp-timeout 300] [--json out/compare_tp.json]
+        [--prune-repeats 1] [--torch-threads N]
+
+Protocol (one run of this script, every model of ``--models``, default the whole zoo):
+
+* Model and inputs: ``ZOO[name].build()`` (eval mode, seeded weights) and
+  ``ZOO[name].example_inputs()`` (batch 1). Both tools prune a fresh copy of the same model.
+* Pruning: ratio 0.5, L2 magnitude importance, local (per group) ranking, once without
+  rounding and once with ``round_to=16`` for both tools:
+  - graphprune: ``graphprune.prune_graph(model, inputs, ratio=0.5, importance="l2",
+    round_to=1 | 16)``; output shapes are kept by graphprune itself, nothing is ignored.
+  - Torch-Pruning: ``tp.pruner.MetaPruner(model, inputs, importance=
+    tp.importance.MagnitudeImportance(p=2)`` (group reduction "mean", its default),
+    ``pruning_ratio=0.5, global_pruning=False, round_to=None | 16, ignored_layers=[...])``
+    then ``pruner.step()``. ``ignored_layers`` are the output layers: every Conv/Linear/
+    MultiheadAttention whose output reaches a model output without passing through another
+    such layer (found by walking the torch.fx graph back from the outputs: the classifier,
+    UNet's final conv, the three YOLO prediction convs). For models with
+    ``nn.MultiheadAttention`` it also gets ``num_heads={mha: mha.num_heads},
+    prune_num_heads=True, head_pruning_ratio=0.5``; the notes say what it did to each MHA.
+* "prune s" (wall clock, ``time.perf_counter``, the median of ``--prune-repeats`` runs, one by
+  default; the same number of torch threads for both tools):
+  - graphprune: the whole ``prune_graph`` call (deep copy, trace, analysis, scoring,
+    planning, rewrite, final checks, report), timed in THIS process after one warm-up call
+    on a tiny model (so import and first-call costs are excluded).
+  - Torch-Pruning: pruner construction (dependency-graph build) + ``step()``, timed in a
+    CHILD process (it can run out of memory or hang) after one warm-up prune of the same
+    tiny model there (each repeat prunes a freshly built model, outside the timer); the child
+    is killed after ``--tp-timeout`` seconds. A failure,
+    crash or timeout is reported as ``FAIL (<reason>)`` and the run goes on.
+* Params / MACs: the same counter for every variant: ``count_params(model)`` and
+  ``count_macs`` of a graphprune trace of a deep copy with values recorded on the example
+  inputs. (graphprune's own report is cross-checked against it; mismatches are noted.)
+* ONNX: ``graphprune.export.export_onnx`` (opset 17; ``onnx.checker``; ONNX Runtime vs
+  PyTorch on the example inputs, atol 1e-4 + rtol 1e-3). "yes (d)" means the file was
+  written and ORT matched the pruned PyTorch model, d = max abs difference.
+* Latency: ONE ``graphprune.bench.benchmark`` call per model with every variant that
+  exported (original, gp, tp, gp16, tp16), so their runs are interleaved, under the EDGE
+  profile (1 intra-op thread, pinned to one core, ORT_ENABLE_ALL). p50 over
+  ``--repeats`` timed runs split over ``--rounds`` rotating rounds after ``--warmup``
+  warm-up runs per variant.
+
+The pruned Torch-Pruning model travels from the child to this process as a full pickle
+(``torch.save(model)``) in a private temporary directory; only those files, written by
+this script's own child, are loaded with ``torch.load(weights_only=False)``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import importlib.metadata
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+import graphprune
+from graphprune import bench, default_rules
+from graphprune.export import export_onnx
+from graphprune.models import ZOO
+from graphprune.report import count_macs, count_params
+from graphprune.rules.attention import PrunedMultiheadAttention
+from graphprune.trace import record_values, trace
+
+TP_VERSION = "1.6.1"
+RATIO = 0.5
+ROUNDINGS = (None, 16)  # None: no rounding (graphprune round_to=1, Torch-Pruning round_to=None)
+OUTPUT_LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
+TOOLS = ("graphprune", "torch-pruning")
+SHORT = 60  # characters of a reason shown in the table; the notes and the JSON keep it all
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class Variant:
+    """One model variant: the original or the output of one tool at one rounding setting."""
+
+    key: str  # "original", "gp", "tp", "gp16", "tp16": the name in the latency benchmark
+    tool: str  # "original", "graphprune" or "torch-pruning"
+    round_to: int | None
+    prune_s: float | None = None  # median of prune_runs
+    prune_runs: list[float] = field(default_factory=list)
+    params: int | None = None
+    macs: int | None = None
+    p50_ms: float | None = None
+    onnx_ok: bool | None = None  # None: not tried (pruning failed)
+    max_abs_diff: float | None = None
+    fail: str | None = None  # pruning failed / timed out / the pruned model does not run
+    export_error: str | None = None
+    latency_error: str | None = None
+    onnx_path: str | None = field(default=None, repr=False)
+
+
+@dataclass
+class ModelResult:
+    name: str
+    variants: list[Variant]
+    ignored_for_tp: list[str]
+    notes: list[str]
+    error: str | None = None  # the whole model failed (should not happen; reported, run goes on)
+
+    def get(self, key: str) -> Variant | None:
+        return next((v for v in self.variants if v.key == key), None)
+
+
+def variant_key(tool: str, round_to: int | None) -> str:
+    return ("gp" if tool == "graphprune" else "tp") + (str(round_to) if round_to else "")
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def short(text: str, n: int = SHORT) -> str:
+    text = one_line(text)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def describe(exc: BaseException) -> str:
+    return one_line(f"{type(exc).__name__}: {exc}")
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def tiny_model() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The warm-up model for both tools (conv-BN-ReLU x2, pool, linear)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+    ).eval()
+    return model, (torch.randn(1, 3, 16, 16),)
+
+
+def output_layers(model: nn.Module) -> list[str]:
+    """Qualified names of the Conv/Linear/MHA modules whose outputs reach a model output directly.
+
+    Walks the torch.fx graph back from the output node, stopping at such modules: these are the
+    layers whose output channels must be kept (the classifier, a segmentation/detection head).
+    """
+    gm = trace(copy.deepcopy(model))
+    modules = dict(gm.named_modules())
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    stack, seen, found = list(output.all_input_nodes), set(), set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "call_module" and isinstance(modules[node.target], OUTPUT_LAYER_TYPES):
+            found.add(node.target)
+            continue
+        stack.extend(node.all_input_nodes)
+    order = [name for name, _ in model.named_modules()]
+    return sorted(found, key=order.index)
+
+
+def measure(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[int, int]:
+    """(params, MACs) of any model with graphprune's counter.
+
+    Modules that have a rule stay leaves, as in prune_graph, and so does graphprune's
+    PrunedMultiheadAttention: the counter prices a whole attention module, but traced through
+    it would see F.scaled_dot_product_attention, which it does not count.
+    """
+    rules = default_rules()
+    gm = trace(copy.deepcopy(model),
+               lambda m: rules.has_module_rule(m) or isinstance(m, PrunedMultiheadAttention))
+    gm.eval()
+    record_values(gm, inputs)
+    return count_params(model), count_macs(gm)
+
+
+def output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:
+    with torch.no_grad():
+        out = model(*inputs)
+    flat = out if isinstance(out, (tuple, list)) else [out]
+    return [tuple(t.shape) for t in flat]
+
+
+def mha_summary(model: nn.Module) -> str:
+    """'embed E, H heads' per nn.MultiheadAttention, compressed when all are equal."""
+    items = [f"embed {m.embed_dim}, {m.num_heads} heads" for m in model.modules()
+             if isinstance(m, nn.MultiheadAttention)]
+    if not items:
+        return ""
+    return f"{len(items)} x ({items[0]})" if len(set(items)) == 1 else "; ".join(items)
+
+
+# ----------------------------------------------------------------------------- Torch-Pruning
+
+
+def ensure_torch_pruning() -> tuple[str | None, str | None]:
+    """(installed version, None) or (None, reason); installs torch-pruning==1.6.1 if it is missing."""
+    try:
+        importlib.import_module("torch_pruning")
+    except ImportError:
+        print(f"torch_pruning not importable: pip install --no-deps torch-pruning=={TP_VERSION}",
+              file=sys.stderr)
+        # --no-deps: its requirements would make pip replace the CPU torch with a CUDA build.
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--no-deps", f"torch-pruning=={TP_VERSION}"],
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            return None, f"pip install torch-pruning=={TP_VERSION} failed: {tail}"
+        importlib.invalidate_caches()
+        try:
+            importlib.import_module("torch_pruning")
+        except ImportError as exc:
+            return None, f"torch_pruning still not importable after pip install: {describe(exc)}"
+    try:
+        # torch_pruning.__version__ says 1.6.0 in the 1.6.1 wheel; the distribution metadata is right.
+        return importlib.metadata.version("torch-pruning"), None
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown", None
+
+
+def tp_prune(model: nn.Module, inputs: tuple[torch.Tensor, ...], ignored: Sequence[str],
+             round_to: int | None) -> None:
+    """Prune `model` in place with Torch-Pruning's standard local L2 magnitude recipe."""
+    import torch_pruning as tp
+
+    modules = dict(model.named_modules())
+    kwargs: dict[str, Any] = {}
+    heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    if heads:
+        kwargs.update(num_heads=heads, prune_num_heads=True, head_pruning_ratio=RATIO)
+    pruner = tp.pruner.MetaPruner(
+        model, inputs, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=RATIO,
+        ignored_layers=[modules[n] for n in ignored], round_to=round_to, global_pruning=False,
+        **kwargs,
+    )
+    pruner.step()
+
+
+def tp_child(job_path: str) -> int:
+    """Child-process entry point: warm up, prune one model, time it, save the pruned module."""
+    with open(job_path) as f:
+        job = json.load(f)
+    result: dict[str, Any] = {}
+    try:
+        torch.set_num_threads(job["threads"])
+        warm, warm_inputs = tiny_model()
+        tp_prune(warm, warm_inputs, ["8"], job["round_to"])
+        spec = ZOO[job["model"]]
+        runs = []
+        for _ in range(job["repeats"]):  # a fresh model each time: Torch-Pruning prunes in place
+            model, inputs = spec.build(), spec.example_inputs()
+            before = mha_summary(model)
+            t0 = time.perf_counter()
+            tp_prune(model, inputs, job["ignored"], job["round_to"])
+            runs.append(time.perf_counter() - t0)
+        result["runs"] = runs
+        if before:
+            result["mha"] = f"MHA {before} -> {mha_summary(model)}"
+        torch.save(model, job["model_path"])
+        code = 0
+    except Exception as exc:  # any failure of Torch-Pruning is a result, not a crash
+        result["error"] = describe(exc)
+        result["traceback"] = traceback.format_exc(limit=-3)
+        code = 1
+    with open(job["result_path"], "w") as f:
+        json.dump(result, f)
+    return code
+
+
+def run_tp_child(model_name: str, round_to: int | None, ignored: list[str], workdir: str,
+                 timeout: float, repeats: int) -> tuple[list[float], str | None, str | None, str | None]:
+    """(seconds of each run, model path, MHA note, failure reason) of Torch-Pruning in a child process."""
+    key = variant_key("torch-pruning", round_to)
+    job = {
+        "model": model_name, "round_to": round_to, "ignored": ignored, "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "model_path": os.path.join(workdir, f"{key}.pt"),
+        "result_path": os.path.join(workdir, f"{key}.json"),
+    }
+    job_path = os.path.join(workdir, f"{key}.job.json")
+    with open(job_path, "w") as f:
+        json.dump(job, f)
+    try:
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--tp-child", job_path],
+            capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:  # subprocess.run has killed the child
+        return [], None, None, f"timeout after {timeout:g} s"
+    result: dict[str, Any] = {}
+    if os.path.exists(job["result_path"]):
+        with open(job["result_path"]) as f:
+            result = json.load(f)
+    if "error" in result:
+        return [], None, None, result["error"]
+    if proc.returncode != 0 or "runs" not in result:
+        if proc.returncode < 0:
+            sig = signal.Signals(-proc.returncode).name
+            oom = " (out of memory?)" if sig == "SIGKILL" else ""
+            return [], None, None, f"child killed by {sig}{oom}"
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return [], None, None, f"child exited with code {proc.returncode}: {tail}"
+    return result["runs"], job["model_path"], result.get("mha"), None
+
+
+# ----------------------------------------------------------------------------- one model
+
+
+def finish_variant(v: Variant, model: nn.Module, inputs: tuple[torch.Tensor, ...],
+                   reference_shapes: list[tuple[int, ...]], workdir: str, notes: list[str]) -> None:
+    """Check the pruned model runs, count params/MACs, export to ONNX (fills `v` in place)."""
+    try:
+        shapes = output_shapes(model, inputs)
+    except Exception as exc:
+        v.fail = f"pruned model does not run: {describe(exc)}"
+        return
+    if shapes != reference_shapes:
+        notes.append(f"{v.key}: output shapes changed {reference_shapes} -> {shapes}")
+    try:
+        v.params, v.macs = measure(model, inputs)
+    except Exception as exc:
+        notes.append(f"{v.key}: params/MACs not measured: {describe(exc)}")
+    path = os.path.join(workdir, f"{v.key}.onnx")
+    try:
+        exported = export_onnx(model, inputs, path)
+        v.onnx_ok, v.max_abs_diff, v.onnx_path = True, exported.max_abs_diff, exported.path
+    except Exception as exc:  # ExportError, or anything the exporter lets through
+        v.onnx_ok, v.export_error = False, describe(exc)
+
+
+def compare_model(name: str, args: argparse.Namespace, tp_error: str | None) -> ModelResult:
+    """Prune `name` with both tools at both rounding settings, measure and benchmark every variant."""
+    spec = ZOO[name]
+    model, inputs = spec.build(), spec.example_inputs()
+    notes: list[str] = []
+    try:
+        ignored = output_layers(model)
+    except Exception as exc:
+        ignored = []
+        notes.append(f"output layers not found ({describe(exc)}); Torch-Pruning ignores nothing")
+    original = Variant("original", "original", None)
+    variants = [original]
+    result = ModelResult(name, variants, ignored, notes)
+    with tempfile.TemporaryDirectory(prefix=f"gp_vs_tp_{name}_") as workdir:
+        reference = output_shapes(model, inputs)
+        finish_variant(original, model, inputs, reference, workdir, notes)
+        for round_to in ROUNDINGS:
+            # graphprune, in this process.
+            gp = Variant(variant_key("graphprune", round_to), "graphprune", round_to)
+            variants.append(gp)
+            progress(f"[{name}] graphprune round_to={round_to or 1}")
+            try:
+                for _ in range(args.prune_repeats):  # prune_graph never modifies `model`
+                    t0 = time.perf_counter()
+                    pruned = graphprune.prune_graph(model, inputs, ratio=RATIO, importance="l2",
+                                                    round_to=round_to or 1)
+                    gp.prune_runs.append(time.perf_counter() - t0)
+                gp.prune_s = statistics.median(gp.prune_runs)
+            except Exception as exc:
+                gp.fail = describe(exc)
+            else:
+                finish_variant(gp, pruned.model, inputs, reference, workdir, notes)
+                r = pruned.report
+                for what, own, ours in (("params", r.params_after, gp.params), ("MACs", r.macs_after, gp.macs)):
+                    if ours is not None and own != ours:
+                        notes.append(f"{gp.key}: graphprune's report says {what} {own:,}, the counter {ours:,}")
+                if original.params is not None and (r.params_before, r.macs_before) != (original.params, original.macs):
+                    notes.append(f"{gp.key}: report 'before' ({r.params_before:,} params, {r.macs_before:,} MACs) "
+                                 f"differs from the counter ({original.params:,}, {original.macs:,})")
+                del pruned
+            # Torch-Pruning, in a child process.
+            tp = Variant(variant_key("torch-pruning", round_to), "torch-pruning", round_to)
+            variants.append(tp)
+            progress(f"[{name}] torch-pruning round_to={round_to}")
+            if tp_error:
+                tp.fail = tp_error
+                continue
+            runs, path, mha, fail = run_tp_child(name, round_to, ignored, workdir, args.tp_timeout,
+                                                 args.prune_repeats)
+            tp.prune_runs, tp.fail = runs, fail
+            tp.prune_s = statistics.median(runs) if runs else None
+            if mha:
+                notes.append(f"{tp.key}: {mha}")
+            if path:
+                # Our own child's file in our private temp dir: a full pickle of the pruned module.
+                tp_model = torch.load(path, weights_only=False).eval()
+                finish_variant(tp, tp_model, inputs, reference, workdir, notes)
+                del tp_model
+        if not args.skip_latency:
+            progress(f"[{name}] latency")
+            measure_latency(variants, args)
+    for v in variants:
+        for what, text in (("FAIL", v.fail), ("ONNX", v.export_error), ("latency", v.latency_error)):
+            if text and len(one_line(text)) > SHORT:
+                notes.append(f"{v.key} {what}: {one_line(text)}")
+    return result
+
+
+def measure_latency(variants: list[Variant], args: argparse.Namespace) -> None:
+    """One interleaved EDGE benchmark of every exported variant (fills p50_ms in place)."""
+    ready = [v for v in variants if v.onnx_path]
+    if not ready:
+        return
+    try:
+        report = bench.benchmark(
+            {v.key: v.onnx_path for v in ready}, bench.EDGE, warmup=args.warmup,
+            repeats=args.repeats, rounds=args.rounds,
+            macs={v.key: v.macs for v in ready if v.macs is not None},
+            params={v.key: v.params for v in ready if v.params is not None},
+        )
+    except Exception as exc:
+        for v in ready:
+            v.latency_error = describe(exc)
+        return
+    rows = {row.name: row for row in report.rows}
+    for v in ready:
+        v.p50_ms = rows[v.key].p50_ms
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def fmt_variant(model: str, v: Variant, base: Variant) -> list[str]:
+    tool = {"original": "original (unpruned)", "graphprune": "graphprune", "torch-pruning": "torch-pruning"}[v.tool]
+    round_cell = "-" if v.tool == "original" else str(v.round_to or 1)
+    if v.fail:
+        return [model, tool, round_cell, "FAIL", "-", "-", "-", "-", f"FAIL ({short(v.fail)})"]
+    prune = "-" if v.prune_s is None else f"{v.prune_s:.2f}"
+    params = "-" if v.params is None else f"{v.params:,}"
+    macs = "-" if v.macs is None else f"{v.macs / 1e9:.4f}"
+    if v.p50_ms is not None:
+        p50 = f"{v.p50_ms:.3f}"
+        ratio = f"{v.p50_ms / base.p50_ms:.2f}" if base.p50_ms else "-"
+    else:
+        p50, ratio = ("FAIL" if v.latency_error else "-"), "-"
+    if v.onnx_ok:
+        onnx = f"yes ({v.max_abs_diff:.1e})"
+    elif v.onnx_ok is False:
+        onnx = f"no ({short(v.export_error or '')})"
+    else:
+        onnx = "-"
+    return [model, tool, round_cell, prune, params, macs, p50, ratio, onnx]
+
+
+def render(header: list[str], rows: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def format_results(results: list[ModelResult], skip_latency: bool) -> str:
+    header = ["model", "tool", "round_to", "prune s", "params", "GMACs", "p50 ms", "p50/orig",
+              "ONNX export + ORT match (max abs diff)"]
+    rows: list[list[str]] = []
+    for res in results:
+        if res.error:
+            rows.append([res.name, "-", "-", "FAIL", "-", "-", "-", "-", f"FAIL ({short(res.error)})"])
+            continue
+        base = res.variants[0]
+        for i, v in enumerate(res.variants):
+            rows.append(fmt_variant(res.name if i == 0 else "", v, base))
+    if skip_latency:
+        header, rows = header[:6] + header[8:], [r[:6] + r[8:] for r in rows]
+        right = {2, 3, 4, 5}
+    else:
+        right = {2, 3, 4, 5, 6, 7}
+    out = [render(header, rows, right), "", "Torch-Pruning seconds / graphprune seconds (> 1: graphprune is faster)"]
+    ratio_rows = []
+    for res in results:
+        cells = [res.name]
+        for round_to in ROUNDINGS:
+            gp = res.get(variant_key("graphprune", round_to))
+            tp = res.get(variant_key("torch-pruning", round_to))
+            if gp and tp and gp.prune_s and tp.prune_s:
+                cells.append(f"{tp.prune_s / gp.prune_s:.2f}")
+            else:
+                cells.append("TP FAIL" if tp and tp.fail else "GP FAIL" if gp and gp.fail else "-")
+        ratio_rows.append(cells)
+    out.append(render(["model", "round_to=1", "round_to=16"], ratio_rows, {1, 2}))
+    notes = [(res.name, n) for res in results for n in (
+        ([f"Torch-Pruning ignored_layers: {', '.join(res.ignored_for_tp) or '(none)'}"] if not res.error else [])
+        + res.notes + ([f"model failed: {res.error}"] if res.error else []))]
+    if notes:
+        out += ["", "Notes"]
+        out += [f"  {name}: {note}" for name, note in notes]
+    return "\n".join(out)
+
+
+def write_json(path: str, data: dict) -> None:
+    """Write `data` to `path` atomically (temp file in the same directory, then os.replace)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def to_json(results: list[ModelResult], protocol: dict) -> dict:
+    models = {}
+    for res in results:
+        models[res.name] = {
+            "error": res.error, "ignored_for_tp": res.ignored_for_tp, "notes": res.notes,
+            "variants": [{k: v for k, v in asdict(var).items() if k != "onnx_path"} for var in res.variants],
+        }
+    return {"protocol": protocol, "models": models}
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(ZOO),
+                        help="comma-separated built-in model names (default: the whole zoo)")
+    parser.add_argument("--skip-latency", action="store_true", help="no ONNX Runtime latency benchmark")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed ORT runs per variant (default 3)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed ORT runs per variant (default 10)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
+    parser.add_argument("--tp-timeout", type=float, default=300.0,
+                        help="seconds before a Torch-Pruning child is killed (default 300)")
+    parser.add_argument("--prune-repeats", type=int, default=1,
+                        help="time each pruning this many times, report the median (default 1)")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch intra-op threads for both tools (default: torch's default)")
+    parser.add_argument("--json", default=None, help="also write the results here (atomically)")
+    parser.add_argument("--tp-child", default=None, help=argparse.SUPPRESS)  # internal: child mode
+    args = parser.parse_args(argv)
+    if args.tp_child is None:
+        args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = [m for m in args.model_names if m not in ZOO]
+        if unknown or not args.model_names:
+            parser.error(f"unknown model(s) {', '.join(unknown) or '(none given)'}; built-in: {', '.join(ZOO)}")
+        if args.repeats < args.rounds or args.rounds < 1 or args.warmup < 0:
+            parser.error("need --repeats >= --rounds >= 1 and --warmup >= 0")
+        if args.prune_repeats < 1 or (args.torch_threads is not None and args.torch_threads < 1):
+            parser.error("--prune-repeats and --torch-threads must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.tp_child is not None:
+        return tp_child(args.tp_child)
+    started = time.perf_counter()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)  # the Torch-Pruning children get the same count
+    tp_version, tp_error = ensure_torch_pruning()
+    if tp_version and tp_version != TP_VERSION:
+        progress(f"warning: torch-pruning {tp_version} is installed, this comparison is meant for {TP_VERSION}")
+    warm, warm_inputs = tiny_model()
+    graphprune.prune_graph(warm, warm_inputs, ratio=RATIO, importance="l2")  # warm-up: imports, first calls
+    results = []
+    for name in args.model_names:
+        try:
+            results.append(compare_model(name, args, tp_error and f"torch-pruning unavailable: {tp_error}"))
+        except Exception as exc:  # never let one model end the run
+            traceback.print_exc()
+            results.append(ModelResult(name, [], [], [], error=describe(exc)))
+    elapsed = time.perf_counter() - started
+    import onnxruntime
+
+    protocol = {
+        "ratio": RATIO, "importance": "L2 magnitude, local", "roundings": [1, 16],
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "torch_pruning": tp_version, "onnxruntime": onnxruntime.__version__,
+        "graphprune_timing": "in this process, after a warm-up prune of a tiny model",
+        "torch_pruning_timing": "pruner construction + step() in a child process, after a warm-up prune of a tiny model",
+        "latency": None if args.skip_latency else {
+            "profile": "edge (1 intra-op thread, pinned to one core, ORT_ENABLE_ALL)",
+            "warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds,
+        },
+        "prune_repeats": args.prune_repeats,
+        "run_seconds": round(elapsed, 1),
+    }
+    print(f"graphprune vs Torch-Pruning {tp_version or '(unavailable)'}: ratio {RATIO}, L2 magnitude, "
+          f"local; torch {torch.__version__} with {torch.get_num_threads()} thread(s), "
+          f"onnxruntime {onnxruntime.__version__}")
+    print("prune s: graphprune = whole prune_graph call in this process; Torch-Pruning = "
+          f"MetaPruner construction + step() in a child process; both after a warm-up prune, "
+          f"median of {args.prune_repeats} run(s) each")
+    if not args.skip_latency:
+        print(f"p50 ms: ONNX Runtime, edge profile (1 thread pinned), all variants of a model "
+              f"interleaved in one benchmark: {args.warmup} warm-up, {args.repeats} timed runs "
+              f"in {args.rounds} rounds")
+    print()
+    print(format_results(results, args.skip_latency))
+    print(f"\ntotal run time {elapsed:.0f} s")
+    if args.json:
+        write_json(args.json, to_json(results, protocol))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
