@@ -276,8 +276,9 @@ def tp_child(job_path: str) -> int:
         torch.save(model, job["model_path"])
         code = 0
     except Exception as exc:  # any failure of Torch-Pruning is a result, not a crash
-        result["error"] = describe(exc)
-        result["traceback"] = traceback.format_exc(limit=-3)
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f"{os.path.relpath(frame.filename, os.path.dirname(os.path.dirname(torch.__file__)))}:{frame.lineno}"
+        result["error"] = f"{describe(exc)} (at {where} in {frame.name})"
         code = 1
     with open(job["result_path"], "w") as f:
         json.dump(result, f)
