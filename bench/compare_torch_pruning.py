@@ -3,7 +3,7 @@
 Usage:
     python bench/compare_torch_pruning.py [--models a,b,c] [--skip-latency]
         [--warmup 3 --repeats 10 --rounds 2] [--tp-timeout 300] [--json out/compare_tp.json]
-        [--prune-repeats 1] [--torch-threads N]
+        [--prune-repeats 1] [--torch-threads 1]
 
 Protocol (one run of this script, every model of ``--models``, default the whole zoo):
 
@@ -23,7 +23,10 @@ Protocol (one run of this script, every model of ``--models``, default the whole
     ``nn.MultiheadAttention`` it also gets ``num_heads={mha: mha.num_heads},
     prune_num_heads=True, head_pruning_ratio=0.5``; the notes say what it did to each MHA.
 * "prune s" (wall clock, ``time.perf_counter``, the median of ``--prune-repeats`` runs, one by
-  default; the same number of torch threads for both tools):
+  default). Both tools run with ``--torch-threads`` intra-op threads (default 1): their work is
+  small forward passes plus Python, and on a small shared machine multi-threaded torch made
+  the same call 3-30x slower at random (mobilenet_v2: 0.5-4.6 s with 2 threads on 2 cores
+  vs a steady 0.17 s with 1), which would swamp the comparison.
   - graphprune: the whole ``prune_graph`` call (deep copy, trace, analysis, scoring,
     planning, rewrite, final checks, report), timed in THIS process after one warm-up call
     on a tiny model (so import and first-call costs are excluded).
@@ -81,7 +84,6 @@ TP_VERSION = "1.6.1"
 RATIO = 0.5
 ROUNDINGS = (None, 16)  # None: no rounding (graphprune round_to=1, Torch-Pruning round_to=None)
 OUTPUT_LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
-TOOLS = ("graphprune", "torch-pruning")
 SHORT = 60  # characters of a reason shown in the table; the notes and the JSON keep it all
 
 
@@ -445,9 +447,10 @@ def progress(message: str) -> None:
 def fmt_variant(model: str, v: Variant, base: Variant) -> list[str]:
     tool = {"original": "original (unpruned)", "graphprune": "graphprune", "torch-pruning": "torch-pruning"}[v.tool]
     round_cell = "-" if v.tool == "original" else str(v.round_to or 1)
-    if v.fail:
-        return [model, tool, round_cell, "FAIL", "-", "-", "-", "-", f"FAIL ({short(v.fail)})"]
     prune = "-" if v.prune_s is None else f"{v.prune_s:.2f}"
+    if v.fail:  # pruning failed (no time), or the pruned model does not run (time kept)
+        return [model, tool, round_cell, "FAIL" if v.prune_s is None else prune, "-", "-", "-", "-",
+                f"FAIL ({short(v.fail)})"]
     params = "-" if v.params is None else f"{v.params:,}"
     macs = "-" if v.macs is None else f"{v.macs / 1e9:.4f}"
     if v.p50_ms is not None:
@@ -552,8 +555,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="seconds before a Torch-Pruning child is killed (default 300)")
     parser.add_argument("--prune-repeats", type=int, default=1,
                         help="time each pruning this many times, report the median (default 1)")
-    parser.add_argument("--torch-threads", type=int, default=None,
-                        help="torch intra-op threads for both tools (default: torch's default)")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch intra-op threads while pruning, for both tools (default 1; 0: torch's default)")
     parser.add_argument("--json", default=None, help="also write the results here (atomically)")
     parser.add_argument("--tp-child", default=None, help=argparse.SUPPRESS)  # internal: child mode
     args = parser.parse_args(argv)
@@ -564,8 +567,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"unknown model(s) {', '.join(unknown) or '(none given)'}; built-in: {', '.join(ZOO)}")
         if args.repeats < args.rounds or args.rounds < 1 or args.warmup < 0:
             parser.error("need --repeats >= --rounds >= 1 and --warmup >= 0")
-        if args.prune_repeats < 1 or (args.torch_threads is not None and args.torch_threads < 1):
-            parser.error("--prune-repeats and --torch-threads must be >= 1")
+        if args.prune_repeats < 1 or args.torch_threads < 0:
+            parser.error("need --prune-repeats >= 1 and --torch-threads >= 0")
     return args
 
 

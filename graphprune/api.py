@@ -206,16 +206,17 @@ def prune_graph(
 
     t0 = time.perf_counter()
     modules = dict(prep.gm.named_modules())
-    steps = {g.id: round_to if round_to is not None else device_target.group_step(g, modules) for g in graph.prunable}
+    rounding_target = device_target if round_to is None else Target(f"round_to={round_to}", round_to, round_to, round_to)
+    constraints = {g.id: rounding_target.constraints(g, modules) for g in graph.prunable}
     if scope == "local":
         def make(r: float) -> Planned:
-            return plan_local(graph, scores, _group_ratios(model, graph, r, ratios or {}), steps, min_keep)
+            return plan_local(graph, scores, _group_ratios(model, graph, r, ratios or {}), constraints, min_keep)
     else:
         if ratios:
             raise InputError("per-module `ratios` apply to scope='local' only")
 
         def make(r: float) -> Planned:
-            return plan_global(graph, scores, r, steps, min_keep)
+            return plan_global(graph, scores, r, constraints, min_keep)
     if ratio is not None:
         planned = make(ratio)
     else:

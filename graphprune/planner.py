@@ -6,8 +6,8 @@ on scores normalised by their group's mean (so groups of different widths and fa
 compare) and removes the lowest ratio share. Targets (`target_params`, `target_macs`)
 bisect the ratio until the count is reached.
 Guards: a group keeps at least `min_keep` of its channels and at least one (and at least
-one position of every member slot, so no layer is left with zero inputs); kept counts are
-rounded down to the target's channel step where that stays above the guard.
+one position of every member slot, so no layer is left with zero inputs); each layer's
+kept count is rounded down to the target's channel step where that stays above the guard.
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ class Rounding:
 
     step: int
     asked: int  # channels the strategy asked to keep
-    kept: int  # channels kept after rounding
+    kept: int  # channels kept after rounding every layer down to its step
 
 
 @dataclass(frozen=True)
@@ -111,43 +111,94 @@ def guard(group: ChannelGroup, min_keep: float) -> int:
     return max(1, int(np.ceil(min_keep * group.size - 1e-9)))
 
 
-def rounded_keep(asked: int, size: int, step: int, floor: int) -> int:
-    """Round `asked` down to a multiple of `step` (more pruning, so within the budget), never below `floor`.
+Constraint = tuple[np.ndarray, int]  # (channels of one layer, step its kept count must be a multiple of)
 
-    When no multiple fits between `floor` and `asked`, the group keeps `asked`: rounding
-    never undoes pruning and never exceeds the group's size.
+
+def _align(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, constraints: tuple[Constraint, ...],
+           floor: int) -> np.ndarray:
+    """Put every constrained layer's kept count on its step, without exceeding the requested count.
+
+    1. A layer left with fewer channels than its step (but some) is raised to one step
+       with its best dropped channels, if the overshoot can be paid back by dropping whole
+       steps of the worst kept channels from layers that keep at least two steps.
+    2. Every other layer is rounded down by dropping its worst kept channels.
+    A drop that would break the group's floor or empty a member slot is not made, so a
+    layer may stay off its step; rounding never undoes pruning.
     """
-    if asked >= size:
-        return size  # nothing asked: rounding alone never prunes
-    down = (asked // step) * step
-    return down if floor <= down else asked
+    mask = np.zeros(group.size, dtype=bool)
+    mask[kept] = True
+    budget = len(kept)
+    slot_channels = [np.unique(m) for m in group.members.values() if m.size]
+
+    def try_drop(drop: np.ndarray) -> bool:
+        if int(mask.sum()) - len(drop) < floor:
+            return False
+        mask[drop] = False
+        if all(mask[c].any() for c in slot_channels):
+            return True
+        mask[drop] = True
+        return False
+
+    def worst_kept(channels: np.ndarray, n: int) -> np.ndarray:
+        mine = channels[mask[channels]]
+        return mine[np.argsort(scores[mine], kind="stable")[:n]]
+
+    # layers that see no smaller layer's channels (each DenseNet conv's own output, not the concatenations)
+    minimal = [k for k, (c, _) in enumerate(constraints)
+               if not any(len(o) < len(c) and np.isin(o, c).all() for o, _ in constraints)]
+    for channels, step in constraints:  # 1. raise a small layer to one step, paying back elsewhere, or leave it
+        mine = channels[mask[channels]]
+        if not 0 < len(mine) < step <= len(channels):
+            continue
+        before = mask.copy()
+        missing = channels[~mask[channels]]
+        mask[missing[np.argsort(-scores[missing], kind="stable")[: step - len(mine)]]] = True
+        while mask.sum() > budget:
+            options = sorted((scores[worst_kept(*constraints[k])].sum() / constraints[k][1], k) for k in minimal
+                             if mask[constraints[k][0]].sum() >= 2 * constraints[k][1]
+                             and not np.isin(constraints[k][0], channels).any())
+            if not any(try_drop(worst_kept(*constraints[k])) for _, k in options):
+                break
+        if mask.sum() > budget:
+            mask[:] = before
+    for _ in range(3):  # 2. round the rest down; overlapping layers may need a second pass
+        changed = False
+        for channels, step in sorted(constraints, key=lambda c: len(c[0])):  # layers that see fewer channels first
+            extra = int(mask[channels].sum()) % step
+            if extra and mask[channels].sum() - extra >= step:
+                changed |= try_drop(worst_kept(channels, extra))
+        if not changed:
+            break
+    return np.flatnonzero(mask)
 
 
-def _assemble(groups_and_counts, scores, steps, min_keep) -> Planned:
+def _assemble(groups_and_counts, scores, constraints, min_keep) -> Planned:
     keep, sizes, rounding = {}, {}, {}
     for g, asked in groups_and_counts:
         floor = guard(g, min_keep)
         asked = max(asked, floor)
-        step = steps.get(g.id, 1)
-        n_keep = rounded_keep(asked, g.size, step, floor)
-        if n_keep < g.size:
-            keep[g.id] = tuple(int(i) for i in _keep_best(g, scores[g.id], n_keep))
-            sizes[g.id] = g.size
-            if step > 1:
-                rounding[g.id] = Rounding(step, asked, len(keep[g.id]))
+        if asked >= g.size:
+            continue  # nothing asked: rounding alone never prunes
+        kept = _keep_best(g, scores[g.id], asked)
+        cons = constraints.get(g.id, ())
+        if cons:
+            kept = _align(g, kept, scores[g.id], cons, floor)
+            rounding[g.id] = Rounding(max(step for _, step in cons), asked, len(kept))
+        keep[g.id] = tuple(int(i) for i in kept)
+        sizes[g.id] = g.size
     return Planned(PrunePlan(keep, sizes), rounding)
 
 
 def plan_local(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: float | Mapping[str, float],
-               steps: Mapping[str, int] | None = None, min_keep: float = 0.0) -> Planned:
+               constraints: Mapping[str, tuple[Constraint, ...]] | None = None, min_keep: float = 0.0) -> Planned:
     """Remove ceil(ratio * size) channels of each prunable group; `ratio` may map group ids to their own ratio."""
     ratio_of = (lambda g: ratio.get(g.id, 0.0)) if isinstance(ratio, Mapping) else (lambda g: ratio)
     counts = [(g, g.size - min(g.size - 1, int(np.ceil(ratio_of(g) * g.size - 1e-9)))) for g in graph.prunable]
-    return _assemble(counts, scores, steps or {}, min_keep)
+    return _assemble(counts, scores, constraints or {}, min_keep)
 
 
 def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: float,
-                steps: Mapping[str, int] | None = None, min_keep: float = 0.0) -> Planned:
+                constraints: Mapping[str, tuple[Constraint, ...]] | None = None, min_keep: float = 0.0) -> Planned:
     """Rank all channels on scores divided by their group's mean score; remove the lowest `ratio` share.
 
     Each group's `guard` channels with the best scores are never candidates, so no group
@@ -164,7 +215,7 @@ def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio:
     n_remove = min(len(flat), int(np.ceil(ratio * total - 1e-9)))
     removed = np.bincount(flat[np.argsort(flat[:, 0], kind="stable")[:n_remove], 1].astype(int), minlength=len(groups))
     counts = [(g, g.size - int(removed[k])) for k, g in enumerate(groups)]
-    return _assemble(counts, scores, steps or {}, min_keep)
+    return _assemble(counts, scores, constraints or {}, min_keep)
 
 
 def plan_to_target(make: Callable[[float], Planned], count: Callable[[PrunePlan], int], target: int,

@@ -3,8 +3,9 @@
 ONNX Runtime's x86 CPU convolutions use the blocked NCHWc layout only when channel counts
 are multiples of its block: 16 floats with AVX-512, 8 with AVX2 (and input channels a
 multiple of 4, which the block implies). XNNPACK and ARM kernels need no alignment.
-A target gives a channel step per layer kind; a group's step is the largest step of the
-layers its channels feed or come from, converted from positions to group channels.
+A target gives a channel step per layer kind; the planner then keeps, for every layer of a
+group, a number of channels that is a multiple of that layer's step (converted from
+positions to group channels).
 """
 from __future__ import annotations
 
@@ -41,21 +42,30 @@ class Target:
         return {LayerKind.DENSE_CONV: self.dense_conv, LayerKind.GROUPED_CONV: self.grouped_conv,
                 LayerKind.LINEAR: self.linear}[kind]
 
-    def group_step(self, group: ChannelGroup, modules: Mapping[str, nn.Module]) -> int:
-        """The step, in group channels, that puts every member layer's channel count on its block."""
-        step = 1
+    def constraints(self, group: ChannelGroup, modules: Mapping[str, nn.Module]) -> tuple[tuple[np.ndarray, int], ...]:
+        """(channels, step) per member layer: the count of `channels` kept must be a multiple of `step`.
+
+        A layer sees the group channels in its slot; each channel may cover w positions
+        (flatten, merged heads or shuffled pairs), so its step is block / gcd(block, w).
+        Layers that see only part of a group (the convs that each add 32 channels to a
+        DenseNet block) get their own constraint, so each of them lands on the block.
+        """
+        out = {}
         for slot, index_map in group.members.items():
             if slot.role not in (Role.PRODUCER, Role.CONSUMER):
                 continue
             kind = layer_kind(modules.get(slot.name.rpartition(".")[0]))
             if kind is None or self.step(kind) == 1:
                 continue
-            positions_per_channel = index_map.size / max(1, np.unique(index_map).size)
-            if positions_per_channel != int(positions_per_channel):
+            channels, counts = np.unique(index_map, return_counts=True)
+            if not (counts == counts[0]).all():
                 continue
             block = self.step(kind)
-            step = math.lcm(step, block // math.gcd(block, int(positions_per_channel)))
-        return step
+            step = block // math.gcd(block, int(counts[0]))
+            if step > 1:
+                key = channels.tobytes()
+                out[key] = (channels, max(step, out.get(key, (None, 1))[1]))
+        return tuple(out.values())
 
 
 def layer_kind(module: nn.Module | None) -> LayerKind | None:

@@ -1,0 +1,389 @@
+"""Real-data demonstration: prune a small ResNet trained on scikit-learn's digits to 50% of its MACs.
+
+Usage:
+    python examples/digits_pruning.py [--out out/digits] [--epochs 15] [--finetune-epochs 3]
+        [--criteria l1,l2,bn_scale,taylor,activation,apoz,random,flops_l2] [--scopes local,global]
+        [--quick]
+
+Protocol (one run, CPU, 2 threads, everything seeded):
+
+* Data: ``sklearn.datasets.load_digits`` (1797 8x8 grayscale images, 10 classes, shipped with
+  scikit-learn, no download), pixels / 16, upsampled to 16x16 (bilinear), standardised with the
+  training set's mean and std; an 80/20 stratified train/test split (seed 0).
+* Model: ResNet-8 for 1x16x16 inputs: conv-BN-ReLU stem (32), three basic blocks of widths
+  32, 64, 128 (the last two with stride 2 and a 1x1 conv-BN shortcut), global average pool,
+  Linear(128, 10).
+* Training: SGD (momentum 0.9, Nesterov, weight decay 5e-4), batch 64, ``--epochs`` epochs,
+  one-cycle schedule (linear warm-up to ``--lr`` over the first 15% of steps, cosine down to 0),
+  with a random +-1 pixel shift of the 16x16 images as the only augmentation.
+* Pruning: for every criterion and scope, ``graphprune.prune_graph(model, x, target_macs=
+  int(0.5 * macs_before), importance=criterion, scope=scope, target="none", calibration=
+  8 batches of 64 training images, loss_fn=cross entropy)``. Three accuracies on the test set:
+  (a) the pruned model as returned, (b) after ``RecalibrateBatchNorm`` on the same calibration
+  batches (no training), (c) after fine-tuning (b) for ``--finetune-epochs`` epochs with the
+  same recipe as training at ``--lr * --finetune-lr-scale``. Every criterion gets the same
+  fine-tuning schedule and the same data order (the seed is reset before each run).
+* Output: a table on stdout, ``<out>/digits_pruning.json`` and ``<out>/digits_pruning.png``.
+
+``bench/digits_criteria.py`` runs this same script.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.metadata
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+try:
+    import graphprune
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import graphprune
+from graphprune.passes import RecalibrateBatchNorm
+
+CRITERIA = ("l1", "l2", "bn_scale", "taylor", "activation", "apoz", "random", "flops_l2")
+SCOPES = ("local", "global")
+MACS_FRACTION = 0.5
+JSON_NAME = "digits_pruning.json"
+PNG_NAME = "digits_pruning.png"
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_data(size: int = 16, seed: int = 0):
+    """(x_train, y_train, x_test, y_test): float32 N x 1 x size x size tensors, int64 labels."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = digits.images.astype(np.float32) / 16.0
+    x_tr, x_te, y_tr, y_te = train_test_split(images, digits.target, test_size=0.2, stratify=digits.target,
+                                              random_state=seed)
+
+    def to_tensor(a):
+        x = torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(1)
+        if size != x.shape[-1]:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return x
+
+    x_tr, x_te = to_tensor(x_tr), to_tensor(x_te)
+    mean, std = x_tr.mean(), x_tr.std()
+    x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+    return x_tr, torch.from_numpy(y_tr).long(), x_te, torch.from_numpy(y_te).long()
+
+
+def batches(x, y, batch_size: int, generator: torch.Generator | None = None):
+    """Mini-batches; shuffled with `generator` when one is given."""
+    order = torch.randperm(len(x), generator=generator) if generator is not None else torch.arange(len(x))
+    for i in range(0, len(x), batch_size):
+        idx = order[i:i + batch_size]
+        yield x[idx], y[idx]
+
+
+def shift(x, generator: torch.Generator, pixels: int = 1):
+    """Random translation by up to `pixels` in each direction (zero-padded), one per image."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pixels,) * 4, value=float(x.min()))
+    dx = torch.randint(0, 2 * pixels + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * pixels + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, 1, h, w + 2 * pixels)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, 1, h, w)
+    return out.gather(3, cols)
+
+
+# ----------------------------------------------------------------------------- model
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet8(nn.Module):
+    """Stem + three basic blocks (widths 32-64-128) + GAP + Linear: 8 weight layers on the main path."""
+
+    def __init__(self, num_classes: int = 10, widths=(32, 64, 128)):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        self.layer1 = BasicBlock(widths[0], widths[0], 1)
+        self.layer2 = BasicBlock(widths[0], widths[1], 2)
+        self.layer3 = BasicBlock(widths[1], widths[2], 2)
+        self.fc = nn.Linear(widths[2], num_classes)
+
+    def forward(self, x):
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+# ----------------------------------------------------------------------------- training
+
+def train(model: nn.Module, x, y, epochs: int, lr: float, seed: int, batch_size: int = 64,
+          weight_decay: float = 5e-4, warmup: float = 0.15) -> nn.Module:
+    """SGD + Nesterov momentum, one-cycle LR (linear warm-up, cosine decay), +-1 pixel shifts. In place."""
+    if epochs <= 0:
+        return model
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    total = epochs * math.ceil(len(x) / batch_size)
+    warm = max(1, int(warmup * total))
+
+    def lr_at(step):
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    for _ in range(epochs):
+        for xb, yb in batches(x, y, batch_size, gen):
+            loss = F.cross_entropy(model(shift(xb, gen)), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x, y, batch_size: int = 512) -> float:
+    training = model.training
+    model.eval()
+    correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in batches(x, y, batch_size))
+    model.train(training)
+    return correct / len(x)
+
+
+# ----------------------------------------------------------------------------- output
+
+def atomic_write(path: str, write) -> None:
+    """Write via `write(tmp_path)` into a temp file next to `path`, then os.replace it into place."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, data: dict) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+    atomic_write(path, write)
+
+
+def write_plot(path: str, result: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, base = result["rows"], result["unpruned"]["accuracy"]
+    scopes = [s for s in SCOPES if any(r["scope"] == s for r in rows)]
+    criteria = list(dict.fromkeys(r["criterion"] for r in rows))
+    stages = (("acc_pruned", "pruned", "#d62728"), ("acc_bn_recal", "BN recalibrated", "#ff7f0e"),
+              ("acc_finetuned", "fine-tuned", "#2ca02c"))
+    fig, axes = plt.subplots(len(scopes), 1, figsize=(max(6.0, 1.1 * len(criteria) + 2), 3.2 * len(scopes)),
+                             squeeze=False, sharey=True)
+    width = 0.26
+    for ax, scope in zip(axes[:, 0], scopes):
+        by_crit = {r["criterion"]: r for r in rows if r["scope"] == scope}
+        xs = np.arange(len(criteria))
+        for k, (key, label, color) in enumerate(stages):
+            vals = [100 * by_crit[c][key] if c in by_crit else np.nan for c in criteria]
+            ax.bar(xs + (k - 1) * width, vals, width, label=label, color=color)
+        ax.axhline(100 * base, color="k", ls="--", lw=1, label=f"unpruned ({100 * base:.2f}%)")
+        ax.set_xticks(xs, criteria)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"scope={scope}: {int(100 * MACS_FRACTION)}% of the MACs")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(loc="lower left", fontsize=8, ncol=2)
+    fig.suptitle("ResNet-8 on sklearn digits, pruned with graphprune")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def format_table(result: dict) -> str:
+    head = f"{'criterion':<11} {'scope':<7} {'MACs ratio':>10} {'params ratio':>12} {'acc pruned':>10} " \
+           f"{'acc BN-recal':>12} {'acc fine-tuned':>14}"
+    lines = [head, "-" * len(head)]
+    best = result["best"]
+    for r in result["rows"]:
+        mark = "  <- best" if (r["criterion"], r["scope"]) == (best["criterion"], best["scope"]) else ""
+        lines.append(f"{r['criterion']:<11} {r['scope']:<7} {r['macs_ratio']:>10.3f} {r['params_ratio']:>12.3f} "
+                     f"{100 * r['acc_pruned']:>9.2f}% {100 * r['acc_bn_recal']:>11.2f}% "
+                     f"{100 * r['acc_finetuned']:>13.2f}%{mark}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="out/digits", help="output directory (JSON + PNG)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 15; 1 with --quick)")
+    p.add_argument("--finetune-epochs", type=int, default=None, help="fine-tune epochs (default 3; 1 with --quick)")
+    p.add_argument("--criteria", default=None, help=f"comma-separated, from {','.join(CRITERIA)} (default all; "
+                                                    "l2,taylor with --quick)")
+    p.add_argument("--scopes", default=",".join(SCOPES), help="comma-separated, from local,global")
+    p.add_argument("--lr", type=float, default=0.1, help="peak training learning rate")
+    p.add_argument("--finetune-lr-scale", type=float, default=0.1, help="fine-tune peak LR = lr * this")
+    p.add_argument("--calibration-batches", type=int, default=8)
+    p.add_argument("--size", type=int, default=None, help="upsampled image side (default 16; 8 = native, "
+                                                           "the --quick default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="tiny settings to exercise the code path (tests): 1 epoch, "
+                   "1 fine-tune epoch, criteria l2,taylor, 8x8 images, 2 calibration batches")
+    args = p.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = 1 if args.quick else 15
+    if args.size is None:
+        args.size = 8 if args.quick else 16
+    if args.finetune_epochs is None:
+        args.finetune_epochs = 1 if args.quick else 3
+    if args.criteria is None:
+        args.criteria = "l2,taylor" if args.quick else ",".join(CRITERIA)
+    args.criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
+    args.scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    if args.quick:
+        args.calibration_batches = min(args.calibration_batches, 2)
+    for c in args.criteria:
+        if c not in CRITERIA:
+            p.error(f"unknown criterion {c!r}; choose from {','.join(CRITERIA)}")
+    for s in args.scopes:
+        if s not in SCOPES:
+            p.error(f"unknown scope {s!r}; choose from {','.join(SCOPES)}")
+    return args
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+
+    x_tr, y_tr, x_te, y_te = load_data(args.size, args.seed)
+    print(f"digits: {len(x_tr)} train / {len(x_te)} test images, 1x{args.size}x{args.size}, 10 classes")
+
+    model = ResNet8()
+    t0 = time.perf_counter()
+    train(model, x_tr, y_tr, args.epochs, args.lr, args.seed)
+    train_s = time.perf_counter() - t0
+    base_acc = accuracy(model, x_te, y_te)
+
+    example = (x_tr[:1],)
+    cal_gen = torch.Generator().manual_seed(args.seed + 1)
+    calibration = [b for _, b in zip(range(args.calibration_batches), batches(x_tr, y_tr, 64, cal_gen))]
+
+    def loss_fn(out, y):
+        return F.cross_entropy(out, y)
+
+    # The unpruned model's MACs and parameters, as graphprune counts them (ratio 0 removes nothing).
+    probe = graphprune.prune_graph(model, example, ratio=0.0, target="none").report
+    macs_before, params_before = probe.macs_before, probe.params_before
+    target_macs = int(MACS_FRACTION * macs_before)
+    print(f"unpruned: {macs_before:,} MACs, {params_before:,} params, test accuracy {100 * base_acc:.2f}% "
+          f"(trained {args.epochs} epochs in {train_s:.1f} s); target: <= {target_macs:,} MACs\n")
+
+    rows = []
+    for criterion in args.criteria:
+        for scope in args.scopes:
+            seed_everything(args.seed)
+            t0 = time.perf_counter()
+            r = graphprune.prune_graph(model, example, target_macs=target_macs, importance=criterion, scope=scope,
+                                       target="none", calibration=calibration, loss_fn=loss_fn)
+            prune_s = time.perf_counter() - t0
+            rep = r.report
+            assert rep.macs_before == macs_before and rep.params_before == params_before
+            pruned = r.model.eval()
+            acc_pruned = accuracy(pruned, x_te, y_te)
+            recal = copy.deepcopy(pruned)
+            RecalibrateBatchNorm(example, calibration)(recal)
+            acc_recal = accuracy(recal, x_te, y_te)
+            t0 = time.perf_counter()
+            train(recal, x_tr, y_tr, args.finetune_epochs, args.lr * args.finetune_lr_scale, args.seed)
+            finetune_s = time.perf_counter() - t0
+            acc_ft = accuracy(recal, x_te, y_te)
+            row = {"criterion": criterion, "scope": scope,
+                   "macs_after": rep.macs_after, "params_after": rep.params_after,
+                   "macs_ratio": rep.macs_after / rep.macs_before, "params_ratio": rep.params_after / rep.params_before,
+                   "acc_pruned": acc_pruned, "acc_bn_recal": acc_recal, "acc_finetuned": acc_ft,
+                   "prune_s": prune_s, "finetune_s": finetune_s}
+            rows.append(row)
+            print(f"  {criterion:<10} {scope:<6} MACs x{row['macs_ratio']:.3f} params x{row['params_ratio']:.3f}  "
+                  f"acc {100 * acc_pruned:6.2f}% -> {100 * acc_recal:6.2f}% -> {100 * acc_ft:6.2f}%  "
+                  f"(prune {prune_s:.1f} s, fine-tune {finetune_s:.1f} s)", flush=True)
+
+    best = max(rows, key=lambda r: (r["acc_finetuned"], -r["macs_ratio"]))
+    elapsed = time.perf_counter() - t_start
+    result = {
+        "config": {k: v for k, v in vars(args).items()},
+        "macs_fraction": MACS_FRACTION,
+        "unpruned": {"accuracy": base_acc, "macs": macs_before, "params": params_before, "train_s": train_s},
+        "rows": rows,
+        "best": {"criterion": best["criterion"], "scope": best["scope"], "acc_finetuned": best["acc_finetuned"],
+                 "gap_points": 100 * (base_acc - best["acc_finetuned"])},
+        "elapsed_s": elapsed,
+        "versions": {"torch": torch.__version__, "graphprune": _version("graphprune"), "scikit-learn": _version("scikit-learn")},
+    }
+    print(f"\nunpruned test accuracy: {100 * base_acc:.2f}% ({macs_before:,} MACs, {params_before:,} params); "
+          f"pruned to <= {int(100 * MACS_FRACTION)}% of the MACs:\n")
+    print(format_table(result))
+    gap = result["best"]["gap_points"]
+    print(f"\nbest fine-tuned: {best['criterion']} / {best['scope']}: {100 * best['acc_finetuned']:.2f}%, "
+          f"{abs(gap):.2f} points {'below' if gap > 0 else 'above' if gap < 0 else 'from'} the unpruned model")
+    json_path, png_path = os.path.join(args.out, JSON_NAME), os.path.join(args.out, PNG_NAME)
+    write_json(json_path, result)
+    write_plot(png_path, result)
+    elapsed = time.perf_counter() - t_start
+    print(f"wrote {json_path} and {png_path}")
+    print(f"elapsed: {elapsed:.1f} s")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The real-data demonstration (examples/digits_pruning.py) runs end to end with --quick."""
+import importlib.util
+import json
+import os
+import time
+
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "digits_pruning.py")
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("digits_pruning_under_test", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_json_and_plot(tmp_path, capsys):
+    digits = _load()
+    out = tmp_path / "digits"
+    criteria, scopes = ["l2", "taylor"], ["local", "global"]
+    t0 = time.perf_counter()
+    returned = digits.main(["--quick", "--out", str(out), "--criteria", ",".join(criteria)])
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 60, f"--quick took {elapsed:.1f} s"
+
+    json_path, png_path = out / digits.JSON_NAME, out / digits.PNG_NAME
+    assert json_path.is_file()
+    result = json.loads(json_path.read_text())
+    assert result["rows"] == json.loads(json.dumps(returned["rows"]))
+    assert sorted((r["criterion"], r["scope"]) for r in result["rows"]) == sorted(
+        (c, s) for c in criteria for s in scopes)
+    assert not [p for p in os.listdir(out) if p.startswith(".tmp-")], "temporary files left behind"
+
+    unpruned = result["unpruned"]
+    assert 0.0 <= unpruned["accuracy"] <= 1.0
+    for row in result["rows"]:
+        # target_macs is an upper bound: the measured MACs never exceed half of the unpruned model's.
+        assert row["macs_after"] <= int(0.5 * unpruned["macs"])
+        assert 0.0 < row["macs_ratio"] <= 0.5
+        assert 0.0 < row["params_ratio"] < 1.0
+        for key in ("acc_pruned", "acc_bn_recal", "acc_finetuned"):
+            assert 0.0 <= row[key] <= 1.0
+    best = result["best"]
+    assert (best["criterion"], best["scope"]) in {(r["criterion"], r["scope"]) for r in result["rows"]}
+    assert best["acc_finetuned"] == max(r["acc_finetuned"] for r in result["rows"])
+
+    assert png_path.is_file() and png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "acc fine-tuned" in printed and "elapsed" in printed
