@@ -186,15 +186,17 @@ def mac_terms(gm: fx.GraphModule, channel_dims: Mapping[str, object]) -> tuple[M
             factors = (Slot(weight, 0, Role.PRODUCER),) + ((Slot(weight, 1, Role.CONSUMER),) if m.groups == 1 else ())
         elif isinstance(m, nn.Linear):
             factors = (Slot(weight, 0, Role.PRODUCER), Slot(weight, 1, Role.CONSUMER))
-        elif isinstance(m, nn.MultiheadAttention):
+        elif isinstance(m, (nn.MultiheadAttention, PrunedMultiheadAttention)):
             e_in = Slot(f"{node.target}.in_proj_weight", 1, Role.CONSUMER)
             inner = Slot(f"{node.target}.out_proj.weight", 1, Role.CONSUMER)
             e_out = Slot(f"{node.target}.out_proj.weight", 0, Role.PRODUCER)
             q, k = value_meta(node.args[0]), value_meta(node.args[1])
             lq, lk = (q.shape[1], k.shape[1]) if m.batch_first else (q.shape[0], k.shape[0])
-            n, e = _numel(q) // (lq * q.shape[-1]), m.embed_dim
-            terms += [MacTerm(n * (lq + 2 * lk) * e * e, (e_in, inner)), MacTerm(n * 2 * lq * lk * e, (inner,)),
-                      MacTerm(n * lq * e * e, (inner, e_out))]
+            n = _numel(q) // (lq * q.shape[-1])
+            w_in, w_out = m.in_proj_weight.shape[1], m.out_proj.weight.shape[1]
+            e_o = m.out_proj.weight.shape[0]
+            terms += [MacTerm(n * (lq + 2 * lk) * w_in * w_out, (e_in, inner)), MacTerm(n * 2 * lq * lk * w_out, (inner,)),
+                      MacTerm(n * lq * w_out * e_o, (inner, e_out))]
             continue
         else:
             factors = _matmul_factors(node, channel_dims)

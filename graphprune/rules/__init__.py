@@ -85,7 +85,7 @@ def default_rules() -> RuleTable:
     add(_SPLIT, SplitRule())
     add(_SQUEEZE, SqueezeRule())
     add((operator.getitem,), GetItemRule())
-    add((nn.MultiheadAttention,), MultiheadAttentionRule())
+    add((nn.MultiheadAttention, PrunedMultiheadAttention), MultiheadAttentionRule())
     add((operator.matmul, torch.matmul, T.matmul, torch.bmm, T.bmm), MatMulRule())
     add((F.scaled_dot_product_attention,), ScaledDotProductAttentionRule())
     add(_SHAPE_QUERIES, ShapeQueryRule())

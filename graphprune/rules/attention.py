@@ -33,6 +33,8 @@ class PrunedMultiheadAttention(nn.Module):
     returns (output, None).
     """
 
+    _qkv_same_embed_dim, bias_k, add_zero_attn = True, None, False  # as nn.MultiheadAttention, for its rule
+
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, batch_first: bool, dropout: float,
                  in_proj_weight: torch.Tensor, in_proj_bias: torch.Tensor | None, out_proj: nn.Linear):
         super().__init__()
@@ -90,7 +92,7 @@ class MultiheadAttentionRule(Rule):
             if m.out_proj.bias is not None:
                 couplings.append(Coupling(out, ctx.param_slot(f"{name}.out_proj.bias", 0, Role.PRODUCER)))
         # heads: column p of out_proj reads rows p, E+p, 2E+p of in_proj; a head's head_dim columns go together
-        e, d = m.embed_dim, m.head_dim
+        e, d = m.out_proj.weight.shape[1], m.head_dim  # E = heads * head_dim (== embed_dim before pruning)
         p = np.arange(e)
         heads = ctx.param_slot(f"{name}.out_proj.weight", 1, Role.CONSUMER)
         couplings.append(Coupling(heads, heads, p, (p // d) * d))
@@ -103,7 +105,7 @@ class MultiheadAttentionRule(Rule):
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         m = ctx.module(node)
         inner = m.out_proj.weight.shape[1]
-        if inner == m.embed_dim and m.in_proj_weight.shape[1] == m.embed_dim:
+        if isinstance(m, nn.MultiheadAttention) and inner == m.embed_dim and m.in_proj_weight.shape[1] == m.embed_dim:
             return
         m.out_proj.in_features, m.out_proj.out_features = inner, m.out_proj.weight.shape[0]
         pruned = PrunedMultiheadAttention(m.in_proj_weight.shape[1], inner // m.head_dim, m.head_dim, m.batch_first,
