@@ -179,7 +179,29 @@ def prune_graph(
         raise InputError(f"give exactly one of ratio, target_params, target_macs (got {', '.join(given) or 'none'}); "
                          "e.g. ratio=0.5")
     if ratio is not None:
-        ratio = _check_ratio(ratio)
+        amount: float | Budget = _check_ratio(ratio)
+    else:
+        which = 0 if target_params is not None else 1
+        amount = Budget(("params", "MACs")[which], target_params if target_params is not None else target_macs,
+                        lambda prep: (lambda plan: predict(prep.before, prep.graph, plan)[which]),
+                        lambda prep: (prep.before.params, prep.before.macs)[which])
+    return _prune(model, example_inputs, amount, importance=importance, scope=scope, ignore=ignore, round_to=round_to,
+                  target=target, strict=strict, rules=rules, ratios=ratios, min_keep=min_keep, calibration=calibration,
+                  loss_fn=loss_fn, recalibrate_bn=recalibrate_bn)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A target count to prune down to: `count(prep)` gives plan -> predicted count; `current(prep)` the unpruned one."""
+
+    what: str
+    goal: int
+    count: Callable[[_Prepared], Callable[[PrunePlan], int]]
+    current: Callable[[_Prepared], int]
+
+
+def _prune(model, example_inputs, amount: float | Budget, *, importance, scope, ignore, round_to, target, strict, rules,
+           ratios, min_keep, calibration, loss_fn, recalibrate_bn) -> PruneResult:
     if scope not in ("local", "global"):
         raise InputError(f"scope must be 'local' or 'global', got {scope!r}")
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
@@ -188,6 +210,8 @@ def prune_graph(
         raise InputError(f"min_keep must be in [0, 1), got {min_keep!r}")
     if recalibrate_bn and not calibration:
         raise InputError("recalibrate_bn=True needs calibration=[batch, ...] to re-estimate BatchNorm statistics")
+    if scope == "global" and ratios:
+        raise InputError("per-module `ratios` apply to scope='local' only")
     criterion = resolve(importance)
     device_target = resolve_target(target)
     rules = rules or default_rules()
@@ -208,25 +232,20 @@ def prune_graph(
     modules = dict(prep.gm.named_modules())
     rounding_target = device_target if round_to is None else Target(f"round_to={round_to}", round_to, round_to, round_to)
     constraints = {g.id: rounding_target.constraints(g, modules) for g in graph.prunable}
-    if scope == "local":
-        def make(r: float) -> Planned:
-            return plan_local(graph, scores, _group_ratios(model, graph, r, ratios or {}), constraints, min_keep)
-    else:
-        if ratios:
-            raise InputError("per-module `ratios` apply to scope='local' only")
 
-        def make(r: float) -> Planned:
-            return plan_global(graph, scores, r, constraints, min_keep)
-    if ratio is not None:
-        planned = make(ratio)
+    def make(r: float) -> Planned:
+        if scope == "local":
+            return plan_local(graph, scores, _group_ratios(model, graph, r, ratios or {}), constraints, min_keep)
+        return plan_global(graph, scores, r, constraints, min_keep)
+
+    if isinstance(amount, Budget):
+        current = amount.current(prep)
+        if not isinstance(amount.goal, numbers.Real) or isinstance(amount.goal, bool) or not 0 < amount.goal < current:
+            raise InputError(f"target {amount.what} {amount.goal!r} must be a positive number below the model's "
+                             f"{current:,} {amount.what}")
+        planned = plan_to_target(make, amount.count(prep), amount.goal, amount.what)
     else:
-        which = 0 if target_params is not None else 1
-        goal = target_params if target_params is not None else target_macs
-        what = ("params", "MACs")[which]
-        current = (prep.before.params, prep.before.macs)[which]
-        if not isinstance(goal, numbers.Integral) or goal <= 0 or goal >= current:
-            raise InputError(f"target_{what.lower()}={goal!r} must be a positive int below the model's {current:,} {what}")
-        planned = plan_to_target(make, lambda plan: predict(prep.before, graph, plan)[which], int(goal), what)
+        planned = make(amount)
     prep.timings["planning"] = time.perf_counter() - t0
     return _finish(prep, planned, rules, calibration if recalibrate_bn else ())
 

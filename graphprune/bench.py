@@ -26,6 +26,7 @@ Protocol of :func:`benchmark` (every variant sees the same conditions):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -444,6 +445,35 @@ def _pick_core() -> int | None:
     if not hasattr(os, "sched_getaffinity") or not hasattr(os, "sched_setaffinity"):
         return None
     return max(os.sched_getaffinity(0))
+
+
+def session_options(profile: Profile):
+    """ONNX Runtime session options of the protocol (for in-process timing, e.g. latency tables)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = profile.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, profile.graph_optimization_level)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+@contextlib.contextmanager
+def pinned(profile: Profile):
+    """Pin the calling thread's process to one core for a pinned profile, restoring the affinity afterwards."""
+    core = _pick_core() if profile.pin_core else None
+    if core is None:
+        yield
+        return
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
 
 
 # ----------------------------------------------------------------------------- public API

@@ -218,7 +218,7 @@ def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio:
     return _assemble(counts, scores, constraints or {}, min_keep)
 
 
-def plan_to_target(make: Callable[[float], Planned], count: Callable[[PrunePlan], int], target: int,
+def plan_to_target(make: Callable[[float], Planned], count: Callable[[PrunePlan], float], target: float,
                    what: str) -> Planned:
     """The least pruning whose count is <= target: bisection on the strategy's ratio.
 
@@ -230,7 +230,7 @@ def plan_to_target(make: Callable[[float], Planned], count: Callable[[PrunePlan]
     strongest = make(hi)
     if count(strongest.plan) > target:
         raise InputError(f"{what} target {target:,} cannot be reached without collapsing a group: the most the guards "
-                         f"allow leaves {count(strongest.plan):,}; raise the target or lower min_keep")
+                         f"allow leaves {count(strongest.plan):,.0f}; raise the target or lower min_keep")
     best = strongest
     for _ in range(40):
         mid = (lo + hi) / 2

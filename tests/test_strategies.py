@@ -70,8 +70,8 @@ def test_global_scope_never_collapses_below_the_guard():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"target_macs": 10**12}, "must be a positive int below the model's"),
-    ({"target_params": 0}, "must be a positive int below"),
+    ({"target_macs": 10**12}, "must be a positive number below the model's"),
+    ({"target_params": 0}, "must be a positive number below"),
     ({"target_params": 10, "min_keep": 0.5}, "cannot be reached without collapsing a group"),
 ])
 def test_bad_targets(kwargs, match):
