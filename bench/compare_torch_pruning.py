@@ -12,7 +12,9 @@ Protocol (one run of this script, every model of ``--models``, default the whole
 * Pruning: ratio 0.5, L2 magnitude importance, local (per group) ranking, once without
   rounding and once with ``round_to=16`` for both tools:
   - graphprune: ``graphprune.prune_graph(model, inputs, ratio=0.5, importance="l2",
-    round_to=1 | 16)``; output shapes are kept by graphprune itself, nothing is ignored.
+    round_to=1 | 16)``; round_to is always explicit (``None``, the default, lets graphprune
+    pick a per-device channel step). Output shapes are kept by graphprune itself, nothing
+    is ignored.
   - Torch-Pruning: ``tp.pruner.MetaPruner(model, inputs, importance=
     tp.importance.MagnitudeImportance(p=2)`` (group reduction "mean", its default),
     ``pruning_ratio=0.5, global_pruning=False, round_to=None | 16, ignored_layers=[...])``
@@ -22,6 +24,11 @@ Protocol (one run of this script, every model of ``--models``, default the whole
     UNet's final conv, the three YOLO prediction convs). For models with
     ``nn.MultiheadAttention`` it also gets ``num_heads={mha: mha.num_heads},
     prune_num_heads=True, head_pruning_ratio=0.5``; the notes say what it did to each MHA.
+    (Observed with 1.6.1: its head pruning is written for qkv Linear layers; with an
+    ``nn.MultiheadAttention`` in ``num_heads`` the residual-width group is skipped, so the
+    attention modules and the embedding width stay as they are and only the MLP hidden
+    width is pruned. Without ``num_heads`` it prunes the embedding width, but the ViT then
+    fails in ``forward`` because ``VisionTransformer.hidden_dim`` is a plain attribute.)
 * "prune s" (wall clock, ``time.perf_counter``, the median of ``--prune-repeats`` runs, one by
   default). Both tools run with ``--torch-threads`` intra-op threads (default 1): their work is
   small forward passes plus Python, and on a small shared machine multi-threaded torch made

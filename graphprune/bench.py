@@ -33,10 +33,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
+from graphprune.atomic import write_atomically
 from graphprune.errors import BenchError
 
 __all__ = ["Profile", "CPU", "EDGE", "BenchRow", "BenchReport", "benchmark"]
@@ -140,7 +140,7 @@ class BenchReport:
     def write_json(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_json` to ``path`` atomically (temp file + ``os.replace``)."""
         data = json.dumps(self.to_json(), indent=2).encode()
-        _atomic_write(os.fspath(path), lambda f: f.write(data))
+        write_atomically(os.fspath(path), lambda f: f.write(data))
 
     def format_table(self) -> str:
         """A plain-text table; ``p50 ratio`` is each variant's p50 over the first variant's."""
@@ -211,7 +211,7 @@ class BenchReport:
             ax.set_ylim(bottom=0)
             ax.grid(True, alpha=0.3)
             fig.tight_layout()
-            _atomic_write(os.fspath(path), lambda f: fig.savefig(f, format="png", dpi=120))
+            write_atomically(os.fspath(path), lambda f: fig.savefig(f, format="png", dpi=120))
         finally:
             plt.close(fig)
 
@@ -389,21 +389,6 @@ def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _atomic_write(path: str, write) -> None:
-    """Call ``write(file)`` on a temp file next to ``path``, then ``os.replace`` it into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise BenchError(f"{path}: directory {directory!r} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _check_onnx_file(name: str, path: str) -> None:

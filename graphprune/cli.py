@@ -20,7 +20,8 @@ import torch
 
 from . import bench as bench_mod
 from .api import prune_graph
-from .errors import GraphPruneError, InputError
+from .atomic import write_json
+from .errors import GraphPruneError
 from .export import export_onnx, save_torch_artifact
 from .models import DEFAULT_MODEL, ZOO, get_model
 from .report import PruneReport
@@ -176,20 +177,8 @@ def cmd_bench(args) -> int:
         reports.append(report)
     if args.json:
         data = [r.to_json() for r in reports]
-        _atomic_json(args.json, data)
+        write_json(args.json, data)
     return 0
-
-
-def _atomic_json(path: str, data) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def cmd_demo(args) -> int:
@@ -208,7 +197,7 @@ def cmd_demo(args) -> int:
         print()
         print(report.format_table())
         reports.append(report)
-    _atomic_json(os.path.join(out, "bench.json"), [r.to_json() for r in reports])
+    write_json(os.path.join(out, "bench.json"), [r.to_json() for r in reports])
     try:
         reports[0].plot(os.path.join(out, "latency_vs_macs.png"))
     except GraphPruneError as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import json
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 

@@ -27,13 +27,13 @@ from typing import Mapping
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 import torch.fx as fx
 import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
 from . import bench
 from .api import Budget, PruneResult, _prepare, _prune
+from .atomic import write_json
 from .export import export_onnx
 from .groups import DependencyGraph, Role, Slot
 from .planner import PrunePlan
@@ -96,11 +96,8 @@ class LatencyTable:
         return statistics.median(times)
 
     def save(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"cpu": _cpu_name(), "onnxruntime": ort.__version__, "entries": self.entries}, f)
-        os.replace(tmp, self.path)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        write_json(self.path, {"cpu": _cpu_name(), "onnxruntime": ort.__version__, "entries": self.entries})
 
 
 def _conv_model(n, cin, cout, h, w, k, stride, pad, groups, dilation) -> onnx.ModelProto:

@@ -5,15 +5,13 @@ turns it into per-group ratios for prune_graph(ratio=0.0, ratios=...).
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import torch
 
 from .api import _prepare, apply_plan
+from .atomic import write_atomically, write_json
 from .errors import GraphPruneError, InputError
 from .importance import ScoringContext, resolve, score_groups
 from .planner import plan_local
@@ -63,10 +61,7 @@ class SensitivityTable:
         return {"baseline": self.baseline, "higher_is_better": self.higher_is_better, "rows": [asdict(r) for r in self.rows]}
 
     def write_json(self, path: str) -> None:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_json(), f, indent=1)
-        os.replace(tmp, path)
+        write_json(path, self.to_json())
 
     def plot(self, path: str) -> None:
         """Metric against ratio, one line per group (PNG)."""
@@ -86,11 +81,10 @@ class SensitivityTable:
         ax.set_ylabel("metric")
         ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
-        os.close(fd)
-        fig.savefig(tmp, dpi=120)
-        plt.close(fig)
-        os.replace(tmp, path)
+        try:
+            write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=120))
+        finally:
+            plt.close(fig)
 
 
 def sensitivity(model: torch.nn.Module, example_inputs, metric: Callable[[torch.nn.Module], float], *,

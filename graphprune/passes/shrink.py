@@ -10,7 +10,6 @@ its kept number of positions.
 """
 from __future__ import annotations
 
-from typing import Mapping
 
 import numpy as np
 import torch
