@@ -7,14 +7,17 @@ drop-in replacement.
 """
 from __future__ import annotations
 
+import operator
+
 import torch.fx as fx
 from torch.utils._pytree import tree_leaves
 
 from .errors import UnsupportedOpError
-from .groups import Coupling, DependencyGraph, Freeze, Role, build_groups
+from .groups import Coupling, DependencyGraph, Freeze, Role, Slot, build_groups
 from .rules import AnalysisContext, RuleTable
-from .rules.base import describe_node
-from .rules.movement import MovementRule
+from .rules.base import describe_node, queried_dims
+from .rules.movement import MovementRule, ReshapeRule, SplitRule
+from .trace import value_meta
 
 _CALLS = ("call_module", "call_function", "call_method")
 
@@ -36,6 +39,49 @@ def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> frozenset
             marked.add(n.name)
             stack.extend(n.all_input_nodes)
     return frozenset(marked)
+
+
+_INT_ARITHMETIC = (operator.floordiv, operator.mul, operator.add, operator.sub, operator.neg, operator.mod)
+
+
+def _used_as_value(node: fx.Node, rules: RuleTable, modules, depth: int = 8) -> fx.Node | None:
+    """The first user that reads an int derived from a size query as a value, not as a shape argument."""
+    for user in node.users:
+        rule = rules.for_node(user, modules) if user.op in _CALLS else None
+        if user.op == "call_function" and user.target in _INT_ARITHMETIC and isinstance(value_meta(user), int):
+            found = _used_as_value(user, rules, modules, depth - 1) if depth else user
+            if found is not None:
+                return found
+        elif isinstance(rule, (ReshapeRule, SplitRule)) and user.args[0] is not node:
+            continue
+        elif user.target is operator.getitem and user.args[0] is not node:
+            continue  # a slice bound: rewritten with the slice
+        else:
+            return user
+    return None
+
+
+def _channel_counts_as_values(gm: fx.GraphModule, ctx: AnalysisContext, rules: RuleTable) -> list[Freeze]:
+    """Freeze channels whose count the model reads with x.size()/x.shape and uses in arithmetic on tensors.
+
+    `attn * (c // heads) ** -0.5` with c the channel count would change meaning once c shrinks;
+    the same count in `reshape(b, n, c)` or `view(b, g, c // g, h, w)` is a shape and is rewritten.
+    """
+    freezes = []
+    for node in gm.graph.nodes:
+        is_query = node.target is operator.getitem or (node.op == "call_method" and node.target == "size")
+        if not is_query or not isinstance(value_meta(node), int):
+            continue
+        for tensor_name, dim in queried_dims(node, depth=1):
+            if ctx.declared.get(tensor_name) != dim:
+                continue
+            user = _used_as_value(node, rules, ctx.modules)
+            if user is not None:
+                slot = Slot(tensor_name, dim)
+                ctx.sizes.setdefault(slot, value_meta(node))  # a size query's value is that dim's size
+                freezes.append(Freeze(slot, f"its channel count is read by `{node.name}` and used as a value by "
+                                            f"{describe_node(user, ctx.modules)}"))
+    return freezes
 
 
 def _declare_constant(node: fx.Node, ctx: AnalysisContext) -> list[Coupling]:
@@ -99,5 +145,6 @@ def analyse(gm: fx.GraphModule, rules: RuleTable, *, strict: bool = False) -> De
             "strict=True and the graph has ops graphprune cannot follow: " + "; ".join(unsupported)
             + ". Fix: add a rule with default_rules().with_rule(...), or call with strict=False to freeze their channels."
         )
+    freezes.extend(_channel_counts_as_values(gm, ctx, rules))
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     return build_groups(ctx.sizes, couplings, freezes + ctx.freezes, order, ctx.declared)

@@ -22,7 +22,7 @@ from .errors import InputError
 from .groups import DependencyGraph, Role
 from .importance import Criterion, ScoringContext, resolve, score_groups
 from .passes import EliminateDeadCode, RecalibrateBatchNorm, ShrinkChannels
-from .planner import Planned, PrunePlan, plan_global, plan_local, plan_to_target
+from .planner import Planned, PrunePlan, plan_global, plan_local, plan_to_target, producer_partitions
 from .report import ModelStats, PruneReport, build_report, channel_mac_cost, predict
 from .rules import RuleTable, default_rules
 from .targets import Target, resolve_target
@@ -232,10 +232,12 @@ def _prune(model, example_inputs, amount: float | Budget, *, importance, scope, 
     modules = dict(prep.gm.named_modules())
     rounding_target = device_target if round_to is None else Target(f"round_to={round_to}", round_to, round_to, round_to)
     constraints = {g.id: rounding_target.constraints(g, modules) for g in graph.prunable}
+    partitions = {g.id: producer_partitions(g) for g in graph.prunable}
 
     def make(r: float) -> Planned:
         if scope == "local":
-            return plan_local(graph, scores, _group_ratios(model, graph, r, ratios or {}), constraints, min_keep)
+            return plan_local(graph, scores, _group_ratios(model, graph, r, ratios or {}), constraints, min_keep,
+                              partitions)
         return plan_global(graph, scores, r, constraints, min_keep)
 
     if isinstance(amount, Budget):

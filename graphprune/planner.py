@@ -18,7 +18,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .errors import InputError
-from .groups import ChannelGroup, DependencyGraph
+from .groups import ChannelGroup, DependencyGraph, Role
 
 PLAN_FORMAT = 1
 
@@ -61,15 +61,37 @@ class PrunePlan:
                 raise InputError(f"plan group {gid!r} keeps invalid indices (need 1..{g.size} distinct indices in [0, {g.size}))")
 
 
-def _keep_best(group: ChannelGroup, scores: np.ndarray, n_keep: int) -> np.ndarray:
-    """The n_keep best channels, adjusted so that every member slot keeps at least one position.
+def producer_partitions(group: ChannelGroup) -> tuple[np.ndarray, ...]:
+    """The group's channels split by the layer that writes them, when the writers split it cleanly.
 
-    A slot left empty gets its best channel back; to stay at n_keep, the worst kept channels
+    In a DenseNet block the stem and each growth conv write their own channels of one group;
+    in a residual stage every writer writes all of them (one part). Sets that contain another
+    writer's set (a norm over the concatenation) do not split anything.
+    """
+    sets = {}
+    for slot, index_map in group.members.items():
+        if slot.role is Role.PRODUCER and index_map.size:
+            channels = np.unique(index_map)
+            sets.setdefault(channels.tobytes(), channels)
+    found = list(sets.values())
+    minimal = [c for c in found if not any(len(o) < len(c) and np.isin(o, c).all() for o in found)]
+    covered = np.concatenate(minimal) if minimal else np.empty(0, np.int64)
+    if len(minimal) > 1 and len(covered) == group.size and len(np.unique(covered)) == group.size:
+        return tuple(minimal)
+    return (np.arange(group.size),)
+
+
+def _keep_best(group: ChannelGroup, scores: np.ndarray, quotas: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """The best `n` channels of each (channels, n) quota, adjusted so every member slot keeps a position.
+
+    A slot left empty gets its best channel back; to stay at the total, the worst kept channels
     that are not the last one of some slot are dropped instead.
     """
     order = np.argsort(-scores, kind="stable")  # best first
     kept = np.zeros(group.size, dtype=bool)
-    kept[order[:n_keep]] = True
+    for channels, n in quotas:
+        kept[channels[np.argsort(-scores[channels], kind="stable")[:n]]] = True
+    n_keep = int(kept.sum())
     slot_channels = [np.unique(m) for m in group.members.values() if m.size]
     required = set()
     for channels in slot_channels:
@@ -172,14 +194,17 @@ def _align(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, constraint
     return np.flatnonzero(mask)
 
 
-def _assemble(groups_and_counts, scores, constraints, min_keep) -> Planned:
+def _assemble(groups_and_quotas, scores, constraints, min_keep) -> Planned:
+    """groups_and_quotas: (group, [(channels, how many of them to keep), ...]) per group."""
     keep, sizes, rounding = {}, {}, {}
-    for g, asked in groups_and_counts:
+    for g, quotas in groups_and_quotas:
         floor = guard(g, min_keep)
-        asked = max(asked, floor)
+        asked = sum(n for _, n in quotas)
+        if asked < floor:
+            quotas, asked = [(np.arange(g.size), floor)], floor
         if asked >= g.size:
             continue  # nothing asked: rounding alone never prunes
-        kept = _keep_best(g, scores[g.id], asked)
+        kept = _keep_best(g, scores[g.id], quotas)
         cons = constraints.get(g.id, ())
         if cons:
             kept = _align(g, kept, scores[g.id], cons, floor)
@@ -190,11 +215,22 @@ def _assemble(groups_and_counts, scores, constraints, min_keep) -> Planned:
 
 
 def plan_local(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: float | Mapping[str, float],
-               constraints: Mapping[str, tuple[Constraint, ...]] | None = None, min_keep: float = 0.0) -> Planned:
-    """Remove ceil(ratio * size) channels of each prunable group; `ratio` may map group ids to their own ratio."""
+               constraints: Mapping[str, tuple[Constraint, ...]] | None = None, min_keep: float = 0.0,
+               partitions: Mapping[str, tuple[np.ndarray, ...]] | None = None) -> Planned:
+    """Remove ceil(ratio * n) channels of each part of each prunable group (n: the part's size).
+
+    Parts are `producer_partitions` (computed when not given): every layer that writes
+    its own channels of a group loses the ratio, as in a DenseNet block. `ratio` may map
+    group ids to their own ratio.
+    """
     ratio_of = (lambda g: ratio.get(g.id, 0.0)) if isinstance(ratio, Mapping) else (lambda g: ratio)
-    counts = [(g, g.size - min(g.size - 1, int(np.ceil(ratio_of(g) * g.size - 1e-9)))) for g in graph.prunable]
-    return _assemble(counts, scores, constraints or {}, min_keep)
+    parts = partitions or {}
+    quotas = []
+    for g in graph.prunable:
+        r = ratio_of(g)
+        quotas.append((g, [(c, len(c) - min(len(c) - 1, int(np.ceil(r * len(c) - 1e-9))))
+                           for c in parts.get(g.id) or producer_partitions(g)]))
+    return _assemble(quotas, scores, constraints or {}, min_keep)
 
 
 def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: float,
@@ -214,8 +250,8 @@ def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio:
     total = sum(g.size for g in groups)
     n_remove = min(len(flat), int(np.ceil(ratio * total - 1e-9)))
     removed = np.bincount(flat[np.argsort(flat[:, 0], kind="stable")[:n_remove], 1].astype(int), minlength=len(groups))
-    counts = [(g, g.size - int(removed[k])) for k, g in enumerate(groups)]
-    return _assemble(counts, scores, constraints or {}, min_keep)
+    quotas = [(g, [(np.arange(g.size), g.size - int(removed[k]))]) for k, g in enumerate(groups)]
+    return _assemble(quotas, scores, constraints or {}, min_keep)
 
 
 def plan_to_target(make: Callable[[float], Planned], count: Callable[[PrunePlan], float], target: float,

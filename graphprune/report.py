@@ -1,7 +1,8 @@
 """Exact accounting: parameters by `numel`, MACs by a counter over the traced graph.
 
 MACs are the multiply-accumulates of convolutions, transposed convolutions, linear
-layers, matmuls and multi-head attention (projections, scores, weighted sum), for the example inputs as given (batch
+layers, matmuls, scaled_dot_product_attention (2 * numel(q) * keys) and multi-head
+attention (projections, scores, weighted sum), for the example inputs as given (batch
 included); element-wise ops, norms and pooling count 0. For an output y of a conv with
 kernel k and groups G:  MACs = numel(y) * (C_in / G) * prod(k).  Linear: numel(y) * in.
 matmul (..., n, k) @ (..., k, m): numel(y) * k.
@@ -61,6 +62,9 @@ def node_macs(node: fx.Node, modules) -> int:
     if target in _CONVS:  # functional conv: weight (C_out, C_in / G, k...)
         w = value_meta(node.args[1] if len(node.args) > 1 else node.kwargs["weight"])
         return _numel(value_meta(node)) * math.prod(w.shape[1:])
+    if target is torch.nn.functional.scaled_dot_product_attention:  # scores q k^T and the weighted sum of v
+        q, k = value_meta(node.args[0]), value_meta(node.args[1])
+        return 2 * _numel(q) * k.shape[-2]
     if target is torch.nn.functional.linear:
         w = value_meta(node.args[1])
         return _numel(value_meta(node)) * w.shape[-1]

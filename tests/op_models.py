@@ -332,9 +332,30 @@ class PlainAttention(nn.Module):
         return self.head(x + self.proj2(y))
 
 
+class TimmAttention(nn.Module):
+    """timm-style attention: head_dim and the merged width are computed from the (pruned) residual width."""
+
+    shape = (2, 9, 16)
+
+    def __init__(self, dim=24, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Linear(16, dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        attn = (q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5
+        y = (attn.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
+        return self.head(x + self.proj(y))
+
+
 EXACT = [ConvChain, Conv1dChain, GroupedConv, Depthwise, TokenMLP, Activations, Pooling, Residual, SqueezeExcite,
          DenseBlock, Inception, SplitSlice, FlattenHead, ChannelsLast, ChannelShuffle, UpDown, Embeddings, MHABlock,
-         PlainAttention]
+         PlainAttention, TimmAttention]
 SHAPE_ONLY = [LayerNormBlock]
 
 

@@ -64,3 +64,14 @@ def test_multihead_attention():
     # batch 3, 5 tokens, width 8: q/k/v projections 3*(5*8*8), scores 5*5*8, weighted sum 5*5*8, out proj 5*8*8
     per_sample = 3 * (5 * 8 * 8) + 2 * (5 * 5 * 8) + 5 * 8 * 8
     assert macs_of(Attention(), torch.randn(3, 5, 8)) == 3 * per_sample
+
+
+class SDPA(nn.Module):
+    def forward(self, q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def test_scaled_dot_product_attention():
+    # batch 2, 3 heads, 5 queries, 7 keys, head_dim 4: scores 5*7*4 and weighted sum 5*7*4 per head
+    q, k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 4)
+    assert macs_of(SDPA(), q, k, v) == 2 * 3 * (2 * 5 * 7 * 4)

@@ -94,3 +94,14 @@ def test_custom_module_rule():
 def test_with_rule_rejects_non_rules():
     with pytest.raises(TypeError):
         default_rules().with_rule(ChannelScale, lambda n, c: None)
+
+
+def test_channel_count_used_as_a_value_freezes_with_reason():
+    from op_models import TimmAttention, example_input  # noqa: PLC0415
+
+    model = TimmAttention().eval()
+    result = graphprune.prune_graph(model, example_input(TimmAttention), ratio=0.5, target="none")
+    reasons = [r for g in result.report.frozen_groups for r in g.frozen_reasons]
+    assert any("channel count is read by" in r and "used as a value" in r for r in reasons), reasons
+    assert result.model.qkv.out_features < model.qkv.out_features  # the heads are still pruned
+    assert result.model.embed.out_features == model.embed.out_features  # the residual width whose count is read is not

@@ -44,6 +44,22 @@ def callable_of(node: fx.Node) -> Callable | None:
     return None
 
 
+def queried_dims(arg: fx.Node, depth: int = 8) -> set[tuple[str, int]]:
+    """The (tensor, dim) sizes an int-valued node is computed from (x.size(1), x.shape[2] // 4, ...)."""
+    if depth == 0 or not isinstance(arg, fx.Node):
+        return set()
+    if arg.op == "call_method" and arg.target == "size" and len(arg.args) > 1:
+        tensor, dim = arg.args[0], arg.args[1]
+        return {(tensor.name, dim % len(tensor.meta["gp_value"].shape))}
+    if arg.target is operator.getitem and isinstance(arg.args[0], fx.Node):
+        src = arg.args[0]
+        is_size = (src.op == "call_method" and src.target == "size") or (src.op == "call_function" and src.args[1:] == ("shape",))
+        if is_size and isinstance(arg.args[1], int):
+            tensor = src.args[0]
+            return {(tensor.name, arg.args[1] % len(tensor.meta["gp_value"].shape))}
+    return set().union(*(queried_dims(a, depth - 1) for a in arg.all_input_nodes)) if arg.all_input_nodes else set()
+
+
 class RuleTable:
     """Immutable mapping from module types and callables to rules. `with_rule` returns a new table."""
 

@@ -23,7 +23,7 @@ import torch.fx as fx
 
 from ..groups import Coupling, Effect, connected_labels
 from ..trace import TensorMeta
-from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node
+from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, queried_dims
 from .elementwise import _freeze_inputs
 
 
@@ -143,27 +143,31 @@ def _kept_count(ctx: ShrinkContext, name: str, dim: int, old: int) -> int:
 
 
 class ReshapeRule(MovementRule):
-    """view/reshape/expand: literal sizes in the shape argument follow the kept channel count."""
+    """view/reshape/expand: sizes in the shape argument follow the pruned channel counts.
+
+    The channel dim's size becomes the kept count, whatever computed it (`c` in
+    `reshape(n, l, c)` after `n, l, c = x.shape` is the input's width, not the heads kept).
+    Another dim's size computed from a pruned channel count (`c // heads` as head_dim) keeps
+    its old value; sizes computed from anything else (the batch) stay dynamic.
+    """
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         d = ctx.declared.get(node.name)
-        if not isinstance(d, int):
-            return
-        old = ctx.value(node).shape[d]
-        new = _kept_count(ctx, node.name, d, old)
-        if new == old:
-            return
-        if node.op == "call_function":  # torch.reshape(x, shape)
-            shape = list(node.args[1])
-            if isinstance(shape[d], int) and shape[d] != -1:
-                shape[d] = new
-            node.args = (node.args[0], tuple(shape)) + tuple(node.args[2:])
-            return
-        packed = len(node.args) == 2 and isinstance(node.args[1], (tuple, list))
+        old_shape = ctx.value(node).shape
+        new_shape = list(old_shape)
+        if isinstance(d, int):
+            new_shape[d] = _kept_count(ctx, node.name, d, old_shape[d])
+        packed = node.op == "call_function" or (len(node.args) == 2 and isinstance(node.args[1], (tuple, list)))
         shape = list(node.args[1]) if packed else list(node.args[1:])
-        if isinstance(shape[d], int) and shape[d] != -1:
-            shape[d] = new
-        node.args = (node.args[0], tuple(shape)) if packed else (node.args[0], *shape)
+        for i, arg in enumerate(shape):
+            if i == d and arg != -1 and new_shape[i] != old_shape[i]:
+                shape[i] = new_shape[i]
+            elif isinstance(arg, fx.Node) and any(ctx.kept(t, dim) is not None for t, dim in queried_dims(arg)):
+                shape[i] = new_shape[i]
+        if packed:
+            node.args = (node.args[0], tuple(shape)) + tuple(node.args[2:])
+        else:
+            node.args = (node.args[0], *shape)
 
 
 class SqueezeRule(MovementRule):
