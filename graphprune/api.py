@@ -237,8 +237,8 @@ def _prune(model, example_inputs, amount: float | Budget, *, importance, scope, 
     def make(r: float) -> Planned:
         if scope == "local":
             return plan_local(graph, scores, _group_ratios(model, graph, r, ratios or {}), constraints, min_keep,
-                              partitions)
-        return plan_global(graph, scores, r, constraints, min_keep)
+                              partitions, rounding_target.one_block)
+        return plan_global(graph, scores, r, constraints, min_keep, rounding_target.one_block)
 
     if isinstance(amount, Budget):
         current = amount.current(prep)

@@ -137,7 +137,7 @@ Constraint = tuple[np.ndarray, int]  # (channels of one layer, step its kept cou
 
 
 def _align(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, constraints: tuple[Constraint, ...],
-           floor: int) -> np.ndarray:
+           floor: int, one_block: bool) -> np.ndarray:
     """Put every constrained layer's kept count on its step, without exceeding the requested count.
 
     1. A layer left with fewer channels than its step (but some) is raised to one step
@@ -145,7 +145,9 @@ def _align(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, constraint
        steps of the worst kept channels from layers that keep at least two steps.
     2. Every other layer is rounded down by dropping its worst kept channels.
     A drop that would break the group's floor or empty a member slot is not made, so a
-    layer may stay off its step; rounding never undoes pruning.
+    layer may stay off its step. With `one_block`, a layer raised to one step keeps it even
+    when the overshoot cannot be paid back (a layer narrower than one block runs off the
+    runtime's fast path); otherwise rounding never keeps more than asked.
     """
     mask = np.zeros(group.size, dtype=bool)
     mask[kept] = True
@@ -181,7 +183,7 @@ def _align(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, constraint
                              and not np.isin(constraints[k][0], channels).any())
             if not any(try_drop(worst_kept(*constraints[k])) for _, k in options):
                 break
-        if mask.sum() > budget:
+        if mask.sum() > budget and not one_block:
             mask[:] = before
     for _ in range(3):  # 2. round the rest down; overlapping layers may need a second pass
         changed = False
@@ -194,7 +196,7 @@ def _align(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, constraint
     return np.flatnonzero(mask)
 
 
-def _assemble(groups_and_quotas, scores, constraints, min_keep) -> Planned:
+def _assemble(groups_and_quotas, scores, constraints, min_keep, one_block=False) -> Planned:
     """groups_and_quotas: (group, [(channels, how many of them to keep), ...]) per group."""
     keep, sizes, rounding = {}, {}, {}
     for g, quotas in groups_and_quotas:
@@ -207,7 +209,7 @@ def _assemble(groups_and_quotas, scores, constraints, min_keep) -> Planned:
         kept = _keep_best(g, scores[g.id], quotas)
         cons = constraints.get(g.id, ())
         if cons:
-            kept = _align(g, kept, scores[g.id], cons, floor)
+            kept = _align(g, kept, scores[g.id], cons, floor, one_block)
             rounding[g.id] = Rounding(max(step for _, step in cons), asked, len(kept))
         keep[g.id] = tuple(int(i) for i in kept)
         sizes[g.id] = g.size
@@ -216,7 +218,7 @@ def _assemble(groups_and_quotas, scores, constraints, min_keep) -> Planned:
 
 def plan_local(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: float | Mapping[str, float],
                constraints: Mapping[str, tuple[Constraint, ...]] | None = None, min_keep: float = 0.0,
-               partitions: Mapping[str, tuple[np.ndarray, ...]] | None = None) -> Planned:
+               partitions: Mapping[str, tuple[np.ndarray, ...]] | None = None, one_block: bool = False) -> Planned:
     """Remove ceil(ratio * n) channels of each part of each prunable group (n: the part's size).
 
     Parts are `producer_partitions` (computed when not given): every layer that writes
@@ -230,11 +232,12 @@ def plan_local(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: 
         r = ratio_of(g)
         quotas.append((g, [(c, len(c) - min(len(c) - 1, int(np.ceil(r * len(c) - 1e-9))))
                            for c in parts.get(g.id) or producer_partitions(g)]))
-    return _assemble(quotas, scores, constraints or {}, min_keep)
+    return _assemble(quotas, scores, constraints or {}, min_keep, one_block)
 
 
 def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: float,
-                constraints: Mapping[str, tuple[Constraint, ...]] | None = None, min_keep: float = 0.0) -> Planned:
+                constraints: Mapping[str, tuple[Constraint, ...]] | None = None, min_keep: float = 0.0,
+                one_block: bool = False) -> Planned:
     """Rank all channels on scores divided by their group's mean score; remove the lowest `ratio` share.
 
     Each group's `guard` channels with the best scores are never candidates, so no group
@@ -251,7 +254,7 @@ def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio:
     n_remove = min(len(flat), int(np.ceil(ratio * total - 1e-9)))
     removed = np.bincount(flat[np.argsort(flat[:, 0], kind="stable")[:n_remove], 1].astype(int), minlength=len(groups))
     quotas = [(g, [(np.arange(g.size), g.size - int(removed[k]))]) for k, g in enumerate(groups)]
-    return _assemble(quotas, scores, constraints or {}, min_keep)
+    return _assemble(quotas, scores, constraints or {}, min_keep, one_block)
 
 
 def plan_to_target(make: Callable[[float], Planned], count: Callable[[PrunePlan], float], target: float,

@@ -5,7 +5,10 @@ are multiples of its block: 16 floats with AVX-512, 8 with AVX2 (and input chann
 multiple of 4, which the block implies). XNNPACK and ARM kernels need no alignment.
 A target gives a channel step per layer kind; the planner then keeps, for every layer of a
 group, a number of channels that is a multiple of that layer's step (converted from
-positions to group channels).
+positions to group channels). A target with `one_block=True` also keeps a layer that
+pruning would leave narrower than one block at one block (such a layer leaves the NCHWc
+path and costs layout reorders on both sides); it is off by default because it can keep
+more channels than asked.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ class Target:
     dense_conv: int = 1
     grouped_conv: int = 1
     linear: int = 1
+    one_block: bool = False  # keep a layer that would fall below one block at one block (off the fast path otherwise)
 
     def step(self, kind: LayerKind) -> int:
         return {LayerKind.DENSE_CONV: self.dense_conv, LayerKind.GROUPED_CONV: self.grouped_conv,

@@ -15,7 +15,7 @@ BLOCKS = [Residual, DenseBlock, Inception, Depthwise, SqueezeExcite, ChannelShuf
 def test_block_prunes_as_asked(cls, ratio):
     model = cls().eval()
     x = example_input(cls)
-    result = graphprune.prune_graph(model, x, ratio=ratio)
+    result = graphprune.prune_graph(model, x, ratio=ratio, target="none")  # the ratio alone, no runtime rounding
     with torch.no_grad():
         assert result.model(x).shape == model(x).shape
     assert result.report.params_after < result.report.params_before

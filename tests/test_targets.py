@@ -87,3 +87,12 @@ def test_target_names():
         assert resolve_target("auto") == ort
     with pytest.raises(InputError, match="unknown target 'tpu'"):
         resolve_target("tpu")
+
+
+def test_one_block_keeps_narrow_layers_on_the_block():
+    model = GroupedConv().eval()  # its first conv has 16 channels: ratio 0.5 would leave 8
+    plain = graphprune.prune_graph(model, example_input(GroupedConv), ratio=0.5, target=Target("b", 16, 16, 8))
+    wide = graphprune.prune_graph(model, example_input(GroupedConv), ratio=0.5,
+                                  target=Target("b", 16, 16, 8, one_block=True))
+    assert plain.model.get_submodule("a.0").out_channels == 8
+    assert wide.model.get_submodule("a.0").out_channels == 16
