@@ -36,11 +36,9 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.metadata
-import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 # Idle OpenMP threads sleep instead of spinning: with 2 threads on 2 cores shared with any other
@@ -59,7 +57,8 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import graphprune
-from graphprune.passes import RecalibrateBatchNorm
+from graphprune.atomic import write_atomically, write_json  # noqa: E402
+from graphprune.passes import RecalibrateBatchNorm  # noqa: E402
 
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "activation", "apoz", "random", "flops_l2")
 SCOPES = ("local", "global")
@@ -189,31 +188,6 @@ def accuracy(model: nn.Module, x, y, batch_size: int = 512) -> float:
 
 # ----------------------------------------------------------------------------- output
 
-def atomic_write(path: str, write) -> None:
-    """Write via `write(tmp_path)` into a temp file next to `path`, then os.replace it into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the result the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: str, data: dict) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-    atomic_write(path, write)
-
-
 def write_plot(path: str, result: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -249,7 +223,7 @@ def write_plot(path: str, result: dict) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle(f"ResNet-8 on scikit-learn digits, pruned by graphprune to <= {int(100 * MACS_FRACTION)}% of the MACs")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    write_atomically(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -323,8 +297,16 @@ def seed_everything(seed: int) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    t_start = time.perf_counter()
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)  # leave the caller's process as it was
+
+
+def run(args) -> dict:
+    t_start = time.perf_counter()
     seed_everything(args.seed)
     os.makedirs(args.out, exist_ok=True)
 

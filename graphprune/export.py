@@ -13,7 +13,9 @@ Protocol of :func:`export_onnx`:
 3. ``onnx.checker.check_model(full_check=True)`` on the file.
 4. Run the file in ONNX Runtime (CPUExecutionProvider) on the example inputs (and, with
    ``dynamic_batch``, on a batch one larger) and compare every output with PyTorch:
-   ``|ort - torch| <= atol + rtol * |torch|`` elementwise.
+   ``max |ort - torch| <= atol + rtol * max |torch|`` per output: float32 rounding in a
+   long sum grows with the size of the terms, not of the result, so an output element
+   near zero in a tensor of large values is judged on the tensor's scale.
 
 The file is written to a temporary file in the destination directory and moved into
 place with ``os.replace`` only once every check has passed: on failure the destination is
@@ -153,10 +155,11 @@ def _compare(
         diff = np.where(both_nan, 0.0, diff)
         max_diff = float(np.nanmax(np.where(np.isnan(diff), np.inf, diff)))
         worst = max(worst, max_diff)
-        if not np.allclose(g64, w64, atol=atol, rtol=rtol, equal_nan=True):
+        scale = float(np.nanmax(np.abs(w64))) if np.isfinite(w64).any() else 0.0
+        if not max_diff <= atol + rtol * scale:
             raise ExportError(
                 f"{where}: ONNX Runtime output {name!r} differs from PyTorch: max abs diff "
-                f"{max_diff:.3g} > atol {atol:g} + rtol {rtol:g} * |ref|. The exported graph "
+                f"{max_diff:.3g} > atol {atol:g} + rtol {rtol:g} * max|ref| ({scale:.3g}). The exported graph "
                 "computes something else than the model (data-dependent control flow, Python "
                 "state, or an op exported with different numerics); fix the model or, if the "
                 "difference is acceptable, pass a larger atol/rtol"

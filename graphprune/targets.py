@@ -93,7 +93,7 @@ def x86_block() -> int:
 
 def ort_x86() -> Target:
     block = x86_block()
-    return Target("ort-x86", dense_conv=block, grouped_conv=block, linear=min(block, 8))
+    return Target("ort-x86", dense_conv=block, grouped_conv=block, linear=min(block, 8), one_block=block > 1)
 
 
 NONE = Target("none")

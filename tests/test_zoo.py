@@ -34,7 +34,7 @@ def check_model(name: str, ratio: float, tmp_path) -> None:
     spec = ZOO[name]
     model = randomize_norms(spec.build()).eval()
     inputs = spec.example_inputs()
-    result = graphprune.prune_graph(model, inputs, ratio=ratio)
+    result = graphprune.prune_graph(model, inputs, ratio=ratio, target="none")  # the ratio alone
     report = result.report
     with torch.no_grad():
         assert _shapes(result.model(*inputs)) == _shapes(model(*inputs))
@@ -47,6 +47,10 @@ def check_model(name: str, ratio: float, tmp_path) -> None:
         assert report.params_after <= 0.6 * report.params_before
     export = export_onnx(result.model, inputs, str(tmp_path / f"{name}.onnx"))  # raises above atol 1e-4, rtol 1e-3
     assert export.file_bytes > 0
+    deployed = graphprune.prune_graph(model, inputs, ratio=ratio)  # the default target's rounding
+    with torch.no_grad():
+        assert _shapes(deployed.model(*inputs)) == _shapes(model(*inputs))
+    export_onnx(deployed.model, inputs, str(tmp_path / f"{name}-deployed.onnx"))
     exact = graphprune.apply_plan(model, inputs, _exact_plan(model, result))
     assert exact.plan.keep or name in VIT_STYLE
     assert max_exactness_error(model, inputs, exact) <= 1e-5
