@@ -30,7 +30,7 @@ def test_quick_run_writes_json_and_plot(tmp_path, capsys):
     assert result["rows"] == json.loads(json.dumps(returned["rows"]))
     assert sorted((r["criterion"], r["scope"]) for r in result["rows"]) == sorted(
         (c, s) for c in criteria for s in scopes)
-    assert not [p for p in os.listdir(out) if p.startswith(".tmp-")], "temporary files left behind"
+    assert not [p for p in os.listdir(out) if p.startswith(".")], "temporary files left behind"
 
     unpruned = result["unpruned"]
     assert 0.0 <= unpruned["accuracy"] <= 1.0
