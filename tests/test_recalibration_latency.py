@@ -1,0 +1,82 @@
+"""BN recalibration after pruning, and the latency table / model used by latency-aware planning."""
+import copy
+import json
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+import graphprune
+from graphprune import bench
+from graphprune.latency import LatencyModel, LatencyTable
+from graphprune.passes import RecalibrateBatchNorm
+from graphprune.rules import default_rules
+from graphprune.trace import record_values, trace
+from op_models import ConvChain, example_input
+
+
+def test_recalibrate_bn_reestimates_running_statistics():
+    model = ConvChain().eval()
+    calibration = [(torch.randn(4, 3, 16, 16) * 2 + 1,) for _ in range(3)]
+    result = graphprune.prune_graph(model, example_input(ConvChain), ratio=0.5, calibration=calibration,
+                                    recalibrate_bn=True, target="none")
+    bn = result.model.get_submodule("a.1")
+    conv = result.model.get_submodule("a.0")
+    with torch.no_grad():
+        inputs = torch.cat([conv(x) for (x,) in calibration])  # what the first BN sees
+    torch.testing.assert_close(bn.running_mean, inputs.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, inputs.var((0, 2, 3), unbiased=True), rtol=1e-3, atol=1e-4)
+    assert bn.momentum == model.a[1].momentum and not result.model.training  # settings restored
+    assert not torch.equal(model.a[1].running_mean[: bn.num_features], bn.running_mean)  # the caller's model untouched
+
+
+def test_recalibration_pass_without_bn_changes_nothing():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    gm = torch.fx.symbolic_trace(model)
+    x = torch.randn(1, 3, 8, 8)
+    record_values(gm, (x,))
+    assert not RecalibrateBatchNorm((x,), [(x,)])(gm).modified
+
+
+def test_sensitivity_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    model = ConvChain().eval()
+    table = graphprune.sensitivity(model, example_input(ConvChain), lambda m: 1.0, ratios=(0.5,))
+    table.plot(str(tmp_path / "s.png"))
+    table.write_json(str(tmp_path / "s.json"))
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "s.json").read_text())["rows"]
+
+
+class TwoConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def test_latency_table_is_cached_and_the_model_predicts_less_for_a_pruned_plan(tmp_path):
+    path = str(tmp_path / "lut.json")
+    model, x = TwoConvs().eval(), torch.randn(1, 3, 32, 32)
+    table = LatencyTable(bench.EDGE, path=path, runs=5)
+    result = graphprune.prune_graph(model, x, ratio=0.5, target="none")
+    latency = LatencyModel(_traced(model, x), result.graph, table, measured_ms=1.0)
+    full = latency.predict(graphprune.PrunePlan({}, {}))
+    pruned = latency.predict(result.plan)
+    assert 0 < pruned < full
+    assert table.measured >= 3 and all(v > 0 for v in table.entries.values())
+    table.save()
+    again = LatencyTable(bench.EDGE, path=path, runs=5)
+    assert again.entries == table.entries
+    LatencyModel(_traced(model, x), result.graph, again, measured_ms=1.0).predict(result.plan)
+    assert again.measured == 0  # every shape came from the cache file
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+
+
+def _traced(model, x):
+    gm = trace(copy.deepcopy(model), default_rules().has_module_rule)
+    record_values(gm, (x,))
+    return gm
