@@ -6,7 +6,6 @@ never modified, even when an error is raised.
 """
 from __future__ import annotations
 
-import copy
 import difflib
 import numbers
 import time
@@ -26,7 +25,7 @@ from .planner import Planned, PrunePlan, plan_global, plan_local, plan_to_target
 from .report import ModelStats, PruneReport, build_report, channel_mac_cost, predict
 from .rules import RuleTable, default_rules
 from .targets import Target, resolve_target
-from .trace import as_tuple, record_values, trace
+from .trace import as_tuple, clone_module, record_values, trace
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def _prepare(model: torch.nn.Module, example_inputs, rules: RuleTable, strict: b
     inputs = as_tuple(example_inputs)
     timings = {}
     t0 = time.perf_counter()
-    gm = trace(copy.deepcopy(model), rules.has_module_rule)
+    gm = trace(clone_module(model), rules.has_module_rule)
     training = gm.training
     gm.eval()
     record_values(gm, inputs)

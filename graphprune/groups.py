@@ -98,9 +98,11 @@ class ChannelGroup:
     def prunable(self) -> bool:
         return not self.frozen and self.size > 1
 
-    def kept_positions(self, slot: Slot, kept_channels: np.ndarray) -> np.ndarray:
+    def kept_positions(self, slot: Slot, kept_channels) -> np.ndarray:
         """Positions of `slot` whose channel is in `kept_channels` (sorted)."""
-        return np.flatnonzero(np.isin(self.members[slot], kept_channels))
+        keep = np.zeros(self.size, dtype=bool)
+        keep[np.asarray(kept_channels, dtype=np.int64)] = True
+        return np.flatnonzero(keep[self.members[slot]])
 
 
 @dataclass(frozen=True, eq=False)
@@ -195,9 +197,12 @@ def connected_labels(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
                 if np.array_equal(nxt, labels):
                     break
                 labels = nxt
-    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    order = np.argsort(np.argsort(first))  # renumber components by first appearance
-    return order[inverse]
+    # every node now holds its component's smallest index (labels only ever decrease, and the
+    # smallest index keeps its own): numbering those roots in order numbers components by first appearance
+    roots = np.flatnonzero(labels == np.arange(n))
+    lookup = np.empty(n, dtype=np.int64)
+    lookup[roots] = np.arange(len(roots))
+    return lookup[labels]
 
 
 def iter_pairs(c: Coupling, size_a: int, size_b: int) -> tuple[np.ndarray, np.ndarray]:

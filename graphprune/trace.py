@@ -7,6 +7,7 @@ tuples, slices) kept as is, so later stages can re-run data-movement ops on labe
 """
 from __future__ import annotations
 
+import copy
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,8 @@ def trace(model: torch.nn.Module, is_rule_module=lambda m: False) -> fx.GraphMod
 
 
 def _to_meta(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):  # the common case, without pytree overhead
+        return TensorMeta(tuple(value.shape), value.dtype)
     return tree_map(lambda v: TensorMeta(tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else v, value)
 
 
@@ -115,3 +118,37 @@ def record_values(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Any:
 
 def value_meta(node: fx.Node) -> Any:
     return node.meta[META_KEY]
+
+
+def clone_module(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of a module tree: new modules, parameters and buffers; shared tensors stay shared.
+
+    Faster than copy.deepcopy (no pickling protocol per attribute); other attributes are
+    shared with the original, which is safe because rewrites rebind attributes, never
+    mutate them in place.
+    """
+    if isinstance(module, fx.GraphModule):  # its class carries generated code: let it copy itself
+        return copy.deepcopy(module)
+    memo: dict[int, Any] = {}
+
+    def tensor(t):
+        if t is None:
+            return None
+        if id(t) not in memo:
+            data = t.detach().clone()
+            memo[id(t)] = torch.nn.Parameter(data, t.requires_grad) if isinstance(t, torch.nn.Parameter) else data
+        return memo[id(t)]
+
+    def clone(m):
+        if m is None:
+            return None
+        if id(m) not in memo:
+            new = m.__class__.__new__(m.__class__)
+            new.__dict__ = m.__dict__.copy()
+            memo[id(m)] = new
+            new._parameters = {k: tensor(p) for k, p in m._parameters.items()}
+            new._buffers = {k: tensor(b) for k, b in m._buffers.items()}
+            new._modules = {k: clone(c) for k, c in m._modules.items()}
+        return memo[id(m)]
+
+    return clone(module)

@@ -56,3 +56,18 @@ def test_broken_rewrite_fails_inside_the_pass_that_caused_it():
     broken = default_rules().with_rule(torch.Tensor.reshape, ForgetfulReshape())
     with pytest.raises(RewriteError, match="ShrinkChannels"):
         ShrinkChannels(graph, plan, broken, x)(gm)
+
+
+def test_clone_module_is_independent_and_keeps_sharing():
+    from graphprune.trace import clone_module  # noqa: PLC0415
+
+    model = ChannelShuffle().eval()
+    model.shared = model.out  # the same module twice: its parameters must stay shared in the clone
+    clone = clone_module(model)
+    with torch.no_grad():
+        clone.a[0].weight.add_(1.0)
+    assert not torch.equal(clone.a[0].weight, model.a[0].weight)
+    assert clone.shared is clone.out and clone.out is not model.out
+    assert clone.out.weight is clone.shared.weight
+    x = example_input(ChannelShuffle)
+    assert torch.equal(clone_module(model)(x), model(x))
