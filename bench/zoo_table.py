@@ -31,7 +31,7 @@ def main() -> None:
         t0 = time.perf_counter()
         r = graphprune.prune_graph(model, inputs, ratio=args.ratio, target=args.target).report
         seconds = time.perf_counter() - t0
-        reasons = sorted({reason.split(" `")[0] for g in r.frozen_groups for reason in g.frozen_reasons})
+        reasons = sorted({reason.split(" `")[0].removesuffix(" through") for g in r.frozen_groups for reason in g.frozen_reasons})
         print(f"| {name} | {r.params_before / 1e6:.2f} M | {r.params_after / r.params_before:.1%} | "
               f"{r.macs_after / r.macs_before:.1%} | {r.removed_channels / max(1, r.prunable_channels):.1%} | "
               f"{len(r.groups)} ({len(r.frozen_groups)}) | {'; '.join(reasons)} | {seconds:.2f} |")
