@@ -123,9 +123,9 @@ def value_meta(node: fx.Node) -> Any:
 def clone_module(module: torch.nn.Module) -> torch.nn.Module:
     """A deep copy of a module tree: new modules, parameters and buffers; shared tensors stay shared.
 
-    Faster than copy.deepcopy (no pickling protocol per attribute); other attributes are
-    shared with the original, which is safe because rewrites rebind attributes, never
-    mutate them in place.
+    Faster than copy.deepcopy (no pickling protocol per attribute). Dict attributes (hooks)
+    are copied; other attributes are shared with the original, which is safe because
+    rewrites rebind attributes, never mutate them in place.
     """
     if isinstance(module, fx.GraphModule):  # its class carries generated code: let it copy itself
         return copy.deepcopy(module)
@@ -144,7 +144,8 @@ def clone_module(module: torch.nn.Module) -> torch.nn.Module:
             return None
         if id(m) not in memo:
             new = m.__class__.__new__(m.__class__)
-            new.__dict__ = m.__dict__.copy()
+            # own copies of the per-module dicts (hooks, state): registering on the clone leaves the original alone
+            new.__dict__ = {k: (v.copy() if isinstance(v, dict) else v) for k, v in m.__dict__.items()}
             memo[id(m)] = new
             new._parameters = {k: tensor(p) for k, p in m._parameters.items()}
             new._buffers = {k: tensor(b) for k, b in m._buffers.items()}

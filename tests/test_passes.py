@@ -71,3 +71,5 @@ def test_clone_module_is_independent_and_keeps_sharing():
     assert clone.out.weight is clone.shared.weight
     x = example_input(ChannelShuffle)
     assert torch.equal(clone_module(model)(x), model(x))
+    clone.out.register_forward_hook(lambda *a: None)
+    assert not model.out._forward_hooks
