@@ -15,7 +15,7 @@ from torch.utils._pytree import tree_leaves
 from .errors import UnsupportedOpError
 from .groups import Coupling, DependencyGraph, Freeze, Role, Slot, build_groups
 from .rules import AnalysisContext, RuleTable
-from .rules.base import describe_node, queried_dims
+from .rules.base import describe_node, freeze_inputs, queried_dims
 from .rules.movement import MovementRule, ReshapeRule, SplitRule
 from .trace import value_meta
 
@@ -103,12 +103,6 @@ def analyse(gm: fx.GraphModule, rules: RuleTable, *, strict: bool = False) -> De
     ctx.head_splits = attention_inputs(gm, rules, ctx.modules)
     couplings, freezes, unsupported = [], [], []
 
-    def freeze_tensor_inputs(node: fx.Node, reason: str) -> None:
-        for a in node.all_input_nodes:
-            d = ctx.channel_dim(a)
-            if ctx.is_tensor(a) and isinstance(d, int):
-                freezes.append(Freeze(ctx.input_slot(a, d), reason))
-
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             couplings.extend(_declare_constant(node, ctx))
@@ -138,7 +132,7 @@ def analyse(gm: fx.GraphModule, rules: RuleTable, *, strict: bool = False) -> De
             touches_tensors = ctx.is_tensor(node) or any(ctx.is_tensor(a) for a in node.all_input_nodes)
             if touches_tensors:
                 unsupported.append(problem)
-                freeze_tensor_inputs(node, problem)
+                freezes.extend(freeze_inputs(node, ctx, problem))
                 ctx.producer_note[node.name] = f"produced by {problem}"
     if strict and unsupported:
         raise UnsupportedOpError(

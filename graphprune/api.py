@@ -21,7 +21,7 @@ from .groups import DependencyGraph, Role
 from .importance import Criterion, ScoringContext, resolve, score_groups
 from .passes import EliminateDeadCode, RecalibrateBatchNorm, ShrinkChannels
 from .planner import Planned, PrunePlan, plan_global, plan_local, plan_to_target, producer_partitions
-from .report import ModelStats, PruneReport, build_report, channel_mac_cost, predict
+from .report import ModelStats, PruneReport, build_report, channel_mac_cost, count_params, predict
 from .rules import RuleTable, default_rules
 from .targets import Target, resolve_target
 from .trace import as_tuple, clone_module, record_values, trace
@@ -118,14 +118,14 @@ def _rewrite(prep: _Prepared, plan: PrunePlan, rules: RuleTable, calibration: Se
     """
     gm = prep.gm
     training = gm.training
-    passes = [ShrinkChannels(prep.graph, plan, rules, prep.inputs), EliminateDeadCode(prep.inputs)]
-    passes += [RecalibrateBatchNorm(prep.inputs, calibration)] if calibration else []
-    sliced_params = None
-    for graph_pass in passes:
+    shrink = ShrinkChannels(prep.graph, plan, rules, prep.inputs)
+    later = [EliminateDeadCode(prep.inputs)] + ([RecalibrateBatchNorm(prep.inputs, calibration)] if calibration else [])
+    shrink(gm)
+    sliced_params = count_params(gm)  # after slicing, before dead-code removal: for the report
+    for graph_pass in later:
         graph_pass(gm)
-        if sliced_params is None:  # after slicing, before dead code removal: for the report
-            sliced_params = sum(p.numel() for p in gm.parameters())
     gm.train(training)
+    passes = [shrink] + later
     prep.timings["rewrite"] = sum(p.timings["call"] for p in passes)
     prep.timings["checks"] = sum(p.timings["ensures"] for p in passes)
     return gm, sliced_params
@@ -205,8 +205,10 @@ class Budget:
     current: Callable[[_Prepared], int]
 
 
-def _prune(model, example_inputs, amount: float | Budget, *, importance, scope, ignore, round_to, target, strict, rules,
-           ratios, min_keep, calibration, loss_fn, recalibrate_bn) -> PruneResult:
+def _prune(model, example_inputs, amount: float | Budget, *, importance="l2", scope="local", ignore=(), round_to=None,
+           target="auto", strict=False, rules=None, ratios=None, min_keep=0.1, calibration=(), loss_fn=None,
+           recalibrate_bn=False) -> PruneResult:
+    """prune_graph once the amount is known: a ratio, or a Budget to bisect down to (defaults as prune_graph's)."""
     if scope not in ("local", "global"):
         raise InputError(f"scope must be 'local' or 'global', got {scope!r}")
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from .api import PruneResult, prune_graph
+from .api import PruneResult, _check_ratio, prune_graph
 from .errors import InputError
 from .report import count_params
 
@@ -44,9 +44,7 @@ def prune_iteratively(model: torch.nn.Module, example_inputs, *, steps: int,
     first = None
     for k in range(1, steps + 1):
         if ratio is not None:
-            if not 0.0 <= ratio < 1.0:
-                raise InputError(f"ratio must be a number in [0, 1), got {ratio!r}")
-            amount = {"ratio": 1.0 - (1.0 - ratio) ** (1.0 / steps)}
+            amount = {"ratio": 1.0 - (1.0 - _check_ratio(ratio)) ** (1.0 / steps)}
         else:
             which = "target_params" if target_params is not None else "target_macs"
             goal = target_params if target_params is not None else target_macs

@@ -22,7 +22,6 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import onnx
@@ -37,6 +36,7 @@ from .atomic import write_json
 from .export import export_onnx
 from .groups import DependencyGraph, Role, Slot
 from .planner import PrunePlan
+from .report import kept_share
 from .rules import default_rules
 from .trace import value_meta
 
@@ -154,10 +154,8 @@ class LatencyModel:
 
     def _kept(self, plan: PrunePlan):
         def kept(slot: Slot | None) -> int | None:
-            g = self.graph.group_of(slot) if slot is not None else None
-            if g is None or g.id not in plan.keep:
-                return None
-            return len(g.kept_positions(slot, plan.keep[g.id]))
+            share = kept_share(self.graph, plan, slot) if slot is not None else None
+            return share[0] if share else None
         return kept
 
     def _layer_ms(self, layer: _Layer, kept) -> float:
@@ -173,14 +171,12 @@ class LatencyModel:
         return self.table.linear_ms(rows, kept(layer.in_slot) or m.in_features, kept(layer.out_slot) or m.out_features)
 
     def predict(self, plan: PrunePlan) -> float:
-        kept = self._kept(plan)
-        layers = sum(self._layer_ms(layer, kept) for layer in self.layers)
-        volume = sum(v * (kept(s) or s_size) / s_size for s, v in self.volumes for s_size in [self._size(s)])
+        layers = sum(self._layer_ms(layer, self._kept(plan)) for layer in self.layers)
+        volume = 0.0
+        for slot, v in self.volumes:
+            k, n = kept_share(self.graph, plan, slot) or (1, 1)
+            volume += v * k / n
         return layers + self.other * volume / max(self.volume_full, 1)
-
-    def _size(self, slot: Slot) -> int:
-        g = self.graph.group_of(slot)
-        return g.members[slot].size if g is not None else 1
 
 
 def measure_ms(model: nn.Module, example_inputs, profile: bench.Profile, *, repeats: int = 30) -> float:
@@ -215,7 +211,7 @@ def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, prof
     result = predicted = measured = None
     for _ in range(corrections + 1):
         budget = Budget("latency (ms)", goal, lambda p: latency.predict, lambda p: original_ms)
-        result = _prune(model, inputs, budget, **_defaults(prune_kwargs))
+        result = _prune(model, inputs, budget, **prune_kwargs)
         predicted = latency.predict(result.plan)
         measured = measure_ms(result.model, inputs, profile)
         if abs(measured - target_ms) <= 0.05 * target_ms:
@@ -223,13 +219,3 @@ def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, prof
         goal = goal * target_ms / measured  # the prediction's bias at this size, corrected by measurement
     table.save()
     return LatencyResult(result, target_ms, predicted, measured, original_ms, len(table.entries) - before_entries)
-
-
-def _defaults(kwargs: Mapping) -> dict:
-    options = dict(importance="l2", scope="local", ignore=(), round_to=None, target="auto", strict=False, rules=None,
-                   ratios=None, min_keep=0.1, calibration=(), loss_fn=None, recalibrate_bn=False)
-    unknown = set(kwargs) - set(options)
-    if unknown:
-        raise TypeError(f"prune_to_latency got unexpected options {sorted(unknown)}")
-    options.update(kwargs)
-    return options

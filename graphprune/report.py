@@ -256,21 +256,23 @@ def params_removed_by_group(before: ModelStats, graph: DependencyGraph, plan: Pr
     return removed
 
 
+def kept_share(graph: DependencyGraph, plan: PrunePlan, slot: Slot) -> tuple[int, int] | None:
+    """(positions kept, positions) of `slot` once `plan` is applied; None for a slot in no group."""
+    g = graph.group_of(slot)
+    if g is None:
+        return None
+    size = g.members[slot].size
+    kept = plan.keep.get(g.id)
+    return (size if kept is None else len(g.kept_positions(slot, kept))), size
+
+
 def predict(before: ModelStats, graph: DependencyGraph, plan: PrunePlan) -> tuple[int, int]:
     """(params, MACs) the model will have once `plan` is applied, from shapes alone (no rewrite, no run)."""
-    def kept_share(slot: Slot) -> tuple[int, int]:
-        g = graph.group_of(slot)
-        if g is None:
-            return 1, 1
-        size = g.members[slot].size
-        kept = plan.keep.get(g.id)
-        return (size if kept is None else len(g.kept_positions(slot, kept))), size
-
     macs = 0
     for term in before.mac_terms:
         num, den = term.macs, 1
         for slot in term.factors:
-            k, n = kept_share(slot)
+            k, n = kept_share(graph, plan, slot) or (1, 1)
             num, den = num * k, den * n
         macs += num // den
     return before.params - sum(params_removed_by_group(before, graph, plan).values()), macs

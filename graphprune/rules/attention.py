@@ -22,8 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..groups import Coupling, Effect, Role
-from .base import AnalysisContext, Rule, ShrinkContext, describe_node
-from .elementwise import _freeze_inputs
+from .base import AnalysisContext, Rule, ShrinkContext, describe_node, freeze_inputs
 
 
 class PrunedMultiheadAttention(nn.Module):
@@ -81,7 +80,7 @@ class MultiheadAttentionRule(Rule):
         elif any(u.args[1] != 0 and u.users for u in node.users):
             problem = "returns attention weights that are used"
         if problem is not None:
-            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node, ctx.modules)} {problem}"))
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node, ctx.modules)} {problem}"))
         users = [u for u in node.users if u.args[1] == 0]
         name = node.target
         w_in = ctx.param_slot(f"{name}.in_proj_weight", 1, Role.CONSUMER)
@@ -123,7 +122,7 @@ class MatMulRule(Rule):
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         a, b = node.args[0], node.args[1]
         if not (ctx.is_tensor(a) and ctx.is_tensor(b)) or len(ctx.shape(a)) < 2 or len(ctx.shape(b)) < 2:
-            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node)} is not a batched matrix product"))
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} is not a batched matrix product"))
         ra, rb, ro = len(ctx.shape(a)), len(ctx.shape(b)), len(ctx.shape(node))
         contracted = {a: (ra - 1, b, rb - 2), b: (rb - 2, a, ra - 1)}
         kept = {a: ra - 2, b: rb - 1}
@@ -142,7 +141,7 @@ class MatMulRule(Rule):
                 passing.append((x, d, d + ro - rank))
         if len({o for _, _, o in passing}) > 1:
             reason = f"{describe_node(node)} has channels on two output dims"
-            return Effect(None, freezes=_freeze_inputs(node, ctx, reason))
+            return Effect(None, freezes=freeze_inputs(node, ctx, reason))
         if not passing:
             return Effect(None, couplings=tuple(couplings))
         out_dim = passing[0][2]
@@ -169,7 +168,7 @@ class ScaledDotProductAttentionRule(Rule):
         rank = len(ctx.shape(q))
         dims = {ctx.channel_dim(t) for t in (q, k, v)}
         if isinstance(kwargs.get("attn_mask"), fx.Node) or len(dims) != 1:
-            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node)} has a mask or mixed layouts"))
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} has a mask or mixed layouts"))
         d = dims.pop()
         if d == rank - 3:
             out = ctx.output_slot(node, d)
@@ -180,4 +179,4 @@ class ScaledDotProductAttentionRule(Rule):
             return Effect(d, couplings=(Coupling(ctx.input_slot(q, d), ctx.input_slot(k, d)),
                                         Coupling(ctx.input_slot(v, d), out)))
         reason = f"{describe_node(node)}: pruning inside a head would change the default scale 1/sqrt(head_dim)"
-        return Effect(None, freezes=_freeze_inputs(node, ctx, reason))
+        return Effect(None, freezes=freeze_inputs(node, ctx, reason))

@@ -114,6 +114,16 @@ def describe_node(node: fx.Node, modules: Mapping[str, torch.nn.Module] | None =
     return f"`{node.name}` ({node.op})"
 
 
+def freeze_inputs(node: fx.Node, ctx: "AnalysisContext", reason: str) -> tuple[Freeze, ...]:
+    """Freezes for the channel slot of every tensor input of `node` that has one."""
+    freezes = []
+    for a in node.all_input_nodes:
+        d = ctx.channel_dim(a)
+        if ctx.is_tensor(a) and isinstance(d, int):
+            freezes.append(ctx.freeze(ctx.input_slot(a, d), reason))
+    return tuple(freezes)
+
+
 class AnalysisContext:
     """What a rule may read during analysis: node values, modules, and slot constructors.
 

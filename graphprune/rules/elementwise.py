@@ -14,16 +14,7 @@ import torch.fx as fx
 
 from ..groups import Coupling, Effect, Role
 from ..trace import TensorMeta
-from .base import AnalysisContext, Rule, describe_node
-
-
-def _freeze_inputs(node: fx.Node, ctx: AnalysisContext, reason: str) -> tuple:
-    freezes = []
-    for a in node.all_input_nodes:
-        d = ctx.channel_dim(a)
-        if ctx.is_tensor(a) and isinstance(d, int):
-            freezes.append(ctx.freeze(ctx.input_slot(a, d), reason))
-    return tuple(freezes)
+from .base import AnalysisContext, Rule, describe_node, freeze_inputs
 
 
 def _passthrough(node: fx.Node, ctx: AnalysisContext, x: fx.Node, out_dim: int | None) -> Effect:
@@ -38,7 +29,7 @@ class ElementwiseRule(Rule):
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         x = node.args[0] if node.args else next(iter(node.kwargs.values()))
         if not ctx.is_tensor(x) or not ctx.is_tensor(node) or ctx.shape(x) != ctx.shape(node):
-            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node, ctx.modules)} changes the shape"))
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node, ctx.modules)} changes the shape"))
         d = ctx.channel_dim(x)
         return _passthrough(node, ctx, x, d if isinstance(d, int) else None)
 
@@ -57,11 +48,11 @@ class SpatialRule(Rule):
         x = node.args[0] if node.args else node.kwargs.get("input")
         d = ctx.channel_dim(x)
         if not isinstance(d, int) or not ctx.is_tensor(node):
-            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node, ctx.modules)} output is not a tensor"))
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node, ctx.modules)} output is not a tensor"))
         in_rank, out_rank = len(ctx.shape(x)), len(ctx.shape(node))
         spatial = self.spatial if self.spatial is not None else in_rank - 2
         if in_rank != out_rank or d >= in_rank - spatial or ctx.shape(x)[d] != ctx.shape(node)[d]:
-            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node, ctx.modules)} acts on the channel dim"))
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node, ctx.modules)} acts on the channel dim"))
         return _passthrough(node, ctx, x, d)
 
 
@@ -76,7 +67,7 @@ class PadRule(Rule):
             return Effect(None)
         rank = len(ctx.shape(x))
         if isinstance(pad, fx.Node) or d >= rank - len(pad) // 2:
-            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node)} pads the channel dim"))
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} pads the channel dim"))
         return _passthrough(node, ctx, x, d)
 
 
@@ -100,7 +91,7 @@ class ReduceRule(Rule):
         rank = len(ctx.shape(x))
         dims = _dims_arg(node, 1, rank)
         if any(isinstance(v, fx.Node) for v in dims) or d in dims:
-            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node)} reduces over the channel dim"))
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} reduces over the channel dim"))
         keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
         out_dim = d if keepdim else d - sum(1 for r in dims if r < d)
         return _passthrough(node, ctx, x, out_dim)
@@ -125,7 +116,7 @@ class BinaryRule(Rule):
         if len(candidates) != 1:
             if len(candidates) > 1:
                 reason = f"{describe_node(node)} combines tensors whose channels lie on different dims"
-                return Effect(None, freezes=_freeze_inputs(node, ctx, reason))
+                return Effect(None, freezes=freeze_inputs(node, ctx, reason))
             return Effect(None)
         out_dim = candidates.pop()
         out = ctx.output_slot(node, out_dim)
@@ -149,5 +140,5 @@ class ShapeQueryRule(Rule):
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         if isinstance(ctx.value(node), TensorMeta):
-            return Effect(None, freezes=_freeze_inputs(node, ctx, f"{describe_node(node)} has no rule"))
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} has no rule"))
         return Effect(None)

@@ -23,8 +23,7 @@ import torch.fx as fx
 
 from ..groups import Coupling, Effect, connected_labels
 from ..trace import TensorMeta
-from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, queried_dims
-from .elementwise import _freeze_inputs
+from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, freeze_inputs, queried_dims
 
 
 def _run_on_labels(node: fx.Node, ctx: AnalysisContext):
@@ -176,7 +175,7 @@ class SqueezeRule(MovementRule):
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         if len(node.args) < 2 and "dim" not in node.kwargs:
             reason = f"{describe_node(node)} squeezes every size-1 dim; pass the dim explicitly"
-            return Effect(None, freezes=_freeze_inputs(node, ctx, reason))
+            return Effect(None, freezes=freeze_inputs(node, ctx, reason))
         return super().couple(node, ctx)
 
 
@@ -212,7 +211,7 @@ class GetItemRule(MovementRule):
                                                          and not isinstance(entry.start, fx.Node)
                                                          and not isinstance(entry.stop, fx.Node))):
             reason = f"{describe_node(node)} indexes the channel dim with {entry!r}"
-            return Effect(None, freezes=_freeze_inputs(node, ctx, reason))
+            return Effect(None, freezes=freeze_inputs(node, ctx, reason))
         return super().couple(node, ctx)
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
