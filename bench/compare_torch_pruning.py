@@ -83,7 +83,8 @@ import graphprune
 from graphprune import bench, default_rules
 from graphprune.export import export_onnx
 from graphprune.models import ZOO
-from graphprune.report import count_macs, count_params
+from graphprune.cost import count_macs
+from graphprune.report import count_params
 from graphprune.rules.attention import PrunedMultiheadAttention
 from graphprune.trace import record_values, trace
 
@@ -195,7 +196,7 @@ def measure(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[int, in
                lambda m: rules.has_module_rule(m) or isinstance(m, PrunedMultiheadAttention))
     gm.eval()
     record_values(gm, inputs)
-    return count_params(model), count_macs(gm)
+    return count_params(model), count_macs(gm, default_rules())
 
 
 def output_shapes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[int, ...]]:

@@ -1,7 +1,9 @@
 """How long prune_graph takes, split by stage, on the largest built-in models and on a family of growing depth.
 
-Usage: python bench/prune_speed.py [--repeats 3] [--json out/prune_speed.json]
+Usage: python bench/prune_speed.py [--repeats 3] [--json out/prune_speed.json] [--sensitivity-only]
 Prints one table per part; each figure is the median of `repeats` runs (ratio 0.5, L2).
+The sensitivity part runs `graphprune.sensitivity` on ResNet-50 over every prunable group
+at 3 ratios and counts how many times the model was traced (calls of the fx tracer).
 The depth family stacks DenseNet-style blocks (6 layers, growth 32, transition convs);
 time per block should stay flat if every stage is linear in graph size.
 """
@@ -69,13 +71,51 @@ def table(rows: list[tuple[str, dict]], extra: str | None = None) -> str:
     return "\n".join(lines)
 
 
+class TraceCounter:
+    """Counts calls of the fx tracer while active (wraps LeafTracer.trace; restored on exit)."""
+
+    def __enter__(self):
+        from graphprune import trace as trace_mod
+        self.cls, self.original, self.calls = trace_mod.LeafTracer, trace_mod.LeafTracer.trace, 0
+
+        def counted(tracer, *args, **kwargs):
+            self.calls += 1
+            return self.original(tracer, *args, **kwargs)
+        self.cls.trace = counted
+        return self
+
+    def __exit__(self, *exc):
+        self.cls.trace = self.original
+
+
+def time_sensitivity(name: str = "resnet50", ratios=(0.25, 0.5, 0.75)) -> dict:
+    spec = ZOO[name]
+    model, inputs = spec.build(), spec.example_inputs()
+
+    def metric(m) -> float:
+        with torch.no_grad():
+            return float(m(*inputs).float().std())
+    with TraceCounter() as counter:
+        t0 = time.perf_counter()
+        table = graphprune.sensitivity(model, inputs, metric, ratios=ratios)
+        seconds = time.perf_counter() - t0
+    return {"model": name, "groups": len({r.group for r in table.rows}), "rows": len(table.rows),
+            "traces": counter.calls, "seconds": seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--sensitivity-only", action="store_true", help="run only the sensitivity part")
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = {"largest": {}, "depth": {}}
+    s = out["sensitivity"] = time_sensitivity()
+    print(f"sensitivity on {s['model']}: {s['groups']} groups x 3 ratios = {s['rows']} pruned variants, "
+          f"{s['traces']} trace(s), {s['seconds']:.1f} s")
+    if args.sensitivity_only:
+        return
     rows = []
     for name in LARGEST:
         spec = ZOO[name]

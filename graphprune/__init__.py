@@ -1,10 +1,14 @@
-"""graphprune: structured pruning as a torch.fx compiler pass."""
-from .api import PruneResult, apply_plan, prune_graph
+"""graphprune: structured pruning as a compiler pass (see README "Architecture")."""
+from .analysis import Analysis, PruneResult, analyse
+from .api import apply_plan, prune_graph
 from .errors import GraphPruneError
 from .iterative import IterativeResult, prune_iteratively
+from .options import Budget, Calibration, MaxMacs, MaxParams, Ratio, Strategy
 from .planner import PrunePlan
 from .rules import Rule, RuleTable, default_rules
 from .sensitivity import SensitivityTable, sensitivity
+from .targets import Target
 
-__all__ = ["prune_graph", "apply_plan", "prune_iteratively", "sensitivity", "PruneResult", "PrunePlan",
-           "IterativeResult", "SensitivityTable", "GraphPruneError", "Rule", "RuleTable", "default_rules"]
+__all__ = ["prune_graph", "apply_plan", "analyse", "Analysis", "prune_iteratively", "sensitivity", "PruneResult",
+           "PrunePlan", "IterativeResult", "SensitivityTable", "GraphPruneError", "Rule", "RuleTable", "default_rules",
+           "Budget", "Ratio", "MaxParams", "MaxMacs", "Strategy", "Calibration", "Target"]

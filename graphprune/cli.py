@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from . import bench as bench_mod
+from .analysis import analyse
 from .api import prune_graph
 from .atomic import write_json
 from .errors import GraphPruneError
@@ -154,10 +155,7 @@ def cmd_explain(args) -> int:
     if not args.model:
         raise CLIError("explain needs MODEL (or --list)")
     loaded = load_model(args.model, args.input_shape)
-    result = prune_graph(loaded.model, loaded.inputs, ratio=0.0)
-    print(result.graph.describe())
-    frozen = result.graph.frozen
-    print(f"\n{len(result.graph.groups)} groups: {len(result.graph.prunable)} prunable, {len(frozen)} frozen")
+    print(analyse(loaded.model, loaded.inputs).explain())
     return 0
 
 

@@ -27,3 +27,10 @@ class ExportError(GraphPruneError):
 
 class BenchError(GraphPruneError):
     """A model given to the benchmark harness cannot be loaded or run."""
+
+
+class RuleError(RuntimeError):
+    """A rule raised while analysing a node (a bug in the rule, not bad input); names the node and the rule.
+
+    Raised only with strict=True or GRAPHPRUNE_RULE_ERRORS=raise; otherwise the node's channels freeze.
+    """

@@ -39,13 +39,15 @@ _NORMS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.La
 
 @dataclass(frozen=True)
 class ScoringContext:
-    """What criteria may read: the traced unpruned model, calibration batches, a loss, MAC costs."""
+    """What criteria may read: the traced unpruned model, calibration batches, a loss, MAC costs,
+    and the names of the nodes that conv/linear-like layers read (`layer_inputs`)."""
 
     model: fx.GraphModule
     graph: DependencyGraph
     calibration: Sequence[tuple] = ()  # batches: model inputs first, then anything the loss needs (labels)
     loss_fn: Callable | None = None  # loss_fn(output, *rest_of_batch) -> scalar tensor
     mac_cost: Callable[[ChannelGroup], np.ndarray] | None = None  # MACs that each channel of a group costs
+    layer_inputs: frozenset[str] = frozenset()
 
     def model_inputs(self, batch: tuple) -> tuple:
         n = sum(1 for node in self.model.graph.nodes if node.op == "placeholder")
@@ -155,19 +157,9 @@ class Taylor(Criterion):
         return {gid: s / len(ctx.calibration) for gid, s in sums.items()}
 
 
-def _consumed_activations(group: ChannelGroup, model: fx.GraphModule) -> list[Slot]:
+def _consumed_activations(group: ChannelGroup, layer_inputs: frozenset[str]) -> list[Slot]:
     """Activation slots of the group that a conv/linear/attention layer reads."""
-    nodes = {n.name: n for n in model.graph.nodes}
-    modules = dict(model.named_modules())
-    reads = []
-    for slot in group.members:
-        if slot.is_param or slot.name not in nodes:
-            continue
-        if any(u.op == "call_module" and isinstance(modules[u.target], (torch.nn.modules.conv._ConvNd, torch.nn.Linear,
-                                                                          torch.nn.MultiheadAttention))
-               for u in nodes[slot.name].users):
-            reads.append(slot)
-    return reads
+    return [slot for slot in group.members if not slot.is_param and slot.name in layer_inputs]
 
 
 class _Capture(fx.Interpreter):
@@ -191,7 +183,7 @@ class _ActivationStatistic(Criterion):
 
     def __call__(self, groups, ctx):
         _require_data(self, ctx)
-        slots = {g.id: _consumed_activations(g, ctx.model) for g in groups}
+        slots = {g.id: _consumed_activations(g, ctx.layer_inputs) for g in groups}
         wanted = {s.name for ss in slots.values() for s in ss}
         sums = {g.id: np.zeros(g.size) for g in groups}
         training = ctx.model.training

@@ -12,8 +12,10 @@ from typing import Callable
 
 import torch
 
-from .api import PruneResult, _check_ratio, prune_graph
+from .analysis import PruneResult, analyse
+from .api import prune_graph
 from .errors import InputError
+from .options import check_ratio
 from .report import count_params
 
 
@@ -44,13 +46,13 @@ def prune_iteratively(model: torch.nn.Module, example_inputs, *, steps: int,
     first = None
     for k in range(1, steps + 1):
         if ratio is not None:
-            amount = {"ratio": 1.0 - (1.0 - _check_ratio(ratio)) ** (1.0 / steps)}
+            amount = {"ratio": 1.0 - (1.0 - check_ratio(ratio)) ** (1.0 / steps)}
         else:
             which = "target_params" if target_params is not None else "target_macs"
             goal = target_params if target_params is not None else target_macs
             if first is None:
-                first = prune_graph(model, example_inputs, ratio=0.0, target="none").report
-            start = first.params_before if target_params is not None else first.macs_before
+                first = analyse(model, example_inputs, rules=prune_kwargs.get("rules")).stats
+            start = first.params if target_params is not None else first.macs
             amount = {which: int(start * (goal / start) ** (k / steps))}
             now = count_params(current) if target_params is not None else (results[-1].report.macs_after if results else start)
             if amount[which] >= now:

@@ -31,13 +31,13 @@ import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
 from . import bench
-from .api import Budget, PruneResult, _prepare, _prune
+from .analysis import Analysis, PruneResult, analyse
 from .atomic import write_json
+from .cost import kept_share
 from .export import export_onnx
 from .groups import DependencyGraph, Role, Slot
+from .options import CountBudget, Options
 from .planner import PrunePlan
-from .report import kept_share
-from .rules import default_rules
 from .trace import value_meta
 
 
@@ -189,6 +189,21 @@ def measure_ms(model: nn.Module, example_inputs, profile: bench.Profile, *, repe
 
 
 @dataclass(frozen=True)
+class LatencyBudget(CountBudget):
+    """Prune until the predicted latency (ms) is at most `goal`."""
+
+    model: LatencyModel | None = None
+    original_ms: float = 0.0
+    what = "latency (ms)"
+
+    def count(self, analysis: Analysis, plan: PrunePlan) -> float:
+        return self.model.predict(plan)
+
+    def current(self, analysis: Analysis) -> float:
+        return self.original_ms
+
+
+@dataclass(frozen=True)
 class LatencyResult:
     result: PruneResult
     requested_ms: float
@@ -200,18 +215,23 @@ class LatencyResult:
 
 def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, profile: bench.Profile = bench.EDGE,
                      table: LatencyTable | None = None, corrections: int = 2, **prune_kwargs) -> LatencyResult:
-    """Prune until the ONNX Runtime latency in `profile` is at most about `target_ms` (measured, see module docstring)."""
+    """Prune until the ONNX Runtime latency in `profile` is at most about `target_ms` (measured, see module docstring).
+
+    `prune_kwargs`: prune_graph's keywords for the strategy, target, calibration and `ignore`
+    (and `rules`, `strict` for the analysis). The model is traced once.
+    """
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    rules, strict = prune_kwargs.pop("rules", None), prune_kwargs.pop("strict", False)
+    options = Options.from_keywords(**prune_kwargs)
     table = table or LatencyTable(profile)
     before_entries = len(table.entries)
     original_ms = measure_ms(model, inputs, profile)
-    prep = _prepare(model, inputs, prune_kwargs.get("rules") or default_rules(), strict=False)
-    latency = LatencyModel(prep.gm, prep.graph, table, original_ms)
+    analysis = analyse(model, inputs, rules=rules, strict=strict)
+    latency = LatencyModel(analysis.graph_module, analysis.dependencies, table, original_ms)
     goal = target_ms
     result = predicted = measured = None
     for _ in range(corrections + 1):
-        budget = Budget("latency (ms)", goal, lambda p: latency.predict, lambda p: original_ms)
-        result = _prune(model, inputs, budget, **prune_kwargs)
+        result = options.prune(analysis, LatencyBudget(goal, latency, original_ms))
         predicted = latency.predict(result.plan)
         measured = measure_ms(result.model, inputs, profile)
         if abs(measured - target_ms) <= 0.05 * target_ms:

@@ -3,16 +3,16 @@
 Local scope removes ceil(ratio * size) channels of every prunable group (at least the
 share asked, never all); global scope ranks all channels of all prunable groups together
 on scores normalised by their group's mean (so groups of different widths and fan-ins
-compare) and removes the lowest ratio share. Targets (`target_params`, `target_macs`)
+compare) and removes the lowest ratio share. Count budgets (`target_params`, `target_macs`)
 bisect the ratio until the count is reached.
 Guards: a group keeps at least `min_keep` of its channels and at least one (and at least
 one position of every member slot, so no layer is left with zero inputs); each layer's
-kept count is rounded down to the target's channel step where that stays above the guard.
+kept count is rounded down to the deployment target's channel step where that stays above the guard.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import numpy as np
@@ -126,6 +126,7 @@ class Rounding:
 class Planned:
     plan: PrunePlan
     rounding: Mapping[str, Rounding]  # every pruned group whose step is > 1
+    timings: Mapping[str, float] = field(default_factory=dict, compare=False)  # seconds of scoring and planning
 
 
 def guard(group: ChannelGroup, min_keep: float) -> int:
@@ -257,9 +258,9 @@ def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio:
     return _assemble(quotas, scores, constraints or {}, min_keep, one_block)
 
 
-def plan_to_target(make: Callable[[float], Planned], count: Callable[[PrunePlan], float], target: float,
+def plan_to_budget(make: Callable[[float], Planned], count: Callable[[PrunePlan], float], goal: float,
                    what: str) -> Planned:
-    """The least pruning whose count is <= target: bisection on the strategy's ratio.
+    """The least pruning whose count is <= goal: bisection on the strategy's ratio.
 
     Plans change one channel at a time as the ratio grows, so the result lands within one
     channel step of the target. Raises InputError if even the strongest plan the guards
@@ -267,14 +268,14 @@ def plan_to_target(make: Callable[[float], Planned], count: Callable[[PrunePlan]
     """
     lo, hi = 0.0, 0.999
     strongest = make(hi)
-    if count(strongest.plan) > target:
-        raise InputError(f"{what} target {target:,} cannot be reached without collapsing a group: the most the guards "
+    if count(strongest.plan) > goal:
+        raise InputError(f"{what} target {goal:,} cannot be reached without collapsing a group: the most the guards "
                          f"allow leaves {count(strongest.plan):,.0f}; raise the target or lower min_keep")
     best = strongest
     for _ in range(40):
         mid = (lo + hi) / 2
         planned = make(mid)
-        if count(planned.plan) <= target:
+        if count(planned.plan) <= goal:
             hi, best = mid, planned
         else:
             lo = mid

@@ -10,13 +10,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from .api import _prepare, apply_plan
+from .analysis import Analysis, analyse
 from .atomic import write_atomically, write_json
 from .errors import GraphPruneError, InputError
-from .importance import ScoringContext, resolve, score_groups
+from .options import Strategy
 from .planner import plan_local
-from .report import channel_mac_cost
-from .rules import default_rules
 
 
 @dataclass(frozen=True)
@@ -87,28 +85,31 @@ class SensitivityTable:
             plt.close(fig)
 
 
-def sensitivity(model: torch.nn.Module, example_inputs, metric: Callable[[torch.nn.Module], float], *,
+def sensitivity(model: torch.nn.Module | Analysis, example_inputs, metric: Callable[[torch.nn.Module], float], *,
                 ratios: Sequence[float] = (0.25, 0.5, 0.75), importance="l2", groups: Sequence[str] | None = None,
                 higher_is_better: bool = True) -> SensitivityTable:
-    """Prune each prunable group (or the listed group ids) alone at each ratio; `metric(pruned_model)` scores it."""
+    """Prune each prunable group (or the listed group ids) alone at each ratio; `metric(pruned_model)` scores it.
+
+    `model` is an nn.Module (traced once here) or an existing Analysis (then `example_inputs`
+    is not used and may be None): every pruned variant is rewritten from that one trace.
+    """
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
         raise InputError(f"ratios must be numbers in (0, 1), got {ratios!r}")
-    rules = default_rules()
-    prep = _prepare(model, example_inputs, rules, strict=False)
-    chosen = [g for g in prep.graph.prunable if groups is None or g.id in groups]
+    analysis = model if isinstance(model, Analysis) else analyse(model, example_inputs)
+    graph = analysis.dependencies
+    chosen = [g for g in graph.prunable if groups is None or g.id in groups]
     if groups is not None and len(chosen) != len(set(groups)):
         unknown = sorted(set(groups) - {g.id for g in chosen})
         raise InputError(f"sensitivity: {unknown} are not prunable groups; see `graphprune explain`")
-    ctx = ScoringContext(prep.gm, prep.graph, (), None, lambda g: channel_mac_cost(prep.before, g))
-    scores = score_groups(chosen, resolve(importance), ctx)
-    baseline = float(metric(model))
+    scores = analysis.scores(Strategy(importance), groups=chosen)
+    baseline = float(metric(analysis.model))
     rows = []
     for g in chosen:
         for r in ratios:
-            planned = plan_local(prep.graph, scores, {g.id: r})
+            planned = plan_local(graph, scores, {g.id: r})
             if g.id not in planned.plan.keep:
                 continue
-            result = apply_plan(model, example_inputs, planned.plan, rules=rules)
+            result = analysis.apply(planned.plan)
             rows.append(SensitivityRow(g.id, g.size, float(r), float(metric(result.model)),
                                        result.report.params_before - result.report.params_after))
     return SensitivityTable(baseline, tuple(rows), higher_is_better)

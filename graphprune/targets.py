@@ -12,7 +12,6 @@ more channels than asked.
 """
 from __future__ import annotations
 
-import enum
 import math
 import platform
 from dataclasses import dataclass
@@ -20,16 +19,12 @@ from functools import lru_cache
 from typing import Mapping
 
 import numpy as np
-import torch.nn as nn
 
 from .errors import InputError
 from .groups import ChannelGroup, Role
+from .rules import LayerKind
 
-
-class LayerKind(enum.Enum):
-    DENSE_CONV = "dense conv"
-    GROUPED_CONV = "grouped/depthwise conv"
-    LINEAR = "linear"
+__all__ = ["LayerKind", "Target", "resolve_target", "ort_x86", "x86_block", "NONE", "XNNPACK"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +41,17 @@ class Target:
         return {LayerKind.DENSE_CONV: self.dense_conv, LayerKind.GROUPED_CONV: self.grouped_conv,
                 LayerKind.LINEAR: self.linear}[kind]
 
-    def constraints(self, group: ChannelGroup, modules: Mapping[str, nn.Module]) -> tuple[tuple[np.ndarray, int], ...]:
+    @classmethod
+    def uniform(cls, step: int) -> "Target":
+        """One channel step for every layer kind (`round_to=step`)."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            raise InputError(f"round_to must be a positive integer or None (the target decides), got {step!r}")
+        return cls(f"round_to={step}", step, step, step)
+
+    def constraints(self, group: ChannelGroup, layers: Mapping[str, LayerKind]) -> tuple[tuple[np.ndarray, int], ...]:
         """(channels, step) per member layer: the count of `channels` kept must be a multiple of `step`.
+
+        `layers` maps the weight parameters of conv/linear-like layers to their kind (Analysis.layers).
 
         A layer sees the group channels in its slot; each channel may cover w positions
         (flatten, merged heads or shuffled pairs), so its step is block / gcd(block, w).
@@ -58,7 +62,7 @@ class Target:
         for slot, index_map in group.members.items():
             if slot.role not in (Role.PRODUCER, Role.CONSUMER):
                 continue
-            kind = layer_kind(modules.get(slot.name.rpartition(".")[0]))
+            kind = layers.get(slot.name)
             if kind is None or self.step(kind) == 1:
                 continue
             channels, counts = np.unique(index_map, return_counts=True)
@@ -70,14 +74,6 @@ class Target:
                 key = channels.tobytes()
                 out[key] = (channels, max(step, out.get(key, (None, 1))[1]))
         return tuple(out.values())
-
-
-def layer_kind(module: nn.Module | None) -> LayerKind | None:
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return LayerKind.DENSE_CONV if module.groups == 1 else LayerKind.GROUPED_CONV
-    if isinstance(module, (nn.Linear, nn.MultiheadAttention)):
-        return LayerKind.LINEAR
-    return None
 
 
 @lru_cache(maxsize=1)
@@ -100,8 +96,11 @@ NONE = Target("none")
 XNNPACK = Target("xnnpack")
 
 
-def resolve_target(target: str | Target) -> Target:
-    """A Target from a name: "auto" (ort-x86 on x86-64, else xnnpack), "ort-x86", "xnnpack", "arm", "none"."""
+def resolve_target(target: str | Target, round_to: int | None = None) -> Target:
+    """A Target from a name: "auto" (ort-x86 on x86-64, else xnnpack), "ort-x86", "xnnpack", "arm", "none";
+    an explicit `round_to` step overrides it."""
+    if round_to is not None:
+        return Target.uniform(round_to)
     if isinstance(target, Target):
         return target
     machine = platform.machine().lower()

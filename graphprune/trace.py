@@ -100,9 +100,36 @@ class _Recorder(fx.Interpreter):
         return result
 
 
+def bind_inputs(gm: fx.GraphModule, args: tuple, kwargs: dict | None = None) -> tuple:
+    """One value per placeholder of `gm`: positional `args` first, then `kwargs` by name, then the defaults.
+
+    Forward arguments with defaults (`mask=None`) are optional; a required one left out,
+    or a keyword the model does not take, is an InputError.
+    """
+    kwargs = dict(kwargs or {})
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    names = [p.target.lstrip("*") for p in placeholders]
+    unknown = sorted(set(kwargs) - set(names))
+    if len(args) > len(placeholders) or unknown:
+        extra = f"keyword input(s) {unknown} it does not take" if unknown else f"{len(args)} example input(s)"
+        raise InputError(f"the model takes {len(placeholders)} input(s) ({', '.join(names)}) but {extra} were given; "
+                         "pass one tensor per forward() argument")
+    bound = list(args)
+    for p, name in zip(placeholders[len(args):], names[len(args):]):
+        if name in kwargs:
+            bound.append(kwargs.pop(name))
+        elif p.args:  # the forward argument's default
+            bound.append(p.args[0])
+        else:
+            raise InputError(f"the model takes {len(placeholders)} input(s) ({', '.join(names)}) but no example "
+                             f"value was given for `{name}`; pass one tensor per forward() argument without a default")
+    return tuple(bound)
+
+
 @torch.no_grad()
-def record_values(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Any:
-    """Run `gm` on `inputs` (in its current train/eval mode), storing each node's value meta; returns the output.
+def record_values(gm: fx.GraphModule, inputs: tuple) -> Any:
+    """Run `gm` on `inputs` (one value per placeholder, see bind_inputs; in its current train/eval mode),
+    storing each node's value meta; returns the output.
 
     A real run, not FakeTensors: on batch-1 CNN inputs it is 5-50x faster than FakeTensor
     dispatch, and it proves the rewritten model computes.
@@ -114,6 +141,22 @@ def record_values(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Any:
             f"but {len(inputs)} example input(s) were given; pass one tensor per forward() argument"
         )
     return _Recorder(gm).run(*inputs)
+
+
+def trace_with_values(model: torch.nn.Module, args: tuple, kwargs: dict | None, is_rule_module) -> tuple[fx.GraphModule, tuple]:
+    """The fx frontend: trace a copy of `model` (never the model itself) and record every node's value in eval mode.
+
+    Returns the GraphModule (in the model's train/eval mode) and the inputs bound to its placeholders.
+    """
+    gm = trace(clone_module(model), is_rule_module)
+    inputs = bind_inputs(gm, args, kwargs)
+    training = gm.training
+    gm.eval()
+    try:
+        record_values(gm, inputs)
+    finally:
+        gm.train(training)
+    return gm, inputs
 
 
 def value_meta(node: fx.Node) -> Any:
@@ -153,3 +196,21 @@ def clone_module(module: torch.nn.Module) -> torch.nn.Module:
         return memo[id(m)]
 
     return clone(module)
+
+
+def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """An independent copy of a traced GraphModule: own parameters, submodules and graph (node values kept).
+
+    Rewrites work on such a copy, so the analysed GraphModule is never mutated.
+    """
+    graph = fx.Graph()
+    output = graph.output(graph.graph_copy(gm.graph, {}))
+    output.meta = dict(gm.graph.output_node().meta)
+    new = gm.__class__.__new__(gm.__class__)
+    new.__dict__ = {k: (v.copy() if isinstance(v, dict) else v) for k, v in gm.__dict__.items()}
+    new._parameters = {k: torch.nn.Parameter(p.detach().clone(), p.requires_grad) if p is not None else None
+                       for k, p in gm._parameters.items()}
+    new._buffers = {k: b.detach().clone() if b is not None else None for k, b in gm._buffers.items()}
+    new._modules = {k: clone_module(m) for k, m in gm._modules.items()}
+    new.graph = graph  # re-owns the graph and recompiles the code
+    return new

@@ -32,3 +32,9 @@ class RandomScores:
 
     def __call__(self, group, model):
         return self.rng.random(group.size)
+
+
+@pytest.fixture(autouse=True)
+def _rule_errors_raise(monkeypatch):
+    """A rule that raises is a bug: in the tests it propagates (RuleError) instead of freezing its channels."""
+    monkeypatch.setenv("GRAPHPRUNE_RULE_ERRORS", "raise")

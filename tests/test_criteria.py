@@ -6,12 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import graphprune
-from graphprune.analysis import analyse
 from graphprune.errors import InputError
 from graphprune.importance import APoZ, ActivationMean, BNScale, FlopsRegularized, Magnitude, Random, ScoringContext, Taylor
-from graphprune.report import ModelStats, channel_mac_cost
-from graphprune.rules import default_rules
-from graphprune.trace import record_values, trace
 
 
 class TwoConv(nn.Module):
@@ -25,12 +21,11 @@ class TwoConv(nn.Module):
 
 def _setup(model, calibration=(), loss_fn=None):
     x = torch.randn(2, 2, 4, 4)
-    gm = trace(model, default_rules().has_module_rule)
-    record_values(gm, (x,))
-    graph = analyse(gm, default_rules())
+    analysis = graphprune.analyse(model, x)
+    graph = analysis.dependencies
     group = next(g for g in graph.prunable if g.size == 4)
-    stats = ModelStats.measure(gm, graph)
-    ctx = ScoringContext(gm, graph, calibration, loss_fn, lambda g: channel_mac_cost(stats, g))
+    ctx = ScoringContext(analysis.graph_module, graph, calibration, loss_fn, analysis.cost.channel_macs,
+                         analysis.layer_inputs)
     return group, ctx
 
 

@@ -2,7 +2,7 @@
 import torch
 import torch.nn as nn
 
-from graphprune.report import count_macs
+from graphprune.cost import count_macs
 from graphprune.rules import default_rules
 from graphprune.trace import record_values, trace
 
@@ -10,7 +10,7 @@ from graphprune.trace import record_values, trace
 def macs_of(model, *inputs):
     gm = trace(model, default_rules().has_module_rule)
     record_values(gm, inputs)
-    return count_macs(gm)
+    return count_macs(gm, default_rules())
 
 
 def test_conv_module_and_functional():

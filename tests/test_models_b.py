@@ -10,7 +10,7 @@ import torch.fx
 from torch import nn
 
 from graphprune.models import convnext, efficientnet, mobilenet, regnet, shufflenet, vit
-from graphprune.models._layers import StochasticDepth
+from graphprune.models.blocks import StochasticDepth
 
 ALL_MODELS = (
     mobilenet.MODELS + efficientnet.MODELS + shufflenet.MODELS + regnet.MODELS + convnext.MODELS + vit.MODELS

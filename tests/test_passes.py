@@ -6,7 +6,7 @@ import torch
 from torch.fx.passes.infra.pass_manager import PassManager
 
 import graphprune
-from graphprune.analysis import analyse
+from graphprune.dependencies import build_dependency_graph as analyse
 from graphprune.errors import RewriteError
 from graphprune.passes import EliminateDeadCode, ShrinkChannels
 from graphprune.rules import default_rules

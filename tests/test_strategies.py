@@ -7,12 +7,8 @@ import pytest
 import torch
 
 import graphprune
-from graphprune.analysis import analyse
 from graphprune.errors import InputError
 from graphprune.models import ZOO
-from graphprune.report import ModelStats, channel_mac_cost, predict
-from graphprune.rules import default_rules
-from graphprune.trace import record_values, trace
 from conftest import RandomScores
 from op_models import EXACT, DenseBlock, Residual, example_input
 
@@ -20,18 +16,21 @@ TARGET_MODELS = ("resnet56", "squeezenet1_1", "shufflenet_v2_x1_0", "mobilenet_v
 
 
 def _analysed(model, inputs):
-    gm = trace(copy.deepcopy(model), default_rules().has_module_rule)
-    record_values(gm, inputs)
-    graph = analyse(gm, default_rules())
-    return ModelStats.measure(gm, graph), graph
+    return graphprune.analyse(model, inputs)
 
 
-def _dearest_channel(stats, graph, what):
+def _predict(analysis, plan):
+    counts = analysis.predict(plan)
+    return counts.params, counts.macs
+
+
+def _dearest_channel(analysis, what):
     """Upper bound on what one channel of any prunable group costs (first order: nothing else pruned)."""
+    graph, shapes = analysis.dependencies, analysis.cost.param_shapes
     if what == "macs":
-        return max(channel_mac_cost(stats, g).max() for g in graph.prunable)
-    return max(sum(math.prod(stats.param_shapes[s.name]) * np.bincount(m).max() / m.size
-                   for s, m in g.members.items() if s.name in stats.param_shapes) for g in graph.prunable)
+        return max(analysis.cost.channel_macs(g).max() for g in graph.prunable)
+    return max(sum(math.prod(shapes[s.name]) * np.bincount(m).max() / m.size
+                   for s, m in g.members.items() if s.name in shapes) for g in graph.prunable)
 
 
 @pytest.mark.parametrize("name", TARGET_MODELS)
@@ -39,12 +38,13 @@ def _dearest_channel(stats, graph, what):
 def test_targets_land_within_one_channel(name, what):
     spec = ZOO[name]
     model, x = spec.build(), spec.example_inputs()
-    stats, graph = _analysed(model, x)
+    analysis = _analysed(model, x)
+    stats = analysis.stats
     goal = int((stats.params if what == "params" else stats.macs) * 0.45)
     result = graphprune.prune_graph(model, x, scope="global", target="none", **{f"target_{what}": goal})
     got = result.report.params_after if what == "params" else result.report.macs_after
     assert got <= goal
-    assert goal - got <= _dearest_channel(stats, graph, what)
+    assert goal - got <= _dearest_channel(analysis, what)
 
 
 def test_local_target_uses_the_ratio_knob():
@@ -98,8 +98,8 @@ def test_predicted_counts_equal_measured(cls):
     model = cls().eval()
     x = (example_input(cls),)
     result = graphprune.prune_graph(model, x, ratio=0.5, importance=RandomScores(2), target="none")
-    stats, graph = _analysed(model, x)
-    assert predict(stats, graph, result.plan) == (result.report.params_after, result.report.macs_after)
+    analysis = _analysed(model, x)
+    assert _predict(analysis, result.plan) == (result.report.params_after, result.report.macs_after)
 
 
 @pytest.mark.parametrize("name", ["vit_tiny", "shufflenet_v2_x1_0", "resnet56"])
@@ -107,5 +107,5 @@ def test_predicted_counts_equal_measured_on_zoo(name):
     spec = ZOO[name]
     model, x = spec.build(), spec.example_inputs()
     result = graphprune.prune_graph(model, x, ratio=0.4, importance=RandomScores(5))
-    stats, graph = _analysed(model, x)
-    assert predict(stats, graph, result.plan) == (result.report.params_after, result.report.macs_after)
+    analysis = _analysed(model, x)
+    assert _predict(analysis, result.plan) == (result.report.params_after, result.report.macs_after)

@@ -2,12 +2,13 @@
 import platform
 
 import pytest
+import torch
 import torch.nn as nn
 
 import graphprune
 from graphprune.errors import InputError
 from graphprune.models import ZOO
-from graphprune.targets import LayerKind, Target, layer_kind, resolve_target, x86_block
+from graphprune.targets import LayerKind, Target, resolve_target, x86_block
 from op_models import GroupedConv, example_input
 
 BLOCK16 = Target("test16", dense_conv=16, grouped_conv=16, linear=8)
@@ -71,11 +72,11 @@ def test_rounding_never_prunes_when_nothing_is_asked():
     assert result.report.params_after == result.report.params_before
 
 
-def test_layer_kinds():
-    assert layer_kind(nn.Conv2d(4, 8, 3)) is LayerKind.DENSE_CONV
-    assert layer_kind(nn.Conv2d(8, 8, 3, groups=8)) is LayerKind.GROUPED_CONV
-    assert layer_kind(nn.Linear(3, 4)) is LayerKind.LINEAR
-    assert layer_kind(nn.BatchNorm2d(3)) is None
+def test_layer_kinds_come_from_the_rules():
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.BatchNorm2d(8), nn.Flatten(),
+                          nn.Linear(8 * 3 * 3, 4))
+    layers = graphprune.analyse(model.eval(), torch.randn(1, 4, 7, 7)).layers
+    assert layers == {"0.weight": LayerKind.DENSE_CONV, "1.weight": LayerKind.GROUPED_CONV, "4.weight": LayerKind.LINEAR}
 
 
 def test_target_names():

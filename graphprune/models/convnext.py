@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from graphprune.models._layers import StochasticDepth
+from graphprune.models.blocks import StochasticDepth
 
 
 class LayerNorm2d(nn.LayerNorm):

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from graphprune.models._layers import init_conv_, ConvBNAct, SqueezeExcitation, StochasticDepth, _make_divisible
+from graphprune.models.blocks import init_conv_, ConvBNAct, SqueezeExcitation, StochasticDepth, make_divisible
 
 
 class _MBConvSetting(NamedTuple):
@@ -40,7 +40,7 @@ class MBConv(nn.Module):
         if stride not in (1, 2):
             raise ValueError(f"MBConv: stride must be 1 or 2, got {stride}")
         self.use_res_connect = stride == 1 and in_channels == out_channels
-        expanded = _make_divisible(in_channels * expand_ratio, 8)
+        expanded = make_divisible(in_channels * expand_ratio, 8)
         layers: list[nn.Module] = []
         if expanded != in_channels:
             layers.append(ConvBNAct(in_channels, expanded, 1, activation=nn.SiLU))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from graphprune.models._layers import init_conv_, ConvBNAct, SqueezeExcitation, _make_divisible
+from graphprune.models.blocks import init_conv_, ConvBNAct, SqueezeExcitation, make_divisible
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -76,11 +76,11 @@ class MobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, round_nearest: int = 8,
                  dropout: float = 0.2) -> None:
         super().__init__()
-        input_channel = _make_divisible(32 * width_mult, round_nearest)
-        self.last_channel = _make_divisible(1280 * max(1.0, width_mult), round_nearest)
+        input_channel = make_divisible(32 * width_mult, round_nearest)
+        self.last_channel = make_divisible(1280 * max(1.0, width_mult), round_nearest)
         features: list[nn.Module] = [ConvBNReLU6(3, input_channel, stride=2)]
         for t, c, n, s in self.SETTINGS:
-            output_channel = _make_divisible(c * width_mult, round_nearest)
+            output_channel = make_divisible(c * width_mult, round_nearest)
             for i in range(n):
                 features.append(InvertedResidualV2(input_channel, output_channel, s if i == 0 else 1, t))
                 input_channel = output_channel
@@ -151,7 +151,7 @@ class InvertedResidualV3(nn.Module):
             ConvBNAct(cfg.expanded, cfg.expanded, cfg.kernel, cfg.stride, groups=cfg.expanded, activation=act, **_V3_BN)
         )
         if cfg.use_se:
-            squeeze = _make_divisible(cfg.expanded // 4, 8)
+            squeeze = make_divisible(cfg.expanded // 4, 8)
             layers.append(SqueezeExcitation(cfg.expanded, squeeze, nn.ReLU, nn.Hardsigmoid))
         layers.append(ConvBNAct(cfg.expanded, cfg.out_channels, 1, activation=None, **_V3_BN))
         self.block = nn.Sequential(*layers)

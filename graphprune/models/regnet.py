@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from graphprune.models._layers import init_conv_, ConvBNAct, SqueezeExcitation
+from graphprune.models.blocks import init_conv_, ConvBNAct, SqueezeExcitation
 
 
 class BottleneckTransform(nn.Module):

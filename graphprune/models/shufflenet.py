@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from graphprune.models._layers import init_conv_
+from graphprune.models.blocks import init_conv_
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

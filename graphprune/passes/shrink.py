@@ -23,7 +23,7 @@ from ..trace import value_meta
 from .base import GraphPass, PassResult
 
 
-def kept_positions(graph: DependencyGraph, plan: PrunePlan) -> dict[Slot, np.ndarray]:
+def positions_kept_by_slot(graph: DependencyGraph, plan: PrunePlan) -> dict[Slot, np.ndarray]:
     """For every slot of a pruned group whose size changes: the sorted positions it keeps."""
     kept = {}
     for gid, channels in plan.keep.items():
@@ -50,7 +50,7 @@ class ShrinkChannels(GraphPass):
     def __init__(self, graph: DependencyGraph, plan: PrunePlan, rules: RuleTable, example_inputs):
         super().__init__(example_inputs)
         self.graph, self.rules = graph, rules
-        self.kept = kept_positions(graph, plan)
+        self.kept = positions_kept_by_slot(graph, plan)
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         gm = graph_module

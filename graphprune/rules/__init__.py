@@ -13,13 +13,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import MatMulRule, MultiheadAttentionRule, PrunedMultiheadAttention, ScaledDotProductAttentionRule
-from .base import AnalysisContext, Rule, RuleTable, ShrinkContext
+from .base import AnalysisContext, GraphView, LayerKind, MacTerm, Rule, RuleTable, ShrinkContext, WeightedLayer
 from .elementwise import BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule
-from .layers import (BatchNormRule, ConvRule, ConvTransposeRule, FunctionalLayerNormRule, GroupNormRule, LayerNormRule,
-                     LinearRule)
+from .layers import (FUNCTIONAL_WEIGHTED, BatchNormRule, ConvRule, ConvTransposeRule, FunctionalLayerNormRule,
+                     FunctionalWeightedRule, GroupNormRule, LayerNormRule, LinearRule)
 from .movement import GetItemRule, MovementRule, ReshapeRule, SplitRule, SqueezeRule
 
-__all__ = ["AnalysisContext", "Rule", "RuleTable", "ShrinkContext", "default_rules"]
+__all__ = ["AnalysisContext", "GraphView", "LayerKind", "MacTerm", "Rule", "RuleTable", "ShrinkContext", "WeightedLayer",
+           "default_rules"]
 
 T = torch.Tensor
 
@@ -86,7 +87,8 @@ def default_rules() -> RuleTable:
     add(_SQUEEZE, SqueezeRule())
     add((operator.getitem,), GetItemRule())
     add((nn.MultiheadAttention, PrunedMultiheadAttention), MultiheadAttentionRule())
-    add((operator.matmul, torch.matmul, T.matmul, torch.bmm, T.bmm), MatMulRule())
+    add((operator.matmul, torch.matmul, T.matmul, torch.bmm, T.bmm, torch.mm, T.mm), MatMulRule())
+    add(FUNCTIONAL_WEIGHTED, FunctionalWeightedRule())
     add((F.scaled_dot_product_attention,), ScaledDotProductAttentionRule())
     add(_SHAPE_QUERIES, ShapeQueryRule())
     modules = {k: v for k, v in table.items() if isinstance(k, type) and issubclass(k, nn.Module)}

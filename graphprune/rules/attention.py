@@ -13,6 +13,7 @@ and every kept head stay exactly as they were:
 """
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -21,8 +22,9 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..groups import Coupling, Effect, Role
-from .base import AnalysisContext, Rule, ShrinkContext, describe_node, freeze_inputs
+from ..groups import Coupling, Effect, Role, Slot
+from .base import (AnalysisContext, GraphView, LayerKind, MacTerm, Rule, ShrinkContext, WeightedLayer, describe_node,
+                   freeze_inputs)
 
 
 class PrunedMultiheadAttention(nn.Module):
@@ -113,6 +115,26 @@ class MultiheadAttentionRule(Rule):
         parent_name, _, attr = node.target.rpartition(".")
         setattr(ctx.gm.get_submodule(parent_name) if parent_name else ctx.gm, attr, pruned)
 
+    def cost(self, node: fx.Node, view: GraphView) -> tuple[MacTerm, ...]:
+        """Per sample, with Lq queries, Lk keys, input width E_in, inner width D (heads x head_dim), output width E_out:
+        projections (Lq + 2 Lk) E_in D, scores and weighted sum 2 Lq Lk D, output projection Lq D E_out.
+        """
+        m = view.module(node)
+        call = _call_args(node)
+        q, k = view.shape(call["query"]), view.shape(call["key"])
+        lq, lk = (q[1], k[1]) if m.batch_first else (q[0], k[0])
+        n = math.prod(q) // (lq * q[-1])
+        e_in, inner, e_out = m.in_proj_weight.shape[1], m.out_proj.weight.shape[1], m.out_proj.weight.shape[0]
+        e_in_slot = Slot(f"{node.target}.in_proj_weight", 1, Role.CONSUMER)
+        inner_slot = Slot(f"{node.target}.out_proj.weight", 1, Role.CONSUMER)
+        e_out_slot = Slot(f"{node.target}.out_proj.weight", 0, Role.PRODUCER)
+        return (MacTerm(n * (lq + 2 * lk) * e_in * inner, (e_in_slot, inner_slot)),
+                MacTerm(n * 2 * lq * lk * inner, (inner_slot,)),
+                MacTerm(n * lq * inner * e_out, (inner_slot, e_out_slot)))
+
+    def weighted_layer(self, node: fx.Node, view: GraphView) -> WeightedLayer:
+        return WeightedLayer(LayerKind.LINEAR, (f"{node.target}.in_proj_weight", f"{node.target}.out_proj.weight"))
+
 
 class MatMulRule(Rule):
     """a (..., n, k) @ b (..., k, m): batch dims, rows of a and columns of b pass to the output; a's k ~ b's k."""
@@ -155,6 +177,18 @@ class MatMulRule(Rule):
             return ctx.param_slot(x.target, dim, Role.CONSUMER)
         return ctx.input_slot(x, dim)
 
+    def cost(self, node: fx.Node, view: GraphView) -> tuple[MacTerm, ...]:
+        """numel(y) * k for (..., n, k) @ (..., k, m); scales with the output's channel dim and a's contracted dim."""
+        a = node.args[0]
+        rank = len(view.shape(a))
+        factors = []
+        out_dim = view.channel_dim(node)
+        if isinstance(out_dim, int):
+            factors.append(Slot(node.name, out_dim))
+        if view.channel_dim(a) == rank - 1:
+            factors.append(Slot(a.name, rank - 1))
+        return (MacTerm(math.prod(view.shape(node)) * view.shape(a)[-1], tuple(factors)),)
+
 
 class ScaledDotProductAttentionRule(Rule):
     """F.scaled_dot_product_attention(q, k, v): heads (dim -3) pass through; head_dim only with an explicit scale."""
@@ -180,3 +214,10 @@ class ScaledDotProductAttentionRule(Rule):
                                         Coupling(ctx.input_slot(v, d), out)))
         reason = f"{describe_node(node)}: pruning inside a head would change the default scale 1/sqrt(head_dim)"
         return Effect(None, freezes=freeze_inputs(node, ctx, reason))
+
+    def cost(self, node: fx.Node, view: GraphView) -> tuple[MacTerm, ...]:
+        """Scores q k^T and the weighted sum of v: 2 * numel(q) * keys; scales with the heads (the output's channel dim)."""
+        q, k = view.shape(node.args[0]), view.shape(node.args[1])
+        out_dim = view.channel_dim(node)
+        factors = (Slot(node.name, out_dim),) if isinstance(out_dim, int) else ()
+        return (MacTerm(2 * math.prod(q) * k[-2], factors),)

@@ -1,10 +1,17 @@
 """The rule protocol and the immutable rule table.
 
-A rule has two halves. `couple(node, ctx) -> Effect` (analysis, pure) says which channel
-dims of the node's inputs, output and parameters are tied. `shrink(node, ctx)`
-(transformation) updates module attributes or graph constants once parameters have been
-sliced. Rules are looked up by module type (through the MRO) or by the callable itself,
-never by name.
+A rule owns everything about one op family, in three parts:
+- `couple(node, ctx) -> Effect` (analysis, pure): which channel dims of the node's inputs,
+  output and parameters are tied, and through which index maps;
+- `shrink(node, ctx)` (transformation): updates module attributes or graph constants once
+  parameters have been sliced;
+- `cost(node, view) -> (MacTerm, ...)` (planning and the report): the op's multiply-
+  accumulates, each term scaling with the kept share of the channel slots it names, so
+  one formula serves both prediction (before a rewrite) and measurement (after it);
+  `weighted_layer(node, view)` says whether the op is a conv/linear-like layer (its kind
+  sets the runtime's channel step, and its inputs are what activation criteria read).
+Rules are looked up by module type (through the MRO) or by the callable itself (a Python
+function, a Tensor method or an ATen OpOverload), never by name.
 """
 from __future__ import annotations
 
@@ -16,12 +23,48 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+import enum
+from dataclasses import dataclass
+
 from ..groups import Effect, Freeze, Role, Slot
 from ..trace import TensorMeta, value_meta
 
 
+class LayerKind(enum.Enum):
+    """Kinds of weighted layers whose channel counts a runtime cares about."""
+
+    DENSE_CONV = "dense conv"
+    GROUPED_CONV = "grouped/depthwise conv"
+    LINEAR = "linear"
+
+
+@dataclass(frozen=True)
+class WeightedLayer:
+    """A conv/linear-like op: its kind and the qualified names of its weight parameters."""
+
+    kind: LayerKind
+    weights: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MacTerm:
+    """`macs` at full width, scaling with the kept share of each slot in `factors`.
+
+    Once a plan keeps k_s of n_s positions of each factor slot s, the term costs
+    macs * prod(k_s) / prod(n_s): exact for conv, linear, matmul and attention, whose
+    MACs are products of the widths they read and write.
+    """
+
+    macs: int
+    factors: tuple[Slot, ...] = ()
+
+
+class Unsupported(Exception):
+    """Raised by `couple` for a call site the rule does not follow: the analysis freezes it as an op without a rule."""
+
+
 class Rule:
-    """Base rule: subclasses implement `couple`; `shrink` does nothing by default.
+    """Base rule: subclasses implement `couple`; `shrink` does nothing and `cost` is zero by default.
 
     `reads_heads`: the op treats a (heads, head_dim) split of channels as heads (matmul, attention).
     """
@@ -32,6 +75,12 @@ class Rule:
         raise NotImplementedError
 
     def shrink(self, node: fx.Node, ctx: "ShrinkContext") -> None:
+        return None
+
+    def cost(self, node: fx.Node, view: "GraphView") -> tuple[MacTerm, ...]:
+        return ()
+
+    def weighted_layer(self, node: fx.Node, view: "GraphView") -> WeightedLayer | None:
         return None
 
 
@@ -120,29 +169,20 @@ def freeze_inputs(node: fx.Node, ctx: "AnalysisContext", reason: str) -> tuple[F
     for a in node.all_input_nodes:
         d = ctx.channel_dim(a)
         if ctx.is_tensor(a) and isinstance(d, int):
-            freezes.append(ctx.freeze(ctx.input_slot(a, d), reason))
+            freezes.append(Freeze(ctx.input_slot(a, d), reason))
     return tuple(freezes)
 
 
-class AnalysisContext:
-    """What a rule may read during analysis: node values, modules, and slot constructors.
+class GraphView:
+    """Read-only access to a traced graph: node values, modules, parameters and declared channel dims."""
 
-    Asking for an input slot on a dim that the producing node did not declare records a
-    freeze, so channels of unknown origin are never pruned.
-    """
-
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, declared: Mapping[str, Any] | None = None):
         self.gm = gm
         self.modules = dict(gm.named_modules())
         self.params = dict(gm.named_parameters(remove_duplicate=False))
         self.buffers = dict(gm.named_buffers(remove_duplicate=False))
-        self.declared: dict[str, Any] = {}
-        self.producer_note: dict[str, str] = {}
-        self.sizes: dict[Slot, int] = {}
-        self.freezes: list[Freeze] = []
-        self.head_splits: frozenset[str] = frozenset()  # movement nodes feeding attention (see analysis)
+        self.declared: dict[str, Any] = dict(declared or {})
 
-    # -- reading -----------------------------------------------------------------
     def value(self, node: Any) -> Any:
         return value_meta(node) if isinstance(node, fx.Node) else node
 
@@ -167,7 +207,21 @@ class AnalysisContext:
             return None
         return self.params.get(node.target, self.buffers.get(node.target))
 
-    # -- slots ---------------------------------------------------------------------
+
+class AnalysisContext(GraphView):
+    """What a rule may read and declare during analysis: the graph, and slot constructors.
+
+    `input_slot` on a dim that the producing node did not declare records a freeze, so
+    channels of unknown origin are never pruned.
+    """
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.producer_note: dict[str, str] = {}
+        self.sizes: dict[Slot, int] = {}
+        self.freezes: list[Freeze] = []
+        self.head_splits: frozenset[str] = frozenset()  # movement nodes feeding attention (see analysis)
+
     def _register(self, slot: Slot, size: int) -> Slot:
         self.sizes[slot] = size
         return slot
@@ -177,7 +231,7 @@ class AnalysisContext:
         return self._register(Slot(node.name, dim), self.shape(node)[dim])
 
     def input_slot(self, node: fx.Node, dim: int) -> Slot:
-        """Channel dim `dim` of an input tensor; frozen unless its producer declared that dim."""
+        """Channel dim `dim` of an input tensor; records a freeze unless its producer declared that dim."""
         slot = self._register(Slot(node.name, dim), self.shape(node)[dim])
         declared = self.channel_dim(node)
         if declared != dim:
@@ -197,9 +251,6 @@ class AnalysisContext:
             return None
         return self.param_slot(qualname, dim, role)
 
-    def freeze(self, slot: Slot, reason: str) -> Freeze:
-        return Freeze(slot, reason)
-
     def _undeclared_reason(self, node: fx.Node, dim: int, declared: Any) -> str:
         if node.op == "placeholder":
             return f"channels come from model input `{node.name}`"
@@ -213,21 +264,13 @@ class AnalysisContext:
         return f"{describe_node(node, self.modules)} carries channels on dim {declared}, but a consumer reads dim {dim}"
 
 
-class ShrinkContext:
-    """What a rule may read while rewriting: modules, old node values and kept positions per slot."""
+class ShrinkContext(GraphView):
+    """What a rule may read while rewriting: the graph (values from before the rewrite) and kept positions per slot."""
 
     def __init__(self, gm: fx.GraphModule, kept: Mapping[Slot, np.ndarray], declared: Mapping[str, Any]):
-        self.gm = gm
-        self.modules = dict(gm.named_modules())
+        super().__init__(gm, declared)
         self._kept = {(s.name, s.dim): k for s, k in kept.items() if not s.is_param}
-        self.declared = declared
-
-    def module(self, node: fx.Node) -> torch.nn.Module:
-        return self.modules[node.target]
 
     def kept(self, name: str, dim: int) -> np.ndarray | None:
         """Positions kept in the activation slot (node name, dim), or None if it is not pruned."""
         return self._kept.get((name, dim))
-
-    def value(self, node: Any) -> Any:
-        return value_meta(node) if isinstance(node, fx.Node) else node

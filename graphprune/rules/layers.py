@@ -9,11 +9,14 @@ Convolution with G groups, Cin inputs, Cout outputs (k_in = Cin/G, k_out = Cout/
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
 import torch.fx as fx
 
-from ..groups import Coupling, Effect, Role
-from .base import AnalysisContext, Rule, ShrinkContext
+from ..groups import Coupling, Effect, Freeze, Role, Slot
+from .base import AnalysisContext, GraphView, LayerKind, MacTerm, Rule, ShrinkContext, Unsupported, WeightedLayer
 
 
 def _channel_dim(ctx: AnalysisContext, x: fx.Node, spatial_dims: int) -> int:
@@ -60,6 +63,17 @@ class ConvRule(Rule):
         m.groups = in_channels // m.weight.shape[1]
         m.in_channels = in_channels
 
+    def cost(self, node: fx.Node, view: GraphView) -> tuple[MacTerm, ...]:
+        """numel(y) * (C_in / G) * prod(k): rows of the weight always scale it, its columns only when G == 1."""
+        m = view.module(node)
+        weight = f"{node.target}.weight"
+        factors = (Slot(weight, 0, Role.PRODUCER),) + ((Slot(weight, 1, Role.CONSUMER),) if m.groups == 1 else ())
+        return (MacTerm(math.prod(view.shape(node)) * (m.in_channels // m.groups) * math.prod(m.kernel_size), factors),)
+
+    def weighted_layer(self, node: fx.Node, view: GraphView) -> WeightedLayer:
+        kind = LayerKind.DENSE_CONV if view.module(node).groups == 1 else LayerKind.GROUPED_CONV
+        return WeightedLayer(kind, (f"{node.target}.weight",))
+
 
 class ConvTransposeRule(Rule):
     """nn.ConvTranspose1d/2d/3d with groups == 1: weight is (Cin, Cout, k...); grouped ones are frozen."""
@@ -71,7 +85,7 @@ class ConvTransposeRule(Rule):
         x_slot, out = ctx.input_slot(x, cdim), ctx.output_slot(node, cdim)
         if m.groups != 1:
             reason = f"grouped ConvTranspose `{node.target}` (groups={m.groups}) is not supported"
-            return Effect(cdim, freezes=(ctx.freeze(x_slot, reason), ctx.freeze(out, reason)))
+            return Effect(cdim, freezes=(Freeze(x_slot, reason), Freeze(out, reason)))
         couplings = [Coupling(x_slot, ctx.module_param_slot(node, "weight", 0, Role.CONSUMER)),
                      Coupling(out, ctx.module_param_slot(node, "weight", 1, Role.PRODUCER))]
         bias = ctx.module_param_slot(node, "bias", 0, Role.PRODUCER)
@@ -82,6 +96,17 @@ class ConvTransposeRule(Rule):
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         m = ctx.module(node)
         m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1]
+
+    def cost(self, node: fx.Node, view: GraphView) -> tuple[MacTerm, ...]:
+        """numel(x) * (C_out / G) * prod(k): every input position scatters into C_out / G outputs per kernel tap."""
+        m = view.module(node)
+        weight = f"{node.target}.weight"
+        macs = math.prod(view.shape(node.args[0])) * (m.out_channels // m.groups) * math.prod(m.kernel_size)
+        return (MacTerm(macs, (Slot(weight, 0, Role.CONSUMER), Slot(weight, 1, Role.PRODUCER))),)
+
+    def weighted_layer(self, node: fx.Node, view: GraphView) -> WeightedLayer:
+        kind = LayerKind.DENSE_CONV if view.module(node).groups == 1 else LayerKind.GROUPED_CONV
+        return WeightedLayer(kind, (f"{node.target}.weight",))
 
 
 class LinearRule(Rule):
@@ -98,6 +123,15 @@ class LinearRule(Rule):
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         m = ctx.module(node)
         m.out_features, m.in_features = m.weight.shape
+
+    def cost(self, node: fx.Node, view: GraphView) -> tuple[MacTerm, ...]:
+        """numel(y) * in_features: scales with the rows and the columns of the weight."""
+        weight = f"{node.target}.weight"
+        macs = math.prod(view.shape(node)) * view.module(node).in_features
+        return (MacTerm(macs, (Slot(weight, 0, Role.PRODUCER), Slot(weight, 1, Role.CONSUMER))),)
+
+    def weighted_layer(self, node: fx.Node, view: GraphView) -> WeightedLayer:
+        return WeightedLayer(LayerKind.LINEAR, (f"{node.target}.weight",))
 
 
 class BatchNormRule(Rule):
@@ -128,7 +162,7 @@ class LayerNormRule(Rule):
         x_slot, out = ctx.input_slot(x, cdim), ctx.output_slot(node, cdim)
         if len(m.normalized_shape) != 1:
             reason = f"LayerNorm `{node.target}` normalises over {len(m.normalized_shape)} dims"
-            return Effect(cdim, freezes=(ctx.freeze(x_slot, reason), ctx.freeze(out, reason)))
+            return Effect(cdim, freezes=(Freeze(x_slot, reason), Freeze(out, reason)))
         couplings = [Coupling(x_slot, out)] + _producer_couplings(ctx, node, out)
         return Effect(out_dim=cdim, couplings=tuple(couplings))
 
@@ -169,7 +203,7 @@ class FunctionalLayerNormRule(Rule):
         x_slot, out = ctx.input_slot(x, cdim), ctx.output_slot(node, cdim)
         if len(shape) != 1:
             reason = f"layer_norm `{node.name}` normalises over {len(shape)} dims"
-            return Effect(cdim, freezes=(ctx.freeze(x_slot, reason), ctx.freeze(out, reason)))
+            return Effect(cdim, freezes=(Freeze(x_slot, reason), Freeze(out, reason)))
         couplings = [Coupling(x_slot, out)]
         affine = [node.args[i] if len(node.args) > i else node.kwargs.get(name) for i, name in ((2, "weight"), (3, "bias"))]
         for a in affine:
@@ -182,3 +216,23 @@ class FunctionalLayerNormRule(Rule):
         kept = ctx.kept(node.name, len(ctx.value(node).shape) - 1)
         if kept is not None:
             node.args = (node.args[0], (len(kept),)) + tuple(node.args[2:])
+
+
+class FunctionalWeightedRule(Rule):
+    """F.conv1d/2d/3d and F.linear called with a weight tensor: MACs counted, channels not yet followed (frozen).
+
+    The weight may be computed (weight standardisation, reparameterisation), so its dims are
+    not known to be parameters; until a rule proves how they couple, the op freezes.
+    Conv: numel(y) * prod(weight.shape[1:]); linear: numel(y) * weight.shape[-1].
+    """
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        raise Unsupported("has no rule (a functional layer: its MACs are counted, its channels are not followed)")
+
+    def cost(self, node: fx.Node, view: GraphView) -> tuple[MacTerm, ...]:
+        weight = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
+        return (MacTerm(math.prod(view.shape(node)) * math.prod(view.shape(weight)[1:])),)
+
+
+FUNCTIONAL_WEIGHTED = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d,
+                       torch.conv1d, torch.conv2d, torch.conv3d, torch.nn.functional.linear)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ..groups import Coupling, Effect, connected_labels
+from ..groups import Coupling, Effect, Freeze, connected_labels
 from ..trace import TensorMeta
 from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, freeze_inputs, queried_dims
 
@@ -117,7 +117,7 @@ class MovementRule(Rule):
                 dims.append(None)
                 if isinstance(read, str):
                     reason = f"{describe_node(node, ctx.modules)} {read}"
-                    freezes += [ctx.freeze(s, reason) for s in in_slots]
+                    freezes += [Freeze(s, reason) for s in in_slots]
                 continue
             k, pos, lab = read
             dims.append(k)
@@ -131,7 +131,7 @@ class MovementRule(Rule):
                         couplings.append(Coupling(out_slot, in_slot, pos[mask], lab[mask] - bases[j]))
         if tuple_out and any(u.target is not operator.getitem for u in node.users):
             reason = f"the parts of {describe_node(node)} are used whole"
-            freezes += [ctx.freeze(s, reason) for s in in_slots]
+            freezes += [Freeze(s, reason) for s in in_slots]
         out_dim = tuple(dims) if tuple_out else dims[0]
         return Effect(out_dim, couplings=tuple(couplings), freezes=tuple(freezes))
 

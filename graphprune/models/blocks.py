@@ -10,7 +10,7 @@ from torch import nn
 ActFactory = Optional[Callable[[], nn.Module]]
 
 
-def _make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
+def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
     """Round ``value`` to the nearest multiple of ``divisor``, never going more than 10% below it."""
     if min_value is None:
         min_value = divisor

@@ -1,0 +1,160 @@
+"""Build the DependencyGraph of a traced model: a pure function of the graph and a rule table.
+
+Walks the FX graph in order. Each node's rule reports its output's channel dim and the
+couplings it creates; nodes without a rule, and rules that say `Unsupported` for a call
+site, freeze the channels they touch. Channels that come from a model input or reach a
+model output are frozen, so the pruned model is a drop-in replacement.
+
+A rule that *fails* (raises anything else) is a bug in the rule: with `strict=False` its
+channels freeze with the error as the reason, so a user still gets a correct model; with
+`strict=True`, or when the environment sets GRAPHPRUNE_RULE_ERRORS=raise (the test suite
+does), the error propagates as a RuleError that names the node.
+"""
+from __future__ import annotations
+
+import operator
+import os
+
+import torch.fx as fx
+from torch.utils._pytree import tree_leaves
+
+from .errors import RuleError, UnsupportedOpError
+from .groups import Coupling, DependencyGraph, Freeze, Role, Slot, build_groups
+from .rules import AnalysisContext, RuleTable
+from .rules.base import Unsupported, describe_node, freeze_inputs, queried_dims
+from .rules.movement import MovementRule, ReshapeRule, SplitRule
+from .trace import value_meta
+
+_CALLS = ("call_module", "call_function", "call_method")
+
+
+def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> frozenset[str]:
+    """Data-movement nodes on the way into an op whose rule `reads_heads` (matmul, attention).
+
+    A reshape among them that splits channels into (heads, head_dim) keeps the heads as its
+    channel dim, so attention is pruned by whole heads.
+    """
+    def rule(n):
+        return rules.for_node(n, modules) if n.op in _CALLS else None
+
+    stack = [a for n in gm.graph.nodes if getattr(rule(n), "reads_heads", False) for a in n.all_input_nodes]
+    marked = set()
+    while stack:
+        n = stack.pop()
+        if n.name not in marked and isinstance(rule(n), MovementRule):
+            marked.add(n.name)
+            stack.extend(n.all_input_nodes)
+    return frozenset(marked)
+
+
+_INT_ARITHMETIC = (operator.floordiv, operator.mul, operator.add, operator.sub, operator.neg, operator.mod)
+
+
+def _used_as_value(node: fx.Node, rules: RuleTable, modules, depth: int = 8) -> fx.Node | None:
+    """The first user that reads an int derived from a size query as a value, not as a shape argument."""
+    for user in node.users:
+        rule = rules.for_node(user, modules) if user.op in _CALLS else None
+        if user.op == "call_function" and user.target in _INT_ARITHMETIC and isinstance(value_meta(user), int):
+            found = _used_as_value(user, rules, modules, depth - 1) if depth else user
+            if found is not None:
+                return found
+        elif isinstance(rule, (ReshapeRule, SplitRule)) and user.args[0] is not node:
+            continue
+        elif user.target is operator.getitem and user.args[0] is not node:
+            continue  # a slice bound: rewritten with the slice
+        else:
+            return user
+    return None
+
+
+def _channel_counts_as_values(gm: fx.GraphModule, ctx: AnalysisContext, rules: RuleTable) -> list[Freeze]:
+    """Freeze channels whose count the model reads with x.size()/x.shape and uses in arithmetic on tensors.
+
+    `attn * (c // heads) ** -0.5` with c the channel count would change meaning once c shrinks;
+    the same count in `reshape(b, n, c)` or `view(b, g, c // g, h, w)` is a shape and is rewritten.
+    """
+    freezes = []
+    for node in gm.graph.nodes:
+        is_query = node.target is operator.getitem or (node.op == "call_method" and node.target == "size")
+        if not is_query or not isinstance(value_meta(node), int):
+            continue
+        for tensor_name, dim in queried_dims(node, depth=1):
+            if ctx.declared.get(tensor_name) != dim:
+                continue
+            user = _used_as_value(node, rules, ctx.modules)
+            if user is not None:
+                slot = Slot(tensor_name, dim)
+                ctx.sizes.setdefault(slot, value_meta(node))  # a size query's value is that dim's size
+                freezes.append(Freeze(slot, f"its channel count is read by `{node.name}` and used as a value by "
+                                            f"{describe_node(user, ctx.modules)}"))
+    return freezes
+
+
+def _declare_constant(node: fx.Node, ctx: AnalysisContext) -> list[Coupling]:
+    """A parameter/buffer read with get_attr that is a vector (one dim > 1) carries channels on that dim."""
+    tensor = ctx.constant(node)
+    if tensor is None:
+        return []
+    dims = [d for d in range(tensor.ndim) if tensor.shape[d] > 1]
+    if len(dims) != 1:
+        return []
+    ctx.declared[node.name] = dims[0]
+    role = Role.PRODUCER if node.target in ctx.params else Role.BUFFER
+    return [Coupling(ctx.output_slot(node, dims[0]), ctx.param_slot(node.target, dims[0], role))]
+
+
+def rule_errors_raise(strict: bool) -> bool:
+    """Whether a failing rule raises (strict, or GRAPHPRUNE_RULE_ERRORS=raise) instead of freezing its channels."""
+    return strict or os.environ.get("GRAPHPRUNE_RULE_ERRORS") == "raise"
+
+
+def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool = False) -> DependencyGraph:
+    """Channel groups of `gm` (whose nodes carry values from `trace.record_values`). Does not modify `gm`."""
+    ctx = AnalysisContext(gm)
+    ctx.head_splits = attention_inputs(gm, rules, ctx.modules)
+    couplings, freezes, unsupported = [], [], []
+
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            couplings.extend(_declare_constant(node, ctx))
+            continue
+        if node.op == "placeholder":
+            continue
+        if node.op == "output":
+            for a in tree_leaves(node.args):
+                d = ctx.channel_dim(a) if isinstance(a, fx.Node) else None
+                if ctx.is_tensor(a) and isinstance(d, int):
+                    freezes.append(Freeze(ctx.input_slot(a, d), f"reaches model output through `{a.name}`"))
+            continue
+        rule = rules.for_node(node, ctx.modules)
+        problem = None
+        if rule is None:
+            problem = f"{describe_node(node, ctx.modules)} has no rule"
+        else:
+            try:
+                effect = rule.couple(node, ctx)
+            except Unsupported as exc:
+                problem = f"{describe_node(node, ctx.modules)} {exc}"
+            except Exception as exc:  # a bug in the rule: users get a freeze, developers the error
+                if rule_errors_raise(strict):
+                    raise RuleError(f"rule {type(rule).__name__} failed on {describe_node(node, ctx.modules)}: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+                problem = f"{describe_node(node, ctx.modules)}: rule {type(rule).__name__} failed ({type(exc).__name__}: {exc})"
+            else:
+                ctx.declared[node.name] = effect.out_dim
+                couplings.extend(effect.couplings)
+                freezes.extend(effect.freezes)
+        if problem is not None:
+            touches_tensors = ctx.is_tensor(node) or any(ctx.is_tensor(a) for a in node.all_input_nodes)
+            if touches_tensors:
+                unsupported.append(problem)
+                freezes.extend(freeze_inputs(node, ctx, problem))
+                ctx.producer_note[node.name] = f"produced by {problem}"
+    if strict and unsupported:
+        raise UnsupportedOpError(
+            "strict=True and the graph has ops graphprune cannot follow: " + "; ".join(unsupported)
+            + ". Fix: add a rule with default_rules().with_rule(...), or call with strict=False to freeze their channels."
+        )
+    freezes.extend(_channel_counts_as_values(gm, ctx, rules))
+    order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    return build_groups(ctx.sizes, couplings, freezes + ctx.freezes, order, ctx.declared)

@@ -1,0 +1,180 @@
+"""The options of a pruning run, as small plain-data objects that validate themselves.
+
+- how much: a `Budget` — `Ratio(0.5)` (share of channels removed per group, or of all
+  channels in global scope), `MaxParams(n)` / `MaxMacs(n)` (the least pruning whose
+  predicted count is at most n, found by bisection on the strategy's ratio), or any other
+  `CountBudget` (latency.LatencyBudget);
+- which: a `Strategy` — importance criterion, scope, the `min_keep` guard, per-module or
+  per-group ratio overrides;
+- how many per layer: a deployment `targets.Target` (channel steps), see targets.py;
+- with what data: `Calibration` — batches for data-driven criteria, a loss for Taylor, and
+  whether to re-estimate BatchNorm statistics after pruning.
+`prune_graph`'s keywords are sugar over these objects.
+"""
+from __future__ import annotations
+
+import enum
+import numbers
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+
+from .errors import InputError
+from .importance import Criterion, resolve
+from .planner import Planned, PrunePlan, plan_to_budget
+from .targets import Target, resolve_target
+from .trace import as_tuple
+
+if TYPE_CHECKING:
+    from .analysis import Analysis, PruneResult
+
+
+def check_ratio(ratio, what: str = "ratio") -> float:
+    """`ratio` as a float in [0, 1), or an InputError naming `what`."""
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0.0 <= float(ratio) < 1.0:
+        raise InputError(f"{what} must be a number in [0, 1), got {ratio!r}; e.g. {what}=0.5 removes half the channels")
+    return float(ratio)
+
+
+class Budget:
+    """How much to prune: turns a plan maker (ratio -> Planned) into one plan."""
+
+    def plan(self, make: Callable[[float], Planned], analysis: "Analysis") -> Planned:
+        raise NotImplementedError
+
+    @staticmethod
+    def from_keywords(ratio=None, target_params=None, target_macs=None) -> "Budget":
+        """The budget of prune_graph's keywords: exactly one of ratio, target_params, target_macs."""
+        given = [name for name, v in (("ratio", ratio), ("target_params", target_params), ("target_macs", target_macs))
+                 if v is not None]
+        if len(given) != 1:
+            raise InputError(f"give exactly one of ratio, target_params, target_macs (got {', '.join(given) or 'none'}); "
+                             "e.g. ratio=0.5")
+        if ratio is not None:
+            return Ratio(ratio)
+        return MaxParams(target_params) if target_params is not None else MaxMacs(target_macs)
+
+
+@dataclass(frozen=True)
+class Ratio(Budget):
+    value: float
+
+    def __post_init__(self):
+        object.__setattr__(self, "value", check_ratio(self.value))
+
+    def plan(self, make, analysis):
+        return make(self.value)
+
+
+@dataclass(frozen=True)
+class CountBudget(Budget):
+    """Prune until `count(analysis, plan)` is at most `goal`: the least pruning that gets there."""
+
+    goal: float
+    what = "count"
+
+    def __post_init__(self):
+        if isinstance(self.goal, bool) or not isinstance(self.goal, numbers.Real) or not self.goal > 0:
+            raise InputError(f"target {self.what} {self.goal!r} must be a positive number below the model's {self.what}")
+
+    def count(self, analysis: "Analysis", plan: PrunePlan) -> float:
+        raise NotImplementedError
+
+    def current(self, analysis: "Analysis") -> float:
+        raise NotImplementedError
+
+    def plan(self, make, analysis):
+        current = self.current(analysis)
+        if not self.goal < current:
+            raise InputError(f"target {self.what} {self.goal!r} must be a positive number below the model's "
+                             f"{current:,} {self.what}")
+        return plan_to_budget(make, lambda plan: self.count(analysis, plan), self.goal, self.what)
+
+
+@dataclass(frozen=True)
+class MaxParams(CountBudget):
+    what = "params"
+
+    def count(self, analysis, plan):
+        return analysis.predict(plan).params
+
+    def current(self, analysis):
+        return analysis.stats.params
+
+
+@dataclass(frozen=True)
+class MaxMacs(CountBudget):
+    what = "MACs"
+
+    def count(self, analysis, plan):
+        return analysis.predict(plan).macs
+
+    def current(self, analysis):
+        return analysis.stats.macs
+
+
+class Scope(enum.Enum):
+    LOCAL = "local"  # every prunable group loses the ratio
+    GLOBAL = "global"  # channels of all groups ranked together
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """Which channels go: `importance` (a built-in name, a Criterion or a callable(group, model) -> scores),
+    `scope` ("local" or "global"), the `min_keep` share every group keeps, and per-module or per-group
+    `ratios` overriding a local ratio."""
+
+    importance: str | Criterion | Callable = "l2"
+    scope: Scope | str = Scope.LOCAL
+    min_keep: float = 0.1
+    ratios: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.scope, Scope):
+            if self.scope not in [s.value for s in Scope]:
+                raise InputError(f"scope must be 'local' or 'global', got {self.scope!r}")
+            object.__setattr__(self, "scope", Scope(self.scope))
+        if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, numbers.Real) or not 0.0 <= self.min_keep < 1.0:
+            raise InputError(f"min_keep must be in [0, 1), got {self.min_keep!r}")
+        if self.scope is Scope.GLOBAL and self.ratios:
+            raise InputError("per-module `ratios` apply to scope='local' only")
+        object.__setattr__(self, "ratios", dict(self.ratios or {}))
+        object.__setattr__(self, "importance", resolve(self.importance))
+
+    @property
+    def criterion(self) -> Criterion:
+        return self.importance  # resolved in __post_init__
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Data for data-driven criteria: `batches` (model inputs first, then what `loss_fn(output, *rest)`
+    needs), and `recalibrate_bn` to re-estimate BatchNorm statistics on them after pruning."""
+
+    batches: Sequence[tuple] = ()
+    loss_fn: Callable | None = None
+    recalibrate_bn: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "batches", tuple(as_tuple(b) for b in self.batches))
+        if self.recalibrate_bn and not self.batches:
+            raise InputError("recalibrate_bn=True needs calibration=[batch, ...] to re-estimate BatchNorm statistics")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything but the budget: which channels, how many per layer, with what data, and what to keep."""
+
+    strategy: Strategy = field(default_factory=Strategy)
+    target: Target = field(default_factory=lambda: resolve_target("auto"))
+    calibration: Calibration = field(default_factory=Calibration)
+    ignore: tuple = ()
+
+    @classmethod
+    def from_keywords(cls, *, importance="l2", scope="local", min_keep=0.1, ratios=None, round_to=None, target="auto",
+                      calibration=(), loss_fn=None, recalibrate_bn=False, ignore=()) -> "Options":
+        """prune_graph's keywords (each validated by the object it builds)."""
+        return cls(Strategy(importance, scope, min_keep, ratios or {}), resolve_target(target, round_to),
+                   Calibration(calibration, loss_fn, recalibrate_bn), tuple(ignore))
+
+    def prune(self, analysis: "Analysis", budget: Budget) -> "PruneResult":
+        return analysis.with_ignored(self.ignore).prune(budget, self.strategy, self.target, self.calibration)

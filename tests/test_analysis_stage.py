@@ -1,0 +1,79 @@
+"""The analysis stage: one immutable Analysis shared by planning, rewriting, explain and sensitivity."""
+import copy
+
+import pytest
+import torch
+
+import graphprune
+from graphprune import trace as trace_mod
+from graphprune.errors import RuleError
+from graphprune.rules import default_rules
+from graphprune.rules.layers import ConvRule
+from op_models import ConvChain, Residual, example_input
+
+
+class TraceCounter:
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        original = trace_mod.LeafTracer.trace
+
+        def counted(tracer, *args, **kwargs):
+            self.calls += 1
+            return original(tracer, *args, **kwargs)
+        monkeypatch.setattr(trace_mod.LeafTracer, "trace", counted)
+
+
+def test_apply_never_mutates_the_analysis_and_plans_are_independent():
+    model = Residual().eval()
+    analysis = graphprune.analyse(model, example_input(Residual))
+    code, state = analysis.graph_module.code, copy.deepcopy(analysis.graph_module.state_dict())
+    half = analysis.prune(graphprune.Ratio(0.5), target="none")
+    quarter = analysis.prune(graphprune.Ratio(0.25), target="none")
+    assert analysis.graph_module.code == code
+    assert all(torch.equal(v, state[k]) for k, v in analysis.graph_module.state_dict().items())
+    assert half.report.params_after < quarter.report.params_after < analysis.stats.params
+    assert (analysis.predict(half.plan).params, analysis.predict(half.plan).macs) == (
+        half.report.params_after, half.report.macs_after)
+
+
+def test_sensitivity_and_explain_from_one_analysis_never_retrace(monkeypatch):
+    model = ConvChain().eval()
+    analysis = graphprune.analyse(model, example_input(ConvChain))
+    counter = TraceCounter(monkeypatch)
+    table = graphprune.sensitivity(analysis, None, lambda m: 1.0, ratios=(0.25, 0.5))
+    text = analysis.explain()
+    assert counter.calls == 0
+    assert len(table.rows) == 2 * len(analysis.dependencies.prunable) > 0
+    assert f"{len(analysis.dependencies.prunable)} prunable" in text
+
+
+def test_sensitivity_of_a_model_traces_once(monkeypatch):
+    counter = TraceCounter(monkeypatch)
+    graphprune.sensitivity(ConvChain().eval(), example_input(ConvChain), lambda m: 1.0, ratios=(0.25, 0.5, 0.75))
+    assert counter.calls == 1
+
+
+class BrokenConvRule(ConvRule):
+    def couple(self, node, ctx):
+        raise ValueError("boom")
+
+
+def test_a_failing_rule_raises_with_the_node_named_in_strict_mode_and_freezes_otherwise(monkeypatch):
+    model, x = ConvChain().eval(), example_input(ConvChain)
+    rules = default_rules().with_rule(torch.nn.Conv2d, BrokenConvRule())
+    with pytest.raises(RuleError, match=r"BrokenConvRule failed on `\w+` \(module `[\w.]+`: Conv2d\): ValueError: boom"):
+        graphprune.analyse(model, x, rules=rules, strict=True)
+    monkeypatch.delenv("GRAPHPRUNE_RULE_ERRORS")
+    analysis = graphprune.analyse(model, x, rules=rules)
+    assert analysis.dependencies.prunable == ()
+    assert any("BrokenConvRule failed (ValueError: boom)" in r for g in analysis.dependencies.frozen
+               for r in g.frozen_reasons)
+
+
+def test_options_validate_themselves():
+    with pytest.raises(graphprune.GraphPruneError, match="scope must be"):
+        graphprune.Strategy(scope="everywhere")
+    with pytest.raises(graphprune.GraphPruneError, match=r"ratio must be a number in \[0, 1\)"):
+        graphprune.Ratio(1.5)
+    with pytest.raises(graphprune.GraphPruneError, match="recalibrate_bn=True needs calibration"):
+        graphprune.Calibration(recalibrate_bn=True)
