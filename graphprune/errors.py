@@ -27,3 +27,11 @@ class ExportError(GraphPruneError):
 
 class BenchError(GraphPruneError):
     """A model given to the benchmark harness cannot be loaded or run."""
+
+
+class MissingRuntimeError(GraphPruneError):
+    """An optional runtime (ExecuTorch, OpenVINO) is not installed; the message names the extra to install."""
+
+
+class CalibrationError(InputError):
+    """Calibration batches for int8 quantisation are empty or do not match the model's inputs."""
