@@ -72,7 +72,7 @@ class ExecuTorchModel:
             out = self._method.execute([t.contiguous() for t in inputs])
         except Exception as exc:
             raise ExportError(f"ExecuTorch failed to run {self.path}: {first_line(exc)}") from exc
-        return [t.clone() for t in out]  # outputs may live in the method's planned memory
+        return list(out)
 
 
 def _exported(model: Any, inputs: tuple[torch.Tensor, ...], where: str) -> torch.export.ExportedProgram:
