@@ -235,7 +235,8 @@ def test_int8_too_far_from_fp32_raises_and_writes_nothing(small, int8_onnx, tmp_
 @pytest.mark.parametrize("calibration, match", [
     ([], "no calibration batches"),
     (torch.randn(1, 3, 32, 32), "one tensor; pass a list of batches"),
-    ([torch.randn(1, 3, 28, 28)], r"batch 0, input 0 is float32\[1, 3, 28, 28\] but the model's input 0 is float32\[1, 3, 32, 32\]"),
+    ([torch.randn(1, 3, 28, 28)],
+     r"batch 0, input 0 is float32\[1, 3, 28, 28\] but the model's input 0 is float32\[1, 3, 32, 32\]"),
     ([torch.randn(1, 3, 32, 32).double()], r"is float64\[1, 3, 32, 32\]"),
     ([(torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32))], "has 2 inputs, the model takes 1"),
     ([["not a tensor"]], "is a str; use a torch.Tensor or a numpy array"),
