@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow setup
+.PHONY: demo test test-slow test-edge setup
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,3 +24,8 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The edge runtimes (ExecuTorch, OpenVINO) are an optional extra: install it, then run the edge tests.
+test-edge: $(STAMP)
+	$(BIN)/pip install -q -e '.[edge]'
+	$(BIN)/python -m pytest -q -m edge

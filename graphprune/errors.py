@@ -34,3 +34,11 @@ class RuleError(RuntimeError):
 
     Raised only with strict=True or GRAPHPRUNE_RULE_ERRORS=raise; otherwise the node's channels freeze.
     """
+
+
+class MissingRuntimeError(GraphPruneError):
+    """An optional runtime (ExecuTorch, OpenVINO) is not installed; the message names the extra to install."""
+
+
+class CalibrationError(InputError):
+    """Calibration batches for int8 quantisation are empty or do not match the model's inputs."""

@@ -39,7 +39,9 @@ import torch
 
 from graphprune.errors import ExportError
 
-__all__ = ["ExportResult", "export_onnx", "save_torch_artifact"]
+__all__ = ["ExportResult", "export_onnx", "save_torch_artifact",
+           # helpers shared with graphprune.runtimes and graphprune.quantize
+           "as_input_tuple", "flatten_outputs", "eval_mode", "temp_path_for", "first_line", "compare_outputs"]
 
 MIN_OPSET = 17
 
@@ -60,10 +62,10 @@ class ExportResult:
     exporter: str = "torchscript"
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- helpers (shared)
 
 
-def _as_input_tuple(example_inputs: Any, where: str) -> tuple[torch.Tensor, ...]:
+def as_input_tuple(example_inputs: Any, where: str) -> tuple[torch.Tensor, ...]:
     """Accept one tensor or a tuple/list of tensors; anything else is an ExportError."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
@@ -77,14 +79,14 @@ def _as_input_tuple(example_inputs: Any, where: str) -> tuple[torch.Tensor, ...]
     )
 
 
-def _flatten_outputs(out: Any, where: str) -> list[torch.Tensor]:
+def flatten_outputs(out: Any, where: str) -> list[torch.Tensor]:
     """Flatten a tensor / nested tuple, list or dict of tensors in ONNX output order."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _flatten_outputs(o, where)]
+        return [t for o in out for t in flatten_outputs(o, where)]
     if isinstance(out, dict):
-        return [t for o in out.values() for t in _flatten_outputs(o, where)]
+        return [t for o in out.values() for t in flatten_outputs(o, where)]
     raise ExportError(
         f"{where}: the model returned a {type(out).__name__}; only tensors and (nested) "
         "tuples, lists or dicts of tensors can be exported. Return tensors from forward()."
@@ -92,7 +94,7 @@ def _flatten_outputs(out: Any, where: str) -> list[torch.Tensor]:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Put every submodule in eval mode; restore each one's own flag on exit."""
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -104,7 +106,7 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 @contextlib.contextmanager
-def _temp_path_for(path: str, suffix: str) -> Iterator[str]:
+def temp_path_for(path: str, suffix: str) -> Iterator[str]:
     """A temporary file name next to ``path``; removed on exit unless it was moved away."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -122,20 +124,21 @@ def _temp_path_for(path: str, suffix: str) -> Iterator[str]:
             os.remove(tmp)
 
 
-def _first_line(exc: BaseException, limit: int = 300) -> str:
+def first_line(exc: BaseException, limit: int = 300) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
     line = text[0] if text else type(exc).__name__
     return line if len(line) <= limit else line[:limit] + "..."
 
 
-def _compare(
+def compare_outputs(
     got: Sequence[np.ndarray], want: Sequence[torch.Tensor], names: Sequence[str],
-    atol: float, rtol: float, where: str,
+    atol: float, rtol: float, where: str, runtime: str = "ONNX Runtime",
 ) -> float:
-    """Max abs diff over all outputs; ExportError if any output is out of tolerance."""
+    """Max abs diff over all outputs; ExportError if any output has
+    ``max |got - want| > atol + rtol * max |want|``. ``runtime`` names the runtime in messages."""
     if len(got) != len(want):
         raise ExportError(
-            f"{where}: ONNX Runtime returned {len(got)} outputs, PyTorch {len(want)}; "
+            f"{where}: {runtime} returned {len(got)} outputs, PyTorch {len(want)}; "
             "the exported graph does not match the model (check forward() for Python side effects)"
         )
     worst = 0.0
@@ -143,7 +146,7 @@ def _compare(
         w_np = w.detach().cpu().numpy()
         if tuple(g.shape) != tuple(w_np.shape):
             raise ExportError(
-                f"{where}: output {name!r} has shape {tuple(g.shape)} in ONNX Runtime but "
+                f"{where}: output {name!r} has shape {tuple(g.shape)} in {runtime} but "
                 f"{tuple(w_np.shape)} in PyTorch; a shape was baked into the trace "
                 "(use dynamic_batch=True or avoid Python ints derived from tensor sizes)"
             )
@@ -158,7 +161,7 @@ def _compare(
         scale = float(np.nanmax(np.abs(w64))) if np.isfinite(w64).any() else 0.0
         if not max_diff <= atol + rtol * scale:
             raise ExportError(
-                f"{where}: ONNX Runtime output {name!r} differs from PyTorch: max abs diff "
+                f"{where}: {runtime} output {name!r} differs from PyTorch: max abs diff "
                 f"{max_diff:.3g} > atol {atol:g} + rtol {rtol:g} * max|ref| ({scale:.3g}). The exported graph "
                 "computes something else than the model (data-dependent control flow, Python "
                 "state, or an op exported with different numerics); fix the model or, if the "
@@ -175,7 +178,7 @@ def _ort_run(path: str, input_names: Sequence[str], inputs: Sequence[torch.Tenso
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception classes
         raise ExportError(
-            f"{where}: ONNX Runtime cannot load the exported model: {_first_line(exc)}. "
+            f"{where}: ONNX Runtime cannot load the exported model: {first_line(exc)}. "
             "An op was exported that ORT's CPU provider does not implement at this opset; "
             "try another opset"
         ) from exc
@@ -186,7 +189,7 @@ def _ort_run(path: str, input_names: Sequence[str], inputs: Sequence[torch.Tenso
         out = sess.run(None, feeds)
     except Exception as exc:
         raise ExportError(
-            f"{where}: ONNX Runtime failed to run the exported model: {_first_line(exc)}"
+            f"{where}: ONNX Runtime failed to run the exported model: {first_line(exc)}"
         ) from exc
     return out, [o.name for o in sess.get_outputs()]
 
@@ -261,18 +264,18 @@ def export_onnx(
         raise ExportError(f"{where}: opset {opset!r} is too old; use opset >= {MIN_OPSET}")
     if atol < 0 or rtol < 0:
         raise ExportError(f"{where}: atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
-    inputs = _as_input_tuple(example_inputs, where)
+    inputs = as_input_tuple(example_inputs, where)
     if dynamic_batch and any(t.dim() == 0 for t in inputs):
         raise ExportError(f"{where}: dynamic_batch=True needs every input to have a batch dim 0")
 
     import onnx
 
-    with _eval_mode(model):
+    with eval_mode(model):
         try:
             with torch.no_grad():
-                reference = _flatten_outputs(model(*inputs), where)
+                reference = flatten_outputs(model(*inputs), where)
                 reference_b1 = (
-                    _flatten_outputs(model(*_batch_plus_one(inputs)), where)
+                    flatten_outputs(model(*_batch_plus_one(inputs)), where)
                     if dynamic_batch else None
                 )
         except ExportError:
@@ -280,12 +283,12 @@ def export_onnx(
         except Exception as exc:
             raise ExportError(
                 f"{where}: the model raised on the example inputs: {type(exc).__name__}: "
-                f"{_first_line(exc)}; check the example input shapes and dtypes"
+                f"{first_line(exc)}; check the example input shapes and dtypes"
             ) from exc
         in_names = [f"input_{i}" for i in range(len(inputs))]
         out_names = [f"output_{i}" for i in range(len(reference))]
 
-        with _temp_path_for(path, ".onnx") as tmp:
+        with temp_path_for(path, ".onnx") as tmp:
             errors = []
             exporter = None
             for name, fn in (("torchscript", _export_torchscript), ("dynamo", _export_dynamo)):
@@ -294,7 +297,7 @@ def export_onnx(
                     exporter = name
                     break
                 except Exception as exc:
-                    errors.append(f"{name} exporter: {type(exc).__name__}: {_first_line(exc)}")
+                    errors.append(f"{name} exporter: {type(exc).__name__}: {first_line(exc)}")
             if exporter is None:
                 raise ExportError(
                     f"{where}: the model cannot be exported to ONNX opset {opset} "
@@ -306,15 +309,15 @@ def export_onnx(
                 onnx.checker.check_model(tmp, full_check=True)
             except Exception as exc:
                 raise ExportError(
-                    f"{where}: the exported file fails onnx.checker ({_first_line(exc)}); "
+                    f"{where}: the exported file fails onnx.checker ({first_line(exc)}); "
                     f"this is an exporter bug at opset {opset}, try another opset"
                 ) from exc
 
             got, names = _ort_run(tmp, in_names, inputs, where)
-            max_diff = _compare(got, reference, names, atol, rtol, where)
+            max_diff = compare_outputs(got, reference, names, atol, rtol, where)
             if reference_b1 is not None:
                 got, names = _ort_run(tmp, in_names, _batch_plus_one(inputs), where + " [batch+1]")
-                max_diff = max(max_diff, _compare(
+                max_diff = max(max_diff, compare_outputs(
                     got, reference_b1, names, atol, rtol, where + " [batch+1]"))
 
             proto = onnx.load(tmp, load_external_data=False)
@@ -346,28 +349,29 @@ def save_torch_artifact(
     where = f"save_torch_artifact({type(model).__name__} -> {path})"
     if not isinstance(model, torch.nn.Module):
         raise ExportError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}")
-    inputs = _as_input_tuple(example_inputs, where)
+    inputs = as_input_tuple(example_inputs, where)
 
     def check(reloaded: Any, fmt: str) -> None:
         with torch.no_grad():
-            got = _flatten_outputs(reloaded(*inputs), where)
-        _compare([g.detach().cpu().numpy() for g in got], reference,
-                 [f"output_{i}" for i in range(len(got))], 1e-5, 1e-4, f"{where} [{fmt}]")
+            got = flatten_outputs(reloaded(*inputs), where)
+        compare_outputs([g.detach().cpu().numpy() for g in got], reference,
+                        [f"output_{i}" for i in range(len(got))], 1e-5, 1e-4, f"{where} [{fmt}]",
+                        runtime=f"the reloaded {fmt} file")
 
-    with _eval_mode(model):
+    with eval_mode(model):
         try:
             with torch.no_grad():
-                reference = _flatten_outputs(model(*inputs), where)
+                reference = flatten_outputs(model(*inputs), where)
         except ExportError:
             raise
         except Exception as exc:
             raise ExportError(
                 f"{where}: the model raised on the example inputs: {type(exc).__name__}: "
-                f"{_first_line(exc)}; check the example input shapes and dtypes"
+                f"{first_line(exc)}; check the example input shapes and dtypes"
             ) from exc
 
         errors = []
-        with _temp_path_for(path, ".pt2") as tmp:
+        with temp_path_for(path, ".pt2") as tmp:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -377,8 +381,8 @@ def save_torch_artifact(
                 os.replace(tmp, path)
                 return "pt2"
             except Exception as exc:
-                errors.append(f"torch.export: {type(exc).__name__}: {_first_line(exc)}")
-        with _temp_path_for(path, ".pt") as tmp:
+                errors.append(f"torch.export: {type(exc).__name__}: {first_line(exc)}")
+        with temp_path_for(path, ".pt") as tmp:
             try:
                 with warnings.catch_warnings(), torch.no_grad():
                     warnings.simplefilter("ignore")
@@ -387,7 +391,7 @@ def save_torch_artifact(
                 os.replace(tmp, path)
                 return "torchscript"
             except Exception as exc:
-                errors.append(f"torch.jit.trace: {type(exc).__name__}: {_first_line(exc)}")
+                errors.append(f"torch.jit.trace: {type(exc).__name__}: {first_line(exc)}")
     raise ExportError(
         f"{where}: the model cannot be saved as a standalone artifact ({'; '.join(errors)}). "
         "Make forward() traceable (no data-dependent Python control flow or side effects)"
