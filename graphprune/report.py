@@ -29,6 +29,7 @@ from typing import Mapping
 from .groups import DependencyGraph, Role, Slot
 from .planner import PrunePlan
 from .rules.attention import PrunedMultiheadAttention
+from .rules.recurrent import PrunedRecurrent, recurrent_mac_terms, recurrent_macs
 from .trace import TensorMeta, value_meta
 
 _CONVS = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d,
@@ -54,6 +55,8 @@ def node_macs(node: fx.Node, modules) -> int:
             return _numel(out) * m.in_features
         if isinstance(m, (nn.MultiheadAttention, PrunedMultiheadAttention)):
             return _attention_macs(node, m)
+        if isinstance(m, (nn.LSTM, nn.GRU, PrunedRecurrent)) and isinstance(value_meta(node.args[0]), TensorMeta):
+            return recurrent_macs(m, value_meta(node.args[0]).shape, m.batch_first)
         return 0
     target = node.target if node.op == "call_function" else getattr(torch.Tensor, node.target, None) if node.op == "call_method" else None
     if target in _MATMULS:
@@ -201,6 +204,9 @@ def mac_terms(gm: fx.GraphModule, channel_dims: Mapping[str, object]) -> tuple[M
             e_o = m.out_proj.weight.shape[0]
             terms += [MacTerm(n * (lq + 2 * lk) * w_in * w_out, (e_in, inner)), MacTerm(n * 2 * lq * lk * w_out, (inner,)),
                       MacTerm(n * lq * w_out * e_o, (inner, e_out))]
+            continue
+        elif isinstance(m, (nn.LSTM, nn.GRU, PrunedRecurrent)):
+            terms += [MacTerm(n, f) for n, f in recurrent_mac_terms(node, m, value_meta(node.args[0]).shape)]
             continue
         else:
             factors = _matmul_factors(node, channel_dims)

@@ -18,6 +18,7 @@ from .elementwise import BinaryRule, ElementwiseRule, PadRule, ReduceRule, Shape
 from .layers import (BatchNormRule, ConvRule, ConvTransposeRule, FunctionalLayerNormRule, GroupNormRule, LayerNormRule,
                      LinearRule)
 from .movement import GetItemRule, MovementRule, ReshapeRule, SplitRule, SqueezeRule
+from .recurrent import PrunedGRU, PrunedLSTM, RecurrentRule
 
 __all__ = ["AnalysisContext", "Rule", "RuleTable", "ShrinkContext", "default_rules"]
 
@@ -86,6 +87,7 @@ def default_rules() -> RuleTable:
     add(_SQUEEZE, SqueezeRule())
     add((operator.getitem,), GetItemRule())
     add((nn.MultiheadAttention, PrunedMultiheadAttention), MultiheadAttentionRule())
+    add((nn.LSTM, nn.GRU, PrunedLSTM, PrunedGRU), RecurrentRule())
     add((operator.matmul, torch.matmul, T.matmul, torch.bmm, T.bmm), MatMulRule())
     add((F.scaled_dot_product_attention,), ScaledDotProductAttentionRule())
     add(_SHAPE_QUERIES, ShapeQueryRule())
