@@ -22,12 +22,12 @@ FEATURES, TIME, BATCH = 8, 10, 2
 class Speech(nn.Module):
     """Conv1d front end over (batch, features, time) -> 2-layer LSTM/GRU -> Linear on the last step or all steps."""
 
-    def __init__(self, cell=nn.LSTM, batch_first=True, all_steps=False):
+    def __init__(self, cell=nn.LSTM, batch_first=True, all_steps=False, bidirectional=False):
         super().__init__()
         self.batch_first, self.all_steps = batch_first, all_steps
         self.conv = nn.Conv1d(FEATURES, 16, 3, padding=1)
-        self.rnn = cell(16, 12, num_layers=2, batch_first=batch_first)
-        self.head = nn.Linear(12, 5)
+        self.rnn = cell(16, 12, num_layers=2, batch_first=batch_first, bidirectional=bidirectional)
+        self.head = nn.Linear(12 * (1 + bidirectional), 5)
 
     def forward(self, x):
         h = torch.relu(self.conv(x))
@@ -81,19 +81,24 @@ class GivenState(nn.Module):
         return self.head(out)
 
 
-class Unsupported(nn.Module):
-    def __init__(self, **lstm_kwargs):
+class Projected(nn.Module):
+    """An LSTM with proj_size: not supported, so frozen."""
+
+    def __init__(self):
         super().__init__()
         self.conv = nn.Conv1d(FEATURES, 16, 3, padding=1)
-        self.rnn = nn.LSTM(16, 12, batch_first=True, **lstm_kwargs)
-        self.head = nn.Linear(self.rnn.proj_size or 12 * (1 + self.rnn.bidirectional), 5)
+        self.rnn = nn.LSTM(16, 12, batch_first=True, proj_size=6)
+        self.head = nn.Linear(6, 5)
 
     def forward(self, x):
         out, _ = self.rnn(self.conv(x).transpose(1, 2))
         return self.head(out)
 
 
-SPEECH = [(nn.LSTM, True, False), (nn.GRU, True, True), (nn.LSTM, False, True), (nn.GRU, False, False)]
+SPEECH = [(nn.LSTM, True, False, False), (nn.GRU, True, True, False), (nn.LSTM, False, True, False),
+          (nn.GRU, False, False, False), (nn.LSTM, True, True, True), (nn.GRU, False, False, True)]
+_IDS = ["lstm-batch_first-last", "gru-batch_first-all", "lstm-seq_first-all", "gru-seq_first-last",
+        "bidirectional-lstm", "bidirectional-gru"]
 
 
 def _x():
@@ -120,10 +125,10 @@ def _check_exact_and_measured(model, inputs, result):
         assert result.model(*inputs).shape == model(*inputs).shape
 
 
-@pytest.mark.parametrize("cell,batch_first,all_steps", SPEECH, ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize("cell,batch_first,all_steps,bidirectional", SPEECH, ids=_IDS)
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
-def test_hidden_units_are_removed_exactly(cell, batch_first, all_steps, ratio):
-    model = Speech(cell, batch_first, all_steps).eval()
+def test_hidden_units_are_removed_exactly(cell, batch_first, all_steps, bidirectional, ratio):
+    model = Speech(cell, batch_first, all_steps, bidirectional).eval()
     x = _x()
     result = graphprune.prune_graph(model, x, ratio=ratio, importance=RandomScores(int(ratio * 10)), target="none")
     kept = 12 - int(round(12 * ratio))
@@ -133,14 +138,15 @@ def test_hidden_units_are_removed_exactly(cell, batch_first, all_steps, ratio):
     _check_exact_and_measured(model, (x,), result)
 
 
-@pytest.mark.parametrize("cell,batch_first,all_steps", SPEECH, ids=lambda v: getattr(v, "__name__", str(v)))
-def test_layers_of_different_widths_become_a_stack(cell, batch_first, all_steps):
-    model = Speech(cell, batch_first, all_steps).eval()
+@pytest.mark.parametrize("cell,batch_first,all_steps,bidirectional", SPEECH, ids=_IDS)
+def test_layers_of_different_widths_become_a_stack(cell, batch_first, all_steps, bidirectional):
+    model = Speech(cell, batch_first, all_steps, bidirectional).eval()
     x = _x()
     layer0 = graphprune.prune_graph(model, x, ratio=0.5).graph.group_of(Slot("rnn.weight_hh_l0", 1, Role.CONSUMER))
     result = graphprune.prune_graph(model, x, ratio=0.25, ratios={layer0.id: 0.5}, importance=RandomScores(3),
                                     target="none")
     assert isinstance(result.model.rnn, PrunedLSTM if cell is nn.LSTM else PrunedGRU)
+    assert all(layer.bidirectional == bidirectional for layer in result.model.rnn.layers)
     assert [_units(result.model, l) for l in (0, 1)] == [6, 9]
     _check_exact_and_measured(model, (x,), result)
     again = graphprune.prune_graph(result.model, x, ratio=0.3, importance=RandomScores(4), target="none")
@@ -177,10 +183,8 @@ def test_initial_state_from_a_model_input_freezes_the_units():
         torch.testing.assert_close(result.model(*inputs), model(*inputs), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("kwargs,words", [({"bidirectional": True}, "is bidirectional"),
-                                          ({"proj_size": 6}, "has proj_size=6")])
-def test_unsupported_layers_freeze_with_the_reason_in_the_report(kwargs, words):
-    model, x = Unsupported(**kwargs).eval(), _x()
+def test_projected_lstm_freezes_with_the_reason_in_the_report():
+    model, x, words = Projected().eval(), _x(), "has proj_size=6"
     result = graphprune.prune_graph(model, x, ratio=0.5, target="none")
     reasons = {gr.id: gr.frozen_reasons for gr in result.report.frozen_groups}
     into = result.graph.group_of(Slot("conv.weight", 0, Role.PRODUCER)).id  # the LSTM's input channels
@@ -196,10 +200,11 @@ def _ort(path, *inputs):
     return sess.run(None, {i.name: t.numpy() for i, t in zip(sess.get_inputs(), inputs)})
 
 
-@pytest.mark.parametrize("cell,batch_first,all_steps,widths", [(nn.LSTM, False, True, "equal"), (nn.GRU, True, False, "equal"),
-                                                               (nn.LSTM, True, False, "different")])
-def test_onnx_export_matches_in_onnx_runtime(tmp_path, cell, batch_first, all_steps, widths):
-    model, x = Speech(cell, batch_first, all_steps).eval(), _x()
+@pytest.mark.parametrize("cell,batch_first,all_steps,bidirectional,widths", [
+    (nn.LSTM, False, True, False, "equal"), (nn.GRU, True, False, False, "equal"),
+    (nn.LSTM, True, False, False, "different"), (nn.GRU, True, True, True, "different")])
+def test_onnx_export_matches_in_onnx_runtime(tmp_path, cell, batch_first, all_steps, bidirectional, widths):
+    model, x = Speech(cell, batch_first, all_steps, bidirectional).eval(), _x()
     ratios = {}
     if widths == "different":
         layer0 = graphprune.prune_graph(model, x, ratio=0.5).graph.group_of(Slot("rnn.weight_hh_l0", 1, Role.CONSUMER))
@@ -232,16 +237,21 @@ def test_macs_against_hand_computed_values():
     assert _macs(gru, torch.randn(4, 3, 5)) == 4 * 3 * (3 * 6 * (5 + 6))
     # unbatched (seq 9, I 5)
     assert _macs(gru, torch.randn(9, 5)) == 9 * (3 * 6 * (5 + 6))
+    # bidirectional, 2 layers: each direction of layer 1 reads both directions of layer 0 (I = 2*7)
+    bi = nn.Sequential(nn.LSTM(5, 7, num_layers=2, bidirectional=True))
+    assert _macs(bi, torch.randn(4, 3, 5)) == 4 * 3 * 2 * (4 * 7 * (5 + 7) + 4 * 7 * (2 * 7 + 7))
 
 
-def test_macs_after_pruning_follow_the_kept_widths():
-    model, x = Speech(nn.LSTM, True, False).eval(), _x()
+@pytest.mark.parametrize("directions", [1, 2])
+def test_macs_after_pruning_follow_the_kept_widths(directions):
+    model, x = Speech(nn.LSTM, True, False, directions == 2).eval(), _x()
     layer0 = graphprune.prune_graph(model, x, ratio=0.5).graph.group_of(Slot("rnn.weight_hh_l0", 1, Role.CONSUMER))
     result = graphprune.prune_graph(model, x, ratio=0.25, ratios={layer0.id: 0.5}, target="none")
     c, h0, h1 = result.model.conv.out_channels, _units(result.model, 0), _units(result.model, 1)
     assert (c, h0, h1) == (12, 6, 9)
     steps = BATCH * TIME
-    expected = steps * c * FEATURES * 3 + steps * (4 * h0 * (c + h0) + 4 * h1 * (h0 + h1)) + BATCH * 5 * h1
+    d = directions
+    expected = steps * c * FEATURES * 3 + steps * d * (4 * h0 * (c + h0) + 4 * h1 * (d * h0 + h1)) + BATCH * 5 * d * h1
     assert result.report.macs_after == expected
     gm = trace(model, default_rules().has_module_rule)
     record_values(gm, (x,))

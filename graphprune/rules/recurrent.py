@@ -1,22 +1,26 @@
-"""Recurrent layers: nn.LSTM and nn.GRU (one or more layers, batch_first or not, unidirectional).
+"""Recurrent layers: nn.LSTM and nn.GRU (one or more layers, batch_first or not, uni- or bidirectional).
 
 Layer l has G gates (LSTM 4: i, f, g, o; GRU 3: r, z, n), hidden size H and input size I.
 Its weights are weight_ih_l{l} (G*H, I), weight_hh_l{l} (G*H, H), bias_ih_l{l} and
 bias_hh_l{l} (G*H). Hidden unit j of layer l is:
-  - rows j, H+j, ..., (G-1)*H+j of all four (producer: it writes the unit's gates);
-  - column j of weight_hh_l{l} (consumer: the unit's state read back at the next step);
-  - column j of weight_ih_l{l+1} (consumer: the next layer's input), or, for the last
-    layer, the last dim of output[0], (seq, batch, H) or (batch, seq, H).
+    - rows j, H+j, ..., (G-1)*H+j of all four (producer: it writes the unit's gates);
+    - column j of weight_hh_l{l} (consumer: the unit's state read back at the next step);
+    - column j of weight_ih_l{l+1} (consumer: the next layer's input), or, for the last
+      layer, the last dim of output[0], (seq, batch, H) or (batch, seq, H).
 So each layer's hidden units are one channel group. Zeroing a dropped unit's two consumer
 columns (and the columns of whatever reads output[0]) hides it from everything, and no kept
 unit reads a dropped unit's gate rows, so removing it is exact.
+A bidirectional layer has the same parameters again with the suffix `_reverse`; its output
+is (forward units, reverse units), so unit j is positions j and H+j of output[0] and of the
+next layer's weight_ih columns. Forward unit j and reverse unit j are one channel (the
+module has one width for both directions).
 The input features are the columns of weight_ih_l0 (consumer), tied to the producer of the input.
 
 Final and initial states: h_n/c_n (output[1]) and h0/c0 (the `hx` argument) are one
 (num_layers, batch, H) tensor for all layers, so their last dim ties unit j of *every*
 layer together: a model that reads h_n or passes h0 prunes the same units in all layers
 (exact, only coarser). A state tuple used whole (not through indexing) freezes the layer.
-Bidirectional layers and proj_size > 0 are frozen, with the reason recorded.
+proj_size > 0 is frozen, with the reason recorded.
 
 Per-layer widths: nn.LSTM/nn.GRU have one hidden_size for all layers, but each layer's units
 are their own group, so a plan may keep different counts. When every layer keeps the same
@@ -46,8 +50,9 @@ class PrunedRecurrent(nn.Module):
     """A stack of single-layer recurrent modules, each with its own hidden size.
 
     Same call as the stacked module: `forward(input, hx=None) -> (output, state)`, with the
-    inter-layer dropout of torch's stacked RNN. `state` (and `hx`) hold one entry per layer:
-    a tuple of per-layer h (GRU), or a pair of such tuples (h, c) (LSTM), since the widths differ.
+    inter-layer dropout of torch's stacked RNN. Since the widths differ, `state` (and `hx`)
+    hold one entry per layer, that layer's own (directions, batch, H_l) state: a tuple of h
+    (GRU), or a pair of such tuples (h, c) (LSTM).
     """
 
     cell: type[nn.RNNBase]
@@ -56,7 +61,7 @@ class PrunedRecurrent(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.batch_first, self.dropout = batch_first, dropout
-        self.bidirectional, self.proj_size = False, 0  # as the stacked module, for its rule
+        self.bidirectional, self.proj_size = layers[0].bidirectional, 0  # as the stacked module, for its rule
 
     @property
     def num_layers(self) -> int:
@@ -83,20 +88,20 @@ class PrunedLSTM(PrunedRecurrent):
 
     def _layer_state(self, hx, l):
         h, c = hx
-        return h[l].unsqueeze(0), c[l].unsqueeze(0)
+        return h[l], c[l]
 
     def _stack_states(self, finals):
-        return tuple(h.squeeze(0) for h, _ in finals), tuple(c.squeeze(0) for _, c in finals)
+        return tuple(h for h, _ in finals), tuple(c for _, c in finals)
 
 
 class PrunedGRU(PrunedRecurrent):
     cell = nn.GRU
 
     def _layer_state(self, hx, l):
-        return hx[l].unsqueeze(0)
+        return hx[l]
 
     def _stack_states(self, finals):
-        return tuple(h.squeeze(0) for h in finals)
+        return tuple(finals)
 
 
 def gates(m: nn.Module) -> int:
@@ -105,22 +110,27 @@ def gates(m: nn.Module) -> int:
     return 4 if issubclass(cell, nn.LSTM) else 3
 
 
-def param_name(m: nn.Module, l: int, kind: str) -> str:
+def directions(m: nn.Module) -> tuple[str, ...]:
+    """Parameter-name suffixes of the directions: ("",) or ("", "_reverse")."""
+    return ("", "_reverse") if m.bidirectional else ("",)
+
+
+def param_name(m: nn.Module, l: int, kind: str, direction: str = "") -> str:
     """Name (relative to `m`) of layer l's `kind` parameter ("weight_ih", "weight_hh", "bias_ih", "bias_hh")."""
-    return f"layers.{l}.{kind}_l0" if isinstance(m, PrunedRecurrent) else f"{kind}_l{l}"
+    return f"layers.{l}.{kind}_l0{direction}" if isinstance(m, PrunedRecurrent) else f"{kind}_l{l}{direction}"
 
 
 def _param(m: nn.Module, l: int, kind: str) -> torch.Tensor | None:
     return m.get_parameter(param_name(m, l, kind)) if _has_param(m, l, kind) else None
 
 
-def _has_param(m: nn.Module, l: int, kind: str) -> bool:
-    owner, _, attr = param_name(m, l, kind).rpartition(".")
+def _has_param(m: nn.Module, l: int, kind: str, direction: str = "") -> bool:
+    owner, _, attr = param_name(m, l, kind, direction).rpartition(".")
     return getattr(m.get_submodule(owner) if owner else m, attr, None) is not None
 
 
 def layer_sizes(m: nn.Module) -> list[tuple[int, int]]:
-    """(input size I_l, hidden size H_l) of every layer of a unidirectional module without projection.
+    """(input size I_l, hidden size H_l) of every layer of a module without projection.
 
     Read from the weights, so it gives the kept widths once they are sliced.
     """
@@ -147,9 +157,9 @@ def recurrent_macs(module: nn.Module, input_shape: tuple[int, ...], batch_first:
 
 
 def recurrent_mac_terms(node: fx.Node, module: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[int, tuple[Slot, ...]]]:
-    """(MACs, slots they scale with) per layer: G*H*I with (units, inputs), G*H*H with (units, units).
+    """(MACs, slots they scale with) per layer and direction: G*H*I with (units, inputs), G*H*H with (units, units).
 
-    Bidirectional and projected layers (never pruned) are one term that does not scale.
+    Projected layers (never pruned) are one term that does not scale.
     """
     steps = _steps(input_shape, module.batch_first)
     if not _supported(module):
@@ -157,13 +167,14 @@ def recurrent_mac_terms(node: fx.Node, module: nn.Module, input_shape: tuple[int
     g, terms = gates(module), []
     for l, (i, h) in enumerate(layer_sizes(module)):
         units = Slot(f"{node.target}.{param_name(module, l, 'weight_hh')}", 1, Role.CONSUMER)
-        inputs = Slot(f"{node.target}.{param_name(module, l, 'weight_ih')}", 1, Role.CONSUMER)
-        terms += [(steps * g * h * i, (units, inputs)), (steps * g * h * h, (units, units))]
+        for d in directions(module):
+            inputs = Slot(f"{node.target}.{param_name(module, l, 'weight_ih', d)}", 1, Role.CONSUMER)
+            terms += [(steps * g * h * i, (units, inputs)), (steps * g * h * h, (units, units))]
     return terms
 
 
 def _supported(m: nn.Module) -> bool:
-    return not m.bidirectional and not m.proj_size
+    return not m.proj_size
 
 
 def _call(node: fx.Node) -> tuple[fx.Node, object]:
@@ -189,11 +200,13 @@ class RecurrentRule(Rule):
             return self._frozen(node, ctx, f"{describe_node(node, ctx.modules)} {problem}")
         units = self._layer_couplings(node, m, ctx)
         couplings = [c for layer in units for c in layer[1]]
-        first = ctx.param_slot(self._qualname(node, m, 0, "weight_ih"), 1, Role.CONSUMER)
-        couplings.append(Coupling(ctx.input_slot(x, len(ctx.shape(x)) - 1), first))
-        last = units[-1][0]
+        x_slot = ctx.input_slot(x, len(ctx.shape(x)) - 1)
+        couplings += [Coupling(x_slot, ctx.param_slot(self._qualname(node, m, 0, "weight_ih", d), 1, Role.CONSUMER))
+                      for d in directions(m)]
+        last, width = units[-1][0], layer_sizes(m)[-1][1]
         for u in _getitem_users(node, 0):
-            couplings.append(Coupling(last, ctx.output_slot(u, len(ctx.shape(u)) - 1)))
+            out = ctx.output_slot(u, len(ctx.shape(u)) - 1)
+            couplings.append(Coupling(last, out, *_spread(width, len(directions(m)))))
         hx_tensors = () if hx is None else (hx if isinstance(hx, (tuple, list)) else (hx,))
         state_slots = [ctx.output_slot(s, len(ctx.shape(s)) - 1) for s in states if s.users]
         state_slots += [ctx.input_slot(t, len(ctx.shape(t)) - 1) for t in hx_tensors]
@@ -203,21 +216,26 @@ class RecurrentRule(Rule):
 
     # -- analysis helpers -----------------------------------------------------------------
     @staticmethod
-    def _qualname(node: fx.Node, m: nn.Module, l: int, kind: str) -> str:
-        return f"{node.target}.{param_name(m, l, kind)}"
+    def _qualname(node: fx.Node, m: nn.Module, l: int, kind: str, direction: str = "") -> str:
+        return f"{node.target}.{param_name(m, l, kind, direction)}"
 
     def _layer_couplings(self, node, m, ctx) -> list[tuple[Slot, list[Coupling]]]:
-        """Per layer: the slot of its hidden units (weight_hh columns) and the couplings of its parameters."""
-        g, out = gates(m), []
+        """Per layer: the slot of its hidden units (forward weight_hh columns) and the couplings of its parameters."""
+        g, dirs, out = gates(m), directions(m), []
         for l, (_, h) in enumerate(layer_sizes(m)):
             units = ctx.param_slot(self._qualname(node, m, l, "weight_hh"), 1, Role.CONSUMER)
             rows, unit_of_row = np.arange(g * h), np.tile(np.arange(h), g)
-            couplings = [Coupling(units, ctx.param_slot(self._qualname(node, m, l, kind), 0, Role.PRODUCER),
-                                  unit_of_row, rows)
-                         for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if _has_param(m, l, kind)]
-            if l + 1 < m.num_layers:
-                couplings.append(Coupling(units, ctx.param_slot(self._qualname(node, m, l + 1, "weight_ih"), 1,
-                                                                Role.CONSUMER)))
+            couplings = []
+            for d in dirs:
+                if d:  # reverse unit j is forward unit j
+                    couplings.append(Coupling(units, ctx.param_slot(self._qualname(node, m, l, "weight_hh", d), 1,
+                                                                    Role.CONSUMER)))
+                couplings += [Coupling(units, ctx.param_slot(self._qualname(node, m, l, kind, d), 0, Role.PRODUCER),
+                                       unit_of_row, rows)
+                              for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if _has_param(m, l, kind, d)]
+                if l + 1 < m.num_layers:
+                    following = ctx.param_slot(self._qualname(node, m, l + 1, "weight_ih", d), 1, Role.CONSUMER)
+                    couplings.append(Coupling(units, following, *_spread(h, len(dirs))))
             out.append((units, couplings))
         return out
 
@@ -232,8 +250,6 @@ class RecurrentRule(Rule):
     @staticmethod
     def _problem(node, m, ctx, x, hx, states) -> str | None:
         """Why this call cannot be pruned, or None."""
-        if m.bidirectional:
-            return "is bidirectional (not supported: its output concatenates both directions)"
         if m.proj_size:
             return f"has proj_size={m.proj_size} (not supported: the state is projected)"
         if not ctx.is_tensor(x):
@@ -251,23 +267,23 @@ class RecurrentRule(Rule):
         return None
 
     def _frozen(self, node, ctx, reason: str) -> Effect:
-        """Freeze the input's channels and those of output[0], so every group this layer touches says why."""
+        """Freeze the channels of the inputs, output[0] and the states, so every group this layer touches says why."""
         freezes = list(freeze_inputs(node, ctx, reason))
-        for u in _getitem_users(node, 0):
-            if ctx.is_tensor(u):
+        for u in _getitem_users(node, 0) + self._state_tensors(node, ctx.module(node)):
+            if ctx.is_tensor(u) and u.users:
                 freezes.append(ctx.freeze(ctx.output_slot(u, len(ctx.shape(u)) - 1), reason))
         ctx.producer_note[node.name] = reason
-        return Effect(self._out_dims(node, ctx.module(node), ctx, states=False), freezes=tuple(freezes))
+        return Effect(self._out_dims(node, ctx.module(node), ctx), freezes=tuple(freezes))
 
     @staticmethod
-    def _out_dims(node, m, ctx, states: bool = True):
-        """Channel dims of (output, state): the last dim of each, for the tensors it returns."""
+    def _out_dims(node, m, ctx):
+        """Channel dims of (output, state): the last dim of each tensor it returns (a pruned stack's states are tuples)."""
         out = next((len(ctx.shape(u)) - 1 for u in _getitem_users(node, 0) if ctx.is_tensor(u)), None)
-        state = None
-        if states:
-            rank = len(ctx.shape(_call(node)[0]))  # h_n has rank of the input: (L, batch, H) or (L, H)
-            state = (rank - 1, rank - 1) if gates(m) == 4 else rank - 1
-        return out, state
+        x = _call(node)[0]
+        if isinstance(m, PrunedRecurrent) or not ctx.is_tensor(x):
+            return out, None
+        rank = len(ctx.shape(x))  # h_n has the rank of the input: (L * directions, batch, H) or (L * directions, H)
+        return out, ((rank - 1, rank - 1) if gates(m) == 4 else rank - 1)
 
     # -- rewrite ---------------------------------------------------------------------------
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
@@ -286,6 +302,11 @@ class RecurrentRule(Rule):
         setattr(ctx.gm.get_submodule(parent_name) if parent_name else ctx.gm, attr, _split_layers(m, sizes))
 
 
+def _spread(h: int, n_directions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index maps (unit, position) of a (directions * H) dim: position k is unit k % H."""
+    return np.tile(np.arange(h), n_directions), np.arange(n_directions * h)
+
+
 def _set_sizes(m: nn.RNNBase, input_size: int, hidden_size: int) -> None:
     """Record the sliced widths and rebuild the flat weight list the forward reads."""
     m.input_size, m.hidden_size = input_size, hidden_size
@@ -297,10 +318,12 @@ def _split_layers(m: nn.RNNBase, sizes: list[tuple[int, int]]) -> PrunedRecurren
     w, cls = m.weight_ih_l0, PrunedLSTM if isinstance(m, nn.LSTM) else PrunedGRU
     layers = []
     for l, (i, h) in enumerate(sizes):
-        layer = cls.cell(i, h, num_layers=1, bias=m.bias, batch_first=m.batch_first, device=w.device, dtype=w.dtype)
+        layer = cls.cell(i, h, num_layers=1, bias=m.bias, batch_first=m.batch_first, bidirectional=m.bidirectional,
+                         device=w.device, dtype=w.dtype)
         for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            if _has_param(m, l, kind):
-                setattr(layer, f"{kind}_l0", getattr(m, f"{kind}_l{l}"))
+            for d in directions(m):
+                if _has_param(m, l, kind, d):
+                    setattr(layer, f"{kind}_l0{d}", getattr(m, f"{kind}_l{l}{d}"))
         layer._init_flat_weights()
         layers.append(layer)
     pruned = cls(layers, m.batch_first, m.dropout)
