@@ -18,6 +18,7 @@ from .elementwise import BinaryRule, ElementwiseRule, PadRule, ReduceRule, Shape
 from .layers import (FUNCTIONAL_WEIGHTED, BatchNormRule, ConvRule, ConvTransposeRule, FunctionalLayerNormRule,
                      FunctionalWeightedRule, GroupNormRule, LayerNormRule, LinearRule)
 from .movement import GetItemRule, MovementRule, ReshapeRule, SplitRule, SqueezeRule
+from .recurrent import PrunedGRU, PrunedLSTM, RecurrentRule
 
 __all__ = ["AnalysisContext", "GraphView", "LayerKind", "MacTerm", "Rule", "RuleTable", "ShrinkContext", "WeightedLayer",
            "default_rules"]
@@ -87,6 +88,7 @@ def default_rules() -> RuleTable:
     add(_SQUEEZE, SqueezeRule())
     add((operator.getitem,), GetItemRule())
     add((nn.MultiheadAttention, PrunedMultiheadAttention), MultiheadAttentionRule())
+    add((nn.LSTM, nn.GRU, PrunedLSTM, PrunedGRU), RecurrentRule())
     add((operator.matmul, torch.matmul, T.matmul, torch.bmm, T.bmm, torch.mm, T.mm), MatMulRule())
     add(FUNCTIONAL_WEIGHTED, FunctionalWeightedRule())
     add((F.scaled_dot_product_attention,), ScaledDotProductAttentionRule())
