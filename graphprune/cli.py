@@ -78,15 +78,13 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split()) or type(exc).__name__
 
 
-def _raised_in_toolchain(exc: BaseException) -> bool:
-    """True when the innermost Python frame of the traceback belongs to torch, onnx or onnxruntime."""
+def toolchain_package(exc: BaseException) -> str | None:
+    """"torch", "onnx", ... when the innermost Python frame of the traceback belongs to one of TOOLCHAIN."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    if tb is None:
-        return False
-    module = tb.tb_frame.f_globals.get("__name__", "")
-    return module.split(".")[0] in TOOLCHAIN
+    package = tb.tb_frame.f_globals.get("__name__", "").split(".")[0] if tb is not None else ""
+    return package if package in TOOLCHAIN else None
 
 
 @contextlib.contextmanager
@@ -97,10 +95,10 @@ def toolchain_errors(error: type[GraphPruneError], step: str, fix: str) -> Itera
     except GraphPruneError:
         raise
     except Exception as exc:
-        if not _raised_in_toolchain(exc):
+        package = toolchain_package(exc)
+        if package is None:
             raise
-        raise error(f"{step} failed inside {type(exc).__module__.split('.')[0]}: {type(exc).__name__}: "
-                    f"{one_line(exc)}; {fix}") from exc
+        raise error(f"{step} failed inside {package}: {type(exc).__name__}: {one_line(exc)}; {fix}") from exc
 
 
 class Progress:
@@ -414,14 +412,14 @@ def _onnx_inputs(path: str) -> dict[str, list] | None:
 
 
 def check_input_shapes(paths: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> None:
-    """Every dynamic dim (beyond a batch dim 0) needs --input-shape; given shapes must fit each input."""
-    names = set()
-    for path in paths.values():
-        inputs = _onnx_inputs(path)
-        if inputs is None:
-            continue
-        names |= set(inputs)
-        for name, dims in inputs.items():
+    """Given shapes must name an input and fit it; every dynamic dim (beyond a batch dim 0) needs one."""
+    signatures = {path: _onnx_inputs(path) for path in paths.values()}
+    names = {name for inputs in signatures.values() if inputs for name in inputs}
+    unknown = sorted(set(shapes) - names)
+    if unknown:
+        raise CLIError(f"--input-shape names {unknown}, which no model has as an input; inputs are {sorted(names)}")
+    for path, inputs in signatures.items():
+        for name, dims in (inputs or {}).items():
             example = ",".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in dims)
             given = shapes.get(name)
             if given is None:
@@ -434,9 +432,6 @@ def check_input_shapes(paths: dict[str, str], shapes: dict[str, tuple[int, ...]]
             if len(given) != len(dims) or any(given[k] != d for k, d in fixed):
                 raise CLIError(f"{path}: --input-shape {name}={','.join(map(str, given))} does not fit input "
                                f"{name!r} of shape {dims}; pass --input-shape {name}={example}")
-    unknown = sorted(set(shapes) - names)
-    if unknown:
-        raise CLIError(f"--input-shape names {unknown}, which no model has as an input; inputs are {sorted(names)}")
 
 
 def _cli_wording(exc: GraphPruneError) -> str:
