@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -472,6 +473,16 @@ def cmd_bench(args) -> int:
 def cmd_demo(args) -> int:
     progress = Progress(args.quiet)
     out_path = args.out or tempfile.mkdtemp(prefix="graphprune-demo-")
+    try:
+        return _demo_into(args, out_path, progress)
+    except BaseException:
+        if not args.out:
+            shutil.rmtree(out_path, ignore_errors=True)  # the temporary directory we made, nothing else
+        raise
+
+
+def _demo_into(args, out_path: str, progress: Progress) -> int:
+    """demo's work: prune, export, benchmark, plot; all staged, then written to `out_path` at once."""
     prune_args = argparse.Namespace(model=args.model, input_shape=None, ratio=args.ratio, importance="l2",
                                     scope="local", ignore=[], round_to=args.round_to, target=args.target,
                                     calibration_batches=1)

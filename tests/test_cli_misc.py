@@ -78,8 +78,7 @@ def test_progress_only_on_a_terminal(factories):
     assert "[graphprune] tracing and analysing gp_cli_models.zoo:concat ..." in err
     code, err = _run_on_terminal(*args, "--quiet", path=[factories])
     assert code == 0 and err == ""
-    proc = run_cli(*args, path=[factories])  # stderr is a pipe
-    assert proc.returncode == 0 and proc.stderr == ""
+    # stderr as a pipe: see test_cli.py::test_prune_writes_every_artifact (stderr == "")
 
 
 def test_version():

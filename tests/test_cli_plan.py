@@ -1,10 +1,12 @@
 """PrunePlan.from_json is strict: every malformed plan is an InputError naming the group and the fix."""
 import json
+import os
 
 import pytest
 
 import graphprune
 from graphprune.errors import InputError
+from cli_support import assert_one_line_error, run_cli
 from op_models import DenseBlock, example_input
 
 
@@ -54,3 +56,13 @@ def test_only_the_supported_format_is_read(fmt):
 def test_not_a_plan(text):
     with pytest.raises(InputError, match="not a graphprune plan"):
         graphprune.PrunePlan.from_json(text)
+
+
+def test_cli_apply_with_a_malformed_plan(tmp_path):
+    """The plan is read first: a bad plan is one line naming the group and the fix, and nothing is written."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(_plan_text({"conv1:1": {"size": 16, "keep": [0, 1.7]}}))
+    out = tmp_path / "out"
+    proc = run_cli("apply", plan, "resnet56", "--out", out)
+    assert_one_line_error(proc, f"PLAN '{plan}': plan group 'conv1:1' keeps index 1.7, which is not an integer")
+    assert sorted(os.listdir(tmp_path)) == ["plan.json"]
