@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import importlib.metadata
-import json
 import os
 import platform
 import re
@@ -494,6 +494,9 @@ def _demo_into(args, out_path: str, progress: Progress) -> int:
         for profile in (bench_mod.EDGE, bench_mod.CPU):
             with progress.step(f"benchmarking original vs pruned in ONNX Runtime, profile {profile.name}"):
                 report = bench_mod.benchmark(variants, profile, warmup=args.warmup, repeats=args.repeats, macs=macs)
+            # the files were timed in the staging directory; the report names where they will live
+            report = dataclasses.replace(report, rows=tuple(
+                dataclasses.replace(r, path=os.path.join(out_path, os.path.basename(r.path))) for r in report.rows))
             print()
             print(report.format_table())
             reports.append(report)
