@@ -28,13 +28,14 @@ from .dependencies import build_dependency_graph
 from .errors import InputError
 from .groups import DependencyGraph, Role
 from .importance import ScoringContext, score_groups
+from .inputs import check_model_and_inputs
 from .options import Budget, Calibration, Scope, Strategy, check_ratio
 from .passes import rewrite_in_place
 from .planner import Planned, PrunePlan, plan_global, plan_local, producer_partitions
 from .report import ModelStats, PruneReport, build_report
 from .rules import GraphView, LayerKind, RuleTable, default_rules
 from .targets import Target, resolve_target
-from .trace import as_tuple, copy_graph_module, trace_with_values
+from .trace import copy_graph_module, trace_with_values
 
 _CALLS = ("call_module", "call_function", "call_method")
 
@@ -197,10 +198,8 @@ def analyse(model: torch.nn.Module, example_inputs, *, example_kwargs: Mapping |
     without a rule raises UnsupportedOpError and a failing rule raises RuleError, instead of
     freezing the channels they touch.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    args = check_model_and_inputs(model, example_inputs)
     rules = rules or default_rules()
-    args = as_tuple(example_inputs)
     t0 = time.perf_counter()
     gm, inputs = trace_with_values(model, args, example_kwargs, rules.has_module_rule)
     t1 = time.perf_counter()

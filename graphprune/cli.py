@@ -1,37 +1,57 @@
-"""The `graphprune` command: prune, explain, bench, demo.
+"""The `graphprune` command: prune, apply, explain, bench, demo.
 
 MODEL is a built-in model name (`graphprune explain --list` shows them) or
 `package.module:factory`, a function returning an nn.Module. Errors print one line on
-stderr and exit non-zero; output directories are filled atomically (all files or none).
+stderr and exit non-zero (2 for a user error, 1 for a graphprune bug). An output
+directory is written whole or not at all: it is staged in a hidden sibling directory
+created before any work (so an unwritable --out fails first), then renamed into place.
+Progress goes to stderr, only when stderr is a terminal and --quiet is not given.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import importlib
-import json
+import importlib.metadata
 import os
+import platform
+import re
 import shutil
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
+import graphprune
 from . import bench as bench_mod
-from .analysis import analyse
-from .api import prune_graph
-from .atomic import write_json
-from .errors import GraphPruneError
+from .atomic import StagedDirectory, write_atomically, write_json
+from .errors import ExportError, GraphPruneError, InputError
 from .export import export_onnx, save_torch_artifact
+from .importance import BUILTIN, Taylor
+from .inputs import check_model, check_model_and_inputs
 from .models import DEFAULT_MODEL, ZOO, get_model
 from .report import PruneReport
 
 PROFILES = {"cpu": bench_mod.CPU, "edge": bench_mod.EDGE}
+TARGETS = ["auto", "ort-x86", "xnnpack", "arm", "none"]
+# packages whose exceptions are the toolchain rejecting the user's model or inputs, not graphprune bugs
+TOOLCHAIN = ("torch", "onnx", "onnxscript", "onnx_ir", "onnxruntime")
 
 
 class CLIError(GraphPruneError):
     """A command-line argument is invalid."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: "graphprune: error: ...; see graphprune prune --help"."""
+
+    def error(self, message: str):
+        print(f"graphprune: error: {message}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
 
 
 @dataclass(frozen=True)
@@ -41,34 +61,106 @@ class LoadedModel:
     inputs: tuple[torch.Tensor, ...]
 
 
-def _progress(step: str) -> None:
-    print(f"[graphprune] {step}", file=sys.stderr, flush=True)
+# ----------------------------------------------------------------------------- messages and progress
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
+def one_line(exc: BaseException) -> str:
+    """The error message on one line: torch's multi-line text cut to its first line.
+
+    torch.fx appends "While executing ..." and a traceback after a blank line; a wrapped
+    torch exception (`__cause__`) quoted in full is replaced by its first line.
+    """
+    text = str(exc)
+    cause = exc.__cause__
+    if cause is not None and "\n" in str(cause).strip() and str(cause) in text:
+        text = text.replace(str(cause), str(cause).strip().splitlines()[0])
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text).strip().split("\n\n")[0]
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def toolchain_package(exc: BaseException) -> str | None:
+    """"torch", "onnx", ... when the innermost Python frame of the traceback belongs to one of TOOLCHAIN."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    package = tb.tb_frame.f_globals.get("__name__", "").split(".")[0] if tb is not None else ""
+    return package if package in TOOLCHAIN else None
+
+
+@contextlib.contextmanager
+def toolchain_errors(error: type[GraphPruneError], step: str, fix: str) -> Iterator[None]:
+    """Turn an exception that torch/onnx/onnxruntime raised during `step` into a one-line `error`."""
+    try:
+        yield
+    except GraphPruneError:
+        raise
+    except Exception as exc:
+        package = toolchain_package(exc)
+        if package is None:
+            raise
+        raise error(f"{step} failed inside {package}: {type(exc).__name__}: {one_line(exc)}; {fix}") from exc
+
+
+class Progress:
+    """Step lines on stderr ("[graphprune] exporting ... 2.1 s"), only on a terminal and without --quiet."""
+
+    def __init__(self, quiet: bool = False):
+        self.enabled = not quiet and sys.stderr.isatty()
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            print(f"[graphprune] {text}", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def step(self, text: str) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        print(f"[graphprune] {text} ...", end="", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            print(" failed", file=sys.stderr, flush=True)
+            raise
+        print(f" {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- models and shapes
+
+
+def parse_shape(text: str, flag: str = "--input-shape") -> tuple[int, ...]:
     try:
         shape = tuple(int(p) for p in text.split(","))
     except ValueError:
         shape = ()
-    if not shape or any(d <= 0 for d in shape):
-        raise CLIError(f"--input-shape {text!r} is not a comma-separated list of positive ints; e.g. 1,3,224,224")
+    if not shape or any(d < 0 for d in shape):
+        raise CLIError(f"{flag} {text!r} is not a comma-separated list of positive ints; e.g. 1,3,224,224")
+    if 0 in shape:
+        raise CLIError(f"{flag} {text!r} has an empty dim {shape.index(0)} (size 0); every dim needs at least 1 "
+                       "(a batch of one sample is enough), e.g. 1,3,224,224")
     return shape
 
 
+def _random_inputs(shapes: list[tuple[int, ...]], seed: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(s, generator=g) for s in shapes)
+
+
 def load_model(spec: str, input_shape: str | None) -> LoadedModel:
-    """A built-in model by name, or `package.module:factory`."""
+    """A built-in model by name, or `package.module:factory`; model and inputs checked (inputs.py)."""
     shape = parse_shape(input_shape) if input_shape else None
     if ":" not in spec:
         zoo = get_model(spec)
-        torch.manual_seed(0)
-        inputs = (torch.randn(shape, generator=torch.Generator().manual_seed(1)),) if shape else zoo.example_inputs()
-        return LoadedModel(spec, zoo.build(), inputs)
+        model = zoo.build()
+        inputs = _random_inputs([shape], 1) if shape else zoo.example_inputs()
+        return LoadedModel(spec, model, check_model_and_inputs(model, inputs))
     module_name, _, factory_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise CLIError(f"cannot import module {module_name!r} for MODEL {spec!r}: {type(exc).__name__}: {exc}; "
-                       "check the module is on PYTHONPATH") from exc
+        raise CLIError(f"cannot import module {module_name!r} for MODEL {spec!r}: {type(exc).__name__}: "
+                       f"{one_line(exc)}; check the module is on PYTHONPATH") from exc
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise CLIError(f"module {module_name!r} has no callable {factory_name!r}; MODEL must be package.module:factory")
@@ -76,22 +168,40 @@ def load_model(spec: str, input_shape: str | None) -> LoadedModel:
         torch.manual_seed(0)
         model = factory()
     except Exception as exc:
-        raise CLIError(f"factory {spec} raised {type(exc).__name__}: {exc}") from exc
+        raise CLIError(f"factory {spec} raised {type(exc).__name__}: {one_line(exc)}") from exc
     if not isinstance(model, torch.nn.Module):
         raise CLIError(f"factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    check_model(model)
     if shape is None:
         raise CLIError(f"MODEL {spec!r} is not built in, so its input shape is unknown; pass --input-shape e.g. 1,3,224,224")
-    return LoadedModel(spec, model.eval(), (torch.randn(shape, generator=torch.Generator().manual_seed(1)),))
+    inputs = check_model_and_inputs(model, _random_inputs([shape], 1))
+    return LoadedModel(spec, model.eval(), inputs)
 
 
-def _writable_parent(out: str) -> str:
-    parent = os.path.dirname(os.path.abspath(out)) or "."
-    target = out if os.path.isdir(out) else parent
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise CLIError(f"--out {out!r} exists and is not a directory; pass a directory path")
-    if not os.path.isdir(target) or not os.access(target, os.W_OK | os.X_OK):
-        raise CLIError(f"cannot write to {target!r}; pass an --out directory whose parent exists and is writable")
-    return parent
+def _ignore_list(entries: list[str] | None) -> list[str]:
+    """--ignore a --ignore b,c -> [a, b, c]."""
+    return [name.strip() for entry in entries or [] for name in entry.split(",") if name.strip()]
+
+
+def _check_importance(args) -> None:
+    """Refuse a criterion the command line cannot feed (before any work)."""
+    if isinstance(BUILTIN[args.importance], Taylor):
+        raise CLIError(f"--importance {args.importance} needs labelled data and a loss, which the command line "
+                       "cannot provide; use the Python API (prune_graph(..., importance='taylor', calibration=..., "
+                       "loss_fn=...)) or pick --importance activation, apoz or l2")
+    if args.calibration_batches < 1:
+        raise CLIError(f"--calibration-batches must be >= 1, got {args.calibration_batches}")
+
+
+def _calibration(args, loaded: LoadedModel) -> list[tuple[torch.Tensor, ...]]:
+    """Random batches shaped like the example inputs, for the data-driven criteria (see --help)."""
+    if not BUILTIN[args.importance].needs_data:
+        return []
+    shapes = [tuple(t.shape) for t in loaded.inputs]
+    return [_random_inputs(shapes, 100 + k) for k in range(args.calibration_batches)]
+
+
+# ----------------------------------------------------------------------------- prune / apply
 
 
 def _bytes(n: int) -> str:
@@ -110,41 +220,98 @@ def before_after_table(report: PruneReport, original_bytes: int, pruned_bytes: i
     return "\n".join(lines)
 
 
-def cmd_prune(args) -> int:
-    parent = _writable_parent(args.out)
-    loaded = load_model(args.model, args.input_shape)
-    _progress(f"pruning {loaded.name} at ratio {args.ratio} ({args.importance}, {args.scope} scope)")
-    t0 = time.perf_counter()
-    result = prune_graph(loaded.model, loaded.inputs, ratio=args.ratio, importance=args.importance, scope=args.scope,
-                         ignore=tuple(args.ignore), round_to=args.round_to, target=args.target)
-    _progress(f"pruned in {time.perf_counter() - t0:.2f} s; exporting to ONNX and checking parity")
-    staging = tempfile.mkdtemp(prefix=".graphprune-", dir=parent)
-    try:
-        original = export_onnx(loaded.model, loaded.inputs, os.path.join(staging, "original.onnx"))
-        pruned = export_onnx(result.model, loaded.inputs, os.path.join(staging, "model.onnx"))
-        _progress("saving the reloadable PyTorch model")
-        fmt = save_torch_artifact(result.model, loaded.inputs, os.path.join(staging, "model.pt2"))
-        with open(os.path.join(staging, "plan.json"), "w") as f:
-            f.write(result.plan.to_json())
-        summary = {
-            "model": loaded.name, "ratio": args.ratio, "importance": args.importance, "scope": args.scope,
-            "round_to": args.round_to, "target": args.target, "input_shape": list(loaded.inputs[0].shape),
-            "report": result.report.to_json(),
-            "onnx": {"original_bytes": original.file_bytes, "pruned_bytes": pruned.file_bytes,
-                     "pruned_max_abs_diff": pruned.max_abs_diff, "opset": pruned.opset},
-            "torch_artifact": {"file": "model.pt2", "format": fmt},
-        }
-        with open(os.path.join(staging, "report.json"), "w") as f:
-            json.dump(summary, f, indent=1)
-        os.makedirs(args.out, exist_ok=True)
-        for name in sorted(os.listdir(staging)):
-            os.replace(os.path.join(staging, name), os.path.join(args.out, name))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _staged_out(args) -> StagedDirectory:
+    """Created first, before loading anything: an unwritable or occupied --out fails before any work."""
+    return StagedDirectory(args.out, replace=args.force)
+
+
+def run_step(progress: Progress, text: str, prune) -> "graphprune.PruneResult":
+    fix = "check that the model runs on the example inputs (--input-shape) and that torch.fx can trace it"
+    with progress.step(text), toolchain_errors(InputError, "tracing and pruning", fix):
+        return prune()
+
+
+def write_outputs(out: StagedDirectory, loaded: LoadedModel, result, settings: dict, progress: Progress) -> dict:
+    """original.onnx, model.onnx (parity-checked in ONNX Runtime), model.pt2, plan.json, report.json."""
+    fix = ("the pruned model could not be exported; keep the module named above with --ignore, "
+           "or report it with the command line")
+    with progress.step("exporting the original and pruned models to ONNX, checking parity in ONNX Runtime"), \
+            toolchain_errors(ExportError, "ONNX export", fix):
+        original = export_onnx(loaded.model, loaded.inputs, out.file("original.onnx"))
+        pruned = export_onnx(result.model, loaded.inputs, out.file("model.onnx"))
+    with progress.step("saving the reloadable PyTorch model (model.pt2)"), \
+            toolchain_errors(ExportError, "saving model.pt2", fix):
+        fmt = save_torch_artifact(result.model, loaded.inputs, out.file("model.pt2"))
+    write_atomically(out.file("plan.json"), lambda f: f.write(result.plan.to_json().encode()))
+    summary = {
+        "model": loaded.name, **settings, "input_shape": list(loaded.inputs[0].shape),
+        "report": result.report.to_json(),
+        "onnx": {"original_bytes": original.file_bytes, "pruned_bytes": pruned.file_bytes,
+                 "pruned_max_abs_diff": pruned.max_abs_diff, "opset": pruned.opset},
+        "torch_artifact": {"file": "model.pt2", "format": fmt},
+    }
+    write_json(out.file("report.json"), summary)
     print(result.report.summary())
     print(before_after_table(result.report, original.file_bytes, pruned.file_bytes, pruned.max_abs_diff))
-    print(f"wrote {', '.join(sorted(os.listdir(args.out)))} to {args.out}")
+    return summary
+
+
+def prune_into(args, out: StagedDirectory, progress: Progress) -> dict:
+    """Load, prune and write every artifact into the staging directory; returns report.json's content."""
+    _check_importance(args)
+    with progress.step(f"loading {args.model}"):
+        loaded = load_model(args.model, args.input_shape)
+    calibration = _calibration(args, loaded)
+    if calibration:
+        progress.note(f"--importance {args.importance} scores channels on {len(calibration)} random batches")
+    ignore = _ignore_list(args.ignore)
+    result = run_step(progress, f"tracing and pruning {loaded.name} at ratio {args.ratio} ({args.importance}, "
+                            f"{args.scope} scope)",
+                  lambda: graphprune.prune_graph(loaded.model, loaded.inputs, ratio=args.ratio,
+                                                 importance=args.importance, scope=args.scope, ignore=tuple(ignore),
+                                                 round_to=args.round_to, target=args.target, calibration=calibration))
+    settings = {"ratio": args.ratio, "importance": args.importance, "scope": args.scope, "round_to": args.round_to,
+                "target": args.target, "ignore": ignore, "calibration_batches": len(calibration)}
+    return write_outputs(out, loaded, result, settings, progress)
+
+
+def cmd_prune(args) -> int:
+    progress = Progress(args.quiet)
+    with _staged_out(args) as out:
+        prune_into(args, out, progress)
+        written = out.commit()
+    print(f"wrote {', '.join(written)} to {args.out}")
     return 0
+
+
+def read_plan(path: str) -> "graphprune.PrunePlan":
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"cannot read PLAN {path!r} ({getattr(exc, 'strerror', None) or exc}); pass the path of a "
+                       "plan.json written by graphprune prune") from exc
+    try:
+        return graphprune.PrunePlan.from_json(text)
+    except InputError as exc:
+        raise CLIError(f"PLAN {path!r}: {one_line(exc)}") from exc
+
+
+def cmd_apply(args) -> int:
+    progress = Progress(args.quiet)
+    plan = read_plan(args.plan)
+    with _staged_out(args) as out:
+        with progress.step(f"loading {args.model}"):
+            loaded = load_model(args.model, args.input_shape)
+        result = run_step(progress, f"tracing {loaded.name} and applying the plan",
+                      lambda: graphprune.apply_plan(loaded.model, loaded.inputs, plan))
+        write_outputs(out, loaded, result, {"plan": os.path.abspath(args.plan)}, progress)
+        written = out.commit()
+    print(f"wrote {', '.join(written)} to {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- explain
 
 
 def cmd_explain(args) -> int:
@@ -154,96 +321,264 @@ def cmd_explain(args) -> int:
         return 0
     if not args.model:
         raise CLIError("explain needs MODEL (or --list)")
-    loaded = load_model(args.model, args.input_shape)
-    print(analyse(loaded.model, loaded.inputs).explain())
+    progress = Progress(args.quiet)
+    with progress.step(f"loading {args.model}"):
+        loaded = load_model(args.model, args.input_shape)
+    analysis = run_step(progress, f"tracing and analysing {loaded.name}",
+                        lambda: graphprune.analyse(loaded.model, loaded.inputs))
+    print(analysis.explain())
+    print("names are module names: `--ignore NAME` keeps the channels of every group that NAME "
+          "(or a module inside it) writes")
     return 0
 
 
+# ----------------------------------------------------------------------------- bench
+
+
+def parse_named_shapes(entries: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """--input-shape NAME=1,3,224,224 (repeatable) -> {NAME: (1, 3, 224, 224)}."""
+    shapes = {}
+    for entry in entries or []:
+        name, sep, dims = entry.partition("=")
+        if not sep or not name:
+            raise CLIError(f"--input-shape {entry!r} must be NAME=d0,d1,... (the ONNX input's name), "
+                           "e.g. input_0=1,3,224,224")
+        if name in shapes:
+            raise CLIError(f"--input-shape gives input {name!r} twice; give each input once")
+        shapes[name] = parse_shape(dims, f"--input-shape {name}=")
+    return shapes
+
+
+def _onnx_inputs(path: str) -> dict[str, list] | None:
+    """{input name: dims (int, or str/None for dynamic)} of an ONNX file; None if it cannot be read."""
+    import onnx
+
+    try:
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception:
+        return None  # bench reports unreadable files with its own message
+    initializers = {t.name for t in graph.initializer}
+    out = {}
+    for value in graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        out[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+    return out
+
+
+def check_input_shapes(paths: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Given shapes must name an input and fit it; every dynamic dim (beyond a batch dim 0) needs one."""
+    signatures = {path: _onnx_inputs(path) for path in paths.values()}
+    names = {name for inputs in signatures.values() if inputs for name in inputs}
+    unknown = sorted(set(shapes) - names)
+    if unknown:
+        raise CLIError(f"--input-shape names {unknown}, which no model has as an input; inputs are {sorted(names)}")
+    for path, inputs in signatures.items():
+        for name, dims in (inputs or {}).items():
+            example = ",".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in dims)
+            given = shapes.get(name)
+            if given is None:
+                dynamic = [k for k, d in enumerate(dims) if k > 0 and not (isinstance(d, int) and d > 0)]
+                if dynamic:
+                    raise CLIError(f"{path}: input {name!r} has dynamic dim {dynamic[0]} ({dims[dynamic[0]]!r}); "
+                                   f"pass --input-shape {name}={example} with a size for every dim")
+                continue
+            fixed = [(k, d) for k, d in enumerate(dims) if isinstance(d, int) and d > 0]
+            if len(given) != len(dims) or any(given[k] != d for k, d in fixed):
+                raise CLIError(f"{path}: --input-shape {name}={','.join(map(str, given))} does not fit input "
+                               f"{name!r} of shape {dims}; pass --input-shape {name}={example}")
+
+
+def _cli_wording(exc: GraphPruneError) -> str:
+    """bench speaks to API callers (input_shapes={...}); on the command line that is --input-shape."""
+    return re.sub(r"input_shapes=\{[^}]*\}", "--input-shape NAME=d0,d1,...", one_line(exc))
+
+
 def cmd_bench(args) -> int:
+    progress = Progress(args.quiet)
     variants = {}
     for path in args.onnx:
         name = os.path.splitext(os.path.basename(path))[0]
         while name in variants:
             name += "'"
         variants[name] = path
+    shapes = parse_named_shapes(args.input_shape)
+    check_input_shapes(variants, shapes)
     profiles = [PROFILES[p] for p in args.profile] if args.profile else [bench_mod.EDGE]
     reports = []
     for profile in profiles:
-        _progress(f"benchmarking {len(variants)} model(s), profile {profile.name}")
-        report = bench_mod.benchmark(variants, profile, warmup=args.warmup, repeats=args.repeats, rounds=args.rounds)
+        try:
+            with progress.step(f"benchmarking {len(variants)} model(s) in ONNX Runtime, profile {profile.name}"):
+                report = bench_mod.benchmark(variants, profile, warmup=args.warmup, repeats=args.repeats,
+                                             rounds=args.rounds, input_shapes=shapes)
+        except GraphPruneError as exc:
+            raise CLIError(_cli_wording(exc)) from exc
         print(report.format_table())
         reports.append(report)
     if args.json:
-        data = [r.to_json() for r in reports]
-        write_json(args.json, data)
+        write_json(args.json, [r.to_json() for r in reports])
+        print(f"wrote {args.json}")
     return 0
+
+
+# ----------------------------------------------------------------------------- demo
 
 
 def cmd_demo(args) -> int:
-    out = args.out or tempfile.mkdtemp(prefix="graphprune-demo-")
-    prune_args = argparse.Namespace(model=args.model, input_shape=None, ratio=args.ratio, importance="l2",
-                                    scope="local", ignore=[], round_to=args.round_to, target=args.target, out=out)
-    cmd_prune(prune_args)
-    with open(os.path.join(out, "report.json")) as f:
-        summary = json.load(f)
-    macs = {"original": summary["report"]["macs_before"], "pruned": summary["report"]["macs_after"]}
-    variants = {"original": os.path.join(out, "original.onnx"), "pruned": os.path.join(out, "model.onnx")}
-    reports = []
-    for profile in (bench_mod.EDGE, bench_mod.CPU):
-        _progress(f"benchmarking original vs pruned in ONNX Runtime, profile {profile.name}")
-        report = bench_mod.benchmark(variants, profile, warmup=args.warmup, repeats=args.repeats, macs=macs)
-        print()
-        print(report.format_table())
-        reports.append(report)
-    write_json(os.path.join(out, "bench.json"), [r.to_json() for r in reports])
+    progress = Progress(args.quiet)
+    out_path = args.out or tempfile.mkdtemp(prefix="graphprune-demo-")
     try:
-        reports[0].plot(os.path.join(out, "latency_vs_macs.png"))
-    except GraphPruneError as exc:
-        _progress(f"no plot: {exc}")
-    print(f"\nfiles in {out}: {', '.join(sorted(os.listdir(out)))}")
+        return _demo_into(args, out_path, progress)
+    except BaseException:
+        if not args.out:
+            shutil.rmtree(out_path, ignore_errors=True)  # the temporary directory we made, nothing else
+        raise
+
+
+def _demo_into(args, out_path: str, progress: Progress) -> int:
+    """demo's work: prune, export, benchmark, plot; all staged, then written to `out_path` at once."""
+    prune_args = argparse.Namespace(model=args.model, input_shape=None, ratio=args.ratio, importance="l2",
+                                    scope="local", ignore=[], round_to=args.round_to, target=args.target,
+                                    calibration_batches=1)
+    with StagedDirectory(out_path, replace=args.force) as out:
+        summary = prune_into(prune_args, out, progress)
+        macs = {"original": summary["report"]["macs_before"], "pruned": summary["report"]["macs_after"]}
+        variants = {"original": out.file("original.onnx"), "pruned": out.file("model.onnx")}
+        reports = []
+        for profile in (bench_mod.EDGE, bench_mod.CPU):
+            with progress.step(f"benchmarking original vs pruned in ONNX Runtime, profile {profile.name}"):
+                report = bench_mod.benchmark(variants, profile, warmup=args.warmup, repeats=args.repeats, macs=macs)
+            # the files were timed in the staging directory; the report names where they will live
+            report = dataclasses.replace(report, rows=tuple(
+                dataclasses.replace(r, path=os.path.join(out_path, os.path.basename(r.path))) for r in report.rows))
+            print()
+            print(report.format_table())
+            reports.append(report)
+        write_json(out.file("bench.json"), [r.to_json() for r in reports])
+        try:
+            reports[0].plot(out.file("latency_vs_macs.png"))
+        except GraphPruneError as exc:
+            progress.note(f"no plot: {one_line(exc)}")
+        written = out.commit()
+    print(f"\nwrote {', '.join(written)} to {out_path}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graphprune", description="Structured pruning as a torch.fx compiler pass.")
-    sub = parser.add_subparsers(dest="command", required=True)
+# ----------------------------------------------------------------------------- parser
 
-    p = sub.add_parser("prune", help="prune a model and write ONNX, a reloadable .pt2, plan.json and report.json")
-    p.add_argument("model", help="built-in model name or package.module:factory")
+
+def version_text() -> str:
+    try:
+        version = importlib.metadata.version("graphprune")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown (not installed)"
+    try:
+        ort = importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:
+        ort = "not installed"
+    return f"graphprune {version} (torch {torch.__version__}, onnxruntime {ort}, python {platform.python_version()})"
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL",
+                   help="a built-in model name (graphprune explain --list) or package.module:factory, a function "
+                        "returning an eager nn.Module (not torch.jit.script/trace)")
+    p.add_argument("--input-shape", metavar="D0,D1,...",
+                   help="shape of the random example input, e.g. 1,3,224,224 (required for package.module:factory; "
+                        "a built-in model defaults to its own)")
+
+
+def _add_out(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--out", required=required, metavar="DIR",
+                   help="output directory; missing parents are created; it must not exist or be empty"
+                        + ("" if required else " (default: a new temporary directory)"))
+    p.add_argument("--force", action="store_true",
+                   help="replace a non-empty --out directory whole (the old one is deleted after the new one is "
+                        "complete)")
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress lines on stderr (progress is shown only when stderr is a terminal)")
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--round-to", type=int, default=None, metavar="N",
+                   help="kept channel counts become multiples of N (overrides --target)")
+    p.add_argument("--target", default="auto", choices=TARGETS,
+                   help="deployment target whose channel-count rules pick the rounding (default auto: ort-x86 on "
+                        "x86-64, else xnnpack)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="graphprune", description="Structured pruning as a torch.fx compiler pass: "
+                                     "physically smaller models, ONNX export, ONNX Runtime benchmarks.")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print graphprune's version (and torch's, onnxruntime's) and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prune", help="prune a model and write ONNX, a reloadable .pt2, plan.json and report.json",
+                       description="Prune MODEL and write original.onnx, model.onnx, model.pt2, plan.json and "
+                                   "report.json to --out.")
+    _add_model(p)
     p.add_argument("--ratio", type=float, required=True, help="share of channels removed per group, in [0, 1)")
-    p.add_argument("--importance", default="l2", choices=["l1", "l2", "bn_scale", "random", "flops_l2"])
-    p.add_argument("--scope", default="local", choices=["local", "global"])
-    p.add_argument("--round-to", type=int, default=None, help="kept channel counts become multiples of N (overrides --target)")
-    p.add_argument("--target", default="auto", choices=["auto", "ort-x86", "xnnpack", "arm", "none"],
-                   help="deployment target whose channel-count rules pick the rounding (default auto: ort-x86 on x86-64)")
-    p.add_argument("--ignore", nargs="*", default=[], help="qualified module names whose output channels are kept")
-    p.add_argument("--input-shape", help="e.g. 1,3,224,224 (required for package.module:factory)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--importance", default="l2", choices=sorted(BUILTIN),
+                   help="how channels are ranked (default l2). activation and apoz are data-driven: the CLI scores "
+                        "them on --calibration-batches batches of RANDOM inputs of the input shape, a proxy for real "
+                        "data (for real data use the Python API). taylor needs labels and a loss and is refused "
+                        "here: use the Python API")
+    p.add_argument("--calibration-batches", type=int, default=8, metavar="N",
+                   help="random batches for --importance activation/apoz (default 8)")
+    p.add_argument("--scope", default="local", choices=["local", "global"],
+                   help="local: every group loses the ratio; global: channels of all groups are ranked together")
+    _add_target(p)
+    p.add_argument("--ignore", action="append", metavar="NAME",
+                   help="module name whose output channels are kept (names as `graphprune explain` prints them); "
+                        "repeat the option or give NAME,NAME")
+    _add_out(p)
+    _add_quiet(p)
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("explain", help="print the channel groups and why any are frozen")
-    p.add_argument("model", nargs="?")
-    p.add_argument("--input-shape")
-    p.add_argument("--list", action="store_true", help="list the built-in models")
+    p = sub.add_parser("apply", help="replay a plan.json on a model and write the same files as prune",
+                       description="Rebuild the pruned architecture of PLAN (a plan.json from graphprune prune) from "
+                                   "MODEL, e.g. with retrained weights, and write the same files as prune.")
+    p.add_argument("plan", metavar="PLAN", help="a plan.json written by graphprune prune")
+    _add_model(p)
+    _add_out(p)
+    _add_quiet(p)
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("explain", help="print the channel groups, the modules in them and why any are frozen")
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help="a built-in model name or package.module:factory (omit with --list)")
+    p.add_argument("--input-shape", metavar="D0,D1,...", help="shape of the random example input, e.g. 1,3,224,224")
+    p.add_argument("--list", action="store_true", help="list the built-in models and their input shapes")
+    _add_quiet(p)
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("bench", help="time ONNX models in ONNX Runtime")
-    p.add_argument("onnx", nargs="+")
-    p.add_argument("--profile", action="append", choices=sorted(PROFILES), help="cpu or edge (repeatable; default edge)")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--json", help="write the reports as JSON")
+    p.add_argument("onnx", nargs="+", metavar="MODEL.onnx", help="ONNX files to time (at least one)")
+    p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
+                   help="concrete shape for an ONNX input with dynamic dims, e.g. input_0=1,3,224,224 (repeatable; "
+                        "a dynamic dim 0 defaults to 1)")
+    p.add_argument("--profile", action="append", choices=sorted(PROFILES),
+                   help="cpu (all cores) or edge (one pinned thread); repeatable; default edge")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs per model (default 10)")
+    p.add_argument("--repeats", type=int, default=50, help="timed runs per model (default 50)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the timed runs are split into (default 5)")
+    p.add_argument("--json", metavar="FILE", help="also write the reports as JSON to FILE")
+    _add_quiet(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help=f"prune {DEFAULT_MODEL} at ratio 0.5, export, check parity, benchmark")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--ratio", type=float, default=0.5)
-    p.add_argument("--round-to", type=int, default=None)
-    p.add_argument("--target", default="auto", choices=["auto", "ort-x86", "xnnpack", "arm", "none"])
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--out", help="output directory (default: a new temporary directory)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in model name (default {DEFAULT_MODEL})")
+    p.add_argument("--ratio", type=float, default=0.5, help="share of channels removed per group (default 0.5)")
+    _add_target(p)
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs per model (default 10)")
+    p.add_argument("--repeats", type=int, default=50, help="timed runs per model (default 50)")
+    _add_out(p, required=False)
+    _add_quiet(p)
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -253,13 +588,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except GraphPruneError as exc:
-        print(f"graphprune: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"graphprune: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("graphprune: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # never a traceback on the terminal
-        print(f"graphprune: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+    except Exception as exc:  # a graphprune bug: still one line, never a traceback on the terminal
+        print(f"graphprune: internal error: {type(exc).__name__}: {one_line(exc)} "
               "(please report this with the command line)", file=sys.stderr)
         return 1
 

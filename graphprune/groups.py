@@ -78,6 +78,17 @@ class Effect:
     freezes: tuple[Freeze, ...] = ()
 
 
+def channel_ranges(channels: np.ndarray) -> str:
+    """Sorted group channels as ranges: [0..7, 16..23] -> "0-7,16-23" (long lists shortened)."""
+    channels = np.unique(channels)
+    breaks = np.flatnonzero(np.diff(channels) != 1) + 1
+    runs = [f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in np.split(channels, breaks)]
+    return ",".join(runs) if len(runs) <= 6 else ",".join(runs[:5]) + f",... ({len(channels)} channels)"
+
+
+_ROLE_VERB = {"producer": "writes", "consumer": "reads", "buffer": "stats"}
+
+
 @dataclass(frozen=True, eq=False)
 class ChannelGroup:
     """Slots whose channels are removed together.
@@ -97,6 +108,35 @@ class ChannelGroup:
     @property
     def prunable(self) -> bool:
         return not self.frozen and self.size > 1
+
+    def describe(self) -> list[str]:
+        """One line per module of the group: what it does with the channels and which group channels it covers.
+
+        Module names are those `ignore` accepts; a member's covered channels are the values of
+        its index map (position -> group channel), so the members of a concatenated group
+        show their offsets.
+        """
+        if self.frozen:
+            state = "frozen: " + "; ".join(self.frozen_reasons)
+        else:
+            state = "prunable" if self.size > 1 else "single channel"
+        lines = [f"group {self.id}  size {self.size}  {state}"]
+        by_module: dict[tuple, list[str]] = {}
+        for slot, index_map in self.members.items():
+            if not slot.is_param or not index_map.size:
+                continue
+            owner, _, attr = slot.name.rpartition(".")
+            permuted = bool(np.any(np.diff(index_map) < 0))
+            key = (owner or "(model)", slot.role.value, channel_ranges(index_map), permuted)
+            by_module.setdefault(key, []).append(attr)
+        if not by_module:
+            lines.append("    (no parameters: activations only)")
+        for (owner, role, ranges, permuted), attrs in sorted(by_module.items(),
+                                                             key=lambda kv: (kv[0][1] != "producer", kv[0][0])):
+            order = " (permuted)" if permuted else ""
+            lines.append(f"    {_ROLE_VERB.get(role, role):6s} {owner:40s} {','.join(sorted(attrs)):24s} "
+                         f"channels {ranges} of {self.size}{order}")
+        return lines
 
     def kept_positions(self, slot: Slot, kept_channels) -> np.ndarray:
         """Positions of `slot` whose channel is in `kept_channels` (sorted)."""
@@ -140,15 +180,8 @@ class DependencyGraph:
         return tuple(g for g in self.groups if g.frozen)
 
     def describe(self) -> str:
-        """Human-readable listing: one block per group, members and freeze reasons."""
-        lines = []
-        for g in self.groups:
-            state = "frozen: " + "; ".join(g.frozen_reasons) if g.frozen else ("prunable" if g.size > 1 else "single channel")
-            lines.append(f"group {g.id}  size {g.size}  {state}")
-            for slot in sorted(g.members, key=str):
-                if slot.is_param:
-                    lines.append(f"    {slot.role.value:9s} {slot}")
-        return "\n".join(lines)
+        """Human-readable listing: one block per group (ChannelGroup.describe)."""
+        return "\n".join(line for g in self.groups for line in g.describe())
 
     def to_json(self) -> dict:
         return {

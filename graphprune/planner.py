@@ -36,14 +36,57 @@ class PrunePlan:
 
     @classmethod
     def from_json(cls, text: str) -> "PrunePlan":
+        """Parse a plan.json strictly: format PLAN_FORMAT; per group a positive int `size` and a
+        non-empty `keep` of sorted unique ints in [0, size). Anything else is an InputError."""
         try:
-            data = json.loads(text)
-            groups = data["groups"]
-            keep = {gid: tuple(int(i) for i in g["keep"]) for gid, g in groups.items()}
-            sizes = {gid: int(g["size"]) for gid, g in groups.items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            data = json.loads(text, object_pairs_hook=cls._no_duplicate_keys)
+        except (ValueError, TypeError) as exc:
             raise InputError(f"not a graphprune plan ({type(exc).__name__}: {exc}); pass the text of a plan.json") from exc
+        if not isinstance(data, dict) or set(data) != {"format", "groups"} or not isinstance(data["groups"], dict):
+            raise InputError('not a graphprune plan: expected {"format": %d, "groups": {group id: {"size": n, '
+                             '"keep": [...]}}}; pass the text of a plan.json written by graphprune' % PLAN_FORMAT)
+        if not cls._is_int(data["format"]) or data["format"] != PLAN_FORMAT:
+            raise InputError(f"plan format {data['format']!r} is not supported: this graphprune reads format "
+                             f"{PLAN_FORMAT} only; re-create the plan with this version (graphprune prune)")
+        keep, sizes = {}, {}
+        for gid, entry in data["groups"].items():
+            keep[gid], sizes[gid] = cls._parse_group(gid, entry)
         return cls(keep, sizes)
+
+    @staticmethod
+    def _no_duplicate_keys(pairs: list) -> dict:
+        keys = [k for k, _ in pairs]
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate keys {duplicates}")
+        return dict(pairs)
+
+    @staticmethod
+    def _is_int(value) -> bool:
+        """A JSON integer: not a bool, not a float (1.0 and 1.7 alike)."""
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    @staticmethod
+    def _parse_group(gid, entry) -> tuple[tuple[int, ...], int]:
+        """(keep, size) of one plan group; InputError naming the group and the fix otherwise."""
+        fix = "fix plan.json or re-create it with graphprune prune"
+        if not isinstance(gid, str) or not gid:
+            raise InputError(f"plan group id {gid!r} must be a non-empty string; {fix}")
+        if not isinstance(entry, dict) or set(entry) != {"size", "keep"}:
+            raise InputError(f'plan group {gid!r} must be {{"size": n, "keep": [indices]}}, got {entry!r:.80}; {fix}')
+        size, kept = entry["size"], entry["keep"]
+        if not PrunePlan._is_int(size) or size < 1:
+            raise InputError(f"plan group {gid!r} has size {size!r}; a size is a positive integer; {fix}")
+        if not isinstance(kept, list) or not kept:
+            raise InputError(f"plan group {gid!r} keeps {kept!r:.80}; keep is a non-empty list of channel indices; {fix}")
+        bad = next((i for i in kept if not PrunePlan._is_int(i)), None)
+        if bad is not None:
+            raise InputError(f"plan group {gid!r} keeps index {bad!r}, which is not an integer; {fix}")
+        if any(b <= a for a, b in zip(kept, kept[1:])):
+            raise InputError(f"plan group {gid!r}: keep indices must be sorted and unique; {fix}")
+        if kept[0] < 0 or kept[-1] >= size:
+            raise InputError(f"plan group {gid!r} keeps index {kept[0] if kept[0] < 0 else kept[-1]}, outside [0, {size}); {fix}")
+        return tuple(kept), size
 
     def validate(self, graph: DependencyGraph) -> None:
         """Raise InputError unless every planned group exists, has the recorded size and valid indices."""

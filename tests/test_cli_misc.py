@@ -1,0 +1,115 @@
+"""explain's names and offsets, progress only on a terminal, --version, help for every option."""
+import argparse
+import json
+import os
+import pty
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import graphprune
+from graphprune.cli import build_parser
+from cli_support import cli_env, run_cli, write_factories
+
+
+@pytest.fixture(scope="module")
+def factories(tmp_path_factory):
+    return write_factories(tmp_path_factory.mktemp("factories"))
+
+
+def test_explain_shows_names_and_concat_offsets(factories):
+    proc = run_cli("explain", "gp_cli_models.zoo:concat", "--input-shape", "1,3,8,8", path=[factories])
+    assert proc.returncode == 0, proc.stderr
+    blocks = proc.stdout.split("\ngroup ")
+    concat = next(b for b in blocks if "  size 16  prunable" in b.splitlines()[0])
+    members = {(w[0], w[1], w[2]): w for w in (line.split() for line in concat.splitlines()[1:])}
+    assert sorted(members) == [("reads", "c", "weight"), ("stats", "bn", "running_mean,running_var"),
+                               ("writes", "a", "bias,weight"), ("writes", "b", "bias,weight"),
+                               ("writes", "bn", "bias,weight")]
+    covered = {key[:2]: members[key][3:] for key in members}
+    assert covered[("writes", "a")] == ["channels", "0-7", "of", "16"]
+    assert covered[("writes", "b")] == ["channels", "8-15", "of", "16"]
+    assert covered[("writes", "bn")] == ["channels", "0-15", "of", "16"]
+    assert covered[("reads", "c")] == ["channels", "0-15", "of", "16"]
+
+
+def test_explain_names_are_what_ignore_accepts(factories):
+    """Every module explain prints as a writer, given to --ignore, freezes the group it writes."""
+    sys.path.insert(0, factories)
+    try:
+        from gp_cli_models.zoo import concat
+    finally:
+        sys.path.remove(factories)
+    model, x = concat().eval(), torch.randn(1, 3, 8, 8)
+    full = graphprune.prune_graph(model, x, ratio=0.5, round_to=1)
+    concat = next(g.id for g in full.graph.groups if g.size == 16)
+    assert concat in full.plan.keep
+    for name in ("a", "b", "bn"):
+        result = graphprune.prune_graph(model, x, ratio=0.5, round_to=1, ignore=[name])
+        assert concat not in result.plan.keep, name
+        assert any("ignore" in r for r in result.graph.group(concat).frozen_reasons)
+
+
+def _run_on_terminal(*args, path=()):
+    """Run the CLI with stderr on a pseudo-terminal; returns (returncode, stderr text)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "graphprune", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=slave, env=cli_env(*path))
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return proc.wait(), b"".join(chunks).decode()
+
+
+def test_progress_only_on_a_terminal(factories):
+    args = ("explain", "gp_cli_models.zoo:concat", "--input-shape", "1,3,8,8")
+    code, err = _run_on_terminal(*args, path=[factories])
+    assert code == 0
+    assert "[graphprune] tracing and analysing gp_cli_models.zoo:concat ..." in err
+    code, err = _run_on_terminal(*args, "--quiet", path=[factories])
+    assert code == 0 and err == ""
+    # stderr as a pipe: see test_cli.py::test_prune_writes_every_artifact (stderr == "")
+
+
+def test_version():
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith(f"graphprune ") and f"torch {torch.__version__}" in proc.stdout
+
+
+def test_every_option_has_help():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {'/'.join(action.option_strings) or action.dest}"
+               for name, sub in subparsers.choices.items() for action in sub._actions
+               if not action.help and not isinstance(action, argparse._HelpAction)]
+    assert missing == []
+    assert sorted(subparsers.choices) == ["apply", "bench", "demo", "explain", "prune"]
+
+
+def test_every_builtin_importance_is_offered():
+    from graphprune.importance import BUILTIN
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    importance = next(a for a in subparsers.choices["prune"]._actions if a.dest == "importance")
+    assert sorted(importance.choices) == sorted(BUILTIN)
+
+
+def test_activation_importance_on_random_batches(tmp_path, factories):
+    out = tmp_path / "out"
+    proc = run_cli("prune", "gp_cli_models.zoo:concat", "--input-shape", "1,3,8,8", "--ratio", "0.5", "--round-to", "1",
+                   "--importance", "activation", "--calibration-batches", "2", "--out", out, path=[factories])
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["importance"] == "activation" and summary["calibration_batches"] == 2
+    assert summary["report"]["params_after"] < summary["report"]["params_before"]

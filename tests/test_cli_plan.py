@@ -1,0 +1,68 @@
+"""PrunePlan.from_json is strict: every malformed plan is an InputError naming the group and the fix."""
+import json
+import os
+
+import pytest
+
+import graphprune
+from graphprune.errors import InputError
+from cli_support import assert_one_line_error, run_cli
+from op_models import DenseBlock, example_input
+
+
+def _plan_text(groups, fmt=1):
+    return json.dumps({"format": fmt, "groups": groups})
+
+
+def test_real_plan_round_trips():
+    plan = graphprune.prune_graph(DenseBlock().eval(), example_input(DenseBlock), ratio=0.5).plan
+    assert plan.keep  # something was pruned, so the round trip checks real indices
+    assert graphprune.PrunePlan.from_json(plan.to_json()) == plan
+
+
+@pytest.mark.parametrize("groups, fragment", [
+    ({"g:1": {"size": 4, "keep": [0, 1.7]}}, "group 'g:1' keeps index 1.7, which is not an integer"),
+    ({"g:1": {"size": 4, "keep": [0, 1.0]}}, "keeps index 1.0, which is not an integer"),
+    ({"g:1": {"size": 4, "keep": [0, True]}}, "keeps index True, which is not an integer"),
+    ({"g:1": {"size": 4, "keep": ["1"]}}, "keeps index '1', which is not an integer"),
+    ({"g:1": {"size": 4, "keep": [2, 1]}}, "group 'g:1': keep indices must be sorted and unique"),
+    ({"g:1": {"size": 4, "keep": [1, 1]}}, "must be sorted and unique"),
+    ({"g:1": {"size": 4, "keep": [0, 4]}}, "keeps index 4, outside [0, 4)"),
+    ({"g:1": {"size": 4, "keep": [-1, 2]}}, "keeps index -1, outside [0, 4)"),
+    ({"g:1": {"size": 4, "keep": []}}, "keep is a non-empty list"),
+    ({"g:1": {"size": 0, "keep": [0]}}, "group 'g:1' has size 0; a size is a positive integer"),
+    ({"g:1": {"size": 4.0, "keep": [0]}}, "has size 4.0"),
+    ({"g:1": {"size": False, "keep": [0]}}, "has size False"),
+    ({"g:1": {"size": 4, "kept": [0]}}, "group 'g:1' must be {\"size\": n, \"keep\": [indices]}"),
+    ({"": {"size": 4, "keep": [0]}}, "group id '' must be a non-empty string"),
+])
+def test_malformed_group_is_rejected(groups, fragment):
+    with pytest.raises(InputError) as info:
+        graphprune.PrunePlan.from_json(_plan_text(groups))
+    assert fragment in str(info.value)
+    assert "fix plan.json" in str(info.value)
+
+
+@pytest.mark.parametrize("fmt", [2, 0, "1", 1.0, True, None])
+def test_only_the_supported_format_is_read(fmt):
+    with pytest.raises(InputError, match="is not supported: this graphprune reads format 1 only"):
+        graphprune.PrunePlan.from_json(_plan_text({"g:1": {"size": 2, "keep": [0]}}, fmt))
+
+
+@pytest.mark.parametrize("text", [
+    "", "[1, 2]", '{"groups": {}}', '{"format": 1, "groups": []}', '{"format": 1, "groups": {}, "extra": 0}',
+    '{"format": 1, "groups": {"a:1": {"size": 2, "keep": [0]}, "a:1": {"size": 2, "keep": [1]}}}',
+])
+def test_not_a_plan(text):
+    with pytest.raises(InputError, match="not a graphprune plan"):
+        graphprune.PrunePlan.from_json(text)
+
+
+def test_cli_apply_with_a_malformed_plan(tmp_path):
+    """The plan is read first: a bad plan is one line naming the group and the fix, and nothing is written."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(_plan_text({"conv1:1": {"size": 16, "keep": [0, 1.7]}}))
+    out = tmp_path / "out"
+    proc = run_cli("apply", plan, "resnet56", "--out", out)
+    assert_one_line_error(proc, f"PLAN '{plan}': plan group 'conv1:1' keeps index 1.7, which is not an integer")
+    assert sorted(os.listdir(tmp_path)) == ["plan.json"]
