@@ -31,6 +31,7 @@ KEEP_WHOLE = (
     _A.scaled_dot_product_attention.default,  # else ~20 ops (bmm, softmax, masking with where/any)
     _A._scaled_dot_product_flash_attention_for_cpu.default,
     _A.silu.default, _A.hardswish.default, _A.hardsigmoid.default, _A.mish.default, _A.relu6.default,
+    _A.adaptive_avg_pool2d.default,  # else mean + as_strided (a layout restride graphprune cannot read)
     _A.pixel_shuffle.default, _A.pixel_unshuffle.default, _A.channel_shuffle.default,  # label-pushed whole
 )
 """Ops kept as one node: each has an exact rule in `rules.aten`; decomposing them would only add nodes."""

@@ -37,7 +37,7 @@ from .base import AnalysisContext, Rule, RuleTable, ShrinkContext, describe_node
 from .elementwise import BinaryRule, ElementwiseRule, PadRule, SoftmaxRule, SpatialRule, _passthrough
 from .movement import GetItemRule, MovementRule, ReshapeRule, SqueezeRule
 
-__all__ = ["aten_rules", "FROZEN_BY_DESIGN"]
+__all__ = ["aten_rules", "ruled_ops", "FROZEN_BY_DESIGN"]
 
 A = torch.ops.aten
 
@@ -244,6 +244,15 @@ FROZEN_BY_DESIGN = MappingProxyType({
 
 def aten_rules() -> RuleTable:
     """The rule table for Core ATen graphs (a new immutable table each call)."""
+    return RuleTable(functions=_rules_by_op())
+
+
+def ruled_ops() -> frozenset:
+    """The OpOverloads `aten_rules()` has a rule for."""
+    return frozenset(_rules_by_op())
+
+
+def _rules_by_op() -> dict:
     table: dict = {}
 
     def add(keys, rule: Rule) -> None:
@@ -279,4 +288,4 @@ def aten_rules() -> RuleTable:
     add((A.split_with_sizes.default, A.split.Tensor), SplitRule())
     add((operator.getitem,), GetItemRule())
     add(CREATION, CreationRule())
-    return RuleTable(functions=table)
+    return table
