@@ -8,7 +8,7 @@
 3. `ep.module()`, rebuilt as a plain `fx.GraphModule` (the unlifted module refuses
    `eval()`): parameters and buffers are `get_attr` nodes with the user's qualified names
    (`layer1.0.conv1.weight`), so parameter slots keep those names; the input guard
-   (`_guards_fn`) is removed;
+   (`_guards_fn`) and unused parameter reads are removed;
 4. values recorded on the flattened inputs (`flat_inputs`): the graph's placeholders
    take the tensors of `(args, kwargs)` in pytree order. Optional forward arguments not
    given keep their defaults (export bakes them in), so they are never required.
@@ -60,9 +60,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _drop_guards(gm: fx.GraphModule) -> None:
-    """Remove the input-shape guard call `ep.module()` inserts: it checks inputs, computes nothing."""
+    """Remove the input-shape guard call `ep.module()` inserts (it checks inputs, computes nothing) and reads
+    of parameters and buffers nothing uses (an unused buffer would otherwise look like a prunable group)."""
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
+            gm.graph.erase_node(node)
+        elif node.op == "get_attr" and not node.users:  # ep.module() reads every parameter and buffer, used or not
             gm.graph.erase_node(node)
     gm.delete_all_unused_submodules()
     gm.recompile()

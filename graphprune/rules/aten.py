@@ -66,6 +66,21 @@ class ReduceRule(Rule):
         return _passthrough(node, ctx, x, d if keepdim else d - sum(1 for r in dims if r < d))
 
 
+class BroadcastRule(BinaryRule):
+    """BinaryRule that freezes, instead of dropping, channels that meet a tensor with no channel dim to follow.
+
+    `inv_freq * positions` (a parameter or buffer times an input-derived tensor): the
+    constant's channels lead nowhere graphprune can see, so they must not be pruned.
+    """
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        effect = super().couple(node, ctx)
+        if effect.out_dim is None and not effect.couplings and not effect.freezes:
+            reason = f"{describe_node(node)} combines channels with a tensor whose channels graphprune cannot follow"
+            return Effect(None, freezes=freeze_inputs(node, ctx, reason))
+        return effect
+
+
 class ScanRule(Rule):
     """cumsum(x, dim): y keeps x's shape and channel dim unless the scan runs along the channel dim."""
 
@@ -148,6 +163,16 @@ class CreationRule(Rule):
         return Effect(None)
 
 
+class MetadataAssertRule(Rule):
+    """_assert_tensor_metadata(x, size, stride, dtype, ...): checks x, returns nothing; a checked size or stride
+    would fail once channels are removed, so then x's channels are frozen."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        if _arg(node, 1, "size") is not None or _arg(node, 2, "stride") is not None:
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} checks a size or stride"))
+        return Effect(None)
+
+
 def _arg(node: fx.Node, position: int, name: str, default=None):
     return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)
 
@@ -160,8 +185,8 @@ UNARY = (
     A.sin.default, A.sinh.default, A.sqrt.default, A.tan.default, A.trunc.default,
     A.relu.default, A.sigmoid.default, A.tanh.default, A.gelu.default, A.elu.default, A.leaky_relu.default,
     A.hardtanh.default, A.clamp.default, A.silu.default, A.hardswish.default, A.hardsigmoid.default, A.mish.default,
-    A.relu6.default, A.clone.default, A._to_copy.default, A.fill.Scalar, A.full_like.default, A.zeros_like.default,
-    A.ones_like.default, A.dropout.default, A.alias.default, A.detach.default, A.lift_fresh_copy.default,
+    A.relu6.default, A._to_copy.default, A.fill.Scalar, A.full_like.default, A.zeros_like.default,
+    A.ones_like.default, A.dropout.default, A.detach.default, A.lift_fresh_copy.default,
     A.pow.Tensor_Scalar,
 )
 """y = f(x, scalars...), one element at a time."""
@@ -199,6 +224,7 @@ MOVEMENT = (
     A.permute.default, A.t.default, A.transpose.int, A.unsqueeze.default, A.cat.default, A.stack.default,
     A.unbind.int, A.select.int, A.flip.default, A.repeat.default, A.pixel_shuffle.default, A.pixel_unshuffle.default,
     A.channel_shuffle.default, A.flatten.using_ints,
+    A.clone.default, A.alias.default,  # identities, label-pushed so the walk to attention passes through them
 )
 RESHAPES = (A.view.default, A._unsafe_view.default, A.reshape.default, A.expand.default)
 SQUEEZES = (A.squeeze.dim, A.squeeze.dims, A.squeeze.default)
@@ -272,7 +298,7 @@ def _rules_by_op() -> dict:
     add((A.scaled_dot_product_attention.default,), AttentionRule())
     add(UNARY, ElementwiseRule())
     add((A._softmax.default, A._log_softmax.default, A.softmax.int, A.log_softmax.int), SoftmaxRule())
-    add(BROADCASTING, BinaryRule())
+    add(BROADCASTING, BroadcastRule())
     for op, (dim_at, keepdim_at) in REDUCTIONS.items():
         table[op] = ReduceRule(dim_at, keepdim_at)
     add((A.cumsum.default,), ScanRule())
@@ -288,4 +314,5 @@ def _rules_by_op() -> dict:
     add((A.split_with_sizes.default, A.split.Tensor), SplitRule())
     add((operator.getitem,), GetItemRule())
     add(CREATION, CreationRule())
+    add((A._assert_tensor_metadata.default,), MetadataAssertRule())
     return table

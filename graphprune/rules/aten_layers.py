@@ -40,11 +40,15 @@ def weight_slot(ctx: AnalysisContext, w: fx.Node, dim: int, role: Role) -> Slot:
     """Slot of dim `dim` of a weight operand: its parameter when `w` reads one, else the input tensor.
 
     A vector constant's only non-trivial dim is already declared by the analysis (coupled
-    to its parameter slot as PRODUCER or BUFFER); that dim is reached through the node, so
-    one tensor dim never becomes two slots (and is never sliced twice).
+    to its parameter slot as PRODUCER or BUFFER); that dim is reached through the node. A
+    dim another op already registered in another role is reused. So one tensor dim never
+    becomes two slots (it would be sliced twice); the first role wins.
     """
     if ctx.constant(w) is None or ctx.channel_dim(w) == dim:
         return ctx.input_slot(w, dim)
+    for other in Role:  # a weight read by two ops in two roles (tied embedding / output layer): one slot
+        if other is not role and Slot(w.target, dim, other) in ctx.sizes:
+            return Slot(w.target, dim, other)
     return ctx.param_slot(w.target, dim, role)
 
 
@@ -260,6 +264,8 @@ class AttentionRule(ScaledDotProductAttentionRule):
                 return super().couple(node, ctx)
         elif ctx.channel_dim(mask) is not None or _mask_head_size(ctx.shape(mask), rank) > 1:
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} has a mask per head"))
+        if any(ctx.channel_dim(t) not in (hd, None) for t in (q, k, v)):
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} has channels inside heads"))
         hq, hk = ctx.shape(q)[hd], ctx.shape(k)[hd]
         if hk == 0 or hq % hk or ctx.shape(v)[hd] != hk:
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)}: {hq} query heads, {hk} kv heads"))
