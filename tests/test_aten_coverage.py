@@ -5,15 +5,18 @@ from graphprune.rules.aten import FROZEN_BY_DESIGN, ruled_ops
 
 
 def core_aten_ops() -> list:
+    """Every registered aten overload tagged core (from the dispatcher, so the list does not depend on which
+    packets earlier code happened to load)."""
     ops = []
-    for name in dir(torch.ops.aten):
-        packet = getattr(torch.ops.aten, name, None)
-        if not isinstance(packet, torch._ops.OpOverloadPacket):
+    for qualified in sorted(torch._C._dispatch_get_all_op_names()):
+        namespace, _, name = qualified.partition("::")
+        packet_name, _, overload = name.partition(".")
+        if namespace != "aten":
             continue
-        for overload in packet.overloads():
-            op = getattr(packet, overload)
-            if torch.Tag.core in op.tags:
-                ops.append(op)
+        packet = getattr(torch.ops.aten, packet_name, None)
+        op = getattr(packet, overload or "default", None) if packet is not None else None
+        if isinstance(op, torch._ops.OpOverload) and torch.Tag.core in op.tags:
+            ops.append(op)
     return ops
 
 

@@ -185,7 +185,7 @@ UNARY = (
     A.sin.default, A.sinh.default, A.sqrt.default, A.tan.default, A.trunc.default,
     A.relu.default, A.sigmoid.default, A.tanh.default, A.gelu.default, A.elu.default, A.leaky_relu.default,
     A.hardtanh.default, A.clamp.default, A.silu.default, A.hardswish.default, A.hardsigmoid.default, A.mish.default,
-    A.relu6.default, A._to_copy.default, A.fill.Scalar, A.full_like.default, A.zeros_like.default,
+    A.relu6.default, A.clone.default, A.alias.default, A._to_copy.default, A.fill.Scalar, A.full_like.default, A.zeros_like.default,
     A.ones_like.default, A.dropout.default, A.detach.default, A.lift_fresh_copy.default,
     A.pow.Tensor_Scalar,
 )
@@ -212,7 +212,7 @@ REDUCTIONS = {
 """op -> (position of `dim`, position of `keepdim`); None: all dims / keyword only."""
 
 SPATIAL = {
-    A.avg_pool2d.default: 2, A.avg_pool3d.default: 3, A._adaptive_avg_pool2d.default: 2,
+    A.avg_pool1d.default: 1, A.adaptive_avg_pool1d.default: 1, A.avg_pool2d.default: 2, A.avg_pool3d.default: 3, A._adaptive_avg_pool2d.default: 2,
     A._adaptive_avg_pool3d.default: 3, A.adaptive_avg_pool2d.default: 2, A.max_pool2d.default: 2,
     A.upsample_nearest2d.vec: 2, A.upsample_bilinear2d.vec: 2, A.upsample_nearest2d.default: 2,
     A.upsample_bilinear2d.default: 2, A.reflection_pad1d.default: 1, A.reflection_pad2d.default: 2,
@@ -224,7 +224,6 @@ MOVEMENT = (
     A.permute.default, A.t.default, A.transpose.int, A.unsqueeze.default, A.cat.default, A.stack.default,
     A.unbind.int, A.select.int, A.flip.default, A.repeat.default, A.pixel_shuffle.default, A.pixel_unshuffle.default,
     A.channel_shuffle.default, A.flatten.using_ints,
-    A.clone.default, A.alias.default,  # identities, label-pushed so the walk to attention passes through them
 )
 RESHAPES = (A.view.default, A._unsafe_view.default, A.reshape.default, A.expand.default)
 SQUEEZES = (A.squeeze.dim, A.squeeze.dims, A.squeeze.default)
@@ -245,6 +244,7 @@ FROZEN_BY_DESIGN = MappingProxyType({
     A.select_scatter.default: _BY_INDEX, A.slice_scatter.default: _BY_INDEX,
     A.argmax.default: _POSITIONS, A.argmin.default: _POSITIONS, A.max.dim: _POSITIONS, A.min.dim: _POSITIONS,
     A.sort.default: _POSITIONS, A.topk.default: _POSITIONS,
+    A.resize_.default: "resizes a tensor in place to a given shape; its storage, not its channels, decides what is kept",
     A.as_strided.default: "addresses raw memory by strides; no channel dim can be read from it",
     A.diagonal.default: "takes a diagonal across two dims, mixing a channel dim with another",
     A.col2im.default: "folds channel x kernel-position blocks into an image: channels and positions mix",
@@ -260,6 +260,7 @@ FROZEN_BY_DESIGN = MappingProxyType({
     A.sym_numel.default: "a dynamic-shape query: the export frontend specialises every shape",
     A.sym_stride.int: "a dynamic-shape query: the export frontend specialises every shape",
     A.sym_storage_offset.default: "a dynamic-shape query: the export frontend specialises every shape",
+    A.sym_is_contiguous.default: "a dynamic-shape query: the export frontend specialises every shape",
     A.convolution_backward.default: _BACKWARD, A.native_layer_norm_backward.default: _BACKWARD,
     A.native_group_norm_backward.default: _BACKWARD, A.embedding_dense_backward.default: _BACKWARD,
     A.avg_pool2d_backward.default: _BACKWARD, A.max_pool2d_with_indices_backward.default: _BACKWARD,
