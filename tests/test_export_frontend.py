@@ -1,0 +1,210 @@
+"""The torch.export (Core ATen) frontend: same groups as fx on the zoo, exact pruning, every spelling alike.
+
+Protocol: export -> analyse with `aten_rules` -> L2 scores -> local plan -> ShrinkChannels ->
+EliminateDeadCode; the pruned export graph must keep output shapes and equal, in float64,
+the unpruned graph whose consumer weights of the dropped channels are zeroed.
+"""
+import copy
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from graphprune.analysis import analyse
+from graphprune.errors import TraceError
+from graphprune.frontends import export_graph, flat_inputs
+from graphprune.importance import ScoringContext, resolve, score_groups
+from graphprune.models import get_model
+from graphprune.passes import EliminateDeadCode, ShrinkChannels
+from graphprune.planner import plan_local
+from graphprune.rules import default_rules
+from graphprune.rules.aten import aten_rules
+from graphprune.trace import clone_module, record_values, trace
+from graphprune.verify import max_exactness_error
+from conftest import randomize_norms
+
+FAST = ("resnet18", "vit_tiny")  # export + decomposition costs 5-40 s per model on 2 cores: the rest is slow
+SLOW = ("mobilenet_v2", "shufflenet_v2_x1_0", "densenet121", "convnext_tiny", "yolo_tiny", "efficientnet_b0")
+NORMALISING = "native_layer_norm"  # groups through a LayerNorm over channels are valid but not exact
+
+
+def prune_exported(gm, inputs, ratio=0.5, rules=None):
+    """Analyse, score (L2), plan (local ratio) and rewrite a copy of an exported graph."""
+    rules = rules or aten_rules()
+    graph = analyse(gm, rules)
+    scores = score_groups(graph.prunable, resolve("l2"), ScoringContext(gm, graph))
+    plan = plan_local(graph, scores, ratio).plan
+    pruned = copy.deepcopy(gm)
+    ShrinkChannels(graph, plan, rules, inputs)(pruned)
+    EliminateDeadCode(inputs)(pruned)
+    return SimpleNamespace(model=pruned, plan=plan, graph=graph)
+
+
+def fx_analysis(model, inputs):
+    rules = default_rules()
+    gm = trace(clone_module(model), rules.has_module_rule).eval()
+    record_values(gm, inputs)
+    return analyse(gm, rules)
+
+
+def _shapes(out):
+    return [t.shape for t in out] if isinstance(out, (tuple, list)) else [out.shape]
+
+
+def _passes_norm_over_channels(gm, group) -> bool:
+    norms = {n.name for n in gm.graph.nodes if n.op == "call_function" and NORMALISING in str(n.target)}
+    return any(u.name in norms for n in gm.graph.nodes if any(s.name == n.name for s in group.members) for u in n.users)
+
+
+def check_zoo_model(name):
+    spec = get_model(name)
+    model = randomize_norms(spec.build()).eval()
+    inputs = spec.example_inputs()
+    gm = export_graph(model, inputs)
+    graph = analyse(gm, aten_rules())
+    reference = fx_analysis(model, inputs)
+    assert Counter(g.size for g in graph.prunable) == Counter(g.size for g in reference.prunable)
+    assert len(graph.frozen) == len(reference.frozen)
+
+    result = prune_exported(gm, inputs)
+    before = sum(p.numel() for p in gm.parameters())
+    after = sum(p.numel() for p in result.model.parameters())
+    assert after < before
+    with torch.no_grad():
+        assert _shapes(result.model(*inputs)) == _shapes(gm(*inputs))
+    exact_ids = {g.id for g in graph.prunable if not _passes_norm_over_channels(gm, g)}
+    if exact_ids != set(result.plan.keep):  # rebuild with the exact groups only
+        keep = {gid: k for gid, k in result.plan.keep.items() if gid in exact_ids}
+        plan = type(result.plan)(keep, {gid: result.plan.sizes[gid] for gid in keep})
+        result = _apply(gm, inputs, graph, plan)
+    if result.plan.keep:
+        assert max_exactness_error(gm, inputs, result) <= 1e-5
+
+
+def _apply(gm, inputs, graph, plan, rules=None):
+    rules = rules or aten_rules()
+    pruned = copy.deepcopy(gm)
+    ShrinkChannels(graph, plan, rules, inputs)(pruned)
+    EliminateDeadCode(inputs)(pruned)
+    return SimpleNamespace(model=pruned, plan=plan, graph=graph)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_zoo_export_matches_fx_and_prunes_exactly(name):
+    check_zoo_model(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW)
+def test_zoo_export_matches_fx_and_prunes_exactly_slow(name):
+    check_zoo_model(name)
+
+
+# -- spellings -------------------------------------------------------------------------------------------------
+
+
+class FunctionalBatchNorm(nn.Module):
+    """Batch norm written with F.batch_norm, as library layers do."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(channels)), nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training, 0.1, 1e-5)
+
+
+def drop_path(x, p: float, training: bool):
+    """Stochastic depth: the identity in eval mode."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= p
+    return x * keep / (1 - p)
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, norm, residual):
+        super().__init__()
+        self.conv, self.norm, self.residual = nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm(cout), residual
+
+    def forward(self, x):
+        y = F.relu(self.norm(self.conv(x)))
+        return x + drop_path(y, 0.2, self.training) if self.residual else y
+
+
+class Net(nn.Module):
+    def __init__(self, norm):
+        super().__init__()
+        self.blocks = nn.Sequential(Block(3, 16, norm, False), Block(16, 32, norm, False), Block(32, 32, norm, True))
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.blocks(x).mean((2, 3)))
+
+
+def _spelled(norm):
+    torch.manual_seed(0)
+    net = Net(norm)
+    with torch.no_grad():  # the same non-trivial norm parameters whatever the spelling
+        g = torch.Generator().manual_seed(5)
+        for m in net.modules():
+            if hasattr(m, "running_var"):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return net.eval()
+
+
+def test_spellings_prune_to_the_same_model():
+    x = torch.randn(2, 3, 16, 16)
+    kept, shapes = [], []
+    for norm in (nn.BatchNorm2d, FunctionalBatchNorm):
+        model = _spelled(norm)
+        gm = export_graph(model, (x,))
+        result = prune_exported(gm, (x,))
+        assert max_exactness_error(gm, (x,), result) <= 1e-5
+        kept.append(sorted((result.plan.sizes[g], len(k)) for g, k in result.plan.keep.items()))
+        shapes.append([tuple(p.shape) for p in result.model.parameters()])
+    assert kept[0] == kept[1] and len(kept[0]) == 2  # (16 -> 8) and the residual stage (32 -> 16)
+    assert shapes[0] == shapes[1]
+    fx_groups = fx_analysis(_spelled(FunctionalBatchNorm), (x,))
+    assert len(fx_groups.prunable) < 2  # what this frontend is for: fx freezes F.batch_norm
+
+
+def test_export_keeps_the_callers_model_and_optional_arguments():
+    class WithOptional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+
+        def forward(self, x, skip=None, scale: float = 2.0):
+            y = F.relu(self.bn(self.conv(x))) * scale
+            return y + skip if skip is not None else y
+
+    model = WithOptional().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, skip = torch.randn(1, 3, 8, 8), torch.randn(1, 8, 8, 8)
+    gm = export_graph(model, (x,))  # `skip` and `scale` keep their defaults
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(gm(x), model.eval()(x))
+    gm2 = export_graph(model, (x,), {"skip": skip})
+    assert len(flat_inputs(gm2, (x,), {"skip": skip})) == 2
+    with torch.no_grad():
+        assert torch.equal(gm2(x, skip=skip), model(x, skip=skip))
+
+
+def test_export_failure_is_a_trace_error():
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            return x[x > 0].sum() if x.sum() > 0 else x  # control flow on a tensor value
+
+    with pytest.raises(TraceError, match="torch.export cannot export DataDependent"):
+        export_graph(DataDependent(), (torch.randn(4),))
