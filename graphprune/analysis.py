@@ -16,8 +16,10 @@ over N groups costs one trace).
 from __future__ import annotations
 
 import difflib
+import enum
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Iterable, Mapping
 
 import torch
@@ -25,7 +27,8 @@ import torch.fx as fx
 
 from .cost import CostModel, Counts
 from .dependencies import build_dependency_graph
-from .errors import InputError
+from .errors import InputError, TraceError
+from .frontends import export_graph, exported_graph, flat_inputs
 from .groups import DependencyGraph, Role
 from .importance import ScoringContext, score_groups
 from .inputs import check_model_and_inputs
@@ -47,6 +50,28 @@ class PruneResult:
     report: PruneReport
     graph: DependencyGraph
     timings: dict = field(default_factory=dict, compare=False)  # seconds per stage
+    example_inputs: tuple = field(default=(), compare=False)  # one value per placeholder of `model`
+
+    @cached_property
+    def exported(self) -> torch.export.ExportedProgram:
+        """The pruned model as a torch.export ExportedProgram (for .pt2, ExecuTorch, the dynamo ONNX exporter)."""
+        model = self.model.eval() if not self.model.training else self.model
+        try:
+            return torch.export.export(model, self.example_inputs, strict=False)
+        except Exception as exc:
+            raise TraceError(f"torch.export cannot export the pruned model: {type(exc).__name__}: "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+
+
+class Frontend(enum.Enum):
+    """How a model becomes a graph. FX: torch.fx symbolic trace, modules with a rule kept whole (fastest).
+    EXPORT: torch.export to Core ATen (any spelling, Python control flow on shapes, Hugging Face models).
+    AUTO: fx; export when fx cannot trace, or when fx meets ops without a rule and export leaves more
+    channels prunable."""
+
+    AUTO = "auto"
+    FX = "fx"
+    EXPORT = "export"
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +87,7 @@ class Analysis:
     stats: ModelStats
     layers: Mapping[str, LayerKind]  # weight parameter name -> kind of its conv/linear-like layer
     layer_inputs: frozenset[str]  # nodes read by those layers (what activation criteria look at)
+    frontend: str = "fx"  # which frontend traced the model, and why (Frontend docstring)
     timings: Mapping[str, float] = field(default_factory=dict)
 
     # -- reading ---------------------------------------------------------------------------
@@ -167,8 +193,9 @@ class Analysis:
         t0 = time.perf_counter()
         report = build_report(self.stats, self.cost, gm, self.rules, self.dependencies, planned.plan,
                               rewritten.sliced_params, planned.rounding)
+        report = replace(report, frontend=self.frontend)
         timings = {**self.timings, **planned.timings, **rewritten.timings, "report": time.perf_counter() - t0}
-        return PruneResult(gm, planned.plan, report, self.dependencies, timings)
+        return PruneResult(gm, planned.plan, report, self.dependencies, timings, self.example_inputs)
 
     def prune(self, budget: Budget, strategy: Strategy = Strategy(), target: str | Target = "auto",
               calibration: Calibration = Calibration()) -> PruneResult:
@@ -189,24 +216,75 @@ def _weighted_layers(gm: fx.GraphModule, rules: RuleTable, graph: DependencyGrap
     return layers, frozenset(inputs)
 
 
-def analyse(model: torch.nn.Module, example_inputs, *, example_kwargs: Mapping | None = None,
-            rules: RuleTable | None = None, strict: bool = False) -> Analysis:
-    """Trace a copy of `model`, find its channel groups and its cost model, measure it (see the module docstring).
-
-    `example_inputs`: a tensor or a tuple of the forward's positional arguments; `example_kwargs`
-    its keyword arguments (arguments with defaults may be left out). With `strict=True` an op
-    without a rule raises UnsupportedOpError and a failing rule raises RuleError, instead of
-    freezing the channels they touch.
-    """
-    args = check_model_and_inputs(model, example_inputs)
-    rules = rules or default_rules()
+def _analysed(gm: fx.GraphModule, inputs: tuple, model, rules: RuleTable, strict: bool, frontend: str,
+              trace_seconds: float) -> Analysis:
     t0 = time.perf_counter()
-    gm, inputs = trace_with_values(model, args, example_kwargs, rules.has_module_rule)
-    t1 = time.perf_counter()
     graph = build_dependency_graph(gm, rules, strict=strict)
     cost = CostModel.of(gm, rules, graph)
     layers, layer_inputs = _weighted_layers(gm, rules, graph)
     stats = ModelStats.measure(gm, rules)
-    t2 = time.perf_counter()
-    return Analysis(model, gm, inputs, rules, graph, cost, stats, layers, layer_inputs,
-                    {"trace": t1 - t0, "analysis": t2 - t1})
+    return Analysis(model, gm, inputs, rules, graph, cost, stats, layers, layer_inputs, frontend,
+                    {"trace": trace_seconds, "analysis": time.perf_counter() - t0})
+
+
+def _via_fx(model, args, kwargs, rules, strict) -> Analysis:
+    t0 = time.perf_counter()
+    gm, inputs = trace_with_values(model, args, kwargs, rules.has_module_rule)
+    return _analysed(gm, inputs, model, rules, strict, "fx", time.perf_counter() - t0)
+
+
+def _via_export(model, args, kwargs, rules, strict, why: str = "") -> Analysis:
+    t0 = time.perf_counter()
+    if isinstance(model, torch.export.ExportedProgram):
+        gm = exported_graph(model, args, kwargs)
+        model = gm  # the caller's program stays as it is; names and totals come from its graph
+    else:
+        gm = export_graph(model, args, kwargs)
+    inputs = flat_inputs(gm, args, kwargs)
+    return _analysed(gm, inputs, model, rules, strict, "export" + (f" ({why})" if why else ""),
+                     time.perf_counter() - t0)
+
+
+def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_inputs, *,
+            example_kwargs: Mapping | None = None, rules: RuleTable | None = None, strict: bool = False,
+            frontend: str | Frontend = "auto") -> Analysis:
+    """Trace a copy of `model`, find its channel groups and its cost model, measure it (see the module docstring).
+
+    `example_inputs`: a tensor or a tuple of the forward's positional arguments; `example_kwargs`
+    its keyword arguments (arguments with defaults may be left out). `model` may also be a
+    torch.export ExportedProgram (always the export frontend). `frontend`: "auto", "fx" or
+    "export" (see Frontend); `Analysis.frontend` says which ran and why. With `strict=True` an
+    op without a rule raises UnsupportedOpError and a failing rule raises RuleError, instead
+    of freezing the channels they touch.
+    """
+    try:
+        frontend = Frontend(frontend)
+    except ValueError:
+        raise InputError(f"frontend must be one of {[f.value for f in Frontend]}, got {frontend!r}") from None
+    rules = rules or default_rules()
+    if isinstance(model, torch.export.ExportedProgram):
+        return _via_export(model, tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else
+                           (example_inputs,), example_kwargs, rules, strict, "an ExportedProgram was given")
+    args = check_model_and_inputs(model, example_inputs)
+    if frontend is Frontend.FX:
+        return _via_fx(model, args, example_kwargs, rules, strict)
+    if frontend is Frontend.EXPORT:
+        return _via_export(model, args, example_kwargs, rules, strict)
+    try:
+        fx_analysis = _via_fx(model, args, example_kwargs, rules, strict)
+    except TraceError as fx_error:
+        try:
+            return _via_export(model, args, example_kwargs, rules, strict,
+                               f"torch.fx cannot trace {type(model).__name__}")
+        except TraceError:
+            raise fx_error from None
+    if not fx_analysis.dependencies.unsupported:
+        return fx_analysis
+    try:
+        export_analysis = _via_export(model, args, example_kwargs, rules, strict,
+                                      f"fx met {len(fx_analysis.dependencies.unsupported)} op(s) without a rule")
+    except TraceError:
+        return fx_analysis
+    if export_analysis.dependencies.prunable_channels > fx_analysis.dependencies.prunable_channels:
+        return export_analysis
+    return fx_analysis

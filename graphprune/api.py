@@ -7,10 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Mapping, Sequence, Union
 
-import torch
-
 from .analysis import PruneResult, analyse
-from .errors import InputError
 from .importance import Criterion
 from .options import Budget, Options
 from .planner import PrunePlan
@@ -40,6 +37,7 @@ def prune_graph(
     loss_fn: Callable | None = None,
     recalibrate_bn: bool = False,
     example_kwargs: Mapping | None = None,
+    frontend: str = "auto",
 ) -> PruneResult:
     """Prune whole channels and return a physically smaller GraphModule, its plan and a measured report.
 
@@ -55,15 +53,16 @@ def prune_graph(
     every layer. Data (a Calibration): `calibration` batches (the model's inputs, then what
     `loss_fn(output, *rest)` needs) for data-driven criteria, and `recalibrate_bn` to
     re-estimate BatchNorm statistics on them. `ignore` keeps the output channels of the
-    given modules. The input and output shapes never change; `model` is not modified.
+    given modules. `frontend` ("auto", "fx", "export") picks how the model becomes a graph
+    (see analysis.Frontend); `model` may also be a torch.export ExportedProgram. The input and
+    output shapes never change; `model` is not modified.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     budget = Budget.from_keywords(ratio, target_params, target_macs)
     options = Options.from_keywords(importance=importance, scope=scope, min_keep=min_keep, ratios=ratios,
                                     round_to=round_to, target=target, calibration=calibration, loss_fn=loss_fn,
                                     recalibrate_bn=recalibrate_bn, ignore=ignore)
-    analysis = analyse(model, example_inputs, example_kwargs=example_kwargs, rules=rules, strict=strict)
+    analysis = analyse(model, example_inputs, example_kwargs=example_kwargs, rules=rules, strict=strict,
+                       frontend=frontend)
     return options.prune(analysis, budget)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import operator
 import os
+from dataclasses import replace
 
 import torch.fx as fx
 from torch.utils._pytree import tree_leaves
@@ -157,4 +158,5 @@ def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool
         )
     freezes.extend(_channel_counts_as_values(gm, ctx, rules))
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
-    return build_groups(ctx.sizes, couplings, freezes + ctx.freezes, order, ctx.declared)
+    graph = build_groups(ctx.sizes, couplings, freezes + ctx.freezes, order, ctx.declared)
+    return replace(graph, unsupported=tuple(unsupported))

@@ -152,6 +152,7 @@ class DependencyGraph:
     groups: tuple[ChannelGroup, ...]
     slot_graph: nx.Graph  # nodes: Slot; edges: couplings; connected components == groups
     channel_dims: Mapping[str, object] = field(default_factory=dict)  # FX node name -> its output's channel dim
+    unsupported: tuple[str, ...] = ()  # ops the analysis met without a rule (their channels are frozen)
 
     def with_frozen(self, group_ids: Iterable[str], reason: str) -> "DependencyGraph":
         """A copy where the given groups are frozen with `reason` (e.g. the user's `ignore`)."""
@@ -159,7 +160,11 @@ class DependencyGraph:
         groups = tuple(
             ChannelGroup(g.id, g.size, g.members, g.frozen_reasons + (reason,)) if g.id in ids else g for g in self.groups
         )
-        return DependencyGraph(groups, self.slot_graph, self.channel_dims)
+        return DependencyGraph(groups, self.slot_graph, self.channel_dims, self.unsupported)
+
+    @property
+    def prunable_channels(self) -> int:
+        return sum(g.size for g in self.prunable)
 
     def __post_init__(self):
         object.__setattr__(self, "_by_id", {g.id: g for g in self.groups})

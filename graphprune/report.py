@@ -53,6 +53,7 @@ class PruneReport:
     groups: tuple[GroupReport, ...]
     layers: tuple[LayerReport, ...]
     params_removed_dead_code: int
+    frontend: str = "fx"  # which frontend traced the model, and why
 
     @property
     def frozen_groups(self) -> tuple[GroupReport, ...]:

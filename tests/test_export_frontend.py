@@ -13,7 +13,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from graphprune.analysis import analyse
+import graphprune
+import graphprune.models
+
+from graphprune.dependencies import build_dependency_graph as analyse
 from graphprune.errors import TraceError
 from graphprune.frontends import export_graph, flat_inputs
 from graphprune.importance import ScoringContext, resolve, score_groups
@@ -208,3 +211,24 @@ def test_export_failure_is_a_trace_error():
 
     with pytest.raises(TraceError, match="torch.export cannot export DataDependent"):
         export_graph(DataDependent(), (torch.randn(4),))
+
+
+SAME_COUNTS_FAST = ("resnet18", "vit_tiny")
+SAME_COUNTS_SLOW = ("mobilenet_v2", "densenet121", "shufflenet_v2_x1_0", "convnext_tiny", "efficientnet_b0",
+                    "googlenet", "regnet_y_400mf", "squeezenet1_1", "unet", "yolo_tiny", "resnet56")
+
+
+@pytest.mark.parametrize("name", list(SAME_COUNTS_FAST) + [pytest.param(n, marks=pytest.mark.slow) for n in SAME_COUNTS_SLOW])
+def test_both_frontends_prune_a_zoo_model_to_the_same_counts(name):
+    """The plan through fx and through export removes the same channels: equal measured params and MACs."""
+    spec = graphprune.models.get_model(name)
+    model, x = spec.build(), spec.example_inputs()
+    by_fx = graphprune.prune_graph(model, x, ratio=0.5, frontend="fx")
+    by_export = graphprune.prune_graph(model, x, ratio=0.5, frontend="export")
+    assert by_export.report.frontend == "export" and by_fx.report.frontend == "fx"
+    assert (by_export.report.params_before, by_export.report.macs_before) == (
+        by_fx.report.params_before, by_fx.report.macs_before)
+    assert (by_export.report.params_after, by_export.report.macs_after) == (
+        by_fx.report.params_after, by_fx.report.macs_after)
+    with torch.no_grad():
+        assert by_export.model(*x).shape == by_fx.model(*x).shape

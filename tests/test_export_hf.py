@@ -12,7 +12,7 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 transformers = pytest.importorskip("transformers")
 
-from graphprune.analysis import analyse  # noqa: E402
+from graphprune.dependencies import build_dependency_graph as analyse  # noqa: E402
 from graphprune.frontends import export_graph  # noqa: E402
 from graphprune.rules.aten import aten_rules  # noqa: E402
 

@@ -3,6 +3,6 @@
 `graphprune.trace` is the torch.fx frontend (modules with a rule stay whole);
 `torch_export.export_graph` is the torch.export frontend (every op spelled in Core ATen).
 """
-from .torch_export import export_graph, flat_inputs
+from .torch_export import export_graph, exported_graph, flat_inputs
 
-__all__ = ["export_graph", "flat_inputs"]
+__all__ = ["export_graph", "exported_graph", "flat_inputs"]

@@ -84,13 +84,26 @@ def export_graph(model: torch.nn.Module, args, kwargs: dict | None = None) -> fx
     name = type(model).__name__
     try:
         ep = torch.export.export(copy, args, kwargs, strict=False)
-        ep = ep.run_decompositions(decomposition_table())
-        unlifted = ep.module()
     except Exception as exc:  # torch.export raises many types; all mean "cannot export"
         raise TraceError(
             f"torch.export cannot export {name}: {type(exc).__name__}: {_first_line(exc)}. "
             "Fix: check that forward() runs on the example inputs, or use the fx frontend."
         ) from exc
+    return exported_graph(ep, args, kwargs, name)
+
+
+def exported_graph(ep: torch.export.ExportedProgram, args, kwargs: dict | None = None, name: str = "Exported") -> fx.GraphModule:
+    """An ExportedProgram (the caller's, or one export_graph made) decomposed to Core ATen, with values recorded.
+
+    The caller's program is not modified (run_decompositions returns a new one).
+    """
+    args = (args,) if isinstance(args, torch.Tensor) else tuple(args)
+    kwargs = dict(kwargs or {})
+    try:
+        unlifted = ep.run_decompositions(decomposition_table()).module()
+    except Exception as exc:
+        raise TraceError(f"cannot decompose the exported program of {name}: {type(exc).__name__}: "
+                         f"{_first_line(exc)}") from exc
     gm = fx.GraphModule(unlifted, unlifted.graph, name)  # a plain GraphModule: the unlifted one refuses eval()
     _drop_guards(gm)
     gm.eval()

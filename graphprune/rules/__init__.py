@@ -1,4 +1,7 @@
-"""Rules: how each op family couples channels (analysis) and shrinks (rewrite).
+"""Rules: how each op family couples channels (analysis), shrinks (rewrite) and costs (planning, report).
+
+One table serves both frontends: modules and Python callables (the fx frontend's spelling)
+and Core ATen OpOverloads (the torch.export frontend's, see aten.py).
 
 `default_rules()` returns the built-in table; extend it with
 `default_rules().with_rule(MyBlock, MyRule())` — nothing global is mutated.
@@ -12,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .aten import rules_by_op as aten_rules_by_op
 from .attention import MatMulRule, MultiheadAttentionRule, PrunedMultiheadAttention, ScaledDotProductAttentionRule
 from .base import AnalysisContext, GraphView, LayerKind, MacTerm, Rule, RuleTable, ShrinkContext, WeightedLayer
 from .elementwise import BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule
@@ -93,6 +97,7 @@ def default_rules() -> RuleTable:
     add(FUNCTIONAL_WEIGHTED, FunctionalWeightedRule())
     add((F.scaled_dot_product_attention,), ScaledDotProductAttentionRule())
     add(_SHAPE_QUERIES, ShapeQueryRule())
+    table.update(aten_rules_by_op())  # the torch.export frontend's spelling: Core ATen OpOverloads
     modules = {k: v for k, v in table.items() if isinstance(k, type) and issubclass(k, nn.Module)}
     functions = {k: v for k, v in table.items() if k not in modules}
     return RuleTable(modules, functions)

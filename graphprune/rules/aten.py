@@ -29,12 +29,12 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ..groups import Coupling, Effect
+from ..groups import Coupling, Effect, Freeze
 from .aten_layers import (AttentionRule, BatchNormRule, ConvolutionRule, EmbeddingRule, GroupNormRule, LayerNormRule,
                           LinearRule, MmRule)
 from .attention import MatMulRule
 from .base import AnalysisContext, Rule, RuleTable, ShrinkContext, describe_node, freeze_inputs
-from .elementwise import BinaryRule, ElementwiseRule, PadRule, SoftmaxRule, SpatialRule, _passthrough
+from .elementwise import BinaryRule, ElementwiseRule, PadRule, SoftmaxRule, SpatialRule, passthrough
 from .movement import GetItemRule, MovementRule, ReshapeRule, SqueezeRule
 
 __all__ = ["aten_rules", "ruled_ops", "FROZEN_BY_DESIGN"]
@@ -63,7 +63,7 @@ class ReduceRule(Rule):
         if d in dims:
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} reduces over the channel dim"))
         keepdim = _arg(node, self.keepdim_at, "keepdim", False) if self.keepdim_at is not None else node.kwargs.get("keepdim", False)
-        return _passthrough(node, ctx, x, d if keepdim else d - sum(1 for r in dims if r < d))
+        return passthrough(node, ctx, x, d if keepdim else d - sum(1 for r in dims if r < d))
 
 
 class BroadcastRule(BinaryRule):
@@ -91,7 +91,7 @@ class ScanRule(Rule):
             return Effect(None)
         if dim % len(ctx.shape(x)) == d:
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} accumulates along the channel dim"))
-        return _passthrough(node, ctx, x, d)
+        return passthrough(node, ctx, x, d)
 
 
 class PoolWithIndicesRule(Rule):
@@ -112,7 +112,7 @@ class PoolWithIndicesRule(Rule):
         couplings = [Coupling(x_slot, ctx.output_slot(u, d)) for u in node.users
                      if u.target is operator.getitem and u.args[1] in (0, 1)]
         if any(u.target is not operator.getitem for u in node.users):
-            return Effect(None, freezes=(ctx.freeze(x_slot, f"the outputs of {describe_node(node)} are used whole"),))
+            return Effect(None, freezes=(Freeze(x_slot, f"the outputs of {describe_node(node)} are used whole"),))
         return Effect((d, d), couplings=tuple(couplings))
 
 
@@ -271,15 +271,15 @@ FROZEN_BY_DESIGN = MappingProxyType({
 
 def aten_rules() -> RuleTable:
     """The rule table for Core ATen graphs (a new immutable table each call)."""
-    return RuleTable(functions=_rules_by_op())
+    return RuleTable(functions=rules_by_op())
 
 
 def ruled_ops() -> frozenset:
     """The OpOverloads `aten_rules()` has a rule for."""
-    return frozenset(_rules_by_op())
+    return frozenset(rules_by_op())
 
 
-def _rules_by_op() -> dict:
+def rules_by_op() -> dict:
     table: dict = {}
 
     def add(keys, rule: Rule) -> None:

@@ -22,6 +22,7 @@ are `Slot(qualified name, dim, role)` of that node's target. Several ops return 
 """
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -30,7 +31,8 @@ import torch.fx as fx
 
 from ..groups import Coupling, Effect, Role, Slot
 from .attention import MatMulRule, ScaledDotProductAttentionRule
-from .base import AnalysisContext, Rule, ShrinkContext, describe_node, freeze_inputs
+from .base import (AnalysisContext, GraphView, LayerKind, MacTerm, Rule, ShrinkContext, WeightedLayer, describe_node,
+                   freeze_inputs)
 
 _A = torch.ops.aten
 _TRANSPOSES = (_A.t.default, _A.permute.default, _A.transpose.int)
@@ -67,8 +69,13 @@ def _first_outputs(node: fx.Node, ctx: AnalysisContext, dim: int, source: Slot) 
     users = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
     couplings = [Coupling(source, ctx.output_slot(u, dim)) for u in users]
     whole = [u for u in node.users if u.target is not operator.getitem]
-    freezes = [ctx.freeze(source, f"the outputs of {describe_node(node)} are used whole")] if whole else []
+    freezes = [Freeze(source, f"the outputs of {describe_node(node)} are used whole")] if whole else []
     return couplings, freezes
+
+
+def _channel_factors(view: GraphView, *nodes: fx.Node) -> tuple[Slot, ...]:
+    """The activation slots (node, its declared channel dim) that a MAC count scales with."""
+    return tuple(Slot(n.name, view.channel_dim(n)) for n in nodes if isinstance(view.channel_dim(n), int))
 
 
 def _kept_count(ctx: ShrinkContext, node: fx.Node, dim: int) -> int | None:
@@ -88,7 +95,7 @@ class ConvolutionRule(Rule):
         if transposed:
             if groups != 1:
                 reason = f"grouped transposed convolution {describe_node(node)} (groups={groups}) is not supported"
-                return Effect(cdim, freezes=(ctx.freeze(x_slot, reason), ctx.freeze(out, reason)))
+                return Effect(cdim, freezes=(Freeze(x_slot, reason), Freeze(out, reason)))
             return Effect(cdim, couplings=(Coupling(x_slot, weight_slot(ctx, w, 0, Role.CONSUMER)),
                                            Coupling(out, weight_slot(ctx, w, 1, Role.PRODUCER)), *bias))
         couplings = [Coupling(out, weight_slot(ctx, w, 0, Role.PRODUCER)), *bias]
@@ -114,6 +121,25 @@ class ConvolutionRule(Rule):
         kept = _kept_count(ctx, x, cdim)
         if kept is not None:
             _with_arg(node, 8, kept // ctx.value(w).shape[1])  # group width Cin/G is unchanged by pruning
+
+    def cost(self, node: fx.Node, view: GraphView) -> tuple[MacTerm, ...]:
+        """numel(y) * prod(w.shape[1:]) (= numel(y) * Cin/G * prod(k)); transposed: numel(x) * prod(w.shape[1:]).
+
+        Scales with the output's channels, and with the input's when G == 1 (transposed: both).
+        """
+        x, w = node.args[:2]
+        transposed, groups = node.args[6], node.args[8]
+        taps = math.prod(view.shape(w)[1:])
+        if transposed:
+            return (MacTerm(math.prod(view.shape(x)) * taps, _channel_factors(view, x, node)),)
+        factors = _channel_factors(view, node, x) if groups == 1 else _channel_factors(view, node)
+        return (MacTerm(math.prod(view.shape(node)) * taps, factors),)
+
+    def weighted_layer(self, node: fx.Node, view: GraphView) -> WeightedLayer | None:
+        w = node.args[1]
+        if view.constant(w) is None:
+            return None
+        return WeightedLayer(LayerKind.DENSE_CONV if node.args[8] == 1 else LayerKind.GROUPED_CONV, (w.target,))
 
 
 def _transposed_param(ctx: AnalysisContext, w: fx.Node) -> tuple[fx.Node, bool] | None:
@@ -150,6 +176,15 @@ class LinearRule(Rule):
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} has a computed weight"))
         return Effect(cdim, couplings=tuple(_linear_couplings(ctx, x, ctx.output_slot(node, cdim), w, 1, b)))
 
+    def cost(self, node: fx.Node, view: GraphView) -> tuple[MacTerm, ...]:
+        """numel(y) * in_features; scales with the output's and the input's last dims."""
+        x, w = node.args[:2]
+        return (MacTerm(math.prod(view.shape(node)) * view.shape(w)[-1], _channel_factors(view, node, x)),)
+
+    def weighted_layer(self, node: fx.Node, view: GraphView) -> WeightedLayer | None:
+        w = node.args[1]
+        return WeightedLayer(LayerKind.LINEAR, (w.target,)) if view.constant(w) is not None else None
+
 
 class MmRule(MatMulRule):
     """mm(a, W) and addmm(b, a, W, beta, alpha) = beta b + alpha a W: a linear layer when W is a parameter
@@ -170,6 +205,19 @@ class MmRule(MatMulRule):
         weight, transposed = param
         out = ctx.output_slot(node, 1)
         return Effect(1, couplings=tuple(_linear_couplings(ctx, a, out, weight, 1 if transposed else 0, bias)))
+
+    def cost(self, node: fx.Node, view: GraphView) -> tuple[MacTerm, ...]:
+        """numel(y) * k for a (n, k) @ W (k, m); scales with the output's and a's declared channel dims."""
+        a = node.args[1] if self.has_bias else node.args[0]
+        factors = _channel_factors(view, node) + (
+            _channel_factors(view, a) if view.channel_dim(a) == len(view.shape(a)) - 1 else ())
+        return (MacTerm(math.prod(view.shape(node)) * view.shape(a)[-1], factors),)
+
+    def weighted_layer(self, node: fx.Node, view: GraphView) -> WeightedLayer | None:
+        w = node.args[2] if self.has_bias else node.args[1]
+        if w.op == "call_function" and w.target in _TRANSPOSES:
+            w = w.args[0]
+        return WeightedLayer(LayerKind.LINEAR, (w.target,)) if view.constant(w) is not None else None
 
 
 class BatchNormRule(Rule):
@@ -202,7 +250,7 @@ class LayerNormRule(Rule):
         x_slot = ctx.input_slot(x, cdim)
         if len(shape) != 1:
             reason = f"{describe_node(node)} normalises over {len(shape)} dims"
-            return Effect((None, None, None), freezes=(ctx.freeze(x_slot, reason),))
+            return Effect((None, None, None), freezes=(Freeze(x_slot, reason),))
         couplings, freezes = _first_outputs(node, ctx, cdim, x_slot)
         for t in node.args[2:4]:
             if isinstance(t, fx.Node):

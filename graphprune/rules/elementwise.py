@@ -17,7 +17,7 @@ from ..trace import TensorMeta
 from .base import AnalysisContext, Rule, describe_node, freeze_inputs
 
 
-def _passthrough(node: fx.Node, ctx: AnalysisContext, x: fx.Node, out_dim: int | None) -> Effect:
+def passthrough(node: fx.Node, ctx: AnalysisContext, x: fx.Node, out_dim: int | None) -> Effect:
     if out_dim is None:
         return Effect(None)
     return Effect(out_dim, couplings=(Coupling(ctx.input_slot(x, ctx.channel_dim(x)), ctx.output_slot(node, out_dim)),))
@@ -31,7 +31,7 @@ class ElementwiseRule(Rule):
         if not ctx.is_tensor(x) or not ctx.is_tensor(node) or ctx.shape(x) != ctx.shape(node):
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node, ctx.modules)} changes the shape"))
         d = ctx.channel_dim(x)
-        return _passthrough(node, ctx, x, d if isinstance(d, int) else None)
+        return passthrough(node, ctx, x, d if isinstance(d, int) else None)
 
 
 class SoftmaxRule(ElementwiseRule):
@@ -53,7 +53,7 @@ class SpatialRule(Rule):
         spatial = self.spatial if self.spatial is not None else in_rank - 2
         if in_rank != out_rank or d >= in_rank - spatial or ctx.shape(x)[d] != ctx.shape(node)[d]:
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node, ctx.modules)} acts on the channel dim"))
-        return _passthrough(node, ctx, x, d)
+        return passthrough(node, ctx, x, d)
 
 
 class PadRule(Rule):
@@ -68,7 +68,7 @@ class PadRule(Rule):
         rank = len(ctx.shape(x))
         if isinstance(pad, fx.Node) or d >= rank - len(pad) // 2:
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} pads the channel dim"))
-        return _passthrough(node, ctx, x, d)
+        return passthrough(node, ctx, x, d)
 
 
 def _dims_arg(node: fx.Node, position: int, rank: int):
@@ -94,7 +94,7 @@ class ReduceRule(Rule):
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} reduces over the channel dim"))
         keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
         out_dim = d if keepdim else d - sum(1 for r in dims if r < d)
-        return _passthrough(node, ctx, x, out_dim)
+        return passthrough(node, ctx, x, out_dim)
 
 
 class BinaryRule(Rule):
