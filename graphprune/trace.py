@@ -204,6 +204,7 @@ def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     Rewrites work on such a copy, so the analysed GraphModule is never mutated.
     """
     graph = fx.Graph()
+    graph.set_codegen(copy.deepcopy(gm.graph._codegen))  # the export frontend's pytree in/out handling
     output = graph.output(graph.graph_copy(gm.graph, {}))
     output.meta = dict(gm.graph.output_node().meta)
     new = gm.__class__.__new__(gm.__class__)

@@ -62,9 +62,9 @@ def test_a_failing_rule_raises_with_the_node_named_in_strict_mode_and_freezes_ot
     model, x = ConvChain().eval(), example_input(ConvChain)
     rules = default_rules().with_rule(torch.nn.Conv2d, BrokenConvRule())
     with pytest.raises(RuleError, match=r"BrokenConvRule failed on `\w+` \(module `[\w.]+`: Conv2d\): ValueError: boom"):
-        graphprune.analyse(model, x, rules=rules, strict=True)
+        graphprune.analyse(model, x, rules=rules, strict=True, frontend="fx")
     monkeypatch.delenv("GRAPHPRUNE_RULE_ERRORS")
-    analysis = graphprune.analyse(model, x, rules=rules)
+    analysis = graphprune.analyse(model, x, rules=rules, frontend="fx")
     assert analysis.dependencies.prunable == ()
     assert any("BrokenConvRule failed (ValueError: boom)" in r for g in analysis.dependencies.frozen
                for r in g.frozen_reasons)

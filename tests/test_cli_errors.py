@@ -50,7 +50,7 @@ def test_torch_error_is_cut_to_one_line(tmp_path, factories):
     (torch.nn.Conv2d(3, 4, 1), torch.randn(0, 3, 4, 4), "shape (0, 3, 4, 4): dim 0 is empty"),
     (torch.nn.Conv2d(3, 4, 1), (torch.randn(1, 3, 4, 4), torch.randn(1, 3, 0, 4)), "example input 1 has shape"),
     (torch.nn.Conv2d(3, 4, 1), torch.full((1, 3, 2, 2), float("nan")), "NaN or infinite"),
-    (torch.nn.Conv2d(3, 4, 1), ([1, 2],), "example input 0 is a list, not a tensor"),
+    (torch.nn.Conv2d(3, 4, 1), ([1, 2],), "example input 0 is a list: example_inputs must be a tensor or a tuple of tensors"),
     (torch.nn.Conv2d(3, 4, 1), (), "no example inputs"),
 ])
 def test_check_model_and_inputs(model, inputs, fragment):

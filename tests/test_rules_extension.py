@@ -52,7 +52,7 @@ class WithUnknown(nn.Module):
 def test_unknown_op_freezes_its_groups_and_prunes_the_rest():
     model = randomize_norms(WithUnknown()).eval()
     x = torch.randn(1, 3, 16, 16)
-    result = graphprune.prune_graph(model, x, ratio=0.5)
+    result = graphprune.prune_graph(model, x, ratio=0.5, frontend="fx")
     frozen = {g.id: g.frozen_reasons for g in result.report.frozen_groups}
     assert any("mystery" in r and "no rule" in r for reasons in frozen.values() for r in reasons), frozen
     assert result.model.b.out_channels == 8  # feeds mystery: frozen
@@ -80,7 +80,7 @@ def test_custom_module_rule():
     model = ScaledNet().eval()
     x = torch.randn(2, 3, 8, 8)
     # without a rule the module is traced through to einsum, which has no rule: the group of `a` is frozen
-    plain = graphprune.prune_graph(model, x, ratio=0.5)
+    plain = graphprune.prune_graph(model, x, ratio=0.5, frontend="fx")
     assert plain.model.a.out_channels == 16
     assert any("einsum" in r for g in plain.report.frozen_groups for r in g.frozen_reasons)
     rules = default_rules().with_rule(ChannelScale, ChannelScaleRule())
@@ -89,6 +89,16 @@ def test_custom_module_rule():
     assert result.model.get_submodule("s").scale.shape == (8,)
     assert max_exactness_error(model, (x,), result) <= 1e-5
     assert default_rules().for_module(ChannelScale(2)) is None  # the default table was not changed
+
+
+def test_auto_frontend_takes_export_when_fx_meets_an_op_without_a_rule():
+    """einsum has no fx rule; torch.export spells it in Core ATen ops that have rules, so auto prunes `a` too."""
+    model = ScaledNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    result = graphprune.prune_graph(model, x, ratio=0.5, target="none")
+    assert result.report.frontend.startswith("export (fx met 1 op(s) without a rule")
+    assert result.model.get_parameter("a.weight").shape[0] == 8
+    assert max_exactness_error(model, (x,), result) <= 1e-5
 
 
 def test_with_rule_rejects_non_rules():
