@@ -99,7 +99,7 @@ class Analysis:
 
     def predict(self, plan: PrunePlan) -> Counts:
         """Params and MACs once `plan` is applied, from shapes alone; equal to what `apply` measures."""
-        return self.cost.predict(self.dependencies, plan, self.stats.params)
+        return self.cost.predict(self.dependencies, plan, self.stats.params - self.stats.params_unused)
 
     def module_names(self, entries: Iterable, what: str) -> list[str]:
         """Qualified names of modules of the model given as modules or names; InputError with close matches."""
@@ -176,7 +176,7 @@ class Analysis:
             def make(r: float) -> Planned:
                 return plan_global(graph, scores, r, constraints, strategy.min_keep, target.one_block)
         planned = budget.plan(make, self)
-        return replace(planned, timings={"scoring": t1 - t0, "planning": time.perf_counter() - t1})
+        return replace(planned, timings={"scoring": t1 - t0, "planning": time.perf_counter() - t1}, target=target.name)
 
     # -- rewriting -------------------------------------------------------------------------
     def apply(self, plan: PrunePlan | Planned | str, calibration: Calibration = Calibration()) -> PruneResult:
@@ -193,7 +193,7 @@ class Analysis:
         t0 = time.perf_counter()
         report = build_report(self.stats, self.cost, gm, self.rules, self.dependencies, planned.plan,
                               rewritten.sliced_params, planned.rounding)
-        report = replace(report, frontend=self.frontend)
+        report = replace(report, frontend=self.frontend, target=planned.target)
         timings = {**self.timings, **planned.timings, **rewritten.timings, "report": time.perf_counter() - t0}
         return PruneResult(gm, planned.plan, report, self.dependencies, timings, self.example_inputs)
 
@@ -222,7 +222,7 @@ def _analysed(gm: fx.GraphModule, inputs: tuple, model, rules: RuleTable, strict
     graph = build_dependency_graph(gm, rules, strict=strict)
     cost = CostModel.of(gm, rules, graph)
     layers, layer_inputs = _weighted_layers(gm, rules, graph)
-    stats = ModelStats.measure(gm, rules)
+    stats = ModelStats.measure(gm, rules, model)
     return Analysis(model, gm, inputs, rules, graph, cost, stats, layers, layer_inputs, frontend,
                     {"trace": trace_seconds, "analysis": time.perf_counter() - t0})
 

@@ -7,7 +7,7 @@ compare) and removes the lowest ratio share. Count budgets (`target_params`, `ta
 bisect the ratio until the count is reached.
 Guards: a group keeps at least `min_keep` of its channels and at least one (and at least
 one position of every member slot, so no layer is left with zero inputs); each layer's
-kept count is rounded down to the deployment target's channel step where that stays above the guard.
+kept count is rounded to the nearest multiple of the deployment target's channel step where that stays above the guard.
 """
 from __future__ import annotations
 
@@ -162,7 +162,8 @@ class Rounding:
 
     step: int
     asked: int  # channels the strategy asked to keep
-    kept: int  # channels kept after rounding every layer down to its step
+    kept: int  # channels kept after rounding every layer to its nearest step
+    one_block: bool = False  # a layer was kept at one block although that keeps more than asked
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ class Planned:
     plan: PrunePlan
     rounding: Mapping[str, Rounding]  # every pruned group whose step is > 1
     timings: Mapping[str, float] = field(default_factory=dict, compare=False)  # seconds of scoring and planning
+    target: str = ""  # name of the deployment target whose channel steps were applied
 
 
 def guard(group: ChannelGroup, min_keep: float) -> int:
@@ -181,17 +183,20 @@ Constraint = tuple[np.ndarray, int]  # (channels of one layer, step its kept cou
 
 
 def _align(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, constraints: tuple[Constraint, ...],
-           floor: int, one_block: bool) -> np.ndarray:
-    """Put every constrained layer's kept count on its step, without exceeding the requested count.
+           floor: int, one_block: bool) -> tuple[np.ndarray, bool]:
+    """Put every constrained layer's kept count on its nearest step; returns (kept, one-block floor applied).
 
     1. A layer left with fewer channels than its step (but some) is raised to one step
        with its best dropped channels, if the overshoot can be paid back by dropping whole
        steps of the worst kept channels from layers that keep at least two steps.
-    2. Every other layer is rounded down by dropping its worst kept channels.
+    2. Every layer with at least one step goes to its nearest multiple of the step: up (its
+       best dropped channels come back) when it is at least half a step above the multiple
+       below, else down (its worst kept channels go), so each layer lands within half a
+       step of what was asked.
     A drop that would break the group's floor or empty a member slot is not made, so a
     layer may stay off its step. With `one_block`, a layer raised to one step keeps it even
     when the overshoot cannot be paid back (a layer narrower than one block runs off the
-    runtime's fast path); otherwise rounding never keeps more than asked.
+    runtime's fast path, so that "floor" can keep more than asked, and is reported).
     """
     mask = np.zeros(group.size, dtype=bool)
     mask[kept] = True
@@ -229,15 +234,23 @@ def _align(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, constraint
                 break
         if mask.sum() > budget and not one_block:
             mask[:] = before
-    for _ in range(3):  # 2. round the rest down; overlapping layers may need a second pass
+    floored = bool(mask.sum() > budget)
+    for _ in range(3):  # 2. round the rest to the nearest step; overlapping layers may need a second pass
         changed = False
         for channels, step in sorted(constraints, key=lambda c: len(c[0])):  # layers that see fewer channels first
-            extra = int(mask[channels].sum()) % step
-            if extra and mask[channels].sum() - extra >= step:
+            here = int(mask[channels].sum())
+            extra = here % step
+            if not extra or here < step:  # on the step, or below one step (left as step 1 decided)
+                continue
+            dropped = channels[~mask[channels]]
+            if 2 * extra >= step and len(dropped) >= step - extra:
+                mask[dropped[np.argsort(-scores[dropped], kind="stable")[: step - extra]]] = True
+                changed = True
+            else:
                 changed |= try_drop(worst_kept(channels, extra))
         if not changed:
             break
-    return np.flatnonzero(mask)
+    return np.flatnonzero(mask), floored
 
 
 def _assemble(groups_and_quotas, scores, constraints, min_keep, one_block=False) -> Planned:
@@ -253,8 +266,8 @@ def _assemble(groups_and_quotas, scores, constraints, min_keep, one_block=False)
         kept = _keep_best(g, scores[g.id], quotas)
         cons = constraints.get(g.id, ())
         if cons:
-            kept = _align(g, kept, scores[g.id], cons, floor, one_block)
-            rounding[g.id] = Rounding(max(step for _, step in cons), asked, len(kept))
+            kept, floored = _align(g, kept, scores[g.id], cons, floor, one_block)
+            rounding[g.id] = Rounding(max(step for _, step in cons), asked, len(kept), floored)
         keep[g.id] = tuple(int(i) for i in kept)
         sizes[g.id] = g.size
     return Planned(PrunePlan(keep, sizes), rounding)

@@ -35,6 +35,7 @@ class GroupReport:
     frozen_reasons: tuple[str, ...]
     round_step: int = 1  # the target's channel step for this group
     asked_before_rounding: int | None = None  # kept count the strategy asked for, if rounding applied
+    one_block_floor: bool = False  # a layer kept one block (the target's floor) although that keeps more than asked
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,10 @@ class PruneReport:
     macs_after: int
     groups: tuple[GroupReport, ...]
     layers: tuple[LayerReport, ...]
-    params_removed_dead_code: int
+    params_removed_dead_code: int  # includes parameters the traced graph never reads (unused_modules)
     frontend: str = "fx"  # which frontend traced the model, and why
+    target: str = ""  # the resolved deployment target whose channel steps were applied (e.g. ort-x86/avx512)
+    unused_modules: tuple[str, ...] = ()  # modules with parameters the traced graph never reads (aux heads)
 
     @property
     def frozen_groups(self) -> tuple[GroupReport, ...]:
@@ -73,7 +76,8 @@ class PruneReport:
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1)
 
-    def summary(self) -> str:
+    def summary(self, full: bool = False) -> str:
+        """Totals, groups and roundings; `full` lists every rounding (otherwise the first four)."""
         def pct(a, b):
             return f"{100.0 * (b - a) / b:.1f}%" if b else "-"
         lines = [
@@ -83,11 +87,19 @@ class PruneReport:
             f"channel groups: {len(self.groups)}, pruned {sum(1 for g in self.groups if g.channels_after < g.channels_before)}, "
             f"frozen {len(self.frozen_groups)}; channels removed {self.removed_channels} of {self.prunable_channels} prunable",
         ]
+        if self.params_removed_dead_code:
+            lines.append(f"dead code removed: {self.params_removed_dead_code:,} params"
+                         + (f" (never read by the model: {', '.join(self.unused_modules)})" if self.unused_modules else ""))
         rounded = [g for g in self.groups if g.asked_before_rounding is not None and g.asked_before_rounding != g.channels_after]
         if rounded:
-            lines.append(f"rounded to the target's channel steps: {len(rounded)} groups, "
-                         + ", ".join(f"{g.id} {g.asked_before_rounding}->{g.channels_after}" for g in rounded[:4])
-                         + (" ..." if len(rounded) > 4 else ""))
+            shown = rounded if full else rounded[:4]
+            lines.append(f"rounded to the channel steps of target {self.target or '?'}: {len(rounded)} groups, asked -> kept: "
+                         + ", ".join(f"{g.id} {g.asked_before_rounding}->{g.channels_after}"
+                                     + (" (one-block floor)" if g.one_block_floor else "") for g in shown)
+                         + (f", and {len(rounded) - len(shown)} more (summary(full=True) lists all)"
+                            if len(shown) < len(rounded) else ""))
+        elif self.target:
+            lines.append(f"target {self.target}: no group needed rounding")
         return "\n".join(lines)
 
 
@@ -98,15 +110,27 @@ def _params_by_module(model: nn.Module) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class ModelStats:
-    """The unpruned model's measured totals, taken once before any rewrite."""
+    """The unpruned model's measured totals, taken once before any rewrite.
+
+    `params` counts the caller's whole model; `params_unused` of them sit in `unused_modules`,
+    modules the traced graph never reads (auxiliary heads that eval mode skips).
+    """
 
     params: int
     macs: int
     params_by_module: Mapping[str, int]
+    params_unused: int = 0
+    unused_modules: tuple[str, ...] = ()
 
     @classmethod
-    def measure(cls, gm: fx.GraphModule, rules: RuleTable) -> "ModelStats":
-        return cls(count_params(gm), count_macs(gm, rules), _params_by_module(gm))
+    def measure(cls, gm: fx.GraphModule, rules: RuleTable, model: nn.Module | None = None) -> "ModelStats":
+        model = model if isinstance(model, nn.Module) else gm
+        traced = {name for name, _ in gm.named_parameters(remove_duplicate=False)}
+        read = {id(p) for name, p in model.named_parameters(remove_duplicate=False) if name in traced}
+        unused = [(name, p) for name, p in model.named_parameters(remove_duplicate=False) if id(p) not in read]
+        params_unused = sum(p.numel() for p in {id(p): p for _, p in unused}.values())
+        owners = sorted({name.rpartition(".")[0] or "(model)" for name, _ in unused})
+        return cls(count_params(model), count_macs(gm, rules), _params_by_module(model), params_unused, tuple(owners))
 
 
 def build_report(before: ModelStats, cost: CostModel, pruned: fx.GraphModule, rules: RuleTable, graph: DependencyGraph,
@@ -119,7 +143,8 @@ def build_report(before: ModelStats, cost: CostModel, pruned: fx.GraphModule, ru
         kept = plan.keep.get(g.id)
         r = rounding.get(g.id)
         groups.append(GroupReport(g.id, g.size, len(kept) if kept is not None else g.size, removed.get(g.id, 0),
-                                  g.frozen_reasons, r.step if r else 1, r.asked if r else None))
+                                  g.frozen_reasons, r.step if r else 1, r.asked if r else None,
+                                  r.one_block if r else False))
     after = _params_by_module(pruned)
     layers = tuple(LayerReport(name, n, after.get(name, 0)) for name, n in before.params_by_module.items())
     params_after = count_params(pruned)
@@ -130,5 +155,6 @@ def build_report(before: ModelStats, cost: CostModel, pruned: fx.GraphModule, ru
         macs_after=count_macs(pruned, rules),
         groups=tuple(groups),
         layers=layers,
-        params_removed_dead_code=sliced_params - params_after,
+        params_removed_dead_code=sliced_params - params_after + before.params_unused,
+        unused_modules=before.unused_modules,
     )

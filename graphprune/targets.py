@@ -88,8 +88,10 @@ def x86_block() -> int:
 
 
 def ort_x86() -> Target:
+    """ONNX Runtime on this x86 CPU; the name says which vector width chose the block (ort-x86/avx512, /avx2)."""
     block = x86_block()
-    return Target("ort-x86", dense_conv=block, grouped_conv=block, linear=min(block, 8), one_block=block > 1)
+    isa = {16: "avx512", 8: "avx2"}.get(block, "scalar")
+    return Target(f"ort-x86/{isa}", dense_conv=block, grouped_conv=block, linear=min(block, 8), one_block=block > 1)
 
 
 NONE = Target("none")
