@@ -251,7 +251,7 @@ def write_outputs(out: StagedDirectory, loaded: LoadedModel, result, settings: d
         "torch_artifact": {"file": "model.pt2", "format": fmt},
     }
     write_json(out.file("report.json"), summary)
-    print(result.report.summary())
+    print(result.report.summary(full=settings.get("verbose", False)))
     print(before_after_table(result.report, original.file_bytes, pruned.file_bytes, pruned.max_abs_diff))
     return summary
 
@@ -271,7 +271,8 @@ def prune_into(args, out: StagedDirectory, progress: Progress) -> dict:
                                                  importance=args.importance, scope=args.scope, ignore=tuple(ignore),
                                                  round_to=args.round_to, target=args.target, calibration=calibration))
     settings = {"ratio": args.ratio, "importance": args.importance, "scope": args.scope, "round_to": args.round_to,
-                "target": args.target, "ignore": ignore, "calibration_batches": len(calibration)}
+                "target": result.report.target, "target_requested": args.target, "ignore": ignore,
+                "calibration_batches": len(calibration), "verbose": getattr(args, "verbose", False)}
     return write_outputs(out, loaded, result, settings, progress)
 
 
@@ -305,7 +306,8 @@ def cmd_apply(args) -> int:
             loaded = load_model(args.model, args.input_shape)
         result = run_step(progress, f"tracing {loaded.name} and applying the plan",
                       lambda: graphprune.apply_plan(loaded.model, loaded.inputs, plan))
-        write_outputs(out, loaded, result, {"plan": os.path.abspath(args.plan)}, progress)
+        write_outputs(out, loaded, result, {"plan": os.path.abspath(args.plan),
+                                            "verbose": getattr(args, "verbose", False)}, progress)
         written = out.commit()
     print(f"wrote {', '.join(written)} to {args.out}")
     return 0
@@ -501,6 +503,8 @@ def _add_out(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress lines on stderr (progress is shown only when stderr is a terminal)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="list every group that rounding to the target's channel steps changed (default: the first four)")
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:

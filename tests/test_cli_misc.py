@@ -113,3 +113,17 @@ def test_activation_importance_on_random_batches(tmp_path, factories):
     summary = json.loads((out / "report.json").read_text())
     assert summary["importance"] == "activation" and summary["calibration_batches"] == 2
     assert summary["report"]["params_after"] < summary["report"]["params_before"]
+
+
+def test_report_names_the_resolved_target_and_verbose_lists_every_rounding(tmp_path):
+    out = tmp_path / "r56"
+    proc = run_cli("prune", "resnet56", "--ratio", "0.3", "--round-to", "24", "--verbose", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["target"] == summary["report"]["target"] == "round_to=24"
+    assert summary["target_requested"] == "auto"
+    rounded = [g for g in summary["report"]["groups"]
+               if g["asked_before_rounding"] not in (None, g["channels_after"])]
+    assert len(rounded) > 4
+    assert all(f"{g['id']} {g['asked_before_rounding']}->{g['channels_after']}" in proc.stdout for g in rounded)
+    assert "summary(full=True) lists all" not in proc.stdout

@@ -115,3 +115,28 @@ def test_channel_count_used_as_a_value_freezes_with_reason():
     assert any("channel count is read by" in r and "used as a value" in r for r in reasons), reasons
     assert result.model.qkv.out_features < model.qkv.out_features  # the heads are still pruned
     assert result.model.embed.out_features == model.embed.out_features  # the residual width whose count is read is not
+
+
+class BufferTimesPositions(nn.Module):
+    """A buffer's channels meet a tensor whose channels graphprune cannot follow (Llama's `inv_freq * positions`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.register_buffer("freq", torch.arange(1.0, 9.0))
+
+    def forward(self, x):
+        positions = torch.arange(x.shape[-1], dtype=x.dtype)[:, None]  # (W, 1): no channel dim
+        angles = positions * self.freq  # (W, 8)
+        return self.conv(x) + angles.sum()
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_constants_that_meet_an_untracked_tensor_are_frozen(frontend):
+    model = BufferTimesPositions().eval()
+    x = torch.randn(1, 3, 4, 4)
+    result = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend=frontend)
+    reasons = [r for g in result.report.frozen_groups for r in g.frozen_reasons]
+    assert any("cannot follow" in r for r in reasons), reasons
+    assert result.model.get_buffer("freq").shape == (8,)
+    assert torch.allclose(result.model(x), model(x), atol=1e-5)

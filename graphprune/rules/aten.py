@@ -66,21 +66,6 @@ class ReduceRule(Rule):
         return passthrough(node, ctx, x, d if keepdim else d - sum(1 for r in dims if r < d))
 
 
-class BroadcastRule(BinaryRule):
-    """BinaryRule that freezes, instead of dropping, channels that meet a tensor with no channel dim to follow.
-
-    `inv_freq * positions` (a parameter or buffer times an input-derived tensor): the
-    constant's channels lead nowhere graphprune can see, so they must not be pruned.
-    """
-
-    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
-        effect = super().couple(node, ctx)
-        if effect.out_dim is None and not effect.couplings and not effect.freezes:
-            reason = f"{describe_node(node)} combines channels with a tensor whose channels graphprune cannot follow"
-            return Effect(None, freezes=freeze_inputs(node, ctx, reason))
-        return effect
-
-
 class ScanRule(Rule):
     """cumsum(x, dim): y keeps x's shape and channel dim unless the scan runs along the channel dim."""
 
@@ -299,7 +284,7 @@ def rules_by_op() -> dict:
     add((A.scaled_dot_product_attention.default,), AttentionRule())
     add(UNARY, ElementwiseRule())
     add((A._softmax.default, A._log_softmax.default, A.softmax.int, A.log_softmax.int), SoftmaxRule())
-    add(BROADCASTING, BroadcastRule())
+    add(BROADCASTING, BinaryRule())
     for op, (dim_at, keepdim_at) in REDUCTIONS.items():
         table[op] = ReduceRule(dim_at, keepdim_at)
     add((A.cumsum.default,), ScanRule())

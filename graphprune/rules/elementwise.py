@@ -114,10 +114,11 @@ class BinaryRule(Rule):
                 if ctx.shape(a)[d] == out_shape[aligned] and out_shape[aligned] > 1:
                     candidates.add(aligned)
         if len(candidates) != 1:
-            if len(candidates) > 1:
-                reason = f"{describe_node(node)} combines tensors whose channels lie on different dims"
-                return Effect(None, freezes=freeze_inputs(node, ctx, reason))
-            return Effect(None)
+            # several candidate dims, or none (a channel-carrying operand meets one whose channels
+            # graphprune cannot follow, or broadcasts them away): nothing proves where channels go
+            reason = (f"{describe_node(node)} combines tensors whose channels lie on different dims" if candidates
+                      else f"{describe_node(node)} mixes channels with a tensor graphprune cannot follow")
+            return Effect(None, freezes=freeze_inputs(node, ctx, reason))
         out_dim = candidates.pop()
         out = ctx.output_slot(node, out_dim)
         couplings = []
