@@ -20,14 +20,14 @@ import enum
 import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.fx as fx
 
 from .cost import CostModel, Counts
 from .dependencies import build_dependency_graph
-from .errors import InputError, TraceError
+from .errors import InputError, RewriteError, TraceError
 from .frontends import export_graph, exported_graph, flat_inputs
 from .groups import DependencyGraph, Role
 from .importance import ScoringContext, score_groups
@@ -187,15 +187,46 @@ class Analysis:
         planned = plan if isinstance(plan, Planned) else Planned(
             PrunePlan.from_json(plan) if isinstance(plan, str) else plan, {})
         planned.plan.validate(self.dependencies)
-        gm = copy_graph_module(self.graph_module)
         recalibration = calibration.batches if calibration.recalibrate_bn else ()
-        rewritten = rewrite_in_place(gm, self.dependencies, planned.plan, self.rules, self.example_inputs, recalibration)
+        try:
+            gm, rewritten = self._rewritten(planned.plan, recalibration)
+        except RewriteError as exc:
+            safer = self._without_groups_that_break(planned, exc)
+            return safer.apply(safer.unfrozen_part(planned), calibration)
         t0 = time.perf_counter()
         report = build_report(self.stats, self.cost, gm, self.rules, self.dependencies, planned.plan,
                               rewritten.sliced_params, planned.rounding)
         report = replace(report, frontend=self.frontend, target=planned.target)
         timings = {**self.timings, **planned.timings, **rewritten.timings, "report": time.perf_counter() - t0}
         return PruneResult(gm, planned.plan, report, self.dependencies, timings, self.example_inputs)
+
+    def _rewritten(self, plan: PrunePlan, recalibration: Sequence[tuple] = ()):
+        gm = copy_graph_module(self.graph_module)
+        return gm, rewrite_in_place(gm, self.dependencies, plan, self.rules, self.example_inputs, recalibration)
+
+    def _without_groups_that_break(self, planned: Planned, error: RewriteError) -> "Analysis":
+        """A copy in which every group whose rewrite alone breaks the model's check is frozen, with the error.
+
+        Never fail where we can freeze: a rule that rewrites a group wrongly costs that group's
+        compression, not the run. If no group breaks alone, every pruned group is frozen.
+        """
+        def breaks(gid: str) -> bool:
+            try:
+                self._rewritten(PrunePlan({gid: planned.plan.keep[gid]}, {gid: planned.plan.sizes[gid]}))
+            except RewriteError:
+                return True
+            return False
+
+        failing = [gid for gid in planned.plan.keep if breaks(gid)] or list(planned.plan.keep)
+        reason = f"rewriting it broke the model's check ({' '.join(str(error).split())[:300]})"
+        return replace(self, dependencies=self.dependencies.with_frozen(failing, reason))
+
+    def unfrozen_part(self, planned: Planned) -> Planned:
+        """`planned` without the groups that are frozen in this analysis."""
+        frozen = {g.id for g in self.dependencies.frozen}
+        plan = PrunePlan({g: k for g, k in planned.plan.keep.items() if g not in frozen},
+                         {g: n for g, n in planned.plan.sizes.items() if g not in frozen})
+        return replace(planned, plan=plan, rounding={g: r for g, r in planned.rounding.items() if g not in frozen})
 
     def prune(self, budget: Budget, strategy: Strategy = Strategy(), target: str | Target = "auto",
               calibration: Calibration = Calibration()) -> PruneResult:

@@ -12,6 +12,7 @@ from graphprune.passes import EliminateDeadCode, ShrinkChannels
 from graphprune.rules import default_rules
 from graphprune.rules.movement import ReshapeRule
 from graphprune.trace import record_values, trace
+from graphprune.verify import max_exactness_error
 from op_models import ChannelShuffle, FlattenHead, example_input
 
 
@@ -73,3 +74,18 @@ def test_clone_module_is_independent_and_keeps_sharing():
     assert torch.equal(clone_module(model)(x), model(x))
     clone.out.register_forward_hook(lambda *a: None)
     assert not model.out._forward_hooks
+
+
+def test_a_group_whose_rewrite_breaks_is_frozen_with_the_error_and_the_rest_is_pruned():
+    """Never fail where we can freeze: prune_graph with a broken reshape rule still returns a correct model."""
+    model, x = FlattenHead().eval(), (example_input(FlattenHead),)
+    broken = default_rules().with_rule(torch.Tensor.reshape, ForgetfulReshape())
+    good = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend="fx")
+    result = graphprune.prune_graph(model, x, ratio=0.5, target="none", rules=broken, frontend="fx")
+    reasons = {g.id: g.frozen_reasons for g in result.report.frozen_groups}
+    broke = [gid for gid, rs in reasons.items() if any("rewriting it broke the model's check" in r for r in rs)]
+    assert broke and all("example_inputs" not in r for rs in reasons.values() for r in rs)
+    assert set(broke) <= set(good.plan.keep) and not set(broke) & set(result.plan.keep)
+    assert set(result.plan.keep) == set(good.plan.keep) - set(broke)  # every other group is still pruned
+    assert result.model(*x).shape == model(*x).shape
+    assert max_exactness_error(model, x, result) <= 1e-5

@@ -65,7 +65,8 @@ class GraphPass(PassBase):
         except RewriteError:
             raise
         except Exception as exc:
-            raise RewriteError(f"pass {self.name} produced an invalid graph: {type(exc).__name__}: {exc}. "
+            cause = exc.__cause__ or exc  # the model's own error, not the recorder's advice about example inputs
+            raise RewriteError(f"pass {self.name} produced an invalid graph: {type(cause).__name__}: {cause}. "
                                "This is a graphprune bug; please report it with the model.") from exc
 
     def check(self, graph_module: fx.GraphModule) -> None:
