@@ -34,36 +34,12 @@ from .aten_layers import (AttentionRule, BatchNormRule, ConvolutionRule, Embeddi
                           LinearRule, MmRule)
 from .attention import MatMulRule
 from .base import AnalysisContext, Rule, RuleTable, ShrinkContext, describe_node, freeze_inputs
-from .elementwise import BinaryRule, ElementwiseRule, PadRule, SoftmaxRule, SpatialRule, passthrough
+from .elementwise import BinaryRule, ElementwiseRule, PadRule, ReduceRule, SoftmaxRule, SpatialRule, passthrough
 from .movement import GetItemRule, MovementRule, ReshapeRule, SqueezeRule
 
 __all__ = ["aten_rules", "ruled_ops", "FROZEN_BY_DESIGN"]
 
 A = torch.ops.aten
-
-
-class ReduceRule(Rule):
-    """Reduction of x over the dims at argument `dim_at` (an int, a list, or empty/None for all dims).
-
-    y keeps x's channel dim c (at c - #reduced dims before it without keepdim) unless c is reduced.
-    """
-
-    def __init__(self, dim_at: int | None = 1, keepdim_at: int | None = 2):
-        self.dim_at, self.keepdim_at = dim_at, keepdim_at
-
-    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
-        x = node.args[0]
-        d = ctx.channel_dim(x)
-        if not isinstance(d, int) or not ctx.is_tensor(node):
-            return Effect(None)
-        rank = len(ctx.shape(x))
-        dims = _arg(node, self.dim_at, "dim") if self.dim_at is not None else None
-        dims = (dims,) if isinstance(dims, int) else tuple(dims or range(rank))
-        dims = tuple(r % rank for r in dims)
-        if d in dims:
-            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} reduces over the channel dim"))
-        keepdim = _arg(node, self.keepdim_at, "keepdim", False) if self.keepdim_at is not None else node.kwargs.get("keepdim", False)
-        return passthrough(node, ctx, x, d if keepdim else d - sum(1 for r in dims if r < d))
 
 
 class ScanRule(Rule):

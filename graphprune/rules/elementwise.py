@@ -71,17 +71,22 @@ class PadRule(Rule):
         return passthrough(node, ctx, x, d)
 
 
-def _dims_arg(node: fx.Node, position: int, rank: int):
-    dims = node.args[position] if len(node.args) > position else node.kwargs.get("dim")
-    if dims is None:
-        return tuple(range(rank))
-    if isinstance(dims, int):
-        dims = (dims,)
-    return tuple(d % rank for d in dims)
+def _arg(node: fx.Node, position: int | None, name: str, default=None):
+    if position is not None and len(node.args) > position:
+        return node.args[position]
+    return node.kwargs.get(name, default)
 
 
 class ReduceRule(Rule):
-    """mean/sum/amax/amin over `dim`: channels pass through (shifted when keepdim=False) unless reduced."""
+    """Reduction of x over the dims at argument `dim_at` (an int, a list, or empty/None for all dims):
+    y keeps x's channel dim c (at c - #reduced dims before it without keepdim) unless c is reduced.
+
+    mean/sum/amax/amin in both spellings (torch.mean(x, dim, keepdim), aten.mean.dim(x, dims, keepdim), ...);
+    `dim_at`/`keepdim_at` are the positions of those arguments.
+    """
+
+    def __init__(self, dim_at: int | None = 1, keepdim_at: int | None = 2):
+        self.dim_at, self.keepdim_at = dim_at, keepdim_at
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         x = node.args[0]
@@ -89,12 +94,13 @@ class ReduceRule(Rule):
         if not isinstance(d, int) or not ctx.is_tensor(node):
             return Effect(None)
         rank = len(ctx.shape(x))
-        dims = _dims_arg(node, 1, rank)
-        if any(isinstance(v, fx.Node) for v in dims) or d in dims:
+        dims = _arg(node, self.dim_at, "dim")
+        dims = (dims,) if isinstance(dims, (int, fx.Node)) else tuple(dims or range(rank))
+        if any(isinstance(v, fx.Node) for v in dims) or d in {r % rank for r in dims}:
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} reduces over the channel dim"))
-        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-        out_dim = d if keepdim else d - sum(1 for r in dims if r < d)
-        return passthrough(node, ctx, x, out_dim)
+        dims = tuple(r % rank for r in dims)
+        keepdim = _arg(node, self.keepdim_at, "keepdim", False)
+        return passthrough(node, ctx, x, d if keepdim else d - sum(1 for r in dims if r < d))
 
 
 class BinaryRule(Rule):
