@@ -9,6 +9,8 @@ from collections import Counter
 import pytest
 import torch
 
+import graphprune
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 transformers = pytest.importorskip("transformers")
 
@@ -56,5 +58,20 @@ def test_hugging_face_model_exports_analyses_and_prunes(build):
     assert len(graph.prunable) >= LAYERS  # at least every MLP's hidden units
     result = prune_exported(gm, (ids,))
     assert sum(p.numel() for p in result.model.parameters()) < sum(p.numel() for p in gm.parameters())
+    with torch.no_grad():
+        assert _main_output(result.model(ids)).shape == _main_output(model(ids)).shape
+
+
+@pytest.mark.parametrize("build", [bert, gpt2, llama_gqa], ids=lambda f: f.__name__)
+def test_prune_graph_takes_hugging_face_models_through_export_at_ratio_0_3(build):
+    """The public call, frontend "auto": fx cannot trace these, so export runs; counts are measured."""
+    torch.manual_seed(0)
+    model = build().eval()
+    ids = torch.randint(0, 100, (1, 8))
+    result = graphprune.prune_graph(model, (ids,), ratio=0.3, target="none")
+    report = result.report
+    assert report.frontend.startswith("export (torch.fx cannot trace")
+    assert report.params_after < report.params_before == sum(p.numel() for p in model.parameters())
+    assert 0 < report.macs_after < report.macs_before
     with torch.no_grad():
         assert _main_output(result.model(ids)).shape == _main_output(model(ids)).shape
