@@ -50,11 +50,11 @@ class DenseStack(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def time_prune(model, inputs, repeats: int) -> dict:
+def time_prune(model, inputs, repeats: int, frontend: str = "auto") -> dict:
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        result = graphprune.prune_graph(model, inputs, ratio=0.5)
+        result = graphprune.prune_graph(model, inputs, ratio=0.5, frontend=frontend)
         total = time.perf_counter() - t0
         runs.append({**{s: result.timings.get(s, 0.0) for s in STAGES}, "total": total})
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -108,6 +108,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None)
     parser.add_argument("--sensitivity-only", action="store_true", help="run only the sensitivity part")
+    parser.add_argument("--frontends", default="fx,export",
+                        help="comma-separated frontends timed on the largest models (fx, export, auto)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = {"largest": {}, "depth": {}}
@@ -116,15 +118,16 @@ def main() -> None:
           f"{s['traces']} trace(s), {s['seconds']:.1f} s")
     if args.sensitivity_only:
         return
-    rows = []
-    for name in LARGEST:
-        spec = ZOO[name]
-        model, inputs = spec.build(), spec.example_inputs()
-        graphprune.prune_graph(model, inputs, ratio=0.5)  # warm-up: imports, allocator
-        out["largest"][name] = time_prune(model, inputs, args.repeats)
-        rows.append((name, out["largest"][name]))
-    print("prune_graph seconds by stage, largest built-in models (ratio 0.5, L2, batch 1)")
-    print(table(rows))
+    for frontend in args.frontends.split(","):
+        rows = []
+        for name in LARGEST:
+            spec = ZOO[name]
+            model, inputs = spec.build(), spec.example_inputs()
+            graphprune.prune_graph(model, inputs, ratio=0.5, frontend=frontend)  # warm-up: imports, allocator
+            out["largest"][f"{name}/{frontend}"] = time_prune(model, inputs, args.repeats, frontend)
+            rows.append((name, out["largest"][f"{name}/{frontend}"]))
+        print(f"\nprune_graph seconds by stage, largest built-in models, frontend {frontend} (ratio 0.5, L2, batch 1)")
+        print(table(rows))
     rows = []
     for blocks in (1, 2, 4, 8):
         model = DenseStack(blocks).eval()

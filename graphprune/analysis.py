@@ -34,6 +34,7 @@ from .importance import ScoringContext, score_groups
 from .inputs import check_model_and_inputs
 from .options import Budget, Calibration, Scope, Strategy, check_ratio
 from .passes import rewrite_in_place
+from .probing import ChannelProbe
 from .planner import Planned, PrunePlan, plan_global, plan_local, producer_partitions
 from .report import ModelStats, PruneReport, build_report
 from .rules import GraphView, LayerKind, RuleTable, default_rules
@@ -94,8 +95,9 @@ class Analysis:
     def explain(self) -> str:
         """The channel groups, their members and why any are frozen (what `graphprune explain` prints)."""
         graph = self.dependencies
-        return (graph.describe() + f"\n\n{len(graph.groups)} groups: {len(graph.prunable)} prunable, "
-                f"{len(graph.frozen)} frozen")
+        probed = "".join(f"\nprobed: {p}" for p in graph.probed)
+        return (graph.describe() + probed + f"\n\n{len(graph.groups)} groups: {len(graph.prunable)} prunable, "
+                f"{len(graph.frozen)} frozen (frontend {self.frontend})")
 
     def predict(self, plan: PrunePlan) -> Counts:
         """Params and MACs once `plan` is applied, from shapes alone; equal to what `apply` measures."""
@@ -196,7 +198,7 @@ class Analysis:
         t0 = time.perf_counter()
         report = build_report(self.stats, self.cost, gm, self.rules, self.dependencies, planned.plan,
                               rewritten.sliced_params, planned.rounding)
-        report = replace(report, frontend=self.frontend, target=planned.target)
+        report = replace(report, frontend=self.frontend, target=planned.target, probed_ops=self.dependencies.probed)
         timings = {**self.timings, **planned.timings, **rewritten.timings, "report": time.perf_counter() - t0}
         return PruneResult(gm, planned.plan, report, self.dependencies, timings, self.example_inputs)
 
@@ -250,7 +252,7 @@ def _weighted_layers(gm: fx.GraphModule, rules: RuleTable, graph: DependencyGrap
 def _analysed(gm: fx.GraphModule, inputs: tuple, model, rules: RuleTable, strict: bool, frontend: str,
               trace_seconds: float) -> Analysis:
     t0 = time.perf_counter()
-    graph = build_dependency_graph(gm, rules, strict=strict)
+    graph = build_dependency_graph(gm, rules, strict=strict, probe=ChannelProbe(gm, inputs, rules))
     cost = CostModel.of(gm, rules, graph)
     layers, layer_inputs = _weighted_layers(gm, rules, graph)
     stats = ModelStats.measure(gm, rules, model)

@@ -22,6 +22,7 @@ from torch.utils._pytree import tree_leaves
 from .errors import RuleError, UnsupportedOpError
 from .groups import Coupling, DependencyGraph, Freeze, Role, Slot, build_groups
 from .rules import AnalysisContext, RuleTable
+from .probing import ChannelProbe
 from .rules.base import Unsupported, describe_node, freeze_inputs, queried_dims
 from .rules.movement import MovementRule, ReshapeRule, SplitRule
 from .trace import value_meta
@@ -109,11 +110,16 @@ def rule_errors_raise(strict: bool) -> bool:
     return strict or os.environ.get("GRAPHPRUNE_RULE_ERRORS") == "raise"
 
 
-def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool = False) -> DependencyGraph:
-    """Channel groups of `gm` (whose nodes carry values from `trace.record_values`). Does not modify `gm`."""
+def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool = False,
+                           probe: ChannelProbe | None = None) -> DependencyGraph:
+    """Channel groups of `gm` (whose nodes carry values from `trace.record_values`). Does not modify `gm`.
+
+    With a `probe`, an op without a rule that is shown to be channel-wise (probing.py) carries
+    its channels through, and is listed in `DependencyGraph.probed`.
+    """
     ctx = AnalysisContext(gm)
     ctx.head_splits = attention_inputs(gm, rules, ctx.modules)
-    couplings, freezes, unsupported = [], [], []
+    couplings, freezes, unsupported, probed = [], [], [], []
 
     for node in gm.graph.nodes:
         if node.op == "get_attr":
@@ -130,7 +136,13 @@ def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool
         rule = rules.for_node(node, ctx.modules)
         problem = None
         if rule is None:
-            problem = f"{describe_node(node, ctx.modules)} has no rule"
+            effect = probe.couple(node, ctx) if probe is not None else None
+            if effect is None:
+                problem = f"{describe_node(node, ctx.modules)} has no rule"
+            else:
+                probed.append(f"{describe_node(node, ctx.modules)}: channel-wise on dim {effect.out_dim} (probed)")
+                ctx.declared[node.name] = effect.out_dim
+                couplings.extend(effect.couplings)
         else:
             try:
                 effect = rule.couple(node, ctx)
@@ -159,4 +171,4 @@ def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool
     freezes.extend(_channel_counts_as_values(gm, ctx, rules))
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     graph = build_groups(ctx.sizes, couplings, freezes + ctx.freezes, order, ctx.declared)
-    return replace(graph, unsupported=tuple(unsupported))
+    return replace(graph, unsupported=tuple(unsupported), probed=tuple(probed))

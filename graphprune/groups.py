@@ -153,6 +153,7 @@ class DependencyGraph:
     slot_graph: nx.Graph  # nodes: Slot; edges: couplings; connected components == groups
     channel_dims: Mapping[str, object] = field(default_factory=dict)  # FX node name -> its output's channel dim
     unsupported: tuple[str, ...] = ()  # ops the analysis met without a rule (their channels are frozen)
+    probed: tuple[str, ...] = ()  # ops without a rule that probing showed to be channel-wise
 
     def with_frozen(self, group_ids: Iterable[str], reason: str) -> "DependencyGraph":
         """A copy where the given groups are frozen with `reason` (e.g. the user's `ignore`)."""
@@ -160,7 +161,7 @@ class DependencyGraph:
         groups = tuple(
             ChannelGroup(g.id, g.size, g.members, g.frozen_reasons + (reason,)) if g.id in ids else g for g in self.groups
         )
-        return DependencyGraph(groups, self.slot_graph, self.channel_dims, self.unsupported)
+        return DependencyGraph(groups, self.slot_graph, self.channel_dims, self.unsupported, self.probed)
 
     @property
     def prunable_channels(self) -> int:

@@ -57,6 +57,7 @@ class PruneReport:
     frontend: str = "fx"  # which frontend traced the model, and why
     target: str = ""  # the resolved deployment target whose channel steps were applied (e.g. ort-x86/avx512)
     unused_modules: tuple[str, ...] = ()  # modules with parameters the traced graph never reads (aux heads)
+    probed_ops: tuple[str, ...] = ()  # ops without a rule that probing showed to be channel-wise
 
     @property
     def frozen_groups(self) -> tuple[GroupReport, ...]:
@@ -87,6 +88,8 @@ class PruneReport:
             f"channel groups: {len(self.groups)}, pruned {sum(1 for g in self.groups if g.channels_after < g.channels_before)}, "
             f"frozen {len(self.frozen_groups)}; channels removed {self.removed_channels} of {self.prunable_channels} prunable",
         ]
+        if self.probed_ops:
+            lines.append(f"probed (no rule; shown channel-wise on the example inputs): {'; '.join(self.probed_ops)}")
         if self.params_removed_dead_code:
             lines.append(f"dead code removed: {self.params_removed_dead_code:,} params"
                          + (f" (never read by the model: {', '.join(self.unused_modules)})" if self.unused_modules else ""))
