@@ -105,6 +105,19 @@ def _declare_constant(node: fx.Node, ctx: AnalysisContext) -> list[Coupling]:
     return [Coupling(ctx.output_slot(node, dims[0]), ctx.param_slot(node.target, dims[0], role))]
 
 
+def _freeze_shared_parameters(node: fx.Node, ctx: AnalysisContext, reason: str) -> list[Freeze]:
+    """Every dim of a tied parameter that a module without a rule reads is frozen: another reader must not cut it."""
+    if node.op != "call_module":
+        return []
+    prefix = f"{node.target}." if node.target else ""
+    freezes = []
+    for attr, p in ctx.module(node).named_parameters(remove_duplicate=False):
+        qualname = prefix + attr
+        if sum(1 for first in ctx.canonical.values() if first == ctx.canonical.get(qualname)) > 1:
+            freezes += [Freeze(ctx.param_slot(qualname, d, Role.PRODUCER), reason) for d in range(p.dim())]
+    return freezes
+
+
 def rule_errors_raise(strict: bool) -> bool:
     """Whether a failing rule raises (strict, or GRAPHPRUNE_RULE_ERRORS=raise) instead of freezing its channels."""
     return strict or os.environ.get("GRAPHPRUNE_RULE_ERRORS") == "raise"
@@ -162,6 +175,7 @@ def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool
             if touches_tensors:
                 unsupported.append(problem)
                 freezes.extend(freeze_inputs(node, ctx, problem))
+                freezes.extend(_freeze_shared_parameters(node, ctx, problem))
                 ctx.producer_note[node.name] = f"produced by {problem}"
     if strict and unsupported:
         raise UnsupportedOpError(
@@ -170,5 +184,5 @@ def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool
         )
     freezes.extend(_channel_counts_as_values(gm, ctx, rules))
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
-    graph = build_groups(ctx.sizes, couplings, freezes + ctx.freezes, order, ctx.declared)
+    graph = build_groups(ctx.sizes, couplings + ctx.ties, freezes + ctx.freezes, order, ctx.declared)
     return replace(graph, unsupported=tuple(unsupported), probed=tuple(probed))

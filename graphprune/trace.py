@@ -172,7 +172,7 @@ def clone_module(module: torch.nn.Module) -> torch.nn.Module:
     """
     if isinstance(module, fx.GraphModule):  # its class carries generated code: let it copy itself
         return copy.deepcopy(module)
-    memo: dict[int, Any] = {}
+    memo: dict[int, Any] = {}  # one memo for the whole tree: tied tensors stay tied
 
     def tensor(t):
         if t is None:
@@ -209,9 +209,9 @@ def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     output.meta = dict(gm.graph.output_node().meta)
     new = gm.__class__.__new__(gm.__class__)
     new.__dict__ = {k: (v.copy() if isinstance(v, dict) else v) for k, v in gm.__dict__.items()}
-    new._parameters = {k: torch.nn.Parameter(p.detach().clone(), p.requires_grad) if p is not None else None
-                       for k, p in gm._parameters.items()}
-    new._buffers = {k: b.detach().clone() if b is not None else None for k, b in gm._buffers.items()}
-    new._modules = {k: clone_module(m) for k, m in gm._modules.items()}
+    holder = torch.nn.Module()  # the root's own tensors and children, cloned as one tree (one memo)
+    holder._parameters, holder._buffers, holder._modules = gm._parameters, gm._buffers, gm._modules
+    cloned = clone_module(holder)
+    new._parameters, new._buffers, new._modules = cloned._parameters, cloned._buffers, cloned._modules
     new.graph = graph  # re-owns the graph and recompiles the code
     return new

@@ -19,6 +19,7 @@ from ..errors import RewriteError
 from ..groups import DependencyGraph, Slot
 from ..planner import PrunePlan
 from ..rules import RuleTable, ShrinkContext
+from ..rules.base import tensor_names
 from ..trace import value_meta
 from .base import GraphPass, PassResult
 
@@ -36,14 +37,21 @@ def positions_kept_by_slot(graph: DependencyGraph, plan: PrunePlan) -> dict[Slot
     return kept
 
 
-def _set_tensor(gm: fx.GraphModule, qualname: str, value: torch.Tensor) -> None:
-    owner_name, _, attr = qualname.rpartition(".")
-    owner = gm.get_submodule(owner_name) if owner_name else gm
+def _set_tensor(gm: fx.GraphModule, names: list[str], value: torch.Tensor) -> None:
+    """Bind `value` (as one new Parameter, or one buffer) under every name of a tensor, so tied stays tied."""
+    def owner_and_attr(qualname):
+        owner_name, _, attr = qualname.rpartition(".")
+        return (gm.get_submodule(owner_name) if owner_name else gm), attr
+
+    owner, attr = owner_and_attr(names[0])
     old = getattr(owner, attr)
-    if isinstance(old, torch.nn.Parameter):
-        setattr(owner, attr, torch.nn.Parameter(value, requires_grad=old.requires_grad))
-    else:
-        owner._buffers[attr] = value
+    new = torch.nn.Parameter(value, requires_grad=old.requires_grad) if isinstance(old, torch.nn.Parameter) else value
+    for name in names:
+        owner, attr = owner_and_attr(name)
+        if isinstance(new, torch.nn.Parameter):
+            setattr(owner, attr, new)
+        else:
+            owner._buffers[attr] = new
 
 
 class ShrinkChannels(GraphPass):
@@ -55,14 +63,18 @@ class ShrinkChannels(GraphPass):
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         gm = graph_module
         tensors = {**dict(gm.named_parameters(remove_duplicate=False)), **dict(gm.named_buffers(remove_duplicate=False))}
-        current = {}
+        aliases: dict[str, list[str]] = {}
+        for name, first in tensor_names(gm).items():
+            aliases.setdefault(first, []).append(name)
+        current, sliced = {}, set()
         for slot, positions in sorted(self.kept.items()):
-            if not slot.is_param:
-                continue
+            if not slot.is_param or (slot.name, slot.dim) in sliced:
+                continue  # a tied dim read in two roles is one set of channels: sliced once
+            sliced.add((slot.name, slot.dim))
             t = current.get(slot.name, tensors[slot.name]).detach()
             current[slot.name] = t.index_select(slot.dim, torch.as_tensor(positions, dtype=torch.long)).contiguous()
         for qualname, value in current.items():
-            _set_tensor(gm, qualname, value)
+            _set_tensor(gm, aliases.get(qualname, [qualname]), value)  # every alias of a tied tensor: the same one
         ctx = ShrinkContext(gm, self.kept, self.graph.channel_dims)
         modules = dict(gm.named_modules())
         for node in list(gm.graph.nodes):

@@ -43,14 +43,10 @@ def weight_slot(ctx: AnalysisContext, w: fx.Node, dim: int, role: Role) -> Slot:
 
     A vector constant's only non-trivial dim is already declared by the analysis (coupled
     to its parameter slot as PRODUCER or BUFFER); that dim is reached through the node. A
-    dim another op already registered in another role is reused. So one tensor dim never
-    becomes two slots (it would be sliced twice); the first role wins.
+    dim read in two roles (a tied embedding and output layer) gets tied slots (param_slot).
     """
     if ctx.constant(w) is None or ctx.channel_dim(w) == dim:
         return ctx.input_slot(w, dim)
-    for other in Role:  # a weight read by two ops in two roles (tied embedding / output layer): one slot
-        if other is not role and Slot(w.target, dim, other) in ctx.sizes:
-            return Slot(w.target, dim, other)
     return ctx.param_slot(w.target, dim, role)
 
 

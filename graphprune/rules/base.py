@@ -26,7 +26,7 @@ import torch.fx as fx
 import enum
 from dataclasses import dataclass
 
-from ..groups import Effect, Freeze, Role, Slot
+from ..groups import Coupling, Effect, Freeze, Role, Slot
 from ..trace import TensorMeta, value_meta
 
 
@@ -173,6 +173,15 @@ def freeze_inputs(node: fx.Node, ctx: "AnalysisContext", reason: str) -> tuple[F
     return tuple(freezes)
 
 
+def tensor_names(gm: fx.GraphModule) -> dict[str, str]:
+    """Every parameter/buffer name -> the first name of the same tensor (aliases of a tied weight share one)."""
+    first: dict[int, str] = {}
+    names = {}
+    for name, t in list(gm.named_parameters(remove_duplicate=False)) + list(gm.named_buffers(remove_duplicate=False)):
+        names[name] = first.setdefault(id(t), name)
+    return names
+
+
 class GraphView:
     """Read-only access to a traced graph: node values, modules, parameters and declared channel dims."""
 
@@ -217,6 +226,8 @@ class AnalysisContext(GraphView):
 
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm)
+        self.canonical = tensor_names(gm)
+        self.ties: list[Coupling] = []  # one tensor dim read in two roles: its slots are the same channels
         self.producer_note: dict[str, str] = {}
         self.sizes: dict[Slot, int] = {}
         self.freezes: list[Freeze] = []
@@ -239,10 +250,22 @@ class AnalysisContext(GraphView):
         return slot
 
     def param_slot(self, qualname: str, dim: int, role: Role) -> Slot:
+        """Dim `dim` of a parameter or buffer, under the first name of its tensor (tied weights are one tensor).
+
+        A tensor dim read in a second role (a tied embedding and output layer: PRODUCER and
+        CONSUMER) gets its own slot, tied position for position to the first, so both roles
+        are one set of channels and the dim is sliced once.
+        """
         tensor = self.params.get(qualname, self.buffers.get(qualname))
         if tensor is None:
             raise KeyError(qualname)
-        return self._register(Slot(qualname, dim, role), tensor.shape[dim])
+        name = self.canonical.get(qualname, qualname)
+        slot = Slot(name, dim, role)
+        for other in Role:
+            twin = Slot(name, dim, other)
+            if other is not role and twin in self.sizes and slot not in self.sizes:
+                self.ties.append(Coupling(twin, slot))
+        return self._register(slot, tensor.shape[dim])
 
     def module_param_slot(self, node: fx.Node, attr: str, dim: int, role: Role) -> Slot | None:
         """Slot of parameter/buffer `attr` of the module `node` calls, or None if it has none."""
