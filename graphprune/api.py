@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Mapping, Sequence, Union
 
+import torch
+
 from .analysis import PruneResult, analyse
 from .importance import Criterion
 from .options import Budget, Options

@@ -19,7 +19,7 @@ import torch.fx as fx
 from .groups import ChannelGroup, DependencyGraph, Slot
 from .planner import PrunePlan
 from .rules import GraphView, MacTerm, RuleTable
-from .trace import TensorMeta, value_meta
+from .trace import TensorMeta
 
 _CALLS = ("call_module", "call_function", "call_method")
 

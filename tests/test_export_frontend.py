@@ -233,3 +233,22 @@ def test_both_frontends_prune_a_zoo_model_to_the_same_counts(name):
     with torch.no_grad():
         shapes = [[t.shape for t in torch.utils._pytree.tree_leaves(r.model(*x))] for r in (by_export, by_fx)]
     assert shapes[0] == shapes[1]
+
+
+class NormOverSpace(nn.Module):
+    """LayerNorm over (H, W): the ATen layer-norm rule freezes a norm over more than the last dim."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm, self.head = nn.Conv2d(3, 8, 1), nn.LayerNorm([4, 4]), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.norm(self.conv(x)))
+
+
+def test_export_rules_freeze_with_a_reason_where_they_do_not_follow():
+    model, x = NormOverSpace().eval(), torch.randn(1, 3, 4, 4)
+    result = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend="export")
+    reasons = [r for g in result.report.frozen_groups for r in g.frozen_reasons]
+    assert any("normalises over 2 dims" in r for r in reasons), reasons
+    assert result.model(x).shape == model(x).shape

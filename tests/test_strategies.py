@@ -1,5 +1,4 @@
 """Strategies: global scope with its guard, target_params / target_macs, per-module ratios, exact predictions."""
-import copy
 import math
 
 import numpy as np

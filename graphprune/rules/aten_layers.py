@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ..groups import Coupling, Effect, Role, Slot
+from ..groups import Coupling, Effect, Freeze, Role, Slot
 from .attention import MatMulRule, ScaledDotProductAttentionRule
 from .base import (AnalysisContext, GraphView, LayerKind, MacTerm, Rule, ShrinkContext, WeightedLayer, describe_node,
                    freeze_inputs)
