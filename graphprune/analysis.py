@@ -255,7 +255,7 @@ def _analysed(gm: fx.GraphModule, inputs: tuple, model, rules: RuleTable, strict
     graph = build_dependency_graph(gm, rules, strict=strict, probe=ChannelProbe(gm, inputs, rules))
     cost = CostModel.of(gm, rules, graph)
     layers, layer_inputs = _weighted_layers(gm, rules, graph)
-    stats = ModelStats.measure(gm, rules, model)
+    stats = ModelStats.measure(gm, cost, model)
     return Analysis(model, gm, inputs, rules, graph, cost, stats, layers, layer_inputs, frontend,
                     {"trace": trace_seconds, "analysis": time.perf_counter() - t0})
 

@@ -113,7 +113,7 @@ def _freeze_shared_parameters(node: fx.Node, ctx: AnalysisContext, reason: str) 
     freezes = []
     for attr, p in ctx.module(node).named_parameters(remove_duplicate=False):
         qualname = prefix + attr
-        if sum(1 for first in ctx.canonical.values() if first == ctx.canonical.get(qualname)) > 1:
+        if qualname in ctx.tied:
             freezes += [Freeze(ctx.param_slot(qualname, d, Role.PRODUCER), reason) for d in range(p.dim())]
     return freezes
 

@@ -32,6 +32,7 @@ import torch.fx as fx
 
 from .errors import InputError
 from .groups import ChannelGroup, DependencyGraph, Role, Slot
+from .trace import CaptureValues
 
 _WEIGHT_ROLES = (Role.PRODUCER, Role.CONSUMER)
 _NORMS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
@@ -162,18 +163,6 @@ def _consumed_activations(group: ChannelGroup, layer_inputs: frozenset[str]) -> 
     return [slot for slot in group.members if not slot.is_param and slot.name in layer_inputs]
 
 
-class _Capture(fx.Interpreter):
-    def __init__(self, gm, wanted):
-        super().__init__(gm)
-        self.wanted, self.values = wanted, {}
-
-    def run_node(self, n):
-        out = super().run_node(n)
-        if n.name in self.wanted:
-            self.values[n.name] = out.detach()
-        return out
-
-
 @dataclass(frozen=True)
 class _ActivationStatistic(Criterion):
     needs_data = True
@@ -191,7 +180,7 @@ class _ActivationStatistic(Criterion):
         try:
             with torch.no_grad():
                 for batch in ctx.calibration:
-                    capture = _Capture(ctx.model, wanted)
+                    capture = CaptureValues(ctx.model, wanted)
                     capture.run(*ctx.model_inputs(batch))
                     for g in groups:
                         for slot in slots[g.id]:

@@ -23,38 +23,25 @@ import torch.fx as fx
 from .groups import Coupling, Effect
 from .rules import AnalysisContext, RuleTable
 from .rules.base import callable_of
+from .trace import CaptureValues
 
 SUBSETS = 3
 _CALLS = ("call_module", "call_function", "call_method")
-
-
-class _Capture(fx.Interpreter):
-    """Runs the graph and keeps the values of the `wanted` nodes."""
-
-    def __init__(self, gm: fx.GraphModule, wanted: set[str]):
-        super().__init__(gm)
-        self.wanted, self.values = wanted, {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if n.name in self.wanted:
-            self.values[n.name] = out
-        return out
 
 
 class ChannelProbe:
     """Probes the rule-less ops of one traced graph on its example inputs (values captured once, lazily)."""
 
     def __init__(self, gm: fx.GraphModule, inputs: tuple, rules: RuleTable, seed: int = 0):
-        self.gm, self.inputs, self.seed = gm, inputs, seed
-        modules = dict(gm.named_modules())
-        self.candidates = [n for n in gm.graph.nodes if n.op in _CALLS and rules.for_node(n, modules) is None]
+        self.gm, self.inputs, self.rules, self.seed = gm, inputs, rules, seed
         self._values: dict[str, Any] | None = None
 
     def _value(self, node: fx.Node) -> Any:
+        """The example value of `node`; the first call runs the graph once for the inputs of every rule-less op."""
         if self._values is None:
-            wanted = {a.name for n in self.candidates for a in n.all_input_nodes}
-            capture = _Capture(self.gm, wanted)
+            modules = dict(self.gm.named_modules())
+            rule_less = [n for n in self.gm.graph.nodes if n.op in _CALLS and self.rules.for_node(n, modules) is None]
+            capture = CaptureValues(self.gm, {a.name for n in rule_less for a in n.all_input_nodes})
             training = self.gm.training
             self.gm.eval()
             try:

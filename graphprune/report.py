@@ -126,14 +126,15 @@ class ModelStats:
     unused_modules: tuple[str, ...] = ()
 
     @classmethod
-    def measure(cls, gm: fx.GraphModule, rules: RuleTable, model: nn.Module | None = None) -> "ModelStats":
+    def measure(cls, gm: fx.GraphModule, cost: CostModel, model: nn.Module | None = None) -> "ModelStats":
+        """Totals of `model` (default: `gm`); MACs are the cost model's terms at full width (counted once)."""
         model = model if isinstance(model, nn.Module) else gm
         traced = {name for name, _ in gm.named_parameters(remove_duplicate=False)}
         read = {id(p) for name, p in model.named_parameters(remove_duplicate=False) if name in traced}
         unused = [(name, p) for name, p in model.named_parameters(remove_duplicate=False) if id(p) not in read]
         params_unused = sum(p.numel() for p in {id(p): p for _, p in unused}.values())
         owners = sorted({name.rpartition(".")[0] or "(model)" for name, _ in unused})
-        return cls(count_params(model), count_macs(gm, rules), _params_by_module(model), params_unused, tuple(owners))
+        return cls(count_params(model), cost.macs, _params_by_module(model), params_unused, tuple(owners))
 
 
 def build_report(before: ModelStats, cost: CostModel, pruned: fx.GraphModule, rules: RuleTable, graph: DependencyGraph,

@@ -159,6 +159,20 @@ def trace_with_values(model: torch.nn.Module, args: tuple, kwargs: dict | None, 
     return gm, inputs
 
 
+class CaptureValues(fx.Interpreter):
+    """Runs a graph and keeps the (detached) values of the `wanted` nodes in `values`."""
+
+    def __init__(self, gm: fx.GraphModule, wanted: set[str]):
+        super().__init__(gm)
+        self.wanted, self.values = wanted, {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if n.name in self.wanted:
+            self.values[n.name] = out.detach() if isinstance(out, torch.Tensor) else out
+        return out
+
+
 def value_meta(node: fx.Node) -> Any:
     return node.meta[META_KEY]
 

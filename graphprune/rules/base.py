@@ -16,6 +16,7 @@ function, a Tensor method or an ATen OpOverload), never by name.
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
@@ -227,6 +228,8 @@ class AnalysisContext(GraphView):
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm)
         self.canonical = tensor_names(gm)
+        names_per_tensor = Counter(self.canonical.values())
+        self.tied = frozenset(n for n, first in self.canonical.items() if names_per_tensor[first] > 1)
         self.ties: list[Coupling] = []  # one tensor dim read in two roles: its slots are the same channels
         self.producer_note: dict[str, str] = {}
         self.sizes: dict[Slot, int] = {}
