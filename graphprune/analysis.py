@@ -16,6 +16,7 @@ over N groups costs one trace).
 from __future__ import annotations
 
 import difflib
+import gc
 import enum
 import time
 from dataclasses import dataclass, field, replace
@@ -203,8 +204,9 @@ class Analysis:
         return PruneResult(gm, planned.plan, report, self.dependencies, timings, self.example_inputs)
 
     def _rewritten(self, plan: PrunePlan, recalibration: Sequence[tuple] = ()):
-        gm = copy_graph_module(self.graph_module)
-        return gm, rewrite_in_place(gm, self.dependencies, plan, self.rules, self.example_inputs, recalibration)
+        gm = copy_graph_module(self.graph_module, share_tensors=True)
+        return gm, rewrite_in_place(gm, self.dependencies, plan, self.rules, self.example_inputs, recalibration,
+                                    shared_with=self.graph_module)
 
     def _without_groups_that_break(self, planned: Planned, error: RewriteError) -> "Analysis":
         """A copy in which every group whose rewrite alone breaks the model's check is frozen, with the error.
@@ -266,6 +268,21 @@ def _via_fx(model, args, kwargs, rules, strict) -> Analysis:
     return _analysed(gm, inputs, model, rules, strict, "fx", time.perf_counter() - t0)
 
 
+def _try_fx(model, args, kwargs, rules, strict) -> Analysis | TraceError:
+    """The fx analysis, or the TraceError stripped of its frames. The frames hold the traced copy of
+    the model in reference cycles; freeing them before export runs saves one copy of every weight."""
+    try:
+        return _via_fx(model, args, kwargs, rules, strict)
+    except TraceError as exc:
+        error: BaseException | None = exc
+        while error is not None:
+            error.__traceback__ = None
+            error = error.__cause__ or error.__context__
+        failure = exc
+    gc.collect()
+    return failure
+
+
 def _via_export(model, args, kwargs, rules, strict, why: str = "") -> Analysis:
     t0 = time.perf_counter()
     if isinstance(model, torch.export.ExportedProgram):
@@ -303,14 +320,13 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
         return _via_fx(model, args, example_kwargs, rules, strict)
     if frontend is Frontend.EXPORT:
         return _via_export(model, args, example_kwargs, rules, strict)
-    try:
-        fx_analysis = _via_fx(model, args, example_kwargs, rules, strict)
-    except TraceError as fx_error:
+    fx_analysis = _try_fx(model, args, example_kwargs, rules, strict)
+    if isinstance(fx_analysis, TraceError):
         try:
             return _via_export(model, args, example_kwargs, rules, strict,
                                f"torch.fx cannot trace {type(model).__name__}")
         except TraceError:
-            raise fx_error from None
+            raise fx_analysis from None
     if not fx_analysis.dependencies.unsupported:
         return fx_analysis
     try:

@@ -177,23 +177,23 @@ def value_meta(node: fx.Node) -> Any:
     return node.meta[META_KEY]
 
 
-def clone_module(module: torch.nn.Module) -> torch.nn.Module:
+def clone_module(module: torch.nn.Module, share_tensors: bool = False) -> torch.nn.Module:
     """A deep copy of a module tree: new modules, parameters and buffers; shared tensors stay shared.
 
     Faster than copy.deepcopy (no pickling protocol per attribute). Dict attributes (hooks)
     are copied; other attributes are shared with the original, which is safe because
-    rewrites rebind attributes, never mutate them in place.
+    rewrites rebind attributes, never mutate them in place. With `share_tensors`, only the
+    modules are new: the copy holds the original's very tensors (see `own_tensors`).
     """
-    if isinstance(module, fx.GraphModule):  # its class carries generated code: let it copy itself
+    if isinstance(module, fx.GraphModule) and not share_tensors:  # its class carries generated code
         return copy.deepcopy(module)
     memo: dict[int, Any] = {}  # one memo for the whole tree: tied tensors stay tied
 
     def tensor(t):
-        if t is None:
-            return None
+        if t is None or share_tensors:
+            return t
         if id(t) not in memo:
-            data = t.detach().clone()
-            memo[id(t)] = torch.nn.Parameter(data, t.requires_grad) if isinstance(t, torch.nn.Parameter) else data
+            memo[id(t)] = _copied(t)
         return memo[id(t)]
 
     def clone(m):
@@ -212,8 +212,28 @@ def clone_module(module: torch.nn.Module) -> torch.nn.Module:
     return clone(module)
 
 
-def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
-    """An independent copy of a traced GraphModule: own parameters, submodules and graph (node values kept).
+def _copied(t: torch.Tensor) -> torch.Tensor:
+    data = t.detach().clone()
+    return torch.nn.Parameter(data, t.requires_grad) if isinstance(t, torch.nn.Parameter) else data
+
+
+def own_tensors(module: torch.nn.Module, shared_with: torch.nn.Module) -> None:
+    """Give `module` its own copy of every parameter and buffer it still shares with `shared_with` (ties kept)."""
+    theirs = {id(t) for _, t in (*shared_with.named_parameters(remove_duplicate=False),
+                                 *shared_with.named_buffers(remove_duplicate=False))}
+    memo: dict[int, torch.Tensor] = {}
+    for m in module.modules():
+        for table in (m._parameters, m._buffers):
+            for name, t in table.items():
+                if t is not None and id(t) in theirs:
+                    if id(t) not in memo:
+                        memo[id(t)] = _copied(t)
+                    table[name] = memo[id(t)]
+
+
+def copy_graph_module(gm: fx.GraphModule, share_tensors: bool = False) -> fx.GraphModule:
+    """An independent copy of a traced GraphModule: own submodules and graph (node values kept), and own
+    parameters and buffers unless `share_tensors` (then call `own_tensors` before anything writes to them).
 
     Rewrites work on such a copy, so the analysed GraphModule is never mutated.
     """
@@ -225,7 +245,7 @@ def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     new.__dict__ = {k: (v.copy() if isinstance(v, dict) else v) for k, v in gm.__dict__.items()}
     holder = torch.nn.Module()  # the root's own tensors and children, cloned as one tree (one memo)
     holder._parameters, holder._buffers, holder._modules = gm._parameters, gm._buffers, gm._modules
-    cloned = clone_module(holder)
+    cloned = clone_module(holder, share_tensors)
     new._parameters, new._buffers, new._modules = cloned._parameters, cloned._buffers, cloned._modules
     new.graph = graph  # re-owns the graph and recompiles the code
     return new

@@ -36,6 +36,23 @@ def test_apply_never_mutates_the_analysis_and_plans_are_independent():
         half.report.params_after, half.report.macs_after)
 
 
+def test_a_pruned_model_owns_its_tensors_even_where_a_plan_keeps_them_whole():
+    """Rewrites share the analysed tensors until slicing is done, then copy the unsliced ones: training or
+    recalibrating the result never writes into the analysis."""
+    model = Residual().eval()
+    analysis = graphprune.analyse(model, example_input(Residual))
+    state = copy.deepcopy(analysis.graph_module.state_dict())
+    batches = [(torch.randn_like(example_input(Residual)),) for _ in range(2)]
+    result = analysis.prune(graphprune.Ratio(0.25), target="none", calibration=graphprune.Calibration(
+        batches, recalibrate_bn=True))
+    analysed = {t.data_ptr() for t in (*analysis.graph_module.parameters(), *analysis.graph_module.buffers())}
+    assert not any(t.data_ptr() in analysed for t in (*result.model.parameters(), *result.model.buffers()))
+    with torch.no_grad():
+        for p in result.model.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(v, state[k]) for k, v in analysis.graph_module.state_dict().items())
+
+
 def test_sensitivity_and_explain_from_one_analysis_never_retrace(monkeypatch):
     model = ConvChain().eval()
     analysis = graphprune.analyse(model, example_input(ConvChain))

@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import torch
 import torch.fx as fx
 
 from ..groups import DependencyGraph
 from ..planner import PrunePlan
 from ..rules import RuleTable
+from ..trace import own_tensors
 from .recalibrate import RecalibrateBatchNorm
 from .shrink import EliminateDeadCode, ShrinkChannels
 
@@ -25,16 +27,25 @@ class Rewritten:
 
 
 def rewrite_in_place(gm: fx.GraphModule, graph: DependencyGraph, plan: PrunePlan, rules: RuleTable, inputs: tuple,
-                     recalibration: Sequence[tuple] = ()) -> Rewritten:
-    """Apply `plan` to `gm` (whose nodes carry recorded values); the train/eval mode of `gm` is kept."""
+                     recalibration: Sequence[tuple] = (), shared_with: torch.nn.Module | None = None) -> Rewritten:
+    """Apply `plan` to `gm` (whose nodes carry recorded values); the train/eval mode of `gm` is kept.
+
+    `gm` may share its tensors with `shared_with` (the analysed model): shrinking never writes
+    to a tensor (it binds sliced copies), so only the tensors left unsliced are copied, after
+    dead code is gone and before anything could write to them. Peak memory: the analysed
+    model plus the pruned one, not two full copies.
+    """
     training = gm.training
-    shrink = ShrinkChannels(graph, plan, rules, inputs)
-    later = [EliminateDeadCode(inputs)] + ([RecalibrateBatchNorm(inputs, recalibration)] if recalibration else [])
+    shrink, dead_code = ShrinkChannels(graph, plan, rules, inputs), EliminateDeadCode(inputs)
+    later = [RecalibrateBatchNorm(inputs, recalibration)] if recalibration else []
     shrink(gm)
     sliced_params = sum(p.numel() for p in gm.parameters())
+    dead_code(gm)
+    if shared_with is not None:
+        own_tensors(gm, shared_with)
     for graph_pass in later:
         graph_pass(gm)
     gm.train(training)
-    passes = [shrink] + later
+    passes = [shrink, dead_code] + later
     return Rewritten(sliced_params, {"rewrite": sum(p.timings["call"] for p in passes),
                                      "checks": sum(p.timings["ensures"] for p in passes)})
