@@ -1,6 +1,7 @@
 """How long prune_graph takes, split by stage, on the largest built-in models and on a family of growing depth.
 
 Usage: python bench/prune_speed.py [--repeats 3] [--json out/prune_speed.json] [--sensitivity-only]
+       [--frontends fx,export] [--models vgg16_bn,...] [--skip-sensitivity] [--skip-depth]
 Prints one table per part; each figure is the median of `repeats` runs (ratio 0.5, L2).
 The sensitivity part runs `graphprune.sensitivity` on ResNet-50 over every prunable group
 at 3 ratios and counts how many times the model was traced (calls of the fx tracer).
@@ -110,17 +111,21 @@ def main() -> None:
     parser.add_argument("--sensitivity-only", action="store_true", help="run only the sensitivity part")
     parser.add_argument("--frontends", default="fx,export",
                         help="comma-separated frontends timed on the largest models (fx, export, auto)")
+    parser.add_argument("--models", default=",".join(LARGEST), help="comma-separated zoo models timed per frontend")
+    parser.add_argument("--skip-sensitivity", action="store_true", help="skip the sensitivity part")
+    parser.add_argument("--skip-depth", action="store_true", help="skip the depth family")
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = {"largest": {}, "depth": {}}
-    s = out["sensitivity"] = time_sensitivity()
-    print(f"sensitivity on {s['model']}: {s['groups']} groups x 3 ratios = {s['rows']} pruned variants, "
-          f"{s['traces']} trace(s), {s['seconds']:.1f} s")
+    if not args.skip_sensitivity:
+        s = out["sensitivity"] = time_sensitivity()
+        print(f"sensitivity on {s['model']}: {s['groups']} groups x 3 ratios = {s['rows']} pruned variants, "
+              f"{s['traces']} trace(s), {s['seconds']:.1f} s")
     if args.sensitivity_only:
         return
     for frontend in args.frontends.split(","):
         rows = []
-        for name in LARGEST:
+        for name in args.models.split(","):
             spec = ZOO[name]
             model, inputs = spec.build(), spec.example_inputs()
             graphprune.prune_graph(model, inputs, ratio=0.5, frontend=frontend)  # warm-up: imports, allocator
@@ -129,7 +134,7 @@ def main() -> None:
         print(f"\nprune_graph seconds by stage, largest built-in models, frontend {frontend} (ratio 0.5, L2, batch 1)")
         print(table(rows))
     rows = []
-    for blocks in (1, 2, 4, 8):
+    for blocks in () if args.skip_depth else (1, 2, 4, 8):
         model = DenseStack(blocks).eval()
         inputs = (torch.randn(1, 3, 32, 32),)
         graphprune.prune_graph(model, inputs, ratio=0.5)
@@ -137,11 +142,12 @@ def main() -> None:
         t["s/block"] = t["total"] / blocks
         out["depth"][blocks] = t
         rows.append((f"dense x{blocks}", t))
-    print("\nDenseNet-style depth family (6 layers/block, growth 32, 32x32 input)")
-    print(table(rows, extra="s/block"))
-    d = out["depth"]
-    print(f"\n8x the depth costs {d[8]['total'] / d[1]['total']:.1f}x the time "
-          f"(analysis alone {d[8]['analysis'] / d[1]['analysis']:.1f}x)")
+    if not args.skip_depth:
+        print("\nDenseNet-style depth family (6 layers/block, growth 32, 32x32 input)")
+        print(table(rows, extra="s/block"))
+        d = out["depth"]
+        print(f"\n8x the depth costs {d[8]['total'] / d[1]['total']:.1f}x the time "
+              f"(analysis alone {d[8]['analysis'] / d[1]['analysis']:.1f}x)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -24,6 +24,7 @@ from .groups import Coupling, DependencyGraph, Freeze, Role, Slot, build_groups
 from .rules import AnalysisContext, RuleTable
 from .probing import ChannelProbe
 from .rules.base import Unsupported, describe_node, freeze_inputs, queried_dims
+from .rules.layers import FunctionalLayerNormRule
 from .rules.movement import MovementRule, ReshapeRule, SplitRule
 from .trace import value_meta
 
@@ -60,7 +61,7 @@ def _used_as_value(node: fx.Node, rules: RuleTable, modules, depth: int = 8) -> 
             found = _used_as_value(user, rules, modules, depth - 1) if depth else user
             if found is not None:
                 return found
-        elif isinstance(rule, (ReshapeRule, SplitRule)) and user.args[0] is not node:
+        elif isinstance(rule, (ReshapeRule, SplitRule, FunctionalLayerNormRule)) and user.args[0] is not node:
             continue
         elif user.target is operator.getitem and user.args[0] is not node:
             continue  # a slice bound: rewritten with the slice

@@ -8,6 +8,7 @@ tuples, slices) kept as is, so later stages can re-run data-movement ops on labe
 from __future__ import annotations
 
 import copy
+import inspect
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -63,11 +64,12 @@ def _user_frame(exc: BaseException) -> str:
     return f"{f.filename}:{f.lineno} in {f.name}: `{(f.line or '').strip()}`"
 
 
-def trace(model: torch.nn.Module, is_rule_module=lambda m: False) -> fx.GraphModule:
-    """Symbolically trace `model`; a failure becomes a TraceError naming the offending code."""
+def trace(model: torch.nn.Module, is_rule_module=lambda m: False, concrete_args: dict | None = None) -> fx.GraphModule:
+    """Symbolically trace `model` (`concrete_args`: forward arguments fixed to a value); a failure becomes a
+    TraceError naming the offending code."""
     tracer = LeafTracer(is_rule_module)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=concrete_args or None)
     except Exception as exc:  # torch.fx raises many types; all mean "cannot trace"
         raise TraceError(
             f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: {exc} "
@@ -148,7 +150,7 @@ def trace_with_values(model: torch.nn.Module, args: tuple, kwargs: dict | None, 
 
     Returns the GraphModule (in the model's train/eval mode) and the inputs bound to its placeholders.
     """
-    gm = trace(clone_module(model), is_rule_module)
+    gm = trace(clone_module(model), is_rule_module, omitted_none_arguments(model, args, kwargs))
     inputs = bind_inputs(gm, args, kwargs)
     training = gm.training
     gm.eval()
@@ -157,6 +159,18 @@ def trace_with_values(model: torch.nn.Module, args: tuple, kwargs: dict | None, 
     finally:
         gm.train(training)
     return gm, inputs
+
+
+def omitted_none_arguments(model: torch.nn.Module, args: tuple, kwargs: dict | None) -> dict:
+    """Forward arguments with default None that the example inputs leave out, fixed to None for tracing:
+    `if mask is not None:` then takes the branch the model runs, not the one a Proxy would."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return {p.name: None for i, p in enumerate(params)
+            if p.default is None and p.name not in (kwargs or {}) and not (p.kind in positional and i < len(args))}
 
 
 class CaptureValues(fx.Interpreter):

@@ -19,8 +19,10 @@ from .aten import rules_by_op as aten_rules_by_op
 from .attention import MatMulRule, MultiheadAttentionRule, PrunedMultiheadAttention, ScaledDotProductAttentionRule
 from .base import AnalysisContext, GraphView, LayerKind, MacTerm, Rule, RuleTable, ShrinkContext, WeightedLayer
 from .elementwise import BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule
-from .layers import (FUNCTIONAL_WEIGHTED, BatchNormRule, ConvRule, ConvTransposeRule, FunctionalLayerNormRule,
-                     FunctionalWeightedRule, GroupNormRule, LayerNormRule, LinearRule)
+from .aten_layers import LinearRule as FunctionalLinearRule
+from .functional import FunctionalBatchNormRule, FunctionalConvRule, FunctionalGroupNormRule, RollRule
+from .layers import (BatchNormRule, ConvRule, ConvTransposeRule, FunctionalLayerNormRule, GroupNormRule, LayerNormRule,
+                     LinearRule)
 from .movement import GetItemRule, MovementRule, ReshapeRule, SplitRule, SqueezeRule
 from .recurrent import PrunedGRU, PrunedLSTM, RecurrentRule
 
@@ -38,7 +40,7 @@ _ELEMENTWISE_FUNCTIONS = (
     F.relu, torch.relu, T.relu, F.relu6, F.gelu, F.silu, torch.sigmoid, T.sigmoid, F.sigmoid, torch.tanh, T.tanh,
     F.tanh, F.hardswish, F.hardsigmoid, F.hardtanh, F.leaky_relu, F.elu, F.selu, F.mish, F.softplus, F.dropout,
     F.dropout1d, F.dropout2d, F.dropout3d, T.contiguous, T.clone, torch.clone, torch.exp, T.exp, torch.abs, T.abs,
-    operator.neg, torch.neg,
+    operator.neg, torch.neg, torch.sqrt, T.sqrt, torch.rsqrt, T.rsqrt, torch.reciprocal, T.reciprocal,
 )
 _SOFTMAX = (nn.Softmax, nn.LogSoftmax, F.softmax, F.log_softmax, torch.softmax, T.softmax, T.log_softmax)
 _SPATIAL_MODULES = (
@@ -50,12 +52,15 @@ _SPATIAL_FUNCTIONS = (
     F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.interpolate,
 )
 _REDUCE = (torch.mean, T.mean, torch.sum, T.sum, torch.amax, T.amax, torch.amin, T.amin)
+_NORMS = (torch.norm, T.norm, torch.linalg.vector_norm)  # (x, p/ord, dim, keepdim): a reduction over `dim`
 _BINARY = (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
     torch.add, torch.sub, torch.mul, torch.div, T.add, T.sub, T.mul, T.div, torch.maximum, torch.minimum,
+    torch.clamp, T.clamp, torch.clip, T.clip, torch.pow, T.pow, operator.pow,  # bounds/exponents may be tensors too
+    torch.addcmul, T.addcmul, torch.addcdiv, T.addcdiv,
 )
 _MOVEMENT = (
-    torch.cat, torch.concat, torch.stack, torch.flatten, T.flatten, torch.permute, T.permute, torch.transpose,
+    torch.cat, torch.concat, torch.concatenate, torch.stack, torch.flatten, T.flatten, torch.permute, T.permute, torch.transpose,
     T.transpose, torch.movedim, T.movedim, torch.unsqueeze, T.unsqueeze, F.pixel_shuffle, F.pixel_unshuffle,
     torch.channel_shuffle, T.repeat, torch.unbind, T.unbind, nn.Flatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
 )
@@ -85,6 +90,7 @@ def default_rules() -> RuleTable:
     add(_SPATIAL_MODULES + _SPATIAL_FUNCTIONS, SpatialRule())
     add((F.pad,), PadRule())
     add(_REDUCE, ReduceRule())
+    add(_NORMS, ReduceRule(dim_at=2, keepdim_at=3))
     add(_BINARY, BinaryRule())
     add(_MOVEMENT, MovementRule())
     add(_RESHAPE, ReshapeRule())
@@ -94,7 +100,11 @@ def default_rules() -> RuleTable:
     add((nn.MultiheadAttention, PrunedMultiheadAttention), MultiheadAttentionRule())
     add((nn.LSTM, nn.GRU, PrunedLSTM, PrunedGRU), RecurrentRule())
     add((operator.matmul, torch.matmul, T.matmul, torch.bmm, T.bmm, torch.mm, T.mm), MatMulRule())
-    add(FUNCTIONAL_WEIGHTED, FunctionalWeightedRule())
+    add((F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d), FunctionalConvRule())
+    add((F.linear,), FunctionalLinearRule())  # F.linear(x, w, b) has aten.linear's arguments
+    add((F.batch_norm, F.instance_norm), FunctionalBatchNormRule())
+    add((F.group_norm,), FunctionalGroupNormRule())
+    add((torch.roll, T.roll), RollRule())
     add((F.scaled_dot_product_attention,), ScaledDotProductAttentionRule())
     add(_SHAPE_QUERIES, ShapeQueryRule())
     table.update(aten_rules_by_op())  # the torch.export frontend's spelling: Core ATen OpOverloads

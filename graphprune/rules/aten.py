@@ -117,6 +117,20 @@ class SplitRule(MovementRule):
         node.target, node.args, node.kwargs = A.split_with_sizes.default, (x, sizes, dim), {}
 
 
+class IndexSelectRule(Rule):
+    """index_select(x, dim, index): picks positions along `dim` by data (torch.roll decomposes to it); channels
+    pass through when `dim` is not the channel dim, else frozen (which channel lands where depends on the data)."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        x, dim = node.args[:2]
+        d = ctx.channel_dim(x)
+        if not isinstance(d, int):
+            return Effect(None)
+        if dim % len(ctx.shape(x)) == d:
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} {_BY_INDEX}"))
+        return passthrough(node, ctx, x, d)
+
+
 class CreationRule(Rule):
     """full, arange, rand, empty...: a new tensor whose channels nothing follows (consumers that need them freeze)."""
 
@@ -199,7 +213,7 @@ _BY_INDEX = "selects or writes elements by data-dependent indices, so which chan
 _POSITIONS = "returns positions along a dim (indices), whose values change when channels are removed"
 
 FROZEN_BY_DESIGN = MappingProxyType({
-    A.index.Tensor: _BY_INDEX, A.index_put.default: _BY_INDEX, A.index_select.default: _BY_INDEX,
+    A.index.Tensor: _BY_INDEX, A.index_put.default: _BY_INDEX,
     A.gather.default: _BY_INDEX, A.scatter.src: _BY_INDEX, A.scatter.value: _BY_INDEX, A.scatter_add.default: _BY_INDEX,
     A.scatter_reduce.two: _BY_INDEX, A.masked_scatter.default: _BY_INDEX, A.nonzero.default: _BY_INDEX,
     A.select_scatter.default: _BY_INDEX, A.slice_scatter.default: _BY_INDEX,
@@ -276,5 +290,6 @@ def rules_by_op() -> dict:
     add((A.split_with_sizes.default, A.split.Tensor), SplitRule())
     add((operator.getitem,), GetItemRule())
     add(CREATION, CreationRule())
+    add((A.index_select.default,), IndexSelectRule())
     add((A._assert_tensor_metadata.default,), MetadataAssertRule())
     return table

@@ -113,9 +113,10 @@ class BinaryRule(Rule):
         operands = [a for a in list(node.args) + list(node.kwargs.values()) if ctx.is_tensor(a)]
         # candidate output dims from operands whose producer declared a channel dim spanning the output
         candidates = set()
+        only_constants = all(ctx.constant(a) is not None for a in operands)  # (w / sqrt(var + eps)): they decide
         for a in operands:
             d = ctx.channel_dim(a)
-            if isinstance(d, int) and ctx.constant(a) is None:  # constants follow, they never decide
+            if isinstance(d, int) and (ctx.constant(a) is None or only_constants):  # else constants follow
                 aligned = d + len(out_shape) - len(ctx.shape(a))
                 if ctx.shape(a)[d] == out_shape[aligned] and out_shape[aligned] > 1:
                     candidates.add(aligned)

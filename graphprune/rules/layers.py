@@ -12,11 +12,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 import torch.fx as fx
 
 from ..groups import Coupling, Effect, Freeze, Role, Slot
-from .base import AnalysisContext, GraphView, LayerKind, MacTerm, Rule, ShrinkContext, Unsupported, WeightedLayer
+from .base import AnalysisContext, GraphView, LayerKind, MacTerm, Rule, ShrinkContext, WeightedLayer
 
 
 def _channel_dim(ctx: AnalysisContext, x: fx.Node, spatial_dims: int) -> int:
@@ -216,23 +215,3 @@ class FunctionalLayerNormRule(Rule):
         kept = ctx.kept(node.name, len(ctx.value(node).shape) - 1)
         if kept is not None:
             node.args = (node.args[0], (len(kept),)) + tuple(node.args[2:])
-
-
-class FunctionalWeightedRule(Rule):
-    """F.conv1d/2d/3d and F.linear called with a weight tensor: MACs counted, channels not yet followed (frozen).
-
-    The weight may be computed (weight standardisation, reparameterisation), so its dims are
-    not known to be parameters; until a rule proves how they couple, the op freezes.
-    Conv: numel(y) * prod(weight.shape[1:]); linear: numel(y) * weight.shape[-1].
-    """
-
-    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
-        raise Unsupported("has no rule (a functional layer: its MACs are counted, its channels are not followed)")
-
-    def cost(self, node: fx.Node, view: GraphView) -> tuple[MacTerm, ...]:
-        weight = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
-        return (MacTerm(math.prod(view.shape(node)) * math.prod(view.shape(weight)[1:])),)
-
-
-FUNCTIONAL_WEIGHTED = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d,
-                       torch.conv1d, torch.conv2d, torch.conv3d, torch.nn.functional.linear)
