@@ -483,8 +483,8 @@ LN_KEPT = {ConvNeXt: ("stem",), LayerNorm2dBlock: ("a",)}  # module whose group 
 FROZEN = {WeightStandardised: ("a.0.weight", "b.0.weight"), GRNBlock: ("fc1.weight",)}  # groups no spelling prunes
 BLOCKS = (Residual, InvertedResidualSE, DenseConcat, ConvNeXt, Attention, NormAct, WeightStandardised, GRNBlock,
           LayerNorm2dBlock, ChannelAffine, StochasticDepth, Shifted)
-MATMUL_ATTENTION_UNDER_EXPORT = "export frontend: attention spelled with matmul/softmax (bmm) prunes to a model " \
-                                "that is not exact (max error ~1e-3); a bug in the Core ATen attention path"
+MATMUL_ATTENTION_UNDER_EXPORT = "export frontend, batch 2: q @ k^T decomposes to bmm over a merged batch x heads dim " \
+                                "that the analysis cannot follow yet, so the heads freeze (fx prunes them)"
 
 
 def _model_and_input(block, spelling):
@@ -575,3 +575,13 @@ def test_roll_along_the_channel_dim_freezes():
     reasons = [r for g in result.report.frozen_groups for r in g.frozen_reasons]
     assert any("shifts the channel dim" in r for r in reasons), reasons
     assert not result.plan.keep
+
+
+def test_matmul_attention_with_batch_merged_into_heads_is_exact_under_export():
+    """Regression: with batch 2, export merges batch and heads before bmm; the head_dim (contracted by q @ k^T)
+    was once taken as the channel dim and pruned, changing every attention score. It must freeze instead."""
+    model, x = _model_and_input(Attention, Spelling.MODULE)
+    result = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend="export")
+    reasons = [r for g in result.report.frozen_groups for r in g.frozen_reasons]
+    assert any("contracts the channel dim of two activations" in r for r in reasons), reasons
+    assert max_exactness_error(model, (x,), result) <= 1e-5

@@ -155,6 +155,10 @@ class MatMulRule(Rule):
                 continue
             rank = len(ctx.shape(x))
             own, other, other_dim = contracted[x]
+            if d == own and ctx.constant(other) is None:
+                reason = (f"{describe_node(node)} contracts the channel dim of two activations (a dot product over "
+                          "features, as inside an attention head): removing some would change every product")
+                return Effect(None, freezes=freeze_inputs(node, ctx, reason))
             if d == own:
                 couplings.append(Coupling(ctx.input_slot(x, d), self._operand_slot(other, other_dim, ctx)))
             elif d == kept[x]:
