@@ -177,23 +177,24 @@ def resize_layers(module: nn.Module, changed: dict, skip: set[str]) -> set[str]:
 
 
 # -- 4: other modules' attributes ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Candidate:
-    module: str  # qualified name
-    attr: str
-    value: int  # the new value tried
-    evidence: "Evidence"
-
-    def key(self, root: nn.Module) -> tuple:
-        return type(root.get_submodule(self.module)), self.attr, self.evidence
-
-
 class Evidence(enum.Enum):
     """Why an attribute may take a new value. SIZE: some (not all) dims of its old value changed to it.
     HEADS: attribute x d (another attribute, unchanged: a head size) was the old size of a changed dim."""
 
     SIZE = "size"
     HEADS = "heads"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    module: str  # qualified name
+    attr: str
+    value: int  # the new value tried
+    evidence: Evidence
+
+    def key(self, root: nn.Module) -> tuple:
+        return type(root.get_submodule(self.module)), self.attr, self.evidence
+
 
 
 def _dims(module: nn.Module, name: str, changed: dict) -> list[tuple[int, int]]:
