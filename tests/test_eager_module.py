@@ -28,13 +28,14 @@ def _params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vit_tiny"])
-def test_zoo_model_comes_back_as_its_own_class_with_the_graph_modules_outputs(name):
+@pytest.mark.parametrize("name, frontend", [("resnet18", "fx"), ("mobilenet_v2", "fx"), ("vit_tiny", "fx"),
+                                            pytest.param("mobilenet_v2", "export", marks=pytest.mark.slow)])
+def test_zoo_model_comes_back_as_its_own_class_with_the_graph_modules_outputs(name, frontend):
     spec = ZOO[name]
     model = spec.build()
     x = spec.example_inputs()[0] if name == "vit_tiny" else torch.randn(1, 3, 64, 64)
     before = _state(model)
-    result = graphprune.prune_graph(model, x, ratio=0.5, frontend="fx")
+    result = graphprune.prune_graph(model, x, ratio=0.5, frontend=frontend)
     module = result.module
     assert type(module) is type(model) and module is not model
     assert _params(module) == result.report.params_after < _params(model)
