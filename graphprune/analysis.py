@@ -28,6 +28,7 @@ import torch.fx as fx
 
 from .cost import CostModel, Counts
 from .dependencies import build_dependency_graph
+from .eager import rebuild_module
 from .errors import InputError, RewriteError, TraceError
 from .frontends import export_graph, exported_graph, flat_inputs
 from .groups import DependencyGraph, Role
@@ -53,6 +54,15 @@ class PruneResult:
     graph: DependencyGraph
     timings: dict = field(default_factory=dict, compare=False)  # seconds per stage
     example_inputs: tuple = field(default=(), compare=False)  # one value per placeholder of `model`
+    source: torch.nn.Module | None = field(default=None, compare=False, repr=False)  # the caller's model (read only)
+
+    @cached_property
+    def module(self) -> torch.nn.Module:
+        """The caller's own class, pruned: a copy with sliced tensors and updated attributes (and Hugging Face
+        config), verified to give the outputs of `model` on the example inputs. Raises EagerRebuildError (a
+        GraphPruneError) naming why, e.g. the line of the caller's code that bakes a size; `model` and
+        `exported` remain the fallback. See graphprune.eager."""
+        return rebuild_module(self.source, self.model, self.example_inputs)
 
     @cached_property
     def exported(self) -> torch.export.ExportedProgram:
@@ -201,7 +211,7 @@ class Analysis:
                               rewritten.sliced_params, planned.rounding)
         report = replace(report, frontend=self.frontend, target=planned.target, probed_ops=self.dependencies.probed)
         timings = {**self.timings, **planned.timings, **rewritten.timings, "report": time.perf_counter() - t0}
-        return PruneResult(gm, planned.plan, report, self.dependencies, timings, self.example_inputs)
+        return PruneResult(gm, planned.plan, report, self.dependencies, timings, self.example_inputs, self.model)
 
     def _rewritten(self, plan: PrunePlan, recalibration: Sequence[tuple] = ()):
         gm = copy_graph_module(self.graph_module, share_tensors=True)

@@ -1,0 +1,186 @@
+"""result.module: the caller's own class, pruned, verified against result.model (graphprune.eager).
+
+Zoo models through fx, user modules with size attributes, MultiheadAttention and LSTM (replaced by the
+rules), code that bakes a size (falls back with the file:line), and tiny random Hugging Face models
+through torch.export: same outputs, greedy generate() with the KV cache, save_pretrained/from_pretrained.
+"""
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+import graphprune
+from graphprune.eager import EagerRebuildError
+from graphprune.models import ZOO
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _unchanged(model, before):
+    after = model.state_dict()
+    return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def _params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name, frontend", [("resnet18", "fx"), ("mobilenet_v2", "fx"), ("vit_tiny", "fx"),
+                                            pytest.param("mobilenet_v2", "export", marks=pytest.mark.slow)])
+def test_zoo_model_comes_back_as_its_own_class_with_the_graph_modules_outputs(name, frontend):
+    spec = ZOO[name]
+    model = spec.build()
+    x = spec.example_inputs()[0] if name == "vit_tiny" else torch.randn(1, 3, 64, 64)
+    before = _state(model)
+    result = graphprune.prune_graph(model, x, ratio=0.5, frontend=frontend)
+    module = result.module
+    assert type(module) is type(model) and module is not model
+    assert _params(module) == result.report.params_after < _params(model)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), result.model(x), rtol=0, atol=1e-6)
+    assert _unchanged(model, before)
+    assert result.module is module  # computed once
+
+
+class Mixer(nn.Module):
+    """Reads its widths from attributes: self.width in a reshape, self.heads in a view."""
+
+    def __init__(self, width=32, heads=4):
+        super().__init__()
+        self.width, self.heads = width, heads
+        self.inp = nn.Linear(16, width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.mha = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.lstm = nn.LSTM(width, 24, batch_first=True)
+        self.out = nn.Linear(24, 5)
+
+    def forward(self, x):
+        h = self.inp(x).reshape(x.shape[0], x.shape[1], self.width).relu()
+        h = h + self.mha(h, h, h, need_weights=False)[0]
+        y, _ = self.lstm(h)
+        return self.out(y)
+
+
+def test_user_module_gets_its_size_attributes_and_rule_replaced_layers():
+    model = Mixer().eval()
+    x = torch.randn(2, 6, 16)
+    before = _state(model)
+    result = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend="fx")
+    module = result.module
+    assert isinstance(module, Mixer)
+    assert module.width == module.inp.out_features == module.inp.weight.shape[0] < 32
+    assert type(module.mha) is not nn.MultiheadAttention  # heads no longer fill embed_dim: PrunedMultiheadAttention
+    assert module.lstm.weight_hh_l0.shape[1] < 24 or type(module.lstm) is not nn.LSTM
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), result.model(x), rtol=0, atol=1e-6)
+    assert _unchanged(model, before) and model.width == 32 and type(model.mha) is nn.MultiheadAttention
+
+
+class Baked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 32), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.b(self.a(x).view(-1, 32).relu())  # the literal 32 cannot follow pruning
+
+
+def test_code_that_bakes_a_size_falls_back_with_its_line():
+    model = Baked().eval()
+    result = graphprune.prune_graph(model, torch.randn(3, 8), ratio=0.5, target="none", frontend="fx")
+    with pytest.raises(EagerRebuildError, match=r"test_eager_module\.py:\d+ in forward: `return self\.b\(self\.a"):
+        _ = result.module
+    assert isinstance(EagerRebuildError("x"), graphprune.GraphPruneError)
+    assert result.model(torch.randn(3, 8)).shape == (3, 4)  # the fallback still works
+
+
+def test_uneven_split_in_zoo_code_falls_back_naming_the_zoo_file():
+    spec = ZOO["shufflenet_v2_x1_0"]
+    result = graphprune.prune_graph(spec.build(), torch.randn(1, 3, 64, 64), ratio=0.5, frontend="fx")
+    with pytest.raises(EagerRebuildError, match=r"shufflenet\.py:\d+"):
+        _ = result.module
+
+
+def test_an_exported_program_has_no_eager_class():
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    x = torch.randn(2, 8)
+    result = graphprune.prune_graph(torch.export.export(model, (x,)), x, ratio=0.5, target="none")
+    with pytest.raises(EagerRebuildError, match="ExportedProgram"):
+        _ = result.module
+
+
+# -- Hugging Face -------------------------------------------------------------------------------------------
+os.environ["HF_HUB_OFFLINE"] = "1"
+LENGTH, PROMPT, NEW = 12, 4, 8
+
+
+def _gpt2(transformers):
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64, use_cache=False))
+
+
+def _llama_gqa(transformers):
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, use_cache=False))
+
+
+def _greedy_with_graph(gm, prompt: torch.Tensor) -> torch.Tensor:
+    """Greedy decoding with the static-shape graph and no cache: the sequence right-padded to LENGTH (causal
+    attention: position t never sees the padding after it), the next token read at the last real position."""
+    buffer = torch.zeros(1, LENGTH, dtype=torch.long)
+    buffer[0, :PROMPT] = prompt[0]
+    with torch.no_grad():
+        for t in range(PROMPT, PROMPT + NEW):
+            buffer[0, t] = gm(buffer).logits[0, t - 1].argmax()
+    return buffer[:, :PROMPT + NEW]
+
+
+@pytest.mark.parametrize("build", [_gpt2, _llama_gqa], ids=["gpt2", "llama_gqa"])
+def test_causal_lm_generates_with_the_kv_cache_and_round_trips_through_save_pretrained(build, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = build(transformers).eval()
+    ids = torch.randint(0, 100, (1, LENGTH))
+    before = _state(model)
+    config_before = model.config.to_dict()
+    result = graphprune.prune_graph(model, (ids,), ratio=0.5, target="none")
+    module = result.module
+    assert type(module) is type(model) and _params(module) == result.report.params_after < _params(model)
+    with torch.no_grad():
+        torch.testing.assert_close(module(ids).logits, result.model(ids).logits, rtol=1e-5, atol=1e-5)
+
+    module.generation_config.eos_token_id = None  # always NEW tokens
+    prompt = ids[:, :PROMPT]
+    with torch.no_grad():
+        tokens = module.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=NEW,
+                                 do_sample=False, use_cache=True, pad_token_id=0)
+    assert torch.equal(tokens, _greedy_with_graph(result.model, prompt))
+
+    module.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, module(ids).logits)
+    assert _unchanged(model, before) and model.config.to_dict() == config_before
+
+
+def test_bert_with_pruned_heads_runs_but_refuses_save_pretrained(tmp_path):
+    """BERT's config derives head size = hidden / heads, so no BertConfig expresses fewer heads at the same
+    hidden size: the eager module works, save_pretrained raises instead of writing a config that lies."""
+    transformers = pytest.importorskip("transformers")
+    model = transformers.BertModel(transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64)).eval()
+    ids = torch.randint(0, 100, (1, 8))
+    result = graphprune.prune_graph(model, (ids,), ratio=0.5, target="none")
+    module = result.module
+    assert isinstance(module, transformers.BertModel)
+    assert module.encoder.layer[0].attention.self.query.out_features < 32
+    with torch.no_grad():
+        torch.testing.assert_close(module(ids).last_hidden_state, result.model(ids).last_hidden_state,
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(EagerRebuildError, match="save_pretrained"):
+        module.save_pretrained(tmp_path)
+    assert not any(tmp_path.iterdir())
