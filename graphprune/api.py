@@ -40,6 +40,7 @@ def prune_graph(
     recalibrate_bn: bool = False,
     example_kwargs: Mapping | None = None,
     frontend: str = "auto",
+    gqa: str | None = None,
 ) -> PruneResult:
     """Prune whole channels and return a physically smaller GraphModule, its plan and a measured report.
 
@@ -56,7 +57,8 @@ def prune_graph(
     `loss_fn(output, *rest)` needs) for data-driven criteria, and `recalibrate_bn` to
     re-estimate BatchNorm statistics on them. `ignore` keeps the output channels of the
     given modules. `frontend` ("auto", "fx", "export") picks how the model becomes a graph
-    (see analysis.Frontend); `model` may also be a torch.export ExportedProgram. The input and
+    (see analysis.Frontend); `gqa` ("kv_groups", "query_heads") how grouped-query attention is
+    pruned (rules.transformer.GroupedQuery); `model` may also be a torch.export ExportedProgram. The input and
     output shapes never change; `model` is not modified.
     """
     budget = Budget.from_keywords(ratio, target_params, target_macs)
@@ -64,7 +66,7 @@ def prune_graph(
                                     round_to=round_to, target=target, calibration=calibration, loss_fn=loss_fn,
                                     recalibrate_bn=recalibrate_bn, ignore=ignore)
     analysis = analyse(model, example_inputs, example_kwargs=example_kwargs, rules=rules, strict=strict,
-                       frontend=frontend)
+                       frontend=frontend, gqa=gqa)
     return options.prune(analysis, budget)
 
 

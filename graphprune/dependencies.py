@@ -31,10 +31,11 @@ _CALLS = ("call_module", "call_function", "call_method")
 
 
 def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> frozenset[str]:
-    """Data-movement nodes on the way into an op whose rule `reads_heads` (matmul, attention).
+    """Data-movement and element-wise nodes on the way into an op whose rule `reads_heads` (matmul, attention).
 
     A reshape among them that splits channels into (heads, head_dim) keeps the heads as its
-    channel dim, so attention is pruned by whole heads.
+    channel dim, so attention is pruned by whole heads; element-wise ops on the way (rotary
+    embeddings: q * cos + rotate_half(q) * sin) keep the path open.
     """
     def rule(n):
         return rules.for_node(n, modules) if n.op in _CALLS else None
@@ -43,7 +44,7 @@ def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> frozenset
     marked = set()
     while stack:
         n = stack.pop()
-        if n.name not in marked and isinstance(rule(n), MovementRule):
+        if n.name not in marked and getattr(rule(n), "carries_heads", False):
             marked.add(n.name)
             stack.extend(n.all_input_nodes)
     return frozenset(marked)

@@ -26,6 +26,8 @@ def passthrough(node: fx.Node, ctx: AnalysisContext, x: fx.Node, out_dim: int | 
 class ElementwiseRule(Rule):
     """y = f(x) applied independently to every channel."""
 
+    carries_heads = True
+
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         x = node.args[0] if node.args else next(iter(node.kwargs.values()))
         if not ctx.is_tensor(x) or not ctx.is_tensor(node) or ctx.shape(x) != ctx.shape(node):
@@ -105,6 +107,8 @@ class ReduceRule(Rule):
 
 class BinaryRule(Rule):
     """Broadcast element-wise binary ops: operands aligned from the right share the output's channel dim."""
+
+    carries_heads = True
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         if not ctx.is_tensor(node):

@@ -102,6 +102,8 @@ def _getitem_users(node: fx.Node, index: int):
 class MovementRule(Rule):
     """Data movement with no shape constants to rewrite (cat, permute, transpose, flatten, ...)."""
 
+    carries_heads = True  # a (heads, head_dim) split on the way into attention keeps the heads (see analysis)
+
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         out, sources = _run_on_labels(node, ctx)
         if not sources:
