@@ -38,6 +38,7 @@ from .probing import ChannelProbe
 from .planner import Planned, PrunePlan, plan_global, plan_local, producer_partitions
 from .report import ModelStats, PruneReport, build_report
 from .rules import GraphView, LayerKind, RuleTable, default_rules
+from .kvcache import check_no_kv_cache
 from .rules.transformer import GroupedQuery, RepeatKVRule
 from .targets import Target, resolve_target
 from .trace import copy_graph_module, trace_with_values
@@ -273,7 +274,11 @@ def _via_export(model, args, kwargs, rules, strict, why: str = "") -> Analysis:
         gm = exported_graph(model, args, kwargs)
         model = gm  # the caller's program stays as it is; names and totals come from its graph
     else:
-        gm = export_graph(model, args, kwargs)
+        try:
+            gm = export_graph(model, args, kwargs)
+        except TraceError as exc:
+            check_no_kv_cache(model, kwargs, exc)
+            raise
     inputs = flat_inputs(gm, args, kwargs)
     return _analysed(gm, inputs, model, rules, strict, "export" + (f" ({why})" if why else ""),
                      time.perf_counter() - t0)
@@ -313,8 +318,8 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
         try:
             return _via_export(model, args, example_kwargs, rules, strict,
                                f"torch.fx cannot trace {type(model).__name__}")
-        except TraceError:
-            raise fx_error from None
+        except TraceError as export_error:
+            raise TraceError(f"{fx_error} And {export_error}") from None
     if not fx_analysis.dependencies.unsupported:
         return fx_analysis
     try:

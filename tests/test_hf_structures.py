@@ -158,3 +158,67 @@ def test_llama_onnx_parity_with_every_structure_pruned(tmp_path):
     kinds = {s: len(ids) for s, ids in structures(analysis).items()}
     assert kinds == {Structure.HEADS: LAYERS, Structure.HIDDEN: 1, Structure.CHANNELS: LAYERS}
     assert export_onnx(result.model, x, tmp_path / "llama.onnx").max_abs_diff <= 1e-4
+
+
+def _llama(**overrides):
+    config = dict(vocab_size=100, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
+                  num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=64, use_cache=False)
+    return T.LlamaForCausalLM(T.LlamaConfig(**{**config, **overrides})).eval()
+
+
+def test_gqa_query_heads_keeps_kv_heads_and_prunes_the_same_query_heads_in_every_group():
+    model, x, analysis = analysed("llama_gqa", "query_heads")
+    result = check("llama_gqa", Structure.HEADS, 0.5, gqa="query_heads")  # exact
+    assert [(a.query_heads_after, a.kv_heads_after) for a in result.report.attention] == [(2, 2)] * LAYERS
+    assert result.report.kv_bytes_per_token_after == result.report.kv_bytes_per_token_before
+    with pytest.raises(graphprune.GraphPruneError, match="gqa must be one of"):
+        graphprune.analyse(model, x, gqa="heads")
+
+
+def test_report_measures_kv_cache_bytes_per_token_and_predicts_them():
+    from graphprune.kvcache import predict_kv_bytes
+    model, x, analysis = analysed("llama_gqa")
+    result = check("llama_gqa", Structure.HEADS, 0.5)  # KV groups: a KV head goes with its query heads
+    report = result.report
+    head_dim = HIDDEN // HEADS
+    assert report.kv_bytes_per_token_before == 2 * LAYERS * 2 * head_dim * 4  # 2 x layers x kv_heads x head_dim x fp32
+    params = dict(result.model.named_parameters())
+    kv_rows = sum(params[f"model.layers.{i}.self_attn.{p}_proj.weight"].shape[0] for i in range(LAYERS) for p in "kv")
+    assert report.kv_bytes_per_token_after == kv_rows * 4 < report.kv_bytes_per_token_before
+    assert predict_kv_bytes(analysis.stats.attention, analysis.dependencies, result.plan) == report.kv_bytes_per_token_after
+    assert report.tokens == x[0].numel() and report.macs_per_token_after == report.macs_after / report.tokens
+    assert report.weight_bytes_after == sum(p.numel() * 4 for p in result.model.parameters())
+    assert "KV B/token" in report.summary() and "head_dim kept whole" in report.summary()
+
+
+@pytest.mark.parametrize("keyword", ["target_kv_bytes", "target_params", "target_macs"])
+def test_transformer_targets_are_met(keyword):
+    model, x, analysis = analysed("llama_gqa")
+    current = {"target_kv_bytes": analysis.stats.attention and sum(a.bytes_per_token for a in analysis.stats.attention),
+               "target_params": analysis.stats.params, "target_macs": analysis.stats.macs}[keyword]
+    goal = current * 6 // 10
+    report = graphprune.prune_graph(model, x, **{keyword: goal}, target="none").report
+    measured = {"target_kv_bytes": report.kv_bytes_per_token_after, "target_params": report.params_after,
+                "target_macs": report.macs_after}[keyword]
+    assert measured <= goal
+
+
+def test_half_precision_model_prunes_like_float32():
+    x = _ids()
+    torch.manual_seed(0)
+    full = graphprune.prune_graph(_llama(), x, ratio=0.3, target="none")
+    torch.manual_seed(0)
+    half = graphprune.prune_graph(_llama().half(), x, ratio=0.3, target="none")
+    assert half.report.params_after == full.report.params_after < full.report.params_before
+    assert half.report.weight_bytes_after * 2 == full.report.weight_bytes_after
+    assert half.report.kv_bytes_per_token_after * 2 == full.report.kv_bytes_per_token_after
+    with torch.no_grad():
+        assert half.model(*x)[0].dtype == torch.float16
+
+
+def test_use_cache_and_unsplittable_heads_get_clear_errors():
+    x = _ids()
+    with pytest.raises(graphprune.errors.InputError, match="use_cache=True.*use_cache = False"):
+        graphprune.prune_graph(_llama(use_cache=True), x, ratio=0.3)
+    with pytest.raises(graphprune.errors.TraceError, match="torch.export cannot export LlamaForCausalLM"):
+        graphprune.prune_graph(_llama(num_key_value_heads=3), x, ratio=0.3)  # 4 query heads, 3 KV heads
