@@ -50,8 +50,8 @@ class Budget:
                     ("target_kv_bytes", target_kv_bytes))
         given = [name for name, v in keywords if v is not None]
         if len(given) != 1:
-            raise InputError(f"give exactly one of ratio, target_params, target_macs, target_kv_bytes "
-                             f"(got {', '.join(given) or 'none'}); e.g. ratio=0.5")
+            raise InputError(f"give exactly one of ratio, target_params, target_macs (got {', '.join(given) or 'none'}), "
+                             "or target_kv_bytes (a transformer's KV-cache bytes per token); e.g. ratio=0.5")
         if ratio is not None:
             return Ratio(ratio)
         if target_kv_bytes is not None:

@@ -26,7 +26,7 @@ def passthrough(node: fx.Node, ctx: AnalysisContext, x: fx.Node, out_dim: int | 
 class ElementwiseRule(Rule):
     """y = f(x) applied independently to every channel."""
 
-    carries_heads = True
+    carries_heads = True  # a copy (clone in repeat_kv) on the way into attention
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         x = node.args[0] if node.args else next(iter(node.kwargs.values()))
@@ -108,7 +108,7 @@ class ReduceRule(Rule):
 class BinaryRule(Rule):
     """Broadcast element-wise binary ops: operands aligned from the right share the output's channel dim."""
 
-    carries_heads = True
+    carries_heads = True  # rotary embeddings (q * cos + rotate_half(q) * sin) on the way into attention
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         if not ctx.is_tensor(node):

@@ -36,6 +36,7 @@ _CASTS = (A._to_copy.default, A.clone.default, A.alias.default)
 _ON_STATISTIC = (A.add.Tensor, A.add.Scalar, A.rsqrt.default, A.sqrt.default, A.reciprocal.default,
                  A.mul.Scalar, A.div.Scalar, A.pow.Tensor_Scalar) + _CASTS
 _APPLY = (A.mul.Tensor, A.div.Tensor)
+_RESHAPES = (A.view.default, A._unsafe_view.default, A.reshape.default)
 
 
 def _root(node) -> object:
@@ -135,9 +136,19 @@ class RepeatKVRule(ReshapeRule):
         """The expanded dim r of (n, hkv, 1, l, d) -> (n, hkv, r, l, d) when x carries KV heads on the dim before it."""
         x = node.args[0]
         d = ctx.channel_dim(x)
-        if not (ctx.is_tensor(x) and isinstance(d, int)) or node.name not in ctx.head_splits:
+        if not (ctx.is_tensor(x) and isinstance(d, int)) or not _merged_by_a_reshape(node, d):
             return None
         before, after = ctx.shape(x), ctx.shape(node)
         grown = [i for i in range(len(after)) if before[i] == 1 and after[i] > 1] if len(before) == len(after) else []
         return grown[0] if grown == [d + 1] else None
 
+
+
+def _merged_by_a_reshape(node: fx.Node, d: int) -> bool:
+    """`node` (through copies) feeds only reshapes that merge dims d and d + 1 (kv heads x repeats -> heads)."""
+    users = list(node.users)
+    while len(users) == 1 and users[0].target in _CASTS:
+        users = list(users[0].users)
+    shape = node.meta["gp_value"].shape
+    merged = tuple(shape[:d]) + (shape[d] * shape[d + 1],) + tuple(shape[d + 2:])
+    return bool(users) and all(u.target in _RESHAPES and tuple(u.meta["gp_value"].shape) == merged for u in users)
