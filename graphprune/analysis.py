@@ -40,6 +40,8 @@ from .probing import ChannelProbe
 from .planner import Planned, PrunePlan, plan_global, plan_local, producer_partitions
 from .report import ModelStats, PruneReport, build_report
 from .rules import GraphView, LayerKind, RuleTable, default_rules
+from .kvcache import check_no_kv_cache
+from .rules.transformer import GroupedQuery, RepeatKVRule
 from .targets import Target, resolve_target
 from .trace import copy_graph_module, trace_with_values
 
@@ -299,7 +301,11 @@ def _via_export(model, args, kwargs, rules, strict, why: str = "") -> Analysis:
         gm = exported_graph(model, args, kwargs)
         model = gm  # the caller's program stays as it is; names and totals come from its graph
     else:
-        gm = export_graph(model, args, kwargs)
+        try:
+            gm = export_graph(model, args, kwargs)
+        except TraceError as exc:
+            check_no_kv_cache(model, kwargs, exc)
+            raise
     inputs = flat_inputs(gm, args, kwargs)
     return _analysed(gm, inputs, model, rules, strict, "export" + (f" ({why})" if why else ""),
                      time.perf_counter() - t0)
@@ -307,7 +313,7 @@ def _via_export(model, args, kwargs, rules, strict, why: str = "") -> Analysis:
 
 def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_inputs, *,
             example_kwargs: Mapping | None = None, rules: RuleTable | None = None, strict: bool = False,
-            frontend: str | Frontend = "auto") -> Analysis:
+            frontend: str | Frontend = "auto", gqa: GroupedQuery | str | None = None) -> Analysis:
     """Trace a copy of `model`, find its channel groups and its cost model, measure it (see the module docstring).
 
     `example_inputs`: a tensor or a tuple of the forward's positional arguments; `example_kwargs`
@@ -315,13 +321,16 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     torch.export ExportedProgram (always the export frontend). `frontend`: "auto", "fx" or
     "export" (see Frontend); `Analysis.frontend` says which ran and why. With `strict=True` an
     op without a rule raises UnsupportedOpError and a failing rule raises RuleError, instead
-    of freezing the channels they touch.
+    of freezing the channels they touch. `gqa` ("kv_groups" or "query_heads", see GroupedQuery) says how
+    grouped-query attention is pruned (the rule table's choice, KV groups, when None).
     """
     try:
         frontend = Frontend(frontend)
     except ValueError:
         raise InputError(f"frontend must be one of {[f.value for f in Frontend]}, got {frontend!r}") from None
     rules = rules or default_rules()
+    if gqa is not None:
+        rules = rules.with_rule(torch.ops.aten.expand.default, RepeatKVRule(GroupedQuery.of(gqa)))
     if isinstance(model, torch.export.ExportedProgram):
         return _via_export(model, tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else
                            (example_inputs,), example_kwargs, rules, strict, "an ExportedProgram was given")
@@ -335,8 +344,8 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
         try:
             return _via_export(model, args, example_kwargs, rules, strict,
                                f"torch.fx cannot trace {type(model).__name__}")
-        except TraceError:
-            raise fx_analysis from None
+        except TraceError as export_error:
+            raise TraceError(f"{fx_analysis} And {export_error}") from None
     if not fx_analysis.dependencies.unsupported:
         return fx_analysis
     try:

@@ -33,6 +33,7 @@ def prune_graph(
     rules: RuleTable | None = None,
     target_params: int | None = None,
     target_macs: int | None = None,
+    target_kv_bytes: int | None = None,
     ratios: Mapping[str, float] | None = None,
     min_keep: float = 0.1,
     calibration: Sequence[tuple] = (),
@@ -40,12 +41,14 @@ def prune_graph(
     recalibrate_bn: bool = False,
     example_kwargs: Mapping | None = None,
     frontend: str = "auto",
+    gqa: str | None = None,
 ) -> PruneResult:
     """Prune whole channels and return a physically smaller GraphModule, its plan and a measured report.
 
     How much (a Budget): exactly one of `ratio` (share of channels removed per group with
     scope="local", of all prunable channels with scope="global"), `target_params` or
-    `target_macs` (prune until the count is at most the target, within one channel step).
+    `target_macs` or `target_kv_bytes` (KV-cache bytes per token; prune until the count is at most
+    the target, within one channel step).
     Which (a Strategy): `importance` ("l1", "l2", "bn_scale", "taylor", "activation", "apoz",
     "random", "flops_l2", a Criterion, or a callable(group, model) -> scores), `scope`,
     `min_keep` (the share every group keeps), `ratios` (local ratio per module name or group id).
@@ -56,15 +59,16 @@ def prune_graph(
     `loss_fn(output, *rest)` needs) for data-driven criteria, and `recalibrate_bn` to
     re-estimate BatchNorm statistics on them. `ignore` keeps the output channels of the
     given modules. `frontend` ("auto", "fx", "export") picks how the model becomes a graph
-    (see analysis.Frontend); `model` may also be a torch.export ExportedProgram. The input and
+    (see analysis.Frontend); `gqa` ("kv_groups", "query_heads") how grouped-query attention is
+    pruned (rules.transformer.GroupedQuery); `model` may also be a torch.export ExportedProgram. The input and
     output shapes never change; `model` is not modified.
     """
-    budget = Budget.from_keywords(ratio, target_params, target_macs)
+    budget = Budget.from_keywords(ratio, target_params, target_macs, target_kv_bytes)
     options = Options.from_keywords(importance=importance, scope=scope, min_keep=min_keep, ratios=ratios,
                                     round_to=round_to, target=target, calibration=calibration, loss_fn=loss_fn,
                                     recalibrate_bn=recalibrate_bn, ignore=ignore)
     analysis = analyse(model, example_inputs, example_kwargs=example_kwargs, rules=rules, strict=strict,
-                       frontend=frontend)
+                       frontend=frontend, gqa=gqa)
     return options.prune(analysis, budget)
 
 

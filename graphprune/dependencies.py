@@ -25,29 +25,36 @@ from .rules import AnalysisContext, RuleTable
 from .probing import ChannelProbe
 from .rules.base import Unsupported, describe_node, freeze_inputs, queried_dims
 from .rules.layers import FunctionalLayerNormRule
-from .rules.movement import MovementRule, ReshapeRule, SplitRule
+from .rules.movement import ReshapeRule, SplitRule
 from .trace import value_meta
 
 _CALLS = ("call_module", "call_function", "call_method")
 
 
-def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> frozenset[str]:
-    """Data-movement nodes on the way into an op whose rule `reads_heads` (matmul, attention).
+def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> dict[str, frozenset[int]]:
+    """Data-movement and broadcasting nodes on the way into an op whose rule `reads_heads` (matmul,
+    attention), each with the head_dim sizes (the last dim of that op's first operand) it leads to.
 
     A reshape among them that splits channels into (heads, head_dim) keeps the heads as its
-    channel dim, so attention is pruned by whole heads.
+    channel dim, so attention is pruned by whole heads; broadcasting ops on the way (rotary
+    embeddings: q * cos + rotate_half(q) * sin) and copies keep the path open (rules with `carries_heads`).
     """
     def rule(n):
         return rules.for_node(n, modules) if n.op in _CALLS else None
 
-    stack = [a for n in gm.graph.nodes if getattr(rule(n), "reads_heads", False) for a in n.all_input_nodes]
-    marked = set()
+    stack = []
+    for n in gm.graph.nodes:
+        if getattr(rule(n), "reads_heads", False) and n.all_input_nodes:
+            v = value_meta(n.all_input_nodes[0])
+            head_dim = v.shape[-1] if getattr(v, "shape", None) else None
+            stack += [(a, head_dim) for a in n.all_input_nodes]
+    marked: dict[str, set] = {}
     while stack:
-        n = stack.pop()
-        if n.name not in marked and isinstance(rule(n), MovementRule):
-            marked.add(n.name)
-            stack.extend(n.all_input_nodes)
-    return frozenset(marked)
+        n, head_dim = stack.pop()
+        if head_dim not in marked.get(n.name, ()) and getattr(rule(n), "carries_heads", False):
+            marked.setdefault(n.name, set()).add(head_dim)
+            stack.extend((a, head_dim) for a in n.all_input_nodes)
+    return {name: frozenset(dims) for name, dims in marked.items()}
 
 
 _INT_ARITHMETIC = (operator.floordiv, operator.mul, operator.add, operator.sub, operator.neg, operator.mod)

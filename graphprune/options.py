@@ -2,7 +2,8 @@
 
 - how much: a `Budget` — `Ratio(0.5)` (share of channels removed per group, or of all
   channels in global scope), `MaxParams(n)` / `MaxMacs(n)` (the least pruning whose
-  predicted count is at most n, found by bisection on the strategy's ratio), or any other
+  predicted count is at most n, found by bisection on the strategy's ratio), `MaxKVBytes(n)`
+  (KV-cache bytes per token of a transformer), or any other
   `CountBudget` (latency.LatencyBudget);
 - which: a `Strategy` — importance criterion, scope, the `min_keep` guard, per-module or
   per-group ratio overrides;
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from .errors import InputError
 from .importance import Criterion, resolve
+from .kvcache import predict_kv_bytes
 from .planner import Planned, PrunePlan, plan_to_budget
 from .targets import Target, resolve_target
 from .trace import as_tuple
@@ -42,15 +44,18 @@ class Budget:
         raise NotImplementedError
 
     @staticmethod
-    def from_keywords(ratio=None, target_params=None, target_macs=None) -> "Budget":
-        """The budget of prune_graph's keywords: exactly one of ratio, target_params, target_macs."""
-        given = [name for name, v in (("ratio", ratio), ("target_params", target_params), ("target_macs", target_macs))
-                 if v is not None]
+    def from_keywords(ratio=None, target_params=None, target_macs=None, target_kv_bytes=None) -> "Budget":
+        """The budget of prune_graph's keywords: exactly one of ratio, target_params, target_macs, target_kv_bytes."""
+        keywords = (("ratio", ratio), ("target_params", target_params), ("target_macs", target_macs),
+                    ("target_kv_bytes", target_kv_bytes))
+        given = [name for name, v in keywords if v is not None]
         if len(given) != 1:
-            raise InputError(f"give exactly one of ratio, target_params, target_macs (got {', '.join(given) or 'none'}); "
-                             "e.g. ratio=0.5")
+            raise InputError(f"give exactly one of ratio, target_params, target_macs, target_kv_bytes "
+                             f"(got {', '.join(given) or 'none'}); e.g. ratio=0.5")
         if ratio is not None:
             return Ratio(ratio)
+        if target_kv_bytes is not None:
+            return MaxKVBytes(target_kv_bytes)
         return MaxParams(target_params) if target_params is not None else MaxMacs(target_macs)
 
 
@@ -110,6 +115,22 @@ class MaxMacs(CountBudget):
 
     def current(self, analysis):
         return analysis.stats.macs
+
+
+@dataclass(frozen=True)
+class MaxKVBytes(CountBudget):
+    """KV-cache bytes per token (2 x layers x kv_heads x head_dim x bytes, see kvcache.py) at most `goal`."""
+
+    what = "KV-cache bytes per token"
+
+    def count(self, analysis, plan):
+        return predict_kv_bytes(analysis.stats.attention, analysis.dependencies, plan)
+
+    def current(self, analysis):
+        if not analysis.stats.attention:
+            raise InputError("target_kv_bytes needs a model with scaled_dot_product_attention (it has no KV cache); "
+                             "use target_params or target_macs")
+        return sum(layer.bytes_per_token for layer in analysis.stats.attention)
 
 
 class Scope(enum.Enum):

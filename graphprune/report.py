@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .cost import CostModel, count_macs
 from .groups import DependencyGraph
+from .kvcache import AttentionLayer, attention_layers, query_tokens
 from .planner import PrunePlan, Rounding
 from .rules import RuleTable
 
@@ -46,6 +47,24 @@ class LayerReport:
 
 
 @dataclass(frozen=True)
+class AttentionReport:
+    """One attention op before/after: query heads, cached KV heads, head_dim, KV-cache bytes per token."""
+
+    name: str
+    query_heads_before: int
+    query_heads_after: int
+    kv_heads_before: int
+    kv_heads_after: int
+    head_dim: int
+    kv_bytes_per_token_before: int
+    kv_bytes_per_token_after: int
+
+
+def weight_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+@dataclass(frozen=True)
 class PruneReport:
     params_before: int
     params_after: int
@@ -58,6 +77,26 @@ class PruneReport:
     target: str = ""  # the resolved deployment target whose channel steps were applied (e.g. ort-x86/avx512)
     unused_modules: tuple[str, ...] = ()  # modules with parameters the traced graph never reads (aux heads)
     probed_ops: tuple[str, ...] = ()  # ops without a rule that probing showed to be channel-wise
+    weight_bytes_before: int = 0
+    weight_bytes_after: int = 0
+    tokens: int = 0  # tokens in the example inputs (batch x sequence at the first attention); 0 without attention
+    attention: tuple[AttentionReport, ...] = ()  # per attention layer, measured from the k/v entering attention
+
+    @property
+    def kv_bytes_per_token_before(self) -> int:
+        return sum(a.kv_bytes_per_token_before for a in self.attention)
+
+    @property
+    def kv_bytes_per_token_after(self) -> int:
+        return sum(a.kv_bytes_per_token_after for a in self.attention)
+
+    @property
+    def macs_per_token_before(self) -> float:
+        return self.macs_before / self.tokens if self.tokens else 0.0
+
+    @property
+    def macs_per_token_after(self) -> float:
+        return self.macs_after / self.tokens if self.tokens else 0.0
 
     @property
     def frozen_groups(self) -> tuple[GroupReport, ...]:
@@ -77,6 +116,25 @@ class PruneReport:
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1)
 
+    def _per_token_lines(self, pct) -> list[str]:
+        """Transformer lines: weight bytes, MACs and KV-cache bytes per token, heads kept per attention layer."""
+        if not self.tokens:
+            return []
+        lines = [
+            f"{'weight B':12s}{self.weight_bytes_before:>16,d}{self.weight_bytes_after:>16,d}"
+            f"{pct(self.weight_bytes_after, self.weight_bytes_before):>10s}",
+            f"{'MACs/token':12s}{self.macs_per_token_before:>16,.0f}{self.macs_per_token_after:>16,.0f}"
+            f"{pct(self.macs_per_token_after, self.macs_per_token_before):>10s}",
+            f"{'KV B/token':12s}{self.kv_bytes_per_token_before:>16,d}{self.kv_bytes_per_token_after:>16,d}"
+            f"{pct(self.kv_bytes_per_token_after, self.kv_bytes_per_token_before):>10s}",
+        ]
+        if self.attention:
+            lines.append(f"attention layers: {len(self.attention)}; query/KV heads kept: "
+                         + ", ".join(f"{a.query_heads_after}/{a.kv_heads_after}" for a in self.attention)
+                         + f" (of {self.attention[0].query_heads_before}/{self.attention[0].kv_heads_before}; "
+                         "head_dim kept whole)")
+        return lines
+
     def summary(self, full: bool = False) -> str:
         """Totals, groups and roundings; `full` lists every rounding (otherwise the first four)."""
         def pct(a, b):
@@ -85,6 +143,9 @@ class PruneReport:
             f"{'':12s}{'before':>16s}{'after':>16s}{'removed':>10s}",
             f"{'params':12s}{self.params_before:>16,d}{self.params_after:>16,d}{pct(self.params_after, self.params_before):>10s}",
             f"{'MACs':12s}{self.macs_before:>16,d}{self.macs_after:>16,d}{pct(self.macs_after, self.macs_before):>10s}",
+        ]
+        lines += self._per_token_lines(pct)
+        lines += [
             f"channel groups: {len(self.groups)}, pruned {sum(1 for g in self.groups if g.channels_after < g.channels_before)}, "
             f"frozen {len(self.frozen_groups)}; channels removed {self.removed_channels} of {self.prunable_channels} prunable",
         ]
@@ -124,6 +185,9 @@ class ModelStats:
     params_by_module: Mapping[str, int]
     params_unused: int = 0
     unused_modules: tuple[str, ...] = ()
+    weight_bytes: int = 0
+    tokens: int = 0
+    attention: tuple[AttentionLayer, ...] = ()
 
     @classmethod
     def measure(cls, gm: fx.GraphModule, cost: CostModel, model: nn.Module | None = None) -> "ModelStats":
@@ -134,7 +198,8 @@ class ModelStats:
         unused = [(name, p) for name, p in model.named_parameters(remove_duplicate=False) if id(p) not in read]
         params_unused = sum(p.numel() for p in {id(p): p for _, p in unused}.values())
         owners = sorted({name.rpartition(".")[0] or "(model)" for name, _ in unused})
-        return cls(count_params(model), cost.macs, _params_by_module(model), params_unused, tuple(owners))
+        return cls(count_params(model), cost.macs, _params_by_module(model), params_unused, tuple(owners),
+                   weight_bytes(model), query_tokens(gm), attention_layers(gm))
 
 
 def build_report(before: ModelStats, cost: CostModel, pruned: fx.GraphModule, rules: RuleTable, graph: DependencyGraph,
@@ -161,4 +226,16 @@ def build_report(before: ModelStats, cost: CostModel, pruned: fx.GraphModule, ru
         layers=layers,
         params_removed_dead_code=sliced_params - params_after + before.params_unused,
         unused_modules=before.unused_modules,
+        weight_bytes_before=before.weight_bytes,
+        weight_bytes_after=weight_bytes(pruned),
+        tokens=before.tokens,
+        attention=_attention_reports(before.attention, attention_layers(pruned)),
     )
+
+
+def _attention_reports(before: tuple[AttentionLayer, ...], after: tuple[AttentionLayer, ...]) -> tuple[AttentionReport, ...]:
+    """Attention layers before and after, paired in graph order (a rewrite never adds or removes attention)."""
+    if len(before) != len(after):
+        return ()
+    return tuple(AttentionReport(b.node, b.query_heads, a.query_heads, b.key.heads, a.key.heads, b.key.head_dim,
+                                 b.bytes_per_token, a.bytes_per_token) for b, a in zip(before, after))

@@ -39,7 +39,7 @@ def test_ratio_outside_range(ratio):
 
 
 def test_exactly_one_amount():
-    with pytest.raises(InputError, match="exactly one of ratio, target_params, target_macs \\(got none\\)"):
+    with pytest.raises(InputError, match="exactly one of ratio, target_params, target_macs, target_kv_bytes \\(got none\\)"):
         graphprune.prune_graph(ConvChain(), example_input(ConvChain))
     with pytest.raises(InputError, match="got ratio, target_macs"):
         graphprune.prune_graph(ConvChain(), example_input(ConvChain), ratio=0.5, target_macs=10)

@@ -36,6 +36,7 @@ from .attention import MatMulRule
 from .base import AnalysisContext, Rule, RuleTable, ShrinkContext, describe_node, freeze_inputs
 from .elementwise import BinaryRule, ElementwiseRule, PadRule, ReduceRule, SoftmaxRule, SpatialRule, passthrough
 from .movement import GetItemRule, MovementRule, ReshapeRule, SqueezeRule
+from .transformer import GroupedQuery, RepeatKVRule, RMSStatisticRule
 
 __all__ = ["aten_rules", "ruled_ops", "FROZEN_BY_DESIGN"]
 
@@ -200,7 +201,7 @@ MOVEMENT = (
     A.unbind.int, A.select.int, A.flip.default, A.repeat.default, A.pixel_shuffle.default, A.pixel_unshuffle.default,
     A.channel_shuffle.default, A.flatten.using_ints,
 )
-RESHAPES = (A.view.default, A._unsafe_view.default, A.reshape.default, A.expand.default)
+RESHAPES = (A.view.default, A._unsafe_view.default, A.reshape.default)
 SQUEEZES = (A.squeeze.dim, A.squeeze.dims, A.squeeze.default)
 CREATION = (
     A.arange.start_step, A.arange.default, A.arange.start, A.empty.memory_format, A.empty_strided.default,
@@ -244,9 +245,9 @@ FROZEN_BY_DESIGN = MappingProxyType({
 """Core ATen ops that deliberately have no rule, with the reason their channels are frozen."""
 
 
-def aten_rules() -> RuleTable:
-    """The rule table for Core ATen graphs (a new immutable table each call)."""
-    return RuleTable(functions=rules_by_op())
+def aten_rules(gqa: GroupedQuery | str = GroupedQuery.KV_GROUPS) -> RuleTable:
+    """The rule table for Core ATen graphs (a new immutable table each call); `gqa`: see GroupedQuery."""
+    return RuleTable(functions=rules_by_op(gqa))
 
 
 def ruled_ops() -> frozenset:
@@ -254,7 +255,7 @@ def ruled_ops() -> frozenset:
     return frozenset(rules_by_op())
 
 
-def rules_by_op() -> dict:
+def rules_by_op(gqa: GroupedQuery | str = GroupedQuery.KV_GROUPS) -> dict:
     table: dict = {}
 
     def add(keys, rule: Rule) -> None:
@@ -277,6 +278,7 @@ def rules_by_op() -> dict:
     add(BROADCASTING, BinaryRule())
     for op, (dim_at, keepdim_at) in REDUCTIONS.items():
         table[op] = ReduceRule(dim_at, keepdim_at)
+    table[A.mean.dim] = RMSStatisticRule(*REDUCTIONS[A.mean.dim])
     add((A.cumsum.default,), ScanRule())
     for op, spatial in SPATIAL.items():
         table[op] = SpatialRule(spatial)
@@ -285,6 +287,7 @@ def rules_by_op() -> dict:
     add((A.constant_pad_nd.default,), PadRule())
     add(MOVEMENT, MovementRule())
     add(RESHAPES, ReshapeRule())
+    add((A.expand.default,), RepeatKVRule(GroupedQuery.of(gqa)))
     add(SQUEEZES, SqueezeRule())
     add((A.slice.Tensor,), SliceRule())
     add((A.split_with_sizes.default, A.split.Tensor), SplitRule())

@@ -285,14 +285,20 @@ class GroupNormRule(Rule):
 
 
 class EmbeddingRule(Rule):
-    """embedding(W, ids, ...): the output's last dim is W's dim 1."""
+    """embedding(W, ids, ...): the output's last dim is W's dim 1. `ids` are read by value (a row index each),
+    so channels `ids` carries (a position_ids buffer) are frozen: removing one would change which rows are read."""
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
-        w = node.args[0]
+        w, ids = node.args[:2]
         cdim = len(ctx.shape(node)) - 1
         if ctx.constant(w) is None:
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} has a computed table"))
-        return Effect(cdim, couplings=(Coupling(ctx.output_slot(node, cdim), weight_slot(ctx, w, 1, Role.PRODUCER)),))
+        freezes = ()
+        if isinstance(ctx.channel_dim(ids), int):
+            freezes = (Freeze(ctx.input_slot(ids, ctx.channel_dim(ids)), f"{describe_node(node)} reads `{ids.name}` "
+                              "as row indices: removing one would change which rows are read"),)
+        return Effect(cdim, couplings=(Coupling(ctx.output_slot(node, cdim), weight_slot(ctx, w, 1, Role.PRODUCER)),),
+                      freezes=freezes)
 
 
 class AttentionRule(ScaledDotProductAttentionRule):

@@ -234,7 +234,7 @@ class AnalysisContext(GraphView):
         self.producer_note: dict[str, str] = {}
         self.sizes: dict[Slot, int] = {}
         self.freezes: list[Freeze] = []
-        self.head_splits: frozenset[str] = frozenset()  # movement nodes feeding attention (see analysis)
+        self.head_splits: Mapping[str, frozenset[int]] = {}  # nodes feeding attention -> head_dims (dependencies)
 
     def _register(self, slot: Slot, size: int) -> Slot:
         self.sizes[slot] = size

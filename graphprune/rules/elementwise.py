@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from ..groups import Coupling, Effect, Role
+from ..groups import Coupling, Effect, Freeze, Role
 from ..trace import TensorMeta
 from .base import AnalysisContext, Rule, describe_node, freeze_inputs
 
@@ -25,6 +25,8 @@ def passthrough(node: fx.Node, ctx: AnalysisContext, x: fx.Node, out_dim: int | 
 
 class ElementwiseRule(Rule):
     """y = f(x) applied independently to every channel."""
+
+    carries_heads = True  # a copy (clone in repeat_kv) on the way into attention
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         x = node.args[0] if node.args else next(iter(node.kwargs.values()))
@@ -106,6 +108,8 @@ class ReduceRule(Rule):
 class BinaryRule(Rule):
     """Broadcast element-wise binary ops: operands aligned from the right share the output's channel dim."""
 
+    carries_heads = True  # rotary embeddings (q * cos + rotate_half(q) * sin) on the way into attention
+
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         if not ctx.is_tensor(node):
             return Effect(None)
@@ -120,6 +124,9 @@ class BinaryRule(Rule):
                 aligned = d + len(out_shape) - len(ctx.shape(a))
                 if ctx.shape(a)[d] == out_shape[aligned] and out_shape[aligned] > 1:
                     candidates.add(aligned)
+        broadcast = []
+        if len(candidates) > 1:
+            candidates, broadcast = _main_dim(node, ctx, operands, candidates)
         if len(candidates) != 1:
             # several candidate dims, or none (a channel-carrying operand meets one whose channels
             # graphprune cannot follow, or broadcasts them away): nothing proves where channels go
@@ -129,7 +136,13 @@ class BinaryRule(Rule):
         out_dim = candidates.pop()
         out = ctx.output_slot(node, out_dim)
         couplings = []
+        freezes = tuple(Freeze(ctx.input_slot(a, ctx.channel_dim(a)),
+                               f"{describe_node(node)} broadcasts `{a.name}` (channels on dim {ctx.channel_dim(a)}) "
+                               f"over channels on dim {out_dim}: they are kept whole (e.g. a rotary embedding over "
+                               "the head_dim, which stays intact)") for a in broadcast)
         for a in operands:
+            if a in broadcast:
+                continue
             shape = ctx.shape(a)
             local = out_dim - (len(out_shape) - len(shape))
             if local < 0 or shape[local] == 1:
@@ -140,7 +153,22 @@ class BinaryRule(Rule):
                 couplings.append(Coupling(out, ctx.param_slot(a.target, local, role)))
             else:
                 couplings.append(Coupling(out, ctx.input_slot(a, local)))
-        return Effect(out_dim, couplings=tuple(couplings))
+        return Effect(out_dim, couplings=tuple(couplings), freezes=freezes)
+
+
+def _main_dim(node: fx.Node, ctx: AnalysisContext, operands: list, candidates: set) -> tuple[set, list]:
+    """With channels on several dims: the dim of the operands as large as the output, and the broadcast
+    operands (smaller than the output) whose channels lie elsewhere; unchanged when that is not one dim."""
+    out_shape = ctx.shape(node)
+    aligned = {a: ctx.channel_dim(a) + len(out_shape) - len(ctx.shape(a)) for a in operands
+               if isinstance(ctx.channel_dim(a), int) and ctx.constant(a) is None}
+    main = {d for a, d in aligned.items() if ctx.shape(a) == out_shape and d in candidates}
+    if len(main) != 1:
+        return candidates, []
+    broadcast = [a for a, d in aligned.items() if d not in main and ctx.shape(a) != out_shape]
+    if len(broadcast) + sum(1 for a, d in aligned.items() if d in main) != len(aligned):
+        return candidates, []
+    return main, broadcast
 
 
 class ShapeQueryRule(Rule):

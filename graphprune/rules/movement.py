@@ -68,11 +68,12 @@ def _atoms_along(t: np.ndarray, k: int) -> tuple[int, np.ndarray, np.ndarray]:
     return int(comps.max()) + 1, pos, lab
 
 
-def read_channel_dim(t: torch.Tensor, heads: bool = False):
+def read_channel_dim(t: torch.Tensor, heads=()):
     """(dim, positions, labels) of a labelled output, or a string saying why there is none.
 
-    With `heads`, the innermost of several varying dims (the head_dim of a heads split) is
-    never the channel dim. Ties go to the inner dim.
+    `heads`: the head_dim sizes of the attention the output leads to; when the innermost of
+    several varying dims has one of those sizes (the head_dim of a heads split), it is never
+    the channel dim. Ties go to the inner dim.
     """
     a = t.numpy()
     known = a >= 0
@@ -88,7 +89,7 @@ def read_channel_dim(t: torch.Tensor, heads: bool = False):
         labels = np.moveaxis(a, k, 0).reshape(a.shape[k], -1)[:, 0]
         return k, np.arange(a.shape[k]), labels
     best = None
-    for k in varying[:-1] if heads else varying:
+    for k in varying[:-1] if a.shape[varying[-1]] in heads else varying:
         atoms, pos, lab = _atoms_along(a, k)
         if best is None or atoms >= best[0]:
             best = (atoms, k, pos, lab)
@@ -102,6 +103,8 @@ def _getitem_users(node: fx.Node, index: int):
 class MovementRule(Rule):
     """Data movement with no shape constants to rewrite (cat, permute, transpose, flatten, ...)."""
 
+    carries_heads = True  # a (heads, head_dim) split on the way into attention keeps the heads (see analysis)
+
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         out, sources = _run_on_labels(node, ctx)
         if not sources:
@@ -112,7 +115,7 @@ class MovementRule(Rule):
         outs = list(out) if tuple_out else [out]
         dims, couplings, freezes = [], [], []
         for i, t in enumerate(outs):
-            read = read_channel_dim(t, node.name in ctx.head_splits) if isinstance(t, torch.Tensor) else None
+            read = read_channel_dim(t, ctx.head_splits.get(node.name, ())) if isinstance(t, torch.Tensor) else None
             if not isinstance(read, tuple):
                 dims.append(None)
                 if isinstance(read, str):
