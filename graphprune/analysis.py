@@ -189,7 +189,8 @@ class Analysis:
                                   partitions, target.one_block)
         else:
             def make(r: float) -> Planned:
-                return plan_global(graph, scores, r, constraints, strategy.min_keep, target.one_block)
+                return plan_global(graph, scores, r, constraints, strategy.min_keep, target.one_block,
+                                   strategy.uniform_layers)
         planned = budget.plan(make, self)
         return replace(planned, timings={"scoring": t1 - t0, "planning": time.perf_counter() - t1}, target=target.name)
 

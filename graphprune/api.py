@@ -42,6 +42,7 @@ def prune_graph(
     example_kwargs: Mapping | None = None,
     frontend: str = "auto",
     gqa: str | None = None,
+    uniform_layers: bool = False,
 ) -> PruneResult:
     """Prune whole channels and return a physically smaller GraphModule, its plan and a measured report.
 
@@ -51,7 +52,8 @@ def prune_graph(
     the target, within one channel step).
     Which (a Strategy): `importance` ("l1", "l2", "bn_scale", "taylor", "activation", "apoz",
     "random", "flops_l2", a Criterion, or a callable(group, model) -> scores), `scope`,
-    `min_keep` (the share every group keeps), `ratios` (local ratio per module name or group id).
+    `min_keep` (the share every group keeps), `ratios` (local ratio per module name or group id),
+    `uniform_layers` (global scope: one count for a group repeated in every layer of a stack).
     Channel counts (a Target): `target` picks a channel step per layer kind; the default
     "auto" is "ort-x86" on x86-64 (multiples of 16 with AVX-512, 8 with AVX2 for convs; 8
     for linear layers) and "xnnpack" (no rounding) elsewhere; `round_to` sets one step for
@@ -66,7 +68,7 @@ def prune_graph(
     budget = Budget.from_keywords(ratio, target_params, target_macs, target_kv_bytes)
     options = Options.from_keywords(importance=importance, scope=scope, min_keep=min_keep, ratios=ratios,
                                     round_to=round_to, target=target, calibration=calibration, loss_fn=loss_fn,
-                                    recalibrate_bn=recalibrate_bn, ignore=ignore)
+                                    recalibrate_bn=recalibrate_bn, ignore=ignore, uniform_layers=uniform_layers)
     analysis = analyse(model, example_inputs, example_kwargs=example_kwargs, rules=rules, strict=strict,
                        frontend=frontend, gqa=gqa)
     return options.prune(analysis, budget)

@@ -279,6 +279,50 @@ def _config_trials(config, changed: dict) -> Iterable[dict]:
                 yield dict(zip(keys, values))
 
 
+def _matching(cls: type, config, values: dict, want: dict) -> int:
+    """How many tensors of `cls` built (on the meta device) from `config` with `values` have the wanted shape."""
+    trial = copy.deepcopy(config)
+    for key, value in values.items():
+        setattr(trial, key, value)
+    meta = _built(cls, trial, "meta")
+    if meta is None:
+        return -1
+    return sum(tuple(v.shape) == want.get(k) for k, v in meta.state_dict().items())
+
+
+def _climbs(cls: type, config, changed: dict, want: dict) -> Iterable[dict]:
+    """Greedy searches for many changed fields at once (hidden size, heads, KV heads, MLP width...). Equal
+    shapes can come from other sizes (4 heads of 4 instead of 2 heads of 8), which the check then rejects:
+    so after the first climb, climb again without each field it changed."""
+    options = {}
+    for values in _config_trials(config, changed):
+        if len(values) > 1:
+            break
+        ((key, value),) = values.items()
+        options.setdefault(key, []).append(value)
+    first = _climb(cls, config, options, want)
+    if first:
+        yield first
+        for key in first:
+            again = _climb(cls, config, {k: v for k, v in options.items() if k != key}, want)
+            if again and again != first:
+                yield again
+
+
+def _climb(cls: type, config, options: dict, want: dict) -> dict | None:
+    """Change the one field (of `options`: field -> values) that makes the most tensors match, until all match;
+    None when a step finds no improvement. Costs (fields) x (fields changed) meta-device builds, where the
+    exhaustive search is exponential in the fields changed."""
+    values, best = {}, _matching(cls, config, {}, want)
+    while best < len(want):
+        step = max(((_matching(cls, config, {**values, k: v}, want), k, v)
+                    for k, vs in options.items() if k not in values for v in vs), default=(-1, None, None))
+        if step[0] <= best:
+            return None
+        best, values = step[0], {**values, step[1]: step[2]}
+    return values
+
+
 def update_config(module: nn.Module, changed: dict, check) -> str | None:
     """Set the config fields for which `type(module)(config)`, loaded with the pruned state_dict, passes `check`.
 
@@ -290,7 +334,9 @@ def update_config(module: nn.Module, changed: dict, check) -> str | None:
         return None
     cls, state = type(module), module.state_dict()
     want = {k: tuple(v.shape) for k, v in state.items()}
-    for values in itertools.islice(_config_trials(config, changed), MAX_TRIALS):
+    trials = itertools.chain(_climbs(cls, config, changed, want),
+                             itertools.islice(_config_trials(config, changed), MAX_TRIALS))
+    for values in trials:
         trial = copy.deepcopy(config)
         for key, value in values.items():
             setattr(trial, key, value)
@@ -386,28 +432,21 @@ def _values(by_key: dict, keys: Iterable) -> dict:
 def _resolve(module: nn.Module, candidates: list[Candidate], check) -> str | None:
     """Choose candidates per (class, attribute, evidence) by verification; None once the module verifies.
 
-    Fewest changes first (an attribute the forward reads is set only where it must be), then head counts
-    that still verify are set too (the forward may not read them, but they are right by their evidence)."""
+    Fewest changes first: an attribute is set only where the forward needs it. A candidate the check cannot
+    see is never set, even when its evidence looks right: `layer_idx` x head size can equal a pruned width,
+    and a KV-cache index changed that way would break generate() while every cache-less forward still agrees."""
     by_key: dict = {}
     for c in candidates:
         by_key.setdefault(c.key(module), []).append(c)
     problem = check()
     trials = itertools.chain.from_iterable(itertools.combinations(by_key, n) for n in range(1, len(by_key) + 1))
-    chosen: tuple = ()
     for keys in itertools.islice(trials, MAX_TRIALS if problem is not None else 0):
         old = _set_attrs(module, _values(by_key, keys))
         if check() is None:
-            problem, chosen = None, keys
+            problem = None
             break
         _set_attrs(module, old)
-    if problem is not None:
-        return problem
-    for key in by_key:
-        if key[2] is Evidence.HEADS and key not in chosen:
-            old = _set_attrs(module, {k: v for k, v in _values(by_key, [key]).items() if k not in _values(by_key, chosen)})
-            if check() is not None:
-                _set_attrs(module, old)
-    return None
+    return problem
 
 
 @torch.no_grad()

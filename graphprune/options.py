@@ -142,12 +142,14 @@ class Scope(enum.Enum):
 class Strategy:
     """Which channels go: `importance` (a built-in name, a Criterion or a callable(group, model) -> scores),
     `scope` ("local" or "global"), the `min_keep` share every group keeps, and per-module or per-group
-    `ratios` overriding a local ratio."""
+    `ratios` overriding a local ratio. `uniform_layers` (global scope) keeps one count for a group repeated in
+    every layer of a stack, as a Hugging Face config can only describe (local scope is uniform already)."""
 
     importance: str | Criterion | Callable = "l2"
     scope: Scope | str = Scope.LOCAL
     min_keep: float = 0.1
     ratios: Mapping[str, float] = field(default_factory=dict)
+    uniform_layers: bool = False  # global scope: a group repeated in every layer keeps one count in all of them
 
     def __post_init__(self):
         if not isinstance(self.scope, Scope):
@@ -192,9 +194,9 @@ class Options:
 
     @classmethod
     def from_keywords(cls, *, importance="l2", scope="local", min_keep=0.1, ratios=None, round_to=None, target="auto",
-                      calibration=(), loss_fn=None, recalibrate_bn=False, ignore=()) -> "Options":
+                      calibration=(), loss_fn=None, recalibrate_bn=False, ignore=(), uniform_layers=False) -> "Options":
         """prune_graph's keywords (each validated by the object it builds)."""
-        return cls(Strategy(importance, scope, min_keep, ratios or {}), resolve_target(target, round_to),
+        return cls(Strategy(importance, scope, min_keep, ratios or {}, uniform_layers), resolve_target(target, round_to),
                    Calibration(calibration, loss_fn, recalibrate_bn), tuple(ignore))
 
     def prune(self, analysis: "Analysis", budget: Budget) -> "PruneResult":

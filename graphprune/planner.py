@@ -12,8 +12,9 @@ kept count is rounded to the nearest multiple of the deployment target's channel
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -292,13 +293,30 @@ def plan_local(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: 
     return _assemble(quotas, scores, constraints or {}, min_keep, one_block)
 
 
+def repeated_layers(groups: Sequence[ChannelGroup]) -> list[list[int]]:
+    """Indices of `groups` that are one group repeated in every layer of a stack (`layers.0.mlp`, `layers.1.mlp`...):
+    same size, and the same parameter slots once the layer indices in their names are erased."""
+    classes: dict[tuple, list[int]] = {}
+    for k, g in enumerate(groups):
+        names = frozenset((_LAYER_INDEX.sub(".#.", f".{s.name}."), s.dim, s.role)
+                          for s in g.members if s.role in (Role.PRODUCER, Role.CONSUMER))
+        if names:
+            classes.setdefault((g.size, names), []).append(k)
+    return [ks for ks in classes.values() if len(ks) > 1]
+
+
+_LAYER_INDEX = re.compile(r"\.\d+\.")
+
+
 def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: float,
                 constraints: Mapping[str, tuple[Constraint, ...]] | None = None, min_keep: float = 0.0,
-                one_block: bool = False) -> Planned:
+                one_block: bool = False, uniform_layers: bool = False) -> Planned:
     """Rank all channels on scores divided by their group's mean score; remove the lowest `ratio` share.
 
     Each group's `guard` channels with the best scores are never candidates, so no group
-    collapses below the guard however the ranking falls.
+    collapses below the guard however the ranking falls. With `uniform_layers`, a group
+    repeated in every layer of a stack loses, in every layer, the mean of what the ranking
+    took from its copies (so configs that hold one size for all layers can describe the result).
     """
     groups = graph.prunable
     candidates = []  # (normalised score, group index) of every channel that may go
@@ -310,6 +328,9 @@ def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio:
     total = sum(g.size for g in groups)
     n_remove = min(len(flat), int(np.ceil(ratio * total - 1e-9)))
     removed = np.bincount(flat[np.argsort(flat[:, 0], kind="stable")[:n_remove], 1].astype(int), minlength=len(groups))
+    if uniform_layers:
+        for copies in repeated_layers(groups):
+            removed[copies] = int(np.rint(removed[copies].mean()))
     quotas = [(g, [(np.arange(g.size), g.size - int(removed[k]))]) for k, g in enumerate(groups)]
     return _assemble(quotas, scores, constraints or {}, min_keep, one_block)
 

@@ -184,3 +184,27 @@ def test_bert_with_pruned_heads_runs_but_refuses_save_pretrained(tmp_path):
     with pytest.raises(EagerRebuildError, match="save_pretrained"):
         module.save_pretrained(tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_global_ranking_with_uniform_layers_gives_a_config_that_reloads(tmp_path):
+    """Global scope ranks channels across layers, so each layer may keep its own count; uniform_layers=True
+    gives every copy of a repeated group one count, which a Hugging Face config can state."""
+    transformers = pytest.importorskip("transformers")
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, use_cache=False)).eval()
+    ids = torch.randint(0, 100, (1, LENGTH))
+
+    def mlp_widths(result):
+        return [layer.mlp.up_proj.out_features for layer in result.module.model.layers]
+
+    uneven = graphprune.prune_graph(model, (ids,), ratio=0.4, scope="global", importance="random", target="none")
+    even = graphprune.prune_graph(model, (ids,), ratio=0.4, scope="global", importance="random", target="none",
+                                  uniform_layers=True)
+    assert len(set(mlp_widths(uneven))) > 1  # the ranking alone leaves the layers uneven (random scores, seed 0)
+    assert len(set(mlp_widths(even))) == 1 and mlp_widths(even)[0] < 64
+    even.module.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    assert reloaded.config.intermediate_size == mlp_widths(even)[0]
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, even.module(ids).logits)
