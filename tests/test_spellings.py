@@ -483,8 +483,6 @@ LN_KEPT = {ConvNeXt: ("stem",), LayerNorm2dBlock: ("a",)}  # module whose group 
 FROZEN = {WeightStandardised: ("a.0.weight", "b.0.weight"), GRNBlock: ("fc1.weight",)}  # groups no spelling prunes
 BLOCKS = (Residual, InvertedResidualSE, DenseConcat, ConvNeXt, Attention, NormAct, WeightStandardised, GRNBlock,
           LayerNorm2dBlock, ChannelAffine, StochasticDepth, Shifted)
-MATMUL_ATTENTION_UNDER_EXPORT = "export frontend, batch 2: q @ k^T decomposes to bmm over a merged batch x heads dim " \
-                                "that the analysis cannot follow yet, so the heads freeze (fx prunes them)"
 
 
 def _model_and_input(block, spelling):
@@ -522,8 +520,6 @@ def _cases():
                 marks = []
                 if frontend == "export" and spelling is not Spelling.MODULE:
                     marks.append(pytest.mark.slow)  # torch.export costs 1-3 s per model: one export case per block
-                if frontend == "export" and block is Attention and spelling is not Spelling.FUNCTIONAL:
-                    marks.append(pytest.mark.xfail(strict=True, reason=MATMUL_ATTENTION_UNDER_EXPORT))
                 yield pytest.param(block, spelling, frontend, marks=marks,
                                    id=f"{block.__name__}-{spelling.value}-{frontend}")
 
@@ -577,11 +573,30 @@ def test_roll_along_the_channel_dim_freezes():
     assert not result.plan.keep
 
 
-def test_matmul_attention_with_batch_merged_into_heads_is_exact_under_export():
+def test_matmul_attention_with_batch_merged_into_heads_prunes_whole_heads_under_export():
     """Regression: with batch 2, export merges batch and heads before bmm; the head_dim (contracted by q @ k^T)
-    was once taken as the channel dim and pruned, changing every attention score. It must freeze instead."""
+    was once taken as the channel dim and pruned, changing every attention score. Heads are pruned whole, as fx
+    does, and the model is exact."""
     model, x = _model_and_input(Attention, Spelling.MODULE)
-    result = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend="export")
-    reasons = [r for g in result.report.frozen_groups for r in g.frozen_reasons]
-    assert any("contracts the channel dim of two activations" in r for r in reasons), reasons
-    assert max_exactness_error(model, (x,), result) <= 1e-5
+    exported = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend="export")
+    traced = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend="fx")
+    assert sorted(exported.plan.keep.values()) == sorted(traced.plan.keep.values())
+    assert max_exactness_error(model, (x,), exported) <= 1e-5
+
+
+def test_a_product_over_the_channels_of_two_activations_freezes_them():
+    """q @ k^T with the features as channels: dropping some would change every product, so they freeze."""
+    class Gram(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.head(self.a(x) @ self.b(x).transpose(-2, -1))
+
+    model, x = Gram().eval(), torch.randn(1, 5, 6)
+    for frontend in ("fx", "export"):
+        result = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend=frontend)
+        reasons = [r for g in result.report.frozen_groups for r in g.frozen_reasons]
+        assert any("contracts the channel dim of two activations" in r for r in reasons), (frontend, reasons)
+        assert not result.plan.keep
