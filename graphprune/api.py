@@ -46,7 +46,7 @@ def prune_graph(
     How much (a Budget): exactly one of `ratio` (share of channels removed per group with
     scope="local", of all prunable channels with scope="global"), `target_params` or
     `target_macs` (prune until the count is at most the target, within one channel step).
-    Which (a Strategy): `importance` ("l1", "l2", "bn_scale", "taylor", "activation", "apoz",
+    Which (a Strategy): `importance` ("l1", "l2", "bn_scale", "taylor", "activation", "apoz", "wanda",
     "random", "flops_l2", a Criterion, or a callable(group, model) -> scores), `scope`,
     `min_keep` (the share every group keeps), `ratios` (local ratio per module name or group id).
     Channel counts (a Target): `target` picks a channel step per layer kind; the default
