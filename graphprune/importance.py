@@ -4,7 +4,11 @@ A criterion is called once with all groups to score and a ScoringContext, and re
 {group id: scores}. Every criterion sees the whole group — the producing filters, their
 biases and norm parameters, and the consumers' input kernels — so coupled layers are
 ranked together. Scores are compared across groups (global scope) after dividing each
-group's scores by their mean (planner.plan_global).
+group's scores by their mean (planner.plan_global): a channel's global score is its score
+relative to the average channel of its own group. This is what makes an attention head (one
+channel summing dozens of rows and columns) comparable to an MLP hidden unit (one row and one
+column): both are ranked by how they compare with their peers, independent of the group's
+size, the number of weights per channel and the scale of the criterion.
 
 - Magnitude(p):   s_c = (sum over group params P, positions i of P's slot with map(i) = c,
                   of sum |P[i, ...]|^p)^(1/p)                          (L1: p=1, L2: p=2)
@@ -15,6 +19,13 @@ group's scores by their mean (planner.plan_global).
 - ActivationMean: s_c = mean |a_c| over calibration batches and positions, over the
                   activations of the group that a conv/linear layer reads.
 - APoZ:           s_c = 1 - (share of a_c == 0) on those activations (Hu et al. 2016).
+- Wanda:          s_c = sum over the group's weight slots (P, d) whose layer input X is known,
+                  of sum over the entries P[e] with position e_d mapping to c of |P[e]| * ||X_j(e)||_2,
+                  where j(e) is the input feature the entry multiplies and ||X_j||_2 is that
+                  feature's norm over all calibration tokens (Sun et al. 2023, per weight
+                  |w_ij| ||X_j||, summed per channel). A channel's producer rows weigh each
+                  input column by its input's norm; its consumer columns are weighed by the
+                  channel's own activation norm. Biases and norm affine parameters do not count.
 - Random(seed):   uniform random scores, the baseline.
 - FlopsRegularized(base, lam): s_c / mean(s_group) - lam * macs_c / mean(macs): prefers
                   removing channels that cost many MACs.
@@ -215,6 +226,102 @@ class APoZ(_ActivationStatistic):
 
 
 @dataclass(frozen=True)
+class LayerRead:
+    """A weight `weight` multiplies the activation slot `reads` along its own input dim `weight_dim`
+    (position i of that dim meets position i of the activation's channel dim)."""
+
+    weight: str
+    weight_dim: int
+    reads: Slot
+
+
+def _readers(model: fx.GraphModule, weight: str) -> list[fx.Node]:
+    """The nodes that read parameter `weight`: users of its get_attr node (export), or the module call (fx)."""
+    owner, _, _ = weight.rpartition(".")
+    readers = []
+    for node in model.graph.nodes:
+        if node.op == "get_attr" and node.target == weight:
+            readers.extend(node.users)
+        elif node.op == "call_module" and node.target == owner:
+            readers.append(node)
+    return readers
+
+
+def layer_reads(model: fx.GraphModule, graph: DependencyGraph, layer_inputs: frozenset[str]) -> dict[str, LayerRead]:
+    """For each weight with an input-feature (CONSUMER) slot, the layer input it multiplies.
+
+    Read from the dependency graph: the weight's CONSUMER slot and the layer's input activation
+    are tied in one group with the same index map. Weights read by several layers on different
+    inputs, or whose input cannot be found this way, are left out.
+    """
+    consumer = {}
+    for g in graph.groups:
+        for slot in g.members:
+            if slot.role is Role.CONSUMER:
+                consumer.setdefault(slot.name, []).append((slot, g))
+    found = {}
+    for weight, slots in consumer.items():
+        if len(slots) != 1:
+            continue
+        slot, group = slots[0]
+        inputs = {a.name for r in _readers(model, weight) for a in r.all_input_nodes if a.name in layer_inputs}
+        candidates = {m for m in group.members if m.role is Role.ACTIVATION and m.name in inputs
+                      and np.array_equal(group.members[m], group.members[slot])}
+        if len(candidates) == 1:
+            found[weight] = LayerRead(weight, slot.dim, candidates.pop())
+    return found
+
+
+@dataclass(frozen=True)
+class Wanda(Criterion):
+    """|W| * ||X||, summed per channel (see the module docstring). Groups with no weight whose input is
+    known fall back to L1 magnitude (that is Wanda with every ||X_j|| = 1)."""
+
+    needs_data = True
+
+    def __call__(self, groups, ctx):
+        _require_data(self, ctx)
+        reads = layer_reads(ctx.model, ctx.graph, ctx.layer_inputs)
+        used = {s.name for g in groups for s in g.members if s.role in _WEIGHT_ROLES and s.name in reads}
+        norms = self.input_norms(ctx, {reads[w].reads for w in used})
+        params = dict(ctx.model.named_parameters(remove_duplicate=False))
+        out = {}
+        for g in groups:
+            total, any_known = np.zeros(g.size), False
+            for slot, index_map in g.members.items():
+                if slot.role not in _WEIGHT_ROLES or slot.name not in reads:
+                    continue
+                read = reads[slot.name]
+                w = params[slot.name].detach().abs().double()
+                shape = [1] * w.ndim
+                shape[read.weight_dim] = -1
+                weighted = w * norms[read.reads].view(shape)
+                total += np.bincount(index_map, weights=_per_position(weighted, slot.dim, 1), minlength=g.size)
+                any_known = True
+            out[g.id] = total if any_known else Magnitude(1)([g], ctx)[g.id]
+        return out
+
+    @staticmethod
+    def input_norms(ctx: ScoringContext, slots: set[Slot]) -> dict[Slot, torch.Tensor]:
+        """||X_j||_2 over every calibration token, per position j of each activation slot's channel dim."""
+        squares = {}
+        training = ctx.model.training
+        ctx.model.eval()
+        try:
+            with torch.no_grad():
+                for batch in ctx.calibration:
+                    capture = CaptureValues(ctx.model, {s.name for s in slots})
+                    capture.run(*ctx.model_inputs(batch))
+                    for s in slots:
+                        x = capture.values[s.name].double()
+                        sq = (x.movedim(s.dim, 0).reshape(x.shape[s.dim], -1) ** 2).sum(1)
+                        squares[s] = squares.get(s, 0) + sq
+        finally:
+            ctx.model.train(training)
+        return {s: sq.sqrt() for s, sq in squares.items()}
+
+
+@dataclass(frozen=True)
 class Random(Criterion):
     seed: int = 0
 
@@ -254,7 +361,7 @@ class PerGroup(Criterion):
 
 BUILTIN = MappingProxyType({
     "l1": Magnitude(1), "l2": Magnitude(2), "bn_scale": BNScale(), "taylor": Taylor(),
-    "activation": ActivationMean(), "apoz": APoZ(), "random": Random(0), "flops_l2": FlopsRegularized(Magnitude(2)),
+    "activation": ActivationMean(), "apoz": APoZ(), "wanda": Wanda(), "random": Random(0), "flops_l2": FlopsRegularized(Magnitude(2)),
 })
 
 

@@ -1,0 +1,204 @@
+"""Depth pruning: remove whole repeated layers (transformer blocks) from a copy of a model.
+
+    prune_layers(model, n=2, calibration=[batch, ...], score=BlockInfluence(), layers=None) -> DepthResult
+
+1. The layer list: `layers` (a qualified module name), or the one nn.ModuleList whose children
+   are all of one class (at least two of them); with several candidates, the one holding the most
+   parameters (the encoder/decoder stack, not e.g. a list of heads).
+2. Each layer gets a score on the calibration batches (higher = more important):
+   - BlockInfluence: 1 - mean over tokens of cos(h_in, h_out), the cosine similarity of the
+     hidden state entering and leaving the layer (Men et al. 2024, "ShortGPT"). Tokens are the
+     positions of the layer's input (batch x sequence); padding is left out when the batch
+     carries an `attention_mask` of shape (batch, sequence).
+   - LossIncrease(loss_fn): mean over batches of loss(model with the layer skipped) - loss(model),
+     where skipping makes the layer return its input unchanged.
+3. The n lowest-scoring layers are removed from a deep copy (the caller's model is untouched);
+   `config.num_hidden_layers` and the per-layer `config.layer_types` follow, and every
+   `layer_idx` attribute inside a kept layer is renumbered to its new position (the index a
+   Hugging Face KV cache uses).
+
+A batch is a tuple of positional arguments or a mapping of keyword arguments of forward().
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+PER_LAYER_CONFIG = ("layer_types",)
+"""Config attributes holding one entry per layer; they lose the removed layers' entries."""
+
+
+def _call(model: torch.nn.Module, batch):
+    return model(**batch) if isinstance(batch, Mapping) else model(*(batch if isinstance(batch, tuple) else (batch,)))
+
+
+def _hidden(value) -> torch.Tensor:
+    """The hidden state of a layer's input or output: the tensor itself, or the first element of a tuple."""
+    return value if isinstance(value, torch.Tensor) else value[0]
+
+
+def _token_mask(batch, hidden: torch.Tensor) -> torch.Tensor | None:
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2 and tuple(mask.shape) == tuple(hidden.shape[:2]):
+        return mask.bool()
+    return None
+
+
+def _layer_input(args, kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class LayerScore:
+    """How important each layer of a layer list is on calibration batches (higher = keep)."""
+
+    def __call__(self, model: torch.nn.Module, layers: torch.nn.ModuleList, calibration: Sequence) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class BlockInfluence(LayerScore):
+    """1 - mean cos(h_in, h_out) over calibration tokens: a layer that barely turns its input scores near 0."""
+
+    def __call__(self, model, layers, calibration):
+        sums, counts = np.zeros(len(layers)), np.zeros(len(layers))
+        current = {}
+
+        def hook(k):
+            def record(module, args, kwargs, output):
+                h_in, h_out = _layer_input(args, kwargs), _hidden(output)
+                cos = torch.nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
+                mask = _token_mask(current["batch"], cos)
+                cos = cos[mask] if mask is not None else cos.flatten()
+                sums[k] += (1.0 - cos).sum().item()
+                counts[k] += cos.numel()
+            return record
+
+        handles = [layer.register_forward_hook(hook(k), with_kwargs=True) for k, layer in enumerate(layers)]
+        try:
+            with torch.no_grad():
+                for batch in calibration:
+                    current["batch"] = batch
+                    _call(model, batch)
+        finally:
+            for h in handles:
+                h.remove()
+        return sums / np.maximum(counts, 1)
+
+
+@dataclass(frozen=True)
+class LossIncrease(LayerScore):
+    """mean over batches of loss_fn(output with the layer skipped, batch) - loss_fn(output, batch)."""
+
+    loss_fn: Callable  # loss_fn(model output, batch) -> scalar tensor
+
+    def __call__(self, model, layers, calibration):
+        def loss() -> float:
+            with torch.no_grad():
+                return float(np.mean([float(self.loss_fn(_call(model, b), b)) for b in calibration]))
+
+        def skip(module, args, kwargs, output):
+            h_in = _layer_input(args, kwargs)
+            return h_in if isinstance(output, torch.Tensor) else (h_in, *output[1:])
+
+        base = loss()
+        scores = np.zeros(len(layers))
+        for k, layer in enumerate(layers):
+            handle = layer.register_forward_hook(skip, with_kwargs=True)
+            try:
+                scores[k] = loss() - base
+            finally:
+                handle.remove()
+        return scores
+
+
+@dataclass(frozen=True)
+class DepthResult:
+    model: torch.nn.Module  # a copy with fewer layers; the caller's model is untouched
+    layers: str  # qualified name of the layer list
+    removed: tuple[int, ...]  # original indices of the removed layers
+    scores: tuple[float, ...]  # one per original layer (higher = more important)
+    params_before: int
+    params_after: int
+
+    def summary(self) -> str:
+        rows = "\n".join(f"  {self.layers}.{k}: {s:.5f}{'  removed' if k in self.removed else ''}"
+                         for k, s in enumerate(self.scores))
+        return (f"depth pruning of {self.layers}: {len(self.scores)} -> {len(self.scores) - len(self.removed)} layers, "
+                f"params {self.params_before:,} -> {self.params_after:,}\n{rows}")
+
+
+def find_layer_list(model: torch.nn.Module, layers: str | None = None) -> tuple[str, torch.nn.ModuleList]:
+    """(qualified name, ModuleList) of the model's repeated layers; see the module docstring."""
+    if layers is not None:
+        try:
+            found = model.get_submodule(layers)
+        except AttributeError:
+            raise InputError(f"layers={layers!r}: {type(model).__name__} has no such submodule; pass the qualified "
+                             "name of its layer list, e.g. 'encoder.layer' or 'model.layers'") from None
+        if not isinstance(found, torch.nn.ModuleList) or len(found) < 2:
+            raise InputError(f"layers={layers!r} is a {type(found).__name__}, not an nn.ModuleList of at least two "
+                             "layers; pass the qualified name of the model's layer list")
+        return layers, found
+    candidates = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)
+                  and len(m) >= 2 and len({type(c) for c in m}) == 1]
+    if not candidates:
+        raise InputError(f"{type(model).__name__} has no nn.ModuleList of repeated layers of one class; depth "
+                         "pruning removes whole layers of such a list (e.g. encoder.layer, model.layers); pass "
+                         "layers='qualified.name' if the model keeps them elsewhere")
+    return max(candidates, key=lambda c: sum(p.numel() for p in c[1].parameters()))
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _renumber(model: torch.nn.Module, layers: torch.nn.ModuleList, removed: set[int], old_count: int) -> None:
+    """Keep the per-layer bookkeeping of a copy consistent with its shorter layer list."""
+    for k, layer in enumerate(layers):
+        for module in layer.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = k
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    if getattr(config, "num_hidden_layers", None) == old_count:
+        config.num_hidden_layers = len(layers)
+    for name in PER_LAYER_CONFIG:
+        value = getattr(config, name, None)
+        if isinstance(value, (list, tuple)) and len(value) == old_count:
+            setattr(config, name, type(value)(v for k, v in enumerate(value) if k not in removed))
+
+
+def prune_layers(model: torch.nn.Module, *, n: int, calibration: Sequence, score: LayerScore = BlockInfluence(),
+                 layers: str | None = None) -> DepthResult:
+    """Remove the `n` least important layers of the model's layer list from a copy (module docstring)."""
+    name, found = find_layer_list(model, layers)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < len(found):
+        raise InputError(f"n={n!r} layers to remove: give an integer in [1, {len(found) - 1}] ({name} has "
+                         f"{len(found)} layers)")
+    if not calibration:
+        raise InputError("prune_layers scores layers on data: pass calibration=[batch, ...] (each batch a tuple of "
+                         "forward()'s positional arguments or a dict of its keyword arguments)")
+    if not isinstance(score, LayerScore):
+        raise InputError(f"score must be BlockInfluence() or LossIncrease(loss_fn), got {type(score).__name__}")
+    training = model.training
+    model.eval()
+    try:
+        scores = np.asarray(score(model, found, list(calibration)), dtype=np.float64)
+    finally:
+        model.train(training)
+    removed = {int(k) for k in np.argsort(scores, kind="stable")[:n]}
+    pruned = copy.deepcopy(model)
+    old = pruned.get_submodule(name)
+    kept = torch.nn.ModuleList([layer for k, layer in enumerate(old) if k not in removed])
+    parent, _, attr = name.rpartition(".")
+    setattr(pruned.get_submodule(parent) if parent else pruned, attr, kept)
+    _renumber(pruned, kept, removed, len(old))
+    return DepthResult(pruned, name, tuple(sorted(removed)), tuple(float(s) for s in scores), _count(model),
+                       _count(pruned))
