@@ -10,7 +10,9 @@ import torch
 import torch.nn as nn
 from onnx import TensorProto, helper
 
-from graphprune.bench import CPU, EDGE, BenchReport, Profile, benchmark
+import onnxruntime as ort
+
+from graphprune.bench import CPU, EDGE, BenchReport, Profile, Runtime, benchmark, cpu_name
 from graphprune.errors import BenchError
 from graphprune.export import export_onnx
 
@@ -69,8 +71,11 @@ def test_report_states_the_protocol(report):
         assert report.pinned_core in os.sched_getaffinity(0)
     else:
         assert report.pinned_core is None or report.profile.pin_core
-    header = report.format_table().splitlines()[0]
-    assert f"{report.profile.intra_op_threads} intra-op thread(s)" in header
+    names, header = report.format_table().splitlines()[:2]
+    assert names == f"ONNX Runtime {report.runtime_version} on {report.cpu}"  # every figure names CPU and version
+    assert report.runtime is Runtime.ORT and report.runtime_version == report.onnxruntime_version == ort.__version__
+    assert report.cpu == cpu_name() and report.cpu
+    assert f"{report.profile.intra_op_threads} thread(s)" in header
     assert "ORT_ENABLE_ALL" in header and "spinning off" in header
 
 
