@@ -122,7 +122,7 @@ def calibrate(runtime="ort", precision="fp32", *, threads: int = 1, counts=None,
 
     Reads the cached profile of this CPU, runtime version, precision and thread count when it holds
     the same channel `counts` (default: graphprune.runtimes.calibration.default_counts); otherwise
-    (or with `refresh=True`) measures it, which takes about 10-40 s for ORT/OpenVINO and 1-3 min for
+    (or with `refresh=True`) measures it, which takes about 10-90 s for ORT/OpenVINO and 2-3 min for
     ExecuTorch (one XNNPACK lowering per layer), and writes it atomically to `path` (default: the cache).
     """
     from .runtimes import calibration as cal

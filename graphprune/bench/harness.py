@@ -403,7 +403,6 @@ def benchmark(
     if not isinstance(runtime, Runtime):
         raise BenchError(f"runtime must be a graphprune.runtimes.Runtime (e.g. Runtime.ORT), got {runtime!r}; "
                          "graphprune.runtimes.parse_runtimes('ort,openvino') parses names")
-    runtime.version()  # MissingRuntimeError naming the extra, before any child starts
     paths = {str(n): os.fspath(p) for n, p in variants.items()}
     for extra, label in ((macs, "macs"), (params, "params")):
         unknown = sorted(set(extra or {}) - set(paths))
@@ -411,6 +410,7 @@ def benchmark(
             raise BenchError(f"{label} names unknown variants {unknown}; variants are {sorted(paths)}")
     for name, path in paths.items():
         _check_file(name, path, runtime)
+    runtime.version()  # MissingRuntimeError naming the extra, before any child starts
 
     core = _pick_core() if profile.pin_core else None
     base_spec = {

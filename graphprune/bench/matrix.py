@@ -33,9 +33,6 @@ def variant_name(model: str, precision: Precision) -> str:
 
 def _onnx_artifacts(name: str, path: str, directory: str, runtimes: Sequence[Runtime],
                     precisions: Sequence[Precision], calibration: Any) -> dict[tuple[Runtime, Precision], str]:
-    if Runtime.EXECUTORCH in runtimes:
-        raise BenchError(f"model {name!r} is an ONNX file ({path}); ExecuTorch needs the PyTorch model "
-                         "(a built-in model name or package.module:factory), or leave executorch out")
     files = {Precision.FP32: path}
     if Precision.INT8 in precisions:
         if calibration is None:
@@ -70,6 +67,10 @@ def benchmark_models(
     runtimes, precisions = parse_runtimes(runtimes), parse_precisions(precisions)
     if not models:
         raise BenchError("benchmark_models() needs at least one model: {name: (module, inputs) or path}")
+    files_only = sorted(n for n, src in models.items() if isinstance(src, (str, os.PathLike)))
+    if files_only and Runtime.EXECUTORCH in runtimes:
+        raise BenchError(f"{files_only} are ONNX files; ExecuTorch needs the PyTorch model (a built-in model name "
+                         "or package.module:factory on the command line), or leave executorch out")
     for runtime in runtimes:
         runtime.version()  # a missing runtime fails before any export
     with tempfile.TemporaryDirectory() as tmp:

@@ -55,6 +55,10 @@ class LayerTimer:
         self.runtime, self.precision, self.threads, self.pin_core, self.runs = runtime, precision, threads, pin_core, runs
         self.version = runtime.version()
         self.measured = 0
+        if runtime is Runtime.EXECUTORCH:
+            from executorch.extension.pybindings import portable_lib
+
+            portable_lib._unsafe_reset_threadpool(threads)  # XNNPACK's threads (process-wide)
 
     def conv_ms(self, n, cin, cout, h, w, k, stride, pad, groups, dilation=(1, 1)) -> float:
         module = torch.nn.Conv2d(cin, cout, tuple(k), tuple(stride), tuple(pad), tuple(dilation), groups)
@@ -77,9 +81,7 @@ class LayerTimer:
         batches = [torch.randn(x.shape, generator=g) for _ in range(4)] if self.precision is Precision.INT8 else None
         if self.runtime is Runtime.EXECUTORCH:
             from .executorch import ExecuTorchModel, export_executorch
-            from executorch.extension.pybindings import portable_lib
 
-            portable_lib._unsafe_reset_threadpool(self.threads)
             path = export_executorch(module, (x,), os.path.join(work, "layer.pte"), quantize=batches,
                                      min_cosine=0.9).path
             model = ExecuTorchModel(path)
