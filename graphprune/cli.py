@@ -403,6 +403,11 @@ def _cli_wording(exc: GraphPruneError) -> str:
     return re.sub(r"input_shapes=\{[^}]*\}", "--input-shape NAME=d0,d1,...", one_line(exc))
 
 
+def _is_file_source(item: str) -> bool:
+    """An ONNX file (by suffix or a path separator), not a model name or package.module:factory."""
+    return item.endswith(".onnx") or os.path.sep in item
+
+
 def _bench_sources(args) -> tuple[dict[str, object], dict[str, int], dict[str, tuple[int, ...]]]:
     """{variant name: ONNX path or (model, inputs)}, the models' MACs and the ONNX inputs' --input-shape."""
     named = [e for e in args.input_shape or [] if "=" in e]
@@ -411,7 +416,7 @@ def _bench_sources(args) -> tuple[dict[str, object], dict[str, int], dict[str, t
         raise CLIError(f"--input-shape without NAME= gives the model input shape once; got {model_shapes}")
     sources, macs, files = {}, {}, {}
     for item in args.sources:
-        is_file = item.endswith(".onnx") or os.path.sep in item
+        is_file = _is_file_source(item)
         name = os.path.splitext(os.path.basename(item))[0] if is_file else item.rpartition(":")[2] or item
         while name in sources:
             name += "'"
@@ -449,6 +454,10 @@ def cmd_bench(args) -> int:
         raise CLIError(f"--calibration-batches must be >= 1, got {args.calibration_batches}")
     for runtime in runtimes:
         runtime.version()  # a missing runtime is one line before any work
+    onnx_files = [s for s in args.sources if _is_file_source(s)]
+    if onnx_files and Runtime.EXECUTORCH in runtimes:
+        raise CLIError(f"{onnx_files[0]} is an ONNX file; ExecuTorch needs the PyTorch model (a built-in model name "
+                       "or package.module:factory), or leave executorch out of --runtime")
     sources, macs, shapes = _bench_sources(args)
     if shapes and (Precision.INT8 in precisions or set(runtimes) != {Runtime.ORT}):
         raise CLIError("--input-shape NAME=... (dynamic ONNX dims) works with --runtime ort --precision fp32 only; "
