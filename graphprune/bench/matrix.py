@@ -32,13 +32,14 @@ def variant_name(model: str, precision: Precision) -> str:
 
 
 def _onnx_artifacts(name: str, path: str, directory: str, runtimes: Sequence[Runtime],
-                    precisions: Sequence[Precision], calibration: Any) -> dict[tuple[Runtime, Precision], str]:
+                    precisions: Sequence[Precision], calibration: Any,
+                    min_cosine: float) -> dict[tuple[Runtime, Precision], str]:
     files = {Precision.FP32: path}
     if Precision.INT8 in precisions:
         if calibration is None:
             raise BenchError(f"int8 of {name!r} needs calibration batches (calibration=[...])")
         files[Precision.INT8] = os.path.join(directory, f"{name}.int8.onnx")
-        quantize_onnx(path, files[Precision.INT8], calibration)
+        quantize_onnx(path, files[Precision.INT8], calibration, min_cosine=min_cosine)
     return {(r, p): files[p] for r in runtimes for p in precisions}
 
 
@@ -56,13 +57,15 @@ def benchmark_models(
     repeats: int = 50,
     rounds: int = 5,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    min_cosine: float = 0.99,
 ) -> tuple[BenchReport, ...]:
     """One report per runtime (in the given order) over every model at every precision.
 
     ``models`` maps names to ``(module, example_inputs)`` or to an ONNX file path. ``calibration``:
     int8 calibration batches, one list for all models or ``{model name: batches}``. ``directory``
     keeps the artefacts (default: a temporary directory, removed afterwards). ``macs`` / ``params``
-    are per model name and carried to each of its variants; ``input_shapes`` as in ``benchmark``.
+    are per model name and carried to each of its variants; ``input_shapes`` as in ``benchmark``;
+    ``min_cosine``: the int8 vs fp32 floor of the artefact checks (lower it for random calibration data)
     """
     runtimes, precisions = parse_runtimes(runtimes), parse_precisions(precisions)
     if not models:
@@ -80,10 +83,11 @@ def benchmark_models(
         for name, source in models.items():
             batches = calibration.get(name) if isinstance(calibration, Mapping) else calibration
             if isinstance(source, (str, os.PathLike)):
-                built = _onnx_artifacts(name, os.fspath(source), work, runtimes, precisions, batches)
+                built = _onnx_artifacts(name, os.fspath(source), work, runtimes, precisions, batches, min_cosine)
             else:
                 module, inputs = source
-                built = build_artifacts(module, inputs, work, name, runtimes, precisions, calibration=batches)
+                built = build_artifacts(module, inputs, work, name, runtimes, precisions, calibration=batches,
+                                        min_cosine=min_cosine)
             files.update({(name, r, p): path for (r, p), path in built.items()})
         reports = []
         for runtime in runtimes:
