@@ -4,9 +4,12 @@ or int8), measured once and cached on disk.
 Model latency is predicted as
     sum over conv/linear layers of LUT(layer shape after the plan)
     + other * (activation volume after / before)
+(the layer sum scaled down to the measured latency when it exceeds it: `scale` = min(1, measured / sum))
 where LUT entries are single layers timed by :class:`graphprune.runtimes.layers.LayerTimer` in the
 runtime at the precision, under the profile's threads and pinning (keyed by layer shape; the cache
-file is keyed by CPU, runtime and its version, precision, threads),
+file is keyed by CPU, runtime and its version, precision, threads), each minus the runtime's
+per-call overhead (the latency of a 1x1 linear layer: a one-layer model pays it once per layer, the
+whole model once; it is largest in OpenVINO, whose every call goes through its worker threads),
 and `other` is the measured latency of the whole unpruned model minus its layers' sum
 (element-wise ops, pooling, layout changes), scaled by how much activation data is left.
 `prune_to_latency` bisects the plan on that prediction, measures the result, and re-plans
@@ -76,17 +79,25 @@ class LatencyTable:
         """Layers timed by this table (not read from the cache file)."""
         return self.timer.measured
 
+    def overhead_ms(self) -> float:
+        """The runtime's per-call cost: the latency of a 1x1 linear layer (measured once, kept with the entries)."""
+        if "overhead" not in self.entries:
+            self.entries["overhead"] = self.timer.linear_ms(1, 1, 1)
+        return self.entries["overhead"]
+
     def conv_ms(self, n, cin, cout, h, w, k, stride, pad, groups, dilation=(1, 1)) -> float:
+        """The conv's latency minus the per-call overhead (entries keep the measured latency)."""
         key = f"conv n{n} c{cin}>{cout} {h}x{w} k{k} s{stride} p{pad} g{groups} d{dilation}"
         if key not in self.entries:
             self.entries[key] = self.timer.conv_ms(n, cin, cout, h, w, k, stride, pad, groups, dilation)
-        return self.entries[key]
+        return max(self.entries[key] - self.overhead_ms(), 0.0)
 
     def linear_ms(self, rows, fin, fout) -> float:
+        """The layer's latency minus the per-call overhead (entries keep the measured latency)."""
         key = f"linear r{rows} {fin}>{fout}"
         if key not in self.entries:
             self.entries[key] = self.timer.linear_ms(rows, fin, fout)
-        return self.entries[key]
+        return max(self.entries[key] - self.overhead_ms(), 0.0)
 
     def save(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
@@ -124,6 +135,9 @@ class LatencyModel:
                 self.volumes.append((Slot(node.name, graph.channel_dims[node.name]), math.prod(meta.shape)))
         self.layers_full = sum(self._layer_ms(layer, lambda s: None) for layer in self.layers)
         self.other = max(0.0, measured_ms - self.layers_full)
+        # layers timed alone can add up to more than the whole model (per-call costs, caches): scale them so
+        # that the unpruned model is predicted at its measured latency
+        self.scale = min(1.0, measured_ms / self.layers_full) if self.layers_full > 0 else 1.0
         self.volume_full = sum(v for _, v in self.volumes)
 
     def _kept(self, plan: PrunePlan):
@@ -150,7 +164,7 @@ class LatencyModel:
         for slot, v in self.volumes:
             k, n = kept_share(self.graph, plan, slot) or (1, 1)
             volume += v * k / n
-        return layers + self.other * volume / max(self.volume_full, 1)
+        return self.scale * layers + self.other * volume / max(self.volume_full, 1)
 
 
 def random_calibration(example_inputs, n: int = 4, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:

@@ -5,7 +5,7 @@ A layer is built as a one-node model: for ONNX Runtime and OpenVINO an ONNX grap
 int8; for ExecuTorch the ``nn.Conv2d`` / ``nn.Linear`` lowered to XNNPACK (pt2e for int8). Inputs
 are seeded random normals; int8 calibrates on 4 such batches. The latency is the median of ``runs``
 timed runs after 3 warm-up runs, under the profile's thread count, pinned to one core for a pinned
-profile (the caller's affinity is restored).
+profile from before the model is built to the last run (the caller's affinity is restored).
 """
 from __future__ import annotations
 
@@ -70,7 +70,11 @@ class LayerTimer:
 
     def _time(self, onnx_model: Callable[[], ModelProto], module: torch.nn.Module, shape: tuple[int, ...]) -> float:
         x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
-        with tempfile.TemporaryDirectory() as work:
+        from ..bench.harness import Profile, pinned
+
+        # Pinned before the model is built: threads a runtime starts then (OpenVINO's workers) share the core.
+        # Pinning only the calling thread of a built OpenVINO model made a conv 10-20x slower here.
+        with pinned(Profile("layer", self.threads, self.pin_core)), tempfile.TemporaryDirectory() as work:
             run = self._runner(onnx_model, module.eval(), x, work)
             times = self._timed(run)
         self.measured += 1
@@ -109,14 +113,11 @@ class LayerTimer:
         return lambda: session.run(None, feed)
 
     def _timed(self, run: Callable[[], object]) -> list[float]:
-        from ..bench.harness import Profile, pinned
-
-        with pinned(Profile("layer", self.threads, self.pin_core)):
-            for _ in range(3):
-                run()
-            times = []
-            for _ in range(self.runs):
-                t0 = time.perf_counter_ns()
-                run()
-                times.append((time.perf_counter_ns() - t0) / 1e6)
+        for _ in range(3):
+            run()
+        times = []
+        for _ in range(self.runs):
+            t0 = time.perf_counter_ns()
+            run()
+            times.append((time.perf_counter_ns() - t0) / 1e6)
         return times
