@@ -49,6 +49,7 @@ elif RUNTIME == "openvino":
 else:
     import importlib.metadata
 
+    import executorch.kernels.quantized  # noqa: F401  (the kernels of quantized ops left outside XNNPACK)
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime as ETRuntime
     portable_lib._unsafe_reset_threadpool(spec["threads"])

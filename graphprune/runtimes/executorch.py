@@ -59,6 +59,7 @@ class ExecuTorchModel:
 
     def __init__(self, path: str | os.PathLike):
         with optional_runtime("ExecuTorch"):
+            import executorch.kernels.quantized  # noqa: F401  (kernels of quantized ops left outside XNNPACK)
             from executorch.runtime import Runtime
         path = os.fspath(path)
         try:
