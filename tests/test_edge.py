@@ -320,11 +320,11 @@ def test_prune_to_latency_refuses_a_table_of_another_runtime(tmp_path):
 
 @edge
 def test_prune_to_latency_in_openvino(tmp_path):
-    # 96x96: the convs' work, not OpenVINO's per-call cost, dominates, so 3/4 of the latency is reachable
+    # 96x96: the convs' work, not OpenVINO's per-call cost, dominates, so 60% of the latency is reachable
     model, x = SmallResNet().eval(), torch.randn(1, 3, 96, 96)
     table = LatencyTable(bench.EDGE, path=str(tmp_path / "lut.json"), runs=5, runtime=Runtime.OPENVINO)
     dense = measure_ms(model, (x,), bench.EDGE, runtime=Runtime.OPENVINO)
-    r = prune_to_latency(model, (x,), 0.75 * dense, runtime=Runtime.OPENVINO, table=table, corrections=1)
+    r = prune_to_latency(model, (x,), 0.6 * dense, runtime=Runtime.OPENVINO, table=table, corrections=1)
     assert r.result.report.macs_after < r.result.report.macs_before  # physically smaller
     assert r.measured_ms > 0 and r.predicted_ms > 0 and r.layers_measured > 0
     assert json.loads((tmp_path / "lut.json").read_text())["runtime"] == "openvino"
