@@ -23,6 +23,11 @@ Protocol (one run, CPU, 2 threads, everything seeded):
   batches (no training), (c) after fine-tuning (b) for ``--finetune-epochs`` epochs with the
   same recipe as training at ``--lr * --finetune-lr-scale``. Every criterion gets the same
   fine-tuning schedule and the same data order (the seed is reset before each run).
+* int8 (``--no-int8`` skips it): the unpruned model and every fine-tuned pruned model are exported
+  to ONNX (``export_onnx``, dynamic batch) and quantised to static QDQ int8 with
+  ``graphprune.quantize.quantize_onnx`` calibrated on the same calibration batches (training
+  images); both files are evaluated on the test set in ONNX Runtime, and the table gives the int8
+  accuracy and its change in points against the fp32 ONNX file (goal: at most 0.5 points lost).
 * Output: a table on stdout, ``<out>/digits_pruning.json`` and ``<out>/digits_pruning.png``
   (both written atomically). The best fine-tuned row is marked (ties: fewest MACs, then table order).
 
@@ -38,7 +43,9 @@ import copy
 import importlib.metadata
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 # Idle OpenMP threads sleep instead of spinning: with 2 threads on 2 cores shared with any other
@@ -58,7 +65,9 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import graphprune
 from graphprune.atomic import write_atomically, write_json  # noqa: E402
+from graphprune.export import export_onnx  # noqa: E402
 from graphprune.passes import RecalibrateBatchNorm  # noqa: E402
+from graphprune.quantize import quantize_onnx  # noqa: E402
 
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "activation", "apoz", "random", "flops_l2")
 SCOPES = ("local", "global")
@@ -186,6 +195,29 @@ def accuracy(model: nn.Module, x, y, batch_size: int = 512) -> float:
     return correct / len(x)
 
 
+def onnx_accuracy(path: str, x, y, batch_size: int = 512) -> float:
+    """Test accuracy of an ONNX file in ONNX Runtime (CPU, 1 thread)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    correct = sum(int((session.run(None, {name: xb.numpy()})[0].argmax(1) == yb.numpy()).sum())
+                  for xb, yb in batches(x, y, batch_size))
+    return correct / len(x)
+
+
+def int8_accuracies(model: nn.Module, example, calibration, x, y, directory: str, name: str) -> dict:
+    """fp32 ONNX and static int8 (QDQ) ONNX test accuracies of `model`; int8 calibrated on `calibration`."""
+    fp32, int8 = os.path.join(directory, f"{name}.onnx"), os.path.join(directory, f"{name}.int8.onnx")
+    export_onnx(model.eval(), example, fp32, dynamic_batch=True)
+    quantize_onnx(fp32, int8, [xb for xb, _ in calibration])
+    acc_fp32, acc_int8 = onnx_accuracy(fp32, x, y), onnx_accuracy(int8, x, y)
+    return {"acc_onnx_fp32": acc_fp32, "acc_int8": acc_int8, "int8_delta_points": 100 * (acc_int8 - acc_fp32),
+            "onnx_fp32_bytes": os.path.getsize(fp32), "onnx_int8_bytes": os.path.getsize(int8)}
+
+
 # ----------------------------------------------------------------------------- output
 
 def write_plot(path: str, result: dict) -> None:
@@ -228,15 +260,17 @@ def write_plot(path: str, result: dict) -> None:
 
 
 def format_table(result: dict) -> str:
+    int8 = all("acc_int8" in r for r in result["rows"])
     head = f"{'criterion':<11} {'scope':<7} {'MACs ratio':>10} {'params ratio':>12} {'acc pruned':>10} " \
-           f"{'acc BN-recal':>12} {'acc fine-tuned':>14}"
+           f"{'acc BN-recal':>12} {'acc fine-tuned':>14}" + (f" {'acc int8':>9} {'int8 pts':>8}" if int8 else "")
     lines = [head, "-" * len(head)]
     best = result["best"]
     for r in result["rows"]:
         mark = "  <- best" if (r["criterion"], r["scope"]) == (best["criterion"], best["scope"]) else ""
         lines.append(f"{r['criterion']:<11} {r['scope']:<7} {r['macs_ratio']:>10.3f} {r['params_ratio']:>12.3f} "
                      f"{100 * r['acc_pruned']:>9.2f}% {100 * r['acc_bn_recal']:>11.2f}% "
-                     f"{100 * r['acc_finetuned']:>13.2f}%{mark}")
+                     f"{100 * r['acc_finetuned']:>13.2f}%"
+                     + (f" {100 * r['acc_int8']:>8.2f}% {r['int8_delta_points']:>+8.2f}" if int8 else "") + mark)
     return "\n".join(lines)
 
 
@@ -256,6 +290,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=None, help="upsampled image side (default 16; 8 = native, "
                                                            "the --quick default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-int8", dest="int8", action="store_false",
+                   help="skip the int8 rows (ONNX export + static QDQ quantisation, accuracy in ONNX Runtime)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 2; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny settings to exercise the code path (tests): 1 epoch, "
                    "1 fine-tune epoch, criteria l2,taylor, 8x8 images, 2 calibration batches, 1 thread")
@@ -333,6 +369,11 @@ def run(args) -> dict:
     print(f"unpruned: {macs_before:,} MACs, {params_before:,} params, test accuracy {100 * base_acc:.2f}% "
           f"(trained {args.epochs} epochs in {train_s:.1f} s); target: <= {target_macs:,} MACs\n")
 
+    work = tempfile.mkdtemp(prefix="digits-int8-")
+    unpruned_int8 = int8_accuracies(model, example, calibration, x_te, y_te, work, "unpruned") if args.int8 else {}
+    if unpruned_int8:
+        print(f"unpruned int8 (QDQ, ONNX Runtime): {100 * unpruned_int8['acc_int8']:.2f}% vs fp32 ONNX "
+              f"{100 * unpruned_int8['acc_onnx_fp32']:.2f}% ({unpruned_int8['int8_delta_points']:+.2f} points)\n")
     rows = []
     for criterion in args.criteria:
         for scope in args.scopes:
@@ -357,6 +398,8 @@ def run(args) -> dict:
                    "macs_ratio": rep.macs_after / rep.macs_before, "params_ratio": rep.params_after / rep.params_before,
                    "acc_pruned": acc_pruned, "acc_bn_recal": acc_recal, "acc_finetuned": acc_ft,
                    "prune_s": prune_s, "finetune_s": finetune_s}
+            if args.int8:
+                row.update(int8_accuracies(recal, example, calibration, x_te, y_te, work, f"{criterion}-{scope}"))
             rows.append(row)
             print(f"  {criterion:<10} {scope:<6} MACs x{row['macs_ratio']:.3f} params x{row['params_ratio']:.3f}  "
                   f"acc {100 * acc_pruned:6.2f}% -> {100 * acc_recal:6.2f}% -> {100 * acc_ft:6.2f}%  "
@@ -366,7 +409,8 @@ def run(args) -> dict:
     result = {
         "config": {k: v for k, v in vars(args).items()},
         "macs_fraction": MACS_FRACTION,
-        "unpruned": {"accuracy": base_acc, "macs": macs_before, "params": params_before, "train_s": train_s},
+        "unpruned": {"accuracy": base_acc, "macs": macs_before, "params": params_before, "train_s": train_s,
+                     **unpruned_int8},
         "rows": rows,
         "best": {"criterion": best["criterion"], "scope": best["scope"], "acc_finetuned": best["acc_finetuned"],
                  "delta_points": 100 * (best["acc_finetuned"] - base_acc)},  # > 0: better than unpruned
@@ -383,6 +427,12 @@ def run(args) -> dict:
           f"{delta:+.2f} points vs the unpruned "
           f"{100 * base_acc:.2f}%" + (f" (tied with {', '.join(ties)}; ties go to the fewest MACs, then table order)"
                                       if ties else ""))
+    if args.int8:
+        worst = min(rows, key=lambda r: r["int8_delta_points"])
+        print(f"int8 vs fp32 ONNX, worst row: {worst['criterion']} / {worst['scope']}: "
+              f"{worst['int8_delta_points']:+.2f} points ({100 * worst['acc_onnx_fp32']:.2f}% -> "
+              f"{100 * worst['acc_int8']:.2f}%); files {worst['onnx_fp32_bytes']:,} -> {worst['onnx_int8_bytes']:,} bytes")
+    shutil.rmtree(work, ignore_errors=True)
     json_path, png_path = os.path.join(args.out, JSON_NAME), os.path.join(args.out, PNG_NAME)
     write_plot(png_path, result)
     result["elapsed_s"] = time.perf_counter() - t_start

@@ -35,6 +35,7 @@ from .importance import BUILTIN, Taylor
 from .inputs import check_model, check_model_and_inputs
 from .models import DEFAULT_MODEL, ZOO, get_model
 from .report import PruneReport
+from .runtimes.kinds import Precision, Runtime, parse_precisions, parse_runtimes
 
 PROFILES = {"cpu": bench_mod.CPU, "edge": bench_mod.EDGE}
 TARGETS = ["auto", "ort-x86", "xnnpack", "arm", "none"]
@@ -258,6 +259,11 @@ def write_outputs(out: StagedDirectory, loaded: LoadedModel, result, settings: d
 
 def prune_into(args, out: StagedDirectory, progress: Progress) -> dict:
     """Load, prune and write every artifact into the staging directory; returns report.json's content."""
+    return prune_loaded(args, out, progress)[0]
+
+
+def prune_loaded(args, out: StagedDirectory, progress: Progress) -> tuple[dict, LoadedModel, "graphprune.PruneResult"]:
+    """prune_into, also returning the loaded model and the prune result (the demo builds more files from them)."""
     _check_importance(args)
     with progress.step(f"loading {args.model}"):
         loaded = load_model(args.model, args.input_shape)
@@ -273,7 +279,7 @@ def prune_into(args, out: StagedDirectory, progress: Progress) -> dict:
     settings = {"ratio": args.ratio, "importance": args.importance, "scope": args.scope, "round_to": args.round_to,
                 "target": result.report.target, "target_requested": args.target, "ignore": ignore,
                 "calibration_batches": len(calibration), "verbose": getattr(args, "verbose", False)}
-    return write_outputs(out, loaded, result, settings, progress)
+    return write_outputs(out, loaded, result, settings, progress), loaded, result
 
 
 def cmd_prune(args) -> int:
@@ -397,69 +403,187 @@ def _cli_wording(exc: GraphPruneError) -> str:
     return re.sub(r"input_shapes=\{[^}]*\}", "--input-shape NAME=d0,d1,...", one_line(exc))
 
 
+def _is_file_source(item: str) -> bool:
+    """An ONNX file (by suffix or a path separator), not a model name or package.module:factory."""
+    return item.endswith(".onnx") or os.path.sep in item
+
+
+def _bench_sources(args) -> tuple[dict[str, object], dict[str, int], dict[str, tuple[int, ...]]]:
+    """{variant name: ONNX path or (model, inputs)}, the models' MACs and the ONNX inputs' --input-shape."""
+    named = [e for e in args.input_shape or [] if "=" in e]
+    model_shapes = [e for e in args.input_shape or [] if "=" not in e]
+    if len(model_shapes) > 1:
+        raise CLIError(f"--input-shape without NAME= gives the model input shape once; got {model_shapes}")
+    sources, macs, files = {}, {}, {}
+    for item in args.sources:
+        is_file = _is_file_source(item)
+        name = os.path.splitext(os.path.basename(item))[0] if is_file else item.rpartition(":")[2] or item
+        while name in sources:
+            name += "'"
+        if is_file:
+            sources[name] = files[name] = item
+        else:
+            loaded = load_model(item, model_shapes[0] if model_shapes else None)
+            sources[name] = (loaded.model, loaded.inputs)
+            macs[name] = graphprune.analyse(loaded.model, loaded.inputs).cost.macs
+    shapes = parse_named_shapes(named)
+    check_input_shapes(files, shapes)
+    return sources, macs, shapes
+
+
+def _calibration_batches(source, n: int) -> list:
+    """Random batches shaped like a model's inputs (an ONNX file's static input shapes): int8 for TIMING only."""
+    from .latency import random_calibration
+    from .quantize import onnx_inputs
+
+    if isinstance(source, tuple):
+        return random_calibration(source[1], n)
+    import onnx
+
+    _, specs = onnx_inputs(onnx.load(source, load_external_data=False))
+    if any(d is None for spec in specs for d in spec.shape[1:]):
+        raise CLIError(f"{source}: int8 calibration needs static input shapes beyond the batch dim")
+    shapes = [tuple(1 if d is None else d for d in spec.shape) for spec in specs]
+    return random_calibration(tuple(torch.zeros(s) for s in shapes), n)
+
+
 def cmd_bench(args) -> int:
     progress = Progress(args.quiet)
-    variants = {}
-    for path in args.onnx:
-        name = os.path.splitext(os.path.basename(path))[0]
-        while name in variants:
-            name += "'"
-        variants[name] = path
-    shapes = parse_named_shapes(args.input_shape)
-    check_input_shapes(variants, shapes)
+    runtimes, precisions = parse_runtimes(args.runtime), parse_precisions(args.precision)
+    if args.calibration_batches < 1:
+        raise CLIError(f"--calibration-batches must be >= 1, got {args.calibration_batches}")
+    for runtime in runtimes:
+        runtime.version()  # a missing runtime is one line before any work
+    onnx_files = [s for s in args.sources if _is_file_source(s)]
+    if onnx_files and Runtime.EXECUTORCH in runtimes:
+        raise CLIError(f"{onnx_files[0]} is an ONNX file; ExecuTorch needs the PyTorch model (a built-in model name "
+                       "or package.module:factory), or leave executorch out of --runtime")
+    sources, macs, shapes = _bench_sources(args)
+    if shapes and (Precision.INT8 in precisions or set(runtimes) != {Runtime.ORT}):
+        raise CLIError("--input-shape NAME=... (dynamic ONNX dims) works with --runtime ort --precision fp32 only; "
+                       "export the ONNX file with static shapes for int8 or other runtimes")
+    calibration = None
+    if Precision.INT8 in precisions:
+        progress.note(f"int8 is calibrated on {args.calibration_batches} RANDOM batches: fine for timing, "
+                      "not for accuracy (use graphprune.quantize with real data for that)")
+        calibration = {name: _calibration_batches(src, args.calibration_batches) for name, src in sources.items()}
     profiles = [PROFILES[p] for p in args.profile] if args.profile else [bench_mod.EDGE]
     reports = []
     for profile in profiles:
         try:
-            with progress.step(f"benchmarking {len(variants)} model(s) in ONNX Runtime, profile {profile.name}"):
-                report = bench_mod.benchmark(variants, profile, warmup=args.warmup, repeats=args.repeats,
-                                             rounds=args.rounds, input_shapes=shapes)
+            with progress.step(f"benchmarking {len(sources)} model(s) on {', '.join(r.value for r in runtimes)} "
+                               f"({', '.join(p.value for p in precisions)}), profile {profile.name}"):
+                reports += bench_mod.benchmark_models(sources, runtimes, precisions, profile, calibration=calibration,
+                                                      macs=macs, warmup=args.warmup, repeats=args.repeats,
+                                                      rounds=args.rounds, input_shapes=shapes,
+                                                      min_cosine=TIMING_MIN_COSINE)
         except GraphPruneError as exc:
             raise CLIError(_cli_wording(exc)) from exc
+    for report in reports:
         print(report.format_table())
-        reports.append(report)
     if args.json:
         write_json(args.json, [r.to_json() for r in reports])
         print(f"wrote {args.json}")
+    if args.plot:
+        bench_mod.plot_latency_vs_macs(reports, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
 # ----------------------------------------------------------------------------- demo
 
 
+#: int8 vs fp32 cosine floor when int8 is calibrated on random inputs for timing (demo, bench)
+TIMING_MIN_COSINE = 0.9
+
+
+def default_demo_runtimes() -> str:
+    """ORT always, OpenVINO when installed; ExecuTorch is opt-in (lowering ResNet-50 takes 20-100 s)."""
+    return ",".join(r.value for r in (Runtime.ORT, Runtime.OPENVINO) if r.installed())
+
+
 def cmd_demo(args) -> int:
     progress = Progress(args.quiet)
+    runtimes = parse_runtimes(args.runtime or default_demo_runtimes())
+    for runtime in runtimes:
+        runtime.version()
     out_path = args.out or tempfile.mkdtemp(prefix="graphprune-demo-")
     try:
-        return _demo_into(args, out_path, progress)
+        return _demo_into(args, runtimes, out_path, progress)
     except BaseException:
         if not args.out:
             shutil.rmtree(out_path, ignore_errors=True)  # the temporary directory we made, nothing else
         raise
 
 
-def _demo_into(args, out_path: str, progress: Progress) -> int:
-    """demo's work: prune, export, benchmark, plot; all staged, then written to `out_path` at once."""
+def _demo_artifacts(out: StagedDirectory, runtime: Runtime, loaded: LoadedModel, pruned, calibration) -> dict:
+    """{variant: file} of original, pruned and pruned+int8 for one runtime (ONNX files are already staged)."""
+    onnx_files = {"original": out.file("original.onnx"), "pruned": out.file("model.onnx"),
+                  "pruned+int8": out.file("model.int8.onnx")}
+    if runtime is Runtime.ORT:
+        return onnx_files
+    if runtime is Runtime.OPENVINO:
+        from .runtimes import export_openvino
+
+        return {v: export_openvino(path, loaded.inputs, path[:-len(".onnx")] + ".xml",
+                                   min_cosine=TIMING_MIN_COSINE).xml_path for v, path in onnx_files.items()}
+    from .runtimes import export_executorch
+
+    return {"original": export_executorch(loaded.model, loaded.inputs, out.file("original.pte")).path,
+            "pruned": export_executorch(pruned, loaded.inputs, out.file("model.pte")).path,
+            "pruned+int8": export_executorch(pruned, loaded.inputs, out.file("model.int8.pte"),
+                                             quantize=calibration, min_cosine=TIMING_MIN_COSINE).path}
+
+
+def demo_table(reports) -> str:
+    """dense -> pruned -> pruned+int8 per runtime: p50 and speed-up over dense."""
+    lines = [f"{'runtime':28s}{'dense ms':>10s}{'pruned ms':>11s}{'pruned+int8 ms':>16s}{'pruned x':>10s}"
+             f"{'pruned+int8 x':>15s}"]
+    for r in reports:
+        p50 = {row.name: row.p50_ms for row in r.rows}
+        label = f"{r.runtime.label} {r.runtime_version}" + (f" ({r.profile.name})" if r.profile.name != "edge" else "")
+        lines.append(f"{label:28s}{p50['original']:10.2f}{p50['pruned']:11.2f}{p50['pruned+int8']:16.2f}"
+                     f"{p50['original'] / p50['pruned']:10.2f}{p50['original'] / p50['pruned+int8']:15.2f}")
+    return "\n".join(lines)
+
+
+def _demo_into(args, runtimes, out_path: str, progress: Progress) -> int:
+    """demo's work: prune, export, quantise, benchmark on every runtime, plot; all staged, then written at once."""
+    from .latency import random_calibration
+    from .quantize import quantize_onnx
+
     prune_args = argparse.Namespace(model=args.model, input_shape=None, ratio=args.ratio, importance="l2",
                                     scope="local", ignore=[], round_to=args.round_to, target=args.target,
                                     calibration_batches=1)
     with StagedDirectory(out_path, replace=args.force) as out:
-        summary = prune_into(prune_args, out, progress)
-        macs = {"original": summary["report"]["macs_before"], "pruned": summary["report"]["macs_after"]}
-        variants = {"original": out.file("original.onnx"), "pruned": out.file("model.onnx")}
+        summary, loaded, result = prune_loaded(prune_args, out, progress)
+        calibration = random_calibration(loaded.inputs, 4)
+        with progress.step("quantising the pruned model to int8 (static QDQ, 4 random calibration batches)"):
+            # random weights and random calibration data: int8 here is for timing, so the floor is low
+            q = quantize_onnx(out.file("model.onnx"), out.file("model.int8.onnx"), calibration,
+                              min_cosine=TIMING_MIN_COSINE)
+        macs = {"original": summary["report"]["macs_before"], "pruned": summary["report"]["macs_after"],
+                "pruned+int8": summary["report"]["macs_after"]}
+        runs = [(runtime, bench_mod.EDGE) for runtime in runtimes] + [(Runtime.ORT, bench_mod.CPU)]
         reports = []
-        for profile in (bench_mod.EDGE, bench_mod.CPU):
-            with progress.step(f"benchmarking original vs pruned in ONNX Runtime, profile {profile.name}"):
-                report = bench_mod.benchmark(variants, profile, warmup=args.warmup, repeats=args.repeats, macs=macs)
+        for runtime, profile in runs:
+            with progress.step(f"building and benchmarking the {runtime.label} files, profile {profile.name}"):
+                variants = _demo_artifacts(out, runtime, loaded, result.model, calibration)
+                report = bench_mod.benchmark(variants, profile, runtime=runtime, warmup=args.warmup,
+                                             repeats=args.repeats, macs=macs)
             # the files were timed in the staging directory; the report names where they will live
             report = dataclasses.replace(report, rows=tuple(
                 dataclasses.replace(r, path=os.path.join(out_path, os.path.basename(r.path))) for r in report.rows))
             print()
             print(report.format_table())
             reports.append(report)
+        print(f"\nint8 calibrated on 4 random batches (timing only; cosine vs fp32 {q.cosine:.4f}); "
+              f"{args.model} at ratio {args.ratio}:")
+        print(demo_table(reports))
         write_json(out.file("bench.json"), [r.to_json() for r in reports])
         try:
-            reports[0].plot(out.file("latency_vs_macs.png"))
+            bench_mod.plot_latency_vs_macs([r for r in reports if r.profile.name == "edge"],
+                                           out.file("latency_vs_macs.png"))
         except GraphPruneError as exc:
             progress.note(f"no plot: {one_line(exc)}")
         written = out.commit()
@@ -561,11 +685,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("bench", help="time ONNX models in ONNX Runtime")
-    p.add_argument("onnx", nargs="+", metavar="MODEL.onnx", help="ONNX files to time (at least one)")
-    p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
-                   help="concrete shape for an ONNX input with dynamic dims, e.g. input_0=1,3,224,224 (repeatable; "
-                        "a dynamic dim 0 defaults to 1)")
+    p = sub.add_parser("bench", help="time models or ONNX files in ONNX Runtime, OpenVINO, ExecuTorch; fp32, int8")
+    p.add_argument("sources", nargs="+", metavar="MODEL_OR_ONNX",
+                   help="ONNX files (.onnx) or models (a built-in name or package.module:factory) to time")
+    p.add_argument("--input-shape", action="append", metavar="[NAME=]D0,D1,...",
+                   help="NAME=dims: concrete shape for an ONNX input with dynamic dims, e.g. input_0=1,3,224,224 "
+                        "(repeatable; a dynamic dim 0 defaults to 1); dims alone: the input shape of a "
+                        "package.module:factory MODEL")
+    p.add_argument("--runtime", default="ort", metavar="R[,R...]",
+                   help="ort, openvino, executorch, comma-separated (default ort); OpenVINO and ExecuTorch need "
+                        "pip install 'graphprune[edge]'; ExecuTorch needs a MODEL, not an ONNX file")
+    p.add_argument("--precision", default="fp32", metavar="P[,P...]",
+                   help="fp32, int8, comma-separated (default fp32); int8 is static post-training quantisation "
+                        "calibrated on RANDOM batches (timing only)")
+    p.add_argument("--calibration-batches", type=int, default=4, metavar="N",
+                   help="random batches for int8 calibration (default 4)")
+    p.add_argument("--plot", metavar="PNG", help="also plot p50 latency against MACs per runtime (needs matplotlib)")
     p.add_argument("--profile", action="append", choices=sorted(PROFILES),
                    help="cpu (all cores) or edge (one pinned thread); repeatable; default edge")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs per model (default 10)")
@@ -579,6 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in model name (default {DEFAULT_MODEL})")
     p.add_argument("--ratio", type=float, default=0.5, help="share of channels removed per group (default 0.5)")
     _add_target(p)
+    p.add_argument("--runtime", default=None, metavar="R[,R...]",
+                   help="runtimes to show dense -> pruned -> pruned+int8 on (default: ort, and openvino when "
+                        "installed); add executorch to include ExecuTorch-XNNPACK (slow: lowering takes minutes)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs per model (default 10)")
     p.add_argument("--repeats", type=int, default=50, help="timed runs per model (default 50)")
     _add_out(p, required=False)

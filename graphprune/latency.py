@@ -1,10 +1,15 @@
-"""Latency-aware planning: per-layer ONNX Runtime latencies, measured once and cached on disk.
+"""Latency-aware planning: per-layer latencies in a runtime (ONNX Runtime, OpenVINO or ExecuTorch, fp32
+or int8), measured once and cached on disk.
 
 Model latency is predicted as
     sum over conv/linear layers of LUT(layer shape after the plan)
     + other * (activation volume after / before)
-where LUT entries are single-layer ONNX models timed in ONNX Runtime under the profile's
-settings (keyed by layer shape; the cache file is keyed by CPU, ORT version and threads),
+(the layer sum scaled down to the measured latency when it exceeds it: `scale` = min(1, measured / sum))
+where LUT entries are single layers timed by :class:`graphprune.runtimes.layers.LayerTimer` in the
+runtime at the precision, under the profile's threads and pinning (keyed by layer shape; the cache
+file is keyed by CPU, runtime and its version, precision, threads), each minus the runtime's
+per-call overhead (the latency of a 1x1 linear layer: a one-layer model pays it once per layer, the
+whole model once; it is largest in OpenVINO, whose every call goes through its worker threads),
 and `other` is the measured latency of the whole unpruned model minus its layers' sum
 (element-wise ops, pooling, layout changes), scaled by how much activation data is left.
 `prune_to_latency` bisects the plan on that prediction, measures the result, and re-plans
@@ -13,112 +18,92 @@ returns is measured.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
-import platform
-import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 
-import numpy as np
-import onnx
-import onnxruntime as ort
+import torch
 import torch.fx as fx
 import torch.nn as nn
-from onnx import TensorProto, helper, numpy_helper
 
 from . import bench
 from .analysis import Analysis, PruneResult, analyse
 from .atomic import write_json
 from .cost import kept_share
-from .export import export_onnx
+from .errors import InputError
 from .groups import DependencyGraph, Role, Slot
 from .options import CountBudget, Options
 from .planner import PrunePlan
+from .runtimes.artifacts import build_artifacts
+from .runtimes.kinds import Precision, Runtime
+from .runtimes.layers import LayerTimer
 from .trace import value_meta
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.machine())
-    except OSError:
-        return platform.processor() or platform.machine()
+def cache_root() -> str:
+    """Where measured tables and profiles live: $GRAPHPRUNE_CACHE, else ~/.cache/graphprune."""
+    return os.environ.get("GRAPHPRUNE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "graphprune"))
 
 
-def default_cache_path(profile: bench.Profile) -> str:
-    key = f"{_cpu_name()}|ort {ort.__version__}|threads {profile.intra_op_threads}|{profile.graph_optimization_level}"
+def default_cache_path(profile: bench.Profile, runtime: Runtime = Runtime.ORT,
+                       precision: Precision = Precision.FP32) -> str:
+    """The table file of this CPU, runtime version, precision and thread count (ORT: also its optimisation level)."""
+    key = f"{bench.cpu_name()}|{runtime.value} {runtime.version()}|threads {profile.intra_op_threads}"
+    key += f"|{profile.graph_optimization_level}" if runtime is Runtime.ORT else ""
+    key += f"|{precision.value}" if precision is not Precision.FP32 else ""
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    root = os.environ.get("GRAPHPRUNE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "graphprune"))
-    return os.path.join(root, f"latency-{digest}.json")
+    return os.path.join(cache_root(), f"latency-{digest}.json")
 
 
 class LatencyTable:
-    """Layer-shape -> median milliseconds, measured on first use and saved (atomically) on `save()`."""
+    """Layer-shape -> median milliseconds in one runtime and precision, measured on first use and saved
+    (atomically) on `save()`."""
 
-    def __init__(self, profile: bench.Profile = bench.EDGE, path: str | None = None, runs: int = 15):
-        self.profile, self.runs = profile, runs
-        self.path = path or default_cache_path(profile)
+    def __init__(self, profile: bench.Profile = bench.EDGE, path: str | None = None, runs: int = 15, *,
+                 runtime: Runtime = Runtime.ORT, precision: Precision = Precision.FP32):
+        self.profile, self.runs, self.runtime, self.precision = profile, runs, runtime, precision
+        self.path = path or default_cache_path(profile, runtime, precision)
         self.entries: dict[str, float] = {}
-        self.measured = 0
+        self.timer = LayerTimer(runtime, precision, threads=profile.intra_op_threads, pin_core=profile.pin_core,
+                                runs=runs)
         if os.path.exists(self.path):
             with open(self.path) as f:
                 self.entries = json.load(f).get("entries", {})
 
+    @property
+    def measured(self) -> int:
+        """Layers timed by this table (not read from the cache file)."""
+        return self.timer.measured
+
+    def overhead_ms(self) -> float:
+        """The runtime's per-call cost: the latency of a 1x1 linear layer (measured once, kept with the entries)."""
+        if "overhead" not in self.entries:
+            self.entries["overhead"] = self.timer.linear_ms(1, 1, 1)
+        return self.entries["overhead"]
+
     def conv_ms(self, n, cin, cout, h, w, k, stride, pad, groups, dilation=(1, 1)) -> float:
+        """The conv's latency minus the per-call overhead (entries keep the measured latency)."""
         key = f"conv n{n} c{cin}>{cout} {h}x{w} k{k} s{stride} p{pad} g{groups} d{dilation}"
         if key not in self.entries:
-            self.entries[key] = self._time(_conv_model(n, cin, cout, h, w, k, stride, pad, groups, dilation), (n, cin, h, w))
-        return self.entries[key]
+            self.entries[key] = self.timer.conv_ms(n, cin, cout, h, w, k, stride, pad, groups, dilation)
+        return max(self.entries[key] - self.overhead_ms(), 0.0)
 
     def linear_ms(self, rows, fin, fout) -> float:
+        """The layer's latency minus the per-call overhead (entries keep the measured latency)."""
         key = f"linear r{rows} {fin}>{fout}"
         if key not in self.entries:
-            self.entries[key] = self._time(_linear_model(rows, fin, fout), (rows, fin))
-        return self.entries[key]
-
-    def _time(self, model: onnx.ModelProto, shape) -> float:
-        options = bench.session_options(self.profile)
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        x = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-        with bench.pinned(self.profile):
-            for _ in range(3):
-                session.run(None, x)
-            times = []
-            for _ in range(self.runs):
-                t0 = time.perf_counter_ns()
-                session.run(None, x)
-                times.append((time.perf_counter_ns() - t0) / 1e6)
-        self.measured += 1
-        return statistics.median(times)
+            self.entries[key] = self.timer.linear_ms(rows, fin, fout)
+        return max(self.entries[key] - self.overhead_ms(), 0.0)
 
     def save(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        write_json(self.path, {"cpu": _cpu_name(), "onnxruntime": ort.__version__, "entries": self.entries})
-
-
-def _conv_model(n, cin, cout, h, w, k, stride, pad, groups, dilation) -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.standard_normal((cout, cin // groups, *k)).astype(np.float32), "w")
-    bias = numpy_helper.from_array(np.zeros(cout, np.float32), "b")
-    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=list(k), strides=list(stride),
-                            pads=list(pad) * 2, group=groups, dilations=list(dilation))
-    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, cin, h, w])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight, bias])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-
-
-def _linear_model(rows, fin, fout) -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.standard_normal((fin, fout)).astype(np.float32), "w")
-    bias = numpy_helper.from_array(np.zeros(fout, np.float32), "b")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["t"]), helper.make_node("Add", ["t", "b"], ["y"])]
-    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, fin])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight, bias])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+        write_json(self.path, {"cpu": bench.cpu_name(), "runtime": self.runtime.value,
+                               "runtime_version": self.timer.version, "precision": self.precision.value,
+                               "threads": self.profile.intra_op_threads, "entries": self.entries})
 
 
 @dataclass(frozen=True)
@@ -150,6 +135,9 @@ class LatencyModel:
                 self.volumes.append((Slot(node.name, graph.channel_dims[node.name]), math.prod(meta.shape)))
         self.layers_full = sum(self._layer_ms(layer, lambda s: None) for layer in self.layers)
         self.other = max(0.0, measured_ms - self.layers_full)
+        # layers timed alone can add up to more than the whole model (per-call costs, caches): scale them so
+        # that the unpruned model is predicted at its measured latency
+        self.scale = min(1.0, measured_ms / self.layers_full) if self.layers_full > 0 else 1.0
         self.volume_full = sum(v for _, v in self.volumes)
 
     def _kept(self, plan: PrunePlan):
@@ -176,15 +164,27 @@ class LatencyModel:
         for slot, v in self.volumes:
             k, n = kept_share(self.graph, plan, slot) or (1, 1)
             volume += v * k / n
-        return layers + self.other * volume / max(self.volume_full, 1)
+        return self.scale * layers + self.other * volume / max(self.volume_full, 1)
 
 
-def measure_ms(model: nn.Module, example_inputs, profile: bench.Profile, *, repeats: int = 30) -> float:
-    """p50 latency of `model` exported to ONNX, timed by the benchmark harness."""
+def random_calibration(example_inputs, n: int = 4, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
+    """Seeded random batches shaped like the inputs: int8 calibration for LATENCY only (not for accuracy)."""
+    g = torch.Generator().manual_seed(seed)
+    return [tuple(torch.randn(t.shape, generator=g).to(t.dtype) for t in example_inputs) for _ in range(n)]
+
+
+def measure_ms(model: nn.Module, example_inputs, profile: bench.Profile, *, repeats: int = 30,
+               runtime: Runtime = Runtime.ORT, precision: Precision = Precision.FP32, calibration=None) -> float:
+    """p50 latency of `model` in `runtime` at `precision`, timed by the benchmark harness.
+
+    int8 calibrates on `calibration`, else on random batches (fine for timing, not for accuracy)."""
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if precision is Precision.INT8 and calibration is None:
+        calibration = random_calibration(inputs)
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "m.onnx")
-        export_onnx(model, example_inputs, path)
-        report = bench.benchmark({"m": path}, profile, warmup=5, repeats=repeats, rounds=1)
+        path = build_artifacts(model, inputs, tmp, "m", (runtime,), (precision,), calibration=calibration)
+        report = bench.benchmark({"m": path[runtime, precision]}, profile, warmup=5, repeats=repeats, rounds=1,
+                                 runtime=runtime)
     return report.rows[0].p50_ms
 
 
@@ -214,8 +214,10 @@ class LatencyResult:
 
 
 def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, profile: bench.Profile = bench.EDGE,
+                     runtime: Runtime = Runtime.ORT, precision: Precision = Precision.FP32,
                      table: LatencyTable | None = None, corrections: int = 2, **prune_kwargs) -> LatencyResult:
-    """Prune until the ONNX Runtime latency in `profile` is at most about `target_ms` (measured, see module docstring).
+    """Prune until the latency in `runtime` at `precision` under `profile` is at most about `target_ms`
+    (measured, see module docstring). int8 is calibrated on random batches: latency, not accuracy.
 
     `prune_kwargs`: prune_graph's keywords for the strategy, target, calibration and `ignore`
     (and `rules`, `strict` for the analysis). The model is traced once.
@@ -223,9 +225,13 @@ def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, prof
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     rules, strict = prune_kwargs.pop("rules", None), prune_kwargs.pop("strict", False)
     options = Options.from_keywords(**prune_kwargs)
-    table = table or LatencyTable(profile)
+    table = table or LatencyTable(profile, runtime=runtime, precision=precision)
+    if (table.runtime, table.precision) != (runtime, precision):
+        raise InputError(f"the latency table measures {table.runtime.value}/{table.precision.value}, but "
+                         f"prune_to_latency was asked for {runtime.value}/{precision.value}; pass a matching table")
+    measure = functools.partial(measure_ms, profile=profile, runtime=runtime, precision=precision)
     before_entries = len(table.entries)
-    original_ms = measure_ms(model, inputs, profile)
+    original_ms = measure(model, inputs)
     analysis = analyse(model, inputs, rules=rules, strict=strict)
     latency = LatencyModel(analysis.graph_module, analysis.dependencies, table, original_ms)
     goal = target_ms
@@ -233,7 +239,7 @@ def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, prof
     for _ in range(corrections + 1):
         result = options.prune(analysis, LatencyBudget(goal, latency, original_ms))
         predicted = latency.predict(result.plan)
-        measured = measure_ms(result.model, inputs, profile)
+        measured = measure(result.model, inputs)
         if abs(measured - target_ms) <= 0.05 * target_ms:
             break
         goal = goal * target_ms / measured  # the prediction's bias at this size, corrected by measurement

@@ -10,9 +10,14 @@ import torch
 import torch.nn as nn
 from onnx import TensorProto, helper
 
-from graphprune.bench import CPU, EDGE, BenchReport, Profile, benchmark
-from graphprune.errors import BenchError
+import onnxruntime as ort
+
+from graphprune.bench import (CPU, EDGE, BenchReport, Precision, Profile, Runtime, benchmark, benchmark_models,
+                              cpu_name, plot_latency_vs_macs)
+from graphprune.errors import BenchError, CalibrationError, InputError
 from graphprune.export import export_onnx
+from graphprune.quantize import is_quantized_onnx
+from graphprune.runtimes import parse_precisions, parse_runtimes
 
 WARMUP, REPEATS, ROUNDS = 2, 10, 2
 
@@ -69,8 +74,11 @@ def test_report_states_the_protocol(report):
         assert report.pinned_core in os.sched_getaffinity(0)
     else:
         assert report.pinned_core is None or report.profile.pin_core
-    header = report.format_table().splitlines()[0]
-    assert f"{report.profile.intra_op_threads} intra-op thread(s)" in header
+    names, header = report.format_table().splitlines()[:2]
+    assert names == f"ONNX Runtime {report.runtime_version} on {report.cpu}"  # every figure names CPU and version
+    assert report.runtime is Runtime.ORT and report.runtime_version == report.onnxruntime_version == ort.__version__
+    assert report.cpu == cpu_name() and report.cpu
+    assert f"{report.profile.intra_op_threads} thread(s)" in header
     assert "ORT_ENABLE_ALL" in header and "spinning off" in header
 
 
@@ -204,3 +212,84 @@ def test_bad_arguments_are_bench_errors(models, kwargs, match):
 def test_no_variants_is_a_bench_error():
     with pytest.raises(BenchError, match="at least one variant"):
         benchmark({}, EDGE)
+
+
+# ----------------------------------------------------------------------------- runtimes and precisions
+
+
+def test_runtime_and_precision_names():
+    assert parse_runtimes("ort, openvino,ort") == (Runtime.ORT, Runtime.OPENVINO)
+    assert parse_precisions([Precision.INT8, "fp32"]) == (Precision.INT8, Precision.FP32)
+    with pytest.raises(InputError, match="unknown runtime 'onnx'; use one of ort, openvino, executorch"):
+        parse_runtimes("onnx")
+    with pytest.raises(InputError, match="no precision given"):
+        parse_precisions(" , ")
+
+
+def _calibration(n=4):
+    g = torch.Generator().manual_seed(5)
+    return [torch.randn(2, 3, 16, 16, generator=g) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def ort_matrix(tmp_path_factory):
+    d = tmp_path_factory.mktemp("matrix")
+    x = torch.randn(2, 3, 16, 16)
+    models = {"wide": (_tiny_cnn(16), (x,)), "narrow": (_tiny_cnn(4), (x,))}
+    macs = {"wide": 1000, "narrow": 250}
+    (report,) = benchmark_models(models, "ort", "fp32,int8", EDGE, calibration=_calibration(), directory=d,
+                                 macs=macs, warmup=1, repeats=4, rounds=2)
+    return report, d
+
+
+def test_benchmark_models_times_every_model_at_every_precision_in_one_run(ort_matrix):
+    report, d = ort_matrix
+    assert [r.name for r in report.rows] == ["wide", "wide+int8", "narrow", "narrow+int8"]
+    assert report.runtime is Runtime.ORT and report.runtime_version == ort.__version__
+    rows = {r.name: r for r in report.rows}
+    for name in ("wide", "narrow"):
+        fp32, int8 = rows[name], rows[name + "+int8"]
+        assert fp32.runs == int8.runs == 4 and fp32.macs == int8.macs
+        assert is_quantized_onnx(onnx.load(int8.path)) and not is_quantized_onnx(onnx.load(fp32.path))
+        assert os.path.dirname(int8.path) == str(d)
+
+
+def test_plot_of_latency_against_macs(ort_matrix, tmp_path):
+    report, _ = ort_matrix
+    plot_latency_vs_macs([report], tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert os.listdir(tmp_path) == ["plot.png"]
+
+
+def test_runtime_must_be_the_enum_and_fit_the_file(models):
+    paths, _ = models
+    with pytest.raises(BenchError, match="runtime must be a graphprune.runtimes.Runtime"):
+        benchmark(paths, EDGE, runtime="ort")
+    with pytest.raises(BenchError, match=r"ExecuTorch-XNNPACK reads \.pte files"):
+        benchmark(paths, EDGE, runtime=Runtime.EXECUTORCH)
+    with pytest.raises(BenchError, match="ExecuTorch needs the PyTorch model"):
+        benchmark_models(paths, "ort,executorch")
+
+
+def test_int8_needs_calibration(tmp_path):
+    with pytest.raises(CalibrationError, match="need calibration batches"):
+        benchmark_models({"m": (_tiny_cnn(4), (torch.randn(1, 3, 16, 16),))}, "ort", "int8", directory=tmp_path)
+
+
+@pytest.mark.edge
+def test_openvino_and_executorch_fp32_and_int8(tmp_path):
+    x = torch.randn(2, 3, 16, 16)
+    reports = benchmark_models({"m": (_tiny_cnn(16), (x,))}, "openvino,executorch", "fp32,int8",
+                               calibration=_calibration(), directory=tmp_path, macs={"m": 1000},
+                               warmup=1, repeats=4, rounds=2)
+    assert [r.runtime for r in reports] == [Runtime.OPENVINO, Runtime.EXECUTORCH]
+    for report in reports:
+        assert report.runtime_version == report.runtime.version() and report.onnxruntime_version == ""
+        assert [r.name for r in report.rows] == ["m", "m+int8"]
+        assert all(r.runs == 4 and r.p50_ms > 0 and r.load_ms > 0 for r in report.rows)
+        assert BenchReport.from_json(json.loads(json.dumps(report.to_json()))) == report
+    ov_rows = reports[0].rows
+    for r in ov_rows:  # an IR's size is its .xml and its .bin
+        assert r.path.endswith(".xml")
+        assert r.file_bytes == os.path.getsize(r.path) + os.path.getsize(r.path[:-4] + ".bin")
+    assert [r.path.endswith(".pte") for r in reports[1].rows] == [True, True]

@@ -1,11 +1,13 @@
 """graphprune bench on an ONNX file with dynamic dims: --input-shape NAME=... gives them sizes."""
+import importlib.metadata
 import json
 
 import pytest
 import torch
 
-from graphprune.cli import CLIError, check_input_shapes, parse_named_shapes
-from cli_support import assert_one_line_error, run_cli
+from graphprune.cli import CLIError, check_input_shapes, main, parse_named_shapes
+from graphprune.runtimes import Runtime
+from cli_support import assert_one_line_error, run_cli, write_factories
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +59,61 @@ def test_batch_dim_may_stay_dynamic(dynamic_onnx):
     check_input_shapes({"dyn": str(dynamic_onnx)}, parse_named_shapes(["image=1,3,8,8"]))  # no error
     with pytest.raises(CLIError, match="dynamic dim 2"):  # dim 0 alone would default to 1; 2 and 3 cannot
         check_input_shapes({"dyn": str(dynamic_onnx)}, {})
+
+
+# ----------------------------------------------------------------------------- runtimes, precisions, models
+
+
+@pytest.fixture(scope="module")
+def factories(tmp_path_factory):
+    return write_factories(tmp_path_factory.mktemp("factories"))
+
+
+def test_bench_a_model_at_fp32_and_int8_with_a_plot(factories, tmp_path):
+    proc = run_cli("bench", "gp_cli_models.zoo:concat", "--input-shape", "1,3,16,16", "--precision", "fp32,int8",
+                   *FAST, "--json", tmp_path / "b.json", "--plot", tmp_path / "p.png", path=[factories])
+    assert proc.returncode == 0, proc.stderr
+    (report,) = json.loads((tmp_path / "b.json").read_text())
+    assert report["runtime"] == "ort" and report["runtime_version"] and report["cpu"]
+    assert [r["name"] for r in report["rows"]] == ["concat", "concat+int8"]
+    assert report["rows"][0]["macs"] == report["rows"][1]["macs"] > 0
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"ONNX Runtime {report['runtime_version']} on {report['cpu']}" in proc.stdout
+
+
+def _one_line_error(capsys, argv) -> str:
+    """main(argv) in this process: exit code 2 and exactly one line on stderr, which is returned."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("graphprune: error: "), err
+    return err[0]
+
+
+def test_unknown_runtime_or_precision_is_one_line(dynamic_onnx, capsys):
+    assert "unknown runtime 'tflite'; use one of ort, openvino, executorch" in _one_line_error(
+        capsys, ["bench", dynamic_onnx, "--runtime", "ort,tflite", *FAST])
+    assert "unknown precision 'fp16'; use one of fp32, int8" in _one_line_error(
+        capsys, ["bench", dynamic_onnx, "--precision", "fp16", *FAST])
+
+
+def test_what_an_onnx_file_cannot_do(dynamic_onnx, capsys):
+    assert "works with --runtime ort --precision fp32 only" in _one_line_error(
+        capsys, ["bench", dynamic_onnx, "--precision", "int8", "--input-shape", "image=1,3,8,8", *FAST])
+    expected = ("ExecuTorch needs the PyTorch model" if Runtime.EXECUTORCH.installed()
+                else "pip install 'graphprune[edge]'")
+    assert expected in _one_line_error(capsys, ["bench", dynamic_onnx, "--runtime", "ort,executorch", *FAST])
+
+
+def test_missing_runtime_names_the_extra(dynamic_onnx, monkeypatch, capsys):
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "openvino":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert main(["bench", str(dynamic_onnx), "--runtime", "ort,openvino", *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["graphprune: error: OpenVINO is not installed; install the edge runtimes with: "
+                   "pip install 'graphprune[edge]'"]

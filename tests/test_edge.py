@@ -5,6 +5,7 @@ and runs them); the ONNX Runtime int8 tests, the missing-runtime and bad-calibra
 neither and run in the default suite. Every artefact is reloaded here with the runtime's own API,
 not graphprune's wrapper, and run on inputs that were not used to build or calibrate it.
 """
+import json
 import os
 import subprocess
 import sys
@@ -15,11 +16,13 @@ import torch
 import torch.nn as nn
 
 import graphprune
-from graphprune.errors import CalibrationError, ExportError, MissingRuntimeError
+from graphprune import bench
+from graphprune.errors import CalibrationError, ExportError, InputError, MissingRuntimeError
 from graphprune.export import export_onnx
 from graphprune.models import get_model
 from graphprune.quantize import is_quantized_onnx, quantize_onnx
-from graphprune.runtimes import export_executorch, export_openvino
+from graphprune.latency import LatencyTable, default_cache_path, prune_to_latency
+from graphprune.runtimes import Precision, Runtime, export_executorch, export_openvino
 
 edge = pytest.mark.edge
 
@@ -280,3 +283,36 @@ def test_missing_runtime_names_the_extra(monkeypatch, tmp_path, module, call):
         call(model, x, tmp_path)
     assert len(str(info.value).splitlines()) == 1
     assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- latency tables in every runtime
+
+
+@pytest.mark.parametrize("runtime, precision", [
+    (Runtime.ORT, Precision.INT8),
+    pytest.param(Runtime.OPENVINO, Precision.FP32, marks=edge),
+    pytest.param(Runtime.EXECUTORCH, Precision.INT8, marks=edge),
+])
+def test_latency_table_measures_in_the_runtime(tmp_path, runtime, precision):
+    path = tmp_path / "lut.json"
+    table = LatencyTable(bench.EDGE, path=str(path), runs=3, runtime=runtime, precision=precision)
+    conv = table.conv_ms(1, 16, 16, 8, 8, (3, 3), (1, 1), (1, 1), 1)
+    linear = table.linear_ms(4, 16, 8)
+    assert conv >= 0 and linear >= 0 and table.measured == 3  # two layers and the per-call overhead
+    assert all(v > 0 for v in table.entries.values())
+    assert conv == max(table.entries[next(k for k in table.entries if k.startswith("conv"))]
+                       - table.overhead_ms(), 0.0)
+    table.save()
+    data = json.loads(path.read_text())
+    assert (data["runtime"], data["precision"]) == (runtime.value, precision.value)
+    assert data["runtime_version"] == runtime.version() and len(data["entries"]) == 3
+    again = LatencyTable(bench.EDGE, path=str(path), runs=3, runtime=runtime, precision=precision)
+    assert again.conv_ms(1, 16, 16, 8, 8, (3, 3), (1, 1), (1, 1), 1) == conv and again.measured == 0
+    others = {default_cache_path(bench.EDGE, r, p) for r in (Runtime.ORT, runtime) for p in Precision}
+    assert len(others) == (2 if runtime is Runtime.ORT else 4)  # one table per runtime and precision
+
+
+def test_prune_to_latency_refuses_a_table_of_another_runtime(tmp_path):
+    table = LatencyTable(bench.EDGE, path=str(tmp_path / "lut.json"), runtime=Runtime.ORT, precision=Precision.INT8)
+    with pytest.raises(InputError, match="the latency table measures ort/int8"):
+        prune_to_latency(SmallResNet().eval(), torch.randn(1, 3, 32, 32), 1.0, table=table)

@@ -59,6 +59,7 @@ class ExecuTorchModel:
 
     def __init__(self, path: str | os.PathLike):
         with optional_runtime("ExecuTorch"):
+            import executorch.kernels.quantized  # noqa: F401  (kernels of quantized ops left outside XNNPACK)
             from executorch.runtime import Runtime
         path = os.fspath(path)
         try:
@@ -114,6 +115,9 @@ def _quantized(program: torch.export.ExportedProgram, inputs: tuple[torch.Tensor
 def _lower(program: torch.export.ExportedProgram, where: str) -> tuple[bytes, int, tuple[str, ...]]:
     """The XNNPACK-delegated .pte bytes, the delegated op count and the names of undelegated ops."""
     with optional_runtime("ExecuTorch"):
+        # registers the out variants of quantized_decomposed ops that XNNPACK leaves outside its subgraphs
+        # (without it, an int8 pruned ViT fails with "Missing out variants: dequantize_per_channel")
+        import executorch.kernels.quantized  # noqa: F401
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
     try:

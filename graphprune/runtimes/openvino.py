@@ -73,12 +73,16 @@ class OpenVINOModel:
         self._request = self._compiled.create_infer_request()
 
     def __call__(self, *inputs: torch.Tensor | np.ndarray) -> list[np.ndarray]:
+        self.infer(*inputs)
+        return [self._request.get_output_tensor(i).data.copy() for i in range(len(self._compiled.outputs))]
+
+    def infer(self, *inputs: torch.Tensor | np.ndarray) -> None:
+        """Run once and keep the outputs inside the request (no copy: what a latency timer should measure)."""
         arrays = [t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in inputs]
         try:
             self._request.infer(arrays)
         except Exception as exc:
             raise ExportError(f"OpenVINO failed to run {self.path}: {first_line(exc)}") from exc
-        return [self._request.get_output_tensor(i).data.copy() for i in range(len(self._compiled.outputs))]
 
 
 def _reference(source: Any, inputs: tuple[torch.Tensor, ...], work: str,

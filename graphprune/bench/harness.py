@@ -1,4 +1,10 @@
-"""Benchmark ONNX files in ONNX Runtime with a protocol whose numbers can be compared.
+"""Benchmark model files in a CPU runtime with a protocol whose numbers can be compared.
+
+Runtimes (:class:`graphprune.runtimes.Runtime`): ONNX Runtime (``.onnx``, the default), OpenVINO
+(``.xml`` IR or ``.onnx``; CPU plugin, inference precision pinned to f32, ``INFERENCE_NUM_THREADS``
+= the profile's threads, one stream, latency hint) and ExecuTorch (``.pte``; XNNPACK threadpool
+resized to the profile's threads). Everything below holds for each; the ORT session options apply
+to ORT only.
 
 Protocol of :func:`benchmark` (every variant sees the same conditions):
 
@@ -34,12 +40,15 @@ import statistics
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from graphprune.atomic import write_atomically
 from graphprune.errors import BenchError
+from graphprune.runtimes.artifacts import artifact_bytes
+from graphprune.runtimes.kinds import Runtime
 
-__all__ = ["Profile", "CPU", "EDGE", "BenchRow", "BenchReport", "benchmark"]
+__all__ = ["Profile", "CPU", "EDGE", "BenchRow", "BenchReport", "benchmark", "cpu_name", "session_options", "pinned"]
 
 GRAPH_OPTIMIZATION_LEVELS = (
     "ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_LAYOUT",
@@ -103,17 +112,21 @@ class BenchReport:
     repeats: int
     rounds: int
     pinned_core: int | None
-    onnxruntime_version: str
+    onnxruntime_version: str  # kept for old JSON readers: the runtime's version when it is ORT, else ""
+    runtime: Runtime = Runtime.ORT
+    runtime_version: str = ""
+    cpu: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """Plain, JSON-serialisable dict; :meth:`from_json` inverts it."""
         d = asdict(self)
+        d["runtime"] = self.runtime.value
         d["rows"] = [{**r, "latencies_ms": list(r["latencies_ms"])} for r in d["rows"]]
         d["protocol"] = {
             "inter_op_num_threads": 1,
             "execution_mode": "ORT_SEQUENTIAL",
             "allow_spinning": False,
-            "providers": ["CPUExecutionProvider"],
+            "providers": ["CPUExecutionProvider"] if self.runtime is Runtime.ORT else [],
             "timer": "time.perf_counter_ns",
             "order": "warm-up per variant, then rounds with the variant order rotated each round",
         }
@@ -130,8 +143,11 @@ class BenchReport:
                 profile=Profile(**data["profile"]), rows=rows, warmup=data["warmup"],
                 repeats=data["repeats"], rounds=data["rounds"], pinned_core=data["pinned_core"],
                 onnxruntime_version=data["onnxruntime_version"],
+                runtime=Runtime(data.get("runtime", "ort")),
+                runtime_version=data.get("runtime_version", data["onnxruntime_version"]),
+                cpu=data.get("cpu", ""),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise BenchError(
                 f"not a BenchReport JSON ({type(exc).__name__}: {exc}); "
                 "pass the dict written by BenchReport.to_json / write_json"
@@ -146,10 +162,12 @@ class BenchReport:
         """A plain-text table; ``p50 ratio`` is each variant's p50 over the first variant's."""
         p = self.profile
         pin = f"pinned to core {self.pinned_core}" if self.pinned_core is not None else "not pinned"
+        settings = (f"{p.graph_optimization_level}, sequential, spinning off" if self.runtime is Runtime.ORT
+                    else "f32 inference precision, 1 stream" if self.runtime is Runtime.OPENVINO
+                    else "XNNPACK delegate")
         head = [
-            f"profile {p.name}: {p.intra_op_threads} intra-op thread(s), {pin}, "
-            f"{p.graph_optimization_level}, sequential, spinning off, "
-            f"onnxruntime {self.onnxruntime_version}",
+            f"{self.runtime.label} {self.runtime_version} on {self.cpu or 'unknown CPU'}",
+            f"profile {p.name}: {p.intra_op_threads} thread(s), {pin}, {settings}",
             f"{self.warmup} warm-up runs per variant, then {self.rounds} rounds rotating the "
             f"order, {self.rows[0].runs if self.rows else 0} timed runs per variant",
         ]
@@ -205,7 +223,7 @@ class BenchReport:
                             xytext=(4, 4), fontsize=8)
             ax.set_xlabel("GMACs")
             ax.set_ylabel("p50 latency (ms)")
-            ax.set_title(f"ONNX Runtime, profile {self.profile.name} "
+            ax.set_title(f"{self.runtime.label} {self.runtime_version}, profile {self.profile.name} "
                          f"({self.profile.intra_op_threads} thread(s))")
             ax.set_xlim(left=0)
             ax.set_ylim(bottom=0)
@@ -218,147 +236,8 @@ class BenchReport:
 
 # ----------------------------------------------------------------------------- child process
 
-# Runs in a fresh interpreter; imports only onnxruntime and numpy. Reads a JSON spec on
-# stdin, writes one JSON object on stdout: {"ok": ...} or {"error": ..., "variant": ...}.
-_CHILD = r'''
-import json, os, re, sys, time
-spec = json.loads(sys.stdin.read())
-if spec["core"] is not None:
-    os.sched_setaffinity(0, {spec["core"]})
-
-def status_kb(key):
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-def peak_bytes():
-    kb = status_kb("VmHWM")
-    if kb is not None:
-        return kb * 1024
-    import resource
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-import gc
-import numpy as np
-import onnxruntime as ort
-
-DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-          "tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
-          "tensor(int16)": np.int16, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
-          "tensor(bool)": np.bool_}
-
-def options():
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = spec["threads"]
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, spec["level"])
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return so
-
-def reason(exc):
-    """ORT's message without its error-code prefix, file path and C++ source location."""
-    msg = " ".join(str(exc).split())
-    msg = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
-    msg = re.sub(r"Load model from .*? failed: ?", "", msg)
-    msg = re.sub(r"/onnxruntime_src/\S+:\d+ .*?\) (?=[A-Z\[])", "", msg)
-    return msg[:400]
-
-def load(name, path):
-    try:
-        return ort.InferenceSession(path, sess_options=options(), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        fail(name, f"ONNX Runtime {ort.__version__} cannot load it: {reason(exc)}; re-export it "
-                   "with graphprune.export.export_onnx (which checks it in ONNX Runtime) or use "
-                   "an onnxruntime that supports its ops and IR version")
-
-def fail(name, message):
-    print(json.dumps({"error": message, "variant": name}))
-    sys.exit(0)
-
-def feeds(name, sess):
-    rng = np.random.default_rng(0)
-    out = {}
-    for i in sess.get_inputs():
-        given = spec["input_shapes"].get(i.name)
-        if given is not None:
-            shape = list(given)
-        else:
-            shape = []
-            for d, dim in enumerate(i.shape):
-                if isinstance(dim, int) and dim >= 0:
-                    shape.append(dim)
-                elif d == 0:
-                    shape.append(1)
-                else:
-                    fail(name, f"input {i.name!r} has dynamic dim {d} ({dim!r}) in shape "
-                               f"{i.shape}; pass input_shapes={{{i.name!r}: (...)}}")
-        if i.type not in DTYPES:
-            fail(name, f"input {i.name!r} has type {i.type}, which the harness cannot generate")
-        dt = DTYPES[i.type]
-        if np.issubdtype(dt, np.floating):
-            out[i.name] = rng.standard_normal(shape).astype(dt)
-        else:
-            out[i.name] = np.zeros(shape, dtype=dt)
-    return out
-
-def run(name, sess, x):
-    try:
-        sess.run(None, x)
-    except Exception as exc:
-        shapes = {k: list(v.shape) for k, v in x.items()}
-        fail(name, f"ONNX Runtime cannot run it on random inputs of shapes {shapes}: "
-                   f"{reason(exc)}; pass input_shapes={{name: shape}} with valid shapes")
-
-variants = spec["variants"]
-if spec["mode"] == "memory":
-    (name, path), = variants.items()
-    gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak-RSS counter to the current RSS
-        base = status_kb("VmRSS") * 1024
-    except (OSError, TypeError):
-        base = peak_bytes()
-    t0 = time.perf_counter_ns()
-    sess = load(name, path)
-    load_ns = time.perf_counter_ns() - t0
-    x = feeds(name, sess)
-    for _ in range(3):
-        run(name, sess, x)
-    print(json.dumps({"ok": {"peak_mem_bytes": peak_bytes() - base, "load_ns": load_ns}}))
-    sys.exit(0)
-
-names = list(variants)
-sessions = {n: load(n, variants[n]) for n in names}
-inputs = {n: feeds(n, sessions[n]) for n in names}
-for n in names:
-    for _ in range(spec["warmup"]):
-        run(n, sessions[n], inputs[n])
-    run(n, sessions[n], inputs[n])  # also catches run errors with warmup=0
-lat = {n: [] for n in names}
-per_round = spec["per_round"]
-gc.collect()
-gc.disable()
-for r in range(spec["rounds"]):
-    k = r % len(names)
-    for n in names[k:] + names[:k]:
-        sess, x = sessions[n], inputs[n]
-        for _ in range(per_round):
-            t0 = time.perf_counter_ns()
-            sess.run(None, x)
-            lat[n].append(time.perf_counter_ns() - t0)
-gc.enable()
-print(json.dumps({"ok": {"latency_ns": lat, "ort": ort.__version__}}))
-'''
+#: The timing child's source, run with ``python -c`` (see child.py's docstring).
+_CHILD = (Path(__file__).parent / "child.py").read_text()
 
 
 def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -418,6 +297,33 @@ def _check_onnx_file(name: str, path: str) -> None:
         )
 
 
+def _check_file(name: str, path: str, runtime: Runtime) -> None:
+    """Fail early on a missing file, or a file this runtime cannot read (by suffix; ONNX files are parsed)."""
+    readable = {Runtime.ORT: (".onnx",), Runtime.OPENVINO: (".xml", ".onnx"), Runtime.EXECUTORCH: (".pte",)}[runtime]
+    if runtime is Runtime.ORT or path.endswith(".onnx"):
+        _check_onnx_file(name, path)
+    elif not os.path.isfile(path):
+        raise BenchError(f"variant {name!r}: file {path!r} does not exist; pass the path of a "
+                         f"{' or '.join(readable)} file (graphprune.runtimes.build_artifacts writes them)")
+    if not path.endswith(readable):
+        raise BenchError(f"variant {name!r}: {runtime.label} reads {' or '.join(readable)} files, not {path!r}; "
+                         "write one with graphprune.runtimes.build_artifacts")
+    if path.endswith(".xml") and not os.path.isfile(path[:-4] + ".bin"):
+        raise BenchError(f"variant {name!r}: OpenVINO IR {path!r} has no weights file {path[:-4] + '.bin'!r} beside it")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo), else what platform knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                        platform.machine())
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile (numpy's default) of already sorted values."""
     pos = (len(sorted_values) - 1) * q
@@ -474,8 +380,9 @@ def benchmark(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     macs: Mapping[str, int] | None = None,
     params: Mapping[str, int] | None = None,
+    runtime: Runtime = Runtime.ORT,
 ) -> BenchReport:
-    """Benchmark ONNX files ``{variant name: path}`` in ONNX Runtime under ``profile``.
+    """Benchmark model files ``{variant name: path}`` in ``runtime`` (ONNX Runtime by default) under ``profile``.
 
     ``repeats`` is the number of timed runs per variant, split over ``rounds`` interleaved
     rounds (rounded up to a multiple of ``rounds``). ``input_shapes`` maps an input name
@@ -493,17 +400,21 @@ def benchmark(
         raise BenchError(
             f"need ints with repeats >= rounds >= 1, got repeats={repeats!r}, rounds={rounds!r}"
         )
+    if not isinstance(runtime, Runtime):
+        raise BenchError(f"runtime must be a graphprune.runtimes.Runtime (e.g. Runtime.ORT), got {runtime!r}; "
+                         "graphprune.runtimes.parse_runtimes('ort,openvino') parses names")
     paths = {str(n): os.fspath(p) for n, p in variants.items()}
     for extra, label in ((macs, "macs"), (params, "params")):
         unknown = sorted(set(extra or {}) - set(paths))
         if unknown:
             raise BenchError(f"{label} names unknown variants {unknown}; variants are {sorted(paths)}")
     for name, path in paths.items():
-        _check_onnx_file(name, path)
+        _check_file(name, path, runtime)
+    runtime.version()  # MissingRuntimeError naming the extra, before any child starts
 
     core = _pick_core() if profile.pin_core else None
     base_spec = {
-        "core": core, "threads": profile.intra_op_threads,
+        "core": core, "threads": profile.intra_op_threads, "runtime": runtime.value,
         "level": profile.graph_optimization_level,
         "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
     }
@@ -521,11 +432,12 @@ def benchmark(
             name=name, path=path, p50_ms=_percentile(ordered, 0.5),
             p90_ms=_percentile(ordered, 0.9), mean_ms=statistics.fmean(lat),
             load_ms=memory["load_ns"] / 1e6,
-            peak_mem_bytes=int(memory["peak_mem_bytes"]), file_bytes=os.path.getsize(path),
+            peak_mem_bytes=int(memory["peak_mem_bytes"]), file_bytes=artifact_bytes(path),
             runs=len(lat), macs=(macs or {}).get(name), params=(params or {}).get(name),
             latencies_ms=tuple(lat),
         ))
     return BenchReport(
         profile=profile, rows=tuple(rows), warmup=warmup, repeats=repeats, rounds=rounds,
-        pinned_core=core, onnxruntime_version=timing["ort"],
+        pinned_core=core, onnxruntime_version=timing["version"] if runtime is Runtime.ORT else "",
+        runtime=runtime, runtime_version=timing["version"], cpu=cpu_name(),
     )

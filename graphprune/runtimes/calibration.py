@@ -1,0 +1,159 @@
+"""Channel steps measured, not assumed: micro-benchmark one layer of each kind across channel counts.
+
+For each layer kind (representative shapes, batch 1):
+
+* dense conv: ``Conv2d(c, c, 3, padding=1)`` on 14x14 (a ResNet-50 stage-3 3x3 conv);
+* depthwise conv: ``Conv2d(c, c, 3, padding=1, groups=c)`` on 28x28;
+* linear: ``Linear(c, c)`` on 196 rows (ViT-B/16's tokens);
+
+the latency ``t(c)`` is measured by :class:`~graphprune.runtimes.layers.LayerTimer` for every ``c``
+in a grid whose ends are multiples of the largest candidate step. A step ``s`` is judged by the
+mean throughput ``c / t(c)`` over the grid's multiples of ``s``; the chosen step is the SMALLEST
+candidate whose throughput is within ``tolerance`` of the best candidate's (no alignment = 1:
+any count is as fast per channel). The penalty off the step is the median over the other counts
+of ``t(c) / t_lin(c)``, where ``t_lin`` interpolates linearly between the neighbouring multiples
+of the step (1.0 = no penalty).
+
+A profile is cached as JSON under ``$GRAPHPRUNE_CACHE`` (default ``~/.cache/graphprune``), keyed by
+CPU, runtime and its version, precision and thread count, written atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+from ..atomic import write_json
+from ..errors import InputError
+from ..rules import LayerKind
+from .kinds import Precision, Runtime
+from .layers import LayerTimer
+
+__all__ = ["CANDIDATE_STEPS", "default_counts", "derive_step", "MeasuredProfile", "profile_path", "measure_profile",
+           "load_profile"]
+
+CANDIDATE_STEPS = (1, 2, 4, 8, 16, 32)
+
+
+def default_counts(runtime: Runtime) -> tuple[int, ...]:
+    """The channel grid: 32..96 for ORT/OpenVINO (39 counts); 48..80 for ExecuTorch, whose lowering is slow (8)."""
+    if runtime is Runtime.EXECUTORCH:
+        return (48, 56, 60, 63, 64, 68, 72, 80)
+    return tuple(sorted(set(range(32, 97, 2)) | {35, 45, 57, 63, 65, 71, 83, 95}))
+
+
+def _interp(c: int, on: Sequence[int], t: Mapping[int, float]) -> float | None:
+    below = [k for k in on if k < c]
+    above = [k for k in on if k > c]
+    if not below or not above:
+        return None
+    lo, hi = below[-1], above[0]
+    return t[lo] + (t[hi] - t[lo]) * (c - lo) / (hi - lo)
+
+
+def derive_step(latency_ms: Mapping[int, float], tolerance: float = 0.03,
+                candidates: Sequence[int] = CANDIDATE_STEPS) -> tuple[int, float]:
+    """(step, penalty off the step) from ``{channel count: ms}`` (see the module docstring)."""
+    counts = sorted(latency_ms)
+    throughput = {}
+    for s in candidates:
+        on = [c for c in counts if c % s == 0]
+        if len(on) >= 2:
+            throughput[s] = statistics.fmean(c / latency_ms[c] for c in on)
+    if not throughput:
+        raise InputError(f"channel counts {counts} hold fewer than two multiples of every candidate step "
+                         f"{tuple(candidates)}; give a grid such as 32..96")
+    best = max(throughput.values())
+    step = min(s for s, v in throughput.items() if v >= (1 - tolerance) * best)
+    on = [c for c in counts if c % step == 0]
+    ratios = [latency_ms[c] / ref for c in counts if c % step and (ref := _interp(c, on, latency_ms))]
+    return step, (statistics.median(ratios) if ratios else 1.0)
+
+
+def _kinds(timer: LayerTimer):
+    return {
+        LayerKind.DENSE_CONV: lambda c: timer.conv_ms(1, c, c, 14, 14, (3, 3), (1, 1), (1, 1), 1),
+        LayerKind.GROUPED_CONV: lambda c: timer.conv_ms(1, c, c, 28, 28, (3, 3), (1, 1), (1, 1), c),
+        LayerKind.LINEAR: lambda c: timer.linear_ms(196, c, c),
+    }
+
+
+@dataclass(frozen=True)
+class MeasuredProfile:
+    """Measured layer latencies of one runtime at one precision on this machine, and the steps derived from them."""
+
+    runtime: Runtime
+    precision: Precision
+    runtime_version: str
+    cpu: str
+    threads: int
+    latency_ms: Mapping[LayerKind, Mapping[int, float]]
+    steps: Mapping[LayerKind, int]
+    penalties: Mapping[LayerKind, float]
+    path: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"measured:{self.runtime.value}/{self.precision.value}/{self.threads}t"
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.pop("path")
+        d["runtime"], d["precision"] = self.runtime.value, self.precision.value
+        for key in ("latency_ms", "steps", "penalties"):
+            d[key] = {k.name: v for k, v in getattr(self, key).items()}
+        return d
+
+    @classmethod
+    def from_json(cls, data: Mapping, path: str = "") -> "MeasuredProfile":
+        kinds = {k.name: k for k in LayerKind}
+        return cls(
+            runtime=Runtime(data["runtime"]), precision=Precision(data["precision"]),
+            runtime_version=data["runtime_version"], cpu=data["cpu"], threads=int(data["threads"]),
+            latency_ms={kinds[k]: {int(c): float(ms) for c, ms in v.items()} for k, v in data["latency_ms"].items()},
+            steps={kinds[k]: int(v) for k, v in data["steps"].items()},
+            penalties={kinds[k]: float(v) for k, v in data["penalties"].items()}, path=path)
+
+    def describe(self) -> str:
+        parts = [f"{k.name.lower()} step {self.steps[k]} (penalty off the step x{self.penalties[k]:.2f})"
+                 for k in self.steps]
+        return (f"{self.name}: {self.runtime.label} {self.runtime_version}, {self.precision.value}, "
+                f"{self.threads} thread(s), {self.cpu}: " + "; ".join(parts))
+
+
+def profile_path(runtime: Runtime, precision: Precision, threads: int) -> str:
+    """The cache file of (CPU, runtime version, precision, threads)."""
+    from ..bench.harness import cpu_name
+    from ..latency import cache_root
+
+    key = f"{cpu_name()}|{runtime.value} {runtime.version()}|{precision.value}|threads {threads}"
+    return os.path.join(cache_root(), f"target-{runtime.value}-{precision.value}-"
+                                      f"{hashlib.sha1(key.encode()).hexdigest()[:12]}.json")
+
+
+def load_profile(path: str) -> MeasuredProfile | None:
+    """The profile cached at ``path``; None if there is none (or it is unreadable: it is then re-measured)."""
+    try:
+        with open(path) as f:
+            return MeasuredProfile.from_json(json.load(f), path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def measure_profile(runtime: Runtime, precision: Precision, *, counts: Sequence[int], threads: int = 1,
+                    runs: int = 15, tolerance: float = 0.03, path: str | None = None) -> MeasuredProfile:
+    """Time every layer kind at every count, derive the steps and write the profile to ``path`` atomically."""
+    from ..bench.harness import cpu_name
+
+    timer = LayerTimer(runtime, precision, threads=threads, pin_core=True, runs=runs)
+    latency = {kind: {c: time_one(c) for c in counts} for kind, time_one in _kinds(timer).items()}
+    derived = {kind: derive_step(t, tolerance) for kind, t in latency.items()}
+    profile = MeasuredProfile(runtime, precision, timer.version, cpu_name(), threads, latency,
+                              {k: s for k, (s, _) in derived.items()}, {k: p for k, (_, p) in derived.items()},
+                              path or profile_path(runtime, precision, threads))
+    os.makedirs(os.path.dirname(os.path.abspath(profile.path)), exist_ok=True)
+    write_json(profile.path, profile.to_json())
+    return profile

@@ -1,0 +1,128 @@
+"""Channel steps measured, not assumed: the step derivation, the cached profile, the Target it gives, bad input."""
+import json
+import os
+import platform
+
+import pytest
+import torch
+import torch.nn as nn
+
+import graphprune
+from graphprune.errors import InputError
+from graphprune.rules import LayerKind
+from graphprune.runtimes import Precision, Runtime
+from graphprune.runtimes import calibration as cal
+from graphprune.targets import cached_target, calibrate, ort_x86, resolve_target
+
+TINY = (16, 24, 32)  # three counts: enough for steps 1, 8 and 16, fast to time
+
+
+def blocked(block, overhead=0.05, per_channel=0.01, penalty=1.5):
+    """Latency of a kernel that pads to `block` channels and, off the block, leaves its fast path."""
+    def t(c):
+        padded = -(-c // block) * block
+        return (overhead + per_channel * padded) * (1.0 if c % block == 0 else penalty)
+    return {c: t(c) for c in cal.default_counts(Runtime.ORT)}
+
+
+@pytest.mark.parametrize("block", [1, 4, 8, 16])
+def test_step_is_the_block_of_a_blocked_kernel(block):
+    step, penalty = cal.derive_step(blocked(block))
+    assert step == block
+    assert penalty == 1.0 if block == 1 else penalty > 1.4  # every off-block count pays x1.5 plus the padding
+
+
+def test_a_kernel_without_alignment_gets_step_one():
+    step, penalty = cal.derive_step({c: 0.02 + 0.01 * c for c in range(32, 97)})
+    assert (step, penalty) == (1, 1.0)
+
+
+def test_small_differences_do_not_make_a_step():
+    """Multiples of 8 being 1% faster is within the tolerance: alignment would cost channels for nothing."""
+    t = {c: (0.02 + 0.01 * c) * (0.99 if c % 8 == 0 else 1.0) for c in range(32, 97)}
+    assert cal.derive_step(t)[0] == 1
+    assert cal.derive_step(t, tolerance=0.001)[0] == 8
+
+
+def test_too_few_counts():
+    with pytest.raises(InputError, match="fewer than two multiples"):
+        cal.derive_step({33: 1.0})
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_calibrate_measures_caches_and_reads_back(cache, monkeypatch):
+    target = calibrate("ort", "fp32", counts=TINY, runs=3)
+    assert target.name == "measured:ort/fp32/1t"
+    (path,) = [cache / f for f in os.listdir(cache)]
+    assert str(path) == cal.profile_path(Runtime.ORT, Precision.FP32, 1)
+    data = json.loads(path.read_text())
+    assert data["runtime"] == "ort" and data["precision"] == "fp32" and data["threads"] == 1 and data["cpu"]
+    assert data["runtime_version"] == Runtime.ORT.version()
+    for kind in LayerKind:
+        assert sorted(map(int, data["latency_ms"][kind.name])) == list(TINY)
+        assert all(ms > 0 for ms in data["latency_ms"][kind.name].values())
+    profile = cal.load_profile(str(path))
+    assert (target.dense_conv, target.grouped_conv, target.linear) == tuple(profile.steps[k] for k in LayerKind)
+    assert all(cal.derive_step(profile.latency_ms[k])[0] == profile.steps[k] for k in LayerKind)
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("the cached profile should have been read")
+
+    monkeypatch.setattr(cal, "measure_profile", no_measuring)
+    assert calibrate(Runtime.ORT, Precision.FP32, counts=TINY) == target  # from the cache, nothing timed
+    assert cached_target("ort", "fp32") == target
+    with pytest.raises(AssertionError, match="should have been read"):
+        calibrate("ort", "fp32", counts=(16, 32))  # another grid is measured again
+    assert not [f for f in os.listdir(cache) if f.startswith(".")]  # written atomically, no temp left
+
+
+def test_cache_is_keyed_by_runtime_precision_and_threads(cache):
+    paths = {cal.profile_path(r, p, t) for r in (Runtime.ORT,) for p in Precision for t in (1, 2)}
+    assert len(paths) == 4 and all(p.startswith(str(cache)) for p in paths)
+
+
+def test_auto_uses_the_measured_profile_else_the_rule(cache):
+    assert cached_target() is None
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert resolve_target("auto") == ort_x86()  # no profile: the hand-written rule
+    measured = calibrate("ort", "fp32", counts=TINY, runs=3)
+    assert resolve_target("auto") == measured
+
+
+def test_the_report_names_the_profile_that_chose_the_widths(cache):
+    target = calibrate("ort", "fp32", counts=TINY, runs=3)
+    model = nn.Sequential(nn.Conv2d(3, 40, 3), nn.ReLU(), nn.Conv2d(40, 8, 3)).eval()
+    result = graphprune.prune_graph(model, torch.randn(1, 3, 12, 12), ratio=0.3, target=target)
+    assert result.report.target == target.name == "measured:ort/fp32/1t"
+    kept = result.model.get_submodule("0").out_channels
+    assert kept < 40 and (target.dense_conv == 1 or kept % target.dense_conv == 0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"runtime": "tpu"}, "unknown runtime 'tpu'; use one of ort, openvino, executorch"),
+    ({"precision": "fp16"}, "unknown precision 'fp16'"),
+    ({"runtime": "ort,openvino"}, "one runtime and one precision"),
+    ({"counts": (8,)}, "two or more positive ints"),
+    ({"counts": (8, 0)}, "two or more positive ints"),
+    ({"threads": 0}, "threads must be an int >= 1"),
+])
+def test_bad_arguments(cache, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        calibrate(**kwargs)
+    assert os.listdir(cache) == []
+
+
+@pytest.mark.edge
+@pytest.mark.parametrize("runtime, precision", [("openvino", "fp32"), ("openvino", "int8"), ("executorch", "fp32")])
+def test_calibrate_edge_runtimes(cache, runtime, precision):
+    counts = (16, 32) if runtime == "executorch" else TINY  # ExecuTorch lowers one program per layer: slow
+    target = calibrate(runtime, precision, counts=counts, runs=3)
+    assert target.name == f"measured:{runtime}/{precision}/1t"
+    profile = cal.load_profile(cal.profile_path(Runtime(runtime), Precision(precision), 1))
+    assert profile.runtime_version == Runtime(runtime).version()
+    assert all(sorted(profile.latency_ms[k]) == list(counts) for k in LayerKind)
