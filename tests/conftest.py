@@ -38,3 +38,10 @@ class RandomScores:
 def _rule_errors_raise(monkeypatch):
     """A rule that raises is a bug: in the tests it propagates (RuleError) instead of freezing its channels."""
     monkeypatch.setenv("GRAPHPRUNE_RULE_ERRORS", "raise")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(monkeypatch, tmp_path_factory):
+    """Measured tables and channel-step profiles live in a per-session directory: a profile cached on the
+    developer's machine would otherwise change what target="auto" means in the tests."""
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path_factory.getbasetemp() / "graphprune-cache"))
