@@ -316,3 +316,34 @@ def test_prune_to_latency_refuses_a_table_of_another_runtime(tmp_path):
     table = LatencyTable(bench.EDGE, path=str(tmp_path / "lut.json"), runtime=Runtime.ORT, precision=Precision.INT8)
     with pytest.raises(InputError, match="the latency table measures ort/int8"):
         prune_to_latency(SmallResNet().eval(), torch.randn(1, 3, 32, 32), 1.0, table=table)
+
+
+class TinyEncoder(nn.Module):
+    """One pre-norm self-attention block (nn.MultiheadAttention) with an MLP: heads and width both prune."""
+
+    def __init__(self, dim=32, heads=4):
+        super().__init__()
+        self.embed, self.norm = nn.Linear(8, dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        y = self.norm(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return self.head((x + self.mlp(x)).mean(1))
+
+
+@edge
+def test_pruned_attention_lowers_to_xnnpack_as_fully_as_the_dense_model(tmp_path):
+    """PrunedMultiheadAttention splits the packed projection's output, not its weights: split weights would be
+    computed tensors, which XNNPACK cannot take, and the linear layers around them fell out of the delegate."""
+    torch.manual_seed(0)
+    model, x = TinyEncoder().eval(), torch.randn(1, 6, 8)
+    result = graphprune.prune_graph(model, x, ratio=0.5, target="none")
+    assert any(type(m).__name__ == "PrunedMultiheadAttention" for m in result.model.modules())
+    dense = export_executorch(model, (x,), tmp_path / "dense.pte")
+    pruned = export_executorch(result.model, (x,), tmp_path / "pruned.pte")
+    assert set(pruned.undelegated_ops) <= set(dense.undelegated_ops), pruned.undelegated_ops
+    assert pruned.delegated_ops > 0 and pruned.max_abs_diff < 1e-4

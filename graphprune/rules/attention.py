@@ -48,12 +48,21 @@ class PrunedMultiheadAttention(nn.Module):
     def forward(self, query, key, value, key_padding_mask=None, need_weights=False, attn_mask=None):
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
         n, lq, lk = query.shape[0], query.shape[1], key.shape[1]
-        q = F.linear(query, w_q, b_q).view(n, lq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = F.linear(key, w_k, b_k).view(n, lk, self.num_heads, self.head_dim).transpose(1, 2)
-        v = F.linear(value, w_v, b_v).view(n, lk, self.num_heads, self.head_dim).transpose(1, 2)
+        if query is key and key is value:
+            # self-attention: one packed projection whose output is split, as nn.MultiheadAttention does; splitting
+            # the weights instead would make them computed tensors, which edge delegates (XNNPACK) cannot take
+            inner = self.num_heads * self.head_dim
+            packed = F.linear(query, self.in_proj_weight, self.in_proj_bias).unflatten(-1, (3, inner))
+            packed = packed.unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()
+            q, k, v = packed[0], packed[1], packed[2]
+        else:
+            w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+            b_q, b_k, b_v = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
+            q, k, v = F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+        q = q.view(n, lq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(n, lk, self.num_heads, self.head_dim).transpose(1, 2)
+        v = v.view(n, lk, self.num_heads, self.head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         out = self.out_proj(out.transpose(1, 2).reshape(n, lq, self.num_heads * self.head_dim))
         return (out if self.batch_first else out.transpose(0, 1)), None
