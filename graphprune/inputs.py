@@ -21,7 +21,8 @@ def check_model(model) -> None:
             "TorchScript. Pass the original nn.Module instead (call graphprune before torch.jit.script/trace, "
             "and script the pruned model afterwards if needed)")
     if not isinstance(model, torch.nn.Module):
-        raise InputError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputError(f"the model must be a torch.nn.Module, got {type(model).__name__}; pass the network itself "
+                         "(e.g. a Hugging Face AutoModel, not its tokenizer) and tensors it takes as example_inputs")
 
 
 def check_inputs(example_inputs) -> tuple[torch.Tensor, ...]:

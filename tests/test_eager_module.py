@@ -208,3 +208,22 @@ def test_global_ranking_with_uniform_layers_gives_a_config_that_reloads(tmp_path
     assert reloaded.config.intermediate_size == mlp_widths(even)[0]
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, even.module(ids).logits)
+
+
+def test_a_saved_config_keeps_the_head_size(tmp_path):
+    """Regression: Whisper pruned at 0.5 once saved 4 heads of 4 instead of 2 heads of 8 (the same shapes, and
+    on small random weights outputs within 1e-6); a config is accepted only when the class it builds gives the
+    verified copy's outputs bit for bit, and a head is never split."""
+    transformers = pytest.importorskip("transformers")
+    model = transformers.WhisperForAudioClassification(transformers.WhisperConfig(
+        num_mel_bins=16, d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
+        max_source_positions=16, num_labels=3)).eval()
+    x = torch.randn(1, 16, 32)
+    module = graphprune.prune_graph(model, x, ratio=0.5, target="none").module
+    module.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    heads = [layer.self_attn for layer in reloaded.encoder.layers]
+    assert all(a.head_dim == model.encoder.layers[0].self_attn.head_dim for a in heads)
+    assert all(a.num_heads < 4 for a in heads)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x).logits, module(x).logits)

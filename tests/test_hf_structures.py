@@ -222,3 +222,12 @@ def test_use_cache_and_unsplittable_heads_get_clear_errors():
         graphprune.prune_graph(_llama(use_cache=True), x, ratio=0.3)
     with pytest.raises(graphprune.errors.TraceError, match="torch.export cannot export LlamaForCausalLM"):
         graphprune.prune_graph(_llama(num_key_value_heads=3), x, ratio=0.3)  # 4 query heads, 3 KV heads
+
+
+def test_a_tokenizer_given_as_the_model_gets_a_clear_error():
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    tokenizer = T.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))
+    with pytest.raises(graphprune.errors.InputError, match="must be a torch.nn.Module.*not its tokenizer"):
+        graphprune.prune_graph(tokenizer, _ids(), ratio=0.3)
