@@ -43,8 +43,12 @@ __all__ = ["aten_rules", "ruled_ops", "FROZEN_BY_DESIGN"]
 A = torch.ops.aten
 
 
-class ScanRule(Rule):
-    """cumsum(x, dim): y keeps x's shape and channel dim unless the scan runs along the channel dim."""
+class AlongDimRule(Rule):
+    """op(x, dim, ...) that keeps x's shape and acts along `dim` (cumsum, index_select): channels pass through
+    unless `dim` is the channel dim, which freezes them with `reason`."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         x, dim = node.args[:2]
@@ -52,7 +56,7 @@ class ScanRule(Rule):
         if not isinstance(d, int):
             return Effect(None)
         if dim % len(ctx.shape(x)) == d:
-            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} accumulates along the channel dim"))
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} {self.reason}"))
         return passthrough(node, ctx, x, d)
 
 
@@ -116,20 +120,6 @@ class SplitRule(MovementRule):
         bounds = np.cumsum([0] + [part.shape[dim] for part in ctx.value(node)])
         sizes = [int(np.count_nonzero((kept >= lo) & (kept < hi))) for lo, hi in zip(bounds[:-1], bounds[1:])]
         node.target, node.args, node.kwargs = A.split_with_sizes.default, (x, sizes, dim), {}
-
-
-class IndexSelectRule(Rule):
-    """index_select(x, dim, index): picks positions along `dim` by data (torch.roll decomposes to it); channels
-    pass through when `dim` is not the channel dim, else frozen (which channel lands where depends on the data)."""
-
-    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
-        x, dim = node.args[:2]
-        d = ctx.channel_dim(x)
-        if not isinstance(d, int):
-            return Effect(None)
-        if dim % len(ctx.shape(x)) == d:
-            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} {_BY_INDEX}"))
-        return passthrough(node, ctx, x, d)
 
 
 class CreationRule(Rule):
@@ -279,7 +269,7 @@ def rules_by_op(gqa: GroupedQuery | str = GroupedQuery.KV_GROUPS) -> dict:
     for op, (dim_at, keepdim_at) in REDUCTIONS.items():
         table[op] = ReduceRule(dim_at, keepdim_at)
     table[A.mean.dim] = RMSStatisticRule(*REDUCTIONS[A.mean.dim])
-    add((A.cumsum.default,), ScanRule())
+    add((A.cumsum.default,), AlongDimRule("accumulates along the channel dim"))
     for op, spatial in SPATIAL.items():
         table[op] = SpatialRule(spatial)
     add((A.max_pool2d_with_indices.default,), PoolWithIndicesRule(2))
@@ -293,6 +283,6 @@ def rules_by_op(gqa: GroupedQuery | str = GroupedQuery.KV_GROUPS) -> dict:
     add((A.split_with_sizes.default, A.split.Tensor), SplitRule())
     add((operator.getitem,), GetItemRule())
     add(CREATION, CreationRule())
-    add((A.index_select.default,), IndexSelectRule())
+    add((A.index_select.default,), AlongDimRule(_BY_INDEX))  # torch.roll decomposes to it
     add((A._assert_tensor_metadata.default,), MetadataAssertRule())
     return table

@@ -79,6 +79,20 @@ def _kept_count(ctx: ShrinkContext, node: fx.Node, dim: int) -> int | None:
     return None if kept is None else len(kept)
 
 
+def conv_input_couplings(ctx: AnalysisContext, x_slot: Slot, out: Slot, w: fx.Node, c_in: int, c_out: int,
+                         groups: int) -> list[Coupling]:
+    """How a convolution's input channels tie: to the weight's input dim (groups == 1); each input to its
+    outputs (depthwise, k_in == 1); else whole groups (input group g ~ output group g, outputs of a group tied)."""
+    k_in, k_out = c_in // groups, c_out // groups
+    if groups == 1:
+        return [Coupling(x_slot, weight_slot(ctx, w, 1, Role.CONSUMER))]
+    if k_in == 1:
+        o = np.arange(c_out)
+        return [Coupling(x_slot, out, o // k_out, o)]
+    i, o = np.arange(c_in), np.arange(c_out)
+    return [Coupling(x_slot, out, i, (i // k_in) * k_out), Coupling(out, out, o, (o // k_out) * k_out)]
+
+
 class ConvolutionRule(Rule):
     """aten.convolution: plain, grouped, depthwise and transposed with groups == 1 (module docstring)."""
 
@@ -95,17 +109,7 @@ class ConvolutionRule(Rule):
             return Effect(cdim, couplings=(Coupling(x_slot, weight_slot(ctx, w, 0, Role.CONSUMER)),
                                            Coupling(out, weight_slot(ctx, w, 1, Role.PRODUCER)), *bias))
         couplings = [Coupling(out, weight_slot(ctx, w, 0, Role.PRODUCER)), *bias]
-        c_in, c_out = ctx.shape(x)[cdim], ctx.shape(node)[cdim]
-        k_in, k_out = c_in // groups, c_out // groups
-        if groups == 1:
-            couplings.append(Coupling(x_slot, weight_slot(ctx, w, 1, Role.CONSUMER)))
-        elif k_in == 1:
-            o = np.arange(c_out)
-            couplings.append(Coupling(x_slot, out, o // k_out, o))
-        else:
-            i, o = np.arange(c_in), np.arange(c_out)
-            couplings.append(Coupling(x_slot, out, i, (i // k_in) * k_out))
-            couplings.append(Coupling(out, out, o, (o // k_out) * k_out))
+        couplings += conv_input_couplings(ctx, x_slot, out, w, ctx.shape(x)[cdim], ctx.shape(node)[cdim], groups)
         return Effect(cdim, couplings=tuple(couplings))
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:

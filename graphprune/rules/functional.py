@@ -26,7 +26,7 @@ import numpy as np
 import torch.fx as fx
 
 from ..groups import Coupling, Effect, Role, Slot
-from .aten_layers import weight_slot
+from .aten_layers import conv_input_couplings, weight_slot
 from .base import AnalysisContext, GraphView, LayerKind, MacTerm, Rule, ShrinkContext, WeightedLayer, describe_node
 from .base import freeze_inputs
 from .movement import MovementRule
@@ -98,17 +98,7 @@ class FunctionalConvRule(Rule):
         couplings = [Coupling(out, weight_slot(ctx, w, 0, Role.PRODUCER))]
         if isinstance(b, fx.Node):
             couplings.append(Coupling(out, weight_slot(ctx, b, 0, Role.PRODUCER)))
-        c_in, c_out = ctx.shape(x)[cdim], ctx.shape(node)[cdim]
-        k_in, k_out = c_in // groups, c_out // groups
-        if groups == 1:
-            couplings.append(Coupling(x_slot, weight_slot(ctx, w, 1, Role.CONSUMER)))
-        elif k_in == 1:
-            o = np.arange(c_out)
-            couplings.append(Coupling(x_slot, out, o // k_out, o))
-        else:
-            i, o = np.arange(c_in), np.arange(c_out)
-            couplings.append(Coupling(x_slot, out, i, (i // k_in) * k_out))
-            couplings.append(Coupling(out, out, o, (o // k_out) * k_out))
+        couplings += conv_input_couplings(ctx, x_slot, out, w, ctx.shape(x)[cdim], ctx.shape(node)[cdim], groups)
         return Effect(cdim, couplings=tuple(couplings))
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
