@@ -339,11 +339,13 @@ def _same_outputs(a: nn.Module, b: nn.Module, inputs: tuple, kwargs: dict) -> bo
 
 
 def update_config(module: nn.Module, changed: dict, check, inputs: tuple[tuple, dict]) -> str | None:
-    """Set the config fields for which `type(module)(config)`, loaded with the pruned state_dict, passes `check`.
+    """Set the config fields for which `type(module)(config)`, loaded with the pruned state_dict, gives the
+    verified copy's outputs bit for bit on `inputs` ((args, kwargs)).
 
     Trials whose meta-device build has other shapes are skipped cheaply; a shape match is then built for
-    real and checked, since equal shapes do not imply equal sizes (GPT-2: heads x head size). Returns None
-    when done (or when there is no HF config), else why no config expresses the pruned model."""
+    real and compared, since equal shapes do not imply equal sizes (GPT-2: heads x head size); `check`
+    re-verifies the copy once its config is set. Returns None when done (or when there is no HF config),
+    else why no config expresses the pruned model."""
     config = _hf_config(module)
     if config is None or not changed:
         return None
@@ -358,7 +360,7 @@ def update_config(module: nn.Module, changed: dict, check, inputs: tuple[tuple, 
             continue
         rebuilt = _built(cls, trial, "cpu")
         rebuilt.load_state_dict(state, strict=True)
-        if _same_outputs(rebuilt, module, *inputs) and check(rebuilt) is None:
+        if _same_outputs(rebuilt, module, *inputs):  # the copy passed `check`, so an equal rebuild does too
             old = {key: getattr(config, key) for key in values}
             for key, value in values.items():
                 setattr(config, key, value)
