@@ -217,7 +217,7 @@ class Analysis:
         return PruneResult(gm, planned.plan, report, self.dependencies, timings, self.example_inputs, self.model)
 
     def _rewritten(self, plan: PrunePlan, recalibration: Sequence[tuple] = ()):
-        gm = copy_graph_module(self.graph_module, share_tensors=True)
+        gm = copy_graph_module(self.graph_module, share_tensors=True, compiled=False)  # the rewrite recompiles
         return gm, rewrite_in_place(gm, self.dependencies, plan, self.rules, self.example_inputs, recalibration,
                                     shared_with=self.graph_module)
 

@@ -109,6 +109,30 @@ class ChannelGroup:
     def prunable(self) -> bool:
         return not self.frozen and self.size > 1
 
+    @functools.cached_property
+    def member_channels(self) -> Mapping[Slot, tuple[np.ndarray, np.ndarray]]:
+        """Per member slot that has positions: (the group channels it covers, sorted; how many of its
+        positions map to each). Computed once per group; the arrays are read-only."""
+        out = {}
+        for slot, index_map in self.members.items():
+            if index_map.size:
+                per_channel = np.bincount(index_map, minlength=self.size)  # np.unique's counts, in O(size)
+                channels = np.flatnonzero(per_channel)
+                counts = per_channel[channels]
+                channels.setflags(write=False)
+                counts.setflags(write=False)
+                out[slot] = (channels, counts)
+        return out
+
+    @functools.cached_property
+    def slot_channel_sets(self) -> tuple[np.ndarray, ...]:
+        """The distinct channel sets of the member slots: every slot keeps a position exactly when
+        each of these sets keeps a channel."""
+        sets = {}
+        for channels, _ in self.member_channels.values():
+            sets.setdefault(channels.tobytes(), channels)
+        return tuple(sets.values())
+
     def describe(self) -> list[str]:
         """One line per module of the group: what it does with the channels and which group channels it covers.
 

@@ -113,9 +113,8 @@ def producer_partitions(group: ChannelGroup) -> tuple[np.ndarray, ...]:
     writer's set (a norm over the concatenation) do not split anything.
     """
     sets = {}
-    for slot, index_map in group.members.items():
-        if slot.role is Role.PRODUCER and index_map.size:
-            channels = np.unique(index_map)
+    for slot, (channels, _) in group.member_channels.items():
+        if slot.role is Role.PRODUCER:
             sets.setdefault(channels.tobytes(), channels)
     found = list(sets.values())
     minimal = [c for c in found if not any(len(o) < len(c) and np.isin(o, c).all() for o in found)]
@@ -136,7 +135,7 @@ def _keep_best(group: ChannelGroup, scores: np.ndarray, quotas: list[tuple[np.nd
     for channels, n in quotas:
         kept[channels[np.argsort(-scores[channels], kind="stable")[:n]]] = True
     n_keep = int(kept.sum())
-    slot_channels = [np.unique(m) for m in group.members.values() if m.size]
+    slot_channels = group.slot_channel_sets
     required = set()
     for channels in slot_channels:
         if not kept[channels].any():
@@ -202,7 +201,7 @@ def _align(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, constraint
     mask = np.zeros(group.size, dtype=bool)
     mask[kept] = True
     budget = len(kept)
-    slot_channels = [np.unique(m) for m in group.members.values() if m.size]
+    slot_channels = group.slot_channel_sets
 
     def try_drop(drop: np.ndarray) -> bool:
         if int(mask.sum()) - len(drop) < floor:

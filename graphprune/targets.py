@@ -66,13 +66,12 @@ class Target:
         DenseNet block) get their own constraint, so each of them lands on the block.
         """
         out = {}
-        for slot, index_map in group.members.items():
+        for slot, (channels, counts) in group.member_channels.items():
             if slot.role not in (Role.PRODUCER, Role.CONSUMER):
                 continue
             kind = layers.get(slot.name)
             if kind is None or self.step(kind) == 1:
                 continue
-            channels, counts = np.unique(index_map, return_counts=True)
             if not (counts == counts[0]).all():
                 continue
             block = self.step(kind)

@@ -245,11 +245,13 @@ def own_tensors(module: torch.nn.Module, shared_with: torch.nn.Module) -> None:
                     table[name] = memo[id(t)]
 
 
-def copy_graph_module(gm: fx.GraphModule, share_tensors: bool = False) -> fx.GraphModule:
+def copy_graph_module(gm: fx.GraphModule, share_tensors: bool = False, compiled: bool = True) -> fx.GraphModule:
     """An independent copy of a traced GraphModule: own submodules and graph (node values kept), and own
     parameters and buffers unless `share_tensors` (then call `own_tensors` before anything writes to them).
 
-    Rewrites work on such a copy, so the analysed GraphModule is never mutated.
+    Rewrites work on such a copy, so the analysed GraphModule is never mutated. With `compiled=False`
+    the copy's Python code is not generated (it cannot run until `recompile()`): for a caller that
+    rewrites the graph and recompiles anyway.
     """
     graph = fx.Graph()
     graph.set_codegen(copy.deepcopy(gm.graph._codegen))  # the export frontend's pytree in/out handling
@@ -261,5 +263,8 @@ def copy_graph_module(gm: fx.GraphModule, share_tensors: bool = False) -> fx.Gra
     holder._parameters, holder._buffers, holder._modules = gm._parameters, gm._buffers, gm._modules
     cloned = clone_module(holder, share_tensors)
     new._parameters, new._buffers, new._modules = cloned._parameters, cloned._buffers, cloned._modules
-    new.graph = graph  # re-owns the graph and recompiles the code
+    if compiled:
+        new.graph = graph  # re-owns the graph and recompiles the code
+    else:
+        new._graph, graph.owning_module = graph, new  # what the graph setter does, without its recompile
     return new

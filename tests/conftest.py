@@ -34,14 +34,20 @@ class RandomScores:
         return self.rng.random(group.size)
 
 
-@pytest.fixture(autouse=True)
-def _rule_errors_raise(monkeypatch):
-    """A rule that raises is a bug: in the tests it propagates (RuleError) instead of freezing its channels."""
-    monkeypatch.setenv("GRAPHPRUNE_RULE_ERRORS", "raise")
+@pytest.fixture(autouse=True, scope="session")
+def _rule_errors_raise():
+    """A rule that raises is a bug: in the tests it propagates (RuleError) instead of freezing its channels.
+    Session-wide, so module-scoped fixtures (CLI runs in a subprocess) see it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRAPHPRUNE_RULE_ERRORS", "raise")
+        yield
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(monkeypatch, tmp_path_factory):
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
     """Measured tables and channel-step profiles live in a per-session directory: a profile cached on the
-    developer's machine would otherwise change what target="auto" means in the tests."""
-    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path_factory.getbasetemp() / "graphprune-cache"))
+    developer's machine would otherwise change what target="auto" means in the tests (and in the CLI
+    subprocesses that module-scoped fixtures start before any function-scoped fixture runs)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRAPHPRUNE_CACHE", str(tmp_path_factory.getbasetemp() / "graphprune-cache"))
+        yield

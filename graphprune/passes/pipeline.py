@@ -30,6 +30,8 @@ def rewrite_in_place(gm: fx.GraphModule, graph: DependencyGraph, plan: PrunePlan
                      recalibration: Sequence[tuple] = (), shared_with: torch.nn.Module | None = None) -> Rewritten:
     """Apply `plan` to `gm` (whose nodes carry recorded values); the train/eval mode of `gm` is kept.
 
+    `gm` need not be compiled (see copy_graph_module): it is recompiled here, once.
+
     `gm` may share its tensors with `shared_with` (the analysed model): shrinking never writes
     to a tensor (it binds sliced copies), so only the tensors left unsliced are copied, after
     dead code is gone and before anything could write to them. Peak memory: the analysed
@@ -38,9 +40,11 @@ def rewrite_in_place(gm: fx.GraphModule, graph: DependencyGraph, plan: PrunePlan
     training = gm.training
     shrink, dead_code = ShrinkChannels(graph, plan, rules, inputs), EliminateDeadCode(inputs)
     later = [RecalibrateBatchNorm(inputs, recalibration)] if recalibration else []
-    shrink(gm)
+    modified = shrink(gm).modified
     sliced_params = sum(p.numel() for p in gm.parameters())
-    dead_code(gm)
+    modified |= dead_code(gm).modified
+    if not modified:  # no pass's `ensures` compiled it
+        gm.recompile()
     if shared_with is not None:
         own_tensors(gm, shared_with)
     for graph_pass in later:

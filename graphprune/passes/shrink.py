@@ -10,6 +10,7 @@ its kept number of positions.
 """
 from __future__ import annotations
 
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -37,11 +38,13 @@ def positions_kept_by_slot(graph: DependencyGraph, plan: PrunePlan) -> dict[Slot
     return kept
 
 
-def _set_tensor(gm: fx.GraphModule, names: list[str], value: torch.Tensor) -> None:
-    """Bind `value` (as one new Parameter, or one buffer) under every name of a tensor, so tied stays tied."""
+def _set_tensor(modules: Mapping[str, torch.nn.Module], names: list[str], value: torch.Tensor) -> None:
+    """Bind `value` (as one new Parameter, or one buffer) under every name of a tensor, so tied stays tied.
+
+    `modules`: the GraphModule's named_modules() ("" is the root)."""
     def owner_and_attr(qualname):
         owner_name, _, attr = qualname.rpartition(".")
-        return (gm.get_submodule(owner_name) if owner_name else gm), attr
+        return modules[owner_name], attr
 
     owner, attr = owner_and_attr(names[0])
     old = getattr(owner, attr)
@@ -73,10 +76,10 @@ class ShrinkChannels(GraphPass):
             sliced.add((slot.name, slot.dim))
             t = current.get(slot.name, tensors[slot.name]).detach()
             current[slot.name] = t.index_select(slot.dim, torch.as_tensor(positions, dtype=torch.long)).contiguous()
-        for qualname, value in current.items():
-            _set_tensor(gm, aliases.get(qualname, [qualname]), value)  # every alias of a tied tensor: the same one
-        ctx = ShrinkContext(gm, self.kept, self.graph.channel_dims)
         modules = dict(gm.named_modules())
+        for qualname, value in current.items():
+            _set_tensor(modules, aliases.get(qualname, [qualname]), value)  # every alias of a tied tensor: the same one
+        ctx = ShrinkContext(gm, self.kept, self.graph.channel_dims)
         for node in list(gm.graph.nodes):
             rule = self.rules.for_node(node, modules) if node.op in ("call_module", "call_function", "call_method") else None
             if rule is not None:
