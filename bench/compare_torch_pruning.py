@@ -587,6 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)  # the Torch-Pruning children get the same count
+    print(f"CPU: {bench.cpu_name()} ({os.cpu_count()} cores); torch {torch.__version__}", flush=True)
     tp_version, tp_error = ensure_torch_pruning()
     if tp_version and tp_version != TP_VERSION:
         progress(f"warning: torch-pruning {tp_version} is installed, this comparison is meant for {TP_VERSION}")

@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    print(f"CPU: {bench.cpu_name()} ({os.cpu_count()} cores); torch {torch.__version__}")
     data = {"ratio_0.5": part1(args.models.split(","), args.repeats)}
     if not args.skip_latency_target:
         data["latency_target"] = part2()

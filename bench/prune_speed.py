@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn as nn
 
 import graphprune
+from graphprune.bench import cpu_name
 from graphprune.models import ZOO
 
 STAGES = ("trace", "analysis", "scoring", "planning", "rewrite", "checks", "report")
@@ -116,6 +118,7 @@ def main() -> None:
     parser.add_argument("--skip-depth", action="store_true", help="skip the depth family")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} cores); torch {torch.__version__}")
     out = {"largest": {}, "depth": {}}
     if not args.skip_sensitivity:
         s = out["sensitivity"] = time_sensitivity()

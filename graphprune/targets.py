@@ -103,16 +103,12 @@ def ort_x86() -> Target:
 NONE = Target("none")
 XNNPACK = Target("xnnpack")
 
-#: a measured step whose off-step penalty reaches this also keeps narrow layers at one block
-ONE_BLOCK_PENALTY = 1.10
-
-
 def _from_profile(profile) -> Target:
+    """The measured steps; narrow layers keep one block only where the profile measured that half a block
+    is not faster (MeasuredProfile.one_block)."""
     steps = profile.steps
-    dense_penalty = profile.penalties[LayerKind.DENSE_CONV]
     return Target(profile.name, dense_conv=steps[LayerKind.DENSE_CONV], grouped_conv=steps[LayerKind.GROUPED_CONV],
-                  linear=steps[LayerKind.LINEAR],
-                  one_block=steps[LayerKind.DENSE_CONV] > 1 and dense_penalty >= ONE_BLOCK_PENALTY)
+                  linear=steps[LayerKind.LINEAR], one_block=profile.one_block)
 
 
 def calibrate(runtime="ort", precision="fp32", *, threads: int = 1, counts=None, runs: int = 15,

@@ -44,6 +44,12 @@ def test_small_differences_do_not_make_a_step():
     assert cal.derive_step(t, tolerance=0.001)[0] == 8
 
 
+@pytest.mark.parametrize("half, full, kept", [(0.95, 1.0, True), (0.90, 1.0, True), (0.6, 1.0, False)])
+def test_one_block_is_kept_only_where_half_a_block_is_not_faster(half, full, kept):
+    assert cal.keeps_one_block({8: half, 16: full}) is kept
+    assert cal.keeps_one_block({}) is False  # step 1: nothing is narrow
+
+
 def test_too_few_counts():
     with pytest.raises(InputError, match="fewer than two multiples"):
         cal.derive_step({33: 1.0})
@@ -68,6 +74,9 @@ def test_calibrate_measures_caches_and_reads_back(cache, monkeypatch):
         assert all(ms > 0 for ms in data["latency_ms"][kind.name].values())
     profile = cal.load_profile(str(path))
     assert (target.dense_conv, target.grouped_conv, target.linear) == tuple(profile.steps[k] for k in LayerKind)
+    step = profile.steps[LayerKind.DENSE_CONV]
+    assert sorted(profile.narrow_ms) == ([step // 2, step] if step > 1 else [])  # narrow layers measured
+    assert target.one_block == cal.keeps_one_block(profile.narrow_ms)
     assert all(cal.derive_step(profile.latency_ms[k])[0] == profile.steps[k] for k in LayerKind)
 
     def no_measuring(*args, **kwargs):
@@ -79,6 +88,19 @@ def test_calibrate_measures_caches_and_reads_back(cache, monkeypatch):
     with pytest.raises(AssertionError, match="should have been read"):
         calibrate("ort", "fp32", counts=(16, 32))  # another grid is measured again
     assert not [f for f in os.listdir(cache) if f.startswith(".")]  # written atomically, no temp left
+
+
+def test_a_profile_cached_before_narrow_layers_were_measured_is_measured_again(cache):
+    calibrate("ort", "fp32", counts=TINY, runs=3)
+    path = cal.profile_path(Runtime.ORT, Precision.FP32, 1)
+    with open(path) as f:
+        data = json.load(f)
+    del data["narrow_ms"]
+    with open(path, "w") as f:
+        json.dump(data, f)
+    assert cal.load_profile(path) is None  # unreadable as a profile: calibrate measures it again
+    calibrate("ort", "fp32", counts=TINY, runs=3)
+    assert "narrow_ms" in json.loads(open(path).read())
 
 
 def test_cache_is_keyed_by_runtime_precision_and_threads(cache):

@@ -312,16 +312,31 @@ def _check_file(name: str, path: str, runtime: Runtime) -> None:
         raise BenchError(f"variant {name!r}: OpenVINO IR {path!r} has no weights file {path[:-4] + '.bin'!r} beside it")
 
 
+#: /proc/cpuinfo flags that decide which kernels a runtime uses, and how they are named in cpu_name()
+_ISA_FLAGS = (("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"), ("amx_tile", "AMX"), ("avx2", "AVX2"))
+
+
 def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo), else what platform knows."""
+    """The CPU's model name with the vector extensions runtimes pick kernels by (from /proc/cpuinfo), else
+    what platform knows. Cloud CPUs often report a generic model name ("Intel(R) Xeon(R) Processor"); the
+    extensions (AVX-512, VNNI, AMX) tell such machines apart, in tables and in profile cache keys. (Not
+    the clock: it varies from reading to reading on many machines, and cache keys must not.)"""
     import platform
 
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                        platform.machine())
+            info = {}
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         return platform.processor() or platform.machine()
+    name = info.get("model name", platform.machine())
+    flags = set(info.get("flags", "").split())
+    isa = [label for flag, label in _ISA_FLAGS if flag in flags]
+    if "AVX-512" in isa and "AVX2" in isa:
+        isa.remove("AVX2")  # implied
+    return f"{name} ({', '.join(isa)})" if isa else name
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:

@@ -14,6 +14,11 @@ any count is as fast per channel). The penalty off the step is the median over t
 of ``t(c) / t_lin(c)``, where ``t_lin`` interpolates linearly between the neighbouring multiples
 of the step (1.0 = no penalty).
 
+Narrow layers (``one_block``): a layer asked to keep fewer output channels than one step is kept
+at one step when that costs (almost) nothing. This is measured too: ``Conv2d(2*step, c, 3)`` on 14x14
+at ``c = step // 2`` and ``c = step``; when half a step takes at least ``1 - NARROW_TOLERANCE`` of a
+full step's time, the narrow layer runs off the fast path and one block is kept.
+
 A profile is cached as JSON under ``$GRAPHPRUNE_CACHE`` (default ``~/.cache/graphprune``), keyed by
 CPU, runtime and its version, precision and thread count, written atomically.
 """
@@ -32,8 +37,8 @@ from ..rules import LayerKind
 from .kinds import Precision, Runtime
 from .layers import LayerTimer
 
-__all__ = ["CANDIDATE_STEPS", "default_counts", "derive_step", "MeasuredProfile", "profile_path", "measure_profile",
-           "load_profile"]
+__all__ = ["CANDIDATE_STEPS", "default_counts", "derive_step", "keeps_one_block", "MeasuredProfile", "profile_path",
+           "measure_profile", "load_profile"]
 
 CANDIDATE_STEPS = (1, 2, 4, 8, 16, 32)
 
@@ -73,6 +78,25 @@ def derive_step(latency_ms: Mapping[int, float], tolerance: float = 0.03,
     return step, (statistics.median(ratios) if ratios else 1.0)
 
 
+#: half a step taking at least (1 - this) of a full step's time keeps narrow layers at one step
+NARROW_TOLERANCE = 0.10
+
+
+def keeps_one_block(narrow_ms: Mapping[int, float]) -> bool:
+    """From ``{step // 2: ms, step: ms}`` (empty when the step is 1): is a narrow layer as slow as a full block?"""
+    if len(narrow_ms) != 2:
+        return False
+    half, full = sorted(narrow_ms)
+    return narrow_ms[half] >= (1 - NARROW_TOLERANCE) * narrow_ms[full]
+
+
+def _narrow_conv(timer: LayerTimer, step: int) -> dict[int, float]:
+    """Dense 3x3 conv latency at half a step and one step of output channels (2*step inputs, 14x14)."""
+    if step < 2:
+        return {}
+    return {c: timer.conv_ms(1, 2 * step, c, 14, 14, (3, 3), (1, 1), (1, 1), 1) for c in (step // 2, step)}
+
+
 def _kinds(timer: LayerTimer):
     return {
         LayerKind.DENSE_CONV: lambda c: timer.conv_ms(1, c, c, 14, 14, (3, 3), (1, 1), (1, 1), 1),
@@ -93,7 +117,12 @@ class MeasuredProfile:
     latency_ms: Mapping[LayerKind, Mapping[int, float]]
     steps: Mapping[LayerKind, int]
     penalties: Mapping[LayerKind, float]
+    narrow_ms: Mapping[int, float]  # dense conv at half a step and one step of outputs (see keeps_one_block)
     path: str = ""
+
+    @property
+    def one_block(self) -> bool:
+        return keeps_one_block(self.narrow_ms)
 
     @property
     def name(self) -> str:
@@ -115,13 +144,16 @@ class MeasuredProfile:
             runtime_version=data["runtime_version"], cpu=data["cpu"], threads=int(data["threads"]),
             latency_ms={kinds[k]: {int(c): float(ms) for c, ms in v.items()} for k, v in data["latency_ms"].items()},
             steps={kinds[k]: int(v) for k, v in data["steps"].items()},
-            penalties={kinds[k]: float(v) for k, v in data["penalties"].items()}, path=path)
+            penalties={kinds[k]: float(v) for k, v in data["penalties"].items()},
+            narrow_ms={int(c): float(ms) for c, ms in data["narrow_ms"].items()}, path=path)
 
     def describe(self) -> str:
         parts = [f"{k.name.lower()} step {self.steps[k]} (penalty off the step x{self.penalties[k]:.2f})"
                  for k in self.steps]
+        narrow = ", ".join(f"{c} outputs {ms:.3f} ms" for c, ms in sorted(self.narrow_ms.items()))
         return (f"{self.name}: {self.runtime.label} {self.runtime_version}, {self.precision.value}, "
-                f"{self.threads} thread(s), {self.cpu}: " + "; ".join(parts))
+                f"{self.threads} thread(s), {self.cpu}: " + "; ".join(parts)
+                + (f"; narrow dense conv {narrow}: one block {'kept' if self.one_block else 'not kept'}" if narrow else ""))
 
 
 def profile_path(runtime: Runtime, precision: Precision, threads: int) -> str:
@@ -151,9 +183,10 @@ def measure_profile(runtime: Runtime, precision: Precision, *, counts: Sequence[
     timer = LayerTimer(runtime, precision, threads=threads, pin_core=True, runs=runs)
     latency = {kind: {c: time_one(c) for c in counts} for kind, time_one in _kinds(timer).items()}
     derived = {kind: derive_step(t, tolerance) for kind, t in latency.items()}
+    narrow = _narrow_conv(timer, derived[LayerKind.DENSE_CONV][0])
     profile = MeasuredProfile(runtime, precision, timer.version, cpu_name(), threads, latency,
                               {k: s for k, (s, _) in derived.items()}, {k: p for k, (_, p) in derived.items()},
-                              path or profile_path(runtime, precision, threads))
+                              narrow, path or profile_path(runtime, precision, threads))
     os.makedirs(os.path.dirname(os.path.abspath(profile.path)), exist_ok=True)
     write_json(profile.path, profile.to_json())
     return profile
