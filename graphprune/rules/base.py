@@ -25,6 +25,7 @@ import torch
 import torch.fx as fx
 
 import enum
+import functools
 from dataclasses import dataclass
 
 from ..groups import Coupling, Effect, Freeze, Role, Slot
@@ -189,9 +190,16 @@ class GraphView:
     def __init__(self, gm: fx.GraphModule, declared: Mapping[str, Any] | None = None):
         self.gm = gm
         self.modules = dict(gm.named_modules())
-        self.params = dict(gm.named_parameters(remove_duplicate=False))
-        self.buffers = dict(gm.named_buffers(remove_duplicate=False))
         self.declared: dict[str, Any] = dict(declared or {})
+
+    @functools.cached_property
+    def params(self) -> dict[str, torch.nn.Parameter]:
+        """Qualified name -> parameter (every name of a tied one); read on first use (one module walk)."""
+        return dict(self.gm.named_parameters(remove_duplicate=False))
+
+    @functools.cached_property
+    def buffers(self) -> dict[str, torch.Tensor]:
+        return dict(self.gm.named_buffers(remove_duplicate=False))
 
     def value(self, node: Any) -> Any:
         return value_meta(node) if isinstance(node, fx.Node) else node
