@@ -35,13 +35,16 @@ Protocol (one run of this script, every model of ``--models``, default the whole
   the same call 3-30x slower at random (mobilenet_v2: 0.5-4.6 s with 2 threads on 2 cores
   vs a steady 0.17 s with 1), which would swamp the comparison.
   - graphprune: the whole ``prune_graph`` call (deep copy, trace, analysis, scoring,
-    planning, rewrite, final checks, report), timed in THIS process after one warm-up call
-    on a tiny model (so import and first-call costs are excluded).
-  - Torch-Pruning: pruner construction (dependency-graph build) + ``step()``, timed in a
-    CHILD process (it can run out of memory or hang) after one warm-up prune of the same
-    tiny model there (each repeat prunes a freshly built model, outside the timer); the child
-    is killed after ``--tp-timeout`` seconds. A failure,
-    crash or timeout is reported as ``FAIL (<reason>)`` and the run goes on.
+    planning, rewrite, final checks, report).
+  - Torch-Pruning: pruner construction (dependency-graph build) + ``step()``.
+  Each tool is timed in its own worker process (Torch-Pruning can run out of memory or hang;
+  a job that does not answer within ``--tp-timeout`` seconds kills the worker), after one
+  warm-up prune of a tiny model there (so import and first-call costs are excluded); every
+  run prunes a freshly built model (built outside the timer). The two tools' runs ALTERNATE,
+  the order swapped every round: on a shared machine a slow spell (measured here: the same
+  call 1.6x slower for minutes) then hits both tools alike instead of one. A failure, crash
+  or timeout is reported as ``FAIL (<reason>)`` and the run goes on. graphprune's pruned
+  model for the checks below comes from one more, untimed, call in this process.
 * Params / MACs: the same counter for every variant: ``count_params(model)`` and
   ``count_macs`` of a graphprune trace of a deep copy with values recorded on the example
   inputs. (graphprune's own report is cross-checked against it; mismatches are noted.)
@@ -54,9 +57,9 @@ Protocol (one run of this script, every model of ``--models``, default the whole
   ``--repeats`` timed runs split over ``--rounds`` rotating rounds after ``--warmup``
   warm-up runs per variant.
 
-The pruned Torch-Pruning model travels from the child to this process as a full pickle
+The pruned Torch-Pruning model travels from its worker to this process as a full pickle
 (``torch.save(model)``) in a private temporary directory; only those files, written by
-this script's own child, are loaded with ``torch.load(weights_only=False)``.
+this script's own worker, are loaded with ``torch.load(weights_only=False)``.
 """
 from __future__ import annotations
 
@@ -66,6 +69,7 @@ import importlib
 import importlib.metadata
 import json
 import os
+import select
 import signal
 import statistics
 import subprocess
@@ -263,72 +267,105 @@ def tp_prune(model: nn.Module, inputs: tuple[torch.Tensor, ...], ignored: Sequen
     pruner.step()
 
 
-def tp_child(job_path: str) -> int:
-    """Child-process entry point: warm up, prune one model, time it, save the pruned module."""
-    with open(job_path) as f:
-        job = json.load(f)
-    result: dict[str, Any] = {}
-    try:
-        torch.set_num_threads(job["threads"])
-        warm, warm_inputs = tiny_model()
-        tp_prune(warm, warm_inputs, ["8"], job["round_to"])
+def worker(tool: str, threads: int) -> int:
+    """Timing worker (child process): warm up on the tiny model, then time one prune per job line on stdin.
+
+    A job is {"model", "round_to", "ignored", "save"}; the reply (one JSON line on stdout) is
+    {"seconds": s, "mha": note} or {"error": reason}. Every job prunes a freshly built model (built
+    outside the timer); with "save", Torch-Pruning's pruned module is pickled there (graphprune's
+    result is rebuilt by the parent, which never times it).
+    """
+    torch.set_num_threads(threads)
+    out = sys.stdout
+    sys.stdout = sys.stderr  # anything the tools print must not corrupt the reply channel
+    warm, warm_inputs = tiny_model()
+    if tool == "graphprune":
+        graphprune.prune_graph(warm, warm_inputs, ratio=RATIO, importance="l2")
+    else:
+        tp_prune(warm, warm_inputs, ["8"], None)
+    for line in sys.stdin:
+        job = json.loads(line)
         spec = ZOO[job["model"]]
-        runs = []
-        for _ in range(job["repeats"]):  # a fresh model each time: Torch-Pruning prunes in place
-            model, inputs = spec.build(), spec.example_inputs()
+        model, inputs = spec.build(), spec.example_inputs()
+        reply: dict[str, Any] = {}
+        try:
             before = mha_summary(model)
             t0 = time.perf_counter()
-            tp_prune(model, inputs, job["ignored"], job["round_to"])
-            runs.append(time.perf_counter() - t0)
-        result["runs"] = runs
-        if before:
-            result["mha"] = f"MHA {before} -> {mha_summary(model)}"
-        torch.save(model, job["model_path"])
-        code = 0
-    except Exception as exc:  # any failure of Torch-Pruning is a result, not a crash
-        frame = traceback.extract_tb(exc.__traceback__)[-1]
-        where = f"{os.path.relpath(frame.filename, os.path.dirname(os.path.dirname(torch.__file__)))}:{frame.lineno}"
-        result["error"] = f"{describe(exc)} (at {where} in {frame.name})"
-        code = 1
-    with open(job["result_path"], "w") as f:
-        json.dump(result, f)
-    return code
+            if tool == "graphprune":
+                graphprune.prune_graph(model, inputs, ratio=RATIO, importance="l2", round_to=job["round_to"] or 1)
+            else:
+                tp_prune(model, inputs, job["ignored"], job["round_to"])
+            reply["seconds"] = time.perf_counter() - t0
+            if tool != "graphprune" and before:
+                reply["mha"] = f"MHA {before} -> {mha_summary(model)}"
+            if job.get("save"):
+                torch.save(model, job["save"])
+        except Exception as exc:  # any failure of a tool is a result, not a crash
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            where = f"{os.path.relpath(frame.filename, os.path.dirname(os.path.dirname(torch.__file__)))}:{frame.lineno}"
+            reply = {"error": f"{describe(exc)} (at {where} in {frame.name})"}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+    return 0
 
 
-def run_tp_child(model_name: str, round_to: int | None, ignored: list[str], workdir: str,
-                 timeout: float, repeats: int) -> tuple[list[float], str | None, str | None, str | None]:
-    """(seconds of each run, model path, MHA note, failure reason) of Torch-Pruning in a child process."""
-    key = variant_key("torch-pruning", round_to)
-    job = {
-        "model": model_name, "round_to": round_to, "ignored": ignored, "repeats": repeats,
-        "threads": torch.get_num_threads(),
-        "model_path": os.path.join(workdir, f"{key}.pt"),
-        "result_path": os.path.join(workdir, f"{key}.json"),
-    }
-    job_path = os.path.join(workdir, f"{key}.job.json")
-    with open(job_path, "w") as f:
-        json.dump(job, f)
-    try:
-        proc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--tp-child", job_path],
-            capture_output=True, text=True, timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:  # subprocess.run has killed the child
-        return [], None, None, f"timeout after {timeout:g} s"
-    result: dict[str, Any] = {}
-    if os.path.exists(job["result_path"]):
-        with open(job["result_path"]) as f:
-            result = json.load(f)
-    if "error" in result:
-        return [], None, None, result["error"]
-    if proc.returncode != 0 or "runs" not in result:
-        if proc.returncode < 0:
-            sig = signal.Signals(-proc.returncode).name
-            oom = " (out of memory?)" if sig == "SIGKILL" else ""
-            return [], None, None, f"child killed by {sig}{oom}"
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return [], None, None, f"child exited with code {proc.returncode}: {tail}"
-    return result["runs"], job["model_path"], result.get("mha"), None
+class Worker:
+    """A timing worker process of one tool; a job that does not answer within `timeout` kills it
+    (the next job starts a new one)."""
+
+    def __init__(self, tool: str, threads: int, timeout: float):
+        self.tool, self.threads, self.timeout = tool, threads, timeout
+        self.proc: subprocess.Popen | None = None
+
+    def run(self, job: dict) -> dict:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", self.tool,
+                                          "--torch-threads", str(self.threads)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         text=True)
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if line:
+            return json.loads(line)
+        code = self.proc.poll()
+        self.close()
+        if code is None:
+            return {"error": f"timeout after {self.timeout:g} s"}
+        if code < 0:
+            sig = signal.Signals(-code).name
+            return {"error": f"worker killed by {sig}" + (" (out of memory?)" if sig == "SIGKILL" else "")}
+        return {"error": f"worker exited with code {code}"}
+
+    def close(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+def time_both(workers: dict[str, Worker], name: str, round_to: int | None, ignored: list[str], repeats: int,
+              save: str) -> dict[str, tuple[list[float], str | None, str | None]]:
+    """{tool: (seconds of each run, failure, MHA note)}: the tools' runs alternate (order swapped every
+    round), so a slow spell of a shared machine hits both alike. Torch-Pruning's last run saves its model."""
+    runs: dict[str, list[float]] = {tool: [] for tool in workers}
+    fail: dict[str, str | None] = {tool: None for tool in workers}
+    mha: str | None = None
+    for i in range(repeats):
+        for tool in (list(workers) if i % 2 == 0 else list(workers)[::-1]):
+            if fail[tool]:
+                continue
+            last = tool == "torch-pruning" and i == repeats - 1
+            reply = workers[tool].run({"model": name, "round_to": round_to, "ignored": ignored,
+                                       "save": save if last else None})
+            if "error" in reply:
+                fail[tool] = reply["error"]
+            else:
+                runs[tool].append(reply["seconds"])
+                mha = reply.get("mha") or mha
+    return {tool: (runs[tool], fail[tool], mha if tool == "torch-pruning" else None) for tool in workers}
 
 
 # ----------------------------------------------------------------------------- one model
@@ -356,7 +393,8 @@ def finish_variant(v: Variant, model: nn.Module, inputs: tuple[torch.Tensor, ...
         v.onnx_ok, v.export_error = False, describe(exc)
 
 
-def compare_model(name: str, args: argparse.Namespace, tp_error: str | None) -> ModelResult:
+def compare_model(name: str, args: argparse.Namespace, tp_error: str | None,
+                  workers: dict[str, Worker]) -> ModelResult:
     """Prune `name` with both tools at both rounding settings, measure and benchmark every variant."""
     spec = ZOO[name]
     model, inputs = spec.build(), spec.example_inputs()
@@ -373,20 +411,25 @@ def compare_model(name: str, args: argparse.Namespace, tp_error: str | None) -> 
         reference = output_shapes(model, inputs)
         finish_variant(original, model, inputs, reference, workdir, notes)
         for round_to in ROUNDINGS:
-            # graphprune, in this process.
             gp = Variant(variant_key("graphprune", round_to), "graphprune", round_to)
-            variants.append(gp)
-            progress(f"[{name}] graphprune round_to={round_to or 1}")
-            try:
-                for _ in range(args.prune_repeats):  # prune_graph never modifies `model`
-                    t0 = time.perf_counter()
-                    pruned = graphprune.prune_graph(model, inputs, ratio=RATIO, importance="l2",
-                                                    round_to=round_to or 1)
-                    gp.prune_runs.append(time.perf_counter() - t0)
-                gp.prune_s = statistics.median(gp.prune_runs)
-            except Exception as exc:
-                gp.fail = describe(exc)
+            tp = Variant(variant_key("torch-pruning", round_to), "torch-pruning", round_to)
+            variants += [gp, tp]
+            progress(f"[{name}] graphprune and torch-pruning, round_to={round_to or 1}, alternating")
+            tools = {"graphprune": workers["graphprune"]}
+            if tp_error:
+                tp.fail = tp_error
             else:
+                tools["torch-pruning"] = workers["torch-pruning"]
+            saved = os.path.join(workdir, f"{tp.key}.pt")
+            timed = time_both(tools, name, round_to, ignored, args.prune_repeats, saved)
+            for v in (gp, tp):
+                if v.tool in timed:
+                    v.prune_runs, v.fail, mha = timed[v.tool]
+                    v.prune_s = statistics.median(v.prune_runs) if v.prune_runs and not v.fail else None
+                    if mha:
+                        notes.append(f"{v.key}: {mha}")
+            if not gp.fail:  # the model itself, pruned once more here (untimed; prune_graph is deterministic)
+                pruned = graphprune.prune_graph(model, inputs, ratio=RATIO, importance="l2", round_to=round_to or 1)
                 finish_variant(gp, pruned.model, inputs, reference, workdir, notes)
                 r = pruned.report
                 for what, own, ours in (("params", r.params_after, gp.params), ("MACs", r.macs_after, gp.macs)):
@@ -396,22 +439,9 @@ def compare_model(name: str, args: argparse.Namespace, tp_error: str | None) -> 
                     notes.append(f"{gp.key}: report 'before' ({r.params_before:,} params, {r.macs_before:,} MACs) "
                                  f"differs from the counter ({original.params:,}, {original.macs:,})")
                 del pruned
-            # Torch-Pruning, in a child process.
-            tp = Variant(variant_key("torch-pruning", round_to), "torch-pruning", round_to)
-            variants.append(tp)
-            progress(f"[{name}] torch-pruning round_to={round_to}")
-            if tp_error:
-                tp.fail = tp_error
-                continue
-            runs, path, mha, fail = run_tp_child(name, round_to, ignored, workdir, args.tp_timeout,
-                                                 args.prune_repeats)
-            tp.prune_runs, tp.fail = runs, fail
-            tp.prune_s = statistics.median(runs) if runs else None
-            if mha:
-                notes.append(f"{tp.key}: {mha}")
-            if path:
-                # Our own child's file in our private temp dir: a full pickle of the pruned module.
-                tp_model = torch.load(path, weights_only=False).eval()
+            if not tp.fail and os.path.exists(saved):
+                # Our own worker's file in our private temp dir: a full pickle of the pruned module.
+                tp_model = torch.load(saved, weights_only=False).eval()
                 finish_variant(tp, tp_model, inputs, reference, workdir, notes)
                 del tp_model
         if not args.skip_latency:
@@ -566,9 +596,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads while pruning, for both tools (default 1; 0: torch's default)")
     parser.add_argument("--json", default=None, help="also write the results here (atomically)")
-    parser.add_argument("--tp-child", default=None, help=argparse.SUPPRESS)  # internal: child mode
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: timing worker mode
     args = parser.parse_args(argv)
-    if args.tp_child is None:
+    if args.worker is None:
         args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
         unknown = [m for m in args.model_names if m not in ZOO]
         if unknown or not args.model_names:
@@ -582,24 +612,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.tp_child is not None:
-        return tp_child(args.tp_child)
+    if args.worker is not None:
+        return worker(args.worker, args.torch_threads or torch.get_num_threads())
     started = time.perf_counter()
     if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)  # the Torch-Pruning children get the same count
+        torch.set_num_threads(args.torch_threads)  # the timing workers get the same count
     print(f"CPU: {bench.cpu_name()} ({os.cpu_count()} cores); torch {torch.__version__}", flush=True)
     tp_version, tp_error = ensure_torch_pruning()
     if tp_version and tp_version != TP_VERSION:
         progress(f"warning: torch-pruning {tp_version} is installed, this comparison is meant for {TP_VERSION}")
-    warm, warm_inputs = tiny_model()
-    graphprune.prune_graph(warm, warm_inputs, ratio=RATIO, importance="l2")  # warm-up: imports, first calls
+    threads = args.torch_threads or torch.get_num_threads()
+    workers = {"graphprune": Worker("graphprune", threads, args.tp_timeout),
+               "torch-pruning": Worker("torch-pruning", threads, args.tp_timeout)}
     results = []
-    for name in args.model_names:
-        try:
-            results.append(compare_model(name, args, tp_error and f"torch-pruning unavailable: {tp_error}"))
-        except Exception as exc:  # never let one model end the run
-            traceback.print_exc()
-            results.append(ModelResult(name, [], [], [], error=describe(exc)))
+    try:
+        for name in args.model_names:
+            try:
+                results.append(compare_model(name, args, tp_error and f"torch-pruning unavailable: {tp_error}", workers))
+            except Exception as exc:  # never let one model end the run
+                traceback.print_exc()
+                results.append(ModelResult(name, [], [], [], error=describe(exc)))
+    finally:
+        for w in workers.values():
+            w.close()
     elapsed = time.perf_counter() - started
     import onnxruntime
 
@@ -607,8 +642,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratio": RATIO, "importance": "L2 magnitude, local", "roundings": [1, 16],
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "torch_pruning": tp_version, "onnxruntime": onnxruntime.__version__,
-        "graphprune_timing": "in this process, after a warm-up prune of a tiny model",
-        "torch_pruning_timing": "pruner construction + step() in a child process, after a warm-up prune of a tiny model",
+        "graphprune_timing": "whole prune_graph call in a worker process, after a warm-up prune of a tiny model",
+        "torch_pruning_timing": "pruner construction + step() in a worker process, after a warm-up prune of a tiny model",
+        "timing_order": "one run of each tool in turn, the order swapped every round",
         "latency": None if args.skip_latency else {
             "profile": "edge (1 intra-op thread, pinned to one core, ORT_ENABLE_ALL)",
             "warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds,
@@ -619,8 +655,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"graphprune vs Torch-Pruning {tp_version or '(unavailable)'}: ratio {RATIO}, L2 magnitude, "
           f"local; torch {torch.__version__} with {torch.get_num_threads()} thread(s), "
           f"onnxruntime {onnxruntime.__version__}")
-    print("prune s: graphprune = whole prune_graph call in this process; Torch-Pruning = "
-          f"MetaPruner construction + step() in a child process; both after a warm-up prune, "
+    print("prune s: graphprune = whole prune_graph call; Torch-Pruning = MetaPruner construction + step(); "
+          "each in its own worker process after a warm-up prune, the two tools' runs alternating; "
           f"median of {args.prune_repeats} run(s) each")
     if not args.skip_latency:
         print(f"p50 ms: ONNX Runtime, edge profile (1 thread pinned), all variants of a model "
