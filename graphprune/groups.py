@@ -14,7 +14,6 @@ import functools
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-import networkx as nx
 import numpy as np
 
 
@@ -231,14 +230,25 @@ class DependencyGraph:
         }
 
     def to_graphml(self, path: str) -> None:
-        """Export the slot graph (one node per slot, with its group id) for yEd/Gephi."""
-        g = nx.Graph()
+        """Export the slot graph (one node per slot, with its group id, role and frozen flag; one edge per
+        coupling) as GraphML for yEd/Gephi/networkx, written atomically."""
+        import xml.etree.ElementTree as ET
+
+        from .atomic import write_atomically
+
+        root = ET.Element("graphml", xmlns="http://graphml.graphdrawing.org/xmlns")
+        for key, kind in (("group", "string"), ("role", "string"), ("frozen", "boolean")):
+            ET.SubElement(root, "key", {"id": key, "for": "node", "attr.name": key, "attr.type": kind})
+        graph = ET.SubElement(root, "graph", edgedefault="undirected")
         for group in self.groups:
             for slot in group.members:
-                g.add_node(str(slot), group=group.id, role=slot.role.value, frozen=group.frozen)
-        for a, b in self.slot_edges:
-            g.add_edge(str(a), str(b))
-        nx.write_graphml(g, path)
+                node = ET.SubElement(graph, "node", id=str(slot))
+                for key, value in (("group", group.id), ("role", slot.role.value),
+                                   ("frozen", str(group.frozen).lower())):
+                    ET.SubElement(node, "data", key=key).text = value
+        for a, b in dict.fromkeys((str(a), str(b)) for a, b in self.slot_edges):
+            ET.SubElement(graph, "edge", source=a, target=b)
+        write_atomically(path, lambda f: ET.ElementTree(root).write(f, encoding="utf-8", xml_declaration=True))
 
 
 def connected_labels(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
