@@ -1,21 +1,16 @@
 """The real-data demonstration (examples/digits_pruning.py) runs end to end with --quick."""
-import importlib.util
 import json
 import os
 
 import pytest
+from examples_support import load_example
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "digits_pruning.py")
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("digits_pruning_under_test", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("digits_pruning.py")
 
 
 def test_quick_run_writes_json_and_plot(tmp_path, capsys):

