@@ -89,3 +89,29 @@ def test_a_group_whose_rewrite_breaks_is_frozen_with_the_error_and_the_rest_is_p
     assert set(result.plan.keep) == set(good.plan.keep) - set(broke)  # every other group is still pruned
     assert result.model(*x).shape == model(*x).shape
     assert max_exactness_error(model, x, result) <= 1e-5
+
+
+def test_dead_code_pass_removes_dead_nodes_and_the_submodules_only_they_used():
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU())
+            self.dead = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU())
+            self.scale = torch.nn.Module()
+            self.scale.w = torch.nn.Parameter(torch.ones(1, 4, 1, 1))
+
+        def forward(self, x):
+            self.dead(x)  # computed, never read
+            return self.used(x) * self.scale.w
+
+    x = (torch.randn(1, 3, 5, 5),)
+    gm = trace(Branchy().eval())
+    record_values(gm, x)
+    expected = gm(*x)
+    result = EliminateDeadCode(x)(gm)
+    names = {n for n, _ in gm.named_modules()}
+    assert result.modified
+    assert not any(n.startswith("dead") for n in names)
+    assert {"used", "used.0", "used.1", "scale"} <= names  # called modules keep their insides; get_attr keeps its owner
+    assert torch.equal(gm(*x), expected)
+    assert not EliminateDeadCode(x)(gm).modified  # nothing left to remove
