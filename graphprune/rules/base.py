@@ -243,6 +243,7 @@ class AnalysisContext(GraphView):
         self.sizes: dict[Slot, int] = {}
         self.freezes: list[Freeze] = []
         self.head_splits: Mapping[str, frozenset[int]] = {}  # nodes feeding attention -> head_dims (dependencies)
+        self._param_roles: dict[tuple[str, int], list[Role]] = {}  # tensor dim -> the roles it has slots in
 
     def _register(self, slot: Slot, size: int) -> Slot:
         self.sizes[slot] = size
@@ -272,10 +273,10 @@ class AnalysisContext(GraphView):
             raise KeyError(qualname)
         name = self.canonical.get(qualname, qualname)
         slot = Slot(name, dim, role)
-        for other in Role:
-            twin = Slot(name, dim, other)
-            if other is not role and twin in self.sizes and slot not in self.sizes:
-                self.ties.append(Coupling(twin, slot))
+        roles = self._param_roles.setdefault((name, dim), [])
+        if role not in roles:  # a new slot of this tensor dim: tied to the slots of its other roles
+            self.ties.extend(Coupling(Slot(name, dim, other), slot) for other in roles)
+            roles.append(role)
         return self._register(slot, tensor.shape[dim])
 
     def module_param_slot(self, node: fx.Node, attr: str, dim: int, role: Role) -> Slot | None:
