@@ -117,8 +117,9 @@ def _unused_submodules(gm: fx.GraphModule) -> list[str]:
         if node.op in ("call_module", "get_attr"):
             parts = node.target.split(".")
             used.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))  # the target and its parents
-            if node.op == "call_module":  # a called module uses everything inside it
-                used.update(f"{node.target}.{inner}" for inner, _ in modules[node.target].named_modules() if inner)
+            called = modules.get(node.target) if node.op == "call_module" else None
+            if called is not None:  # a called module uses everything inside it
+                used.update(f"{node.target}.{inner}" for inner, _ in called.named_modules() if inner)
     unused = []
     for name in modules:  # parents come before their children
         if name and name not in used and not any(name.startswith(u + ".") for u in unused):
