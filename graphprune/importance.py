@@ -43,7 +43,7 @@ import torch.fx as fx
 
 from .errors import InputError
 from .groups import ChannelGroup, DependencyGraph, Role, Slot
-from .trace import CaptureValues
+from .trace import capture_values
 
 _WEIGHT_ROLES = (Role.PRODUCER, Role.CONSUMER)
 _NORMS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
@@ -194,11 +194,10 @@ class _ActivationStatistic(Criterion):
         try:
             with torch.no_grad():
                 for batch in ctx.calibration:
-                    capture = CaptureValues(ctx.model, wanted)
-                    capture.run(*ctx.model_inputs(batch))
+                    values = capture_values(ctx.model, ctx.model_inputs(batch), wanted)
                     for g in groups:
                         for slot in slots[g.id]:
-                            per_position = self.statistic(capture.values[slot.name], slot.dim).double().numpy()
+                            per_position = self.statistic(values[slot.name], slot.dim).double().numpy()
                             counts = np.bincount(g.members[slot], minlength=g.size)
                             sums[g.id] += np.bincount(g.members[slot], weights=per_position, minlength=g.size) / np.maximum(counts, 1)
         finally:
@@ -313,10 +312,9 @@ class Wanda(Criterion):
         try:
             with torch.no_grad():
                 for batch in ctx.calibration:
-                    capture = CaptureValues(ctx.model, {s.name for s in slots})
-                    capture.run(*ctx.model_inputs(batch))
+                    values = capture_values(ctx.model, ctx.model_inputs(batch), {s.name for s in slots})
                     for s in slots:
-                        x = capture.values[s.name].double()
+                        x = values[s.name].double()
                         sq = (x.movedim(s.dim, 0).reshape(x.shape[s.dim], -1) ** 2).sum(1)
                         squares[s] = squares.get(s, 0) + sq
         finally:

@@ -23,7 +23,7 @@ import torch.fx as fx
 from .groups import Coupling, Effect
 from .rules import AnalysisContext, RuleTable
 from .rules.base import callable_of
-from .trace import CaptureValues
+from .trace import capture_values
 
 SUBSETS = 3
 _CALLS = ("call_module", "call_function", "call_method")
@@ -41,15 +41,14 @@ class ChannelProbe:
         if self._values is None:
             modules = dict(self.gm.named_modules())
             rule_less = [n for n in self.gm.graph.nodes if n.op in _CALLS and self.rules.for_node(n, modules) is None]
-            capture = CaptureValues(self.gm, {a.name for n in rule_less for a in n.all_input_nodes})
             training = self.gm.training
             self.gm.eval()
             try:
                 with torch.no_grad():
-                    capture.run(*self.inputs)
+                    self._values = capture_values(self.gm, self.inputs,
+                                                  {a.name for n in rule_less for a in n.all_input_nodes})
             finally:
                 self.gm.train(training)
-            self._values = capture.values
         return self._values.get(node.name)
 
     def _op(self, node: fx.Node, ctx: AnalysisContext):

@@ -11,7 +11,7 @@ import copy
 import inspect
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.fx as fx
@@ -119,33 +119,55 @@ def record_values(gm: fx.GraphModule, inputs: tuple) -> Any:
     storing each node's value meta; returns the output.
 
     A real run, not FakeTensors: on batch-1 CNN inputs it is 5-50x faster than FakeTensor
-    dispatch, and it proves the rewritten model computes. It runs the nodes as fx.Interpreter
-    does (each value is dropped after its last use), without the Interpreter's per-node overhead.
+    dispatch, and it proves the rewritten model computes.
     """
-    nodes = list(gm.graph.nodes)
-    placeholders = [n for n in nodes if n.op == "placeholder"]
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(inputs):
         raise InputError(
             f"the model takes {len(placeholders)} input(s) ({', '.join(p.name for p in placeholders)}) "
             f"but {len(inputs)} example input(s) were given; pass one tensor per forward() argument"
         )
+
+    def record(node: fx.Node, value: Any) -> None:
+        node.meta[META_KEY] = _to_meta(value)
+
+    try:
+        return run_graph(gm, inputs, record)
+    except NodeFailure as failure:
+        n, exc = failure.node, failure.__cause__
+        where = n.meta.get("stack_trace", "").strip().splitlines()[-1:] or [""]
+        raise InputError(
+            f"running the traced model failed at node `{n.name}` ({n.op} {n.target}): "
+            f"{type(exc).__name__}: {exc} {where[0].strip()}. "
+            "Check that example_inputs have the shapes and dtypes the model expects."
+        ) from exc
+
+
+class NodeFailure(Exception):
+    """Raised by run_graph from the exception of the node that failed (its __cause__)."""
+
+    def __init__(self, node: fx.Node):
+        super().__init__(node.name)
+        self.node = node
+
+
+def run_graph(gm: fx.GraphModule, inputs: tuple, on_value: Callable[[fx.Node, Any], None]) -> Any:
+    """Run `gm`'s nodes on `inputs` (one per placeholder) as fx.Interpreter does, each value dropped after
+    its last use, without the Interpreter's per-node overhead; `on_value(node, value)` sees every node's
+    value (the output node's too). Returns the output; a failing node raises NodeFailure from its error."""
+    nodes = list(gm.graph.nodes)
     last_use = {arg: i for i, n in enumerate(nodes) for arg in n.all_input_nodes}
     dies_at: dict[int, list[fx.Node]] = {}
     for arg, i in last_use.items():
         dies_at.setdefault(i, []).append(arg)
     modules = dict(gm.named_modules())
-    env: dict[fx.Node, Any] = dict(zip(placeholders, inputs))
+    env: dict[fx.Node, Any] = dict(zip((n for n in nodes if n.op == "placeholder"), inputs))
     for i, n in enumerate(nodes):
         try:
             value = _run_node(gm, n, env, modules)
         except Exception as exc:
-            where = n.meta.get("stack_trace", "").strip().splitlines()[-1:] or [""]
-            raise InputError(
-                f"running the traced model failed at node `{n.name}` ({n.op} {n.target}): "
-                f"{type(exc).__name__}: {exc} {where[0].strip()}. "
-                "Check that example_inputs have the shapes and dtypes the model expects."
-            ) from exc
-        n.meta[META_KEY] = _to_meta(value)
+            raise NodeFailure(n) from exc
+        on_value(n, value)
         if n.op == "output":
             return value
         env[n] = value
@@ -203,18 +225,20 @@ def omitted_none_arguments(model: torch.nn.Module, args: tuple, kwargs: dict | N
             if p.default is None and p.name not in (kwargs or {}) and not (p.kind in positional and i < len(args))}
 
 
-class CaptureValues(fx.Interpreter):
-    """Runs a graph and keeps the (detached) values of the `wanted` nodes in `values`."""
+def capture_values(gm: fx.GraphModule, inputs: tuple, wanted: set[str]) -> dict[str, Any]:
+    """Run `gm` on `inputs` and return the (detached) values of the nodes named in `wanted`; a failing node
+    raises its own error."""
+    values: dict[str, Any] = {}
 
-    def __init__(self, gm: fx.GraphModule, wanted: set[str]):
-        super().__init__(gm)
-        self.wanted, self.values = wanted, {}
+    def keep(node: fx.Node, value: Any) -> None:
+        if node.name in wanted:
+            values[node.name] = value.detach() if isinstance(value, torch.Tensor) else value
 
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if n.name in self.wanted:
-            self.values[n.name] = out.detach() if isinstance(out, torch.Tensor) else out
-        return out
+    try:
+        run_graph(gm, inputs, keep)
+    except NodeFailure as failure:
+        raise failure.__cause__ from None
+    return values
 
 
 def value_meta(node: fx.Node) -> Any:
