@@ -2,7 +2,7 @@
 
 Usage:
   python bench/edge_runtimes.py [--models resnet50,mobilenet_v2,densenet121,vit_tiny]
-      [--runtimes ort,openvino,executorch] [--ratio 0.5] [--warmup 10] [--repeats 50] [--rounds 5]
+      [--runtimes ort,openvino,executorch] [--ratio 0.5] [--warmup 10] [--repeats 50] [--rounds 25]
       [--counts 32,48,...] [--json PATH] [--plot PATH]
 
 Protocol (edge profile: 1 thread, pinned to one core; every figure names the CPU and runtime version):
@@ -159,7 +159,9 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=25,
+                        help="interleaved rounds (2 runs per variant per round by default: a slow spell of this "
+                             "shared machine then lands on every variant, not on one variant's block of runs)")
     parser.add_argument("--min-cosine", type=float, default=0.9,
                         help="int8 vs fp32 floor on the random calibration batches (timing only)")
     parser.add_argument("--counts", help="channel grid for calibration (default: each runtime's default grid)")

@@ -111,14 +111,15 @@ def _from_profile(profile) -> Target:
                   linear=steps[LayerKind.LINEAR], one_block=profile.one_block)
 
 
-def calibrate(runtime="ort", precision="fp32", *, threads: int = 1, counts=None, runs: int = 15,
+def calibrate(runtime="ort", precision="fp32", *, threads: int = 1, counts=None, runs: int = 15, passes: int = 3,
               tolerance: float = 0.03, refresh: bool = False, path: str | None = None) -> Target:
     """The measured Target of `runtime` ("ort", "openvino", "executorch" or a Runtime) at `precision`.
 
     Reads the cached profile of this CPU, runtime version, precision and thread count when it holds
     the same channel `counts` (default: graphprune.runtimes.calibration.default_counts); otherwise
-    (or with `refresh=True`) measures it, which takes about 10-90 s for ORT/OpenVINO and 2-3 min for
-    ExecuTorch (one XNNPACK lowering per layer), and writes it atomically to `path` (default: the cache).
+    (or with `refresh=True`) measures it in `passes` passes (median per layer), which takes about 5-80 s
+    for ORT/OpenVINO and 2-6 min for ExecuTorch (one XNNPACK lowering per layer and pass), and writes it
+    atomically to `path` (default: the cache).
     """
     from .runtimes import calibration as cal
     from .runtimes.kinds import parse_precisions, parse_runtimes
@@ -127,16 +128,17 @@ def calibrate(runtime="ort", precision="fp32", *, threads: int = 1, counts=None,
     if len(runtimes) != 1 or len(precisions) != 1:
         raise InputError(f"calibrate takes one runtime and one precision, got {runtime!r}, {precision!r}")
     (rt,), (pr,) = runtimes, precisions
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise InputError(f"threads must be an int >= 1, got {threads!r}")
+    for name, value in (("threads", threads), ("runs", runs), ("passes", passes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be an int >= 1, got {value!r}")
     counts = tuple(cal.default_counts(rt) if counts is None else counts)
     if len(counts) < 2 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
         raise InputError(f"counts must be two or more positive ints (channel counts), got {counts!r}")
     path = path or cal.profile_path(rt, pr, threads)
     cached = None if refresh else cal.load_profile(path)
     if cached is None or sorted(cached.latency_ms[LayerKind.DENSE_CONV]) != sorted(counts):
-        cached = cal.measure_profile(rt, pr, counts=counts, threads=threads, runs=runs, tolerance=tolerance,
-                                     path=path)
+        cached = cal.measure_profile(rt, pr, counts=counts, threads=threads, runs=runs, passes=passes,
+                                     tolerance=tolerance, path=path)
     return _from_profile(cached)
 
 

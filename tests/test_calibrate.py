@@ -12,6 +12,7 @@ from graphprune.errors import InputError
 from graphprune.rules import LayerKind
 from graphprune.runtimes import Precision, Runtime
 from graphprune.runtimes import calibration as cal
+from graphprune.runtimes.layers import ROUNDS, ConvLayer, LayerTimer
 from graphprune.targets import cached_target, calibrate, ort_x86, resolve_target
 
 TINY = (16, 24, 32)  # three counts: enough for steps 1, 8 and 16, fast to time
@@ -53,6 +54,43 @@ def test_one_block_is_kept_only_where_half_a_block_is_not_faster(half, full, kep
 def test_too_few_counts():
     with pytest.raises(InputError, match="fewer than two multiples"):
         cal.derive_step({33: 1.0})
+
+
+def test_a_grid_is_timed_in_rotating_rounds():
+    """Every layer gets its runs; each round starts one layer later, so a slow spell is shared."""
+    order = []
+    timer = LayerTimer(runs=10)
+    times = timer._timed({k: (lambda k=k: order.append(k)) for k in "abc"})
+    assert {k: len(t) for k, t in times.items()} == {"a": 10, "b": 10, "c": 10}
+    timed = order[9:]  # after 3 warm-up runs each
+    firsts = [timed[r * 6] for r in range(ROUNDS)]  # 2 runs x 3 layers per round
+    assert firsts == ["a", "b", "c", "a", "b"]
+
+
+def test_a_pass_spoilt_by_a_slow_spell_is_outvoted(cache, monkeypatch):
+    """Each count's latency is the median over the passes: one uneven slow pass does not move the step."""
+    blocked16 = blocked(16)
+    spoilt = {c: t * (1.6 if c % 32 else 1.0) for c, t in blocked16.items()}  # makes 32 look like the step
+    passes = iter([blocked16, blocked16, blocked16, spoilt, spoilt, spoilt, blocked16, blocked16, blocked16])
+
+    def time_layers(self, layers):
+        self.measured += len(layers)
+        if all(isinstance(c, int) and c in blocked16 for c in layers) and len(layers) > 2:
+            return dict(next(passes))
+        return {c: 1.0 for c in layers}  # the narrow-layer convs
+
+    monkeypatch.setattr(LayerTimer, "time_layers", time_layers)
+    counts = cal.default_counts(Runtime.ORT)
+    profile = cal.measure_profile(Runtime.ORT, Precision.FP32, counts=counts, passes=3)
+    assert all(profile.steps[k] == 16 for k in LayerKind)
+    assert cal.derive_step(spoilt)[0] == 32  # what the spoilt pass alone would have chosen
+
+
+def test_time_layers_times_every_layer_of_a_grid():
+    timer = LayerTimer(Runtime.ORT, Precision.FP32, runs=3)
+    ms = timer.time_layers({c: ConvLayer(1, c, c, 8, 8, (3, 3), pad=(1, 1)) for c in (8, 64)})
+    assert sorted(ms) == [8, 64] and timer.measured == 2
+    assert 0 < ms[8] < ms[64]  # 64x the MACs
 
 
 @pytest.fixture
@@ -132,6 +170,8 @@ def test_the_report_names_the_profile_that_chose_the_widths(cache):
     ({"counts": (8,)}, "two or more positive ints"),
     ({"counts": (8, 0)}, "two or more positive ints"),
     ({"threads": 0}, "threads must be an int >= 1"),
+    ({"passes": 0}, "passes must be an int >= 1"),
+    ({"runs": True}, "runs must be an int >= 1"),
 ])
 def test_bad_arguments(cache, kwargs, match):
     with pytest.raises(InputError, match=match):
@@ -143,7 +183,7 @@ def test_bad_arguments(cache, kwargs, match):
 @pytest.mark.parametrize("runtime, precision", [("openvino", "fp32"), ("openvino", "int8"), ("executorch", "fp32")])
 def test_calibrate_edge_runtimes(cache, runtime, precision):
     counts = (16, 32) if runtime == "executorch" else TINY  # ExecuTorch lowers one program per layer: slow
-    target = calibrate(runtime, precision, counts=counts, runs=3)
+    target = calibrate(runtime, precision, counts=counts, runs=3, passes=1)
     assert target.name == f"measured:{runtime}/{precision}/1t"
     profile = cal.load_profile(cal.profile_path(Runtime(runtime), Precision(precision), 1))
     assert profile.runtime_version == Runtime(runtime).version()

@@ -6,11 +6,13 @@ For each layer kind (representative shapes, batch 1):
 * depthwise conv: ``Conv2d(c, c, 3, padding=1, groups=c)`` on 28x28;
 * linear: ``Linear(c, c)`` on 196 rows (ViT-B/16's tokens);
 
-the latency ``t(c)`` is measured by :class:`~graphprune.runtimes.layers.LayerTimer` for every ``c``
-in a grid whose ends are multiples of the largest candidate step. A step ``s`` is judged by the
-mean throughput ``c / t(c)`` over the grid's multiples of ``s``; the chosen step is the SMALLEST
-candidate whose throughput is within ``tolerance`` of the best candidate's (no alignment = 1:
-any count is as fast per channel). The penalty off the step is the median over the other counts
+the latency ``t(c)`` is measured for every ``c`` in a grid whose ends are multiples of the largest
+candidate step, the whole grid of one kind timed together in rotating rounds
+(:meth:`~graphprune.runtimes.layers.LayerTimer.time_layers`), in three independent passes whose
+median is kept. A step ``s`` is judged by the mean
+throughput ``c / t(c)`` over the grid's multiples of ``s``; the chosen step is the SMALLEST candidate
+whose throughput is within ``tolerance`` of the best candidate's (no alignment = 1: any count is as
+fast per channel). The penalty off the step is the median over the other counts
 of ``t(c) / t_lin(c)``, where ``t_lin`` interpolates linearly between the neighbouring multiples
 of the step (1.0 = no penalty).
 
@@ -35,7 +37,7 @@ from ..atomic import write_json
 from ..errors import InputError
 from ..rules import LayerKind
 from .kinds import Precision, Runtime
-from .layers import LayerTimer
+from .layers import ConvLayer, LayerTimer, LinearLayer
 
 __all__ = ["CANDIDATE_STEPS", "default_counts", "derive_step", "keeps_one_block", "MeasuredProfile", "profile_path",
            "measure_profile", "load_profile"]
@@ -94,15 +96,16 @@ def _narrow_conv(timer: LayerTimer, step: int) -> dict[int, float]:
     """Dense 3x3 conv latency at half a step and one step of output channels (2*step inputs, 14x14)."""
     if step < 2:
         return {}
-    return {c: timer.conv_ms(1, 2 * step, c, 14, 14, (3, 3), (1, 1), (1, 1), 1) for c in (step // 2, step)}
+    return timer.time_layers({c: ConvLayer(1, 2 * step, c, 14, 14, (3, 3), pad=(1, 1)) for c in (step // 2, step)})
 
 
-def _kinds(timer: LayerTimer):
-    return {
-        LayerKind.DENSE_CONV: lambda c: timer.conv_ms(1, c, c, 14, 14, (3, 3), (1, 1), (1, 1), 1),
-        LayerKind.GROUPED_CONV: lambda c: timer.conv_ms(1, c, c, 28, 28, (3, 3), (1, 1), (1, 1), c),
-        LayerKind.LINEAR: lambda c: timer.linear_ms(196, c, c),
-    }
+def _grid(kind: LayerKind, counts: Sequence[int]) -> dict[int, ConvLayer | LinearLayer]:
+    """The representative layer of `kind` at every channel count (see the module docstring)."""
+    if kind is LayerKind.DENSE_CONV:
+        return {c: ConvLayer(1, c, c, 14, 14, (3, 3), pad=(1, 1)) for c in counts}
+    if kind is LayerKind.GROUPED_CONV:
+        return {c: ConvLayer(1, c, c, 28, 28, (3, 3), pad=(1, 1), groups=c) for c in counts}
+    return {c: LinearLayer(196, c, c) for c in counts}
 
 
 @dataclass(frozen=True)
@@ -175,15 +178,29 @@ def load_profile(path: str) -> MeasuredProfile | None:
         return None
 
 
+def _median_of_passes(passes: Sequence[Mapping[int, float]]) -> dict[int, float]:
+    """{count: median over the passes of that count's latency}."""
+    return {c: statistics.median(p[c] for p in passes) for c in passes[0]}
+
+
 def measure_profile(runtime: Runtime, precision: Precision, *, counts: Sequence[int], threads: int = 1,
-                    runs: int = 15, tolerance: float = 0.03, path: str | None = None) -> MeasuredProfile:
-    """Time every layer kind at every count, derive the steps and write the profile to ``path`` atomically."""
+                    runs: int = 15, passes: int = 3, tolerance: float = 0.03,
+                    path: str | None = None) -> MeasuredProfile:
+    """Time every layer kind at every count in ``passes`` passes, derive the steps, write the profile atomically.
+
+    Each pass builds and times every kind's grid afresh, and a count's latency is the median over
+    the passes: a slow spell that outlasts one grid's rotating rounds (seen here: a whole OpenVINO
+    grid 3-64% slower, unevenly) spoils one pass, not the profile.
+    """
     from ..bench.harness import cpu_name
 
     timer = LayerTimer(runtime, precision, threads=threads, pin_core=True, runs=runs)
-    latency = {kind: {c: time_one(c) for c in counts} for kind, time_one in _kinds(timer).items()}
+    kinds = (LayerKind.DENSE_CONV, LayerKind.GROUPED_CONV, LayerKind.LINEAR)
+    timed = [{kind: timer.time_layers(_grid(kind, counts)) for kind in kinds} for _ in range(passes)]
+    latency = {kind: _median_of_passes([t[kind] for t in timed]) for kind in kinds}
     derived = {kind: derive_step(t, tolerance) for kind, t in latency.items()}
-    narrow = _narrow_conv(timer, derived[LayerKind.DENSE_CONV][0])
+    step = derived[LayerKind.DENSE_CONV][0]
+    narrow = _median_of_passes([_narrow_conv(timer, step) for _ in range(passes)]) if step > 1 else {}
     profile = MeasuredProfile(runtime, precision, timer.version, cpu_name(), threads, latency,
                               {k: s for k, (s, _) in derived.items()}, {k: p for k, (_, p) in derived.items()},
                               narrow, path or profile_path(runtime, precision, threads))
