@@ -200,7 +200,7 @@ def measure_profile(runtime: Runtime, precision: Precision, *, counts: Sequence[
     latency = {kind: _median_of_passes([t[kind] for t in timed]) for kind in kinds}
     derived = {kind: derive_step(t, tolerance) for kind, t in latency.items()}
     step = derived[LayerKind.DENSE_CONV][0]
-    narrow = _median_of_passes([_narrow_conv(timer, step) for _ in range(passes)]) if step > 1 else {}
+    narrow = _median_of_passes([_narrow_conv(timer, step) for _ in range(passes)])  # {} when the step is 1
     profile = MeasuredProfile(runtime, precision, timer.version, cpu_name(), threads, latency,
                               {k: s for k, (s, _) in derived.items()}, {k: p for k, (_, p) in derived.items()},
                               narrow, path or profile_path(runtime, precision, threads))
