@@ -117,9 +117,9 @@ def calibrate(runtime="ort", precision="fp32", *, threads: int = 1, counts=None,
 
     Reads the cached profile of this CPU, runtime version, precision and thread count when it holds
     the same channel `counts` (default: graphprune.runtimes.calibration.default_counts); otherwise
-    (or with `refresh=True`) measures it in `passes` passes (median per layer), which takes about 5-80 s
-    for ORT/OpenVINO and 2-6 min for ExecuTorch (one XNNPACK lowering per layer and pass), and writes it
-    atomically to `path` (default: the cache).
+    (or with `refresh=True`) measures it in `passes` passes (median per layer), which took 2-85 s for
+    ORT/OpenVINO and 3-7 min for ExecuTorch (one XNNPACK lowering per layer and pass) on a 2-core Xeon,
+    and writes it atomically to `path` (default: the cache).
     """
     from .runtimes import calibration as cal
     from .runtimes.kinds import parse_precisions, parse_runtimes
