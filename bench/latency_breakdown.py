@@ -39,6 +39,7 @@ import graphprune
 from graphprune import bench
 from graphprune.export import as_input_tuple, export_onnx
 from graphprune.models import ZOO
+from graphprune.runtimes import Runtime
 from graphprune.targets import calibrate, resolve_target
 
 CONV_OPS = ("Conv", "FusedConv")
@@ -127,10 +128,10 @@ def report(name: str, ratio: float, target, runs: int, work: str) -> None:
     total_excess = sum(excess.values())
     print("| op kind | dense ms | pruned ms | time ratio | MACs ratio | share of excess |\n|---|---:|---:|---:|---:|---:|")
     for kind in sorted(excess, key=lambda k: -dense.get(k, 0.0)):
-        d, p = dense.get(k := kind, 0.0), pruned.get(kind, 0.0)
+        d, p = dense.get(kind, 0.0), pruned.get(kind, 0.0)
         if max(d, p) < 0.005 * dense_wall:
             continue
-        m = f"{pruned_macs[k] / dense_macs[k]:.3f}" if dense_macs.get(k) else ""
+        m = f"{pruned_macs[kind] / dense_macs[kind]:.3f}" if dense_macs.get(kind) else ""
         ratio_cell = f"{p / d:.3f}" if d > 0 else "new"
         print(f"| {kind} | {d:.2f} | {p:.2f} | {ratio_cell} | {m} | {excess[kind] / total_excess:+.0%} |")
 
@@ -143,9 +144,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
     target = calibrate("ort", "fp32") if args.target == "measured" else resolve_target(args.target)
-    import onnxruntime as ort
-
-    print(f"CPU: {bench.cpu_name()}; ONNX Runtime {ort.__version__}; torch {torch.__version__}; "
+    print(f"CPU: {bench.cpu_name()}; ONNX Runtime {Runtime.ORT.version()}; torch {torch.__version__}; "
           f"edge profile: 1 thread, pinned")
     print(f"command: python {' '.join(sys.argv)}")
     with tempfile.TemporaryDirectory() as work:

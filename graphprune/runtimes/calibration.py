@@ -9,12 +9,11 @@ For each layer kind (representative shapes, batch 1):
 the latency ``t(c)`` is measured for every ``c`` in a grid whose ends are multiples of the largest
 candidate step, the whole grid of one kind timed together in rotating rounds
 (:meth:`~graphprune.runtimes.layers.LayerTimer.time_layers`), in three independent passes whose
-median is kept. A step ``s`` is judged by the mean
-throughput ``c / t(c)`` over the grid's multiples of ``s``; the chosen step is the SMALLEST candidate
-whose throughput is within ``tolerance`` of the best candidate's (no alignment = 1: any count is as
-fast per channel). The penalty off the step is the median over the other counts
-of ``t(c) / t_lin(c)``, where ``t_lin`` interpolates linearly between the neighbouring multiples
-of the step (1.0 = no penalty).
+median is kept. A step ``s`` is judged by the mean throughput ``c / t(c)`` over the grid's multiples
+of ``s``; the chosen step is the SMALLEST candidate whose throughput is within ``tolerance`` of the
+best candidate's (no alignment = 1: any count is as fast per channel). The penalty off the step is
+the median over the other counts of ``t(c) / t_lin(c)``, where ``t_lin`` interpolates linearly
+between the neighbouring multiples of the step (1.0 = no penalty).
 
 Narrow layers (``one_block``): a layer asked to keep fewer output channels than one step is kept
 at one step when that costs (almost) nothing. This is measured too: ``Conv2d(2*step, c, 3)`` on 14x14
