@@ -143,6 +143,16 @@ class Analysis:
         return [g.id for g in self.dependencies.groups
                 if any(s.role is Role.PRODUCER and s.name.startswith(prefix) for s in g.members)]
 
+    def _check_groups_named(self, by_group: Mapping[str, object], what: str) -> None:
+        """InputError unless every key of `by_group` is a group id of this model."""
+        known = {g.id for g in self.dependencies.groups}
+        unknown = sorted(set(by_group) - known)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=3)
+            raise InputError(f"{what} names group {unknown[0]!r}, which this model does not have"
+                             + (f" (close: {', '.join(close)})" if close else "")
+                             + "; use the ids of analyse(model, inputs).dependencies.groups")
+
     def with_ignored(self, modules: Iterable) -> "Analysis":
         """A copy whose groups written by `modules` (modules or qualified names) are frozen: their outputs are kept."""
         names = self.module_names(modules, "ignore")
@@ -177,6 +187,7 @@ class Analysis:
         """Score, then plan how many channels each group keeps and which (nothing is rewritten)."""
         target = resolve_target(target)
         graph = self.dependencies
+        self._check_groups_named(strategy.channel_costs, "channel_costs")
         t0 = time.perf_counter()
         scores = self.scores(strategy, calibration)
         t1 = time.perf_counter()
@@ -190,7 +201,7 @@ class Analysis:
         else:
             def make(r: float) -> Planned:
                 return plan_global(graph, scores, r, constraints, strategy.min_keep, target.one_block,
-                                   strategy.uniform_layers)
+                                   strategy.uniform_layers, strategy.channel_costs)
         planned = budget.plan(make, self)
         return replace(planned, timings={"scoring": t1 - t0, "planning": time.perf_counter() - t1}, target=target.name)
 

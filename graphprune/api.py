@@ -43,6 +43,7 @@ def prune_graph(
     frontend: str = "auto",
     gqa: str | None = None,
     uniform_layers: bool = False,
+    channel_costs: Mapping[str, float] | None = None,
 ) -> PruneResult:
     """Prune whole channels and return a physically smaller GraphModule, its plan and a measured report.
 
@@ -53,7 +54,9 @@ def prune_graph(
     Which (a Strategy): `importance` ("l1", "l2", "bn_scale", "taylor", "activation", "apoz", "wanda",
     "random", "flops_l2", a Criterion, or a callable(group, model) -> scores), `scope`,
     `min_keep` (the share every group keeps), `ratios` (local ratio per module name or group id),
-    `uniform_layers` (global scope: one count for a group repeated in every layer of a stack).
+    `uniform_layers` (global scope: one count for a group repeated in every layer of a stack),
+    `channel_costs` (global scope: group id -> what removing one of its channels saves, e.g. the ms of
+    `latency.LatencyModel.channel_costs()`; channels are then ranked by importance per unit saved).
     Channel counts (a Target): `target` picks a channel step per layer kind; the default
     "auto" is "ort-x86" on x86-64 (multiples of 16 with AVX-512, 8 with AVX2 for convs; 8
     for linear layers) and "xnnpack" (no rounding) elsewhere; `round_to` sets one step for
@@ -68,7 +71,8 @@ def prune_graph(
     budget = Budget.from_keywords(ratio, target_params, target_macs, target_kv_bytes)
     options = Options.from_keywords(importance=importance, scope=scope, min_keep=min_keep, ratios=ratios,
                                     round_to=round_to, target=target, calibration=calibration, loss_fn=loss_fn,
-                                    recalibrate_bn=recalibrate_bn, ignore=ignore, uniform_layers=uniform_layers)
+                                    recalibrate_bn=recalibrate_bn, ignore=ignore, uniform_layers=uniform_layers,
+                                    channel_costs=channel_costs)
     analysis = analyse(model, example_inputs, example_kwargs=example_kwargs, rules=rules, strict=strict,
                        frontend=frontend, gqa=gqa)
     return options.prune(analysis, budget)

@@ -142,7 +142,9 @@ class Scope(enum.Enum):
 class Strategy:
     """Which channels go: `importance` (a built-in name, a Criterion or a callable(group, model) -> scores),
     `scope` ("local" or "global"), the `min_keep` share every group keeps, and per-module or per-group
-    `ratios` overriding a local ratio. `uniform_layers` (global scope) keeps one count for a group repeated in
+    `ratios` overriding a local ratio. `channel_costs` (global scope; group id -> what removing one of
+    its channels saves, > 0, e.g. `LatencyModel.channel_costs()`) ranks channels by importance per
+    unit saved instead of by importance alone (planner.plan_global). `uniform_layers` (global scope) keeps one count for a group repeated in
     every layer of a stack, as a Hugging Face config can only describe (local scope is uniform already)."""
 
     importance: str | Criterion | Callable = "l2"
@@ -150,6 +152,7 @@ class Strategy:
     min_keep: float = 0.1
     ratios: Mapping[str, float] = field(default_factory=dict)
     uniform_layers: bool = False  # global scope: a group repeated in every layer keeps one count in all of them
+    channel_costs: Mapping[str, float] = field(default_factory=dict)  # global scope: rank by importance per cost
 
     def __post_init__(self):
         if not isinstance(self.scope, Scope):
@@ -161,11 +164,24 @@ class Strategy:
         if self.scope is Scope.GLOBAL and self.ratios:
             raise InputError("per-module `ratios` apply to scope='local' only")
         object.__setattr__(self, "ratios", dict(self.ratios or {}))
+        object.__setattr__(self, "channel_costs", _checked_costs(self.channel_costs, self.scope))
         object.__setattr__(self, "importance", resolve(self.importance))
 
     @property
     def criterion(self) -> Criterion:
         return self.importance  # resolved in __post_init__
+
+
+def _checked_costs(costs: Mapping[str, float] | None, scope: Scope) -> dict[str, float]:
+    """`costs` as a dict of positive finite floats for scope='global', or an InputError saying what to fix."""
+    costs = dict(costs or {})
+    if costs and scope is not Scope.GLOBAL:
+        raise InputError("channel_costs rank channels across groups, so they need scope='global'")
+    for gid, cost in costs.items():
+        if isinstance(cost, bool) or not isinstance(cost, numbers.Real) or not 0 < float(cost) < float("inf"):
+            raise InputError(f"channel_costs[{gid!r}] is {cost!r}; a cost is a positive finite number (what "
+                             "removing one channel of the group saves, e.g. ms)")
+    return {gid: float(cost) for gid, cost in costs.items()}
 
 
 @dataclass(frozen=True)
@@ -194,9 +210,11 @@ class Options:
 
     @classmethod
     def from_keywords(cls, *, importance="l2", scope="local", min_keep=0.1, ratios=None, round_to=None, target="auto",
-                      calibration=(), loss_fn=None, recalibrate_bn=False, ignore=(), uniform_layers=False) -> "Options":
+                      calibration=(), loss_fn=None, recalibrate_bn=False, ignore=(), uniform_layers=False,
+                      channel_costs=None) -> "Options":
         """prune_graph's keywords (each validated by the object it builds)."""
-        return cls(Strategy(importance, scope, min_keep, ratios or {}, uniform_layers), resolve_target(target, round_to),
+        return cls(Strategy(importance, scope, min_keep, ratios or {}, uniform_layers, channel_costs or {}),
+                   resolve_target(target, round_to),
                    Calibration(calibration, loss_fn, recalibrate_bn), tuple(ignore))
 
     def prune(self, analysis: "Analysis", budget: Budget) -> "PruneResult":

@@ -309,18 +309,23 @@ _LAYER_INDEX = re.compile(r"\.\d+\.")
 
 def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: float,
                 constraints: Mapping[str, tuple[Constraint, ...]] | None = None, min_keep: float = 0.0,
-                one_block: bool = False, uniform_layers: bool = False) -> Planned:
+                one_block: bool = False, uniform_layers: bool = False,
+                costs: Mapping[str, float] | None = None) -> Planned:
     """Rank all channels on scores divided by their group's mean score; remove the lowest `ratio` share.
 
-    Each group's `guard` channels with the best scores are never candidates, so no group
+    With `costs` (what removing one channel of a group saves, e.g. ms of latency, > 0; a group
+    it does not name costs the mean), each normalised score is further divided by its group's cost over
+    the mean cost: channels are ranked by importance per unit of cost, so the channels that
+    buy the most cost per unit of importance go first. Each group's `guard` channels with the best scores are never candidates, so no group
     collapses below the guard however the ranking falls. With `uniform_layers`, a group
     repeated in every layer of a stack loses, in every layer, the mean of what the ranking
     took from its copies (so configs that hold one size for all layers can describe the result).
     """
     groups = graph.prunable
     candidates = []  # (normalised score, group index) of every channel that may go
+    relative_cost = _relative_costs(groups, costs)
     for k, g in enumerate(groups):
-        s = scores[g.id] / (scores[g.id].mean() or 1.0)
+        s = scores[g.id] / (scores[g.id].mean() or 1.0) / relative_cost[k]
         protected = guard(g, min_keep)
         candidates.append(np.stack([np.sort(s)[: g.size - protected], np.full(g.size - protected, k)], 1))
     flat = np.concatenate(candidates) if candidates else np.empty((0, 2))
@@ -332,6 +337,16 @@ def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio:
             removed[copies] = int(np.rint(removed[copies].mean()))
     quotas = [(g, [(np.arange(g.size), g.size - int(removed[k]))]) for k, g in enumerate(groups)]
     return _assemble(quotas, scores, constraints or {}, min_keep, one_block)
+
+
+def _relative_costs(groups: Sequence[ChannelGroup], costs: Mapping[str, float] | None) -> np.ndarray:
+    """Each group's cost per channel over the mean cost of the groups `costs` names (1: the mean, for a
+    group it does not name)."""
+    named = [costs[g.id] for g in groups if costs and g.id in costs]
+    if not named:
+        return np.ones(len(groups))
+    mean = float(np.mean(named))
+    return np.array([costs[g.id] / mean if g.id in costs else 1.0 for g in groups])
 
 
 def plan_to_budget(make: Callable[[float], Planned], count: Callable[[PrunePlan], float], goal: float,

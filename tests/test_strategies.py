@@ -9,7 +9,7 @@ import graphprune
 from graphprune.errors import InputError
 from graphprune.models import ZOO
 from conftest import RandomScores
-from op_models import EXACT, DenseBlock, Residual, example_input
+from op_models import EXACT, ConvChain, DenseBlock, Residual, example_input
 
 TARGET_MODELS = ("resnet56", "squeezenet1_1", "shufflenet_v2_x1_0", "mobilenet_v2", "vit_tiny")
 
@@ -108,3 +108,33 @@ def test_predicted_counts_equal_measured_on_zoo(name):
     result = graphprune.prune_graph(model, x, ratio=0.4, importance=RandomScores(5))
     analysis = _analysed(model, x)
     assert _predict(analysis, result.plan) == (result.report.params_after, result.report.macs_after)
+
+
+def _removed(result, gid):
+    return result.plan.sizes[gid] - len(result.plan.keep[gid]) if gid in result.plan.keep else 0
+
+
+def test_channel_costs_prune_the_costly_group_first():
+    """Ranked by importance per unit saved: at cost ratio 10, every candidate of the costly group ranks below
+    every channel of the cheap one (scores normalised per group stay within a factor of 10 here)."""
+    model, x = ConvChain().eval(), example_input(ConvChain)
+    a, b = (g.id for g in _analysed(model, (x,)).dependencies.prunable)  # 16 and 24 channels
+    kwargs = dict(ratio=0.3, scope="global", target="none")  # removes ceil(0.3 * 40) = 12 channels
+    plain = graphprune.prune_graph(model, x, **kwargs)
+    assert graphprune.prune_graph(model, x, channel_costs={a: 3.0, b: 3.0}, **kwargs).plan == plain.plan
+    for costly, cheap in ((a, b), (b, a)):
+        result = graphprune.prune_graph(model, x, channel_costs={costly: 10.0, cheap: 1.0}, **kwargs)
+        assert (_removed(result, costly), _removed(result, cheap)) == (12, 0)
+    assert {_removed(plain, a), _removed(plain, b)} != {12, 0}  # so the costs, not the scores, chose
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"channel_costs": {"x": 1.0}}, "need scope='global'"),
+    ({"channel_costs": {"x": 0.0}, "scope": "global"}, r"channel_costs\['x'\] is 0.0; a cost is a positive"),
+    ({"channel_costs": {"x": float("nan")}, "scope": "global"}, "positive finite number"),
+    ({"channel_costs": {"x": True}, "scope": "global"}, "positive finite number"),
+    ({"channel_costs": {"no.such.group": 1.0}, "scope": "global"}, "names group 'no.such.group', which this model"),
+])
+def test_bad_channel_costs(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        graphprune.prune_graph(ConvChain().eval(), example_input(ConvChain), ratio=0.5, **kwargs)
