@@ -24,8 +24,9 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -36,7 +37,7 @@ from .atomic import write_json
 from .cost import kept_share
 from .errors import InputError
 from .groups import DependencyGraph, Role, Slot
-from .options import CountBudget, Options
+from .options import CountBudget, Options, Scope
 from .planner import PrunePlan
 from .runtimes.artifacts import build_artifacts
 from .runtimes.kinds import Precision, Runtime
@@ -167,6 +168,26 @@ class LatencyModel:
         return self.scale * layers + self.other * volume / max(self.volume_full, 1)
 
 
+    def channel_costs(self, floor: float = 0.01) -> dict[str, float]:
+        """Predicted ms saved per channel of each prunable group: (predict(nothing pruned) - predict(the
+        group alone at half its width)) / channels removed; `Strategy.channel_costs`.
+
+        A group whose removal saves less than `floor` times the median saving (or nothing: a
+        narrower layer that times slower) costs that floor, so its channels are the last to go.
+        """
+        full = self.predict(PrunePlan({}, {}))
+        saved = {}
+        for g in self.graph.prunable:
+            keep = max(1, g.size // 2)
+            half = PrunePlan({g.id: tuple(range(keep))}, {g.id: g.size})
+            saved[g.id] = (full - self.predict(half)) / (g.size - keep) if g.size > keep else 0.0
+        positive = [v for v in saved.values() if v > 0]
+        if not positive:
+            return {}
+        least = floor * float(np.median(positive))
+        return {gid: max(v, least) for gid, v in saved.items()}
+
+
 def random_calibration(example_inputs, n: int = 4, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
     """Seeded random batches shaped like the inputs: int8 calibration for LATENCY only (not for accuracy)."""
     g = torch.Generator().manual_seed(seed)
@@ -215,9 +236,13 @@ class LatencyResult:
 
 def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, profile: bench.Profile = bench.EDGE,
                      runtime: Runtime = Runtime.ORT, precision: Precision = Precision.FP32,
-                     table: LatencyTable | None = None, corrections: int = 2, **prune_kwargs) -> LatencyResult:
+                     table: LatencyTable | None = None, corrections: int = 2, rank_by_latency: bool = False,
+                     **prune_kwargs) -> LatencyResult:
     """Prune until the latency in `runtime` at `precision` under `profile` is at most about `target_ms`
     (measured, see module docstring). int8 is calibrated on random batches: latency, not accuracy.
+
+    `rank_by_latency` ranks channels globally by importance per predicted ms saved
+    (`LatencyModel.channel_costs`), instead of by the strategy's importance alone.
 
     `prune_kwargs`: prune_graph's keywords for the strategy, target, calibration and `ignore`
     (and `rules`, `strict` for the analysis). The model is traced once.
@@ -234,6 +259,9 @@ def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, prof
     original_ms = measure(model, inputs)
     analysis = analyse(model, inputs, rules=rules, strict=strict)
     latency = LatencyModel(analysis.graph_module, analysis.dependencies, table, original_ms)
+    if rank_by_latency:
+        options = replace(options, strategy=replace(options.strategy, scope=Scope.GLOBAL,
+                                                    channel_costs=latency.channel_costs()))
     goal = target_ms
     result = predicted = measured = None
     for _ in range(corrections + 1):

@@ -9,7 +9,8 @@ import torch.nn as nn
 
 import graphprune
 from graphprune import bench
-from graphprune.latency import LatencyModel, LatencyTable
+from graphprune.latency import LatencyBudget, LatencyModel, LatencyTable, measure_ms, prune_to_latency
+from graphprune.options import Options
 from graphprune.passes import RecalibrateBatchNorm
 from graphprune.rules import default_rules
 from graphprune.trace import record_values, trace
@@ -80,3 +81,60 @@ def _traced(model, x):
     gm = trace(copy.deepcopy(model), default_rules().has_module_rule)
     record_values(gm, (x,))
     return gm
+
+
+class MacsTable:
+    """A latency table in which a layer costs 1e-6 ms per multiply-accumulate and nothing else."""
+
+    def conv_ms(self, n, cin, cout, h, w, k, stride, pad, groups, dilation=(1, 1)):
+        out_h = (h + 2 * pad[0] - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
+        out_w = (w + 2 * pad[1] - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
+        return 1e-6 * n * out_h * out_w * cout * (cin // groups) * k[0] * k[1]
+
+    def linear_ms(self, rows, fin, fout):
+        return 1e-6 * rows * fin * fout
+
+
+def test_channel_costs_are_the_predicted_ms_per_channel():
+    """With a table that charges MACs, a channel costs what the cost model says its MACs are."""
+    model, x = TwoConvs().eval(), torch.randn(1, 3, 32, 32)
+    analysis = graphprune.analyse(model, x)
+    table = MacsTable()
+    latency = LatencyModel(analysis.graph_module, analysis.dependencies, table, measured_ms=1.0)
+    latency = LatencyModel(analysis.graph_module, analysis.dependencies, table, measured_ms=latency.layers_full)
+    costs = latency.channel_costs()
+    assert set(costs) == {g.id for g in analysis.dependencies.prunable} and len(costs) == 2
+    for g in analysis.dependencies.prunable:
+        assert costs[g.id] == pytest.approx(1e-6 * analysis.cost.channel_macs(g).mean(), rel=1e-9)
+
+
+def test_channel_costs_keep_a_group_that_saves_nothing_for_last():
+    model, x = TwoConvs().eval(), torch.randn(1, 3, 32, 32)
+    analysis = graphprune.analyse(model, x)
+
+    class HeadOnly(MacsTable):  # only the layer that reads b's output costs anything
+        def conv_ms(self, n, cin, cout, h, w, k, stride, pad, groups, dilation=(1, 1)):
+            return super().conv_ms(n, cin, cout, h, w, k, stride, pad, groups, dilation) if cout == 4 else 0.0
+
+    table = HeadOnly()
+    latency = LatencyModel(analysis.graph_module, analysis.dependencies, table, measured_ms=1.0)
+    latency = LatencyModel(analysis.graph_module, analysis.dependencies, table, measured_ms=latency.layers_full)
+    costs = latency.channel_costs(floor=0.01)
+    free, paid = sorted(costs, key=costs.get)
+    assert costs[free] == pytest.approx(0.01 * costs[paid])  # the floor of the one positive saving
+
+
+def test_prune_to_latency_can_rank_channels_by_ms_saved(tmp_path):
+    """rank_by_latency prunes globally with the latency model's channel costs: the plan is the one those
+    costs give at the same goal (every layer comes from the table's file, so the costs are the same)."""
+    model, x = TwoConvs().eval(), torch.randn(1, 3, 32, 32)
+    table = LatencyTable(bench.EDGE, path=str(tmp_path / "lut.json"), runs=5)
+    goal = 0.6 * measure_ms(model, x, bench.EDGE)
+    got = prune_to_latency(model, x, goal, table=table, corrections=0, target="none", rank_by_latency=True)
+    analysis = graphprune.analyse(model, x)
+    latency = LatencyModel(analysis.graph_module, analysis.dependencies, table, got.original_ms)
+    costs = latency.channel_costs()
+    assert len(costs) == 2 and all(c > 0 for c in costs.values())
+    per_ms = Options.from_keywords(target="none", scope="global", channel_costs=costs)
+    assert got.result.plan == per_ms.prune(analysis, LatencyBudget(goal, latency, got.original_ms)).plan
+    assert got.predicted_ms <= goal and got.measured_ms > 0
