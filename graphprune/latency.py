@@ -24,7 +24,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from .atomic import write_json
 from .cost import kept_share
 from .errors import InputError
 from .groups import DependencyGraph, Role, Slot
-from .options import CountBudget, Options, Scope
+from .options import CountBudget, Options
 from .planner import PrunePlan
 from .runtimes.artifacts import build_artifacts
 from .runtimes.kinds import Precision, Runtime
@@ -174,6 +174,7 @@ class LatencyModel:
 
         A group whose removal saves less than `floor` times the median saving (or nothing: a
         narrower layer that times slower) costs that floor, so its channels are the last to go.
+        The costs are only as good as the table: bench/latency_allocation.py measures plans ranked by them.
         """
         full = self.predict(PrunePlan({}, {}))
         saved = {}
@@ -236,13 +237,9 @@ class LatencyResult:
 
 def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, profile: bench.Profile = bench.EDGE,
                      runtime: Runtime = Runtime.ORT, precision: Precision = Precision.FP32,
-                     table: LatencyTable | None = None, corrections: int = 2, rank_by_latency: bool = False,
-                     **prune_kwargs) -> LatencyResult:
+                     table: LatencyTable | None = None, corrections: int = 2, **prune_kwargs) -> LatencyResult:
     """Prune until the latency in `runtime` at `precision` under `profile` is at most about `target_ms`
     (measured, see module docstring). int8 is calibrated on random batches: latency, not accuracy.
-
-    `rank_by_latency` ranks channels globally by importance per predicted ms saved
-    (`LatencyModel.channel_costs`), instead of by the strategy's importance alone.
 
     `prune_kwargs`: prune_graph's keywords for the strategy, target, calibration and `ignore`
     (and `rules`, `strict` for the analysis). The model is traced once.
@@ -259,9 +256,6 @@ def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, prof
     original_ms = measure(model, inputs)
     analysis = analyse(model, inputs, rules=rules, strict=strict)
     latency = LatencyModel(analysis.graph_module, analysis.dependencies, table, original_ms)
-    if rank_by_latency:
-        options = replace(options, strategy=replace(options.strategy, scope=Scope.GLOBAL,
-                                                    channel_costs=latency.channel_costs()))
     goal = target_ms
     result = predicted = measured = None
     for _ in range(corrections + 1):

@@ -9,8 +9,7 @@ import torch.nn as nn
 
 import graphprune
 from graphprune import bench
-from graphprune.latency import LatencyBudget, LatencyModel, LatencyTable, measure_ms, prune_to_latency
-from graphprune.options import Options
+from graphprune.latency import LatencyModel, LatencyTable
 from graphprune.passes import RecalibrateBatchNorm
 from graphprune.rules import default_rules
 from graphprune.trace import record_values, trace
@@ -123,18 +122,3 @@ def test_channel_costs_keep_a_group_that_saves_nothing_for_last():
     free, paid = sorted(costs, key=costs.get)
     assert costs[free] == pytest.approx(0.01 * costs[paid])  # the floor of the one positive saving
 
-
-def test_prune_to_latency_can_rank_channels_by_ms_saved(tmp_path):
-    """rank_by_latency prunes globally with the latency model's channel costs: the plan is the one those
-    costs give at the same goal (every layer comes from the table's file, so the costs are the same)."""
-    model, x = TwoConvs().eval(), torch.randn(1, 3, 32, 32)
-    table = LatencyTable(bench.EDGE, path=str(tmp_path / "lut.json"), runs=5)
-    goal = 0.6 * measure_ms(model, x, bench.EDGE)
-    got = prune_to_latency(model, x, goal, table=table, corrections=0, target="none", rank_by_latency=True)
-    analysis = graphprune.analyse(model, x)
-    latency = LatencyModel(analysis.graph_module, analysis.dependencies, table, got.original_ms)
-    costs = latency.channel_costs()
-    assert len(costs) == 2 and all(c > 0 for c in costs.values())
-    per_ms = Options.from_keywords(target="none", scope="global", channel_costs=costs)
-    assert got.result.plan == per_ms.prune(analysis, LatencyBudget(goal, latency, got.original_ms)).plan
-    assert got.predicted_ms <= goal and got.measured_ms > 0
