@@ -167,7 +167,6 @@ class LatencyModel:
             volume += v * k / n
         return self.scale * layers + self.other * volume / max(self.volume_full, 1)
 
-
     def channel_costs(self, floor: float = 0.01) -> dict[str, float]:
         """Predicted ms saved per channel of each prunable group: (predict(nothing pruned) - predict(the
         group alone at half its width)) / channels removed; `Strategy.channel_costs`.

@@ -142,10 +142,10 @@ class Scope(enum.Enum):
 class Strategy:
     """Which channels go: `importance` (a built-in name, a Criterion or a callable(group, model) -> scores),
     `scope` ("local" or "global"), the `min_keep` share every group keeps, and per-module or per-group
-    `ratios` overriding a local ratio. `channel_costs` (global scope; group id -> what removing one of
-    its channels saves, > 0, e.g. `LatencyModel.channel_costs()`) ranks channels by importance per
-    unit saved instead of by importance alone (planner.plan_global). `uniform_layers` (global scope) keeps one count for a group repeated in
-    every layer of a stack, as a Hugging Face config can only describe (local scope is uniform already)."""
+    `ratios` overriding a local ratio. `uniform_layers` (global scope) keeps one count for a group repeated
+    in every layer of a stack, as a Hugging Face config can only describe (local scope is uniform already).
+    `channel_costs` (global scope; group id -> what removing one of its channels saves, > 0, e.g.
+    `LatencyModel.channel_costs()`) ranks channels by importance per unit saved (planner.plan_global)."""
 
     importance: str | Criterion | Callable = "l2"
     scope: Scope | str = Scope.LOCAL
