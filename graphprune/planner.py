@@ -317,9 +317,10 @@ def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio:
     does not name costs the mean), each normalised score is further divided by its group's cost
     over the mean cost: channels are ranked by importance per unit saved, so the channels that
     save the most per unit of importance go first. Each group's `guard` channels with the best
-    scores are never candidates, so no group collapses below the guard however the ranking falls. With `uniform_layers`, a group
-    repeated in every layer of a stack loses, in every layer, the mean of what the ranking
-    took from its copies (so configs that hold one size for all layers can describe the result).
+    scores are never candidates, so no group collapses below the guard however the ranking falls.
+    With `uniform_layers`, a group repeated in every layer of a stack loses, in every layer, the
+    mean of what the ranking took from its copies (so configs that hold one size for all layers
+    can describe the result).
     """
     groups = graph.prunable
     candidates = []  # (normalised score, group index) of every channel that may go
