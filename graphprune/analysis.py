@@ -57,6 +57,8 @@ class PruneResult:
     timings: dict = field(default_factory=dict, compare=False)  # seconds per stage
     example_inputs: tuple = field(default=(), compare=False)  # one value per placeholder of `model`
     source: torch.nn.Module | None = field(default=None, compare=False, repr=False)  # the caller's model (read only)
+    dense: fx.GraphModule | None = field(default=None, compare=False, repr=False)  # the analysed dense graph (read
+    # only; shares its unpruned tensors with `model`): the teacher of recovery, node for node
 
     @cached_property
     def module(self) -> torch.nn.Module:
@@ -225,7 +227,8 @@ class Analysis:
                               rewritten.sliced_params, planned.rounding)
         report = replace(report, frontend=self.frontend, target=planned.target, probed_ops=self.dependencies.probed)
         timings = {**self.timings, **planned.timings, **rewritten.timings, "report": time.perf_counter() - t0}
-        return PruneResult(gm, planned.plan, report, self.dependencies, timings, self.example_inputs, self.model)
+        return PruneResult(gm, planned.plan, report, self.dependencies, timings, self.example_inputs, self.model,
+                           self.graph_module)
 
     def _rewritten(self, plan: PrunePlan, recalibration: Sequence[tuple] = ()):
         gm = copy_graph_module(self.graph_module, share_tensors=True, compiled=False)  # the rewrite recompiles

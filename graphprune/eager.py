@@ -474,6 +474,11 @@ def _expected(gm: fx.GraphModule, inputs: tuple) -> list[torch.Tensor]:
         gm.train(training)
 
 
+def differs_from_graph(module: nn.Module, gm: fx.GraphModule, inputs: tuple) -> str | None:
+    """None when `module` gives the outputs of `gm` on `inputs` (the graph's placeholder values), else how not."""
+    return mismatch(module, gm, inputs, _expected(gm, inputs))
+
+
 def rebuild_module(source: nn.Module, gm: fx.GraphModule, inputs: Iterable) -> nn.Module:
     """The caller's class, pruned as `gm`, verified on `inputs` (the graph's placeholder values); see module docstring."""
     if source is None or isinstance(source, fx.GraphModule):

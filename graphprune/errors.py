@@ -42,3 +42,7 @@ class MissingRuntimeError(GraphPruneError):
 
 class CalibrationError(InputError):
     """Calibration batches for int8 quantisation are empty or do not match the model's inputs."""
+
+
+class RecoveryError(GraphPruneError):
+    """Recovery stopped (a NaN/inf loss or gradient); the message names the step and where the last good weights are."""

@@ -31,9 +31,12 @@ class IterativeResult:
 
 def prune_iteratively(model: torch.nn.Module, example_inputs, *, steps: int,
                       finetune: Callable[[torch.nn.Module, int], torch.nn.Module | None] | None = None,
+                      recover: Callable[[PruneResult, int], torch.nn.Module] | None = None,
                       ratio: float | None = None, target_params: int | None = None, target_macs: int | None = None,
                       **prune_kwargs) -> IterativeResult:
-    """Prune in `steps` steps; after each, `finetune(model, step)` may train the model (in place or returning a new one).
+    """Prune in `steps` steps; after each, `recover(result, step)` returns the recovered model (e.g.
+    `graphprune.recover(result, data=...).model`, distilled from that step's dense model), and
+    `finetune(model, step)` may train the model (in place or returning a new one).
 
     Other keyword arguments go to prune_graph on every step. `model` is not modified.
     """
@@ -59,7 +62,7 @@ def prune_iteratively(model: torch.nn.Module, example_inputs, *, steps: int,
                 continue  # this step's target is already met
         result = prune_graph(current, example_inputs, **amount, **prune_kwargs)
         results.append(result)
-        current = result.model
+        current = result.model if recover is None else recover(result, k)
         if finetune is not None:
             tuned = finetune(current, k)
             current = tuned if tuned is not None else current

@@ -81,6 +81,7 @@ class PruneReport:
     weight_bytes_after: int = 0
     tokens: int = 0  # tokens in the example inputs (batch x sequence at the first attention); 0 without attention
     attention: tuple[AttentionReport, ...] = ()  # per attention layer, measured from the k/v entering attention
+    recovery: dict | None = None  # fidelity to the dense model before/after graphprune.recover (Fidelity.to_json)
 
     @property
     def kv_bytes_per_token_before(self) -> int:
@@ -164,7 +165,18 @@ class PruneReport:
                             if len(shown) < len(rounded) else ""))
         elif self.target:
             lines.append(f"target {self.target}: no group needed rounding")
+        if self.recovery:
+            lines.append(self._recovery_line())
         return "\n".join(lines)
+
+    def _recovery_line(self) -> str:
+        before, after = self.recovery["before"], self.recovery["after"]
+        line = (f"fidelity to the dense model, before -> after recovery: top-1 agreement "
+                f"{before['top1_agreement']:.4f} -> {after['top1_agreement']:.4f}, cosine {before['cosine']:.4f} -> "
+                f"{after['cosine']:.4f}, KL {before['kl']:.4g} -> {after['kl']:.4g}")
+        if after.get("accuracy") is not None:
+            line += f", accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f} (dense {after['dense_accuracy']:.4f})"
+        return line
 
 
 def _params_by_module(model: nn.Module) -> dict[str, int]:

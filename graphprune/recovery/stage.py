@@ -1,0 +1,227 @@
+"""`recover`: distil a pruned model from its dense model on the user's data, with fidelity measured.
+
+Contract:
+  * The student is a PruneResult (its pruned GraphModule is trained; its teacher defaults to the
+    analysed dense graph, node for node, so features can be matched at the kept channels) or a pruned
+    nn.Module (then `teacher` is required and only outputs and labels are used).
+  * Nothing the caller passed is modified: the student is copied, the teacher is only read (its
+    train/eval mode is restored).
+  * Fidelity (recovery.fidelity) is measured before and after on `eval_data`, or on the first
+    `fidelity_batches` batches of `data` when no held-out data is given (the result says which).
+  * The recovered model is the caller's own class when the PruneResult's `module` can be rebuilt
+    (the trained tensors loaded by name and the outputs verified against the trained graph), else
+    the trained GraphModule (`note` says why).
+  * Under torchrun the same call runs data-parallel (recovery.distributed).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping
+
+import torch
+import torch.fx as fx
+
+from ..analysis import PruneResult
+from ..eager import EagerRebuildError, differs_from_graph
+from ..errors import InputError
+from ..report import PruneReport
+from ..trace import copy_graph_module
+from .batches import Batches, positional_inputs, split
+from .distributed import Distributed
+from .engine import Objective, StepLog, TrainingJob, checkpoint_path, prepare_checkpoints, train
+from .fidelity import Fidelity, fidelity
+from .losses import Losses, OutputLoss, output_kind
+from .options import BatchNormMode, Checkpoints, Schedule, resolve_device
+from .taps import TappedGraph, default_layers, make_taps
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    model: torch.nn.Module  # the recovered model: the caller's class where it can be rebuilt, else a GraphModule
+    before: Fidelity
+    after: Fidelity
+    history: tuple[StepLog, ...]
+    evaluations: tuple[tuple[int, Fidelity], ...] = ()  # (step, fidelity on eval_data) every eval_every steps
+    matched_layers: tuple[str, ...] = ()  # nodes whose features were distilled at the kept channels
+    fidelity_on: str = "eval_data"  # what fidelity was measured on
+    seconds: float = 0.0
+    world_size: int = 1
+    checkpoint: str | None = None
+    note: str = ""
+    report: PruneReport | None = field(default=None, repr=False)  # the prune report with `recovery` filled in
+
+    def to_json(self) -> dict:
+        return {"before": self.before.to_json(), "after": self.after.to_json(), "steps": len(self.history),
+                "final_loss": self.history[-1].loss if self.history else None, "matched_layers": list(self.matched_layers),
+                "fidelity_on": self.fidelity_on, "seconds": self.seconds, "world_size": self.world_size,
+                "checkpoint": self.checkpoint, "note": self.note,
+                "evaluations": [[s, f.to_json()] for s, f in self.evaluations]}
+
+    def summary(self) -> str:
+        """The fidelity table before and after recovery, and what was matched."""
+        rows = [("top-1 agreement", "top1_agreement"), ("top-5 overlap", "top5_overlap"), ("KL", "kl"),
+                ("cosine", "cosine")] + ([("accuracy", "accuracy")] if self.after.accuracy is not None else [])
+        lines = [f"{'fidelity (' + self.fidelity_on + ')':32s}{'before':>12s}{'after':>12s}"]
+        lines += [f"{name:32s}{getattr(self.before, key):>12.4f}{getattr(self.after, key):>12.4f}" for name, key in rows]
+        if self.after.dense_accuracy is not None:
+            lines.append(f"{'dense accuracy':32s}{self.after.dense_accuracy:>24.4f}")
+        loss = f", final loss {self.history[-1].loss:.4g}" if self.history else ""
+        lines.append(f"{len(self.history)} steps in {self.seconds:.1f} s on {self.world_size} process(es){loss}")
+        lines.append("features matched at the kept channels: " + (", ".join(self.matched_layers) or "none"))
+        if self.note:
+            lines.append(self.note)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Models:
+    student: torch.nn.Module  # the trainable copy (a GraphModule for a PruneResult)
+    teacher: torch.nn.Module
+    result: PruneResult | None
+
+
+def _models(student, teacher, device: torch.device) -> _Models:
+    if isinstance(student, PruneResult):
+        dense = teacher if teacher is not None else student.dense
+        if dense is None:
+            raise InputError("this PruneResult carries no dense graph; pass teacher=the dense model")
+        return _Models(copy_graph_module(student.model).to(device), dense, student)
+    if not isinstance(student, torch.nn.Module):
+        raise InputError(f"student must be a PruneResult or a pruned torch.nn.Module, got {type(student).__name__}")
+    if teacher is None:
+        raise InputError("a pruned module was given without its dense model: pass teacher=the dense model "
+                         "(or pass the PruneResult, which knows it)")
+    return _Models(copy.deepcopy(student).to(device), teacher, None)
+
+
+def _on(device: torch.device, module: torch.nn.Module) -> torch.nn.Module:
+    """`module` itself when it is on `device` already, else a copy moved there (the caller's stays put)."""
+    tensor = next(iter(module.parameters()), None)
+    return module if tensor is None or tensor.device == device else copy.deepcopy(module).to(device)
+
+
+def _taps(models: _Models, losses: Losses):
+    """The matched layers (recovery.taps), or () when features are off or the teacher is not the dense graph."""
+    result = models.result
+    if not losses.features or result is None or models.teacher is not result.dense:
+        return ()
+    names = losses.layers if losses.layers is not None else \
+        default_layers(result.dense, models.student, result.graph, losses.max_layers)
+    known = {n.name for n in models.student.graph.nodes} & {n.name for n in result.dense.graph.nodes}
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            raise InputError(f"Losses.layers names {name!r}, which is not a node of both the pruned and the dense "
+                             f"graph" + (f" (close: {', '.join(close)})" if close else "")
+                             + "; use node names of result.model.graph")
+    return make_taps(names, result.graph, result.plan)
+
+
+def _callers_class(models: _Models, trained: fx.GraphModule) -> tuple[torch.nn.Module, str]:
+    """The caller's class with the trained tensors, verified against the trained graph; else the graph and why."""
+    result = models.result
+    if result is None:
+        return trained, ""
+    device = next(trained.parameters()).device
+    try:
+        module = copy.deepcopy(result.module).to(device)
+    except EagerRebuildError as exc:
+        return trained, f"returned the GraphModule: {exc}"
+    own = module.state_dict()
+    module.load_state_dict({k: v for k, v in trained.state_dict().items() if k in own}, strict=False)
+    inputs = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in result.example_inputs)
+    problem = differs_from_graph(module, trained, inputs)
+    if problem is not None:
+        return trained, f"returned the GraphModule: the caller's class with the trained weights: {problem}"
+    return module.eval(), ""
+
+
+def _report(result: PruneResult | None, before: Fidelity, after: Fidelity) -> PruneReport | None:
+    if result is None:
+        return None
+    return replace(result.report, recovery={"before": before.to_json(), "after": after.to_json()})
+
+
+def recover(student: PruneResult | torch.nn.Module, teacher: torch.nn.Module | None = None, data=None, *,
+            steps: int | None = None, epochs: int | None = None, lr: float | None = None,
+            schedule: Schedule | None = None, losses: Losses = Losses(), batch_norm: BatchNormMode | str = "train",
+            checkpoints: Checkpoints = Checkpoints(), device: str | torch.device = "auto", bf16: bool | None = None,
+            eval_data=None, eval_every: int = 0, fidelity_batches: int = 8, batch_size: int = 8,
+            on_step: Callable[[StepLog], None] | None = None, progress: bool | None = None) -> RecoveryResult:
+    """Distil `student` from `teacher` on `data` and measure fidelity before and after (module docstring).
+
+    `steps`/`epochs`/`lr` are sugar over `schedule` (default: 1 epoch, AdamW lr 1e-4, 5% warm-up, cosine);
+    `losses` what is minimised (recovery.losses); `batch_norm` "train", "frozen" or "reestimate";
+    `checkpoints` where and how often to save, and whether to resume; `device` "auto" (CUDA when present),
+    `bf16` autocast (default: on CUDA); `eval_data` held-out batches, measured every `eval_every` steps;
+    `batch_size` rows per batch of a Hugging Face dataset; `on_step(StepLog)` after every step;
+    `progress` a progress line (default: on a terminal).
+    """
+    start = time.perf_counter()
+    schedule = _schedule(schedule, steps, epochs, lr)
+    try:
+        batch_norm = BatchNormMode(batch_norm)
+    except ValueError:
+        raise InputError(f"batch_norm must be one of {[m.value for m in BatchNormMode]}, got {batch_norm!r}") from None
+    device = resolve_device(device)
+    models = _models(student, teacher, device)
+    data = Batches(data, batch_size, "recovery data")
+    held_out = Batches(eval_data, batch_size, "eval_data") if eval_data is not None else None
+    measured_on = held_out or data
+    teacher_module = _on(device, models.teacher)
+    teacher_mode = models.teacher.training
+    try:
+        def measure() -> Fidelity:
+            return fidelity(teacher_module, models.student, measured_on, readout=losses.readout,
+                            max_batches=None if held_out is not None else fidelity_batches)
+
+        before = measure()
+        taps = _taps(models, losses)
+        objective = _objective(losses, models, teacher_module, data, taps)
+        prepare_checkpoints(checkpoints)
+        evaluations = []
+        names = tuple(t.node for t in taps)
+        job = TrainingJob(
+            student=TappedGraph(models.student, names) if taps else models.student,
+            teacher=TappedGraph(teacher_module, names) if taps else teacher_module,
+            objective=objective, data=data, positional=positional_inputs(teacher_module), schedule=schedule,
+            checkpoints=checkpoints, batch_norm=batch_norm, device=device, dist=Distributed.start(device),
+            bf16=device.type == "cuda" if bf16 is None else bf16,
+            evaluate=lambda step: evaluations.append((step, measure())) if held_out is not None else None,
+            eval_every=eval_every, on_step=on_step, progress=progress)
+        try:
+            history = train(job)
+        finally:
+            job.dist.stop()
+        after = measure()
+    finally:
+        models.teacher.train(teacher_mode)
+    model, note = _callers_class(models, models.student)
+    return RecoveryResult(model, before, after, history, tuple(evaluations), names,
+                          "eval_data" if held_out is not None else f"the first {fidelity_batches} batches of data",
+                          time.perf_counter() - start, job.dist.world, checkpoint_path(checkpoints), note,
+                          _report(models.result, before, after))
+
+
+def _schedule(schedule: Schedule | None, steps, epochs, lr) -> Schedule:
+    schedule = schedule or Schedule()
+    if steps is not None or epochs is not None:
+        schedule = replace(schedule, steps=steps, epochs=epochs)
+    return replace(schedule, lr=lr) if lr is not None else schedule
+
+
+def _objective(losses: Losses, models: _Models, teacher: torch.nn.Module, data: Batches, taps) -> Objective:
+    """AUTO and the task weight resolved on the first batch (whose labels say whether there is a task)."""
+    first = split(next(iter(data)), positional_inputs(teacher), data.where)
+    device = next(iter(teacher.parameters()), torch.empty(0)).device
+    with torch.no_grad():
+        output = first.to(device).run(teacher, "the teacher (dense model)")
+    task = losses.task if losses.task is not None else (1.0 if first.labels is not None else 0.0)
+    if task and first.labels is None:
+        raise InputError("the task loss is asked for (Losses(task=...) > 0) but the batches carry no labels; give "
+                         "(inputs, labels) tuples or dicts with 'labels', or set task=0")
+    return Objective(losses, output_kind(losses, output) if losses.output is not OutputLoss.NONE else OutputLoss.NONE,
+                     taps, task)
