@@ -103,10 +103,9 @@ def test_recover_raises_fidelity_and_returns_the_callers_class_leaving_inputs_un
     assert rec.model(x).shape == (5, 10)
 
 
-def test_feature_distillation_matches_the_default_layers_and_counts_in_the_loss():
+def test_feature_distillation_is_on_by_default_at_the_default_layers():
     _, result = pruned()
-    rec = graphprune.recover(result, data=images(4, 8, seed=1), steps=3, progress=False,
-                             losses=graphprune.Losses(features=1.0))
+    rec = graphprune.recover(result, data=images(4, 8, seed=1), steps=3, progress=False)
     assert rec.matched_layers and all("features" in h.parts for h in rec.history)
     assert "features matched at the kept channels: " + rec.matched_layers[0] in rec.summary()
 
@@ -114,7 +113,7 @@ def test_feature_distillation_matches_the_default_layers_and_counts_in_the_loss(
 def test_task_loss_is_used_when_batches_carry_labels():
     _, result = pruned()
     rec = graphprune.recover(result, data=images(4, 8, seed=1, labels=True), steps=2, progress=False)
-    assert set(rec.history[0].parts) == {"output", "task"} and rec.after.accuracy is not None
+    assert set(rec.history[0].parts) == {"output", "features", "task"} and rec.after.accuracy is not None
 
 
 def test_frozen_and_reestimated_batch_norm():

@@ -80,7 +80,7 @@ def positional_inputs(model: torch.nn.Module) -> int:
     if isinstance(model, fx.GraphModule):
         spec = getattr(model, "_in_spec", None)
         if spec is not None:  # export frontend: (args, kwargs) pytree
-            return max(1, spec.children_specs[0].num_children)
+            return max(1, spec.child(0).num_children)
         return max(1, sum(1 for n in model.graph.nodes if n.op == "placeholder" and not n.args))
     try:
         params = inspect.signature(model.forward).parameters.values()

@@ -51,6 +51,11 @@ class Objective:
     taps: tuple[Tap, ...] = ()
     task: float = 0.0
 
+    def check_labels(self, batch: Batch) -> None:
+        if self.task and batch.labels is None:
+            raise InputError("the task loss is asked for (Losses(task=...) > 0) but the batches carry no labels; "
+                             "give (inputs, labels) tuples or dicts with 'labels', or set task=0")
+
     def __call__(self, student_out, teacher_out, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         (s, s_feats), (t, t_feats) = (student_out, teacher_out) if self.taps else ((student_out, ()), (teacher_out, ()))
         parts, total = {}, 0.0
@@ -66,9 +71,7 @@ class Objective:
             parts["features"] = feature_loss(s_feats, tuple(f.detach() for f in t_feats), self.taps)
             total = total + self.losses.features * parts["features"]
         if self.task:
-            if batch.labels is None:
-                raise InputError("the task loss is asked for (Losses(task=...) > 0) but the batches carry no labels; "
-                                 "give (inputs, labels) tuples or dicts with 'labels', or set task=0")
+            self.check_labels(batch)
             parts["task"] = task_loss(self.losses, s, batch.labels)
             total = total + self.task * parts["task"]
         if not parts:

@@ -35,9 +35,10 @@ class OutputLoss(enum.Enum):
     NONE = "none"
 
 
-FEATURES_BY_DEFAULT = 0.0
-"""Weight of channel-matched feature distillation when none is given: logits-only unless measured better
-(bench/recovery_features.py)."""
+FEATURES_BY_DEFAULT = 1.0
+"""Weight of channel-matched feature distillation when none is given. Measured at equal steps
+(`bench/recovery_minilm.py --compare-features`, `bench/recovery_digits.py`), features + output beat the
+output alone on fidelity, so they are on by default."""
 
 
 def _weight(value, name: str) -> float:

@@ -33,7 +33,7 @@ from .batches import Batches, positional_inputs, split
 from .distributed import Distributed
 from .engine import Objective, StepLog, TrainingJob, checkpoint_path, prepare_checkpoints, train
 from .fidelity import Fidelity, fidelity
-from .losses import Losses, OutputLoss, output_kind
+from .losses import Losses, output_kind
 from .options import BatchNormMode, Checkpoints, Schedule, resolve_device
 from .taps import TappedGraph, default_layers, make_taps
 
@@ -220,8 +220,6 @@ def _objective(losses: Losses, models: _Models, teacher: torch.nn.Module, data: 
     with torch.no_grad():
         output = first.to(device).run(teacher, "the teacher (dense model)")
     task = losses.task if losses.task is not None else (1.0 if first.labels is not None else 0.0)
-    if task and first.labels is None:
-        raise InputError("the task loss is asked for (Losses(task=...) > 0) but the batches carry no labels; give "
-                         "(inputs, labels) tuples or dicts with 'labels', or set task=0")
-    return Objective(losses, output_kind(losses, output) if losses.output is not OutputLoss.NONE else OutputLoss.NONE,
-                     taps, task)
+    objective = Objective(losses, output_kind(losses, output), taps, task)
+    objective.check_labels(first)
+    return objective

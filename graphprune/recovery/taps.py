@@ -16,6 +16,7 @@ graph order, the last one always kept.
 """
 from __future__ import annotations
 
+import inspect
 import operator
 from dataclasses import dataclass
 from typing import Iterable
@@ -25,6 +26,7 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_unflatten
 
+from ..errors import InputError
 from ..frontends import flat_inputs
 from ..groups import DependencyGraph, Role
 from ..passes.shrink import positions_kept_by_slot
@@ -100,10 +102,20 @@ def make_taps(names: Iterable[str], graph: DependencyGraph, plan: PrunePlan) -> 
 
 
 def placeholder_values(gm: fx.GraphModule, args: tuple, kwargs: dict) -> tuple:
-    """One value per placeholder of `gm` from the forward's (args, kwargs), for either frontend's graph."""
-    if getattr(gm, "_in_spec", None) is not None:
-        return flat_inputs(gm, args, kwargs)
-    return bind_inputs(gm, args, kwargs)
+    """One value per placeholder of `gm` from the forward's (args, kwargs), for either frontend's graph.
+
+    An export graph's forward names every input it was captured with; any of them may come by keyword."""
+    spec = getattr(gm, "_in_spec", None)
+    if spec is None:
+        return bind_inputs(gm, args, kwargs)
+    names = gm.graph._codegen.pytree_info.orig_args
+    try:
+        bound = inspect.signature(gm.forward).bind(*args, **kwargs).arguments
+    except TypeError as exc:
+        raise InputError(f"the graph takes the inputs ({', '.join(names)}): {exc}") from None
+    values = [bound[name] for name in names]
+    positional = spec.child(0).num_children
+    return flat_inputs(gm, values[:positional], dict(zip(names[positional:], values[positional:])))
 
 
 def _output(gm: fx.GraphModule, flat) -> object:
