@@ -29,7 +29,7 @@ import time
 import torch
 
 import graphprune
-from graphprune import bench
+from graphprune import timing
 from graphprune.atomic import write_atomically
 from graphprune.errors import ExportError
 from graphprune.latency import random_calibration
@@ -45,8 +45,8 @@ VARIANTS = {"dense": ("dense", FP32), "dense+int8": ("dense", INT8), "measured":
 
 def header(runtimes) -> str:
     versions = ", ".join(f"{r.label} {r.version()}" for r in runtimes)
-    return (f"CPU: {bench.cpu_name()} ({os.cpu_count()} cores); {versions}; torch {torch.__version__}; "
-            f"edge profile: {bench.EDGE.intra_op_threads} thread, pinned")
+    return (f"CPU: {timing.cpu_name()} ({os.cpu_count()} cores); {versions}; torch {torch.__version__}; "
+            f"edge profile: {timing.EDGE.intra_op_threads} thread, pinned")
 
 
 def targets_of(runtimes, counts) -> dict:
@@ -92,8 +92,8 @@ def run_model(name, ratio, runtimes, targets, args, work) -> dict:
                 print(f"  {name} {variant} on {runtime.label}: not built ({' '.join(str(exc).split())[:300]})")
                 macs.pop(variant)
         built = time.perf_counter() - t0
-        report = bench.benchmark(files, bench.EDGE, runtime=runtime, warmup=args.warmup, repeats=args.repeats,
-                                 rounds=args.rounds, macs=macs)
+        report = timing.benchmark(files, timing.EDGE, runtime=runtime, warmup=args.warmup, repeats=args.repeats,
+                                  rounds=args.rounds, macs=macs)
         print(f"\n{name} on {runtime.label} ({built:.0f} s to build the files)")
         print(report.format_table())
         out[runtime] = report
@@ -184,7 +184,7 @@ def main() -> None:
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     reports = [rep for per in results.values() for rep in per.values()]
     if args.plot:
-        bench.plot_latency_vs_macs(reports, args.plot)
+        timing.plot_latency_vs_macs(reports, args.plot)
     if args.json:
         data.update(header=header(runtimes), targets={f"{r.value}/{p.value}": t.name for (r, p), t in targets.items()},
                     reports=[rep.to_json() for rep in reports])

@@ -27,7 +27,7 @@ from typing import Iterator
 import torch
 
 import graphprune
-from . import bench as bench_mod
+from . import timing
 from .atomic import StagedDirectory, write_atomically, write_json
 from .errors import ExportError, GraphPruneError, InputError
 from .export import export_onnx, save_torch_artifact
@@ -37,7 +37,7 @@ from .models import DEFAULT_MODEL, ZOO, get_model
 from .report import PruneReport
 from .runtimes.kinds import Precision, Runtime, parse_precisions, parse_runtimes
 
-PROFILES = {"cpu": bench_mod.CPU, "edge": bench_mod.EDGE}
+PROFILES = {"cpu": timing.CPU, "edge": timing.EDGE}
 TARGETS = ["auto", "ort-x86", "xnnpack", "arm", "none"]
 # packages whose exceptions are the toolchain rejecting the user's model or inputs, not graphprune bugs
 TOOLCHAIN = ("torch", "onnx", "onnxscript", "onnx_ir", "onnxruntime")
@@ -467,13 +467,13 @@ def cmd_bench(args) -> int:
         progress.note(f"int8 is calibrated on {args.calibration_batches} RANDOM batches: fine for timing, "
                       "not for accuracy (use graphprune.quantize with real data for that)")
         calibration = {name: _calibration_batches(src, args.calibration_batches) for name, src in sources.items()}
-    profiles = [PROFILES[p] for p in args.profile] if args.profile else [bench_mod.EDGE]
+    profiles = [PROFILES[p] for p in args.profile] if args.profile else [timing.EDGE]
     reports = []
     for profile in profiles:
         try:
             with progress.step(f"benchmarking {len(sources)} model(s) on {', '.join(r.value for r in runtimes)} "
                                f"({', '.join(p.value for p in precisions)}), profile {profile.name}"):
-                reports += bench_mod.benchmark_models(sources, runtimes, precisions, profile, calibration=calibration,
+                reports += timing.benchmark_models(sources, runtimes, precisions, profile, calibration=calibration,
                                                       macs=macs, warmup=args.warmup, repeats=args.repeats,
                                                       rounds=args.rounds, input_shapes=shapes,
                                                       min_cosine=TIMING_MIN_COSINE)
@@ -485,7 +485,7 @@ def cmd_bench(args) -> int:
         write_json(args.json, [r.to_json() for r in reports])
         print(f"wrote {args.json}")
     if args.plot:
-        bench_mod.plot_latency_vs_macs(reports, args.plot)
+        timing.plot_latency_vs_macs(reports, args.plot)
         print(f"wrote {args.plot}")
     return 0
 
@@ -564,12 +564,12 @@ def _demo_into(args, runtimes, out_path: str, progress: Progress) -> int:
                               min_cosine=TIMING_MIN_COSINE)
         macs = {"original": summary["report"]["macs_before"], "pruned": summary["report"]["macs_after"],
                 "pruned+int8": summary["report"]["macs_after"]}
-        runs = [(runtime, bench_mod.EDGE) for runtime in runtimes] + [(Runtime.ORT, bench_mod.CPU)]
+        runs = [(runtime, timing.EDGE) for runtime in runtimes] + [(Runtime.ORT, timing.CPU)]
         reports = []
         for runtime, profile in runs:
             with progress.step(f"building and benchmarking the {runtime.label} files, profile {profile.name}"):
                 variants = _demo_artifacts(out, runtime, loaded, result.model, calibration)
-                report = bench_mod.benchmark(variants, profile, runtime=runtime, warmup=args.warmup,
+                report = timing.benchmark(variants, profile, runtime=runtime, warmup=args.warmup,
                                              repeats=args.repeats, macs=macs)
             # the files were timed in the staging directory; the report names where they will live
             report = dataclasses.replace(report, rows=tuple(
@@ -582,7 +582,7 @@ def _demo_into(args, runtimes, out_path: str, progress: Progress) -> int:
         print(demo_table(reports))
         write_json(out.file("bench.json"), [r.to_json() for r in reports])
         try:
-            bench_mod.plot_latency_vs_macs([r for r in reports if r.profile.name == "edge"],
+            timing.plot_latency_vs_macs([r for r in reports if r.profile.name == "edge"],
                                            out.file("latency_vs_macs.png"))
         except GraphPruneError as exc:
             progress.note(f"no plot: {one_line(exc)}")

@@ -31,7 +31,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from . import bench
+from . import timing
 from .analysis import Analysis, PruneResult, analyse
 from .atomic import write_json
 from .cost import kept_share
@@ -50,10 +50,10 @@ def cache_root() -> str:
     return os.environ.get("GRAPHPRUNE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "graphprune"))
 
 
-def default_cache_path(profile: bench.Profile, runtime: Runtime = Runtime.ORT,
+def default_cache_path(profile: timing.Profile, runtime: Runtime = Runtime.ORT,
                        precision: Precision = Precision.FP32) -> str:
     """The table file of this CPU, runtime version, precision and thread count (ORT: also its optimisation level)."""
-    key = f"{bench.cpu_name()}|{runtime.value} {runtime.version()}|threads {profile.intra_op_threads}"
+    key = f"{timing.cpu_name()}|{runtime.value} {runtime.version()}|threads {profile.intra_op_threads}"
     key += f"|{profile.graph_optimization_level}" if runtime is Runtime.ORT else ""
     key += f"|{precision.value}" if precision is not Precision.FP32 else ""
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
@@ -64,7 +64,7 @@ class LatencyTable:
     """Layer-shape -> median milliseconds in one runtime and precision, measured on first use and saved
     (atomically) on `save()`."""
 
-    def __init__(self, profile: bench.Profile = bench.EDGE, path: str | None = None, runs: int = 15, *,
+    def __init__(self, profile: timing.Profile = timing.EDGE, path: str | None = None, runs: int = 15, *,
                  runtime: Runtime = Runtime.ORT, precision: Precision = Precision.FP32):
         self.profile, self.runs, self.runtime, self.precision = profile, runs, runtime, precision
         self.path = path or default_cache_path(profile, runtime, precision)
@@ -102,9 +102,9 @@ class LatencyTable:
 
     def save(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        write_json(self.path, {"cpu": bench.cpu_name(), "runtime": self.runtime.value,
-                               "runtime_version": self.timer.version, "precision": self.precision.value,
-                               "threads": self.profile.intra_op_threads, "entries": self.entries})
+        write_json(self.path, {"cpu": timing.cpu_name(), "runtime": self.runtime.value,
+                                "runtime_version": self.timer.version, "precision": self.precision.value,
+                                "threads": self.profile.intra_op_threads, "entries": self.entries})
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def random_calibration(example_inputs, n: int = 4, seed: int = 0) -> list[tuple[
     return [tuple(torch.randn(t.shape, generator=g).to(t.dtype) for t in example_inputs) for _ in range(n)]
 
 
-def measure_ms(model: nn.Module, example_inputs, profile: bench.Profile, *, repeats: int = 30,
+def measure_ms(model: nn.Module, example_inputs, profile: timing.Profile, *, repeats: int = 30,
                runtime: Runtime = Runtime.ORT, precision: Precision = Precision.FP32, calibration=None) -> float:
     """p50 latency of `model` in `runtime` at `precision`, timed by the benchmark harness.
 
@@ -204,8 +204,8 @@ def measure_ms(model: nn.Module, example_inputs, profile: bench.Profile, *, repe
         calibration = random_calibration(inputs)
     with tempfile.TemporaryDirectory() as tmp:
         path = build_artifacts(model, inputs, tmp, "m", (runtime,), (precision,), calibration=calibration)
-        report = bench.benchmark({"m": path[runtime, precision]}, profile, warmup=5, repeats=repeats, rounds=1,
-                                 runtime=runtime)
+        report = timing.benchmark({"m": path[runtime, precision]}, profile, warmup=5, repeats=repeats, rounds=1,
+                                  runtime=runtime)
     return report.rows[0].p50_ms
 
 
@@ -234,7 +234,7 @@ class LatencyResult:
     layers_measured: int  # new LUT entries measured in this call
 
 
-def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, profile: bench.Profile = bench.EDGE,
+def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, profile: timing.Profile = timing.EDGE,
                      runtime: Runtime = Runtime.ORT, precision: Precision = Precision.FP32,
                      table: LatencyTable | None = None, corrections: int = 2, **prune_kwargs) -> LatencyResult:
     """Prune until the latency in `runtime` at `precision` under `profile` is at most about `target_ms`

@@ -160,7 +160,7 @@ class MeasuredProfile:
 
 def profile_path(runtime: Runtime, precision: Precision, threads: int) -> str:
     """The cache file of (CPU, runtime version, precision, threads)."""
-    from ..bench.harness import cpu_name
+    from ..timing.harness import cpu_name
     from ..latency import cache_root
 
     key = f"{cpu_name()}|{runtime.value} {runtime.version()}|{precision.value}|threads {threads}"
@@ -191,7 +191,7 @@ def measure_profile(runtime: Runtime, precision: Precision, *, counts: Sequence[
     the passes: a slow spell that outlasts one grid's rotating rounds (seen here: a whole OpenVINO
     grid 3-64% slower, unevenly) spoils one pass, not the profile.
     """
-    from ..bench.harness import cpu_name
+    from ..timing.harness import cpu_name
 
     timer = LayerTimer(runtime, precision, threads=threads, pin_core=True, runs=runs)
     kinds = (LayerKind.DENSE_CONV, LayerKind.GROUPED_CONV, LayerKind.LINEAR)

@@ -406,7 +406,7 @@ def benchmark(
     Raises BenchError on a missing, corrupted or unrunnable model.
     """
     if not isinstance(profile, Profile):
-        raise BenchError(f"profile must be a graphprune.bench.Profile (e.g. CPU, EDGE), got {profile!r}")
+        raise BenchError(f"profile must be a graphprune.timing.Profile (e.g. CPU, EDGE), got {profile!r}")
     if not variants:
         raise BenchError("benchmark() needs at least one variant: {name: path to .onnx}")
     if not (isinstance(warmup, int) and warmup >= 0):
