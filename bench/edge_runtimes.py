@@ -6,7 +6,7 @@ Usage:
       [--counts 32,48,...] [--json PATH] [--plot PATH]
 
 Protocol (edge profile: 1 thread, pinned to one core; every figure names the CPU and runtime version):
-1. For every runtime and precision, ``graphprune.targets.calibrate`` gives the measured Target (read
+1. For every runtime and precision, ``graphprune.runtimes.calibration.calibrate`` gives the measured Target (read
    from the cache when this CPU, runtime version and thread count were calibrated before).
 2. For every model, every runtime: prune at ``--ratio`` (L2, local) with the runtime's measured fp32
    target, its measured int8 target, ``target="none"`` and the fixed ``ort-x86`` rule; build the
@@ -35,7 +35,8 @@ from graphprune.errors import ExportError
 from graphprune.latency import random_calibration
 from graphprune.models import ZOO
 from graphprune.runtimes import Precision, build_artifacts, parse_runtimes
-from graphprune.targets import calibrate, resolve_target
+from graphprune.runtimes.calibration import calibrate
+from graphprune.runtimes.profiles import resolve_target
 
 FP32, INT8 = Precision.FP32, Precision.INT8
 #: variant -> (which pruning, precision); "dense" is the unpruned model

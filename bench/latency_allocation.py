@@ -31,7 +31,7 @@ from graphprune.latency import LatencyBudget, LatencyModel, LatencyTable, measur
 from graphprune.models import ZOO
 from graphprune.options import Options, Ratio
 from graphprune.runtimes import Precision, build_artifacts, parse_runtimes
-from graphprune.targets import calibrate
+from graphprune.runtimes.calibration import calibrate
 
 
 def prunings(analysis, latency: LatencyModel, dense_ms: float, ratio: float, target) -> dict:

@@ -40,7 +40,8 @@ from graphprune import timing
 from graphprune.export import as_input_tuple, export_onnx
 from graphprune.models import ZOO
 from graphprune.runtimes import Runtime
-from graphprune.targets import calibrate, resolve_target
+from graphprune.runtimes.calibration import calibrate
+from graphprune.runtimes.profiles import resolve_target
 
 CONV_OPS = ("Conv", "FusedConv")
 

@@ -42,7 +42,8 @@ from .report import ModelStats, PruneReport, build_report
 from .rules import GraphView, LayerKind, RuleTable, default_rules
 from .kvcache import check_no_kv_cache
 from .rules.transformer import GroupedQuery, RepeatKVRule
-from .targets import Target, resolve_target
+from .runtimes.profiles import resolve_target
+from .targets import Target
 from .trace import copy_graph_module, trace_with_values
 
 _CALLS = ("call_module", "call_function", "call_method")
@@ -184,7 +185,10 @@ class Analysis:
 
     def plan(self, budget: Budget, strategy: Strategy = Strategy(), target: str | Target = "auto",
              calibration: Calibration = Calibration()) -> Planned:
-        """Score, then plan how many channels each group keeps and which (nothing is rewritten)."""
+        """Score, then plan how many channels each group keeps and which (nothing is rewritten).
+
+        A target name is resolved here (runtimes.profiles.resolve_target: "auto" may read this machine's
+        measured profile); the plan carries the resolved Target's name, and so does the report."""
         target = resolve_target(target)
         graph = self.dependencies
         self._check_groups_named(strategy.channel_costs, "channel_costs")

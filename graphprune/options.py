@@ -10,7 +10,8 @@
 - how many per layer: a deployment `targets.Target` (channel steps), see targets.py;
 - with what data: `Calibration` — batches for data-driven criteria, a loss for Taylor, and
   whether to re-estimate BatchNorm statistics after pruning.
-`prune_graph`'s keywords are sugar over these objects.
+`prune_graph`'s keywords are sugar over these objects (`Options.from_keywords`, which also
+resolves `target="auto"`, once).
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from .errors import InputError
 from .importance import Criterion, resolve
 from .kvcache import predict_kv_bytes
 from .planner import Planned, PrunePlan, plan_to_budget
-from .targets import Target, resolve_target
+from .runtimes.profiles import resolve_target
+from .targets import Target
 from .trace import as_tuple
 
 if TYPE_CHECKING:
@@ -201,10 +203,11 @@ class Calibration:
 
 @dataclass(frozen=True)
 class Options:
-    """Everything but the budget: which channels, how many per layer, with what data, and what to keep."""
+    """Everything but the budget: which channels, how many per layer (a resolved Target: building Options reads
+    nothing from disk), with what data, and what to keep."""
 
+    target: Target
     strategy: Strategy = field(default_factory=Strategy)
-    target: Target = field(default_factory=lambda: resolve_target("auto"))
     calibration: Calibration = field(default_factory=Calibration)
     ignore: tuple = ()
 
@@ -212,10 +215,11 @@ class Options:
     def from_keywords(cls, *, importance="l2", scope="local", min_keep=0.1, ratios=None, round_to=None, target="auto",
                       calibration=(), loss_fn=None, recalibrate_bn=False, ignore=(), uniform_layers=False,
                       channel_costs=None) -> "Options":
-        """prune_graph's keywords (each validated by the object it builds)."""
-        return cls(Strategy(importance, scope, min_keep, ratios or {}, uniform_layers, channel_costs or {}),
-                   resolve_target(target, round_to),
-                   Calibration(calibration, loss_fn, recalibrate_bn), tuple(ignore))
+        """prune_graph's keywords (each validated by the object it builds); `target` and `round_to` are resolved
+        here, once (runtimes.profiles.resolve_target: "auto" may read this machine's measured profile)."""
+        return cls(strategy=Strategy(importance, scope, min_keep, ratios or {}, uniform_layers, channel_costs or {}),
+                   target=resolve_target(target, round_to),
+                   calibration=Calibration(calibration, loss_fn, recalibrate_bn), ignore=tuple(ignore))
 
     def prune(self, analysis: "Analysis", budget: Budget) -> "PruneResult":
         return analysis.with_ignored(self.ignore).prune(budget, self.strategy, self.target, self.calibration)

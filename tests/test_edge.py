@@ -21,7 +21,8 @@ from graphprune.errors import CalibrationError, ExportError, InputError, Missing
 from graphprune.export import export_onnx
 from graphprune.models import get_model
 from graphprune.quantize import is_quantized_onnx, quantize_onnx
-from graphprune.latency import LatencyTable, default_cache_path, prune_to_latency
+from graphprune.latency import LatencyTable, prune_to_latency
+from graphprune.runtimes.latency_table import default_cache_path
 from graphprune.runtimes import Precision, Runtime, export_executorch, export_openvino
 
 edge = pytest.mark.edge
