@@ -34,13 +34,13 @@ from .frontends import export_graph, exported_graph, flat_inputs
 from .groups import DependencyGraph, Role
 from .importance import ScoringContext, score_groups
 from .inputs import check_model_and_inputs
-from .options import Budget, Calibration, Scope, Strategy, check_ratio
+from .options import Budget, Calibration, ModelCounts, Scope, Strategy, check_ratio
 from .passes import rewrite_in_place
 from .probing import ChannelProbe
 from .planner import Planned, PrunePlan, plan_global, plan_local, producer_partitions
 from .report import ModelStats, PruneReport, build_report
 from .rules import GraphView, LayerKind, RuleTable, default_rules
-from .kvcache import check_no_kv_cache
+from .kvcache import check_no_kv_cache, predict_kv_bytes
 from .rules.transformer import GroupedQuery, RepeatKVRule
 from .runtimes.profiles import resolve_target
 from .targets import Target
@@ -116,6 +116,13 @@ class Analysis:
     def predict(self, plan: PrunePlan) -> Counts:
         """Params and MACs once `plan` is applied, from shapes alone; equal to what `apply` measures."""
         return self.cost.predict(self.dependencies, plan, self.stats.params - self.stats.params_unused)
+
+    def counts(self) -> ModelCounts:
+        """The counts a budget reads: totals of the unpruned model and predictors of a plan's (shapes only)."""
+        attention = self.stats.attention
+        kv_bytes = sum(layer.bytes_per_token for layer in attention) if attention else None
+        return ModelCounts(self.stats.params, self.stats.macs, kv_bytes, self.predict,
+                           lambda plan: predict_kv_bytes(attention, self.dependencies, plan))
 
     def module_names(self, entries: Iterable, what: str) -> list[str]:
         """Qualified names of modules of the model given as modules or names; InputError with close matches."""
@@ -206,7 +213,7 @@ class Analysis:
             def make(r: float) -> Planned:
                 return plan_global(graph, scores, r, constraints, strategy.min_keep, target.one_block,
                                    strategy.uniform_layers, strategy.channel_costs)
-        planned = budget.plan(make, self)
+        planned = budget.plan(make, self.counts())
         return replace(planned, timings={"scoring": t1 - t0, "planning": time.perf_counter() - t1}, target=target.name)
 
     # -- rewriting -------------------------------------------------------------------------

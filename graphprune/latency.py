@@ -29,11 +29,11 @@ import torch.fx as fx
 import torch.nn as nn
 
 from . import timing
-from .analysis import Analysis, PruneResult, analyse
+from .analysis import PruneResult, analyse
 from .cost import kept_share
 from .errors import InputError
 from .groups import DependencyGraph, Role, Slot
-from .options import CountBudget, Options
+from .options import CountBudget, ModelCounts, Options
 from .planner import PrunePlan
 from .runtimes.artifacts import build_artifacts
 from .runtimes.kinds import Precision, Runtime
@@ -151,10 +151,10 @@ class LatencyBudget(CountBudget):
     original_ms: float = 0.0
     what = "latency (ms)"
 
-    def count(self, analysis: Analysis, plan: PrunePlan) -> float:
+    def count(self, counts: ModelCounts, plan: PrunePlan) -> float:
         return self.model.predict(plan)
 
-    def current(self, analysis: Analysis) -> float:
+    def current(self, counts: ModelCounts) -> float:
         return self.original_ms
 
 
