@@ -29,7 +29,7 @@ import torch.fx as fx
 from .cost import CostModel, Counts
 from .dependencies import build_dependency_graph
 from .eager import rebuild_module
-from .errors import InputError, RewriteError, TraceError
+from .errors import InputError, RewriteError, RuleError, TraceError
 from .frontends import export_graph, exported_graph, flat_inputs
 from .groups import DependencyGraph, Role
 from .importance import ScoringContext, score_groups
@@ -40,6 +40,7 @@ from .probing import ChannelProbe
 from .planner import Planned, PrunePlan, plan_global, plan_local, producer_partitions
 from .report import ModelStats, PruneReport, build_report
 from .rules import GraphView, LayerKind, RuleTable, default_rules
+from .rules.base import describe_node
 from .kvcache import check_no_kv_cache, predict_kv_bytes
 from .rules.transformer import GroupedQuery, RepeatKVRule
 from .runtimes.profiles import resolve_target
@@ -104,6 +105,7 @@ class Analysis:
     layer_inputs: frozenset[str]  # nodes read by those layers (what activation criteria look at)
     frontend: str = "fx"  # which frontend traced the model, and why (Frontend docstring)
     timings: Mapping[str, float] = field(default_factory=dict)
+    strict: bool = False  # analyse(strict=True): a rule whose shrink breaks a rewrite raises RuleError in `apply`
 
     # -- reading ---------------------------------------------------------------------------
     def explain(self) -> str:
@@ -220,7 +222,10 @@ class Analysis:
     def apply(self, plan: PrunePlan | Planned | str, calibration: Calibration = Calibration()) -> PruneResult:
         """Rewrite a copy of the traced model with `plan` (a PrunePlan, its JSON, or a Planned) and measure it.
 
-        With `calibration.recalibrate_bn`, BatchNorm statistics are re-estimated on its batches.
+        With `calibration.recalibrate_bn`, BatchNorm statistics are re-estimated on its batches. A rewrite
+        that breaks the model's check freezes the groups that break it and retries; with `strict` it raises
+        RuleError naming the rule and the node instead (GRAPHPRUNE_RULE_ERRORS=raise, which makes failing
+        `couple` halves raise, does not change this).
         """
         planned = plan if isinstance(plan, Planned) else Planned(
             PrunePlan.from_json(plan) if isinstance(plan, str) else plan, {})
@@ -229,6 +234,13 @@ class Analysis:
         try:
             gm, rewritten = self._rewritten(planned.plan, recalibration)
         except RewriteError as exc:
+            if self.strict:
+                rule_error = self._rule_error(exc)
+                if rule_error is None:
+                    raise  # no rule covers the node where it failed: the RewriteError names the pass
+                raise rule_error from exc
+            if not planned.plan.keep:
+                raise  # nothing left to freeze: the rewrite fails with nothing pruned
             safer = self._without_groups_that_break(planned, exc)
             return safer.apply(safer.unfrozen_part(planned), calibration)
         t0 = time.perf_counter()
@@ -242,6 +254,16 @@ class Analysis:
         gm = copy_graph_module(self.graph_module, share_tensors=True, compiled=False)  # the rewrite recompiles
         return gm, rewrite_in_place(gm, self.dependencies, plan, self.rules, self.example_inputs, recalibration,
                                     shared_with=self.graph_module)
+
+    def _rule_error(self, error: RewriteError) -> RuleError | None:
+        """A RuleError naming the rule of the node where `error`'s rewrite failed; None when no rule covers it."""
+        node = next((n for n in self.graph_module.graph.nodes if n.name == error.node), None)
+        modules = dict(self.graph_module.named_modules())
+        rule = self.rules.for_node(node, modules) if node is not None and node.op in _CALLS else None
+        if rule is None:
+            return None
+        return RuleError(f"rule {type(rule).__name__} broke the rewrite of {describe_node(node, modules)}: "
+                         f"{' '.join(str(error).split())}")
 
     def _without_groups_that_break(self, planned: Planned, error: RewriteError) -> "Analysis":
         """A copy in which every group whose rewrite alone breaks the model's check is frozen, with the error.
@@ -257,7 +279,8 @@ class Analysis:
             return False
 
         failing = [gid for gid in planned.plan.keep if breaks(gid)] or list(planned.plan.keep)
-        reason = f"rewriting it broke the model's check ({' '.join(str(error).split())[:300]})"
+        at = f" at `{error.node}`" if error.node else ""
+        reason = f"rewriting it broke the model's check{at} ({' '.join(str(error).split())[:300]})"
         return replace(self, dependencies=self.dependencies.with_frozen(failing, reason))
 
     def unfrozen_part(self, planned: Planned) -> Planned:
@@ -294,7 +317,7 @@ def _analysed(gm: fx.GraphModule, inputs: tuple, model, rules: RuleTable, strict
     layers, layer_inputs = _weighted_layers(gm, rules, graph)
     stats = ModelStats.measure(gm, cost, model)
     return Analysis(model, gm, inputs, rules, graph, cost, stats, layers, layer_inputs, frontend,
-                    {"trace": trace_seconds, "analysis": time.perf_counter() - t0})
+                    {"trace": trace_seconds, "analysis": time.perf_counter() - t0}, strict)
 
 
 def _via_fx(model, args, kwargs, rules, strict) -> Analysis:
@@ -344,7 +367,8 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     torch.export ExportedProgram (always the export frontend). `frontend`: "auto", "fx" or
     "export" (see Frontend); `Analysis.frontend` says which ran and why. With `strict=True` an
     op without a rule raises UnsupportedOpError and a failing rule raises RuleError, instead
-    of freezing the channels they touch. `gqa` ("kv_groups" or "query_heads", see GroupedQuery) says how
+    of freezing the channels they touch; the Analysis keeps `strict`, so a rule whose shrink
+    breaks a rewrite in `apply` raises RuleError too. `gqa` ("kv_groups" or "query_heads", see GroupedQuery) says how
     grouped-query attention is pruned (the rule table's choice, KV groups, when None).
     """
     try:
