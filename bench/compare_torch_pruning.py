@@ -51,7 +51,7 @@ Protocol (one run of this script, every model of ``--models``, default the whole
 * ONNX: ``graphprune.export.export_onnx`` (opset 17; ``onnx.checker``; ONNX Runtime vs
   PyTorch on the example inputs, atol 1e-4 + rtol 1e-3). "yes (d)" means the file was
   written and ORT matched the pruned PyTorch model, d = max abs difference.
-* Latency: ONE ``graphprune.bench.benchmark`` call per model with every variant that
+* Latency: ONE ``graphprune.timing.benchmark`` call per model with every variant that
   exported (original, gp, tp, gp16, tp16), so their runs are interleaved, under the EDGE
   profile (1 intra-op thread, pinned to one core, ORT_ENABLE_ALL). p50 over
   ``--repeats`` timed runs split over ``--rounds`` rotating rounds after ``--warmup``
@@ -84,7 +84,7 @@ import torch
 from torch import nn
 
 import graphprune
-from graphprune import bench, default_rules
+from graphprune import default_rules, timing
 from graphprune.export import export_onnx
 from graphprune.models import ZOO
 from graphprune.cost import count_macs
@@ -460,8 +460,8 @@ def measure_latency(variants: list[Variant], args: argparse.Namespace) -> None:
     if not ready:
         return
     try:
-        report = bench.benchmark(
-            {v.key: v.onnx_path for v in ready}, bench.EDGE, warmup=args.warmup,
+        report = timing.benchmark(
+            {v.key: v.onnx_path for v in ready}, timing.EDGE, warmup=args.warmup,
             repeats=args.repeats, rounds=args.rounds,
             macs={v.key: v.macs for v in ready if v.macs is not None},
             params={v.key: v.params for v in ready if v.params is not None},
@@ -617,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)  # the timing workers get the same count
-    print(f"CPU: {bench.cpu_name()} ({os.cpu_count()} cores); torch {torch.__version__}", flush=True)
+    print(f"CPU: {timing.cpu_name()} ({os.cpu_count()} cores); torch {torch.__version__}", flush=True)
     tp_version, tp_error = ensure_torch_pruning()
     if tp_version and tp_version != TP_VERSION:
         progress(f"warning: torch-pruning {tp_version} is installed, this comparison is meant for {TP_VERSION}")

@@ -6,7 +6,7 @@ Usage:
       [--counts 32,48,...] [--json PATH] [--plot PATH]
 
 Protocol (edge profile: 1 thread, pinned to one core; every figure names the CPU and runtime version):
-1. For every runtime and precision, ``graphprune.targets.calibrate`` gives the measured Target (read
+1. For every runtime and precision, ``graphprune.runtimes.calibration.calibrate`` gives the measured Target (read
    from the cache when this CPU, runtime version and thread count were calibrated before).
 2. For every model, every runtime: prune at ``--ratio`` (L2, local) with the runtime's measured fp32
    target, its measured int8 target, ``target="none"`` and the fixed ``ort-x86`` rule; build the
@@ -29,13 +29,14 @@ import time
 import torch
 
 import graphprune
-from graphprune import bench
+from graphprune import timing
 from graphprune.atomic import write_atomically
 from graphprune.errors import ExportError
 from graphprune.latency import random_calibration
 from graphprune.models import ZOO
 from graphprune.runtimes import Precision, build_artifacts, parse_runtimes
-from graphprune.targets import calibrate, resolve_target
+from graphprune.runtimes.calibration import calibrate
+from graphprune.runtimes.profiles import resolve_target
 
 FP32, INT8 = Precision.FP32, Precision.INT8
 #: variant -> (which pruning, precision); "dense" is the unpruned model
@@ -45,8 +46,8 @@ VARIANTS = {"dense": ("dense", FP32), "dense+int8": ("dense", INT8), "measured":
 
 def header(runtimes) -> str:
     versions = ", ".join(f"{r.label} {r.version()}" for r in runtimes)
-    return (f"CPU: {bench.cpu_name()} ({os.cpu_count()} cores); {versions}; torch {torch.__version__}; "
-            f"edge profile: {bench.EDGE.intra_op_threads} thread, pinned")
+    return (f"CPU: {timing.cpu_name()} ({os.cpu_count()} cores); {versions}; torch {torch.__version__}; "
+            f"edge profile: {timing.EDGE.intra_op_threads} thread, pinned")
 
 
 def targets_of(runtimes, counts) -> dict:
@@ -92,8 +93,8 @@ def run_model(name, ratio, runtimes, targets, args, work) -> dict:
                 print(f"  {name} {variant} on {runtime.label}: not built ({' '.join(str(exc).split())[:300]})")
                 macs.pop(variant)
         built = time.perf_counter() - t0
-        report = bench.benchmark(files, bench.EDGE, runtime=runtime, warmup=args.warmup, repeats=args.repeats,
-                                 rounds=args.rounds, macs=macs)
+        report = timing.benchmark(files, timing.EDGE, runtime=runtime, warmup=args.warmup, repeats=args.repeats,
+                                  rounds=args.rounds, macs=macs)
         print(f"\n{name} on {runtime.label} ({built:.0f} s to build the files)")
         print(report.format_table())
         out[runtime] = report
@@ -184,7 +185,7 @@ def main() -> None:
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     reports = [rep for per in results.values() for rep in per.values()]
     if args.plot:
-        bench.plot_latency_vs_macs(reports, args.plot)
+        timing.plot_latency_vs_macs(reports, args.plot)
     if args.json:
         data.update(header=header(runtimes), targets={f"{r.value}/{p.value}": t.name for (r, p), t in targets.items()},
                     reports=[rep.to_json() for rep in reports])

@@ -14,7 +14,7 @@ import argparse
 import os
 import tempfile
 
-from graphprune.bench import CPU, EDGE, benchmark
+from graphprune.timing import CPU, EDGE, benchmark
 from graphprune.export import export_onnx
 from graphprune.models import ZOO
 

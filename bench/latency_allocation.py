@@ -25,13 +25,13 @@ import time
 
 import torch
 
-from graphprune import bench
+from graphprune import timing
 from graphprune.analysis import analyse
 from graphprune.latency import LatencyBudget, LatencyModel, LatencyTable, measure_ms
 from graphprune.models import ZOO
 from graphprune.options import Options, Ratio
 from graphprune.runtimes import Precision, build_artifacts, parse_runtimes
-from graphprune.targets import calibrate
+from graphprune.runtimes.calibration import calibrate
 
 
 def prunings(analysis, latency: LatencyModel, dense_ms: float, ratio: float, target) -> dict:
@@ -61,8 +61,8 @@ def run(name: str, runtime, ratio: float, args, work: str) -> None:
     target = calibrate(runtime, Precision.FP32)
     t0 = time.perf_counter()
     analysis = analyse(model, inputs)
-    table = LatencyTable(bench.EDGE, runtime=runtime)
-    dense_ms = measure_ms(model, inputs, bench.EDGE, runtime=runtime)
+    table = LatencyTable(timing.EDGE, runtime=runtime)
+    dense_ms = measure_ms(model, inputs, timing.EDGE, runtime=runtime)
     latency = LatencyModel(analysis.graph_module, analysis.dependencies, table, dense_ms)
     variants = prunings(analysis, latency, dense_ms, ratio, target)
     table.save()
@@ -73,8 +73,8 @@ def run(name: str, runtime, ratio: float, args, work: str) -> None:
         files[variant] = build_artifacts(result.model, inputs, work, f"{name}-{variant}", *fp32)[runtime, Precision.FP32]
         macs[variant] = result.report.macs_after
     built = time.perf_counter() - t0
-    report = bench.benchmark(files, bench.EDGE, runtime=runtime, warmup=args.warmup, repeats=args.repeats,
-                             rounds=args.rounds, macs=macs)
+    report = timing.benchmark(files, timing.EDGE, runtime=runtime, warmup=args.warmup, repeats=args.repeats,
+                              rounds=args.rounds, macs=macs)
     rows = {r.name: r for r in report.rows}
     dense = rows["dense"]
     print(f"\n{name} on {runtime.label}, target {target.name}, dense {dense.p50_ms:.2f} ms "
@@ -103,8 +103,8 @@ def main() -> None:
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     versions = ", ".join(f"{r.label} {r.version()}" for r in runtimes)
-    print(f"CPU: {bench.cpu_name()} ({os.cpu_count()} cores); {versions}; torch {torch.__version__}; "
-          f"edge profile: {bench.EDGE.intra_op_threads} thread, pinned")
+    print(f"CPU: {timing.cpu_name()} ({os.cpu_count()} cores); {versions}; torch {torch.__version__}; "
+          f"edge profile: {timing.EDGE.intra_op_threads} thread, pinned")
     print(f"command: python {' '.join(sys.argv)}")
     print("predicted ms are scaled to this run's dense p50 (the latency model is fitted to its own dense timing)")
     with tempfile.TemporaryDirectory() as work:

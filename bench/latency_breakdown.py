@@ -36,11 +36,12 @@ import time
 import torch
 
 import graphprune
-from graphprune import bench
+from graphprune import timing
 from graphprune.export import as_input_tuple, export_onnx
 from graphprune.models import ZOO
 from graphprune.runtimes import Runtime
-from graphprune.targets import calibrate, resolve_target
+from graphprune.runtimes.calibration import calibrate
+from graphprune.runtimes.profiles import resolve_target
 
 CONV_OPS = ("Conv", "FusedConv")
 
@@ -65,7 +66,7 @@ def kind_of(event: dict) -> tuple[str, int]:
 def _session(path: str, inputs):
     import onnxruntime as ort
 
-    options = bench.session_options(bench.EDGE)
+    options = timing.session_options(timing.EDGE)
     options.enable_profiling = True
     options.profile_file_prefix = path + ".profile"
     sess = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
@@ -93,7 +94,7 @@ def _by_kind(sess, warmup: int, runs: int, wall_ms: float) -> tuple[dict[str, fl
 def profile_ms(paths: dict[str, str], inputs, runs: int, warmup: int = 10) -> dict[str, tuple[dict, dict, float]]:
     """{label: ({kind: ms per run}, {kind: MACs per run}, wall ms per run)}: the models' runs alternate, one
     run each per round, so a slow spell of the machine lands on all of them."""
-    with bench.pinned(bench.EDGE):
+    with timing.pinned(timing.EDGE):
         sessions = {label: _session(path, inputs) for label, path in paths.items()}
         for sess, feeds in sessions.values():
             for _ in range(warmup):
@@ -144,7 +145,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
     target = calibrate("ort", "fp32") if args.target == "measured" else resolve_target(args.target)
-    print(f"CPU: {bench.cpu_name()}; ONNX Runtime {Runtime.ORT.version()}; torch {torch.__version__}; "
+    print(f"CPU: {timing.cpu_name()}; ONNX Runtime {Runtime.ORT.version()}; torch {torch.__version__}; "
           f"edge profile: 1 thread, pinned")
     print(f"command: python {' '.join(sys.argv)}")
     with tempfile.TemporaryDirectory() as work:

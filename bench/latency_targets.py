@@ -20,7 +20,7 @@ import tempfile
 import torch
 
 import graphprune
-from graphprune import bench
+from graphprune import timing
 from graphprune.export import export_onnx
 from graphprune.latency import LatencyTable, prune_to_latency
 from graphprune.models import ZOO
@@ -28,7 +28,7 @@ from graphprune.models import ZOO
 
 def part1(models, repeats: int) -> dict:
     out = {}
-    print(f"ratio 0.5, L2, local; edge profile ({bench.EDGE.intra_op_threads} thread, pinned), {repeats} timed runs each")
+    print(f"ratio 0.5, L2, local; edge profile ({timing.EDGE.intra_op_threads} thread, pinned), {repeats} timed runs each")
     print(f"{'model':14s} {'target':8s} {'MACs ratio':>10s} {'p50 ms':>9s} {'latency ratio':>13s} {'quotient':>9s}")
     for name in models:
         spec = ZOO[name]
@@ -45,7 +45,7 @@ def part1(models, repeats: int) -> dict:
                 variants[target] = path
                 macs[target] = result.report.macs_after
                 macs["original"] = result.report.macs_before
-            report = bench.benchmark(variants, bench.EDGE, warmup=10, repeats=repeats, rounds=5, macs=macs)
+            report = timing.benchmark(variants, timing.EDGE, warmup=10, repeats=repeats, rounds=5, macs=macs)
         p50 = {row.name: row.p50_ms for row in report.rows}
         print(f"{name:14s} {'-':8s} {1.0:10.3f} {p50['original']:9.2f} {1.0:13.3f} {1.0:9.2f}")
         for target in ("auto", "none"):
@@ -60,10 +60,10 @@ def part1(models, repeats: int) -> dict:
 def part2() -> dict:
     spec = ZOO["resnet50"]
     model, inputs = spec.build(), spec.example_inputs()
-    table = LatencyTable(bench.EDGE)
+    table = LatencyTable(timing.EDGE)
     original = None
     from graphprune.latency import measure_ms  # noqa: PLC0415 (same harness as prune_to_latency)
-    original = measure_ms(model, inputs, bench.EDGE)
+    original = measure_ms(model, inputs, timing.EDGE)
     target = original / 2
     r = prune_to_latency(model, inputs, target, table=table)
     error = (r.measured_ms - target) / target
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    print(f"CPU: {bench.cpu_name()} ({os.cpu_count()} cores); torch {torch.__version__}")
+    print(f"CPU: {timing.cpu_name()} ({os.cpu_count()} cores); torch {torch.__version__}")
     data = {"ratio_0.5": part1(args.models.split(","), args.repeats)}
     if not args.skip_latency_target:
         data["latency_target"] = part2()

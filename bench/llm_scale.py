@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import graphprune  # noqa: E402
-from graphprune.bench import cpu_name  # noqa: E402
+from graphprune.timing import cpu_name  # noqa: E402
 
 
 def peak_rss_bytes() -> int:

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 import graphprune
-from graphprune.bench import cpu_name
+from graphprune.timing import cpu_name
 from graphprune.models import ZOO
 
 STAGES = ("trace", "analysis", "scoring", "planning", "rewrite", "checks", "report")

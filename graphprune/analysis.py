@@ -29,20 +29,22 @@ import torch.fx as fx
 from .cost import CostModel, Counts
 from .dependencies import build_dependency_graph
 from .eager import rebuild_module
-from .errors import InputError, RewriteError, TraceError
+from .errors import InputError, RewriteError, RuleError, TraceError
 from .frontends import export_graph, exported_graph, flat_inputs
 from .groups import DependencyGraph, Role
 from .importance import ScoringContext, score_groups
 from .inputs import check_model_and_inputs
-from .options import Budget, Calibration, Scope, Strategy, check_ratio
+from .options import Budget, Calibration, ModelCounts, Scope, Strategy, check_ratio
 from .passes import rewrite_in_place
 from .probing import ChannelProbe
 from .planner import Planned, PrunePlan, plan_global, plan_local, producer_partitions
 from .report import ModelStats, PruneReport, build_report
 from .rules import GraphView, LayerKind, RuleTable, default_rules
-from .kvcache import check_no_kv_cache
+from .rules.base import describe_node
+from .kvcache import check_no_kv_cache, predict_kv_bytes
 from .rules.transformer import GroupedQuery, RepeatKVRule
-from .targets import Target, resolve_target
+from .runtimes.profiles import resolve_target
+from .targets import Target
 from .trace import copy_graph_module, trace_with_values
 
 _CALLS = ("call_module", "call_function", "call_method")
@@ -105,6 +107,7 @@ class Analysis:
     layer_inputs: frozenset[str]  # nodes read by those layers (what activation criteria look at)
     frontend: str = "fx"  # which frontend traced the model, and why (Frontend docstring)
     timings: Mapping[str, float] = field(default_factory=dict)
+    strict: bool = False  # analyse(strict=True): a rule whose shrink breaks a rewrite raises RuleError in `apply`
 
     # -- reading ---------------------------------------------------------------------------
     def explain(self) -> str:
@@ -117,6 +120,13 @@ class Analysis:
     def predict(self, plan: PrunePlan) -> Counts:
         """Params and MACs once `plan` is applied, from shapes alone; equal to what `apply` measures."""
         return self.cost.predict(self.dependencies, plan, self.stats.params - self.stats.params_unused)
+
+    def counts(self) -> ModelCounts:
+        """The counts a budget reads: totals of the unpruned model and predictors of a plan's (shapes only)."""
+        attention = self.stats.attention
+        kv_bytes = sum(layer.bytes_per_token for layer in attention) if attention else None
+        return ModelCounts(self.stats.params, self.stats.macs, kv_bytes, self.predict,
+                           lambda plan: predict_kv_bytes(attention, self.dependencies, plan))
 
     def module_names(self, entries: Iterable, what: str) -> list[str]:
         """Qualified names of modules of the model given as modules or names; InputError with close matches."""
@@ -186,7 +196,10 @@ class Analysis:
 
     def plan(self, budget: Budget, strategy: Strategy = Strategy(), target: str | Target = "auto",
              calibration: Calibration = Calibration()) -> Planned:
-        """Score, then plan how many channels each group keeps and which (nothing is rewritten)."""
+        """Score, then plan how many channels each group keeps and which (nothing is rewritten).
+
+        A target name is resolved here (runtimes.profiles.resolve_target: "auto" may read this machine's
+        measured profile); the plan carries the resolved Target's name, and so does the report."""
         target = resolve_target(target)
         graph = self.dependencies
         self._check_groups_named(strategy.channel_costs, "channel_costs")
@@ -204,14 +217,17 @@ class Analysis:
             def make(r: float) -> Planned:
                 return plan_global(graph, scores, r, constraints, strategy.min_keep, target.one_block,
                                    strategy.uniform_layers, strategy.channel_costs)
-        planned = budget.plan(make, self)
+        planned = budget.plan(make, self.counts())
         return replace(planned, timings={"scoring": t1 - t0, "planning": time.perf_counter() - t1}, target=target.name)
 
     # -- rewriting -------------------------------------------------------------------------
     def apply(self, plan: PrunePlan | Planned | str, calibration: Calibration = Calibration()) -> PruneResult:
         """Rewrite a copy of the traced model with `plan` (a PrunePlan, its JSON, or a Planned) and measure it.
 
-        With `calibration.recalibrate_bn`, BatchNorm statistics are re-estimated on its batches.
+        With `calibration.recalibrate_bn`, BatchNorm statistics are re-estimated on its batches. A rewrite
+        that breaks the model's check freezes the groups that break it and retries; with `strict` it raises
+        RuleError naming the rule and the node instead (GRAPHPRUNE_RULE_ERRORS=raise, which makes failing
+        `couple` halves raise, does not change this).
         """
         planned = plan if isinstance(plan, Planned) else Planned(
             PrunePlan.from_json(plan) if isinstance(plan, str) else plan, {})
@@ -220,6 +236,13 @@ class Analysis:
         try:
             gm, rewritten = self._rewritten(planned.plan, recalibration)
         except RewriteError as exc:
+            if self.strict:
+                rule_error = self._rule_error(exc)
+                if rule_error is None:
+                    raise  # no rule covers the node where it failed: the RewriteError names the pass
+                raise rule_error from exc
+            if not planned.plan.keep:
+                raise  # nothing left to freeze: the rewrite fails with nothing pruned
             safer = self._without_groups_that_break(planned, exc)
             return safer.apply(safer.unfrozen_part(planned), calibration)
         t0 = time.perf_counter()
@@ -235,6 +258,16 @@ class Analysis:
         return gm, rewrite_in_place(gm, self.dependencies, plan, self.rules, self.example_inputs, recalibration,
                                     shared_with=self.graph_module)
 
+    def _rule_error(self, error: RewriteError) -> RuleError | None:
+        """A RuleError naming the rule of the node where `error`'s rewrite failed; None when no rule covers it."""
+        node = next((n for n in self.graph_module.graph.nodes if n.name == error.node), None)
+        modules = dict(self.graph_module.named_modules())
+        rule = self.rules.for_node(node, modules) if node is not None and node.op in _CALLS else None
+        if rule is None:
+            return None
+        return RuleError(f"rule {type(rule).__name__} broke the rewrite of {describe_node(node, modules)}: "
+                         f"{' '.join(str(error).split())}")
+
     def _without_groups_that_break(self, planned: Planned, error: RewriteError) -> "Analysis":
         """A copy in which every group whose rewrite alone breaks the model's check is frozen, with the error.
 
@@ -249,7 +282,8 @@ class Analysis:
             return False
 
         failing = [gid for gid in planned.plan.keep if breaks(gid)] or list(planned.plan.keep)
-        reason = f"rewriting it broke the model's check ({' '.join(str(error).split())[:300]})"
+        at = f" at `{error.node}`" if error.node else ""
+        reason = f"rewriting it broke the model's check{at} ({' '.join(str(error).split())[:300]})"
         return replace(self, dependencies=self.dependencies.with_frozen(failing, reason))
 
     def unfrozen_part(self, planned: Planned) -> Planned:
@@ -286,7 +320,7 @@ def _analysed(gm: fx.GraphModule, inputs: tuple, model, rules: RuleTable, strict
     layers, layer_inputs = _weighted_layers(gm, rules, graph)
     stats = ModelStats.measure(gm, cost, model)
     return Analysis(model, gm, inputs, rules, graph, cost, stats, layers, layer_inputs, frontend,
-                    {"trace": trace_seconds, "analysis": time.perf_counter() - t0})
+                    {"trace": trace_seconds, "analysis": time.perf_counter() - t0}, strict)
 
 
 def _via_fx(model, args, kwargs, rules, strict) -> Analysis:
@@ -336,7 +370,8 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     torch.export ExportedProgram (always the export frontend). `frontend`: "auto", "fx" or
     "export" (see Frontend); `Analysis.frontend` says which ran and why. With `strict=True` an
     op without a rule raises UnsupportedOpError and a failing rule raises RuleError, instead
-    of freezing the channels they touch. `gqa` ("kv_groups" or "query_heads", see GroupedQuery) says how
+    of freezing the channels they touch; the Analysis keeps `strict`, so a rule whose shrink
+    breaks a rewrite in `apply` raises RuleError too. `gqa` ("kv_groups" or "query_heads", see GroupedQuery) says how
     grouped-query attention is pruned (the rule table's choice, KV groups, when None).
     """
     try:

@@ -58,15 +58,17 @@ def prune_graph(
     `channel_costs` (global scope: group id -> what removing one of its channels saves, e.g. the ms of
     `latency.LatencyModel.channel_costs()`; channels are then ranked by importance per unit saved).
     Channel counts (a Target): `target` picks a channel step per layer kind; the default
-    "auto" is "ort-x86" on x86-64 (multiples of 16 with AVX-512, 8 with AVX2 for convs; 8
-    for linear layers) and "xnnpack" (no rounding) elsewhere; `round_to` sets one step for
-    every layer. Data (a Calibration): `calibration` batches (the model's inputs, then what
-    `loss_fn(output, *rest)` needs) for data-driven criteria, and `recalibrate_bn` to
-    re-estimate BatchNorm statistics on them. `ignore` keeps the output channels of the
-    given modules. `frontend` ("auto", "fx", "export") picks how the model becomes a graph
-    (see analysis.Frontend); `gqa` ("kv_groups", "query_heads") how grouped-query attention is
-    pruned (rules.transformer.GroupedQuery); `model` may also be a torch.export ExportedProgram. The input and
-    output shapes never change; `model` is not modified.
+    "auto" is this machine's measured ORT profile when one is cached (runtimes.calibration.calibrate),
+    else "ort-x86" on x86-64 (multiples of 16 with AVX-512, 8 with AVX2 for convs; 8 for linear
+    layers) and "xnnpack" (no rounding) elsewhere; `round_to` sets one step for every layer. The
+    target is resolved once, before tracing, and the report names the Target it gave. Data (a
+    Calibration): `calibration` batches (the model's inputs, then what `loss_fn(output, *rest)`
+    needs) for data-driven criteria, and `recalibrate_bn` to re-estimate BatchNorm statistics on
+    them. `ignore` keeps the output channels of the given modules. `frontend` ("auto", "fx",
+    "export") picks how the model becomes a graph (see analysis.Frontend); `gqa` ("kv_groups",
+    "query_heads") how grouped-query attention is pruned (rules.transformer.GroupedQuery); `model`
+    may also be a torch.export ExportedProgram. The input and output shapes never change; `model`
+    is not modified.
     """
     budget = Budget.from_keywords(ratio, target_params, target_macs, target_kv_bytes)
     options = Options.from_keywords(importance=importance, scope=scope, min_keep=min_keep, ratios=ratios,

@@ -18,7 +18,14 @@ class UnsupportedOpError(GraphPruneError):
 
 
 class RewriteError(GraphPruneError):
-    """A rewrite pass produced an invalid graph; names the pass. This is a graphprune bug."""
+    """A rewrite pass produced an invalid graph; names the pass. This is a graphprune bug (or a custom rule's).
+
+    `node`: the name of the node where the rewritten model failed or whose rule's shrink raised, when known.
+    """
+
+    def __init__(self, message: str, node: str | None = None):
+        super().__init__(message)
+        self.node = node
 
 
 class ExportError(GraphPruneError):
@@ -30,9 +37,11 @@ class BenchError(GraphPruneError):
 
 
 class RuleError(RuntimeError):
-    """A rule raised while analysing a node (a bug in the rule, not bad input); names the node and the rule.
+    """A rule failed on a node while analysing it (`couple` raised) or rewriting it (its shrink raised or left a
+    model that fails the pass's check): a bug in the rule, not bad input; names the node and the rule.
 
-    Raised only with strict=True or GRAPHPRUNE_RULE_ERRORS=raise; otherwise the node's channels freeze.
+    Raised only with strict=True (a failing `couple` also with GRAPHPRUNE_RULE_ERRORS=raise, as the test suite
+    sets); otherwise the channels it touches freeze.
     """
 
 

@@ -17,6 +17,7 @@ from .api import prune_graph
 from .errors import InputError
 from .options import check_ratio
 from .report import count_params
+from .runtimes.profiles import resolve_target
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,15 @@ def prune_iteratively(model: torch.nn.Module, example_inputs, *, steps: int,
     `graphprune.recover(result, data=...).model`, distilled from that step's dense model), and
     `finetune(model, step)` may train the model (in place or returning a new one).
 
-    Other keyword arguments go to prune_graph on every step. `model` is not modified.
+    Other keyword arguments go to prune_graph on every step; `target`/`round_to` are resolved once, so every
+    step uses the same Target. `model` is not modified.
     """
     if not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps must be a positive int, got {steps!r}")
     given = [v for v in (ratio, target_params, target_macs) if v is not None]
     if len(given) != 1:
         raise InputError("give exactly one of ratio, target_params, target_macs")
+    prune_kwargs["target"] = resolve_target(prune_kwargs.get("target", "auto"), prune_kwargs.pop("round_to", None))
     results, current = [], model
     first = None
     for k in range(1, steps + 1):

@@ -1,5 +1,5 @@
 """Latency-aware planning: per-layer latencies in a runtime (ONNX Runtime, OpenVINO or ExecuTorch, fp32
-or int8), measured once and cached on disk.
+or int8), measured once and cached on disk (:mod:`graphprune.runtimes.latency_table`).
 
 Model latency is predicted as
     sum over conv/linear layers of LUT(layer shape after the plan)
@@ -19,10 +19,7 @@ returns is measured.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
-import os
 import tempfile
 from dataclasses import dataclass
 
@@ -31,80 +28,17 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from . import bench
-from .analysis import Analysis, PruneResult, analyse
-from .atomic import write_json
+from . import timing
+from .analysis import PruneResult, analyse
 from .cost import kept_share
 from .errors import InputError
 from .groups import DependencyGraph, Role, Slot
-from .options import CountBudget, Options
+from .options import CountBudget, ModelCounts, Options
 from .planner import PrunePlan
 from .runtimes.artifacts import build_artifacts
 from .runtimes.kinds import Precision, Runtime
-from .runtimes.layers import LayerTimer
+from .runtimes.latency_table import LatencyTable
 from .trace import value_meta
-
-
-def cache_root() -> str:
-    """Where measured tables and profiles live: $GRAPHPRUNE_CACHE, else ~/.cache/graphprune."""
-    return os.environ.get("GRAPHPRUNE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "graphprune"))
-
-
-def default_cache_path(profile: bench.Profile, runtime: Runtime = Runtime.ORT,
-                       precision: Precision = Precision.FP32) -> str:
-    """The table file of this CPU, runtime version, precision and thread count (ORT: also its optimisation level)."""
-    key = f"{bench.cpu_name()}|{runtime.value} {runtime.version()}|threads {profile.intra_op_threads}"
-    key += f"|{profile.graph_optimization_level}" if runtime is Runtime.ORT else ""
-    key += f"|{precision.value}" if precision is not Precision.FP32 else ""
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    return os.path.join(cache_root(), f"latency-{digest}.json")
-
-
-class LatencyTable:
-    """Layer-shape -> median milliseconds in one runtime and precision, measured on first use and saved
-    (atomically) on `save()`."""
-
-    def __init__(self, profile: bench.Profile = bench.EDGE, path: str | None = None, runs: int = 15, *,
-                 runtime: Runtime = Runtime.ORT, precision: Precision = Precision.FP32):
-        self.profile, self.runs, self.runtime, self.precision = profile, runs, runtime, precision
-        self.path = path or default_cache_path(profile, runtime, precision)
-        self.entries: dict[str, float] = {}
-        self.timer = LayerTimer(runtime, precision, threads=profile.intra_op_threads, pin_core=profile.pin_core,
-                                runs=runs)
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                self.entries = json.load(f).get("entries", {})
-
-    @property
-    def measured(self) -> int:
-        """Layers timed by this table (not read from the cache file)."""
-        return self.timer.measured
-
-    def overhead_ms(self) -> float:
-        """The runtime's per-call cost: the latency of a 1x1 linear layer (measured once, kept with the entries)."""
-        if "overhead" not in self.entries:
-            self.entries["overhead"] = self.timer.linear_ms(1, 1, 1)
-        return self.entries["overhead"]
-
-    def conv_ms(self, n, cin, cout, h, w, k, stride, pad, groups, dilation=(1, 1)) -> float:
-        """The conv's latency minus the per-call overhead (entries keep the measured latency)."""
-        key = f"conv n{n} c{cin}>{cout} {h}x{w} k{k} s{stride} p{pad} g{groups} d{dilation}"
-        if key not in self.entries:
-            self.entries[key] = self.timer.conv_ms(n, cin, cout, h, w, k, stride, pad, groups, dilation)
-        return max(self.entries[key] - self.overhead_ms(), 0.0)
-
-    def linear_ms(self, rows, fin, fout) -> float:
-        """The layer's latency minus the per-call overhead (entries keep the measured latency)."""
-        key = f"linear r{rows} {fin}>{fout}"
-        if key not in self.entries:
-            self.entries[key] = self.timer.linear_ms(rows, fin, fout)
-        return max(self.entries[key] - self.overhead_ms(), 0.0)
-
-    def save(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        write_json(self.path, {"cpu": bench.cpu_name(), "runtime": self.runtime.value,
-                               "runtime_version": self.timer.version, "precision": self.precision.value,
-                               "threads": self.profile.intra_op_threads, "entries": self.entries})
 
 
 @dataclass(frozen=True)
@@ -194,7 +128,7 @@ def random_calibration(example_inputs, n: int = 4, seed: int = 0) -> list[tuple[
     return [tuple(torch.randn(t.shape, generator=g).to(t.dtype) for t in example_inputs) for _ in range(n)]
 
 
-def measure_ms(model: nn.Module, example_inputs, profile: bench.Profile, *, repeats: int = 30,
+def measure_ms(model: nn.Module, example_inputs, profile: timing.Profile, *, repeats: int = 30,
                runtime: Runtime = Runtime.ORT, precision: Precision = Precision.FP32, calibration=None) -> float:
     """p50 latency of `model` in `runtime` at `precision`, timed by the benchmark harness.
 
@@ -204,8 +138,8 @@ def measure_ms(model: nn.Module, example_inputs, profile: bench.Profile, *, repe
         calibration = random_calibration(inputs)
     with tempfile.TemporaryDirectory() as tmp:
         path = build_artifacts(model, inputs, tmp, "m", (runtime,), (precision,), calibration=calibration)
-        report = bench.benchmark({"m": path[runtime, precision]}, profile, warmup=5, repeats=repeats, rounds=1,
-                                 runtime=runtime)
+        report = timing.benchmark({"m": path[runtime, precision]}, profile, warmup=5, repeats=repeats, rounds=1,
+                                  runtime=runtime)
     return report.rows[0].p50_ms
 
 
@@ -217,10 +151,10 @@ class LatencyBudget(CountBudget):
     original_ms: float = 0.0
     what = "latency (ms)"
 
-    def count(self, analysis: Analysis, plan: PrunePlan) -> float:
+    def count(self, counts: ModelCounts, plan: PrunePlan) -> float:
         return self.model.predict(plan)
 
-    def current(self, analysis: Analysis) -> float:
+    def current(self, counts: ModelCounts) -> float:
         return self.original_ms
 
 
@@ -234,7 +168,7 @@ class LatencyResult:
     layers_measured: int  # new LUT entries measured in this call
 
 
-def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, profile: bench.Profile = bench.EDGE,
+def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, profile: timing.Profile = timing.EDGE,
                      runtime: Runtime = Runtime.ORT, precision: Precision = Precision.FP32,
                      table: LatencyTable | None = None, corrections: int = 2, **prune_kwargs) -> LatencyResult:
     """Prune until the latency in `runtime` at `precision` under `profile` is at most about `target_ms`

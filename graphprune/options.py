@@ -10,24 +10,26 @@
 - how many per layer: a deployment `targets.Target` (channel steps), see targets.py;
 - with what data: `Calibration` — batches for data-driven criteria, a loss for Taylor, and
   whether to re-estimate BatchNorm statistics after pruning.
-`prune_graph`'s keywords are sugar over these objects.
+`prune_graph`'s keywords are sugar over these objects (`Options.from_keywords`, which also
+resolves `target="auto"`, once).
+
+Budgets are pure solvers over counts: a budget sees a `ModelCounts` (the model's counts and
+predictors of a plan's counts), never the Analysis that computes them.
 """
 from __future__ import annotations
 
 import enum
 import numbers
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
+from .cost import Counts
 from .errors import InputError
 from .importance import Criterion, resolve
-from .kvcache import predict_kv_bytes
 from .planner import Planned, PrunePlan, plan_to_budget
-from .targets import Target, resolve_target
+from .runtimes.profiles import resolve_target
+from .targets import Target
 from .trace import as_tuple
-
-if TYPE_CHECKING:
-    from .analysis import Analysis, PruneResult
 
 
 def check_ratio(ratio, what: str = "ratio") -> float:
@@ -37,10 +39,22 @@ def check_ratio(ratio, what: str = "ratio") -> float:
     return float(ratio)
 
 
-class Budget:
-    """How much to prune: turns a plan maker (ratio -> Planned) into one plan."""
+@dataclass(frozen=True)
+class ModelCounts:
+    """What a budget may read of a model: its counts now, and its counts once a plan is applied (predicted from
+    shapes alone). Analysis.counts() builds it."""
 
-    def plan(self, make: Callable[[float], Planned], analysis: "Analysis") -> Planned:
+    params: int
+    macs: int
+    kv_bytes: float | None  # KV-cache bytes per token; None when the model has no KV cache (no attention)
+    predict: Callable[[PrunePlan], Counts]  # params and MACs after a plan
+    predict_kv_bytes: Callable[[PrunePlan], float]  # KV-cache bytes per token after a plan
+
+
+class Budget:
+    """How much to prune: turns a plan maker (ratio -> Planned) into one plan, reading only the model's counts."""
+
+    def plan(self, make: Callable[[float], Planned], counts: ModelCounts) -> Planned:
         raise NotImplementedError
 
     @staticmethod
@@ -66,13 +80,13 @@ class Ratio(Budget):
     def __post_init__(self):
         object.__setattr__(self, "value", check_ratio(self.value))
 
-    def plan(self, make, analysis):
+    def plan(self, make, counts):
         return make(self.value)
 
 
 @dataclass(frozen=True)
 class CountBudget(Budget):
-    """Prune until `count(analysis, plan)` is at most `goal`: the least pruning that gets there."""
+    """Prune until `count(counts, plan)` is at most `goal`: the least pruning that gets there."""
 
     goal: float
     what = "count"
@@ -81,40 +95,40 @@ class CountBudget(Budget):
         if isinstance(self.goal, bool) or not isinstance(self.goal, numbers.Real) or not self.goal > 0:
             raise InputError(f"target {self.what} {self.goal!r} must be a positive number below the model's {self.what}")
 
-    def count(self, analysis: "Analysis", plan: PrunePlan) -> float:
+    def count(self, counts: ModelCounts, plan: PrunePlan) -> float:
         raise NotImplementedError
 
-    def current(self, analysis: "Analysis") -> float:
+    def current(self, counts: ModelCounts) -> float:
         raise NotImplementedError
 
-    def plan(self, make, analysis):
-        current = self.current(analysis)
+    def plan(self, make, counts):
+        current = self.current(counts)
         if not self.goal < current:
             raise InputError(f"target {self.what} {self.goal!r} must be a positive number below the model's "
                              f"{current:,} {self.what}")
-        return plan_to_budget(make, lambda plan: self.count(analysis, plan), self.goal, self.what)
+        return plan_to_budget(make, lambda plan: self.count(counts, plan), self.goal, self.what)
 
 
 @dataclass(frozen=True)
 class MaxParams(CountBudget):
     what = "params"
 
-    def count(self, analysis, plan):
-        return analysis.predict(plan).params
+    def count(self, counts, plan):
+        return counts.predict(plan).params
 
-    def current(self, analysis):
-        return analysis.stats.params
+    def current(self, counts):
+        return counts.params
 
 
 @dataclass(frozen=True)
 class MaxMacs(CountBudget):
     what = "MACs"
 
-    def count(self, analysis, plan):
-        return analysis.predict(plan).macs
+    def count(self, counts, plan):
+        return counts.predict(plan).macs
 
-    def current(self, analysis):
-        return analysis.stats.macs
+    def current(self, counts):
+        return counts.macs
 
 
 @dataclass(frozen=True)
@@ -123,14 +137,14 @@ class MaxKVBytes(CountBudget):
 
     what = "KV-cache bytes per token"
 
-    def count(self, analysis, plan):
-        return predict_kv_bytes(analysis.stats.attention, analysis.dependencies, plan)
+    def count(self, counts, plan):
+        return counts.predict_kv_bytes(plan)
 
-    def current(self, analysis):
-        if not analysis.stats.attention:
+    def current(self, counts):
+        if counts.kv_bytes is None:
             raise InputError("target_kv_bytes needs a model with scaled_dot_product_attention (it has no KV cache); "
                              "use target_params or target_macs")
-        return sum(layer.bytes_per_token for layer in analysis.stats.attention)
+        return counts.kv_bytes
 
 
 class Scope(enum.Enum):
@@ -201,10 +215,11 @@ class Calibration:
 
 @dataclass(frozen=True)
 class Options:
-    """Everything but the budget: which channels, how many per layer, with what data, and what to keep."""
+    """Everything but the budget: which channels, how many per layer (a resolved Target: building Options reads
+    nothing from disk), with what data, and what to keep."""
 
+    target: Target
     strategy: Strategy = field(default_factory=Strategy)
-    target: Target = field(default_factory=lambda: resolve_target("auto"))
     calibration: Calibration = field(default_factory=Calibration)
     ignore: tuple = ()
 
@@ -212,10 +227,12 @@ class Options:
     def from_keywords(cls, *, importance="l2", scope="local", min_keep=0.1, ratios=None, round_to=None, target="auto",
                       calibration=(), loss_fn=None, recalibrate_bn=False, ignore=(), uniform_layers=False,
                       channel_costs=None) -> "Options":
-        """prune_graph's keywords (each validated by the object it builds)."""
-        return cls(Strategy(importance, scope, min_keep, ratios or {}, uniform_layers, channel_costs or {}),
-                   resolve_target(target, round_to),
-                   Calibration(calibration, loss_fn, recalibrate_bn), tuple(ignore))
+        """prune_graph's keywords (each validated by the object it builds); `target` and `round_to` are resolved
+        here, once (runtimes.profiles.resolve_target: "auto" may read this machine's measured profile)."""
+        return cls(strategy=Strategy(importance, scope, min_keep, ratios or {}, uniform_layers, channel_costs or {}),
+                   target=resolve_target(target, round_to),
+                   calibration=Calibration(calibration, loss_fn, recalibrate_bn), ignore=tuple(ignore))
 
-    def prune(self, analysis: "Analysis", budget: Budget) -> "PruneResult":
+    def prune(self, analysis, budget: Budget):
+        """`analysis` (a graphprune.Analysis) pruned to `budget` with these options: a PruneResult."""
         return analysis.with_ignored(self.ignore).prune(budget, self.strategy, self.target, self.calibration)

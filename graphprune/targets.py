@@ -1,4 +1,4 @@
-"""Deployment targets: how many channels a runtime wants per layer kind.
+"""Deployment targets: how many channels a runtime wants per layer kind. Plain data, no I/O but the CPU's flags.
 
 ONNX Runtime's x86 CPU convolutions use the blocked NCHWc layout only when channel counts
 are multiples of its block: 16 floats with AVX-512, 8 with AVX2 (and input channels a
@@ -10,11 +10,11 @@ pruning would leave narrower than one block at one block (such a layer leaves th
 path and costs layout reorders on both sides); it is off by default because it can keep
 more channels than asked.
 
-Steps can be measured instead of assumed: :func:`calibrate` micro-benchmarks conv, depthwise conv
-and linear layers across channel counts in a runtime at a precision on this machine (see
-:mod:`graphprune.runtimes.calibration`), caches the profile on disk and returns a Target named
-after it (``measured:ort/fp32/1t``), which the report names. ``target="auto"`` uses the cached
-ONNX Runtime fp32 one-thread profile when there is one, else the hand-written ``ort-x86`` rule.
+Steps can be measured instead of assumed: :func:`graphprune.runtimes.calibration.calibrate`
+micro-benchmarks conv, depthwise conv and linear layers across channel counts in a runtime at a
+precision on this machine, caches the profile on disk and returns a Target named after it
+(``measured:ort/fp32/1t``), which the report names. ``target="auto"`` is resolved from that cache
+by :func:`graphprune.runtimes.profiles.resolve_target`, once, where a run starts; nothing here reads it.
 """
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ from .errors import InputError
 from .groups import ChannelGroup, Role
 from .rules import LayerKind
 
-__all__ = ["LayerKind", "Target", "resolve_target", "ort_x86", "x86_block", "NONE", "XNNPACK", "calibrate",
-           "cached_target"]
+__all__ = ["LayerKind", "Target", "ort_x86", "x86_block", "machine_rule", "HAND_WRITTEN", "NONE", "XNNPACK"]
 
 
 @dataclass(frozen=True)
@@ -103,73 +102,12 @@ def ort_x86() -> Target:
 NONE = Target("none")
 XNNPACK = Target("xnnpack")
 
-def _from_profile(profile) -> Target:
-    """The measured steps; narrow layers keep one block only where the profile measured that half a block
-    is not faster (MeasuredProfile.one_block)."""
-    steps = profile.steps
-    return Target(profile.name, dense_conv=steps[LayerKind.DENSE_CONV], grouped_conv=steps[LayerKind.GROUPED_CONV],
-                  linear=steps[LayerKind.LINEAR], one_block=profile.one_block)
+
+def machine_rule() -> Target:
+    """The hand-written rule of this machine: ort-x86 on x86-64, else xnnpack (what "auto" is without a profile)."""
+    return ort_x86() if platform.machine().lower() in ("x86_64", "amd64", "i686") else XNNPACK
 
 
-def calibrate(runtime="ort", precision="fp32", *, threads: int = 1, counts=None, runs: int = 15, passes: int = 3,
-              tolerance: float = 0.03, refresh: bool = False, path: str | None = None) -> Target:
-    """The measured Target of `runtime` ("ort", "openvino", "executorch" or a Runtime) at `precision`.
-
-    Reads the cached profile of this CPU, runtime version, precision and thread count when it holds
-    the same channel `counts` (default: graphprune.runtimes.calibration.default_counts); otherwise
-    (or with `refresh=True`) measures it in `passes` passes (median per layer), which took 2-85 s for
-    ORT/OpenVINO and 3-7 min for ExecuTorch (one XNNPACK lowering per layer and pass) on a 2-core Xeon,
-    and writes it atomically to `path` (default: the cache).
-    """
-    from .runtimes import calibration as cal
-    from .runtimes.kinds import parse_precisions, parse_runtimes
-
-    runtimes, precisions = parse_runtimes(runtime), parse_precisions(precision)
-    if len(runtimes) != 1 or len(precisions) != 1:
-        raise InputError(f"calibrate takes one runtime and one precision, got {runtime!r}, {precision!r}")
-    (rt,), (pr,) = runtimes, precisions
-    for name, value in (("threads", threads), ("runs", runs), ("passes", passes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be an int >= 1, got {value!r}")
-    counts = tuple(cal.default_counts(rt) if counts is None else counts)
-    if len(counts) < 2 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
-        raise InputError(f"counts must be two or more positive ints (channel counts), got {counts!r}")
-    path = path or cal.profile_path(rt, pr, threads)
-    cached = None if refresh else cal.load_profile(path)
-    if cached is None or sorted(cached.latency_ms[LayerKind.DENSE_CONV]) != sorted(counts):
-        cached = cal.measure_profile(rt, pr, counts=counts, threads=threads, runs=runs, passes=passes,
-                                     tolerance=tolerance, path=path)
-    return _from_profile(cached)
-
-
-def cached_target(runtime="ort", precision="fp32", threads: int = 1) -> Target | None:
-    """The measured Target from the cache, or None when this machine has no profile for it (nothing is measured)."""
-    from .runtimes import calibration as cal
-    from .runtimes.kinds import parse_precisions, parse_runtimes
-
-    (rt,), (pr,) = parse_runtimes(runtime), parse_precisions(precision)
-    if not rt.installed():
-        return None
-    profile = cal.load_profile(cal.profile_path(rt, pr, threads))
-    return None if profile is None else _from_profile(profile)
-
-
-def _auto(machine: str) -> Target:
-    """The cached ORT fp32 1-thread profile, else the hand-written rule of this machine."""
-    return cached_target() or (ort_x86() if machine in ("x86_64", "amd64", "i686") else XNNPACK)
-
-
-def resolve_target(target: str | Target, round_to: int | None = None) -> Target:
-    """A Target from a name: "auto" (the measured ORT profile if cached, else ort-x86 on x86-64, else xnnpack),
-    "ort-x86", "xnnpack", "arm", "none";
-    an explicit `round_to` step overrides it."""
-    if round_to is not None:
-        return Target.uniform(round_to)
-    if isinstance(target, Target):
-        return target
-    machine = platform.machine().lower()
-    names = {"ort-x86": ort_x86, "xnnpack": lambda: XNNPACK, "arm": lambda: Target("arm"), "none": lambda: NONE,
-             "auto": lambda: _auto(machine)}
-    if target not in names:
-        raise InputError(f"unknown target {target!r}; use one of {sorted(names)} or a graphprune.targets.Target")
-    return names[target]()
+#: The hand-written targets by name. "auto" is not one of them: it may read a measured profile from disk,
+#: so graphprune.runtimes.profiles.resolve_target turns it into a Target where a run starts.
+HAND_WRITTEN = {"ort-x86": ort_x86, "xnnpack": lambda: XNNPACK, "arm": lambda: Target("arm"), "none": lambda: NONE}

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 import onnxruntime as ort
 
-from graphprune.bench import (CPU, EDGE, BenchReport, Precision, Profile, Runtime, benchmark, benchmark_models,
+from graphprune.timing import (CPU, EDGE, BenchReport, Precision, Profile, Runtime, benchmark, benchmark_models,
                               cpu_name, plot_latency_vs_macs)
 from graphprune.errors import BenchError, CalibrationError, InputError
 from graphprune.export import export_onnx

@@ -12,8 +12,11 @@ from graphprune.errors import InputError
 from graphprune.rules import LayerKind
 from graphprune.runtimes import Precision, Runtime
 from graphprune.runtimes import calibration as cal
+from graphprune.runtimes import profiles
 from graphprune.runtimes.layers import ROUNDS, ConvLayer, LayerTimer
-from graphprune.targets import cached_target, calibrate, ort_x86, resolve_target
+from graphprune.runtimes.calibration import calibrate
+from graphprune.runtimes.profiles import cached_target, resolve_target
+from graphprune.targets import ort_x86
 
 TINY = (16, 24, 32)  # three counts: enough for steps 1, 8 and 16, fast to time
 
@@ -47,8 +50,8 @@ def test_small_differences_do_not_make_a_step():
 
 @pytest.mark.parametrize("half, full, kept", [(0.95, 1.0, True), (0.90, 1.0, True), (0.6, 1.0, False)])
 def test_one_block_is_kept_only_where_half_a_block_is_not_faster(half, full, kept):
-    assert cal.keeps_one_block({8: half, 16: full}) is kept
-    assert cal.keeps_one_block({}) is False  # step 1: nothing is narrow
+    assert profiles.keeps_one_block({8: half, 16: full}) is kept
+    assert profiles.keeps_one_block({}) is False  # step 1: nothing is narrow
 
 
 def test_too_few_counts():
@@ -103,18 +106,18 @@ def test_calibrate_measures_caches_and_reads_back(cache, monkeypatch):
     target = calibrate("ort", "fp32", counts=TINY, runs=3)
     assert target.name == "measured:ort/fp32/1t"
     (path,) = [cache / f for f in os.listdir(cache)]
-    assert str(path) == cal.profile_path(Runtime.ORT, Precision.FP32, 1)
+    assert str(path) == profiles.profile_path(Runtime.ORT, Precision.FP32, 1)
     data = json.loads(path.read_text())
     assert data["runtime"] == "ort" and data["precision"] == "fp32" and data["threads"] == 1 and data["cpu"]
     assert data["runtime_version"] == Runtime.ORT.version()
     for kind in LayerKind:
         assert sorted(map(int, data["latency_ms"][kind.name])) == list(TINY)
         assert all(ms > 0 for ms in data["latency_ms"][kind.name].values())
-    profile = cal.load_profile(str(path))
+    profile = profiles.load_profile(str(path))
     assert (target.dense_conv, target.grouped_conv, target.linear) == tuple(profile.steps[k] for k in LayerKind)
     step = profile.steps[LayerKind.DENSE_CONV]
     assert sorted(profile.narrow_ms) == ([step // 2, step] if step > 1 else [])  # narrow layers measured
-    assert target.one_block == cal.keeps_one_block(profile.narrow_ms)
+    assert target.one_block == profiles.keeps_one_block(profile.narrow_ms)
     assert all(cal.derive_step(profile.latency_ms[k])[0] == profile.steps[k] for k in LayerKind)
 
     def no_measuring(*args, **kwargs):
@@ -130,19 +133,19 @@ def test_calibrate_measures_caches_and_reads_back(cache, monkeypatch):
 
 def test_a_profile_cached_before_narrow_layers_were_measured_is_measured_again(cache):
     calibrate("ort", "fp32", counts=TINY, runs=3)
-    path = cal.profile_path(Runtime.ORT, Precision.FP32, 1)
+    path = profiles.profile_path(Runtime.ORT, Precision.FP32, 1)
     with open(path) as f:
         data = json.load(f)
     del data["narrow_ms"]
     with open(path, "w") as f:
         json.dump(data, f)
-    assert cal.load_profile(path) is None  # unreadable as a profile: calibrate measures it again
+    assert profiles.load_profile(path) is None  # unreadable as a profile: calibrate measures it again
     calibrate("ort", "fp32", counts=TINY, runs=3)
     assert "narrow_ms" in json.loads(open(path).read())
 
 
 def test_cache_is_keyed_by_runtime_precision_and_threads(cache):
-    paths = {cal.profile_path(r, p, t) for r in (Runtime.ORT,) for p in Precision for t in (1, 2)}
+    paths = {profiles.profile_path(r, p, t) for r in (Runtime.ORT,) for p in Precision for t in (1, 2)}
     assert len(paths) == 4 and all(p.startswith(str(cache)) for p in paths)
 
 
@@ -185,6 +188,6 @@ def test_calibrate_edge_runtimes(cache, runtime, precision):
     counts = (16, 32) if runtime == "executorch" else TINY  # ExecuTorch lowers one program per layer: slow
     target = calibrate(runtime, precision, counts=counts, runs=3, passes=1)
     assert target.name == f"measured:{runtime}/{precision}/1t"
-    profile = cal.load_profile(cal.profile_path(Runtime(runtime), Precision(precision), 1))
+    profile = profiles.load_profile(profiles.profile_path(Runtime(runtime), Precision(precision), 1))
     assert profile.runtime_version == Runtime(runtime).version()
     assert all(sorted(profile.latency_ms[k]) == list(counts) for k in LayerKind)

@@ -16,12 +16,13 @@ import torch
 import torch.nn as nn
 
 import graphprune
-from graphprune import bench
+from graphprune import timing
 from graphprune.errors import CalibrationError, ExportError, InputError, MissingRuntimeError
 from graphprune.export import export_onnx
 from graphprune.models import get_model
 from graphprune.quantize import is_quantized_onnx, quantize_onnx
-from graphprune.latency import LatencyTable, default_cache_path, prune_to_latency
+from graphprune.latency import LatencyTable, prune_to_latency
+from graphprune.runtimes.latency_table import default_cache_path
 from graphprune.runtimes import Precision, Runtime, export_executorch, export_openvino
 
 edge = pytest.mark.edge
@@ -295,7 +296,7 @@ def test_missing_runtime_names_the_extra(monkeypatch, tmp_path, module, call):
 ])
 def test_latency_table_measures_in_the_runtime(tmp_path, runtime, precision):
     path = tmp_path / "lut.json"
-    table = LatencyTable(bench.EDGE, path=str(path), runs=3, runtime=runtime, precision=precision)
+    table = LatencyTable(timing.EDGE, path=str(path), runs=3, runtime=runtime, precision=precision)
     conv = table.conv_ms(1, 16, 16, 8, 8, (3, 3), (1, 1), (1, 1), 1)
     linear = table.linear_ms(4, 16, 8)
     assert conv >= 0 and linear >= 0 and table.measured == 3  # two layers and the per-call overhead
@@ -306,14 +307,14 @@ def test_latency_table_measures_in_the_runtime(tmp_path, runtime, precision):
     data = json.loads(path.read_text())
     assert (data["runtime"], data["precision"]) == (runtime.value, precision.value)
     assert data["runtime_version"] == runtime.version() and len(data["entries"]) == 3
-    again = LatencyTable(bench.EDGE, path=str(path), runs=3, runtime=runtime, precision=precision)
+    again = LatencyTable(timing.EDGE, path=str(path), runs=3, runtime=runtime, precision=precision)
     assert again.conv_ms(1, 16, 16, 8, 8, (3, 3), (1, 1), (1, 1), 1) == conv and again.measured == 0
-    others = {default_cache_path(bench.EDGE, r, p) for r in (Runtime.ORT, runtime) for p in Precision}
+    others = {default_cache_path(timing.EDGE, r, p) for r in (Runtime.ORT, runtime) for p in Precision}
     assert len(others) == (2 if runtime is Runtime.ORT else 4)  # one table per runtime and precision
 
 
 def test_prune_to_latency_refuses_a_table_of_another_runtime(tmp_path):
-    table = LatencyTable(bench.EDGE, path=str(tmp_path / "lut.json"), runtime=Runtime.ORT, precision=Precision.INT8)
+    table = LatencyTable(timing.EDGE, path=str(tmp_path / "lut.json"), runtime=Runtime.ORT, precision=Precision.INT8)
     with pytest.raises(InputError, match="the latency table measures ort/int8"):
         prune_to_latency(SmallResNet().eval(), torch.randn(1, 3, 32, 32), 1.0, table=table)
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import graphprune
-from graphprune import bench
+from graphprune import timing
 from graphprune.latency import LatencyModel, LatencyTable
 from graphprune.passes import RecalibrateBatchNorm
 from graphprune.rules import default_rules
@@ -61,7 +61,7 @@ class TwoConvs(nn.Module):
 def test_latency_table_is_cached_and_the_model_predicts_less_for_a_pruned_plan(tmp_path):
     path = str(tmp_path / "lut.json")
     model, x = TwoConvs().eval(), torch.randn(1, 3, 32, 32)
-    table = LatencyTable(bench.EDGE, path=path, runs=5)
+    table = LatencyTable(timing.EDGE, path=path, runs=5)
     result = graphprune.prune_graph(model, x, ratio=0.5, target="none")
     latency = LatencyModel(_traced(model, x), result.graph, table, measured_ms=1.0)
     full = latency.predict(graphprune.PrunePlan({}, {}))
@@ -69,7 +69,7 @@ def test_latency_table_is_cached_and_the_model_predicts_less_for_a_pruned_plan(t
     assert 0 < pruned < full
     assert table.measured >= 3 and all(v > 0 for v in table.entries.values())
     table.save()
-    again = LatencyTable(bench.EDGE, path=path, runs=5)
+    again = LatencyTable(timing.EDGE, path=path, runs=5)
     assert again.entries == table.entries
     LatencyModel(_traced(model, x), result.graph, again, measured_ms=1.0).predict(result.plan)
     assert again.measured == 0  # every shape came from the cache file

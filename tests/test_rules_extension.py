@@ -6,7 +6,7 @@ import torch.nn as nn
 
 import graphprune
 from graphprune import Rule, default_rules
-from graphprune.errors import UnsupportedOpError
+from graphprune.errors import RuleError, UnsupportedOpError
 from graphprune.groups import Coupling, Effect, Role
 from graphprune.verify import max_exactness_error
 from conftest import randomize_norms
@@ -99,6 +99,68 @@ def test_auto_frontend_takes_export_when_fx_meets_an_op_without_a_rule():
     assert result.report.frontend.startswith("export (fx met 1 op(s) without a rule")
     assert result.model.get_parameter("a.weight").shape[0] == 8
     assert max_exactness_error(model, (x,), result) <= 1e-5
+
+
+class ChannelBias(nn.Module):
+    """A custom module whose forward reads the channel count it stores: its rule's shrink must update it."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.channels = c
+        self.bias = nn.Parameter(torch.randn(c))
+
+    def forward(self, x):
+        return x + self.bias.view(1, self.channels, 1, 1)
+
+
+class ChannelBiasRule(Rule):
+    def couple(self, node, ctx):
+        out = ctx.output_slot(node, 1)
+        return Effect(1, couplings=(Coupling(ctx.input_slot(node.args[0], 1), out),
+                                    Coupling(out, ctx.module_param_slot(node, "bias", 0, Role.PRODUCER))))
+
+
+class ForgetfulBiasRule(ChannelBiasRule):
+    """Broken: its shrink forgets `channels`, so the rewritten model fails at the module."""
+
+    def shrink(self, node, ctx):
+        pass  # should set ctx.module(node).channels = ctx.module(node).bias.shape[0]
+
+
+class RaisingBiasRule(ChannelBiasRule):
+    """Broken: its shrink raises whenever the module's channels are pruned."""
+
+    def shrink(self, node, ctx):
+        if ctx.kept(node.name, 1) is not None:
+            raise ValueError("not implemented")
+
+
+class BiasedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.s = nn.Conv2d(3, 16, 3, padding=1), ChannelBias(16)
+        self.b, self.c = nn.Conv2d(16, 16, 1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.s(self.a(x))))))
+
+
+@pytest.mark.parametrize("broken", [ForgetfulBiasRule, RaisingBiasRule])
+def test_a_broken_shrink_freezes_its_group_and_strict_raises_rule_error(broken):
+    """Without strict (the suite's GRAPHPRUNE_RULE_ERRORS=raise is about failing `couple` halves) the group whose
+    rewrite breaks is frozen and the rest pruned; with strict=True the same rule raises RuleError."""
+    model, x = BiasedNet().eval(), torch.randn(1, 3, 8, 8)
+    rules = default_rules().with_rule(ChannelBias, broken())
+    prune = dict(ratio=0.5, rules=rules, target="none", frontend="fx")
+    result = graphprune.prune_graph(model, x, **prune)
+    reasons = [r for g in result.report.frozen_groups for r in g.frozen_reasons]
+    assert any("rewriting it broke the model's check" in r and "`s`" in r for r in reasons), reasons
+    assert result.model.a.out_channels == 16 and result.model.b.out_channels == 8  # `s`'s group frozen, the rest pruned
+    assert max_exactness_error(model, (x,), result) <= 1e-5
+    names_rule_and_node = rf"rule {broken.__name__} broke the rewrite of `s` \(module `s`: ChannelBias\)"
+    with pytest.raises(RuleError, match=names_rule_and_node):
+        graphprune.prune_graph(model, x, strict=True, **prune)
+    assert graphprune.analyse(model, x, rules=rules, strict=True).strict
 
 
 def test_with_rule_rejects_non_rules():

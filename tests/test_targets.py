@@ -8,7 +8,8 @@ import torch.nn as nn
 import graphprune
 from graphprune.errors import InputError
 from graphprune.models import ZOO
-from graphprune.targets import LayerKind, Target, resolve_target, x86_block
+from graphprune.runtimes.profiles import resolve_target
+from graphprune.targets import LayerKind, Target, x86_block
 from op_models import GroupedConv, example_input
 
 BLOCK16 = Target("test16", dense_conv=16, grouped_conv=16, linear=8)

@@ -15,7 +15,7 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from ..errors import RewriteError
-from ..trace import META_KEY, record_values
+from ..trace import META_KEY, NodeFailure, record_values
 
 __all__ = ["GraphPass", "PassResult"]
 
@@ -66,8 +66,10 @@ class GraphPass(PassBase):
             raise
         except Exception as exc:
             cause = exc.__cause__ or exc  # the model's own error, not the recorder's advice about example inputs
+            failed = exc.__context__  # record_values raises while handling run_graph's NodeFailure, which names the node
             raise RewriteError(f"pass {self.name} produced an invalid graph: {type(cause).__name__}: {cause}. "
-                               "This is a graphprune bug; please report it with the model.") from exc
+                               "This is a graphprune bug; please report it with the model.",
+                               node=failed.node.name if isinstance(failed, NodeFailure) else None) from exc
 
     def check(self, graph_module: fx.GraphModule) -> None:
         """Extra post-conditions of a pass (raise on failure)."""

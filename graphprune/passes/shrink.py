@@ -20,7 +20,7 @@ from ..errors import RewriteError
 from ..groups import DependencyGraph, Slot
 from ..planner import PrunePlan
 from ..rules import RuleTable, ShrinkContext
-from ..rules.base import tensor_names
+from ..rules.base import describe_node, tensor_names
 from ..trace import value_meta
 from .base import GraphPass, PassResult
 
@@ -83,8 +83,16 @@ class ShrinkChannels(GraphPass):
         for node in list(gm.graph.nodes):
             rule = self.rules.for_node(node, modules) if node.op in ("call_module", "call_function", "call_method") else None
             if rule is not None:
-                rule.shrink(node, ctx)
+                self._shrink(rule, node, ctx, modules)
         return PassResult(gm, bool(self.kept))
+
+    def _shrink(self, rule, node: fx.Node, ctx: ShrinkContext, modules) -> None:
+        """`rule.shrink`; a rule that raises is a broken rewrite of `node` (a RewriteError naming rule and node)."""
+        try:
+            rule.shrink(node, ctx)
+        except Exception as exc:
+            raise RewriteError(f"pass {self.name}: rule {type(rule).__name__} failed on {describe_node(node, modules)}: "
+                               f"{type(exc).__name__}: {exc}", node=node.name) from exc
 
     def check(self, graph_module: fx.GraphModule) -> None:
         nodes = {n.name: n for n in graph_module.graph.nodes}
@@ -94,7 +102,7 @@ class ShrinkChannels(GraphPass):
             size = value_meta(nodes[slot.name]).shape[slot.dim]
             if size != len(positions):
                 raise RewriteError(f"pass {self.name}: `{slot.name}` dim {slot.dim} has {size} channels after the "
-                                   f"rewrite, the plan keeps {len(positions)}. This is a graphprune bug.")
+                                   f"rewrite, the plan keeps {len(positions)}. This is a graphprune bug.", node=slot.name)
 
 
 class EliminateDeadCode(GraphPass):

@@ -18,28 +18,29 @@ between the neighbouring multiples of the step (1.0 = no penalty).
 Narrow layers (``one_block``): a layer asked to keep fewer output channels than one step is kept
 at one step when that costs (almost) nothing. This is measured too: ``Conv2d(2*step, c, 3)`` on 14x14
 at ``c = step // 2`` and ``c = step``; when half a step takes at least ``1 - NARROW_TOLERANCE`` of a
-full step's time, the narrow layer runs off the fast path and one block is kept.
+full step's time, the narrow layer runs off the fast path and one block is kept
+(:func:`graphprune.runtimes.profiles.keeps_one_block`).
 
-A profile is cached as JSON under ``$GRAPHPRUNE_CACHE`` (default ``~/.cache/graphprune``), keyed by
-CPU, runtime and its version, precision and thread count, written atomically.
+:func:`calibrate` writes the profile atomically to the cache that :mod:`graphprune.runtimes.profiles`
+reads (``$GRAPHPRUNE_CACHE``, default ``~/.cache/graphprune``; keyed by CPU, runtime and its version,
+precision and thread count) and returns its Target.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import statistics
-from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
 
 from ..atomic import write_json
 from ..errors import InputError
 from ..rules import LayerKind
-from .kinds import Precision, Runtime
+from ..targets import Target
+from ..timing.harness import cpu_name
+from .kinds import Precision, Runtime, parse_precisions, parse_runtimes
 from .layers import ConvLayer, LayerTimer, LinearLayer
+from .profiles import MeasuredProfile, load_profile, profile_path, target_of
 
-__all__ = ["CANDIDATE_STEPS", "default_counts", "derive_step", "keeps_one_block", "MeasuredProfile", "profile_path",
-           "measure_profile", "load_profile"]
+__all__ = ["CANDIDATE_STEPS", "default_counts", "derive_step", "measure_profile", "calibrate"]
 
 CANDIDATE_STEPS = (1, 2, 4, 8, 16, 32)
 
@@ -79,18 +80,6 @@ def derive_step(latency_ms: Mapping[int, float], tolerance: float = 0.03,
     return step, (statistics.median(ratios) if ratios else 1.0)
 
 
-#: half a step taking at least (1 - this) of a full step's time keeps narrow layers at one step
-NARROW_TOLERANCE = 0.10
-
-
-def keeps_one_block(narrow_ms: Mapping[int, float]) -> bool:
-    """From ``{step // 2: ms, step: ms}`` (empty when the step is 1): is a narrow layer as slow as a full block?"""
-    if len(narrow_ms) != 2:
-        return False
-    half, full = sorted(narrow_ms)
-    return narrow_ms[half] >= (1 - NARROW_TOLERANCE) * narrow_ms[full]
-
-
 def _narrow_conv(timer: LayerTimer, step: int) -> dict[int, float]:
     """Dense 3x3 conv latency at half a step and one step of output channels (2*step inputs, 14x14)."""
     if step < 2:
@@ -107,76 +96,6 @@ def _grid(kind: LayerKind, counts: Sequence[int]) -> dict[int, ConvLayer | Linea
     return {c: LinearLayer(196, c, c) for c in counts}
 
 
-@dataclass(frozen=True)
-class MeasuredProfile:
-    """Measured layer latencies of one runtime at one precision on this machine, and the steps derived from them."""
-
-    runtime: Runtime
-    precision: Precision
-    runtime_version: str
-    cpu: str
-    threads: int
-    latency_ms: Mapping[LayerKind, Mapping[int, float]]
-    steps: Mapping[LayerKind, int]
-    penalties: Mapping[LayerKind, float]
-    narrow_ms: Mapping[int, float]  # dense conv at half a step and one step of outputs (see keeps_one_block)
-    path: str = ""
-
-    @property
-    def one_block(self) -> bool:
-        return keeps_one_block(self.narrow_ms)
-
-    @property
-    def name(self) -> str:
-        return f"measured:{self.runtime.value}/{self.precision.value}/{self.threads}t"
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d.pop("path")
-        d["runtime"], d["precision"] = self.runtime.value, self.precision.value
-        for key in ("latency_ms", "steps", "penalties"):
-            d[key] = {k.name: v for k, v in getattr(self, key).items()}
-        return d
-
-    @classmethod
-    def from_json(cls, data: Mapping, path: str = "") -> "MeasuredProfile":
-        kinds = {k.name: k for k in LayerKind}
-        return cls(
-            runtime=Runtime(data["runtime"]), precision=Precision(data["precision"]),
-            runtime_version=data["runtime_version"], cpu=data["cpu"], threads=int(data["threads"]),
-            latency_ms={kinds[k]: {int(c): float(ms) for c, ms in v.items()} for k, v in data["latency_ms"].items()},
-            steps={kinds[k]: int(v) for k, v in data["steps"].items()},
-            penalties={kinds[k]: float(v) for k, v in data["penalties"].items()},
-            narrow_ms={int(c): float(ms) for c, ms in data["narrow_ms"].items()}, path=path)
-
-    def describe(self) -> str:
-        parts = [f"{k.name.lower()} step {self.steps[k]} (penalty off the step x{self.penalties[k]:.2f})"
-                 for k in self.steps]
-        narrow = ", ".join(f"{c} outputs {ms:.3f} ms" for c, ms in sorted(self.narrow_ms.items()))
-        return (f"{self.name}: {self.runtime.label} {self.runtime_version}, {self.precision.value}, "
-                f"{self.threads} thread(s), {self.cpu}: " + "; ".join(parts)
-                + (f"; narrow dense conv {narrow}: one block {'kept' if self.one_block else 'not kept'}" if narrow else ""))
-
-
-def profile_path(runtime: Runtime, precision: Precision, threads: int) -> str:
-    """The cache file of (CPU, runtime version, precision, threads)."""
-    from ..bench.harness import cpu_name
-    from ..latency import cache_root
-
-    key = f"{cpu_name()}|{runtime.value} {runtime.version()}|{precision.value}|threads {threads}"
-    return os.path.join(cache_root(), f"target-{runtime.value}-{precision.value}-"
-                                      f"{hashlib.sha1(key.encode()).hexdigest()[:12]}.json")
-
-
-def load_profile(path: str) -> MeasuredProfile | None:
-    """The profile cached at ``path``; None if there is none (or it is unreadable: it is then re-measured)."""
-    try:
-        with open(path) as f:
-            return MeasuredProfile.from_json(json.load(f), path)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _median_of_passes(passes: Sequence[Mapping[int, float]]) -> dict[int, float]:
     """{count: median over the passes of that count's latency}."""
     return {c: statistics.median(p[c] for p in passes) for c in passes[0]}
@@ -191,8 +110,6 @@ def measure_profile(runtime: Runtime, precision: Precision, *, counts: Sequence[
     the passes: a slow spell that outlasts one grid's rotating rounds (seen here: a whole OpenVINO
     grid 3-64% slower, unevenly) spoils one pass, not the profile.
     """
-    from ..bench.harness import cpu_name
-
     timer = LayerTimer(runtime, precision, threads=threads, pin_core=True, runs=runs)
     kinds = (LayerKind.DENSE_CONV, LayerKind.GROUPED_CONV, LayerKind.LINEAR)
     timed = [{kind: timer.time_layers(_grid(kind, counts)) for kind in kinds} for _ in range(passes)]
@@ -206,3 +123,31 @@ def measure_profile(runtime: Runtime, precision: Precision, *, counts: Sequence[
     os.makedirs(os.path.dirname(os.path.abspath(profile.path)), exist_ok=True)
     write_json(profile.path, profile.to_json())
     return profile
+
+
+def calibrate(runtime="ort", precision="fp32", *, threads: int = 1, counts=None, runs: int = 15, passes: int = 3,
+              tolerance: float = 0.03, refresh: bool = False, path: str | None = None) -> Target:
+    """The measured Target of `runtime` ("ort", "openvino", "executorch" or a Runtime) at `precision`.
+
+    Reads the cached profile of this CPU, runtime version, precision and thread count when it holds
+    the same channel `counts` (default: default_counts); otherwise (or with `refresh=True`) measures
+    it in `passes` passes (median per layer), which took 2-85 s for ORT/OpenVINO and 3-7 min for
+    ExecuTorch (one XNNPACK lowering per layer and pass) on a 2-core Xeon, and writes it atomically
+    to `path` (default: the cache, see graphprune.runtimes.profiles).
+    """
+    runtimes, precisions = parse_runtimes(runtime), parse_precisions(precision)
+    if len(runtimes) != 1 or len(precisions) != 1:
+        raise InputError(f"calibrate takes one runtime and one precision, got {runtime!r}, {precision!r}")
+    (rt,), (pr,) = runtimes, precisions
+    for name, value in (("threads", threads), ("runs", runs), ("passes", passes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be an int >= 1, got {value!r}")
+    counts = tuple(default_counts(rt) if counts is None else counts)
+    if len(counts) < 2 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
+        raise InputError(f"counts must be two or more positive ints (channel counts), got {counts!r}")
+    path = path or profile_path(rt, pr, threads)
+    cached = None if refresh else load_profile(path)
+    if cached is None or sorted(cached.latency_ms[LayerKind.DENSE_CONV]) != sorted(counts):
+        cached = measure_profile(rt, pr, counts=counts, threads=threads, runs=runs, passes=passes,
+                                 tolerance=tolerance, path=path)
+    return target_of(cached)

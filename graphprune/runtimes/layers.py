@@ -124,7 +124,7 @@ class LayerTimer:
 
     def time_layers(self, layers: Mapping[Hashable, ConvLayer | LinearLayer]) -> dict[Hashable, float]:
         """{key: median ms} of every layer, all built first and then timed in rotating rounds."""
-        from ..bench.harness import Profile, pinned
+        from ..timing.harness import Profile, pinned
 
         # Pinned before the models are built: threads a runtime starts then (OpenVINO's workers) share the core.
         # Pinning only the calling thread of a built OpenVINO model made a conv 10-20x slower here.
@@ -163,7 +163,7 @@ class LayerTimer:
             return lambda: model.infer(array)
         import onnxruntime as ort
 
-        from ..bench.harness import Profile, session_options
+        from ..timing.harness import Profile, session_options
 
         options = session_options(Profile("layer", self.threads, self.pin_core))
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

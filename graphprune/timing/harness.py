@@ -382,6 +382,32 @@ def pinned(profile: Profile):
         os.sched_setaffinity(0, saved)
 
 
+def _checked_variants(variants, profile, warmup, repeats, rounds, runtime, macs, params) -> dict[str, str]:
+    """benchmark()'s arguments checked (BenchError saying what to fix), before any child starts: {name: path}."""
+    if not isinstance(profile, Profile):
+        raise BenchError(f"profile must be a graphprune.timing.Profile (e.g. CPU, EDGE), got {profile!r}")
+    if not variants:
+        raise BenchError("benchmark() needs at least one variant: {name: path to .onnx}")
+    if not (isinstance(warmup, int) and warmup >= 0):
+        raise BenchError(f"warmup must be an int >= 0, got {warmup!r}")
+    if not (isinstance(rounds, int) and rounds >= 1 and isinstance(repeats, int) and repeats >= rounds):
+        raise BenchError(
+            f"need ints with repeats >= rounds >= 1, got repeats={repeats!r}, rounds={rounds!r}"
+        )
+    if not isinstance(runtime, Runtime):
+        raise BenchError(f"runtime must be a graphprune.runtimes.Runtime (e.g. Runtime.ORT), got {runtime!r}; "
+                         "graphprune.runtimes.parse_runtimes('ort,openvino') parses names")
+    paths = {str(n): os.fspath(p) for n, p in variants.items()}
+    for extra, label in ((macs, "macs"), (params, "params")):
+        unknown = sorted(set(extra or {}) - set(paths))
+        if unknown:
+            raise BenchError(f"{label} names unknown variants {unknown}; variants are {sorted(paths)}")
+    for name, path in paths.items():
+        _check_file(name, path, runtime)
+    runtime.version()  # MissingRuntimeError naming the extra, before any child starts
+    return paths
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -405,27 +431,7 @@ def benchmark(
     names to counts carried into the report. The protocol is in the module docstring.
     Raises BenchError on a missing, corrupted or unrunnable model.
     """
-    if not isinstance(profile, Profile):
-        raise BenchError(f"profile must be a graphprune.bench.Profile (e.g. CPU, EDGE), got {profile!r}")
-    if not variants:
-        raise BenchError("benchmark() needs at least one variant: {name: path to .onnx}")
-    if not (isinstance(warmup, int) and warmup >= 0):
-        raise BenchError(f"warmup must be an int >= 0, got {warmup!r}")
-    if not (isinstance(rounds, int) and rounds >= 1 and isinstance(repeats, int) and repeats >= rounds):
-        raise BenchError(
-            f"need ints with repeats >= rounds >= 1, got repeats={repeats!r}, rounds={rounds!r}"
-        )
-    if not isinstance(runtime, Runtime):
-        raise BenchError(f"runtime must be a graphprune.runtimes.Runtime (e.g. Runtime.ORT), got {runtime!r}; "
-                         "graphprune.runtimes.parse_runtimes('ort,openvino') parses names")
-    paths = {str(n): os.fspath(p) for n, p in variants.items()}
-    for extra, label in ((macs, "macs"), (params, "params")):
-        unknown = sorted(set(extra or {}) - set(paths))
-        if unknown:
-            raise BenchError(f"{label} names unknown variants {unknown}; variants are {sorted(paths)}")
-    for name, path in paths.items():
-        _check_file(name, path, runtime)
-    runtime.version()  # MissingRuntimeError naming the extra, before any child starts
+    paths = _checked_variants(variants, profile, warmup, repeats, rounds, runtime, macs, params)
 
     core = _pick_core() if profile.pin_core else None
     base_spec = {

@@ -2,7 +2,7 @@
 
 :func:`benchmark_models` writes every model's artefact for every (runtime, precision) with
 :func:`graphprune.runtimes.build_artifacts` (each checked in its runtime), then runs ONE
-:func:`~graphprune.bench.harness.benchmark` per runtime in which all variants of that runtime
+:func:`~graphprune.timing.harness.benchmark` per runtime in which all variants of that runtime
 (every model at every precision) are interleaved, so drift hits them alike. A variant is named
 after its model, with ``+int8`` for int8. A model given as an ONNX file runs in ORT and OpenVINO
 only (ExecuTorch needs the PyTorch model).

@@ -1,0 +1,166 @@
+"""The command line's grammar: every command, flag, choice, default and help text (argparse), and nothing it runs.
+
+entry.main dispatches the parsed arguments to the command modules (prune, explain, bench, demo).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import platform
+import sys
+
+import torch
+
+from .. import timing
+from ..importance import BUILTIN
+from ..models import DEFAULT_MODEL
+
+#: --profile NAME: the timing profile it names
+PROFILES = {"cpu": timing.CPU, "edge": timing.EDGE}
+TARGETS = ["auto", "ort-x86", "xnnpack", "arm", "none"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: "graphprune: error: ...; see graphprune prune --help"."""
+
+    def error(self, message: str):
+        print(f"graphprune: error: {message}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
+
+
+def version_text() -> str:
+    try:
+        version = importlib.metadata.version("graphprune")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown (not installed)"
+    try:
+        ort = importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:
+        ort = "not installed"
+    return f"graphprune {version} (torch {torch.__version__}, onnxruntime {ort}, python {platform.python_version()})"
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL",
+                   help="a built-in model name (graphprune explain --list) or package.module:factory, a function "
+                        "returning an eager nn.Module (not torch.jit.script/trace)")
+    p.add_argument("--input-shape", metavar="D0,D1,...",
+                   help="shape of the random example input, e.g. 1,3,224,224 (required for package.module:factory; "
+                        "a built-in model defaults to its own)")
+
+
+def _add_out(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--out", required=required, metavar="DIR",
+                   help="output directory; missing parents are created; it must not exist or be empty"
+                        + ("" if required else " (default: a new temporary directory)"))
+    p.add_argument("--force", action="store_true",
+                   help="replace a non-empty --out directory whole (the old one is deleted after the new one is "
+                        "complete)")
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress lines on stderr (progress is shown only when stderr is a terminal)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="list every group that rounding to the target's channel steps changed (default: the first four)")
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--round-to", type=int, default=None, metavar="N",
+                   help="kept channel counts become multiples of N (overrides --target)")
+    p.add_argument("--target", default="auto", choices=TARGETS,
+                   help="deployment target whose channel-count rules pick the rounding (default auto: ort-x86 on "
+                        "x86-64, else xnnpack)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="graphprune", description="Structured pruning as a torch.fx compiler pass: "
+                                     "physically smaller models, ONNX export, ONNX Runtime benchmarks.")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print graphprune's version (and torch's, onnxruntime's) and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in (_add_prune, _add_apply, _add_explain, _add_bench, _add_demo):
+        add_command(sub)
+    return parser
+
+
+def _add_prune(sub) -> None:
+    p = sub.add_parser("prune", help="prune a model and write ONNX, a reloadable .pt2, plan.json and report.json",
+                       description="Prune MODEL and write original.onnx, model.onnx, model.pt2, plan.json and "
+                                   "report.json to --out.")
+    _add_model(p)
+    p.add_argument("--ratio", type=float, required=True, help="share of channels removed per group, in [0, 1)")
+    p.add_argument("--importance", default="l2", choices=sorted(BUILTIN),
+                   help="how channels are ranked (default l2). activation and apoz are data-driven: the CLI scores "
+                        "them on --calibration-batches batches of RANDOM inputs of the input shape, a proxy for real "
+                        "data (for real data use the Python API). taylor needs labels and a loss and is refused "
+                        "here: use the Python API")
+    p.add_argument("--calibration-batches", type=int, default=8, metavar="N",
+                   help="random batches for --importance activation/apoz (default 8)")
+    p.add_argument("--scope", default="local", choices=["local", "global"],
+                   help="local: every group loses the ratio; global: channels of all groups are ranked together")
+    _add_target(p)
+    p.add_argument("--ignore", action="append", metavar="NAME",
+                   help="module name whose output channels are kept (names as `graphprune explain` prints them); "
+                        "repeat the option or give NAME,NAME")
+    _add_out(p)
+    _add_quiet(p)
+
+
+def _add_apply(sub) -> None:
+    p = sub.add_parser("apply", help="replay a plan.json on a model and write the same files as prune",
+                       description="Rebuild the pruned architecture of PLAN (a plan.json from graphprune prune) from "
+                                   "MODEL, e.g. with retrained weights, and write the same files as prune.")
+    p.add_argument("plan", metavar="PLAN", help="a plan.json written by graphprune prune")
+    _add_model(p)
+    _add_out(p)
+    _add_quiet(p)
+
+
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="print the channel groups, the modules in them and why any are frozen")
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help="a built-in model name or package.module:factory (omit with --list)")
+    p.add_argument("--input-shape", metavar="D0,D1,...", help="shape of the random example input, e.g. 1,3,224,224")
+    p.add_argument("--list", action="store_true", help="list the built-in models and their input shapes")
+    _add_quiet(p)
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time models or ONNX files in ONNX Runtime, OpenVINO, ExecuTorch; fp32, int8")
+    p.add_argument("sources", nargs="+", metavar="MODEL_OR_ONNX",
+                   help="ONNX files (.onnx) or models (a built-in name or package.module:factory) to time")
+    p.add_argument("--input-shape", action="append", metavar="[NAME=]D0,D1,...",
+                   help="NAME=dims: concrete shape for an ONNX input with dynamic dims, e.g. input_0=1,3,224,224 "
+                        "(repeatable; a dynamic dim 0 defaults to 1); dims alone: the input shape of a "
+                        "package.module:factory MODEL")
+    p.add_argument("--runtime", default="ort", metavar="R[,R...]",
+                   help="ort, openvino, executorch, comma-separated (default ort); OpenVINO and ExecuTorch need "
+                        "pip install 'graphprune[edge]'; ExecuTorch needs a MODEL, not an ONNX file")
+    p.add_argument("--precision", default="fp32", metavar="P[,P...]",
+                   help="fp32, int8, comma-separated (default fp32); int8 is static post-training quantisation "
+                        "calibrated on RANDOM batches (timing only)")
+    p.add_argument("--calibration-batches", type=int, default=4, metavar="N",
+                   help="random batches for int8 calibration (default 4)")
+    p.add_argument("--plot", metavar="PNG", help="also plot p50 latency against MACs per runtime (needs matplotlib)")
+    p.add_argument("--profile", action="append", choices=sorted(PROFILES),
+                   help="cpu (all cores) or edge (one pinned thread); repeatable; default edge")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs per model (default 10)")
+    p.add_argument("--repeats", type=int, default=50, help="timed runs per model (default 50)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the timed runs are split into (default 5)")
+    p.add_argument("--json", metavar="FILE", help="also write the reports as JSON to FILE")
+    _add_quiet(p)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help=f"prune {DEFAULT_MODEL} at ratio 0.5, export, check parity, benchmark")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in model name (default {DEFAULT_MODEL})")
+    p.add_argument("--ratio", type=float, default=0.5, help="share of channels removed per group (default 0.5)")
+    _add_target(p)
+    p.add_argument("--runtime", default=None, metavar="R[,R...]",
+                   help="runtimes to show dense -> pruned -> pruned+int8 on (default: ort, and openvino when "
+                        "installed); add executorch to include ExecuTorch-XNNPACK (slow: lowering takes minutes)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs per model (default 10)")
+    p.add_argument("--repeats", type=int, default=50, help="timed runs per model (default 50)")
+    _add_out(p, required=False)
+    _add_quiet(p)
