@@ -29,7 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import graphprune  # noqa: E402
 from graphprune.atomic import write_json  # noqa: E402
-from graphprune.bench.harness import cpu_name  # noqa: E402
+from graphprune.timing.harness import cpu_name  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
