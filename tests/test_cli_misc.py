@@ -94,7 +94,7 @@ def test_every_option_has_help():
                for name, sub in subparsers.choices.items() for action in sub._actions
                if not action.help and not isinstance(action, argparse._HelpAction)]
     assert missing == []
-    assert sorted(subparsers.choices) == ["apply", "bench", "demo", "explain", "prune"]
+    assert sorted(subparsers.choices) == ["apply", "bench", "demo", "explain", "prune", "recover"]
 
 
 def test_every_builtin_importance_is_offered():

@@ -14,8 +14,10 @@ from .explain import cmd_explain
 from .messages import one_line
 from .parsing import build_parser
 from .prune import cmd_apply, cmd_prune
+from .recover import cmd_recover
 
-COMMANDS = {"prune": cmd_prune, "apply": cmd_apply, "explain": cmd_explain, "bench": cmd_bench, "demo": cmd_demo}
+COMMANDS = {"prune": cmd_prune, "apply": cmd_apply, "recover": cmd_recover, "explain": cmd_explain,
+            "bench": cmd_bench, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

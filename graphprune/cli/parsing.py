@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_text(),
                         help="print graphprune's version (and torch's, onnxruntime's) and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_command in (_add_prune, _add_apply, _add_explain, _add_bench, _add_demo):
+    for add_command in (_add_prune, _add_apply, _add_recover, _add_explain, _add_bench, _add_demo):
         add_command(sub)
     return parser
 
@@ -103,6 +103,37 @@ def _add_prune(sub) -> None:
     p.add_argument("--ignore", action="append", metavar="NAME",
                    help="module name whose output channels are kept (names as `graphprune explain` prints them); "
                         "repeat the option or give NAME,NAME")
+    _add_recovery(p, "--recover-steps")
+    _add_out(p)
+    _add_quiet(p)
+
+
+def _add_recovery(p: argparse.ArgumentParser, steps_flag: str) -> None:
+    p.add_argument(steps_flag, dest="steps", type=int, default=200 if steps_flag == "--steps" else 0, metavar="N",
+                   help="optimizer steps of distillation from the dense model" + (
+                       " (default 200)" if steps_flag == "--steps" else " on --images after pruning (default 0: none)"))
+    p.add_argument("--images", metavar="DIR", required=steps_flag == "--steps",
+                   help="a folder of images (jpg, png, ...; subfolders included), resized and centre-cropped to the "
+                        "input's H x W and normalised with --mean/--std")
+    p.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean (default ImageNet's for RGB, 0.5 for gray)")
+    p.add_argument("--std", metavar="S[,S,S]", help="per-channel std (default ImageNet's for RGB, 0.5 for gray)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default 16)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate (default 1e-4)")
+    p.add_argument("--eval-share", type=float, default=0.2, metavar="F",
+                   help="share of the image batches held out for the fidelity table (default 0.2)")
+    p.add_argument("--checkpoints", metavar="DIR", help="write a checkpoint to DIR (atomically) and keep it")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="steps between checkpoints (default 0: only at the end)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoints")
+
+
+def _add_recover(sub) -> None:
+    p = sub.add_parser("recover", help="distil a pruned model from its dense model on images; print fidelity",
+                       description="Rebuild the pruned model of RUN_DIR (written by graphprune prune), distil it from "
+                                   "the dense model on --images, and write the same files as prune to --out, with "
+                                   "fidelity before and after in report.json.")
+    p.add_argument("run", metavar="RUN_DIR", help="a directory written by graphprune prune (report.json, plan.json)")
+    _add_recovery(p, "--steps")
     _add_out(p)
     _add_quiet(p)
 

@@ -16,6 +16,7 @@ from ..errors import ExportError, InputError
 from ..export import export_onnx, save_torch_artifact
 from ..importance import BUILTIN, Taylor
 from ..report import PruneReport
+from .distil import check_recovery_args, recovered
 from .messages import CLIError, Progress, one_line, toolchain_errors
 from .models import LoadedModel, load_model, random_inputs
 
@@ -103,6 +104,9 @@ def prune_into(args, out: StagedDirectory, progress: Progress) -> dict:
 def prune_loaded(args, out: StagedDirectory, progress: Progress) -> tuple[dict, LoadedModel, "graphprune.PruneResult"]:
     """prune_into, also returning the loaded model and the prune result (the demo builds more files from them)."""
     _check_importance(args)
+    recover_steps = getattr(args, "steps", 0)
+    if recover_steps:
+        check_recovery_args(args)
     with progress.step(f"loading {args.model}"):
         loaded = load_model(args.model, args.input_shape)
     calibration = _calibration(args, loaded)
@@ -117,6 +121,9 @@ def prune_loaded(args, out: StagedDirectory, progress: Progress) -> tuple[dict, 
     settings = {"ratio": args.ratio, "importance": args.importance, "scope": args.scope, "round_to": args.round_to,
                 "target": result.report.target, "target_requested": args.target, "ignore": ignore,
                 "calibration_batches": len(calibration), "verbose": getattr(args, "verbose", False)}
+    if recover_steps:
+        result, recovery = recovered(progress, result, loaded, args)
+        settings["recovery"] = recovery.to_json()
     return write_outputs(out, loaded, result, settings, progress), loaded, result
 
 
