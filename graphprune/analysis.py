@@ -30,7 +30,8 @@ from .cost import CostModel, Counts
 from .dependencies import build_dependency_graph
 from .eager import rebuild_module
 from .errors import InputError, RewriteError, TraceError
-from .frontends import export_graph, exported_graph, flat_inputs
+from .batch import batch_dim
+from .frontends import export_graph, export_program, exported_graph, flat_inputs
 from .groups import DependencyGraph, Role
 from .importance import ScoringContext, score_groups
 from .inputs import check_model_and_inputs
@@ -68,10 +69,13 @@ class PruneResult:
 
     @cached_property
     def exported(self) -> torch.export.ExportedProgram:
-        """The pruned model as a torch.export ExportedProgram (for .pt2, ExecuTorch, the dynamo ONNX exporter)."""
+        """The pruned model as a torch.export ExportedProgram (for .pt2, ExecuTorch, the dynamo ONNX exporter),
+        its batch dim dynamic where `model` takes any batch size (frontends.dynamic_batch.export_program)."""
         model = self.model.eval() if not self.model.training else self.model
         try:
-            return torch.export.export(model, self.example_inputs, strict=False)
+            if batch_dim(model).static:
+                return torch.export.export(model, self.example_inputs, strict=False)
+            return export_program(model, self.example_inputs)[0]
         except Exception as exc:
             raise TraceError(f"torch.export cannot export the pruned model: {type(exc).__name__}: "
                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
@@ -81,7 +85,8 @@ class Frontend(enum.Enum):
     """How a model becomes a graph. FX: torch.fx symbolic trace, modules with a rule kept whole (fastest).
     EXPORT: torch.export to Core ATen (any spelling, Python control flow on shapes, Hugging Face models).
     AUTO: fx; export when fx cannot trace, or when fx meets ops without a rule and export leaves more
-    channels prunable."""
+    channels prunable. Both keep the batch dim dynamic where the model allows it; where export cannot,
+    `Analysis.frontend` reads "export (batch dim static: why)"."""
 
     AUTO = "auto"
     FX = "fx"
@@ -319,7 +324,9 @@ def _via_export(model, args, kwargs, rules, strict, why: str = "") -> Analysis:
             check_no_kv_cache(model, kwargs, exc)
             raise
     inputs = flat_inputs(gm, args, kwargs)
-    return _analysed(gm, inputs, model, rules, strict, "export" + (f" ({why})" if why else ""),
+    static = batch_dim(gm).static
+    notes = "; ".join(n for n in (why, static and f"batch dim static: {static}") if n)
+    return _analysed(gm, inputs, model, rules, strict, "export" + (f" ({notes})" if notes else ""),
                      time.perf_counter() - t0)
 
 
