@@ -28,7 +28,7 @@ import torch.fx as fx
 
 from .cost import CostModel, Counts
 from .dependencies import build_dependency_graph
-from .eager import rebuild_module
+from .eager import call_inputs, rebuild_module
 from .errors import InputError, RewriteError, TraceError
 from .batch import batch_dim
 from .frontends import export_graph, export_program, exported_graph, flat_inputs
@@ -72,10 +72,11 @@ class PruneResult:
         """The pruned model as a torch.export ExportedProgram (for .pt2, ExecuTorch, the dynamo ONNX exporter),
         its batch dim dynamic where `model` takes any batch size (frontends.dynamic_batch.export_program)."""
         model = self.model.eval() if not self.model.training else self.model
+        args, kwargs = call_inputs(model, self.example_inputs, self.source)  # called as the caller's forward is
         try:
             if batch_dim(model).static:
-                return torch.export.export(model, self.example_inputs, strict=False)
-            return export_program(model, self.example_inputs)[0]
+                return torch.export.export(model, args, kwargs, strict=False)
+            return export_program(model, args, kwargs)[0]
         except Exception as exc:
             raise TraceError(f"torch.export cannot export the pruned model: {type(exc).__name__}: "
                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
@@ -335,8 +336,9 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
             frontend: str | Frontend = "auto", gqa: GroupedQuery | str | None = None) -> Analysis:
     """Trace a copy of `model`, find its channel groups and its cost model, measure it (see the module docstring).
 
-    `example_inputs`: a tensor or a tuple of the forward's positional arguments; `example_kwargs`
-    its keyword arguments (arguments with defaults may be left out). `model` may also be a
+    `example_inputs`: a tensor or a tuple of the forward's positional arguments (() or None when it
+    takes keywords only); `example_kwargs` its keyword arguments (arguments with defaults may be left
+    out); not both empty. `model` may also be a
     torch.export ExportedProgram (always the export frontend). `frontend`: "auto", "fx" or
     "export" (see Frontend); `Analysis.frontend` says which ran and why. With `strict=True` an
     op without a rule raises UnsupportedOpError and a failing rule raises RuleError, instead
@@ -353,7 +355,7 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     if isinstance(model, torch.export.ExportedProgram):
         return _via_export(model, tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else
                            (example_inputs,), example_kwargs, rules, strict, "an ExportedProgram was given")
-    args = check_model_and_inputs(model, example_inputs)
+    args = check_model_and_inputs(model, example_inputs, example_kwargs)
     if frontend is Frontend.FX:
         return _via_fx(model, args, example_kwargs, rules, strict)
     if frontend is Frontend.EXPORT:
