@@ -100,10 +100,10 @@ def _graph_differs(gm: fx.GraphModule, model: torch.nn.Module, args: tuple, kwar
     the model's output on the example's first sample (torch traced it assuming 2 or more)."""
     if batch_size((args, kwargs)) != 1:
         return run_both(gm, model, *first_sample(args, kwargs), "first sample of the example")
+    args2, kwargs2 = doubled(args, kwargs)
     try:
         with torch.no_grad():
-            ref = tensors(model(*args, **kwargs))
-            twice = tensors(gm(*doubled(args, kwargs)[0], **doubled(args, kwargs)[1]))
+            ref, twice = tensors(model(*args, **kwargs)), tensors(gm(*args2, **kwargs2))
     except Exception as exc:
         return f"the model or its dynamic graph fails on the example or on it doubled ({type(exc).__name__}: " \
                f"{first_line(exc)})"
