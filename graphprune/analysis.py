@@ -28,9 +28,10 @@ import torch.fx as fx
 
 from .cost import CostModel, Counts
 from .dependencies import build_dependency_graph
-from .eager import rebuild_module
+from .eager import call_inputs, rebuild_module
 from .errors import InputError, RewriteError, RuleError, TraceError
-from .frontends import export_graph, exported_graph, flat_inputs
+from .batch import batch_dim
+from .frontends import export_graph, export_program, exported_graph, flat_inputs
 from .groups import DependencyGraph, Role
 from .importance import ScoringContext, score_groups
 from .inputs import check_model_and_inputs
@@ -72,10 +73,14 @@ class PruneResult:
 
     @cached_property
     def exported(self) -> torch.export.ExportedProgram:
-        """The pruned model as a torch.export ExportedProgram (for .pt2, ExecuTorch, the dynamo ONNX exporter)."""
+        """The pruned model as a torch.export ExportedProgram (for .pt2, ExecuTorch, the dynamo ONNX exporter),
+        its batch dim dynamic where `model` takes any batch size (frontends.dynamic_batch.export_program)."""
         model = self.model.eval() if not self.model.training else self.model
+        args, kwargs = call_inputs(model, self.example_inputs, self.source)  # called as the caller's forward is
         try:
-            return torch.export.export(model, self.example_inputs, strict=False)
+            if batch_dim(model).static:
+                return torch.export.export(model, args, kwargs, strict=False)
+            return export_program(model, args, kwargs)[0]
         except Exception as exc:
             raise TraceError(f"torch.export cannot export the pruned model: {type(exc).__name__}: "
                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
@@ -85,7 +90,8 @@ class Frontend(enum.Enum):
     """How a model becomes a graph. FX: torch.fx symbolic trace, modules with a rule kept whole (fastest).
     EXPORT: torch.export to Core ATen (any spelling, Python control flow on shapes, Hugging Face models).
     AUTO: fx; export when fx cannot trace, or when fx meets ops without a rule and export leaves more
-    channels prunable."""
+    channels prunable. Both keep the batch dim dynamic where the model allows it; where export cannot,
+    `Analysis.frontend` reads "export (batch dim static: why)"."""
 
     AUTO = "auto"
     FX = "fx"
@@ -356,7 +362,9 @@ def _via_export(model, args, kwargs, rules, strict, why: str = "") -> Analysis:
             check_no_kv_cache(model, kwargs, exc)
             raise
     inputs = flat_inputs(gm, args, kwargs)
-    return _analysed(gm, inputs, model, rules, strict, "export" + (f" ({why})" if why else ""),
+    static = batch_dim(gm).static
+    notes = "; ".join(n for n in (why, static and f"batch dim static: {static}") if n)
+    return _analysed(gm, inputs, model, rules, strict, "export" + (f" ({notes})" if notes else ""),
                      time.perf_counter() - t0)
 
 
@@ -365,8 +373,9 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
             frontend: str | Frontend = "auto", gqa: GroupedQuery | str | None = None) -> Analysis:
     """Trace a copy of `model`, find its channel groups and its cost model, measure it (see the module docstring).
 
-    `example_inputs`: a tensor or a tuple of the forward's positional arguments; `example_kwargs`
-    its keyword arguments (arguments with defaults may be left out). `model` may also be a
+    `example_inputs`: a tensor or a tuple of the forward's positional arguments (() or None when it
+    takes keywords only); `example_kwargs` its keyword arguments (arguments with defaults may be left
+    out); not both empty. `model` may also be a
     torch.export ExportedProgram (always the export frontend). `frontend`: "auto", "fx" or
     "export" (see Frontend); `Analysis.frontend` says which ran and why. With `strict=True` an
     op without a rule raises UnsupportedOpError and a failing rule raises RuleError, instead
@@ -384,7 +393,7 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     if isinstance(model, torch.export.ExportedProgram):
         return _via_export(model, tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else
                            (example_inputs,), example_kwargs, rules, strict, "an ExportedProgram was given")
-    args = check_model_and_inputs(model, example_inputs)
+    args = check_model_and_inputs(model, example_inputs, example_kwargs)
     if frontend is Frontend.FX:
         return _via_fx(model, args, example_kwargs, rules, strict)
     if frontend is Frontend.EXPORT:

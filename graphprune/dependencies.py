@@ -16,6 +16,7 @@ import operator
 import os
 from dataclasses import replace
 
+import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_leaves
 
@@ -85,7 +86,8 @@ def _channel_counts_as_values(gm: fx.GraphModule, ctx: AnalysisContext, rules: R
     """
     freezes = []
     for node in gm.graph.nodes:
-        is_query = node.target is operator.getitem or (node.op == "call_method" and node.target == "size")
+        is_query = node.target in (operator.getitem, torch.ops.aten.sym_size.int) or (
+            node.op == "call_method" and node.target == "size")
         if not is_query or not isinstance(value_meta(node), int):
             continue
         for tensor_name, dim in queried_dims(node, depth=1):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import inspect
 import itertools
 import os
 import sys
@@ -400,13 +401,27 @@ def _user_frame(exc: BaseException) -> str:
     return f"{f.filename}:{f.lineno} in {f.name}: `{(f.line or '').strip()}`"
 
 
-def call_inputs(gm: fx.GraphModule, inputs: tuple) -> tuple[tuple, dict]:
-    """The (args, kwargs) of the caller's forward that the graph's placeholder values came from."""
+def call_inputs(gm: fx.GraphModule, inputs: tuple, source: nn.Module | None = None) -> tuple[tuple, dict]:
+    """The (args, kwargs) of the caller's forward that the graph's placeholder values came from: by the export
+    frontend's pytree input spec; else (fx) positional, and by name from the first argument that `source`'s
+    forward takes by keyword only (`forward(self, *, x, y)`)."""
     spec = getattr(gm, "_in_spec", None)  # the export frontend's pytree input spec
-    if spec is None:
-        return tuple(inputs), {}
-    args, kwargs = tree_unflatten(list(inputs), spec)
-    return tuple(args), dict(kwargs)
+    if spec is not None:
+        args, kwargs = tree_unflatten(list(inputs), spec)
+        return tuple(args), dict(kwargs)
+    try:
+        keyword_only = {p.name for p in inspect.signature(source.forward).parameters.values()
+                        if p.kind is inspect.Parameter.KEYWORD_ONLY} if source is not None else set()
+    except (TypeError, ValueError):
+        keyword_only = set()
+    names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    args, kwargs = [], {}
+    for name, value in zip(names, inputs):
+        if name in keyword_only or kwargs:
+            kwargs[name] = value
+        else:
+            args.append(value)
+    return tuple(args), kwargs
 
 
 def _tensors(value) -> list[torch.Tensor]:
@@ -416,7 +431,7 @@ def _tensors(value) -> list[torch.Tensor]:
 @torch.no_grad()
 def mismatch(module: nn.Module, gm: fx.GraphModule, inputs: tuple, expected: list[torch.Tensor]) -> str | None:
     """None if `module` (eval mode) gives the pruned graph's outputs on `inputs`, else why not."""
-    args, kwargs = call_inputs(gm, inputs)
+    args, kwargs = call_inputs(gm, inputs, module)
     training = module.training
     module.eval()
     try:
@@ -502,7 +517,7 @@ def rebuild_module(source: nn.Module, gm: fx.GraphModule, inputs: Iterable) -> n
         raise EagerRebuildError(
             f"cannot rebuild {name} pruned: on the example inputs, {problem}. Its code probably bakes a size that "
             "no attribute holds; use result.model (GraphModule) or result.exported (.pt2, ONNX) instead")
-    config_problem = update_config(module, changed, check, call_inputs(gm, inputs))
+    config_problem = update_config(module, changed, check, call_inputs(gm, inputs, source))
     if config_problem is not None:
         _refuse_save(module, config_problem)
     module.train(source.training)

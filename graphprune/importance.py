@@ -33,14 +33,16 @@ size, the number of weights per channel and the scale of the criterion.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.fx as fx
 
+from .batch import calibration_run
 from .errors import InputError
 from .groups import ChannelGroup, DependencyGraph, Role, Slot
 from .trace import capture_values
@@ -64,6 +66,13 @@ class ScoringContext:
     def model_inputs(self, batch: tuple) -> tuple:
         n = sum(1 for node in self.model.graph.nodes if node.op == "placeholder")
         return tuple(batch[:n])
+
+    def batches(self) -> Iterator[tuple[tuple, tuple, contextlib.AbstractContextManager]]:
+        """(batch, its model inputs, a context for running the model on them) per calibration batch: a batch
+        size the graph does not take is one InputError naming it (graphprune.batch.calibration_run)."""
+        for k, batch in enumerate(self.calibration):
+            inputs = self.model_inputs(batch)
+            yield batch, inputs, calibration_run(self.model, f"calibration batch {k}", inputs)
 
 
 def _per_position(tensor: torch.Tensor, dim: int, p: int) -> np.ndarray:
@@ -148,10 +157,11 @@ class Taylor(Criterion):
         try:
             for p in params.values():
                 p.requires_grad_(True)
-            for batch in ctx.calibration:
+            for batch, inputs, running in ctx.batches():
                 model.zero_grad(set_to_none=True)
-                inputs = ctx.model_inputs(batch)
-                loss = ctx.loss_fn(model(*inputs), *batch[len(inputs):])
+                with running:
+                    output = model(*inputs)
+                loss = ctx.loss_fn(output, *batch[len(inputs):])
                 loss.backward()
                 products = {n: (p.detach() * p.grad) if p.grad is not None else torch.zeros_like(p)
                             for n, p in params.items()}
@@ -193,8 +203,9 @@ class _ActivationStatistic(Criterion):
         ctx.model.eval()
         try:
             with torch.no_grad():
-                for batch in ctx.calibration:
-                    values = capture_values(ctx.model, ctx.model_inputs(batch), wanted)
+                for _, inputs, running in ctx.batches():
+                    with running:
+                        values = capture_values(ctx.model, inputs, wanted)
                     for g in groups:
                         for slot in slots[g.id]:
                             per_position = self.statistic(values[slot.name], slot.dim).double().numpy()
@@ -311,8 +322,9 @@ class Wanda(Criterion):
         ctx.model.eval()
         try:
             with torch.no_grad():
-                for batch in ctx.calibration:
-                    values = capture_values(ctx.model, ctx.model_inputs(batch), {s.name for s in slots})
+                for _, inputs, running in ctx.batches():
+                    with running:
+                        values = capture_values(ctx.model, inputs, {s.name for s in slots})
                     for s in slots:
                         x = values[s.name].double()
                         sq = (x.movedim(s.dim, 0).reshape(x.shape[s.dim], -1) ** 2).sum(1)

@@ -17,6 +17,7 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_map
 
+from .batch import BATCH_KEY, BatchDim, batch_size
 from .errors import InputError, TraceError
 
 META_KEY = "gp_value"
@@ -204,6 +205,7 @@ def trace_with_values(model: torch.nn.Module, args: tuple, kwargs: dict | None, 
     """
     gm = trace(clone_module(model), is_rule_module, omitted_none_arguments(model, args, kwargs))
     inputs = bind_inputs(gm, args, kwargs)
+    gm.meta[BATCH_KEY] = BatchDim(batch_size(inputs))  # size() calls are nodes: any batch, unless the code bakes one
     training = gm.training
     gm.eval()
     try:

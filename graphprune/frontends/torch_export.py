@@ -13,7 +13,12 @@
    take the tensors of `(args, kwargs)` in pytree order. Optional forward arguments not
    given keep their defaults (export bakes them in), so they are never required.
 
-Shapes are static: the graph is specialised to the example inputs' shapes.
+Shapes are static except the batch dim (`_dynamic_graph`, frontends.dynamic_batch): dim 0 of
+every tensor input is exported as `Dim.AUTO`, on the caller's own example (size-oblivious: a
+batch of 1 stays symbolic) or, when that specialises it, on the example doubled; the graph then
+holds `sym_size` nodes and runs on any batch size. It is kept only when the model's code
+constrains no batch size and the graph gives the model's outputs at two batch sizes; otherwise
+the capture is static and the graph's `BatchDim.static` (graphprune.batch) says why.
 """
 from __future__ import annotations
 
@@ -21,8 +26,11 @@ import torch
 import torch.fx as fx
 from torch.fx._pytree import tree_flatten_spec
 
+from ..batch import BATCH_KEY, BatchDim, batch_size
 from ..errors import InputError, TraceError
 from ..trace import clone_module, record_values
+from .dynamic_batch import (doubled, dynamic_attempt, export_dynamic, first_line, first_sample, mismatch, run_both,
+                            tensors, why_batch_static)
 
 _A = torch.ops.aten
 
@@ -54,11 +62,6 @@ def flat_inputs(gm: fx.GraphModule, args, kwargs: dict | None = None) -> tuple:
     return tuple(tree_flatten_spec((args, dict(kwargs or {})), gm._in_spec))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else ""
-
-
 def _drop_guards(gm: fx.GraphModule) -> None:
     """Remove the input-shape guard call `ep.module()` inserts (it checks inputs, computes nothing) and reads
     of parameters and buffers nothing uses (an unused buffer would otherwise look like a prunable group)."""
@@ -71,8 +74,76 @@ def _drop_guards(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
+def decompose(ep: torch.export.ExportedProgram, name: str = "Exported") -> torch.export.ExportedProgram:
+    """`ep` decomposed to Core ATen (`decomposition_table`), a new program; size-oblivious, so a dynamic
+    batch of 1 stays symbolic. A failure is a TraceError naming `name`."""
+    try:
+        with dynamic_attempt():
+            return ep.run_decompositions(decomposition_table())
+    except Exception as exc:
+        raise TraceError(f"cannot decompose the exported program of {name}: {type(exc).__name__}: "
+                         f"{first_line(exc)}") from exc
+
+
+def _unguarded(ep: torch.export.ExportedProgram, name: str) -> fx.GraphModule:
+    """The plain fx.GraphModule of `ep` in eval mode (the unlifted module refuses eval()), guards dropped."""
+    unlifted = ep.module()
+    gm = fx.GraphModule(unlifted, unlifted.graph, name)
+    _drop_guards(gm)
+    return gm.eval()
+
+
+def _graph_differs(gm: fx.GraphModule, model: torch.nn.Module, args: tuple, kwargs: dict, output) -> str:
+    """How the dynamic graph `gm` (`output`: its recorded output on the example) fails the model; "" when it
+    does not. With a batch of 1: it gives the model's output on the example (size-oblivious tracing assumes
+    2 or more) and, on the example doubled, that output twice (it bakes no batch size). With more: it gives
+    the model's output on the example's first sample (torch traced it assuming 2 or more)."""
+    if batch_size((args, kwargs)) != 1:
+        return run_both(gm, model, *first_sample(args, kwargs), "first sample of the example")
+    args2, kwargs2 = doubled(args, kwargs)
+    try:
+        with torch.no_grad():
+            ref, twice = tensors(model(*args, **kwargs)), tensors(gm(*args2, **kwargs2))
+    except Exception as exc:
+        return f"the model or its dynamic graph fails on the example or on it doubled ({type(exc).__name__}: " \
+               f"{first_line(exc)})"
+    return (mismatch(tensors(output), ref, "example inputs")
+            or mismatch(twice, [torch.cat([t, t]) for t in tensors(output)], "example doubled along dim 0",
+                        "its outputs on the example, twice along dim 0"))
+
+
+def _dynamic_graph(model: torch.nn.Module, args: tuple, kwargs: dict, name: str) -> tuple[fx.GraphModule | None, str]:
+    """The Core ATen graph of `model` with a symbolic batch dim and values recorded, or None and why not.
+
+    Exported on the example itself (size-oblivious), then, for a batch of 1 that stays static
+    (an op's stride check specialises it, e.g. linear on a transposed input), on the example doubled.
+    A graph is kept only when its inputs' dim 0 ranges over [<=2, oo) and `_graph_differs` finds
+    nothing: it is checked at a batch of 1 by a run (guards dropped: that run stands for the guard
+    `batch != 1` torch adds when it traces on 2 or more) and at another size.
+    """
+    tries = [(args, kwargs)] + ([doubled(args, kwargs)] if batch_size((args, kwargs)) == 1 else [])
+    reasons = []
+    for on_args, on_kwargs in tries:
+        try:
+            ep = decompose(export_dynamic(model, on_args, on_kwargs), name)
+            why = why_batch_static(ep, lowest=2)
+            if why:
+                reasons.append(f"the model's code constrains it ({why})")
+                continue
+            gm = _unguarded(ep, name)
+            why = _graph_differs(gm, model, args, kwargs, record_values(gm, flat_inputs(gm, args, kwargs)))
+            if not why:
+                return gm, ""
+            reasons.append(why)
+        except Exception as exc:  # torch.export raises many types; all mean "not with a dynamic batch"
+            reasons.append(f"torch.export cannot export it with a dynamic batch dim ({type(exc).__name__}: "
+                           f"{first_line(exc)})")
+    return None, reasons[0]
+
+
 def export_graph(model: torch.nn.Module, args, kwargs: dict | None = None) -> fx.GraphModule:
-    """Export an eval-mode copy of `model` to Core ATen and record every node's value on the example inputs.
+    """Export an eval-mode copy of `model` to Core ATen (batch dim dynamic where the model allows it, see
+    `_dynamic_graph`; else static, and why in its BatchDim) and record every node's value on the example.
 
     `args` is a tuple (a single tensor is accepted); `kwargs` the keyword arguments of forward().
     """
@@ -82,30 +153,31 @@ def export_graph(model: torch.nn.Module, args, kwargs: dict | None = None) -> fx
     kwargs = dict(kwargs or {})
     copy = clone_module(model).eval()
     name = type(model).__name__
-    try:
-        ep = torch.export.export(copy, args, kwargs, strict=False)
-    except Exception as exc:  # torch.export raises many types; all mean "cannot export"
-        raise TraceError(
-            f"torch.export cannot export {name}: {type(exc).__name__}: {_first_line(exc)}. "
-            "Fix: check that forward() runs on the example inputs, or use the fx frontend."
-        ) from exc
-    return exported_graph(ep, args, kwargs, name)
+    gm, static = _dynamic_graph(copy, args, kwargs, name) if batch_size((args, kwargs)) is not None else (None, "")
+    if gm is None:
+        try:
+            ep = torch.export.export(copy, args, kwargs, strict=False)
+        except Exception as exc:  # torch.export raises many types; all mean "cannot export"
+            raise TraceError(
+                f"torch.export cannot export {name}: {type(exc).__name__}: {first_line(exc)}. "
+                "Fix: check that forward() runs on the example inputs, or use the fx frontend."
+            ) from exc
+        gm = _unguarded(decompose(ep, name), name)
+        record_values(gm, flat_inputs(gm, args, kwargs))
+    gm.meta[BATCH_KEY] = BatchDim(batch_size((args, kwargs)), static)
+    return gm
 
 
-def exported_graph(ep: torch.export.ExportedProgram, args, kwargs: dict | None = None, name: str = "Exported") -> fx.GraphModule:
-    """An ExportedProgram (the caller's, or one export_graph made) decomposed to Core ATen, with values recorded.
-
-    The caller's program is not modified (run_decompositions returns a new one).
-    """
+def exported_graph(ep: torch.export.ExportedProgram, args, kwargs: dict | None = None,
+                   name: str = "Exported") -> fx.GraphModule:
+    """A caller's ExportedProgram decomposed to Core ATen, with values recorded (the program is not modified:
+    run_decompositions returns a new one). Its batch dim is as the caller exported it."""
     args = (args,) if isinstance(args, torch.Tensor) else tuple(args)
     kwargs = dict(kwargs or {})
-    try:
-        unlifted = ep.run_decompositions(decomposition_table()).module()
-    except Exception as exc:
-        raise TraceError(f"cannot decompose the exported program of {name}: {type(exc).__name__}: "
-                         f"{_first_line(exc)}") from exc
-    gm = fx.GraphModule(unlifted, unlifted.graph, name)  # a plain GraphModule: the unlifted one refuses eval()
-    _drop_guards(gm)
-    gm.eval()
+    why = why_batch_static(ep, lowest=batch_size((args, kwargs)) or 1)
+    static = why and (f"the given ExportedProgram has it static ({why}); export the model with "
+                      "dynamic_shapes marking dim 0 of its inputs torch.export.Dim.AUTO")
+    gm = _unguarded(decompose(ep, name), name)
     record_values(gm, flat_inputs(gm, args, kwargs))
+    gm.meta[BATCH_KEY] = BatchDim(batch_size((args, kwargs)), static)
     return gm

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from ..batch import calibration_run
 from .base import GraphPass, PassResult
 
 
@@ -34,8 +35,9 @@ class RecalibrateBatchNorm(GraphPass):
                 m.momentum = None
                 m.train()
             with torch.no_grad():
-                for batch in self.calibration:
-                    graph_module(*batch[:n_inputs])
+                for k, batch in enumerate(self.calibration):
+                    with calibration_run(graph_module, f"calibration batch {k} (recalibrate_bn)", batch[:n_inputs]):
+                        graph_module(*batch[:n_inputs])
         finally:
             for m, momentum in saved:
                 m.momentum = momentum

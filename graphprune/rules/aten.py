@@ -13,7 +13,8 @@ rest reuse the fx rules where ATen's argument layout matches theirs:
 - pooling, upsampling, spatial padding act on the trailing 1, 2 or 3 dims: `SpatialRule`.
 - data movement is label-pushed (`MovementRule`, see rules/movement.py); the ops whose
   arguments hold channel counts rewrite them in `shrink`: view/_unsafe_view/reshape/
-  expand sizes (`ReshapeRule`), split sizes, slice bounds.
+  expand sizes (`ReshapeRule`), split sizes, slice bounds; a size computed from the symbolic
+  batch dim (`sym_size`, see frontends.dynamic_batch) keeps its batch factor.
 - ops that create tensors from nothing (full, arange, rand...) carry no channels.
 
 An op with no rule is never assumed element-wise: its channels are frozen. `FROZEN_BY_DESIGN`
@@ -34,7 +35,8 @@ from .aten_layers import (AttentionRule, BatchNormRule, ConvolutionRule, Embeddi
                           LinearRule, MmRule)
 from .attention import MatMulRule
 from .base import AnalysisContext, Rule, RuleTable, ShrinkContext, describe_node, freeze_inputs
-from .elementwise import BinaryRule, ElementwiseRule, PadRule, ReduceRule, SoftmaxRule, SpatialRule, passthrough
+from .elementwise import (BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule,
+                          passthrough)
 from .movement import GetItemRule, MovementRule, ReshapeRule, SqueezeRule
 from .transformer import GroupedQuery, RepeatKVRule, RMSStatisticRule
 
@@ -222,11 +224,10 @@ FROZEN_BY_DESIGN = MappingProxyType({
     A._embedding_bag.default: "sums embedding rows per bag with offsets (not followed yet)",
     A.native_dropout.default: "training-mode dropout: graphprune exports in eval mode, where dropout is the identity",
     A._local_scalar_dense.default: "reads one element as a Python number",
-    A.sym_size.int: "a dynamic-shape query: the export frontend specialises every shape",
-    A.sym_numel.default: "a dynamic-shape query: the export frontend specialises every shape",
-    A.sym_stride.int: "a dynamic-shape query: the export frontend specialises every shape",
-    A.sym_storage_offset.default: "a dynamic-shape query: the export frontend specialises every shape",
-    A.sym_is_contiguous.default: "a dynamic-shape query: the export frontend specialises every shape",
+    A.sym_numel.default: "a dynamic-shape query: the export frontend keeps only the batch dim dynamic (sym_size)",
+    A.sym_stride.int: "a dynamic-shape query: the export frontend keeps only the batch dim dynamic (sym_size)",
+    A.sym_storage_offset.default: "a dynamic-shape query: the export frontend keeps only the batch dim dynamic",
+    A.sym_is_contiguous.default: "a dynamic-shape query: the export frontend keeps only the batch dim dynamic",
     A.convolution_backward.default: _BACKWARD, A.native_layer_norm_backward.default: _BACKWARD,
     A.native_group_norm_backward.default: _BACKWARD, A.embedding_dense_backward.default: _BACKWARD,
     A.avg_pool2d_backward.default: _BACKWARD, A.max_pool2d_with_indices_backward.default: _BACKWARD,
@@ -285,4 +286,5 @@ def rules_by_op(gqa: GroupedQuery | str = GroupedQuery.KV_GROUPS) -> dict:
     add(CREATION, CreationRule())
     add((A.index_select.default,), AlongDimRule(_BY_INDEX))  # torch.roll decomposes to it
     add((A._assert_tensor_metadata.default,), MetadataAssertRule())
+    add((A.sym_size.int,), ShapeQueryRule())  # the dynamic batch dim's size (frontends.dynamic_batch)
     return table

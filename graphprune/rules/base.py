@@ -96,10 +96,11 @@ def callable_of(node: fx.Node) -> Callable | None:
 
 
 def queried_dims(arg: fx.Node, depth: int = 8) -> set[tuple[str, int]]:
-    """The (tensor, dim) sizes an int-valued node is computed from (x.size(1), x.shape[2] // 4, ...)."""
+    """The (tensor, dim) sizes an int-valued node is computed from (x.size(1), x.shape[2] // 4, aten.sym_size(x, 0)...)."""
     if depth == 0 or not isinstance(arg, fx.Node):
         return set()
-    if arg.op == "call_method" and arg.target == "size" and len(arg.args) > 1:
+    is_sym_size = arg.op == "call_function" and arg.target is torch.ops.aten.sym_size.int  # the export frontend's
+    if (arg.op == "call_method" and arg.target == "size" or is_sym_size) and len(arg.args) > 1:
         tensor, dim = arg.args[0], arg.args[1]
         return {(tensor.name, dim % len(tensor.meta["gp_value"].shape))}
     if arg.target is operator.getitem and isinstance(arg.args[0], fx.Node):

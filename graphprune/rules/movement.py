@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from ..errors import RewriteError
 from ..groups import Coupling, Effect, Freeze, connected_labels
-from ..trace import TensorMeta
+from ..trace import META_KEY, TensorMeta, value_meta
 from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, freeze_inputs, queried_dims
 
 
@@ -150,7 +151,9 @@ class ReshapeRule(MovementRule):
     The channel dim's size becomes the kept count, whatever computed it (`c` in
     `reshape(n, l, c)` after `n, l, c = x.shape` is the input's width, not the heads kept).
     Another dim's size computed from a pruned channel count (`c // heads` as head_dim) keeps
-    its old value; sizes computed from anything else (the batch) stay dynamic.
+    its old value; sizes computed from anything else (the batch) stay dynamic. A channel dim
+    merged with the batch (`view(b * heads, l, d)`, b symbolic) keeps its batch factor:
+    `b * heads` becomes `b * kept` (see `_scaled`), never a constant.
     """
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
@@ -162,14 +165,52 @@ class ReshapeRule(MovementRule):
         packed = node.op == "call_function" or (len(node.args) == 2 and isinstance(node.args[1], (tuple, list)))
         shape = list(node.args[1]) if packed else list(node.args[1:])
         for i, arg in enumerate(shape):
-            if i == d and arg != -1 and new_shape[i] != old_shape[i]:
+            from_channels = isinstance(arg, fx.Node) and any(ctx.kept(t, dim) is not None for t, dim in queried_dims(arg))
+            if from_channels:
                 shape[i] = new_shape[i]
-            elif isinstance(arg, fx.Node) and any(ctx.kept(t, dim) is not None for t, dim in queried_dims(arg)):
-                shape[i] = new_shape[i]
+            elif i == d and arg != -1 and new_shape[i] != old_shape[i]:
+                shape[i] = _scaled(node, arg, old_shape[i], new_shape[i]) if isinstance(arg, fx.Node) else new_shape[i]
         if packed:
             node.args = (node.args[0], tuple(shape)) + tuple(node.args[2:])
         else:
             node.args = (node.args[0], *shape)
+
+
+_SIZE_PRODUCT = (operator.mul, torch.ops.aten.sym_size.int, operator.getitem)
+
+
+def _is_size_product(arg, depth: int = 8) -> bool:
+    """`arg` is an int, a size query (x.size(0), x.shape[0], aten.sym_size) or a product of those."""
+    if not isinstance(arg, fx.Node):
+        return isinstance(arg, int)
+    if arg.op == "call_method" and arg.target == "size":
+        return True
+    if depth == 0 or arg.op != "call_function" or arg.target not in _SIZE_PRODUCT:
+        return False
+    if arg.target is operator.mul:
+        return all(_is_size_product(a, depth - 1) for a in arg.args)
+    return bool(queried_dims(arg, depth=1))
+
+
+def _scaled(node: fx.Node, arg: fx.Node, old: int, new: int) -> fx.Node:
+    """A node computing `arg * new / old` before `node`: a symbolic size (batch x channels, `old` on the
+    example) with its channel count cut to `new`. Exact at every batch size when `arg` is a product of
+    sizes (`b * heads`); any other expression raises RewriteError, so its group is frozen, not guessed."""
+    if not _is_size_product(arg):
+        raise RewriteError(f"`{node.name}` ({node.target}) takes the symbolic size `{arg.name}` on its channel dim, "
+                           "which is not a product of sizes; graphprune cannot cut channels out of it")
+    graph = node.graph
+    factor = arg.args[1] if arg.target is operator.mul and isinstance(arg.args[1], int) else None
+    if factor is not None and factor * new == old and isinstance(arg.args[0], fx.Node):  # b * heads -> b
+        return arg.args[0]
+    with graph.inserting_before(node):
+        if factor is not None and (factor * new) % old == 0:  # b * heads -> b * kept
+            scaled = graph.call_function(operator.mul, (arg.args[0], factor * new // old))
+        else:
+            scaled = graph.call_function(operator.floordiv, (graph.call_function(operator.mul, (arg, new)), old))
+            scaled.args[0].meta[META_KEY] = value_meta(arg) * new
+    scaled.meta[META_KEY] = value_meta(arg) * new // old
+    return scaled
 
 
 class SqueezeRule(MovementRule):
