@@ -60,7 +60,7 @@ def before_after_table(report: PruneReport, original_bytes: int, pruned_bytes: i
     return "\n".join(lines)
 
 
-def _staged_out(args) -> StagedDirectory:
+def staged_out(args) -> StagedDirectory:
     """Created first, before loading anything: an unwritable or occupied --out fails before any work."""
     return StagedDirectory(args.out, replace=args.force)
 
@@ -129,7 +129,7 @@ def prune_loaded(args, out: StagedDirectory, progress: Progress) -> tuple[dict, 
 
 def cmd_prune(args) -> int:
     progress = Progress(args.quiet)
-    with _staged_out(args) as out:
+    with staged_out(args) as out:
         prune_into(args, out, progress)
         written = out.commit()
     print(f"wrote {', '.join(written)} to {args.out}")
@@ -152,7 +152,7 @@ def read_plan(path: str) -> "graphprune.PrunePlan":
 def cmd_apply(args) -> int:
     progress = Progress(args.quiet)
     plan = read_plan(args.plan)
-    with _staged_out(args) as out:
+    with staged_out(args) as out:
         with progress.step(f"loading {args.model}"):
             loaded = load_model(args.model, args.input_shape)
         result = run_step(progress, f"tracing {loaded.name} and applying the plan",

@@ -15,7 +15,7 @@ import graphprune
 from .distil import check_recovery_args, recovered
 from .messages import CLIError, Progress
 from .models import load_model
-from .prune import _staged_out, read_plan, run_step, write_outputs
+from .prune import staged_out, read_plan, run_step, write_outputs
 
 
 def read_run(directory: str) -> tuple[str, str, "graphprune.PrunePlan"]:
@@ -35,7 +35,7 @@ def cmd_recover(args) -> int:
     progress = Progress(args.quiet)
     check_recovery_args(args)
     spec, shape, plan = read_run(args.run)
-    with _staged_out(args) as out:
+    with staged_out(args) as out:
         with progress.step(f"loading {spec}"):
             loaded = load_model(spec, shape)
         result = run_step(progress, f"tracing {loaded.name} and applying the plan",
