@@ -28,7 +28,8 @@ import torch.fx as fx
 
 from .cost import CostModel, Counts
 from .dependencies import build_dependency_graph
-from .eager import call_inputs, rebuild_module
+from .agreement import call_inputs
+from .eager import rebuild_module
 from .errors import InputError, RewriteError, RuleError, TraceError
 from .batch import batch_dim
 from .frontends import export_graph, export_program, exported_graph, flat_inputs

@@ -17,17 +17,14 @@
                    the meta device) has exactly the pruned shapes, so save_pretrained/from_pretrained round-trip;
                    when no uniform config can express them, save_pretrained is disabled with the reason
     6. verify      the copy and the pruned GraphModule give the same outputs on the example inputs
-                   (torch.allclose, rtol = atol = 1e-5); otherwise EagerRebuildError names why and where.
+                   (agreement.mismatch: torch.allclose, rtol = atol = 1e-5); otherwise EagerRebuildError names why and where.
 """
 from __future__ import annotations
 
 import copy
 import enum
-import inspect
 import itertools
-import os
 import sys
-import traceback
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -37,12 +34,10 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
-from torch.utils._pytree import tree_flatten, tree_unflatten
-
+from .agreement import call_inputs, graph_outputs, mismatch, output_tensors
 from .errors import GraphPruneError
 from .rules.attention import PrunedMultiheadAttention
 
-TOLERANCE = 1e-5
 MAX_TRIALS = 64  # verifications (attributes) or meta-device builds (config) tried before giving up
 
 _PLAIN = (int, float, bool, str, tuple, type(None))
@@ -335,7 +330,7 @@ def _same_outputs(a: nn.Module, b: nn.Module, inputs: tuple, kwargs: dict) -> bo
     """Bit-equal outputs: two instances of one class with the same tensors compute the same ops in the same
     order, so a config that is right gives exactly the verified copy's outputs. (A tolerance is not enough:
     on small random weights, 4 heads of 4 and 2 heads of 8 differed by less than 1e-6.)"""
-    got, want = _tensors(a.eval()(*inputs, **kwargs)), _tensors(b.eval()(*inputs, **kwargs))
+    got, want = output_tensors(a.eval()(*inputs, **kwargs)), output_tensors(b.eval()(*inputs, **kwargs))
     return len(got) == len(want) and all(torch.equal(x, y) for x, y in zip(got, want))
 
 
@@ -382,75 +377,6 @@ def _refuse_save(module: nn.Module, reason: str) -> None:
 
 
 # -- 6: verification ---------------------------------------------------------------------------------------
-_OWN = os.path.dirname(os.path.abspath(__file__))
-_ZOO = os.path.join(_OWN, "models")
-
-
-def _is_user_code(filename: str) -> bool:
-    """Not torch, not graphprune's own machinery (its zoo models count as user code)."""
-    path = os.path.abspath(filename)
-    return "/torch/" not in path and (not path.startswith(_OWN + os.sep) or path.startswith(_ZOO + os.sep))
-
-
-def _user_frame(exc: BaseException) -> str:
-    """The innermost traceback frame in the user's code (see _is_user_code): where a baked size broke."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_user_code(f.filename)]
-    if not frames:
-        return "unknown location"
-    f = frames[-1]
-    return f"{f.filename}:{f.lineno} in {f.name}: `{(f.line or '').strip()}`"
-
-
-def call_inputs(gm: fx.GraphModule, inputs: tuple, source: nn.Module | None = None) -> tuple[tuple, dict]:
-    """The (args, kwargs) of the caller's forward that the graph's placeholder values came from: by the export
-    frontend's pytree input spec; else (fx) positional, and by name from the first argument that `source`'s
-    forward takes by keyword only (`forward(self, *, x, y)`)."""
-    spec = getattr(gm, "_in_spec", None)  # the export frontend's pytree input spec
-    if spec is not None:
-        args, kwargs = tree_unflatten(list(inputs), spec)
-        return tuple(args), dict(kwargs)
-    try:
-        keyword_only = {p.name for p in inspect.signature(source.forward).parameters.values()
-                        if p.kind is inspect.Parameter.KEYWORD_ONLY} if source is not None else set()
-    except (TypeError, ValueError):
-        keyword_only = set()
-    names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
-    args, kwargs = [], {}
-    for name, value in zip(names, inputs):
-        if name in keyword_only or kwargs:
-            kwargs[name] = value
-        else:
-            args.append(value)
-    return tuple(args), kwargs
-
-
-def _tensors(value) -> list[torch.Tensor]:
-    return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
-
-
-@torch.no_grad()
-def mismatch(module: nn.Module, gm: fx.GraphModule, inputs: tuple, expected: list[torch.Tensor]) -> str | None:
-    """None if `module` (eval mode) gives the pruned graph's outputs on `inputs`, else why not."""
-    args, kwargs = call_inputs(gm, inputs, module)
-    training = module.training
-    module.eval()
-    try:
-        got = _tensors(module(*args, **kwargs))
-    except Exception as exc:
-        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''} " \
-               f"(at {_user_frame(exc)})"
-    finally:
-        module.train(training)
-    if len(got) != len(expected):
-        return f"it returns {len(got)} tensors, the pruned graph {len(expected)}"
-    for k, (a, b) in enumerate(zip(got, expected)):
-        if a.shape != b.shape:
-            return f"output {k} has shape {tuple(a.shape)}, the pruned graph's {tuple(b.shape)}"
-        if not torch.allclose(a, b, rtol=TOLERANCE, atol=TOLERANCE):
-            return f"output {k} differs from the pruned graph's by up to {float((a - b).abs().max()):.3g}"
-    return None
-
-
 def _values(by_key: dict, keys: Iterable) -> dict:
     values = {}
     for key in keys:
@@ -479,21 +405,6 @@ def _resolve(module: nn.Module, candidates: list[Candidate], check) -> str | Non
     return problem
 
 
-@torch.no_grad()
-def _expected(gm: fx.GraphModule, inputs: tuple) -> list[torch.Tensor]:
-    training = gm.training
-    gm.eval()
-    try:
-        return _tensors(gm(*inputs))
-    finally:
-        gm.train(training)
-
-
-def differs_from_graph(module: nn.Module, gm: fx.GraphModule, inputs: tuple) -> str | None:
-    """None when `module` gives the outputs of `gm` on `inputs` (the graph's placeholder values), else how not."""
-    return mismatch(module, gm, inputs, _expected(gm, inputs))
-
-
 def rebuild_module(source: nn.Module, gm: fx.GraphModule, inputs: Iterable) -> nn.Module:
     """The caller's class, pruned as `gm`, verified on `inputs` (the graph's placeholder values); see module docstring."""
     if source is None or isinstance(source, fx.GraphModule):
@@ -507,7 +418,7 @@ def rebuild_module(source: nn.Module, gm: fx.GraphModule, inputs: Iterable) -> n
     handled |= resize_layers(module, changed, handled)
     certain, candidates = match_attributes(module, changed, handled)
     _set_attrs(module, certain)
-    expected = _expected(gm, inputs)
+    expected = graph_outputs(gm, inputs)
 
     def check(candidate: nn.Module) -> str | None:
         return mismatch(candidate, gm, inputs, expected)

@@ -19,13 +19,14 @@ import copy
 import difflib
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping
+from typing import Callable
 
 import torch
 import torch.fx as fx
 
 from ..analysis import PruneResult
-from ..eager import EagerRebuildError, differs_from_graph
+from ..agreement import differs_from_graph
+from ..eager import EagerRebuildError
 from ..errors import InputError
 from ..report import PruneReport
 from ..trace import copy_graph_module
