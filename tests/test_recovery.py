@@ -93,10 +93,11 @@ def test_recover_raises_fidelity_and_returns_the_callers_class_leaving_inputs_un
     model, result = pruned()
     before_model, before_pruned = _weights(model), _weights(result.model)
     rec = graphprune.recover(result, data=images(8, 16, seed=1), steps=40, lr=3e-3,
-                             eval_data=images(4, 32, seed=2), progress=False)
+                             eval_data=images(4, 32, seed=2), eval_every=20, progress=False)
     assert isinstance(rec.model, ResidualCNN), rec.note
     assert rec.after.kl < 0.5 * rec.before.kl and rec.after.top1_agreement > rec.before.top1_agreement
     assert rec.history[-1].loss < rec.history[0].loss
+    assert [step for step, _ in rec.evaluations] == [20, 40] and rec.evaluations[-1][1] == rec.after
     assert _same(_weights(model), before_model) and _same(_weights(result.model), before_pruned)
     assert rec.report.recovery["after"]["kl"] == rec.after.kl and "before -> after recovery" in rec.report.summary()
     x = torch.randn(5, 3, 12, 12)
@@ -203,6 +204,7 @@ def test_progress_line_shows_step_loss_and_eta():
     ("other_outputs", "shape"),
     ("resume_without_checkpoint", "does not exist"),
     ("bad_schedule", "steps must be"),
+    ("eval_every_without_eval_data", "needs eval_data"),
 ])
 def test_bad_input_gives_one_clear_error_and_writes_nothing(tmp_path, case, match):
     model, result = pruned()
@@ -225,6 +227,8 @@ def test_bad_input_gives_one_clear_error_and_writes_nothing(tmp_path, case, matc
         kwargs["checkpoints"] = graphprune.Checkpoints(str(directory), resume=True)
     elif case == "bad_schedule":
         kwargs["steps"] = 0
+    elif case == "eval_every_without_eval_data":
+        kwargs["eval_every"] = 1
     with pytest.raises(InputError, match=match):
         graphprune.recover(result, **kwargs)
     assert not directory.exists() or case == "resume_without_checkpoint" and os.listdir(directory) == []

@@ -167,6 +167,10 @@ def recover(student: PruneResult | torch.nn.Module, teacher: torch.nn.Module | N
         batch_norm = BatchNormMode(batch_norm)
     except ValueError:
         raise InputError(f"batch_norm must be one of {[m.value for m in BatchNormMode]}, got {batch_norm!r}") from None
+    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
+        raise InputError(f"eval_every must be an int >= 0 (steps between evaluations), got {eval_every!r}")
+    if eval_every and eval_data is None:
+        raise InputError("eval_every needs eval_data: held-out batches to measure fidelity on")
     device = resolve_device(device)
     models = _models(student, teacher, device)
     data = Batches(data, batch_size, "recovery data")
@@ -191,7 +195,7 @@ def recover(student: PruneResult | torch.nn.Module, teacher: torch.nn.Module | N
             objective=objective, data=data, positional=positional_inputs(teacher_module), schedule=schedule,
             checkpoints=checkpoints, batch_norm=batch_norm, device=device, dist=Distributed.start(device),
             bf16=device.type == "cuda" if bf16 is None else bf16,
-            evaluate=lambda step: evaluations.append((step, measure())) if held_out is not None else None,
+            evaluate=lambda step: evaluations.append((step, measure())),
             eval_every=eval_every, on_step=on_step, progress=progress)
         try:
             history = train(job)
