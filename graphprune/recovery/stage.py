@@ -163,19 +163,13 @@ def recover(student: PruneResult | torch.nn.Module, teacher: torch.nn.Module | N
     """
     start = time.perf_counter()
     schedule = _schedule(schedule, steps, epochs, lr)
-    try:
-        batch_norm = BatchNormMode(batch_norm)
-    except ValueError:
-        raise InputError(f"batch_norm must be one of {[m.value for m in BatchNormMode]}, got {batch_norm!r}") from None
-    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
-        raise InputError(f"eval_every must be an int >= 0 (steps between evaluations), got {eval_every!r}")
-    if eval_every and eval_data is None:
-        raise InputError("eval_every needs eval_data: held-out batches to measure fidelity on")
+    batch_norm = _batch_norm_mode(batch_norm)
+    _check_evaluation(eval_every, eval_data)
     device = resolve_device(device)
     models = _models(student, teacher, device)
     data = Batches(data, batch_size, "recovery data")
     held_out = Batches(eval_data, batch_size, "eval_data") if eval_data is not None else None
-    measured_on = held_out or data
+    measured_on = held_out if held_out is not None else data
     teacher_module = _on(device, models.teacher)
     teacher_mode = models.teacher.training
     try:
@@ -209,6 +203,20 @@ def recover(student: PruneResult | torch.nn.Module, teacher: torch.nn.Module | N
                           "eval_data" if held_out is not None else f"the first {fidelity_batches} batches of data",
                           time.perf_counter() - start, job.dist.world, checkpoint_path(checkpoints), note,
                           _report(models.result, before, after))
+
+
+def _batch_norm_mode(mode) -> BatchNormMode:
+    try:
+        return BatchNormMode(mode)
+    except ValueError:
+        raise InputError(f"batch_norm must be one of {[m.value for m in BatchNormMode]}, got {mode!r}") from None
+
+
+def _check_evaluation(eval_every, eval_data) -> None:
+    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
+        raise InputError(f"eval_every must be an int >= 0 (steps between evaluations), got {eval_every!r}")
+    if eval_every and eval_data is None:
+        raise InputError("eval_every needs eval_data: held-out batches to measure fidelity on")
 
 
 def _schedule(schedule: Schedule | None, steps, epochs, lr) -> Schedule:
