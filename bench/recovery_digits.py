@@ -16,10 +16,11 @@ with the dense model are measured on the 360 test images. Prints a table and wri
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import runpy
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -35,10 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("digits_example", os.path.join(ROOT, "examples", "digits_pruning.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """examples/digits_pruning.py as a namespace (its main() is not run)."""
+    return SimpleNamespace(**runpy.run_path(os.path.join(ROOT, "examples", "digits_pruning.py")))
 
 
 class ShiftedBatches:
@@ -90,7 +89,7 @@ def main(argv=None) -> dict:
     rep = result.report
     test = [(x_te[i:i + 120], y_te[i:i + 120]) for i in range(0, len(x_te), 120)]
     rows = []
-    header = (f"| variant | MACs after | params after | acc pruned | acc recovered | dense acc | points vs dense "
+    header = ("| variant | MACs after | params after | acc pruned | acc recovered | dense acc | points vs dense "
               f"| top-1 agreement | seconds |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(header)
     for name, weight in (("logits + task", 0.0), ("features + logits + task", args.features)):

@@ -20,10 +20,11 @@ agreement too). `--compare-features` runs each level twice at equal steps: featu
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import runpy
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if "torch" not in sys.modules:
@@ -39,10 +40,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("minilm_example", os.path.join(ROOT, "examples", "minilm_fidelity.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """examples/minilm_fidelity.py as a namespace (its main() is not run)."""
+    return SimpleNamespace(**runpy.run_path(os.path.join(ROOT, "examples", "minilm_fidelity.py")))
 
 
 def main(argv=None) -> dict:
