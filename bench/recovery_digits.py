@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
     test = [(x_te[i:i + 120], y_te[i:i + 120]) for i in range(0, len(x_te), 120)]
     rows = []
     header = ("| variant | MACs after | params after | acc pruned | acc recovered | dense acc | points vs dense "
-              f"| top-1 agreement | seconds |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "| top-1 agreement | seconds |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(header)
     for name, weight in (("logits + task", 0.0), ("features + logits + task", args.features)):
         start = time.perf_counter()
