@@ -35,8 +35,15 @@ class Batch:
     raw: Any = field(default=None, compare=False, repr=False)  # the batch as the data gave it (for readouts)
 
     def to(self, device: torch.device) -> "Batch":
+        """The batch on `device`; a tensor held twice (in `raw` and in the split) is moved once."""
+        moved: dict[int, torch.Tensor] = {}
+
         def move(v):
-            return v.to(device) if isinstance(v, torch.Tensor) else v
+            if not isinstance(v, torch.Tensor):
+                return v
+            if id(v) not in moved:
+                moved[id(v)] = v.to(device)
+            return moved[id(v)]
         labels = tuple(map(move, self.labels)) if isinstance(self.labels, tuple) else move(self.labels)
         return Batch(tuple(move(a) for a in self.args), {k: move(v) for k, v in self.kwargs.items()}, labels,
                      _moved(self.raw, move))
@@ -57,13 +64,13 @@ class Batch:
         parts = [str(shape(a)) for a in self.args] + [f"{k}={shape(v)}" for k, v in self.kwargs.items()]
         return "(" + ", ".join(parts) + ")"
 
-    @property
-    def size(self) -> int:
-        """Rows in the batch: dim 0 of its first tensor input."""
-        for v in (*self.args, *self.kwargs.values()):
-            if isinstance(v, torch.Tensor) and v.ndim:
-                return int(v.shape[0])
-        return 1
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where `module`'s first parameter (else buffer) lives; the CPU for a module without tensors."""
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(module.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def _moved(raw, move):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .batches import Batch, Batches, positional_inputs, split
+from .batches import Batch, Batches, module_device, positional_inputs, split
 
 IGNORE_LABEL = -100
 
@@ -117,11 +117,6 @@ class _Sums:
         return Fidelity(int(self.rows), self.top1 / n, self.top5 / n, self.kl / n, self.cos / n, *acc)
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    tensor = next(iter(model.parameters()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
 @torch.no_grad()
 def fidelity(dense: torch.nn.Module, pruned: torch.nn.Module, data, *, readout: Callable | None = None,
              max_batches: int | None = None, batch_size: int = 8) -> Fidelity:
@@ -141,7 +136,7 @@ def fidelity(dense: torch.nn.Module, pruned: torch.nn.Module, data, *, readout: 
             if max_batches is not None and k >= max_batches:
                 break
             batch = split(raw, positional, "fidelity data")
-            on_dense, on_pruned = batch.to(_device(dense)), batch.to(_device(pruned))
+            on_dense, on_pruned = batch.to(module_device(dense)), batch.to(module_device(pruned))
             t = compared(on_dense.run(dense, "the dense model"), on_dense, readout)
             s = compared(on_pruned.run(pruned, "the pruned model"), on_pruned, readout)
             sums.add(t.to(s.device), s, on_pruned.labels)

@@ -30,7 +30,7 @@ from ..eager import EagerRebuildError
 from ..errors import InputError
 from ..report import PruneReport
 from ..trace import copy_graph_module
-from .batches import Batches, positional_inputs, split
+from .batches import Batches, module_device, positional_inputs, split
 from .distributed import Distributed
 from .engine import Objective, StepLog, TrainingJob, checkpoint_path, prepare_checkpoints, train
 from .fidelity import Fidelity, fidelity
@@ -100,8 +100,7 @@ def _models(student, teacher, device: torch.device) -> _Models:
 
 def _on(device: torch.device, module: torch.nn.Module) -> torch.nn.Module:
     """`module` itself when it is on `device` already, else a copy moved there (the caller's stays put)."""
-    tensor = next(iter(module.parameters()), None)
-    return module if tensor is None or tensor.device == device else copy.deepcopy(module).to(device)
+    return module if module_device(module) == device else copy.deepcopy(module).to(device)
 
 
 def _taps(models: _Models, losses: Losses):
@@ -126,7 +125,7 @@ def _callers_class(models: _Models, trained: fx.GraphModule) -> tuple[torch.nn.M
     result = models.result
     if result is None:
         return trained, ""
-    device = next(trained.parameters()).device
+    device = module_device(trained)
     try:
         module = copy.deepcopy(result.module).to(device)
     except EagerRebuildError as exc:
@@ -229,9 +228,8 @@ def _schedule(schedule: Schedule | None, steps, epochs, lr) -> Schedule:
 def _objective(losses: Losses, models: _Models, teacher: torch.nn.Module, data: Batches, taps) -> Objective:
     """AUTO and the task weight resolved on the first batch (whose labels say whether there is a task)."""
     first = split(next(iter(data)), positional_inputs(teacher), data.where)
-    device = next(iter(teacher.parameters()), torch.empty(0)).device
     with torch.no_grad():
-        output = first.to(device).run(teacher, "the teacher (dense model)")
+        output = first.to(module_device(teacher)).run(teacher, "the teacher (dense model)")
     task = losses.task if losses.task is not None else (1.0 if first.labels is not None else 0.0)
     objective = Objective(losses, output_kind(losses, output), taps, task)
     objective.check_labels(first)
