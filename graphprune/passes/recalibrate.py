@@ -8,11 +8,36 @@ no parameter changes and no gradient is computed.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.fx as fx
 
 from ..batch import calibration_run
 from .base import GraphPass, PassResult
+
+
+@contextlib.contextmanager
+def reestimating_batchnorm(module: torch.nn.Module) -> Iterator[bool]:
+    """Inside: `module` in eval mode except its tracking BatchNorms, which are reset and average every batch run
+    (momentum None, a cumulative mean); yields whether there is any. After: modes and momenta restored."""
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    training = module.training
+    saved = [(m, m.momentum) for m in norms]
+    module.eval()
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        with torch.no_grad():
+            yield bool(norms)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        module.train(training)
 
 
 class RecalibrateBatchNorm(GraphPass):
@@ -21,25 +46,11 @@ class RecalibrateBatchNorm(GraphPass):
         self.calibration = calibration
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        norms = [m for m in graph_module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                 and m.track_running_stats]
-        if not norms:
-            return PassResult(graph_module, False)
         n_inputs = sum(1 for n in graph_module.graph.nodes if n.op == "placeholder")
-        training = graph_module.training
-        saved = [(m, m.momentum) for m in norms]
-        graph_module.eval()
-        try:
-            for m in norms:
-                m.reset_running_stats()
-                m.momentum = None
-                m.train()
-            with torch.no_grad():
-                for k, batch in enumerate(self.calibration):
-                    with calibration_run(graph_module, f"calibration batch {k} (recalibrate_bn)", batch[:n_inputs]):
-                        graph_module(*batch[:n_inputs])
-        finally:
-            for m, momentum in saved:
-                m.momentum = momentum
-            graph_module.train(training)
+        with reestimating_batchnorm(graph_module) as any_norm:
+            if not any_norm:
+                return PassResult(graph_module, False)
+            for k, batch in enumerate(self.calibration):
+                with calibration_run(graph_module, f"calibration batch {k} (recalibrate_bn)", batch[:n_inputs]):
+                    graph_module(*batch[:n_inputs])
         return PassResult(graph_module, True)

@@ -22,6 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..atomic import write_atomically
 from ..errors import InputError, RecoveryError
+from ..passes.recalibrate import reestimating_batchnorm
 from .batches import Batch, Batches, split
 from .distributed import Distributed
 from .fidelity import compared
@@ -122,27 +123,13 @@ def set_train_modes(module: torch.nn.Module, mode: BatchNormMode) -> None:
                 m.eval()
 
 
-@torch.no_grad()
 def reestimate_batchnorm(module: torch.nn.Module, data: Batches, positional: int, device: torch.device) -> None:
     """Running statistics of every BatchNorm re-estimated as the mean over up to REESTIMATE_BATCHES batches."""
-    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    if not norms:
-        return
-    module.eval()
-    saved = [(m, m.momentum) for m in norms]
-    try:
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        for k, raw in enumerate(data):
+    with reestimating_batchnorm(module) as any_norm:
+        for k, raw in enumerate(data if any_norm else ()):
             if k == REESTIMATE_BATCHES:
                 break
             split(raw, positional, data.where).to(device).run(module, "the student")
-    finally:
-        for m, momentum in saved:
-            m.momentum = momentum
-        module.eval()
 
 
 def checkpoint_path(checkpoints: Checkpoints) -> str | None:
