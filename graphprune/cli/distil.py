@@ -23,8 +23,8 @@ def check_recovery_args(args) -> None:
 
 
 def recovered(progress: Progress, result, loaded: LoadedModel, args):
-    """(result with the recovered model and report, the RecoveryResult), on args.images."""
-    check_recovery_args(args)
+    """(result with the recovered model and report, the RecoveryResult), on args.images (flags checked by the
+    caller with check_recovery_args, before any work)."""
     shape = tuple(loaded.inputs[0].shape)
     channels = shape[1] if len(shape) > 1 else 1
     with progress.step(f"reading images from {args.images}"):

@@ -178,14 +178,15 @@ def recover(student: PruneResult | torch.nn.Module, teacher: torch.nn.Module | N
 
         before = measure()
         taps = _taps(models, losses)
-        objective = _objective(losses, models, teacher_module, data, taps)
+        positional = positional_inputs(teacher_module)
+        objective = _objective(losses, teacher_module, data, positional, taps)
         prepare_checkpoints(checkpoints)
         evaluations = []
         names = tuple(t.node for t in taps)
         job = TrainingJob(
             student=TappedGraph(models.student, names) if taps else models.student,
             teacher=TappedGraph(teacher_module, names) if taps else teacher_module,
-            objective=objective, data=data, positional=positional_inputs(teacher_module), schedule=schedule,
+            objective=objective, data=data, positional=positional, schedule=schedule,
             checkpoints=checkpoints, batch_norm=batch_norm, device=device, dist=Distributed.start(device),
             bf16=device.type == "cuda" if bf16 is None else bf16,
             evaluate=lambda step: evaluations.append((step, measure())),
@@ -225,9 +226,9 @@ def _schedule(schedule: Schedule | None, steps, epochs, lr) -> Schedule:
     return replace(schedule, lr=lr) if lr is not None else schedule
 
 
-def _objective(losses: Losses, models: _Models, teacher: torch.nn.Module, data: Batches, taps) -> Objective:
+def _objective(losses: Losses, teacher: torch.nn.Module, data: Batches, positional: int, taps) -> Objective:
     """AUTO and the task weight resolved on the first batch (whose labels say whether there is a task)."""
-    first = split(next(iter(data)), positional_inputs(teacher), data.where)
+    first = split(next(iter(data)), positional, data.where)
     with torch.no_grad():
         output = first.to(module_device(teacher)).run(teacher, "the teacher (dense model)")
     task = losses.task if losses.task is not None else (1.0 if first.labels is not None else 0.0)
