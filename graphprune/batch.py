@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_leaves
 
-from .errors import GraphPruneError, InputError
+from .errors import GraphPruneError, InputError, first_line
 
 BATCH_KEY = "graphprune_batch"
 
@@ -48,11 +48,6 @@ def batch_dim(gm: torch.nn.Module) -> BatchDim:
     return (meta or {}).get(BATCH_KEY) or BatchDim(None)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else ""
-
-
 def batch_mismatch(what: str, size: int, known: BatchDim, why: str) -> str:
     """The message for data of batch size `size` given to a graph that takes batch size `known.size` only."""
     return (f"{what} has batch size {size}, but the analysed graph takes batch size {known.size} only: {why}. "
@@ -78,6 +73,6 @@ def calibration_run(gm: torch.nn.Module, what: str, inputs: tuple) -> Iterator[N
     except Exception as exc:
         if not differs:
             raise
-        why = (f"running it failed ({type(exc).__name__}: {_first_line(exc)}), while the example inputs' batch size "
+        why = (f"running it failed ({type(exc).__name__}: {first_line(exc)}), while the example inputs' batch size "
                "runs, so the model's code likely bakes the batch size")
         raise InputError(batch_mismatch(what, size, known, why)) from exc

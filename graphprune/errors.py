@@ -1,6 +1,12 @@
 """Error types. Every message says what went wrong, where (node, module path or file) and how to fix it."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ("" when it has none): torch's messages run to pages."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else ""
+
+
 class GraphPruneError(Exception):
     """Base class of every error graphprune raises on bad input."""
 

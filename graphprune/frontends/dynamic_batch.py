@@ -20,11 +20,7 @@ import torch.fx.experimental._config as fx_config
 from torch.utils._pytree import tree_leaves, tree_map
 
 from ..batch import batch_size
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else ""
+from ..errors import first_line
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 import torch
 import torch.fx as fx
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 LABELS_KEY = "labels"
 
@@ -53,9 +53,8 @@ class Batch:
         try:
             return model(*self.args, **self.kwargs)
         except Exception as exc:
-            text = str(exc).strip().splitlines()
             raise InputError(f"{who} cannot run a batch of inputs {self.shapes()}: {type(exc).__name__}: "
-                             f"{text[0] if text else ''}; give batches the model takes (a tensor, a tuple of its "
+                             f"{first_line(exc)}; give batches the model takes (a tensor, a tuple of its "
                              "inputs then labels, or a dict of keyword inputs)") from exc
 
     def shapes(self) -> str:

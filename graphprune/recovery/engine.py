@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..atomic import write_atomically
-from ..errors import InputError, RecoveryError
+from ..errors import InputError, RecoveryError, first_line
 from ..passes.recalibrate import reestimating_batchnorm
 from .batches import Batch, Batches, split
 from .distributed import Distributed
@@ -185,8 +185,7 @@ class _Loop:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, KeyError, ValueError, EOFError) as exc:
-            raise InputError(f"cannot resume from {path!r}: {type(exc).__name__}: "
-                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}; it was written for "
+            raise InputError(f"cannot resume from {path!r}: {type(exc).__name__}: {first_line(exc)}; it was written for "
                              "another model or is damaged: remove it or run without resume") from None
         torch.set_rng_state(state["rng"].cpu())
         self.step = int(state["step"])
