@@ -32,6 +32,7 @@ import torch
 
 from .errors import CalibrationError, ExportError, InputError
 from .export import first_line, temp_path_for
+from .targets import cpu_flags
 
 __all__ = ["InputSpec", "input_specs", "calibration_batches", "Agreement", "agreement", "check_agreement",
            "QuantizeResult", "quantize_onnx", "is_quantized_onnx"]
@@ -226,6 +227,14 @@ def _preprocess(src: str, dst: str) -> bool:
         return False
 
 
+def reduce_range() -> bool:
+    """7-bit weights where this CPU multiplies u8 x s8 without VNNI (AVX2, AVX-512 without VNNI): there ONNX
+    Runtime's int8 kernels add pairs of products in 16 bits, which saturate with 8-bit weights (ONNX
+    Runtime's quantization guide recommends reduce_range there)."""
+    flags = cpu_flags()
+    return flags is not None and "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
 def quantize_onnx(
     onnx_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -264,7 +273,7 @@ def quantize_onnx(
         logging.getLogger().setLevel(logging.ERROR)  # quantize_static logs advice on the root logger
         try:
             quantize_static(pre if preprocessed else onnx_path, tmp, _Feeds(feeds),
-                            quant_format=QuantFormat.QDQ, per_channel=True,
+                            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range(),
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
         except Exception as exc:
             raise ExportError(f"{where}: onnxruntime's quantize_static failed: {first_line(exc)}") from exc

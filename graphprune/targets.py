@@ -82,12 +82,19 @@ class Target:
 
 
 @lru_cache(maxsize=1)
-def x86_block() -> int:
-    """16 with AVX-512, 8 with AVX2, else 1 (read from /proc/cpuinfo)."""
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (avx2, avx512f, avx512_vnni...); None where it cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
     except OSError:
+        return None
+
+
+def x86_block() -> int:
+    """16 with AVX-512, 8 with AVX2, else 1 (read from /proc/cpuinfo; 8 when it cannot be read)."""
+    flags = cpu_flags()
+    if flags is None:
         return 8
     return 16 if "avx512f" in flags else 8 if "avx2" in flags else 1
 

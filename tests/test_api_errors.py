@@ -60,7 +60,8 @@ def test_ignore_foreign_module():
 
 def test_ignore_keeps_output_channels():
     model = Residual().eval()
-    result = graphprune.prune_graph(model, example_input(Residual), ratio=0.5, ignore=[model.b1[0][0], "stem"])
+    result = graphprune.prune_graph(model, example_input(Residual), ratio=0.5, ignore=[model.b1[0][0], "stem"],
+                                    target="none")  # no channel step: 8 channels may become 4 on any CPU
     assert result.model.get_submodule("b1.0.0").out_channels == model.b1[0][0].out_channels
     assert result.model.get_submodule("stem.0").out_channels == model.stem[0].out_channels
     assert any("ignore" in r for g in result.report.frozen_groups for r in g.frozen_reasons)
