@@ -40,16 +40,16 @@ from .options import Budget, Calibration, ModelCounts, Scope, Strategy, check_ra
 from .passes import rewrite_in_place
 from .probing import ChannelProbe
 from .planner import Planned, PrunePlan, plan_global, plan_local, producer_partitions
-from .report import ModelStats, PruneReport, build_report
+from .report import ModelStats, PruneReport, build_report, renormalised_ops
 from .rules import GraphView, LayerKind, RuleTable, default_rules
 from .rules.base import describe_node
 from .kvcache import check_no_kv_cache, predict_kv_bytes
+from .rules.conv import GroupedConv, conv_rules
 from .rules.transformer import GroupedQuery, RepeatKVRule
 from .runtimes.profiles import resolve_target
 from .targets import Target
 from .trace import copy_graph_module, trace_with_values
 
-_CALLS = ("call_module", "call_function", "call_method")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class PruneResult:
     source: torch.nn.Module | None = field(default=None, compare=False, repr=False)  # the caller's model (read only)
     dense: fx.GraphModule | None = field(default=None, compare=False, repr=False)  # the analysed dense graph (read
     # only; shares its unpruned tensors with `model`): the teacher of recovery, node for node
+    rules: RuleTable | None = field(default=None, compare=False, repr=False)  # the table the graph was analysed with
 
     @cached_property
     def module(self) -> torch.nn.Module:
@@ -70,7 +71,7 @@ class PruneResult:
         config), verified to give the outputs of `model` on the example inputs. Raises EagerRebuildError (a
         GraphPruneError) naming why, e.g. the line of the caller's code that bakes a size; `model` and
         `exported` remain the fallback. See graphprune.eager."""
-        return rebuild_module(self.source, self.model, self.example_inputs)
+        return rebuild_module(self.source, self.model, self.example_inputs, self.rules)
 
     @cached_property
     def exported(self) -> torch.export.ExportedProgram:
@@ -255,10 +256,11 @@ class Analysis:
         t0 = time.perf_counter()
         report = build_report(self.stats, self.cost, gm, self.rules, self.dependencies, planned.plan,
                               rewritten.sliced_params, planned.rounding)
-        report = replace(report, frontend=self.frontend, target=planned.target, probed_ops=self.dependencies.probed)
+        report = replace(report, frontend=self.frontend, target=planned.target, probed_ops=self.dependencies.probed,
+                         renormalised=renormalised_ops(self.graph_module, self.rules, self.dependencies, planned.plan))
         timings = {**self.timings, **planned.timings, **rewritten.timings, "report": time.perf_counter() - t0}
         return PruneResult(gm, planned.plan, report, self.dependencies, timings, self.example_inputs, self.model,
-                           self.graph_module)
+                           self.graph_module, self.rules)
 
     def _rewritten(self, plan: PrunePlan, recalibration: Sequence[tuple] = ()):
         gm = copy_graph_module(self.graph_module, share_tensors=True, compiled=False)  # the rewrite recompiles
@@ -269,7 +271,7 @@ class Analysis:
         """A RuleError naming the rule of the node where `error`'s rewrite failed; None when no rule covers it."""
         node = next((n for n in self.graph_module.graph.nodes if n.name == error.node), None)
         modules = dict(self.graph_module.named_modules())
-        rule = self.rules.for_node(node, modules) if node is not None and node.op in _CALLS else None
+        rule = self.rules.for_node(node, modules) if node is not None else None
         if rule is None:
             return None
         return RuleError(f"rule {type(rule).__name__} broke the rewrite of {describe_node(node, modules)}: "
@@ -311,7 +313,7 @@ def _weighted_layers(gm: fx.GraphModule, rules: RuleTable, graph: DependencyGrap
     view = GraphView(gm, graph.channel_dims)
     layers, inputs = {}, set()
     for node in gm.graph.nodes:
-        rule = rules.for_node(node, view.modules) if node.op in _CALLS else None
+        rule = rules.for_node(node, view.modules)
         layer = rule.weighted_layer(node, view) if rule is not None else None
         if layer is not None:
             layers.update((w, layer.kind) for w in layer.weights)
@@ -371,7 +373,8 @@ def _via_export(model, args, kwargs, rules, strict, why: str = "") -> Analysis:
 
 def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_inputs, *,
             example_kwargs: Mapping | None = None, rules: RuleTable | None = None, strict: bool = False,
-            frontend: str | Frontend = "auto", gqa: GroupedQuery | str | None = None) -> Analysis:
+            frontend: str | Frontend = "auto", gqa: GroupedQuery | str | None = None,
+            grouped_convs: GroupedConv | str | None = None) -> Analysis:
     """Trace a copy of `model`, find its channel groups and its cost model, measure it (see the module docstring).
 
     `example_inputs`: a tensor or a tuple of the forward's positional arguments (() or None when it
@@ -382,7 +385,8 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     op without a rule raises UnsupportedOpError and a failing rule raises RuleError, instead
     of freezing the channels they touch; the Analysis keeps `strict`, so a rule whose shrink
     breaks a rewrite in `apply` raises RuleError too. `gqa` ("kv_groups" or "query_heads", see GroupedQuery) says how
-    grouped-query attention is pruned (the rule table's choice, KV groups, when None).
+    grouped-query attention is pruned (the rule table's choice, KV groups, when None); `grouped_convs` ("within" or
+    "whole", see rules.conv.GroupedConv) how grouped convolutions are (the table's choice, within groups, when None).
     """
     try:
         frontend = Frontend(frontend)
@@ -391,6 +395,8 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     rules = rules or default_rules()
     if gqa is not None:
         rules = rules.with_rule(torch.ops.aten.expand.default, RepeatKVRule(GroupedQuery.of(gqa)))
+    if grouped_convs is not None:
+        rules = rules.with_rules(conv_rules(GroupedConv.of(grouped_convs)))
     if isinstance(model, torch.export.ExportedProgram):
         return _via_export(model, tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else
                            (example_inputs,), example_kwargs, rules, strict, "an ExportedProgram was given")

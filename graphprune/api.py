@@ -14,6 +14,7 @@ from .importance import Criterion
 from .options import Budget, Options
 from .planner import PrunePlan
 from .rules import RuleTable
+from .rules.conv import GroupedConv
 from .targets import Target
 
 __all__ = ["prune_graph", "apply_plan", "PruneResult"]
@@ -42,6 +43,7 @@ def prune_graph(
     example_kwargs: Mapping | None = None,
     frontend: str = "auto",
     gqa: str | None = None,
+    grouped_convs: str | None = None,
     uniform_layers: bool = False,
     channel_costs: Mapping[str, float] | None = None,
 ) -> PruneResult:
@@ -49,8 +51,7 @@ def prune_graph(
 
     How much (a Budget): exactly one of `ratio` (share of channels removed per group with
     scope="local", of all prunable channels with scope="global"), `target_params` or
-    `target_macs` or `target_kv_bytes` (KV-cache bytes per token; prune until the count is at most
-    the target, within one channel step).
+    `target_macs` or `target_kv_bytes` (KV-cache bytes per token; prune until the count is at most the target).
     Which (a Strategy): `importance` ("l1", "l2", "bn_scale", "taylor", "activation", "apoz", "wanda",
     "random", "flops_l2", a Criterion, or a callable(group, model) -> scores), `scope`,
     `min_keep` (the share every group keeps), `ratios` (local ratio per module name or group id),
@@ -66,17 +67,18 @@ def prune_graph(
     needs) for data-driven criteria, and `recalibrate_bn` to re-estimate BatchNorm statistics on
     them. `ignore` keeps the output channels of the given modules. `frontend` ("auto", "fx",
     "export") picks how the model becomes a graph (see analysis.Frontend); `gqa` ("kv_groups",
-    "query_heads") how grouped-query attention is pruned (rules.transformer.GroupedQuery); `model`
-    may also be a torch.export ExportedProgram. The input and output shapes never change; `model`
-    is not modified.
+    "query_heads") how grouped-query attention is pruned, `grouped_convs` ("within" groups, or "whole" groups:
+    GroupedConv.for_step) how grouped convolutions are. `model` may be a torch.export ExportedProgram.
+    The input and output shapes never change; `model` is not modified.
     """
     budget = Budget.from_keywords(ratio, target_params, target_macs, target_kv_bytes)
     options = Options.from_keywords(importance=importance, scope=scope, min_keep=min_keep, ratios=ratios,
                                     round_to=round_to, target=target, calibration=calibration, loss_fn=loss_fn,
                                     recalibrate_bn=recalibrate_bn, ignore=ignore, uniform_layers=uniform_layers,
                                     channel_costs=channel_costs)
+    grouped_convs = GroupedConv.for_step(options.target.grouped_conv) if grouped_convs is None else grouped_convs
     analysis = analyse(model, example_inputs, example_kwargs=example_kwargs, rules=rules, strict=strict,
-                       frontend=frontend, gqa=gqa)
+                       frontend=frontend, gqa=gqa, grouped_convs=grouped_convs)
     return options.prune(analysis, budget)
 
 

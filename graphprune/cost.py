@@ -21,7 +21,6 @@ from .planner import PrunePlan
 from .rules import GraphView, MacTerm, RuleTable
 from .trace import TensorMeta
 
-_CALLS = ("call_module", "call_function", "call_method")
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ def mac_terms(gm: fx.GraphModule, rules: RuleTable, channel_dims: Mapping[str, o
     view = GraphView(gm, channel_dims)
     terms = []
     for node in gm.graph.nodes:
-        if node.op not in _CALLS or not isinstance(node.meta.get("gp_value"), (TensorMeta, tuple)):
+        if not isinstance(node.meta.get("gp_value"), (TensorMeta, tuple)):
             continue
         rule = rules.for_node(node, view.modules)
         if rule is not None:

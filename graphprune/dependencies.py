@@ -21,16 +21,11 @@ import torch.fx as fx
 from torch.utils._pytree import tree_leaves
 
 from .errors import RuleError, UnsupportedOpError
-from .groups import Coupling, DependencyGraph, Freeze, Role, Slot, build_groups
-from .rules import AnalysisContext, RuleTable
+from .groups import Coupling, DependencyGraph, Effect, Freeze, Role, Slot, build_groups
+from .rules import AnalysisContext, Rule, RuleTable
 from .probing import ChannelProbe
 from .rules.base import Unsupported, describe_node, freeze_inputs, queried_dims
-from .rules.layers import FunctionalLayerNormRule
-from .rules.movement import ReshapeRule, SplitRule
 from .trace import value_meta
-
-_CALLS = ("call_module", "call_function", "call_method")
-
 
 def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> dict[str, frozenset[int]]:
     """Data-movement and broadcasting nodes on the way into an op whose rule `reads_heads` (matmul,
@@ -41,18 +36,18 @@ def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> dict[str,
     embeddings: q * cos + rotate_half(q) * sin) and copies keep the path open (rules with `carries_heads`).
     """
     def rule(n):
-        return rules.for_node(n, modules) if n.op in _CALLS else None
+        return rules.for_node(n, modules) or Rule()  # no rule: no capability
 
     stack = []
     for n in gm.graph.nodes:
-        if getattr(rule(n), "reads_heads", False) and n.all_input_nodes:
+        if rule(n).reads_heads and n.all_input_nodes:
             v = value_meta(n.all_input_nodes[0])
             head_dim = v.shape[-1] if getattr(v, "shape", None) else None
             stack += [(a, head_dim) for a in n.all_input_nodes]
     marked: dict[str, set] = {}
     while stack:
         n, head_dim = stack.pop()
-        if head_dim not in marked.get(n.name, ()) and getattr(rule(n), "carries_heads", False):
+        if head_dim not in marked.get(n.name, ()) and rule(n).carries_heads:
             marked.setdefault(n.name, set()).add(head_dim)
             stack.extend((a, head_dim) for a in n.all_input_nodes)
     return {name: frozenset(dims) for name, dims in marked.items()}
@@ -64,12 +59,12 @@ _INT_ARITHMETIC = (operator.floordiv, operator.mul, operator.add, operator.sub, 
 def _used_as_value(node: fx.Node, rules: RuleTable, modules, depth: int = 8) -> fx.Node | None:
     """The first user that reads an int derived from a size query as a value, not as a shape argument."""
     for user in node.users:
-        rule = rules.for_node(user, modules) if user.op in _CALLS else None
+        rule = rules.for_node(user, modules)
         if user.op == "call_function" and user.target in _INT_ARITHMETIC and isinstance(value_meta(user), int):
             found = _used_as_value(user, rules, modules, depth - 1) if depth else user
             if found is not None:
                 return found
-        elif isinstance(rule, (ReshapeRule, SplitRule, FunctionalLayerNormRule)) and user.args[0] is not node:
+        elif rule is not None and rule.rewrites_size_arguments and user.args[0] is not node:
             continue
         elif user.target is operator.getitem and user.args[0] is not node:
             continue  # a slice bound: rewritten with the slice
@@ -133,6 +128,48 @@ def rule_errors_raise(strict: bool) -> bool:
     return strict or os.environ.get("GRAPHPRUNE_RULE_ERRORS") == "raise"
 
 
+def _output_freezes(node: fx.Node, ctx: AnalysisContext) -> list[Freeze]:
+    """Channels that reach the model's output keep their count: the pruned model is a drop-in replacement."""
+    freezes = []
+    for a in tree_leaves(node.args):
+        d = ctx.channel_dim(a) if isinstance(a, fx.Node) else None
+        if ctx.is_tensor(a) and isinstance(d, int):
+            freezes.append(Freeze(ctx.input_slot(a, d), f"reaches model output through `{a.name}`"))
+    return freezes
+
+
+def _pass_on_input_origin(node: fx.Node, ctx: AnalysisContext) -> None:
+    """A node without channels whose tensor inputs all come from a model input (a reshape of the input before the
+    first layer) passes that origin on, so a consumer's freeze names the input, not the reshape."""
+    if ctx.declared.get(node.name) is not None:
+        return
+    inputs = [a for a in node.all_input_nodes if ctx.is_tensor(a)]
+    origins = {ctx.producer_note.get(a.name) or (f"channels come from model input `{a.name}`"
+                                                  if a.op == "placeholder" else None) for a in inputs}
+    if inputs and len(origins) == 1 and None not in origins:
+        ctx.producer_note[node.name] = origins.pop()
+
+
+def _effect(node: fx.Node, rules: RuleTable, ctx: AnalysisContext, probe: ChannelProbe | None,
+            strict: bool) -> tuple[Effect | None, str | None, str | None]:
+    """(effect, problem, probed note) of one op: its rule's effect, a probed one, or why it has none."""
+    described = describe_node(node, ctx.modules)
+    rule = rules.for_node(node, ctx.modules)
+    if rule is None:
+        effect = probe.couple(node, ctx) if probe is not None else None
+        if effect is None:
+            return None, f"{described} has no rule", None
+        return effect, None, f"{described}: channel-wise on dim {effect.out_dim} (probed)"
+    try:
+        return rule.couple(node, ctx), None, None
+    except Unsupported as exc:
+        return None, f"{described} {exc}", None
+    except Exception as exc:  # a bug in the rule: users get a freeze, developers the error
+        if rule_errors_raise(strict):
+            raise RuleError(f"rule {type(rule).__name__} failed on {described}: {type(exc).__name__}: {exc}") from exc
+        return None, f"{described}: rule {type(rule).__name__} failed ({type(exc).__name__}: {exc})", None
+
+
 def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool = False,
                            probe: ChannelProbe | None = None) -> DependencyGraph:
     """Channel groups of `gm` (whose nodes carry values from `trace.record_values`). Does not modify `gm`.
@@ -143,46 +180,20 @@ def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool
     ctx = AnalysisContext(gm)
     ctx.head_splits = attention_inputs(gm, rules, ctx.modules)
     couplings, freezes, unsupported, probed = [], [], [], []
-
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             couplings.extend(_declare_constant(node, ctx))
-            continue
-        if node.op == "placeholder":
-            continue
-        if node.op == "output":
-            for a in tree_leaves(node.args):
-                d = ctx.channel_dim(a) if isinstance(a, fx.Node) else None
-                if ctx.is_tensor(a) and isinstance(d, int):
-                    freezes.append(Freeze(ctx.input_slot(a, d), f"reaches model output through `{a.name}`"))
-            continue
-        rule = rules.for_node(node, ctx.modules)
-        problem = None
-        if rule is None:
-            effect = probe.couple(node, ctx) if probe is not None else None
-            if effect is None:
-                problem = f"{describe_node(node, ctx.modules)} has no rule"
-            else:
-                probed.append(f"{describe_node(node, ctx.modules)}: channel-wise on dim {effect.out_dim} (probed)")
-                ctx.declared[node.name] = effect.out_dim
-                couplings.extend(effect.couplings)
-        else:
-            try:
-                effect = rule.couple(node, ctx)
-            except Unsupported as exc:
-                problem = f"{describe_node(node, ctx.modules)} {exc}"
-            except Exception as exc:  # a bug in the rule: users get a freeze, developers the error
-                if rule_errors_raise(strict):
-                    raise RuleError(f"rule {type(rule).__name__} failed on {describe_node(node, ctx.modules)}: "
-                                    f"{type(exc).__name__}: {exc}") from exc
-                problem = f"{describe_node(node, ctx.modules)}: rule {type(rule).__name__} failed ({type(exc).__name__}: {exc})"
-            else:
+        elif node.op == "output":
+            freezes.extend(_output_freezes(node, ctx))
+        elif node.op != "placeholder":
+            effect, problem, note = _effect(node, rules, ctx, probe, strict)
+            probed += [note] if note else []
+            if effect is not None:
                 ctx.declared[node.name] = effect.out_dim
                 couplings.extend(effect.couplings)
                 freezes.extend(effect.freezes)
-        if problem is not None:
-            touches_tensors = ctx.is_tensor(node) or any(ctx.is_tensor(a) for a in node.all_input_nodes)
-            if touches_tensors:
+                _pass_on_input_origin(node, ctx)
+            elif ctx.is_tensor(node) or any(ctx.is_tensor(a) for a in node.all_input_nodes):  # touches tensors
                 unsupported.append(problem)
                 freezes.extend(freeze_inputs(node, ctx, problem))
                 freezes.extend(_freeze_shared_parameters(node, ctx, problem))

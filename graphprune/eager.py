@@ -5,8 +5,9 @@
                    the pruned graph; same-class leaves take the plain attributes their rule's shrink updated
     2. tensors     every parameter/buffer whose shape changed becomes the pruned graph's tensor of the same
                    qualified name (both frontends keep the caller's names); tied tensors stay tied
-    3. layers      standard layers (Linear, ConvNd, norms, Embedding, MultiheadAttention, HF Conv1D) take
-                   their size attributes from their new weight shapes, exactly
+    3. layers      layers with a module rule (Linear, ConvNd, norms, MultiheadAttention...) take their size
+                   attributes from their new weight shapes through the rule's `resize`, the one the rewrite
+                   calls; Embedding and HF Conv1D, which the frontends trace through, the same way here
     4. attributes  every other module's int attribute `a == v` is matched against the sizes of the tensors the
                    module and its direct children own: if every dim of size v changed to n, a := n (certain);
                    if only some did (hidden == heads x head_dim before pruning), or `v * d` is the size of a
@@ -31,12 +32,9 @@ from typing import Iterable
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd
-from torch.nn.modules.instancenorm import _InstanceNorm
 from .agreement import call_inputs, graph_outputs, mismatch, output_tensors
 from .errors import GraphPruneError
-from .rules.attention import PrunedMultiheadAttention
+from .rules import RuleTable, default_rules
 
 MAX_TRIALS = 64  # verifications (attributes) or meta-device builds (config) tried before giving up
 
@@ -110,66 +108,48 @@ def swap_tensors(module: nn.Module, gm: fx.GraphModule) -> dict[str, tuple[tuple
 
 
 # -- 3: standard layers ------------------------------------------------------------------------------------
-def _resize_conv(m: _ConvNd, old_out: int) -> None:
-    """Whole groups are pruned, so channels per group stay: groups' = groups * out' / out (1 stays 1)."""
-    if m.transposed:
-        m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
-        return
-    new_out = m.weight.shape[0]
-    if m.groups > 1:
-        m.groups = m.groups * new_out // old_out
-    m.out_channels, m.in_channels = new_out, m.weight.shape[1] * m.groups
-
-
-def _resize_mha(owner: nn.Module, attr: str, m: nn.MultiheadAttention) -> None:
-    """Heads (x head_dim) no longer equal to embed_dim need PrunedMultiheadAttention (what the fx rule makes)."""
-    inner, embed = m.out_proj.weight.shape[1], m.in_proj_weight.shape[1]
-    m.out_proj.in_features, m.out_proj.out_features = inner, m.out_proj.weight.shape[0]
-    if inner == embed == m.embed_dim:
-        return
-    pruned = PrunedMultiheadAttention(embed, inner // m.head_dim, m.head_dim, m.batch_first, m.dropout,
-                                      m.in_proj_weight, m.in_proj_bias, m.out_proj)
-    pruned.train(m.training)
-    setattr(owner, attr, pruned)
-
-
 def _hf_conv1d() -> type | None:
     """transformers' Conv1D (GPT-2), if transformers is loaded (a model using it has loaded it; importing costs ~15 s)."""
     utils = sys.modules.get("transformers.pytorch_utils")
     return getattr(utils, "Conv1D", None)
 
 
-def resize_layers(module: nn.Module, changed: dict, skip: set[str]) -> set[str]:
-    """Size attributes of standard layers from their weight shapes; returns the names of the layers handled."""
+def _resize_unruled(m: nn.Module) -> bool:
+    """Layers no module rule covers (the frontends trace through them): nn.Embedding and HF Conv1D."""
     conv1d = _hf_conv1d()
+    if isinstance(m, nn.Embedding):
+        m.num_embeddings, m.embedding_dim = m.weight.shape
+    elif conv1d is not None and isinstance(m, conv1d):
+        m.nx, m.nf = m.weight.shape
+    else:
+        return False
+    return True
+
+
+def resize_layers(module: nn.Module, changed: dict, skip: set[str], rules: RuleTable) -> set[str]:
+    """Size attributes of the layers whose tensors changed, from their rule's `resize` (the one the rewrite calls);
+    returns the names of the layers handled (a replaced layer: with everything inside it)."""
     touched = {name.rpartition(".")[0] for name in changed}
+    touched |= {parent for name in touched for parent in _parents(name)}  # a layer owning a changed child
     done = set()
     for name, m in list(module.named_modules()):
-        if name in skip or name not in touched:
+        if name in skip or name not in touched or any(name.startswith(d + ".") for d in done):
             continue
-        done.add(name)
-        if isinstance(m, nn.Linear):
-            m.out_features, m.in_features = m.weight.shape
-        elif isinstance(m, _ConvNd):
-            _resize_conv(m, changed.get(f"{name}.weight", (m.weight.shape,))[0][0])
-        elif isinstance(m, (_BatchNorm, _InstanceNorm)):
-            m.num_features = (m.weight if m.weight is not None else m.running_mean).shape[0]
-        elif isinstance(m, nn.GroupNorm):
-            old = changed[f"{name}.weight"][0][0]
-            m.num_groups, m.num_channels = m.num_groups * m.weight.shape[0] // old, m.weight.shape[0]
-        elif isinstance(m, nn.LayerNorm):
-            m.normalized_shape = tuple(m.weight.shape)
-        elif isinstance(m, nn.Embedding):
-            m.num_embeddings, m.embedding_dim = m.weight.shape
-        elif conv1d is not None and isinstance(m, conv1d):
-            m.nx, m.nf = m.weight.shape
-        else:
-            done.discard(name)
-    for name, m in list(module.named_modules()):
-        if name not in skip and isinstance(m, nn.MultiheadAttention) and any(k.startswith(name + ".") for k in changed):
-            _resize_mha(*_owner(module, name), m)
-            done.update(n for n, _ in module.get_submodule(name).named_modules(prefix=name))
+        rule = rules.for_class(m)
+        resized = rule.resize(m) if rule is not None else None
+        if resized is None:
+            if _resize_unruled(m):
+                done.add(name)
+            continue
+        if resized is not m:
+            setattr(*_owner(module, name), resized)
+        done.update(n for n, _ in resized.named_modules(prefix=name))
     return done
+
+
+def _parents(qualname: str) -> list[str]:
+    parts = qualname.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts))]  # "" (the root), "a", "a.b" for "a.b.c"
 
 
 # -- 4: other modules' attributes ----------------------------------------------------------------------------
@@ -405,8 +385,10 @@ def _resolve(module: nn.Module, candidates: list[Candidate], check) -> str | Non
     return problem
 
 
-def rebuild_module(source: nn.Module, gm: fx.GraphModule, inputs: Iterable) -> nn.Module:
-    """The caller's class, pruned as `gm`, verified on `inputs` (the graph's placeholder values); see module docstring."""
+def rebuild_module(source: nn.Module, gm: fx.GraphModule, inputs: Iterable, rules: RuleTable | None = None) -> nn.Module:
+    """The caller's class, pruned as `gm`, verified on `inputs` (the graph's placeholder values); see module docstring.
+
+    `rules`: the table the graph was analysed with (its rules' `resize` sets the standard layers' sizes)."""
     if source is None or isinstance(source, fx.GraphModule):
         raise EagerRebuildError("no eager module to rebuild: the model was given as a graph (ExportedProgram or "
                                 "GraphModule); use result.model or result.exported")
@@ -415,7 +397,7 @@ def rebuild_module(source: nn.Module, gm: fx.GraphModule, inputs: Iterable) -> n
     module = copy.deepcopy(source)
     handled = adopt_leaves(module, gm)
     changed = swap_tensors(module, gm)
-    handled |= resize_layers(module, changed, handled)
+    handled |= resize_layers(module, changed, handled, rules or default_rules())
     certain, candidates = match_attributes(module, changed, handled)
     _set_attrs(module, certain)
     expected = graph_outputs(gm, inputs)

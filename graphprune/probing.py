@@ -22,11 +22,10 @@ import torch.fx as fx
 
 from .groups import Coupling, Effect
 from .rules import AnalysisContext, RuleTable
-from .rules.base import callable_of
+from .rules.base import callable_of, is_call
 from .trace import capture_values
 
 SUBSETS = 3
-_CALLS = ("call_module", "call_function", "call_method")
 
 
 class ChannelProbe:
@@ -40,7 +39,7 @@ class ChannelProbe:
         """The example value of `node`; the first call runs the graph once for the inputs of every rule-less op."""
         if self._values is None:
             modules = dict(self.gm.named_modules())
-            rule_less = [n for n in self.gm.graph.nodes if n.op in _CALLS and self.rules.for_node(n, modules) is None]
+            rule_less = [n for n in self.gm.graph.nodes if is_call(n) and self.rules.for_node(n, modules) is None]
             training = self.gm.training
             self.gm.eval()
             try:

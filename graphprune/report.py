@@ -20,7 +20,9 @@ from .cost import CostModel, count_macs
 from .groups import DependencyGraph
 from .kvcache import AttentionLayer, attention_layers, query_tokens
 from .planner import PrunePlan, Rounding
-from .rules import RuleTable
+from .passes.shrink import positions_kept_by_slot
+from .rules import GraphView, RuleTable
+from .rules.base import describe_node
 
 
 def count_params(model: nn.Module) -> int:
@@ -82,6 +84,7 @@ class PruneReport:
     tokens: int = 0  # tokens in the example inputs (batch x sequence at the first attention); 0 without attention
     attention: tuple[AttentionReport, ...] = ()  # per attention layer, measured from the k/v entering attention
     recovery: dict | None = None  # fidelity to the dense model before/after graphprune.recover (Fidelity.to_json)
+    renormalised: tuple[str, ...] = ()  # ops whose statistic over the channels now spans only the kept ones (not exact)
 
     @property
     def kv_bytes_per_token_before(self) -> int:
@@ -152,6 +155,8 @@ class PruneReport:
         ]
         if self.probed_ops:
             lines.append(f"probed (no rule; shown channel-wise on the example inputs): {'; '.join(self.probed_ops)}")
+        if self.renormalised:
+            lines.append(f"not exact, valid (statistics over the kept channels, as LayerNorm's): {'; '.join(self.renormalised)}")
         if self.params_removed_dead_code:
             lines.append(f"dead code removed: {self.params_removed_dead_code:,} params"
                          + (f" (never read by the model: {', '.join(self.unused_modules)})" if self.unused_modules else ""))
@@ -251,3 +256,17 @@ def _attention_reports(before: tuple[AttentionLayer, ...], after: tuple[Attentio
         return ()
     return tuple(AttentionReport(b.node, b.query_heads, a.query_heads, b.key.heads, a.key.heads, b.key.head_dim,
                                  b.bytes_per_token, a.bytes_per_token) for b, a in zip(before, after))
+
+
+def renormalised_ops(dense: fx.GraphModule, rules: RuleTable, graph: DependencyGraph, plan: PrunePlan) -> tuple[str, ...]:
+    """The ops of `dense` whose rule `renormalises` over the channels of an input that `plan` prunes: the pruned model
+    takes their statistic over the kept channels only (valid, not exact: rules.statistics states the policy)."""
+    shrinking = {(s.name, s.dim) for s in positions_kept_by_slot(graph, plan) if not s.is_param}
+    view = GraphView(dense, graph.channel_dims)
+    found = []
+    for node in dense.graph.nodes:
+        rule = rules.for_node(node, view.modules)
+        x = node.args[0] if rule is not None and node.args else None
+        if isinstance(x, fx.Node) and (x.name, view.channel_dim(x)) in shrinking and rule.renormalises(node, view):
+            found.append(describe_node(node, view.modules))
+    return tuple(found)

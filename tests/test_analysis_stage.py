@@ -8,7 +8,7 @@ import graphprune
 from graphprune import trace as trace_mod
 from graphprune.errors import RuleError
 from graphprune.rules import default_rules
-from graphprune.rules.layers import ConvRule
+from graphprune.rules.conv import ConvModule, ConvRule
 from op_models import ConvChain, Residual, example_input
 
 
@@ -77,7 +77,7 @@ class BrokenConvRule(ConvRule):
 
 def test_a_failing_rule_raises_with_the_node_named_in_strict_mode_and_freezes_otherwise(monkeypatch):
     model, x = ConvChain().eval(), example_input(ConvChain)
-    rules = default_rules().with_rule(torch.nn.Conv2d, BrokenConvRule())
+    rules = default_rules().with_rule(torch.nn.Conv2d, BrokenConvRule(ConvModule()))
     with pytest.raises(RuleError, match=r"BrokenConvRule failed on `\w+` \(module `[\w.]+`: Conv2d\): ValueError: boom"):
         graphprune.analyse(model, x, rules=rules, strict=True, frontend="fx")
     monkeypatch.delenv("GRAPHPRUNE_RULE_ERRORS")

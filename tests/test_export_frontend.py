@@ -177,7 +177,7 @@ def test_spellings_prune_to_the_same_model():
     assert kept[0] == kept[1] and len(kept[0]) == 2  # (16 -> 8) and the residual stage (32 -> 16)
     assert shapes[0] == shapes[1]
     fx_groups = fx_analysis(_spelled(FunctionalBatchNorm), (x,))
-    assert len(fx_groups.prunable) == 2  # fx follows F.batch_norm too (rules/functional.py)
+    assert len(fx_groups.prunable) == 2  # fx follows F.batch_norm too (rules/norms.py)
 
 
 def test_export_keeps_the_callers_model_and_optional_arguments():

@@ -81,7 +81,7 @@ class ShrinkChannels(GraphPass):
             _set_tensor(modules, aliases.get(qualname, [qualname]), value)  # every alias of a tied tensor: the same one
         ctx = ShrinkContext(gm, self.kept, self.graph.channel_dims)
         for node in list(gm.graph.nodes):
-            rule = self.rules.for_node(node, modules) if node.op in ("call_module", "call_function", "call_method") else None
+            rule = self.rules.for_node(node, modules)
             if rule is not None:
                 self._shrink(rule, node, ctx, modules)
         return PassResult(gm, bool(self.kept))

@@ -1,7 +1,10 @@
-"""Rules: how each op family couples channels (analysis), shrinks (rewrite) and costs (planning, report).
+"""Rules: how each op family couples channels (analysis), shrinks (rewrite), costs (planning, report) and
+resizes a module (rewrite and eager rebuild).
 
 One table serves both frontends: modules and Python callables (the fx frontend's spelling)
-and Core ATen OpOverloads (the torch.export frontend's, see aten.py).
+and Core ATen OpOverloads (the torch.export frontend's, see aten.py). A family with several
+spellings (convolution, linear, norms) has one rule reading each spelling through an adapter
+(callsite.py); `families.family_rules()` lists their spellings.
 
 `default_rules()` returns the built-in table; extend it with
 `default_rules().with_rule(MyBlock, MyRule())` — nothing global is mutated.
@@ -19,12 +22,10 @@ from .aten import rules_by_op as aten_rules_by_op
 from .attention import MatMulRule, MultiheadAttentionRule, PrunedMultiheadAttention, ScaledDotProductAttentionRule
 from .base import AnalysisContext, GraphView, LayerKind, MacTerm, Rule, RuleTable, ShrinkContext, WeightedLayer
 from .elementwise import BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule
-from .aten_layers import LinearRule as FunctionalLinearRule
-from .functional import FunctionalBatchNormRule, FunctionalConvRule, FunctionalGroupNormRule, RollRule
-from .layers import (BatchNormRule, ConvRule, ConvTransposeRule, FunctionalLayerNormRule, GroupNormRule, LayerNormRule,
-                     LinearRule)
-from .movement import GetItemRule, MovementRule, ReshapeRule, SplitRule, SqueezeRule
+from .families import family_rules
+from .movement import GetItemRule, MovementRule, ReshapeRule, RollRule, SplitRule, SqueezeRule
 from .recurrent import PrunedGRU, PrunedLSTM, RecurrentRule
+from .statistics import NormalisingStatisticRule
 
 __all__ = ["AnalysisContext", "GraphView", "LayerKind", "MacTerm", "Rule", "RuleTable", "ShrinkContext", "WeightedLayer",
            "default_rules"]
@@ -51,7 +52,8 @@ _SPATIAL_FUNCTIONS = (
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
     F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.interpolate,
 )
-_REDUCE = (torch.mean, T.mean, torch.sum, T.sum, torch.amax, T.amax, torch.amin, T.amin)
+_REDUCE = (torch.amax, T.amax, torch.amin, T.amin)
+_STATISTICS = (torch.mean, T.mean, torch.sum, T.sum)  # may be normalising statistics (statistics.py)
 _NORMS = (torch.norm, T.norm, torch.linalg.vector_norm)  # (x, p/ord, dim, keepdim): a reduction over `dim`
 _BINARY = (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
@@ -78,19 +80,14 @@ def default_rules() -> RuleTable:
         for key in keys:
             table[key] = rule
 
-    add((nn.Conv1d, nn.Conv2d, nn.Conv3d), ConvRule())
-    add((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), ConvTransposeRule())
-    add((nn.Linear,), LinearRule())
-    add((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), BatchNormRule())
-    add((nn.LayerNorm,), LayerNormRule())
-    add((nn.GroupNorm,), GroupNormRule())
-    add((F.layer_norm,), FunctionalLayerNormRule())
+    table.update(family_rules())
     add(_ELEMENTWISE_MODULES + _ELEMENTWISE_FUNCTIONS, ElementwiseRule())
     add(_SOFTMAX, SoftmaxRule())
     add(_SPATIAL_MODULES + _SPATIAL_FUNCTIONS, SpatialRule())
     add((F.pad,), PadRule())
     add(_REDUCE, ReduceRule())
-    add(_NORMS, ReduceRule(dim_at=2, keepdim_at=3))
+    add(_STATISTICS, NormalisingStatisticRule())
+    add(_NORMS, NormalisingStatisticRule(dim_at=2, keepdim_at=3))
     add(_BINARY, BinaryRule())
     add(_MOVEMENT, MovementRule())
     add(_RESHAPE, ReshapeRule())
@@ -100,14 +97,10 @@ def default_rules() -> RuleTable:
     add((nn.MultiheadAttention, PrunedMultiheadAttention), MultiheadAttentionRule())
     add((nn.LSTM, nn.GRU, PrunedLSTM, PrunedGRU), RecurrentRule())
     add((operator.matmul, torch.matmul, T.matmul, torch.bmm, T.bmm, torch.mm, T.mm), MatMulRule())
-    add((F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d), FunctionalConvRule())
-    add((F.linear,), FunctionalLinearRule())  # F.linear(x, w, b) has aten.linear's arguments
-    add((F.batch_norm, F.instance_norm), FunctionalBatchNormRule())
-    add((F.group_norm,), FunctionalGroupNormRule())
     add((torch.roll, T.roll), RollRule())
     add((F.scaled_dot_product_attention,), ScaledDotProductAttentionRule())
     add(_SHAPE_QUERIES, ShapeQueryRule())
-    table.update(aten_rules_by_op())  # the torch.export frontend's spelling: Core ATen OpOverloads
+    table.update(aten_rules_by_op())  # the torch.export frontend's other Core ATen OpOverloads
     modules = {k: v for k, v in table.items() if isinstance(k, type) and issubclass(k, nn.Module)}
     functions = {k: v for k, v in table.items() if k not in modules}
     return RuleTable(modules, functions)

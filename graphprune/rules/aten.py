@@ -26,19 +26,19 @@ from __future__ import annotations
 import operator
 from types import MappingProxyType
 
-import numpy as np
 import torch
 import torch.fx as fx
 
 from ..groups import Coupling, Effect, Freeze
-from .aten_layers import (AttentionRule, BatchNormRule, ConvolutionRule, EmbeddingRule, GroupNormRule, LayerNormRule,
-                          LinearRule, MmRule)
-from .attention import MatMulRule
+from .attention import MatMulRule, ScaledDotProductAttentionRule
 from .base import AnalysisContext, Rule, RuleTable, ShrinkContext, describe_node, freeze_inputs
 from .elementwise import (BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule,
                           passthrough)
-from .movement import GetItemRule, MovementRule, ReshapeRule, SqueezeRule
-from .transformer import GroupedQuery, RepeatKVRule, RMSStatisticRule
+from .callsite import arg, kept_bounds
+from .families import family_rules
+from .movement import ATEN_RESHAPES, GetItemRule, MovementRule, ReshapeRule, SplitRule, SqueezeRule, as_aten_split
+from .statistics import NormalisingStatisticRule
+from .transformer import GroupedQuery, RepeatKVRule
 
 __all__ = ["aten_rules", "ruled_ops", "FROZEN_BY_DESIGN"]
 
@@ -90,7 +90,7 @@ class SliceRule(MovementRule):
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         x = node.args[0]
         d = ctx.channel_dim(x)
-        if isinstance(d, int) and _slice_dim(node, ctx) == d and _arg(node, 4, "step", 1) != 1:
+        if isinstance(d, int) and _slice_dim(node, ctx) == d and arg(node, 4, "step", 1) != 1:
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} takes every n-th channel"))
         return super().couple(node, ctx)
 
@@ -100,28 +100,13 @@ class SliceRule(MovementRule):
         kept = ctx.kept(x.name, dim) if ctx.declared.get(x.name) == dim else None
         if kept is None:
             return
-        start, stop, _ = slice(_arg(node, 2, "start"), _arg(node, 3, "end")).indices(ctx.value(x).shape[dim])
-        node.args = (x, dim, int(np.count_nonzero(kept < start)), int(np.count_nonzero(kept < stop))) + tuple(node.args[4:])
+        start, stop, _ = slice(arg(node, 2, "start"), arg(node, 3, "end")).indices(ctx.value(x).shape[dim])
+        node.args = (x, dim, *kept_bounds(kept, start, stop)) + tuple(node.args[4:])
         node.kwargs = {k: v for k, v in node.kwargs.items() if k not in ("dim", "start", "end")}
 
 
 def _slice_dim(node: fx.Node, ctx) -> int:
-    return _arg(node, 1, "dim", 0) % len(ctx.value(node.args[0]).shape)
-
-
-class SplitRule(MovementRule):
-    """split_with_sizes(x, sizes, dim) and split.Tensor(x, size, dim): `shrink` re-cuts to the kept channel
-    counts of each part, as split_with_sizes."""
-
-    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
-        x = node.args[0]
-        dim = _arg(node, 2, "dim", 0) % len(ctx.value(x).shape)
-        kept = ctx.kept(x.name, dim) if ctx.declared.get(x.name) == dim else None
-        if kept is None:
-            return
-        bounds = np.cumsum([0] + [part.shape[dim] for part in ctx.value(node)])
-        sizes = [int(np.count_nonzero((kept >= lo) & (kept < hi))) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        node.target, node.args, node.kwargs = A.split_with_sizes.default, (x, sizes, dim), {}
+    return arg(node, 1, "dim", 0) % len(ctx.value(node.args[0]).shape)
 
 
 class CreationRule(Rule):
@@ -136,13 +121,9 @@ class MetadataAssertRule(Rule):
     would fail once channels are removed, so then x's channels are frozen."""
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
-        if _arg(node, 1, "size") is not None or _arg(node, 2, "stride") is not None:
+        if arg(node, 1, "size") is not None or arg(node, 2, "stride") is not None:
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} checks a size or stride"))
         return Effect(None)
-
-
-def _arg(node: fx.Node, position: int, name: str, default=None):
-    return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)
 
 
 UNARY = (
@@ -193,7 +174,6 @@ MOVEMENT = (
     A.unbind.int, A.select.int, A.flip.default, A.repeat.default, A.pixel_shuffle.default, A.pixel_unshuffle.default,
     A.channel_shuffle.default, A.flatten.using_ints,
 )
-RESHAPES = (A.view.default, A._unsafe_view.default, A.reshape.default)
 SQUEEZES = (A.squeeze.dim, A.squeeze.dims, A.squeeze.default)
 CREATION = (
     A.arange.start_step, A.arange.default, A.arange.start, A.empty.memory_format, A.empty_strided.default,
@@ -253,23 +233,16 @@ def rules_by_op(gqa: GroupedQuery | str = GroupedQuery.KV_GROUPS) -> dict:
         for key in keys:
             table[key] = rule
 
-    add((A.convolution.default,), ConvolutionRule())
-    add((A.linear.default,), LinearRule())
-    add((A.mm.default,), MmRule(has_bias=False))
-    add((A.addmm.default,), MmRule(has_bias=True))
+    table.update((op, rule) for op, rule in family_rules().items() if isinstance(op, torch._ops.OpOverload))
     add((A.bmm.default, A.matmul.default), MatMulRule())
-    add((A._native_batch_norm_legit_no_training.default, A._native_batch_norm_legit.default), BatchNormRule())
-    add((A._native_batch_norm_legit.no_stats,), BatchNormRule(stats=False))
-    add((A.native_layer_norm.default,), LayerNormRule())
-    add((A.native_group_norm.default,), GroupNormRule())
-    add((A.embedding.default,), EmbeddingRule())
-    add((A.scaled_dot_product_attention.default,), AttentionRule())
+    add((A.scaled_dot_product_attention.default,), ScaledDotProductAttentionRule())
     add(UNARY, ElementwiseRule())
     add((A._softmax.default, A._log_softmax.default, A.softmax.int, A.log_softmax.int), SoftmaxRule())
     add(BROADCASTING, BinaryRule())
     for op, (dim_at, keepdim_at) in REDUCTIONS.items():
         table[op] = ReduceRule(dim_at, keepdim_at)
-    table[A.mean.dim] = RMSStatisticRule(*REDUCTIONS[A.mean.dim])
+    for op in (A.mean.dim, A.sum.dim_IntList, A.linalg_vector_norm.default):  # may be normalising statistics
+        table[op] = NormalisingStatisticRule(*REDUCTIONS[op])
     add((A.cumsum.default,), AlongDimRule("accumulates along the channel dim"))
     for op, spatial in SPATIAL.items():
         table[op] = SpatialRule(spatial)
@@ -277,11 +250,11 @@ def rules_by_op(gqa: GroupedQuery | str = GroupedQuery.KV_GROUPS) -> dict:
     add((A.max_pool3d_with_indices.default,), PoolWithIndicesRule(3))
     add((A.constant_pad_nd.default,), PadRule())
     add(MOVEMENT, MovementRule())
-    add(RESHAPES, ReshapeRule())
+    add(ATEN_RESHAPES, ReshapeRule())
     add((A.expand.default,), RepeatKVRule(GroupedQuery.of(gqa)))
     add(SQUEEZES, SqueezeRule())
     add((A.slice.Tensor,), SliceRule())
-    add((A.split_with_sizes.default, A.split.Tensor), SplitRule())
+    add((A.split_with_sizes.default, A.split.Tensor), SplitRule(as_aten_split))
     add((operator.getitem,), GetItemRule())
     add(CREATION, CreationRule())
     add((A.index_select.default,), AlongDimRule(_BY_INDEX))  # torch.roll decomposes to it

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from ..groups import Coupling, Effect, Role, Slot
 from .base import (AnalysisContext, GraphView, LayerKind, MacTerm, Rule, ShrinkContext, WeightedLayer, describe_node,
                    freeze_inputs)
+from .callsite import arg
 
 
 class PrunedMultiheadAttention(nn.Module):
@@ -114,15 +115,25 @@ class MultiheadAttentionRule(Rule):
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         m = ctx.module(node)
-        inner = m.out_proj.weight.shape[1]
-        if isinstance(m, nn.MultiheadAttention) and inner == m.embed_dim and m.in_proj_weight.shape[1] == m.embed_dim:
-            return
+        resized = self.resize(m)
+        if resized is not m:
+            parent_name, _, attr = node.target.rpartition(".")
+            setattr(ctx.gm.get_submodule(parent_name) if parent_name else ctx.gm, attr, resized)
+
+    def resize(self, module: nn.Module) -> nn.Module | None:
+        """out_proj's sizes from its weight; heads x head_dim no longer equal to embed_dim need a
+        PrunedMultiheadAttention (returned in its place)."""
+        if not isinstance(module, (nn.MultiheadAttention, PrunedMultiheadAttention)):
+            return None
+        m = module
+        inner, embed = m.out_proj.weight.shape[1], m.in_proj_weight.shape[1]
         m.out_proj.in_features, m.out_proj.out_features = inner, m.out_proj.weight.shape[0]
-        pruned = PrunedMultiheadAttention(m.in_proj_weight.shape[1], inner // m.head_dim, m.head_dim, m.batch_first,
-                                          m.dropout, m.in_proj_weight, m.in_proj_bias, m.out_proj)
+        if isinstance(m, nn.MultiheadAttention) and inner == embed == m.embed_dim:
+            return m
+        pruned = PrunedMultiheadAttention(embed, inner // m.head_dim, m.head_dim, m.batch_first, m.dropout,
+                                          m.in_proj_weight, m.in_proj_bias, m.out_proj)
         pruned.train(m.training)
-        parent_name, _, attr = node.target.rpartition(".")
-        setattr(ctx.gm.get_submodule(parent_name) if parent_name else ctx.gm, attr, pruned)
+        return pruned
 
     def cost(self, node: fx.Node, view: GraphView) -> tuple[MacTerm, ...]:
         """Per sample, with Lq queries, Lk keys, input width E_in, inner width D (heads x head_dim), output width E_out:
@@ -204,24 +215,47 @@ class MatMulRule(Rule):
 
 
 class ScaledDotProductAttentionRule(Rule):
-    """F.scaled_dot_product_attention(q, k, v): heads (dim -3) pass through; head_dim only with an explicit scale."""
+    """scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa), as F.* and as
+    aten.*: whole heads (dim -3) pass through, with masks that broadcast over heads, and grouped-query
+    attention (query head h reads key/value head h // (Hq / Hkv)); head_dim only with an explicit scale."""
 
     reads_heads = True
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         q, k, v = node.args[:3]
-        kwargs = dict(zip(("attn_mask", "dropout_p", "is_causal", "scale"), node.args[3:]))
-        kwargs.update(node.kwargs)
+        mask = arg(node, 3, "attn_mask")
+        rank = len(ctx.shape(q))
+        hd = rank - 3
+        if not isinstance(mask, fx.Node):
+            if {ctx.channel_dim(t) for t in (q, k, v)} != {hd} or ctx.shape(k)[hd] == ctx.shape(q)[hd]:
+                return self._one_layout(node, ctx)
+        elif ctx.channel_dim(mask) is not None or _mask_head_size(ctx.shape(mask), rank) > 1:
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} has a mask per head"))
+        if any(ctx.channel_dim(t) not in (hd, None) for t in (q, k, v)):
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} has channels inside heads"))
+        hq, hk = ctx.shape(q)[hd], ctx.shape(k)[hd]
+        if hk == 0 or hq % hk or ctx.shape(v)[hd] != hk:
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)}: {hq} query heads, {hk} kv heads"))
+        out = ctx.output_slot(node, hd)
+        h = np.arange(hq)
+        couplings = [Coupling(ctx.input_slot(q, hd), out)]
+        couplings += [Coupling(out, ctx.input_slot(t, hd), h, h // (hq // hk)) for t in dict.fromkeys((k, v))]
+        return Effect(hd, couplings=tuple(couplings))
+
+    @staticmethod
+    def _one_layout(node: fx.Node, ctx: AnalysisContext) -> Effect:
+        """No mask, q, k, v with channels on one dim: the heads (dim -3), or head_dim when the scale is explicit."""
+        q, k, v = node.args[:3]
         rank = len(ctx.shape(q))
         dims = {ctx.channel_dim(t) for t in (q, k, v)}
-        if isinstance(kwargs.get("attn_mask"), fx.Node) or len(dims) != 1:
-            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} has a mask or mixed layouts"))
+        if len(dims) != 1:
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} has mixed layouts"))
         d = dims.pop()
         if d == rank - 3:
             out = ctx.output_slot(node, d)
             couplings = tuple(Coupling(ctx.input_slot(t, d), out) for t in dict.fromkeys((q, k, v)))
             return Effect(d, couplings=couplings)
-        if d == rank - 1 and kwargs.get("scale") is not None:
+        if d == rank - 1 and arg(node, 6, "scale") is not None:
             out = ctx.output_slot(node, d)
             return Effect(d, couplings=(Coupling(ctx.input_slot(q, d), ctx.input_slot(k, d)),
                                         Coupling(ctx.input_slot(v, d), out)))
@@ -234,3 +268,8 @@ class ScaledDotProductAttentionRule(Rule):
         out_dim = view.channel_dim(node)
         factors = (Slot(node.name, out_dim),) if isinstance(out_dim, int) else ()
         return (MacTerm(2 * math.prod(q) * k[-2], factors),)
+
+
+def _mask_head_size(shape: tuple, rank: int) -> int:
+    """The size of a mask's heads dim (dim -3 of the query), 1 when it broadcasts over heads."""
+    return shape[len(shape) - 3] if len(shape) >= 3 else 1

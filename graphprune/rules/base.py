@@ -1,6 +1,7 @@
 """The rule protocol and the immutable rule table.
 
-A rule owns everything about one op family, in three parts:
+A rule owns everything about one op family, whatever its spelling (a module, a functional call, a
+Tensor method, an ATen overload: see callsite.py), in four parts:
 - `couple(node, ctx) -> Effect` (analysis, pure): which channel dims of the node's inputs,
   output and parameters are tied, and through which index maps;
 - `shrink(node, ctx)` (transformation): updates module attributes or graph constants once
@@ -9,7 +10,8 @@ A rule owns everything about one op family, in three parts:
   accumulates, each term scaling with the kept share of the channel slots it names, so
   one formula serves both prediction (before a rewrite) and measurement (after it);
   `weighted_layer(node, view)` says whether the op is a conv/linear-like layer (its kind
-  sets the runtime's channel step, and its inputs are what activation criteria read).
+  sets the runtime's channel step, and its inputs are what activation criteria read);
+- `resize(module)`: a module's size attributes from its sliced tensors (rewrite and eager rebuild).
 Rules are looked up by module type (through the MRO) or by the callable itself (a Python
 function, a Tensor method or an ATen OpOverload), never by name.
 """
@@ -66,12 +68,19 @@ class Unsupported(Exception):
 
 
 class Rule:
-    """Base rule: subclasses implement `couple`; `shrink` does nothing and `cost` is zero by default.
+    """Base rule: subclasses implement `couple`; `shrink` and `resize` do nothing and `cost` is zero by default.
 
-    `reads_heads`: the op treats a (heads, head_dim) split of channels as heads (matmul, attention).
+    Capabilities (class attributes the analysis asks, never the rule's class):
+    - `reads_heads`: the op treats a (heads, head_dim) split of channels as heads (matmul, attention);
+    - `carries_heads`: the op keeps such a split intact on the way into one (copies, broadcasting ops,
+      reshapes), so the split is kept by whole heads;
+    - `rewrites_size_arguments`: `shrink` rewrites the sizes passed as its arguments after the first
+      (reshape sizes, split sizes, a layer norm's shape), so a size query feeding them is a shape, not a value.
     """
 
     reads_heads = False
+    carries_heads = False
+    rewrites_size_arguments = False
 
     def couple(self, node: fx.Node, ctx: "AnalysisContext") -> Effect:
         raise NotImplementedError
@@ -79,11 +88,27 @@ class Rule:
     def shrink(self, node: fx.Node, ctx: "ShrinkContext") -> None:
         return None
 
+    def resize(self, module: torch.nn.Module) -> torch.nn.Module | None:
+        """For a module spelling: set its size attributes from its sliced tensors (both the rewrite of a graph and
+        the rebuild of the caller's module call this); returns the module to use (itself, or a replacement), or
+        None when it is not a module this rule resizes."""
+        return None
+
     def cost(self, node: fx.Node, view: "GraphView") -> tuple[MacTerm, ...]:
         return ()
 
     def weighted_layer(self, node: fx.Node, view: "GraphView") -> WeightedLayer | None:
         return None
+
+    def renormalises(self, node: fx.Node, view: "GraphView") -> bool:
+        """The op takes a statistic over the channel dim of its first input (LayerNorm, a normalisation written by
+        hand, softmax over channels): pruning those channels keeps the model valid, not exact (the report says)."""
+        return False
+
+
+def is_call(node: fx.Node) -> bool:
+    """The node runs an op (a module, a function or a Tensor method): one a rule may cover."""
+    return node.op in ("call_module", "call_function", "call_method")
 
 
 def callable_of(node: fx.Node) -> Callable | None:
@@ -129,6 +154,14 @@ class RuleTable:
             return RuleTable(self._modules, {**self._functions, key: rule})
         raise TypeError(f"rule key must be an nn.Module subclass or a callable, got {key!r}")
 
+    def with_rules(self, rules: Mapping[type | Callable, Rule]) -> "RuleTable":
+        """A new table where every key of `rules` uses its rule: one family's spellings, e.g.
+        `{MyGain: rule, torch.ops.my.gain.default: rule}` for a module (fx) and the op it calls (torch.export)."""
+        table = self
+        for key, rule in rules.items():
+            table = table.with_rule(key, rule)
+        return table
+
     def for_module(self, module: torch.nn.Module) -> Rule | None:
         """The rule of the module's class, or of a base class whose forward it does not override."""
         forward = type(module).forward
@@ -136,6 +169,11 @@ class RuleTable:
             if cls in self._modules and (cls is type(module) or cls.forward is forward):
                 return self._modules[cls]
         return None
+
+    def for_class(self, module: torch.nn.Module) -> Rule | None:
+        """The rule of the module's class or of its nearest base class with one, whatever forward it runs: who
+        resizes it (its size attributes follow its tensors even where a subclass computes differently)."""
+        return next((self._modules[cls] for cls in type(module).__mro__ if cls in self._modules), None)
 
     def has_module_rule(self, module: torch.nn.Module) -> bool:
         return self.for_module(module) is not None
@@ -255,11 +293,19 @@ class AnalysisContext(GraphView):
         return self._register(Slot(node.name, dim), self.shape(node)[dim])
 
     def input_slot(self, node: fx.Node, dim: int) -> Slot:
-        """Channel dim `dim` of an input tensor; records a freeze unless its producer declared that dim."""
+        """Channel dim `dim` of an input tensor; records a freeze unless its producer declared that dim.
+
+        When the producer declared another dim, its channels are frozen too: the consumer reads `dim`, so where
+        the declared channels go is followed by no one (a LayerNorm over (H, W) of NCHW channels).
+        """
         slot = self._register(Slot(node.name, dim), self.shape(node)[dim])
         declared = self.channel_dim(node)
         if declared != dim:
-            self.freezes.append(Freeze(slot, self._undeclared_reason(node, dim, declared)))
+            reason = self._undeclared_reason(node, dim, declared)
+            self.freezes.append(Freeze(slot, reason))
+            if isinstance(declared, int) and self.is_tensor(node):
+                lost = self._register(Slot(node.name, declared), self.shape(node)[declared])
+                self.freezes.append(Freeze(lost, reason))
         return slot
 
     def param_slot(self, qualname: str, dim: int, role: Role) -> Slot:

@@ -14,7 +14,8 @@ import torch.fx as fx
 
 from ..groups import Coupling, Effect, Freeze, Role
 from ..trace import TensorMeta
-from .base import AnalysisContext, Rule, describe_node, freeze_inputs
+from .base import AnalysisContext, GraphView, Rule, describe_node, freeze_inputs
+from .callsite import arg
 
 
 def passthrough(node: fx.Node, ctx: AnalysisContext, x: fx.Node, out_dim: int | None) -> Effect:
@@ -38,6 +39,12 @@ class ElementwiseRule(Rule):
 
 class SoftmaxRule(ElementwiseRule):
     """softmax/log_softmax: element-wise across channels unless it normalises over them (then not exact, still valid)."""
+
+    def renormalises(self, node: fx.Node, view: GraphView) -> bool:
+        x = node.args[0] if node.args else node.kwargs.get("input")
+        d = view.channel_dim(x) if isinstance(x, fx.Node) else None
+        dim = view.module(node).dim if node.op == "call_module" else arg(node, 1, "dim")
+        return isinstance(d, int) and isinstance(dim, int) and dim % len(view.shape(x)) == d
 
 
 class SpatialRule(Rule):
@@ -73,12 +80,6 @@ class PadRule(Rule):
         return passthrough(node, ctx, x, d)
 
 
-def _arg(node: fx.Node, position: int | None, name: str, default=None):
-    if position is not None and len(node.args) > position:
-        return node.args[position]
-    return node.kwargs.get(name, default)
-
-
 class ReduceRule(Rule):
     """Reduction of x over the dims at argument `dim_at` (an int, a list, or empty/None for all dims):
     y keeps x's channel dim c (at c - #reduced dims before it without keepdim) unless c is reduced.
@@ -96,12 +97,12 @@ class ReduceRule(Rule):
         if not isinstance(d, int) or not ctx.is_tensor(node):
             return Effect(None)
         rank = len(ctx.shape(x))
-        dims = _arg(node, self.dim_at, "dim")
+        dims = arg(node, self.dim_at, "dim")
         dims = (dims,) if isinstance(dims, (int, fx.Node)) else tuple(dims or range(rank))
         if any(isinstance(v, fx.Node) for v in dims) or d in {r % rank for r in dims}:
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} reduces over the channel dim"))
         dims = tuple(r % rank for r in dims)
-        keepdim = _arg(node, self.keepdim_at, "keepdim", False)
+        keepdim = arg(node, self.keepdim_at, "keepdim", False)
         return passthrough(node, ctx, x, d if keepdim else d - sum(1 for r in dims if r < d))
 
 

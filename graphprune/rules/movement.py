@@ -25,6 +25,7 @@ from ..errors import RewriteError
 from ..groups import Coupling, Effect, Freeze, connected_labels
 from ..trace import META_KEY, TensorMeta, value_meta
 from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, freeze_inputs, queried_dims
+from .callsite import arg, kept_bounds, kept_count
 
 
 def _run_on_labels(node: fx.Node, ctx: AnalysisContext):
@@ -140,9 +141,7 @@ class MovementRule(Rule):
         return Effect(out_dim, couplings=tuple(couplings), freezes=tuple(freezes))
 
 
-def _kept_count(ctx: ShrinkContext, name: str, dim: int, old: int) -> int:
-    kept = ctx.kept(name, dim)
-    return old if kept is None else len(kept)
+ATEN_RESHAPES = (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.reshape.default)
 
 
 class ReshapeRule(MovementRule):
@@ -156,20 +155,22 @@ class ReshapeRule(MovementRule):
     `b * heads` becomes `b * kept` (see `_scaled`), never a constant.
     """
 
+    rewrites_size_arguments = True
+
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         d = ctx.declared.get(node.name)
         old_shape = ctx.value(node).shape
         new_shape = list(old_shape)
         if isinstance(d, int):
-            new_shape[d] = _kept_count(ctx, node.name, d, old_shape[d])
+            new_shape[d] = kept_count(ctx, node, d) or old_shape[d]
         packed = node.op == "call_function" or (len(node.args) == 2 and isinstance(node.args[1], (tuple, list)))
         shape = list(node.args[1]) if packed else list(node.args[1:])
-        for i, arg in enumerate(shape):
-            from_channels = isinstance(arg, fx.Node) and any(ctx.kept(t, dim) is not None for t, dim in queried_dims(arg))
+        for i, size in enumerate(shape):
+            from_channels = isinstance(size, fx.Node) and any(ctx.kept(t, dim) is not None for t, dim in queried_dims(size))
             if from_channels:
                 shape[i] = new_shape[i]
-            elif i == d and arg != -1 and new_shape[i] != old_shape[i]:
-                shape[i] = _scaled(node, arg, old_shape[i], new_shape[i]) if isinstance(arg, fx.Node) else new_shape[i]
+            elif i == d and size != -1 and new_shape[i] != old_shape[i]:
+                shape[i] = _scaled(node, size, old_shape[i], new_shape[i]) if isinstance(size, fx.Node) else new_shape[i]
         if packed:
             node.args = (node.args[0], tuple(shape)) + tuple(node.args[2:])
         else:
@@ -223,22 +224,49 @@ class SqueezeRule(MovementRule):
         return super().couple(node, ctx)
 
 
+def as_torch_split(node: fx.Node, x: fx.Node, sizes: list[int], dim: int) -> None:
+    node.op, node.target = "call_function", torch.split
+    node.args, node.kwargs = (x, sizes), {"dim": dim}
+
+
+def as_aten_split(node: fx.Node, x: fx.Node, sizes: list[int], dim: int) -> None:
+    node.target, node.args, node.kwargs = torch.ops.aten.split_with_sizes.default, (x, sizes, dim), {}
+
+
 class SplitRule(MovementRule):
-    """split/chunk: after pruning, parts are re-cut to the kept channel counts (chunk becomes split)."""
+    """split/chunk (torch.split, Tensor.chunk...; aten.split.Tensor, split_with_sizes), all (x, size(s), dim):
+    after pruning, the parts are re-cut to their kept channel counts by a split with sizes, written by
+    `respell` in the frontend's spelling (`as_torch_split`, `as_aten_split`)."""
+
+    rewrites_size_arguments = True
+
+    def __init__(self, respell=as_torch_split):
+        self.respell = respell
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         x = node.args[0]
-        d = ctx.declared.get(x.name)
-        rank = len(ctx.value(x).shape)
-        dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % rank
-        kept = ctx.kept(x.name, dim) if d == dim else None
+        dim = arg(node, 2, "dim", 0) % len(ctx.value(x).shape)
+        kept = ctx.kept(x.name, dim) if ctx.declared.get(x.name) == dim else None
         if kept is None:
             return
-        sizes = [p.shape[dim] for p in ctx.value(node)]
-        bounds = np.cumsum([0] + sizes)
-        new_sizes = [int(np.count_nonzero((kept >= lo) & (kept < hi))) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        node.op, node.target = "call_function", torch.split
-        node.args, node.kwargs = (x, new_sizes), {"dim": dim}
+        bounds = np.cumsum([0] + [part.shape[dim] for part in ctx.value(node)])
+        sizes = [int(np.count_nonzero((kept >= lo) & (kept < hi))) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        self.respell(node, x, sizes, dim)
+
+
+class RollRule(MovementRule):
+    """torch.roll(x, shifts, dims): label-pushed when the channel dim is not shifted, else frozen."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        x, dims = node.args[0], arg(node, 2, "dims")
+        d = ctx.channel_dim(x)
+        if isinstance(d, int):
+            rank = len(ctx.shape(x))
+            rolled = None if dims is None else {r % rank for r in ((dims,) if isinstance(dims, int) else dims)}
+            if rolled is None or d in rolled:
+                reason = f"{describe_node(node)} shifts the channel dim (or the flattened tensor)"
+                return Effect(None, freezes=freeze_inputs(node, ctx, reason))
+        return super().couple(node, ctx)
 
 
 class GetItemRule(MovementRule):
@@ -269,7 +297,7 @@ class GetItemRule(MovementRule):
         if kept is None or not isinstance(entry, slice):
             return
         start, stop, _ = entry.indices(size)
-        new = slice(int(np.count_nonzero(kept < start)), int(np.count_nonzero(kept < stop)), None)
+        new = slice(*kept_bounds(kept, start, stop), None)
         node.args = (src, _replace_index_entry(index, d, len(ctx.value(src).shape), new))
 
 

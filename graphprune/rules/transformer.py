@@ -1,15 +1,6 @@
 """Transformer patterns in Core ATen graphs that the generic rules cannot prove on their own.
 
-- RMSNorm written by hand (Hugging Face LlamaRMSNorm, Qwen2, Mistral):
-      s = mean(x * x, dim=-1, keepdim=True);  y = x * rsqrt(s + eps)   (then weight * y)
-  The mean reduces over the channel dim, which in general changes what the model computes
-  and freezes the channels. Here the statistic only rescales the same channels it was taken
-  over, exactly like LayerNorm's: pruning channels keeps the model valid (the statistic is
-  then taken over the kept channels; not exact, as for LayerNorm). `RMSStatisticRule`
-  allows a reduction over the channel dim only when (1) its input is x*x or x**2, (2) it
-  keeps the dim, and (3) every use of the statistic, through element-wise ops on the
-  statistic alone (add eps, rsqrt, sqrt, reciprocal, casts), ends in a multiply or divide of
-  that same x. Any other mean over channels stays frozen.
+- RMSNorm written by hand: a normalising statistic, see statistics.py.
 - grouped-query attention (`GroupedQuery`): repeat_kv spells `k[:, :, None].expand(n, hkv,
   r, l, d).reshape(n, hkv * r, l, d)`. `RepeatKVRule` (on aten.expand) either ties each KV
   head to its r query heads (KV_GROUPS: a KV head goes with its query heads; label pushing
@@ -27,71 +18,10 @@ import torch.fx as fx
 from ..errors import InputError
 from ..groups import Effect
 from .base import AnalysisContext, describe_node, freeze_inputs
-from .elementwise import ReduceRule
-from .movement import ReshapeRule
+from .movement import ATEN_RESHAPES, ReshapeRule
 
 A = torch.ops.aten
-
-_CASTS = (A._to_copy.default, A.clone.default, A.alias.default)
-_ON_STATISTIC = (A.add.Tensor, A.add.Scalar, A.rsqrt.default, A.sqrt.default, A.reciprocal.default,
-                 A.mul.Scalar, A.div.Scalar, A.pow.Tensor_Scalar) + _CASTS
-_APPLY = (A.mul.Tensor, A.div.Tensor)
-_RESHAPES = (A.view.default, A._unsafe_view.default, A.reshape.default)
-
-
-def _root(node) -> object:
-    """`node` with casts and copies stripped (x.to(float32) is the same channels as x)."""
-    while isinstance(node, fx.Node) and node.op == "call_function" and node.target in _CASTS:
-        node = node.args[0]
-    return node
-
-
-def _squared(node: fx.Node):
-    """x when `node` is x * x or x ** 2 (casts stripped), else None."""
-    if node.op != "call_function":
-        return None
-    if node.target is A.pow.Tensor_Scalar and node.args[1] == 2:
-        return _root(node.args[0])
-    if node.target is A.mul.Tensor and _root(node.args[0]) is _root(node.args[1]):
-        return _root(node.args[0])
-    return None
-
-
-def _only_rescales(stat: fx.Node, x, depth: int = 8) -> bool:
-    """Every use of `stat` is element-wise on the statistic alone, ending in `x * f(stat)` or `x / f(stat)`."""
-    if depth == 0 or not stat.users:
-        return False
-    for user in stat.users:
-        if user.op != "call_function":
-            return False
-        others = [a for a in user.args if a is not stat]
-        if user.target in _APPLY and len(others) == 1 and _root(others[0]) is x:
-            continue
-        if user.target in _ON_STATISTIC and not any(isinstance(a, fx.Node) for a in others):
-            if _only_rescales(user, x, depth - 1):
-                continue
-        return False
-    return True
-
-
-class RMSStatisticRule(ReduceRule):
-    """mean(x*x, -1, keepdim=True) of an RMSNorm: allowed over the channel dim (module docstring); else a reduction."""
-
-    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
-        x = node.args[0]
-        d = ctx.channel_dim(x)
-        if isinstance(d, int) and ctx.is_tensor(node) and self._is_rms_statistic(node, ctx, d):
-            return Effect(None)
-        return super().couple(node, ctx)
-
-    def _is_rms_statistic(self, node: fx.Node, ctx: AnalysisContext, d: int) -> bool:
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-        rank = len(ctx.shape(node.args[0]))
-        if not keepdim or not isinstance(dims, (list, tuple)) or [r % rank for r in dims] != [d]:
-            return False
-        x = _squared(node.args[0])
-        return x is not None and _only_rescales(node, x)
+_COPIES = (A._to_copy.default, A.clone.default, A.alias.default)
 
 
 class GroupedQuery(enum.Enum):
@@ -143,12 +73,11 @@ class RepeatKVRule(ReshapeRule):
         return grown[0] if grown == [d + 1] else None
 
 
-
 def _merged_by_a_reshape(node: fx.Node, d: int) -> bool:
     """`node` (through copies) feeds only reshapes that merge dims d and d + 1 (kv heads x repeats -> heads)."""
     users = list(node.users)
-    while len(users) == 1 and users[0].target in _CASTS:
+    while len(users) == 1 and users[0].target in _COPIES:
         users = list(users[0].users)
     shape = node.meta["gp_value"].shape
     merged = tuple(shape[:d]) + (shape[d] * shape[d + 1],) + tuple(shape[d + 2:])
-    return bool(users) and all(u.target in _RESHAPES and tuple(u.meta["gp_value"].shape) == merged for u in users)
+    return bool(users) and all(u.target in ATEN_RESHAPES and tuple(u.meta["gp_value"].shape) == merged for u in users)

@@ -1,0 +1,115 @@
+"""Reading a call site the same way whatever its spelling.
+
+One op is spelled several ways: a module call (`nn.Conv2d` in an fx graph, its weight an
+attribute of the module), a functional call (`F.conv2d(x, w)`, its weight a `get_attr` or a
+computed node) and a Core ATen overload (`aten.convolution`, from torch.export). A family
+rule reads every spelling through an adapter into one view, and meets its tensors as
+`Operand`s, so its coupling, shrink and cost are written once.
+
+- `arg` / `set_arg`: an argument where the call site passed it, by position or keyword.
+- `Operand`: a tensor a layer reads (a module attribute or a graph node) and its slots.
+- `first_outputs`: an op returning (output, statistics...) carries channels on output 0.
+- `channel_factor`: the activation slot a MAC term scales with, if that dim carries channels.
+- `kept_count`, `kept_bounds`: a pruned dim's kept count, a slice of it re-cut.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+import torch.fx as fx
+
+from ..groups import Coupling, Freeze, Role, Slot
+from .base import AnalysisContext, GraphView, ShrinkContext, describe_node
+
+
+def arg(node: fx.Node, position: int | None, name: str, default=None):
+    """The argument at `position` (None: keyword only), else the keyword `name`, else `default`."""
+    if position is not None and len(node.args) > position:
+        return node.args[position]
+    return node.kwargs.get(name, default)
+
+
+def set_arg(node: fx.Node, position: int, name: str, value) -> None:
+    """Set an argument where the call site passed it (positionally, or by keyword otherwise)."""
+    if len(node.args) > position:
+        args = list(node.args)
+        args[position] = value
+        node.args = tuple(args)
+    else:
+        node.kwargs = {**node.kwargs, name: value}
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A tensor a layer reads: `qualname`, a module's parameter or buffer (module spelling), or `node`, a graph
+    value (a `get_attr` of a parameter, or a computed tensor: functional and ATen spellings)."""
+
+    node: fx.Node | None = None
+    qualname: str | None = None
+
+    @staticmethod
+    def of_module(node: fx.Node, view: GraphView, attr: str) -> "Operand | None":
+        """The module's tensor attribute `attr`, or None when the module has none (bias=False)."""
+        qualname = f"{node.target}.{attr}" if node.target else attr
+        return Operand(qualname=qualname) if qualname in view.params or qualname in view.buffers else None
+
+    @staticmethod
+    def of_arg(value) -> "Operand | None":
+        return Operand(node=value) if isinstance(value, fx.Node) else None
+
+    def slot(self, ctx: AnalysisContext, dim: int, role: Role) -> Slot:
+        """Its dim `dim` as a slot: the parameter's own (tied weights share it), or the activation's.
+
+        A vector constant's only non-trivial dim is declared by the analysis (coupled to its
+        parameter slot), so it is reached through the node; a computed tensor through its producer.
+        """
+        if self.qualname is not None:
+            return ctx.param_slot(self.qualname, dim, role)
+        if ctx.constant(self.node) is None or ctx.channel_dim(self.node) == dim:
+            return ctx.input_slot(self.node, dim)
+        return ctx.param_slot(self.node.target, dim, role)
+
+    def parameter(self, view: GraphView) -> str | None:
+        """The qualified name of the parameter it reads, None for a computed tensor."""
+        if self.qualname is not None:
+            return self.qualname
+        return self.node.target if view.constant(self.node) is not None else None
+
+    def shape(self, view: GraphView) -> tuple[int, ...]:
+        if self.qualname is not None:
+            return tuple(view.params.get(self.qualname, view.buffers.get(self.qualname)).shape)
+        return view.shape(self.node)
+
+
+def first_outputs(node: fx.Node, ctx: AnalysisContext, dim: int, source: Slot) -> tuple[list, list]:
+    """Couplings from `source` to dim `dim` of every `getitem(node, 0)`; a tuple used whole freezes `source`."""
+    users = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
+    couplings = [Coupling(source, ctx.output_slot(u, dim)) for u in users]
+    whole = [u for u in node.users if u.target is not operator.getitem]
+    freezes = [Freeze(source, f"the outputs of {describe_node(node)} are used whole")] if whole else []
+    return couplings, freezes
+
+
+def channel_factor(view: GraphView, node: fx.Node, dim: int) -> tuple[Slot, ...]:
+    """(Slot(node, dim),) when `dim` is the channel dim declared for `node`, else (): a MAC term's factor."""
+    return (Slot(node.name, dim),) if view.channel_dim(node) == dim else ()
+
+
+def kept_count(ctx: ShrinkContext, node: fx.Node, dim: int) -> int | None:
+    """How many positions of activation slot (node, dim) the plan keeps; None when it is not pruned."""
+    kept = ctx.kept(node.name, dim)
+    return None if kept is None else len(kept)
+
+
+def grouped_together(slot: Slot, channels: int, width: int) -> Coupling:
+    """Channels c and c' of `slot` go together when c // width == c' // width (a norm group, a conv group)."""
+    c = np.arange(channels)
+    return Coupling(slot, slot, c, (c // width) * width)
+
+
+def kept_bounds(kept, start: int, stop: int) -> tuple[int, int]:
+    """A slice [start, stop) of a pruned dim, re-cut to the kept positions `kept` (sorted): the kept ones before
+    `start` and before `stop`."""
+    return int(np.count_nonzero(kept < start)), int(np.count_nonzero(kept < stop))

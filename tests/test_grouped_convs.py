@@ -1,0 +1,80 @@
+"""Grouped convolutions are pruned inside every group by default (the group count stays, the same channels go
+from each group), exactly, under both frontends and in the caller's module; whole groups on request."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import graphprune
+from graphprune.errors import InputError
+from graphprune.verify import max_exactness_error
+from conftest import randomize_norms
+
+
+class GroupedBlock(nn.Module):
+    """A ResNeXt-style bottleneck without the residual: 1x1, grouped 3x3 (4 groups of 8), 1x1."""
+
+    def __init__(self):
+        super().__init__()
+        self.reduce, self.bn1 = nn.Conv2d(8, 32, 1, bias=False), nn.BatchNorm2d(32)
+        self.grouped, self.bn2 = nn.Conv2d(32, 32, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(32)
+        self.expand = nn.Conv2d(32, 8, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.reduce(x)))
+        return self.expand(torch.relu(self.bn2(self.grouped(x))))
+
+
+class FunctionalGrouped(nn.Module):
+    """The grouped conv as F.conv2d on a parameter (a library's own conv module), groups=2 with k_out=2 k_in."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(4, 16, 1)
+        self.weight = nn.Parameter(torch.randn(32, 8, 3, 3) * 0.2)
+        self.b = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(F.conv2d(torch.relu(self.a(x)), self.weight, None, 1, 1, 1, 2)))
+
+
+def _grouped(module):
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_within_groups_keeps_the_group_count_and_is_exact(frontend):
+    model, x = randomize_norms(GroupedBlock()).eval(), torch.randn(2, 8, 8, 8)
+    result = graphprune.prune_graph(model, x, ratio=0.5, frontend=frontend, target="none")
+    assert max_exactness_error(model, (x,), result) <= 1e-5
+    weights = {n: p.shape for n, p in result.model.named_parameters() if n.endswith("weight") and len(p.shape) == 4}
+    grouped = next(shape for name, shape in weights.items() if tuple(shape[1:]) != (32, 1, 1) and shape[2] == 3)
+    assert tuple(grouped) == (16, 4, 3, 3)  # 4 groups of 4 inputs and 4 outputs each: half of every group
+    module = result.module
+    (conv,) = _grouped(module)
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (4, 16, 16)
+    torch.testing.assert_close(module(x), result.model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_whole_groups_on_request_removes_groups():
+    model, x = randomize_norms(GroupedBlock()).eval(), torch.randn(2, 8, 8, 8)
+    whole = graphprune.prune_graph(model, x, ratio=0.5, target="none", grouped_convs="whole")
+    within = graphprune.prune_graph(model, x, ratio=0.5, target="none")
+    assert max_exactness_error(model, (x,), whole) <= 1e-5
+    (conv,) = _grouped(whole.module)
+    assert (conv.groups, conv.in_channels // conv.groups) == (2, 8)  # whole groups gone, each group as wide
+    assert within.report.params_after < whole.report.params_after  # inside groups, the grouped conv's inputs go too
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_functional_grouped_conv_is_pruned_within_groups(frontend):
+    model, x = FunctionalGrouped().eval(), torch.randn(1, 4, 8, 8)
+    result = graphprune.prune_graph(model, x, ratio=0.5, frontend=frontend, target="none")
+    assert max_exactness_error(model, (x,), result) <= 1e-5
+    shapes = [tuple(p.shape) for p in result.model.parameters() if p.dim() == 4 and p.shape[2] == 3]
+    assert shapes == [(16, 4, 3, 3)]  # 2 groups kept, each with half its inputs and outputs
+
+
+def test_a_bad_grouped_convs_value_is_one_clear_error():
+    with pytest.raises(InputError, match="grouped_convs must be one of"):
+        graphprune.prune_graph(GroupedBlock(), torch.randn(1, 8, 8, 8), ratio=0.5, grouped_convs="halves")
