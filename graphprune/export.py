@@ -258,6 +258,26 @@ def export_onnx(
     """
     path = os.fspath(path)
     where = f"export_onnx({type(model).__name__} -> {path})"
+    inputs = _checked_onnx_arguments(model, example_inputs, opset, dynamic_batch, atol, rtol, where)
+    with eval_mode(model):
+        reference, reference_b1 = _reference_outputs(model, inputs, dynamic_batch, where)
+        in_names = [f"input_{i}" for i in range(len(inputs))]
+        out_names = [f"output_{i}" for i in range(len(reference))]
+        with temp_path_for(path, ".onnx") as tmp:
+            exporter = _write_onnx(model, inputs, tmp, opset, in_names, out_names, dynamic_batch, where)
+            actual_opset = _checked_opset(tmp, opset, where)
+            got, names = _ort_run(tmp, in_names, inputs, where)
+            max_diff = compare_outputs(got, reference, names, atol, rtol, where)
+            if reference_b1 is not None:
+                got, names = _ort_run(tmp, in_names, _batch_plus_one(inputs), where + " [batch+1]")
+                max_diff = max(max_diff, compare_outputs(got, reference_b1, names, atol, rtol, where + " [batch+1]"))
+            os.replace(tmp, path)
+    return ExportResult(path=path, opset=actual_opset, max_abs_diff=max_diff, file_bytes=os.path.getsize(path),
+                        exporter=exporter)
+
+
+def _checked_onnx_arguments(model, example_inputs, opset, dynamic_batch, atol, rtol, where) -> tuple:
+    """export_onnx's arguments, checked (an ExportError naming the bad one); returns the inputs as a tuple."""
     if not isinstance(model, torch.nn.Module):
         raise ExportError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(opset, int) or opset < MIN_OPSET:
@@ -267,68 +287,47 @@ def export_onnx(
     inputs = as_input_tuple(example_inputs, where)
     if dynamic_batch and any(t.dim() == 0 for t in inputs):
         raise ExportError(f"{where}: dynamic_batch=True needs every input to have a batch dim 0")
+    return inputs
 
+
+def _reference_outputs(model, inputs: tuple, dynamic_batch: bool, where: str) -> tuple[list, list | None]:
+    """The model's flattened outputs on the inputs (and at batch + 1 with a dynamic batch): what ORT must match."""
+    try:
+        with torch.no_grad():
+            reference = flatten_outputs(model(*inputs), where)
+            reference_b1 = flatten_outputs(model(*_batch_plus_one(inputs)), where) if dynamic_batch else None
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"{where}: the model raised on the example inputs: {type(exc).__name__}: "
+                          f"{first_line(exc)}; check the example input shapes and dtypes") from exc
+    return reference, reference_b1
+
+
+def _write_onnx(model, inputs, tmp, opset, in_names, out_names, dynamic_batch, where) -> str:
+    """Export with the TorchScript exporter, else the dynamo one; returns which wrote `tmp`."""
+    errors = []
+    for name, fn in (("torchscript", _export_torchscript), ("dynamo", _export_dynamo)):
+        try:
+            fn(model, inputs, tmp, opset, in_names, out_names, dynamic_batch)
+            return name
+        except Exception as exc:
+            errors.append(f"{name} exporter: {type(exc).__name__}: {first_line(exc)}")
+    raise ExportError(f"{where}: the model cannot be exported to ONNX opset {opset} ({'; '.join(errors)}). An op has "
+                      "no ONNX translation: replace it, or register a custom symbolic / translation for it")
+
+
+def _checked_opset(tmp: str, opset: int, where: str) -> int:
+    """The file passes onnx.checker (full check); returns the ai.onnx opset it declares."""
     import onnx
 
-    with eval_mode(model):
-        try:
-            with torch.no_grad():
-                reference = flatten_outputs(model(*inputs), where)
-                reference_b1 = (
-                    flatten_outputs(model(*_batch_plus_one(inputs)), where)
-                    if dynamic_batch else None
-                )
-        except ExportError:
-            raise
-        except Exception as exc:
-            raise ExportError(
-                f"{where}: the model raised on the example inputs: {type(exc).__name__}: "
-                f"{first_line(exc)}; check the example input shapes and dtypes"
-            ) from exc
-        in_names = [f"input_{i}" for i in range(len(inputs))]
-        out_names = [f"output_{i}" for i in range(len(reference))]
-
-        with temp_path_for(path, ".onnx") as tmp:
-            errors = []
-            exporter = None
-            for name, fn in (("torchscript", _export_torchscript), ("dynamo", _export_dynamo)):
-                try:
-                    fn(model, inputs, tmp, opset, in_names, out_names, dynamic_batch)
-                    exporter = name
-                    break
-                except Exception as exc:
-                    errors.append(f"{name} exporter: {type(exc).__name__}: {first_line(exc)}")
-            if exporter is None:
-                raise ExportError(
-                    f"{where}: the model cannot be exported to ONNX opset {opset} "
-                    f"({'; '.join(errors)}). An op has no ONNX translation: replace it, "
-                    "or register a custom symbolic / translation for it"
-                )
-
-            try:
-                onnx.checker.check_model(tmp, full_check=True)
-            except Exception as exc:
-                raise ExportError(
-                    f"{where}: the exported file fails onnx.checker ({first_line(exc)}); "
-                    f"this is an exporter bug at opset {opset}, try another opset"
-                ) from exc
-
-            got, names = _ort_run(tmp, in_names, inputs, where)
-            max_diff = compare_outputs(got, reference, names, atol, rtol, where)
-            if reference_b1 is not None:
-                got, names = _ort_run(tmp, in_names, _batch_plus_one(inputs), where + " [batch+1]")
-                max_diff = max(max_diff, compare_outputs(
-                    got, reference_b1, names, atol, rtol, where + " [batch+1]"))
-
-            proto = onnx.load(tmp, load_external_data=False)
-            actual_opset = next(
-                (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset
-            )
-            os.replace(tmp, path)
-    return ExportResult(
-        path=path, opset=int(actual_opset), max_abs_diff=max_diff,
-        file_bytes=os.path.getsize(path), exporter=exporter,
-    )
+    try:
+        onnx.checker.check_model(tmp, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"{where}: the exported file fails onnx.checker ({first_line(exc)}); "
+                          f"this is an exporter bug at opset {opset}, try another opset") from exc
+    proto = onnx.load(tmp, load_external_data=False)
+    return int(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset))
 
 
 def save_torch_artifact(
@@ -350,49 +349,43 @@ def save_torch_artifact(
     if not isinstance(model, torch.nn.Module):
         raise ExportError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs, where)
-
-    def check(reloaded: Any, fmt: str) -> None:
-        with torch.no_grad():
-            got = flatten_outputs(reloaded(*inputs), where)
-        compare_outputs([g.detach().cpu().numpy() for g in got], reference,
-                        [f"output_{i}" for i in range(len(got))], 1e-5, 1e-4, f"{where} [{fmt}]",
-                        runtime=f"the reloaded {fmt} file")
-
     with eval_mode(model):
-        try:
+        reference, _ = _reference_outputs(model, inputs, False, where)
+
+        def check(reloaded: Any, fmt: str) -> None:
             with torch.no_grad():
-                reference = flatten_outputs(model(*inputs), where)
-        except ExportError:
-            raise
-        except Exception as exc:
-            raise ExportError(
-                f"{where}: the model raised on the example inputs: {type(exc).__name__}: "
-                f"{first_line(exc)}; check the example input shapes and dtypes"
-            ) from exc
+                got = flatten_outputs(reloaded(*inputs), where)
+            compare_outputs([g.detach().cpu().numpy() for g in got], reference,
+                            [f"output_{i}" for i in range(len(got))], 1e-5, 1e-4, f"{where} [{fmt}]",
+                            runtime=f"the reloaded {fmt} file")
 
         errors = []
-        with temp_path_for(path, ".pt2") as tmp:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    ep = torch.export.export(model, inputs)
-                    torch.export.save(ep, tmp)
-                    check(torch.export.load(tmp).module(), "pt2")
-                os.replace(tmp, path)
-                return "pt2"
-            except Exception as exc:
-                errors.append(f"torch.export: {type(exc).__name__}: {first_line(exc)}")
-        with temp_path_for(path, ".pt") as tmp:
-            try:
-                with warnings.catch_warnings(), torch.no_grad():
-                    warnings.simplefilter("ignore")
-                    torch.jit.save(torch.jit.trace(model, inputs), tmp)
-                check(torch.jit.load(tmp), "torchscript")
-                os.replace(tmp, path)
-                return "torchscript"
-            except Exception as exc:
-                errors.append(f"torch.jit.trace: {type(exc).__name__}: {first_line(exc)}")
+        writers = (("pt2", ".pt2", _save_pt2, "torch.export"), ("torchscript", ".pt", _save_torchscript, "torch.jit.trace"))
+        for fmt, suffix, write, tool in writers:
+            with temp_path_for(path, suffix) as tmp:
+                try:
+                    check(write(model, inputs, tmp), fmt)
+                    os.replace(tmp, path)
+                    return fmt
+                except Exception as exc:
+                    errors.append(f"{tool}: {type(exc).__name__}: {first_line(exc)}")
     raise ExportError(
         f"{where}: the model cannot be saved as a standalone artifact ({'; '.join(errors)}). "
         "Make forward() traceable (no data-dependent Python control flow or side effects)"
     )
+
+
+def _save_pt2(model: torch.nn.Module, inputs: tuple, tmp: str):
+    """torch.export.export + save to `tmp`; returns the program reloaded from it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.save(torch.export.export(model, inputs), tmp)
+        return torch.export.load(tmp).module()
+
+
+def _save_torchscript(model: torch.nn.Module, inputs: tuple, tmp: str):
+    """torch.jit.trace + save to `tmp`; returns the module reloaded from it."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(model, inputs), tmp)
+    return torch.jit.load(tmp)

@@ -198,59 +198,80 @@ def _align(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, constraint
     when the overshoot cannot be paid back (a layer narrower than one block runs off the
     runtime's fast path, so that "floor" can keep more than asked, and is reported).
     """
-    mask = np.zeros(group.size, dtype=bool)
-    mask[kept] = True
-    budget = len(kept)
-    slot_channels = group.slot_channel_sets
+    aligner = _StepAligner(group, kept, scores, floor)
+    floored = aligner.raise_small_layers(constraints, one_block)
+    aligner.round_to_steps(constraints)
+    return np.flatnonzero(aligner.mask), floored
 
-    def try_drop(drop: np.ndarray) -> bool:
-        if int(mask.sum()) - len(drop) < floor:
+
+class _StepAligner:
+    """The kept mask of one group while `_align` moves its layers onto their steps (see `_align`)."""
+
+    def __init__(self, group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, floor: int):
+        self.mask = np.zeros(group.size, dtype=bool)
+        self.mask[kept] = True
+        self.budget, self.scores, self.floor = len(kept), scores, floor
+        self.slot_channels = group.slot_channel_sets
+
+    def try_drop(self, drop: np.ndarray) -> bool:
+        """Drop `drop` unless that breaks the floor or empties a member slot."""
+        mask = self.mask
+        if int(mask.sum()) - len(drop) < self.floor:
             return False
         mask[drop] = False
-        if all(mask[c].any() for c in slot_channels):
+        if all(mask[c].any() for c in self.slot_channels):
             return True
         mask[drop] = True
         return False
 
-    def worst_kept(channels: np.ndarray, n: int) -> np.ndarray:
-        mine = channels[mask[channels]]
-        return mine[np.argsort(scores[mine], kind="stable")[:n]]
+    def worst_kept(self, channels: np.ndarray, n: int) -> np.ndarray:
+        mine = channels[self.mask[channels]]
+        return mine[np.argsort(self.scores[mine], kind="stable")[:n]]
 
-    # layers that see no smaller layer's channels (each DenseNet conv's own output, not the concatenations)
-    minimal = [k for k, (c, _) in enumerate(constraints)
-               if not any(len(o) < len(c) and np.isin(o, c).all() for o, _ in constraints)]
-    for channels, step in constraints:  # 1. raise a small layer to one step, paying back elsewhere, or leave it
-        mine = channels[mask[channels]]
-        if not 0 < len(mine) < step <= len(channels):
-            continue
-        before = mask.copy()
-        missing = channels[~mask[channels]]
-        mask[missing[np.argsort(-scores[missing], kind="stable")[: step - len(mine)]]] = True
-        while mask.sum() > budget:
-            options = sorted((scores[worst_kept(*constraints[k])].sum() / constraints[k][1], k) for k in minimal
-                             if mask[constraints[k][0]].sum() >= 2 * constraints[k][1]
-                             and not np.isin(constraints[k][0], channels).any())
-            if not any(try_drop(worst_kept(*constraints[k])) for _, k in options):
-                break
-        if mask.sum() > budget and not one_block:
-            mask[:] = before
-    floored = bool(mask.sum() > budget)
-    for _ in range(3):  # 2. round the rest to the nearest step; overlapping layers may need a second pass
-        changed = False
-        for channels, step in sorted(constraints, key=lambda c: len(c[0])):  # layers that see fewer channels first
+    def best_dropped(self, channels: np.ndarray, n: int) -> np.ndarray:
+        dropped = channels[~self.mask[channels]]
+        return dropped[np.argsort(-self.scores[dropped], kind="stable")[:n]]
+
+    def raise_small_layers(self, constraints: tuple[Constraint, ...], one_block: bool) -> bool:
+        """Step 1: a layer below one step is raised to it, paid back by whole steps of the layers that see no
+        smaller layer's channels (each DenseNet conv's own output, not the concatenations); returns whether
+        the one-block floor kept more than the budget."""
+        mask = self.mask
+        minimal = [k for k, (c, _) in enumerate(constraints)
+                   if not any(len(o) < len(c) and np.isin(o, c).all() for o, _ in constraints)]
+        for channels, step in constraints:
             here = int(mask[channels].sum())
-            extra = here % step
-            if not extra or here < step:  # on the step, or below one step (left as step 1 decided)
+            if not 0 < here < step <= len(channels):
                 continue
-            dropped = channels[~mask[channels]]
-            if 2 * extra >= step and len(dropped) >= step - extra:
-                mask[dropped[np.argsort(-scores[dropped], kind="stable")[: step - extra]]] = True
-                changed = True
-            else:
-                changed |= try_drop(worst_kept(channels, extra))
-        if not changed:
-            break
-    return np.flatnonzero(mask), floored
+            before = mask.copy()
+            mask[self.best_dropped(channels, step - here)] = True
+            while mask.sum() > self.budget:
+                options = sorted((self.scores[self.worst_kept(*constraints[k])].sum() / constraints[k][1], k)
+                                 for k in minimal if mask[constraints[k][0]].sum() >= 2 * constraints[k][1]
+                                 and not np.isin(constraints[k][0], channels).any())
+                if not any(self.try_drop(self.worst_kept(*constraints[k])) for _, k in options):
+                    break
+            if mask.sum() > self.budget and not one_block:
+                mask[:] = before
+        return bool(mask.sum() > self.budget)
+
+    def round_to_steps(self, constraints: tuple[Constraint, ...]) -> None:
+        """Step 2: the other layers to their nearest multiple of the step, narrow layers first; overlapping
+        layers may need another pass."""
+        for _ in range(3):
+            changed = False
+            for channels, step in sorted(constraints, key=lambda c: len(c[0])):
+                here = int(self.mask[channels].sum())
+                extra = here % step
+                if not extra or here < step:  # on the step, or below one step (left as step 1 decided)
+                    continue
+                if 2 * extra >= step and int((~self.mask[channels]).sum()) >= step - extra:
+                    self.mask[self.best_dropped(channels, step - extra)] = True
+                    changed = True
+                else:
+                    changed |= self.try_drop(self.worst_kept(channels, extra))
+            if not changed:
+                break
 
 
 def _assemble(groups_and_quotas, scores, constraints, min_keep, one_block=False) -> Planned:

@@ -130,3 +130,32 @@ def test_the_check_finds_a_cycle_through_imports_inside_functions():
                                  "graphprune.latency", "graphprune.analysis"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
     assert find_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 60
+
+
+def oversized(sources: Mapping[str, str]) -> list[str]:
+    """Modules over MAX_MODULE_LINES lines and functions (methods, nested ones) over MAX_FUNCTION_LINES."""
+    found = []
+    for name, source in sources.items():
+        if source.count("\n") > MAX_MODULE_LINES:
+            found.append(f"{name}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{name}: {node.name} is {length} lines")
+    return found
+
+
+def test_no_module_over_500_lines_and_no_function_over_60():
+    sources = {path.relative_to(ROOT).as_posix(): path.read_text() for path in sorted(ROOT.rglob("*.py"))}
+    assert oversized(sources) == []
+
+
+def test_the_size_check_finds_a_long_function_and_a_long_module():
+    long_function = "def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES
+    long_module = "x = 1\n" * (MAX_MODULE_LINES + 1)
+    assert oversized({"a.py": long_function, "b.py": long_module, "c.py": "def g():\n    return 1\n"}) == [
+        f"a.py: f is {MAX_FUNCTION_LINES + 1} lines", f"b.py: {MAX_MODULE_LINES + 1} lines"]
