@@ -52,7 +52,7 @@ def _tokenizer(directory: str):
     return tokenizer
 
 
-def check_token_input(input_shape: tuple[int, ...], vocab_size: int | None) -> None:
+def _check_token_input(input_shape: tuple[int, ...], vocab_size: int | None) -> None:
     """A CLIError unless the model takes token ids of shape (batch, length) (module docstring)."""
     if vocab_size is None:
         raise CLIError(f"--text gives token ids, but this model was pruned on random float inputs of shape "
@@ -65,7 +65,7 @@ def check_token_input(input_shape: tuple[int, ...], vocab_size: int | None) -> N
 def text_batches(path: str, tokenizer_dir: str, input_shape: tuple[int, ...], vocab_size: int | None,
                  batch_size: int, max_length: int | None = None) -> list[torch.Tensor]:
     """The file's lines as token-id tensors (batch_size, length) (the last batch may be smaller)."""
-    check_token_input(input_shape, vocab_size)
+    _check_token_input(input_shape, vocab_size)
     length = max_length or input_shape[1]
     lines = _lines(path)
     tokenizer = _tokenizer(tokenizer_dir)

@@ -54,10 +54,10 @@ def _called_linears(student: nn.Module) -> list[str]:
     return [name for name, m in student.named_modules() if isinstance(m, nn.Linear) and name not in inside_attention]
 
 
-def _shared(student: nn.Module, name: str) -> bool:
-    weight = student.get_submodule(name).weight
+def _shared(student: nn.Module, names: list[str]) -> set[str]:
+    """The modules of `names` whose weight another module holds too (tied)."""
     uses = collections.Counter(id(p) for _, p in student.named_parameters(remove_duplicate=False))
-    return uses[id(weight)] > 1
+    return {name for name in names if uses[id(student.get_submodule(name).weight)] > 1}
 
 
 def _no_linears(student: nn.Module) -> InputError:
@@ -80,8 +80,9 @@ def targets(student: nn.Module, lora: LoRA) -> tuple[str, ...]:
     called = _called_linears(student)
     if not called:
         raise _no_linears(student)
+    tied = _shared(student, called)
     if lora.targets is None:
-        chosen = [name for name in called if not _shared(student, name)]
+        chosen = [name for name in called if name not in tied]
         if not chosen:
             raise InputError(f"trainable='lora': every nn.Linear of the student shares its weight with another "
                              f"module ({', '.join(called)}); use trainable='all'")
@@ -94,7 +95,7 @@ def targets(student: nn.Module, lora: LoRA) -> tuple[str, ...]:
             raise InputError(f"LoRA.targets names {target!r}, which is no nn.Linear the student calls"
                              + (f" (close: {', '.join(close)})" if close else "")
                              + f"; name some of: {', '.join(called[:8])}" + (" ..." if len(called) > 8 else ""))
-        shared = [name for name in found if _shared(student, name)]
+        shared = [name for name in found if name in tied]
         if shared:
             raise InputError(f"LoRA.targets names {shared[0]!r}, whose weight is shared with another module (tied); "
                              "merging an adapter into it would change that module too: leave it out")
