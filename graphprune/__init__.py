@@ -5,7 +5,7 @@ from .errors import GraphPruneError
 from .iterative import IterativeResult, prune_iteratively
 from .options import Budget, Calibration, MaxMacs, MaxParams, Ratio, Strategy
 from .planner import PrunePlan
-from .recovery import Checkpoints, Fidelity, Losses, RecoveryResult, Schedule, fidelity, recover
+from .recovery import Checkpoints, Fidelity, LoRA, Losses, RecoveryResult, Schedule, fidelity, recover
 from .rules import Rule, RuleTable, default_rules
 from .sensitivity import SensitivityTable, sensitivity
 from .targets import Target
@@ -13,4 +13,4 @@ from .targets import Target
 __all__ = ["prune_graph", "apply_plan", "analyse", "Analysis", "prune_iteratively", "sensitivity", "PruneResult",
            "PrunePlan", "IterativeResult", "SensitivityTable", "GraphPruneError", "Rule", "RuleTable", "default_rules",
            "Budget", "Ratio", "MaxParams", "MaxMacs", "Strategy", "Calibration", "Target",
-           "recover", "RecoveryResult", "fidelity", "Fidelity", "Losses", "Schedule", "Checkpoints"]
+           "recover", "RecoveryResult", "fidelity", "Fidelity", "Losses", "Schedule", "Checkpoints", "LoRA"]

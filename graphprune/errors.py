@@ -52,7 +52,8 @@ class RuleError(RuntimeError):
 
 
 class MissingRuntimeError(GraphPruneError):
-    """An optional runtime (ExecuTorch, OpenVINO) is not installed; the message names the extra to install."""
+    """An optional runtime (ExecuTorch, OpenVINO) or library (peft) is not installed; the message names the extra
+    to install."""
 
 
 class CalibrationError(InputError):

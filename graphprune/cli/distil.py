@@ -1,19 +1,36 @@
-"""Recovery from the command line: the images of --images distilled into a pruned model (prune --recover-steps,
-graphprune recover)."""
+"""Recovery from the command line: the images of --images or the text lines of --text distilled into a pruned
+model (prune --recover-steps, graphprune recover)."""
 from __future__ import annotations
 
-from dataclasses import replace
+import os
+from dataclasses import dataclass, replace
 
 import graphprune
 from .images import image_batches, parse_floats
 from .messages import CLIError, Progress
-from .models import LoadedModel
+from .text import text_batches
+
+
+def _check_source(args) -> None:
+    """One source of data: --images DIR, or --text FILE with --tokenizer DIR."""
+    who = "--recover-steps" if args.command == "prune" else "graphprune recover"
+    if args.images and args.text:
+        raise CLIError("--images and --text are exclusive: give one source of recovery data")
+    if args.steps and not (args.images or args.text):
+        raise CLIError(f"{who} needs --images DIR or --text FILE --tokenizer DIR: recovery distils on real data")
+    if args.text and not args.tokenizer:
+        raise CLIError("--text needs --tokenizer DIR, the folder of the model's saved Hugging Face tokenizer")
+    if args.tokenizer and not args.text:
+        raise CLIError("--tokenizer is read only with --text FILE (one sample a line)")
+    if args.text and not os.path.isfile(args.text):
+        raise CLIError(f"--text {args.text!r} is not a file; pass a UTF-8 text file with one sample a line")
+    if args.max_length is not None and args.max_length < 1:
+        raise CLIError(f"--max-length must be >= 1, got {args.max_length}")
 
 
 def check_recovery_args(args) -> None:
     """One-line errors for the recovery flags, before any work."""
-    if args.steps and not args.images:
-        raise CLIError("--recover-steps needs --images DIR: recovery distils on real images")
+    _check_source(args)
     if args.steps < 1:
         raise CLIError(f"--steps must be >= 1, got {args.steps}")
     if not 0 < args.eval_share < 1:
@@ -22,19 +39,36 @@ def check_recovery_args(args) -> None:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
 
 
-def recovered(progress: Progress, result, loaded: LoadedModel, args):
-    """(result with the recovered model and report, the RecoveryResult), on args.images (flags checked by the
-    caller with check_recovery_args, before any work)."""
-    shape = tuple(loaded.inputs[0].shape)
-    channels = shape[1] if len(shape) > 1 else 1
+@dataclass(frozen=True)
+class RecoveryData:
+    """The batches of --images or --text, read before any tracing, and what one sample is called."""
+
+    batches: list
+    samples: str  # "images" or "lines"
+
+
+def recovery_data(progress: Progress, args, input_shape: tuple[int, ...], vocab_size: int | None) -> RecoveryData:
+    """The batches of args.text (token ids: text.text_batches) or args.images, shaped like the model's input."""
+    if args.text:
+        with progress.step(f"tokenizing {args.text}"):
+            return RecoveryData(text_batches(args.text, args.tokenizer, input_shape, vocab_size, args.batch_size,
+                                             args.max_length), "lines")
+    channels = input_shape[1] if len(input_shape) > 1 else 1
     with progress.step(f"reading images from {args.images}"):
-        batches = image_batches(args.images, shape, args.batch_size, parse_floats(args.mean, channels, "--mean"),
-                                parse_floats(args.std, channels, "--std"))
+        return RecoveryData(image_batches(args.images, input_shape, args.batch_size,
+                                          parse_floats(args.mean, channels, "--mean"),
+                                          parse_floats(args.std, channels, "--std")), "images")
+
+
+def recovered(progress: Progress, result, data: RecoveryData, args):
+    """(result with the recovered model and report, the RecoveryResult), on `data` (flags checked by the caller
+    with check_recovery_args, before any work)."""
+    batches, samples = data.batches, data.samples
     held = max(1, round(args.eval_share * len(batches))) if len(batches) > 1 else 0
     data, held_out = (batches[:-held], batches[-held:]) if held else (batches, None)
-    progress.note(f"recovering on {sum(len(b) for b in data)} images, fidelity measured on "
-                  + (f"{sum(len(b) for b in held_out)} held-out images" if held_out else "the same images (too few "
-                     "to hold any out)"))
+    progress.note(f"recovering on {sum(len(b) for b in data)} {samples}, fidelity measured on "
+                  + (f"{sum(len(b) for b in held_out)} held-out {samples}" if held_out else f"the same {samples} "
+                     "(too few to hold any out)"))
     checkpoints = graphprune.Checkpoints(args.checkpoints, every=args.checkpoint_every, resume=args.resume) \
         if args.checkpoints else graphprune.Checkpoints()
     with progress.step(f"recovering for {args.steps} steps (distilling from the dense model)"):

@@ -2,7 +2,8 @@
 
 MODEL is a built-in model name (`graphprune explain --list` shows them) or `package.module:factory`, a
 function returning an nn.Module; --input-shape gives the shape of the random example input (required for
-a factory, optional for a built-in model, which has its own).
+a factory, optional for a built-in model, which has its own). --vocab-size N says a factory's model takes token
+ids: its example input is then random integers in [0, N) of that shape, not random floats.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class LoadedModel:
     name: str
     model: torch.nn.Module
     inputs: tuple[torch.Tensor, ...]
+    vocab_size: int | None = None  # the model takes token ids below this (--vocab-size); None: float inputs
 
 
 def parse_shape(text: str, flag: str = "--input-shape") -> tuple[int, ...]:
@@ -36,14 +38,20 @@ def parse_shape(text: str, flag: str = "--input-shape") -> tuple[int, ...]:
     return shape
 
 
-def random_inputs(shapes: list[tuple[int, ...]], seed: int) -> tuple[torch.Tensor, ...]:
+def random_inputs(shapes: list[tuple[int, ...]], seed: int, vocab_size: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Standard-normal floats, or token ids uniform in [0, vocab_size) when it is given."""
     g = torch.Generator().manual_seed(seed)
+    if vocab_size is not None:
+        return tuple(torch.randint(0, vocab_size, s, generator=g) for s in shapes)
     return tuple(torch.randn(s, generator=g) for s in shapes)
 
 
-def load_model(spec: str, input_shape: str | None) -> LoadedModel:
+def load_model(spec: str, input_shape: str | None, vocab_size: int | None = None) -> LoadedModel:
     """A built-in model by name, or `package.module:factory`; model and inputs checked (inputs.py)."""
     shape = parse_shape(input_shape) if input_shape else None
+    if vocab_size is not None and (vocab_size < 1 or ":" not in spec):
+        raise CLIError(f"--vocab-size {vocab_size}: " + ("give the number of token ids, >= 1" if vocab_size < 1 else
+                       "it is for a package.module:factory model that takes token ids; built-in models take images"))
     if ":" not in spec:
         zoo = get_model(spec)
         model = zoo.build()
@@ -68,5 +76,5 @@ def load_model(spec: str, input_shape: str | None) -> LoadedModel:
     check_model(model)
     if shape is None:
         raise CLIError(f"MODEL {spec!r} is not built in, so its input shape is unknown; pass --input-shape e.g. 1,3,224,224")
-    inputs = check_model_and_inputs(model, random_inputs([shape], 1))
-    return LoadedModel(spec, model.eval(), inputs)
+    inputs = check_model_and_inputs(model, random_inputs([shape], 1, vocab_size))
+    return LoadedModel(spec, model.eval(), inputs, vocab_size)

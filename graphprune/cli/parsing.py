@@ -47,6 +47,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", metavar="D0,D1,...",
                    help="shape of the random example input, e.g. 1,3,224,224 (required for package.module:factory; "
                         "a built-in model defaults to its own)")
+    p.add_argument("--vocab-size", type=int, metavar="N",
+                   help="the factory's model takes token ids: the example input is random ids in [0, N) of "
+                        "--input-shape (batch, length) instead of random floats; graphprune recover --text needs it")
 
 
 def _add_out(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -111,16 +114,24 @@ def _add_prune(sub) -> None:
 def _add_recovery(p: argparse.ArgumentParser, steps_flag: str) -> None:
     p.add_argument(steps_flag, dest="steps", type=int, default=200 if steps_flag == "--steps" else 0, metavar="N",
                    help="optimizer steps of distillation from the dense model" + (
-                       " (default 200)" if steps_flag == "--steps" else " on --images after pruning (default 0: none)"))
-    p.add_argument("--images", metavar="DIR", required=steps_flag == "--steps",
+                       " (default 200)" if steps_flag == "--steps" else " on --images or --text after pruning "
+                                                                         "(default 0: none)"))
+    p.add_argument("--images", metavar="DIR",
                    help="a folder of images (jpg, png, ...; subfolders included), resized and centre-cropped to the "
                         "input's H x W and normalised with --mean/--std")
+    p.add_argument("--text", metavar="FILE",
+                   help="instead of --images: a UTF-8 text file, one sample a line, tokenized with --tokenizer (for a "
+                        "model that takes token ids: pruned with --vocab-size)")
+    p.add_argument("--tokenizer", metavar="DIR", help="the folder of the model's saved Hugging Face tokenizer "
+                                                      "(local files only), for --text")
+    p.add_argument("--max-length", type=int, metavar="N",
+                   help="--text lines are padded or truncated to N tokens (default: the length of the input shape)")
     p.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean (default ImageNet's for RGB, 0.5 for gray)")
     p.add_argument("--std", metavar="S[,S,S]", help="per-channel std (default ImageNet's for RGB, 0.5 for gray)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default 16)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images or lines per batch (default 16)")
     p.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate (default 1e-4)")
     p.add_argument("--eval-share", type=float, default=0.2, metavar="F",
-                   help="share of the image batches held out for the fidelity table (default 0.2)")
+                   help="share of the batches held out for the fidelity table (default 0.2)")
     p.add_argument("--checkpoints", metavar="DIR", help="write a checkpoint to DIR (atomically) and keep it")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                    help="steps between checkpoints (default 0: only at the end)")
@@ -128,10 +139,10 @@ def _add_recovery(p: argparse.ArgumentParser, steps_flag: str) -> None:
 
 
 def _add_recover(sub) -> None:
-    p = sub.add_parser("recover", help="distil a pruned model from its dense model on images; print fidelity",
+    p = sub.add_parser("recover", help="distil a pruned model from its dense model on images or text; print fidelity",
                        description="Rebuild the pruned model of RUN_DIR (written by graphprune prune), distil it from "
-                                   "the dense model on --images, and write the same files as prune to --out, with "
-                                   "fidelity before and after in report.json.")
+                                   "the dense model on --images or --text, and write the same files as prune to --out, "
+                                   "with fidelity before and after in report.json.")
     p.add_argument("run", metavar="RUN_DIR", help="a directory written by graphprune prune (report.json, plan.json)")
     _add_recovery(p, "--steps")
     _add_out(p)

@@ -16,7 +16,7 @@ from ..errors import ExportError, InputError
 from ..export import export_onnx, save_torch_artifact
 from ..importance import BUILTIN, Taylor
 from ..report import PruneReport
-from .distil import check_recovery_args, recovered
+from .distil import check_recovery_args, recovered, recovery_data
 from .messages import CLIError, Progress, one_line, toolchain_errors
 from .models import LoadedModel, load_model, random_inputs
 
@@ -41,7 +41,7 @@ def _calibration(args, loaded: LoadedModel) -> list[tuple[torch.Tensor, ...]]:
     if not BUILTIN[args.importance].needs_data:
         return []
     shapes = [tuple(t.shape) for t in loaded.inputs]
-    return [random_inputs(shapes, 100 + k) for k in range(args.calibration_batches)]
+    return [random_inputs(shapes, 100 + k, loaded.vocab_size) for k in range(args.calibration_batches)]
 
 
 def _bytes(n: int) -> str:
@@ -84,7 +84,7 @@ def write_outputs(out: StagedDirectory, loaded: LoadedModel, result, settings: d
         fmt = save_torch_artifact(result.model, loaded.inputs, out.file("model.pt2"))
     write_atomically(out.file("plan.json"), lambda f: f.write(result.plan.to_json().encode()))
     summary = {
-        "model": loaded.name, **settings, "input_shape": list(loaded.inputs[0].shape),
+        "model": loaded.name, **settings, "input_shape": list(loaded.inputs[0].shape), "vocab_size": loaded.vocab_size,
         "report": result.report.to_json(),
         "onnx": {"original_bytes": original.file_bytes, "pruned_bytes": pruned.file_bytes,
                  "pruned_max_abs_diff": pruned.max_abs_diff, "opset": pruned.opset},
@@ -108,7 +108,8 @@ def prune_loaded(args, out: StagedDirectory, progress: Progress) -> tuple[dict, 
     if recover_steps:
         check_recovery_args(args)
     with progress.step(f"loading {args.model}"):
-        loaded = load_model(args.model, args.input_shape)
+        loaded = load_model(args.model, args.input_shape, args.vocab_size)
+    data = recovery_data(progress, args, tuple(loaded.inputs[0].shape), loaded.vocab_size) if recover_steps else None
     calibration = _calibration(args, loaded)
     if calibration:
         progress.note(f"--importance {args.importance} scores channels on {len(calibration)} random batches")
@@ -122,7 +123,7 @@ def prune_loaded(args, out: StagedDirectory, progress: Progress) -> tuple[dict, 
                 "target": result.report.target, "target_requested": args.target, "ignore": ignore,
                 "calibration_batches": len(calibration), "verbose": getattr(args, "verbose", False)}
     if recover_steps:
-        result, recovery = recovered(progress, result, loaded, args)
+        result, recovery = recovered(progress, result, data, args)
         settings["recovery"] = recovery.to_json()
     return write_outputs(out, loaded, result, settings, progress), loaded, result
 
@@ -154,7 +155,7 @@ def cmd_apply(args) -> int:
     plan = read_plan(args.plan)
     with staged_out(args) as out:
         with progress.step(f"loading {args.model}"):
-            loaded = load_model(args.model, args.input_shape)
+            loaded = load_model(args.model, args.input_shape, args.vocab_size)
         result = run_step(progress, f"tracing {loaded.name} and applying the plan",
                       lambda: graphprune.apply_plan(loaded.model, loaded.inputs, plan))
         write_outputs(out, loaded, result, {"plan": os.path.abspath(args.plan),

@@ -185,8 +185,9 @@ class _Loop:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, KeyError, ValueError, EOFError) as exc:
-            raise InputError(f"cannot resume from {path!r}: {type(exc).__name__}: {first_line(exc)}; it was written for "
-                             "another model or is damaged: remove it or run without resume") from None
+            raise InputError(f"cannot resume from {path!r}: {type(exc).__name__}: {first_line(exc)}; it was "
+                             "written for another model (or trainable=) or is damaged: remove it or run without "
+                             "resume") from None
         torch.set_rng_state(state["rng"].cpu())
         self.step = int(state["step"])
         self.history = [StepLog(int(s), float(l), dict(p), float(r)) for s, l, r, p in state["history"]]

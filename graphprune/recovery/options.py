@@ -1,4 +1,5 @@
-"""Plain-data options of the recovery stage: the schedule, checkpoints, BatchNorm handling, the device."""
+"""Plain-data options of the recovery stage: the schedule, checkpoints, BatchNorm handling, what is trained,
+the device."""
 from __future__ import annotations
 
 import enum
@@ -91,6 +92,45 @@ class Checkpoints:
             raise InputError(f"Checkpoints.every must be an int >= 0, got {self.every!r}")
         if self.resume and self.directory is None:
             raise InputError("resume=True needs Checkpoints(directory=...) to resume from")
+
+
+class Trainable(enum.Enum):
+    """What recovery trains. ALL: every parameter of the student. LORA: low-rank adapters on its nn.Linear
+    layers only (recovery.lora; options in LoRA), merged into the weights at the end."""
+
+    ALL = "all"
+    LORA = "lora"
+
+
+@dataclass(frozen=True)
+class LoRA:
+    """Low-rank adapters for trainable="lora": each adapted nn.Linear computes W x + (alpha / rank) B A x, with
+    A (rank x in) and B (out x rank, zero at the start) trained and W frozen; `dropout` on the adapter's
+    input; `targets` the module names to adapt (None: every nn.Linear the student calls, recovery.lora)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        _count(self.rank, "LoRA.rank")
+        _positive(self.alpha, "LoRA.alpha")
+        dropout = self.dropout
+        if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1):
+            raise InputError(f"LoRA.dropout is a probability in [0, 1), got {self.dropout!r}")
+        if isinstance(self.targets, str):
+            object.__setattr__(self, "targets", (self.targets,))
+        if self.targets is not None:
+            targets = tuple(self.targets)
+            if not targets or not all(isinstance(t, str) and t for t in targets):
+                raise InputError(f"LoRA.targets must be None or module names (non-empty strings), got {self.targets!r}")
+            object.__setattr__(self, "targets", targets)
+
+    @property
+    def scale(self) -> float:
+        """The factor of B A in the adapted layer, and in its merged delta: alpha / rank."""
+        return self.alpha / self.rank
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

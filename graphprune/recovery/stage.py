@@ -12,6 +12,10 @@ Contract:
     (the trained tensors loaded by name and the outputs verified against the trained graph), else
     the trained GraphModule (`note` says why).
   * Under torchrun the same call runs data-parallel (recovery.distributed).
+  * trainable="lora" trains low-rank adapters on the student's nn.Linear layers and nothing else
+    (recovery.lora); they are merged into the weights before fidelity is measured after, so the recovered
+    model has the pruned shapes and classes and no adapter module. Its checkpoints hold the student with
+    the adapters unmerged (the frozen weights and the adapters); resume attaches the same adapters first.
 """
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ from .distributed import Distributed
 from .engine import Objective, StepLog, TrainingJob, checkpoint_path, prepare_checkpoints, train
 from .fidelity import Fidelity, fidelity
 from .losses import Losses, output_kind
-from .options import BatchNormMode, Checkpoints, Schedule, resolve_device
+from .lora import Adapters
+from .options import BatchNormMode, Checkpoints, LoRA, Schedule, Trainable, resolve_device
 from .taps import TappedGraph, default_layers, make_taps
 
 
@@ -53,10 +58,12 @@ class RecoveryResult:
     checkpoint: str | None = None
     note: str = ""
     report: PruneReport | None = field(default=None, repr=False)  # the prune report with `recovery` filled in
+    adapted_layers: tuple[str, ...] = ()  # trainable="lora": the Linear modules whose adapters were merged in
 
     def to_json(self) -> dict:
         return {"before": self.before.to_json(), "after": self.after.to_json(), "steps": len(self.history),
                 "final_loss": self.history[-1].loss if self.history else None, "matched_layers": list(self.matched_layers),
+                "adapted_layers": list(self.adapted_layers),
                 "fidelity_on": self.fidelity_on, "seconds": self.seconds, "world_size": self.world_size,
                 "checkpoint": self.checkpoint, "note": self.note,
                 "evaluations": [[s, f.to_json()] for s, f in self.evaluations]}
@@ -72,6 +79,8 @@ class RecoveryResult:
         loss = f", final loss {self.history[-1].loss:.4g}" if self.history else ""
         lines.append(f"{len(self.history)} steps in {self.seconds:.1f} s on {self.world_size} process(es){loss}")
         lines.append("features matched at the kept channels: " + (", ".join(self.matched_layers) or "none"))
+        if self.adapted_layers:
+            lines.append(f"low-rank adapters trained and merged into {len(self.adapted_layers)} linear layer(s)")
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)
@@ -148,6 +157,7 @@ def _report(result: PruneResult | None, before: Fidelity, after: Fidelity) -> Pr
 def recover(student: PruneResult | torch.nn.Module, teacher: torch.nn.Module | None = None, data=None, *,
             steps: int | None = None, epochs: int | None = None, lr: float | None = None,
             schedule: Schedule | None = None, losses: Losses = Losses(), batch_norm: BatchNormMode | str = "train",
+            trainable: Trainable | str = "all", lora: LoRA | None = None,
             checkpoints: Checkpoints = Checkpoints(), device: str | torch.device = "auto", bf16: bool | None = None,
             eval_data=None, eval_every: int = 0, fidelity_batches: int = 8, batch_size: int = 8,
             on_step: Callable[[StepLog], None] | None = None, progress: bool | None = None) -> RecoveryResult:
@@ -155,6 +165,7 @@ def recover(student: PruneResult | torch.nn.Module, teacher: torch.nn.Module | N
 
     `steps`/`epochs`/`lr` are sugar over `schedule` (default: 1 epoch, AdamW lr 1e-4, 5% warm-up, cosine);
     `losses` what is minimised (recovery.losses); `batch_norm` "train", "frozen" or "reestimate";
+    `trainable` "all" or "lora" (adapters on the nn.Linear layers, options `lora`, default LoRA(); needs peft);
     `checkpoints` where and how often to save, and whether to resume; `device` "auto" (CUDA when present),
     `bf16` autocast (default: on CUDA); `eval_data` held-out batches, measured every `eval_every` steps;
     `batch_size` rows per batch of a Hugging Face dataset; `on_step(StepLog)` after every step;
@@ -162,15 +173,15 @@ def recover(student: PruneResult | torch.nn.Module, teacher: torch.nn.Module | N
     """
     start = time.perf_counter()
     schedule = _schedule(schedule, steps, epochs, lr)
-    batch_norm = _batch_norm_mode(batch_norm)
+    batch_norm, lora = _batch_norm_mode(batch_norm), _lora(trainable, lora)
     _check_evaluation(eval_every, eval_data)
     device = resolve_device(device)
     models = _models(student, teacher, device)
+    adapters = Adapters(models.student, lora, schedule.seed) if lora is not None else None
     data = Batches(data, batch_size, "recovery data")
     held_out = Batches(eval_data, batch_size, "eval_data") if eval_data is not None else None
     measured_on = held_out if held_out is not None else data
-    teacher_module = _on(device, models.teacher)
-    teacher_mode = models.teacher.training
+    teacher_module, teacher_mode = _on(device, models.teacher), models.teacher.training
     try:
         def measure() -> Fidelity:
             return fidelity(teacher_module, models.student, measured_on, readout=losses.readout,
@@ -180,29 +191,50 @@ def recover(student: PruneResult | torch.nn.Module, teacher: torch.nn.Module | N
         taps = _taps(models, losses)
         positional = positional_inputs(teacher_module)
         objective = _objective(losses, teacher_module, data, positional, taps)
-        prepare_checkpoints(checkpoints)
+        prepare_checkpoints(checkpoints)  # after every check of the data: bad input writes nothing
         evaluations = []
-        names = tuple(t.node for t in taps)
         job = TrainingJob(
-            student=TappedGraph(models.student, names) if taps else models.student,
-            teacher=TappedGraph(teacher_module, names) if taps else teacher_module,
-            objective=objective, data=data, positional=positional, schedule=schedule,
-            checkpoints=checkpoints, batch_norm=batch_norm, device=device, dist=Distributed.start(device),
-            bf16=device.type == "cuda" if bf16 is None else bf16,
+            student=_tapped(models.student, taps), teacher=_tapped(teacher_module, taps),
+            objective=objective, data=data, positional=positional,
+            schedule=schedule, checkpoints=checkpoints, batch_norm=batch_norm, device=device,
+            dist=Distributed.start(device), bf16=device.type == "cuda" if bf16 is None else bf16,
             evaluate=lambda step: evaluations.append((step, measure())),
             eval_every=eval_every, on_step=on_step, progress=progress)
         try:
             history = train(job)
         finally:
             job.dist.stop()
+        if adapters is not None:
+            adapters.merge()
         after = measure()
     finally:
         models.teacher.train(teacher_mode)
     model, note = _callers_class(models, models.student)
-    return RecoveryResult(model, before, after, history, tuple(evaluations), names,
+    return RecoveryResult(model, before, after, history, tuple(evaluations), tuple(t.node for t in taps),
                           "eval_data" if held_out is not None else f"the first {fidelity_batches} batches of data",
                           time.perf_counter() - start, job.dist.world, checkpoint_path(checkpoints), note,
-                          _report(models.result, before, after))
+                          _report(models.result, before, after), adapters.names if adapters else ())
+
+
+def _tapped(module: torch.nn.Module, taps) -> torch.nn.Module:
+    """`module` returning (output, tapped values) when there are taps, else `module` itself."""
+    return TappedGraph(module, tuple(t.node for t in taps)) if taps else module
+
+
+def _lora(trainable, lora) -> LoRA | None:
+    """The adapters' options for trainable="lora", None for "all"; InputError on anything else."""
+    try:
+        kind = Trainable(trainable)
+    except ValueError:
+        raise InputError(f"trainable must be one of {[t.value for t in Trainable]}, got {trainable!r}") from None
+    if lora is not None and not isinstance(lora, LoRA):
+        raise InputError(f"lora must be a graphprune.recovery.LoRA(rank=..., alpha=...), got {type(lora).__name__}")
+    if kind is Trainable.ALL:
+        if lora is not None:
+            raise InputError("lora= options were given with trainable='all'; pass trainable='lora' to train "
+                             "adapters, or leave lora out")
+        return None
+    return lora or LoRA()
 
 
 def _batch_norm_mode(mode) -> BatchNormMode:
