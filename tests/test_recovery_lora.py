@@ -125,11 +125,17 @@ def llama():
     return dense, result, [{"input_ids": torch.randint(0, 64, (4, 12), generator=g)} for _ in range(4)]
 
 
-def test_an_export_frontend_graph_has_no_linear_modules_and_says_what_to_do(llama, peft):
-    _, result, data = llama
+def test_on_an_export_frontend_graph_lora_trains_the_rebuilt_callers_class(llama, peft):
+    """The torch.export graph has aten.linear ops, no nn.Linear modules: recover(result, trainable="lora") trains
+    result.module (which has them) against the caller's dense model, and says so."""
+    dense, result, data = llama
     assert result.report.frontend.startswith("export")
-    with pytest.raises(InputError, match=r"torch.export frontend.*recover\(result.module, teacher="):
-        graphprune.recover(result, data=data, steps=1, trainable="lora", progress=False)
+    assert not any(isinstance(m, torch.nn.Linear) for m in result.model.modules())
+    rec = graphprune.recover(result, data=data, steps=2, lr=1e-2, trainable="lora", progress=False)
+    assert type(rec.model) is type(dense) and "model.layers.0.self_attn.q_proj" in rec.adapted_layers
+    assert "caller's class" in rec.note and rec.matched_layers == ()  # outputs distilled, no graph features
+    assert {k: v.shape for k, v in _weights(rec.model).items()} == {k: v.shape for k, v in _weights(result.module).items()}
+    assert rec.report is not None and rec.report.recovery["after"]
 
 
 def test_lora_on_the_rebuilt_llm_keeps_its_class_shapes_and_tied_head(llama, peft):

@@ -43,7 +43,7 @@ def _peft():
     return LoraConfig, LoraModel
 
 
-def _called_linears(student: nn.Module) -> list[str]:
+def called_linears(student: nn.Module) -> list[str]:
     """Qualified names of the nn.Linear modules `student` calls itself (module docstring)."""
     if isinstance(student, fx.GraphModule):
         names = [n.target for n in student.graph.nodes if n.op == "call_module"]
@@ -77,7 +77,7 @@ def _no_linears(student: nn.Module) -> InputError:
 def targets(student: nn.Module, lora: LoRA) -> tuple[str, ...]:
     """The qualified names of the Linear modules to adapt: LoRA.targets resolved (a full name, or the last part
     of one: "q_proj" names every ...q_proj), else every called, unshared nn.Linear (module docstring)."""
-    called = _called_linears(student)
+    called = called_linears(student)
     if not called:
         raise _no_linears(student)
     tied = _shared(student, called)

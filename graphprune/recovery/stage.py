@@ -13,7 +13,8 @@ Contract:
     the trained GraphModule (`note` says why).
   * Under torchrun the same call runs data-parallel (recovery.distributed).
   * trainable="lora" trains low-rank adapters on the student's nn.Linear layers and nothing else
-    (recovery.lora); they are merged into the weights before fidelity is measured after, so the recovered
+    (recovery.lora; a torch.export graph has none, so there the caller's class rebuilt, result.module, is
+    the student and the caller's dense model the teacher, outputs distilled); they are merged into the weights before fidelity is measured after, so the recovered
     model has the pruned shapes and classes and no adapter module. Its checkpoints hold the student with
     the adapters unmerged (the frozen weights and the adapters); resume attaches the same adapters first.
 """
@@ -39,7 +40,7 @@ from .distributed import Distributed
 from .engine import Objective, StepLog, TrainingJob, checkpoint_path, prepare_checkpoints, train
 from .fidelity import Fidelity, fidelity
 from .losses import Losses, output_kind
-from .lora import Adapters
+from .lora import Adapters, called_linears
 from .options import BatchNormMode, Checkpoints, LoRA, Schedule, Trainable, resolve_device
 from .taps import TappedGraph, default_layers, make_taps
 
@@ -93,7 +94,9 @@ class _Models:
     result: PruneResult | None
 
 
-def _models(student, teacher, device: torch.device) -> _Models:
+def _models(student, teacher, device: torch.device, lora: LoRA | None) -> _Models:
+    if isinstance(student, PruneResult) and lora is not None and not called_linears(student.model):
+        return _rebuilt_models(student, teacher, device)
     if isinstance(student, PruneResult):
         dense = teacher if teacher is not None else student.dense
         if dense is None:
@@ -105,6 +108,19 @@ def _models(student, teacher, device: torch.device) -> _Models:
         raise InputError("a pruned module was given without its dense model: pass teacher=the dense model "
                          "(or pass the PruneResult, which knows it)")
     return _Models(copy.deepcopy(student).to(device), teacher, None)
+
+
+def _rebuilt_models(result: PruneResult, teacher, device: torch.device) -> _Models:
+    """trainable="lora" on a graph without nn.Linear modules (the torch.export frontend's aten.linear ops): the
+    caller's class rebuilt (`result.module`, which has them) is the student and the caller's dense model the
+    teacher; the outputs are distilled (features need the graph)."""
+    try:
+        module = result.module
+    except EagerRebuildError as exc:
+        raise InputError(f"trainable='lora' needs nn.Linear modules: this graph (torch.export frontend) has none, "
+                         f"and the caller's class cannot be rebuilt ({exc}); use trainable='all'") from None
+    dense = teacher if teacher is not None else result.source
+    return _Models(copy.deepcopy(module).to(device), dense, result)
 
 
 def _on(device: torch.device, module: torch.nn.Module) -> torch.nn.Module:
@@ -134,6 +150,8 @@ def _callers_class(models: _Models, trained: fx.GraphModule) -> tuple[torch.nn.M
     result = models.result
     if result is None:
         return trained, ""
+    if not isinstance(trained, fx.GraphModule):  # the rebuilt caller's class was trained (_rebuilt_models)
+        return trained.eval(), "trained the caller's class rebuilt (result.module): LoRA needs nn.Linear modules"
     device = module_device(trained)
     try:
         module = copy.deepcopy(result.module).to(device)
@@ -176,7 +194,7 @@ def recover(student: PruneResult | torch.nn.Module, teacher: torch.nn.Module | N
     batch_norm, lora = _batch_norm_mode(batch_norm), _lora(trainable, lora)
     _check_evaluation(eval_every, eval_data)
     device = resolve_device(device)
-    models = _models(student, teacher, device)
+    models = _models(student, teacher, device, lora)
     adapters = Adapters(models.student, lora, schedule.seed) if lora is not None else None
     data = Batches(data, batch_size, "recovery data")
     held_out = Batches(eval_data, batch_size, "eval_data") if eval_data is not None else None
