@@ -19,14 +19,12 @@ agreement too). `--compare-features` runs each level twice at equal steps: featu
 --features.
 `--shuffle` shuffles the docstring sentences (seeded) before batching, so a batch mixes modules and more of
 them fit a run (`--distil-sentences` up to ~155,000 exist); calibration is unchanged (its 4 batches are
-reference sentences). `--token-loss W` (experimental, done here by wrapping the engine's hidden loss, not a
-library option yet) adds W x (relative MSE + 1 - cosine) of last_hidden_state over the attention mask, token
-by token, to the pooled output loss.
+reference sentences). `--token-loss W` adds `Losses(tokens=W)`: W x (relative MSE + 1 - cosine) of
+last_hidden_state over the attention mask, token by token, beside the pooled output loss.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import runpy
 import os
 import sys
@@ -96,34 +94,7 @@ def main(argv=None) -> dict:
           f"{len(held_out)} held-out batches of {batch}x{seq} tokens", flush=True)
 
     def readout(output, raw):
-        h, mask = output["last_hidden_state"], raw["attention_mask"]
-        if args.token_loss and torch.is_grad_enabled():  # training (fidelity runs without gradients)
-            return torch.cat([ex.pooled(h, mask).unsqueeze(1), h * mask.unsqueeze(-1).to(h.dtype)], 1)
-        return ex.pooled(h, mask)
-
-    @contextlib.contextmanager
-    def engine_loss():
-        """With --token-loss, the engine's hidden loss becomes the pooled one plus the token-level one (readout
-        packs both while training); restored afterwards."""
-        if not args.token_loss:
-            yield
-            return
-        from graphprune.recovery import engine, losses
-
-        def hidden_and_tokens(s, t):
-            if s.ndim != 3:
-                return losses.hidden_loss(s, t)
-            st, tt = s[:, 1:].reshape(-1, s.shape[-1]), t[:, 1:].reshape(-1, t.shape[-1])
-            real = tt.abs().sum(1) > 0  # padding rows are zero in both
-            tokens = losses.relative_mse(st, tt) + \
-                (1 - torch.nn.functional.cosine_similarity(st[real], tt[real], dim=1)).mean()
-            return losses.hidden_loss(s[:, 0], t[:, 0]) + args.token_loss * tokens
-
-        engine.hidden_loss = hidden_and_tokens
-        try:
-            yield
-        finally:
-            engine.hidden_loss = losses.hidden_loss
+        return ex.pooled(output["last_hidden_state"], raw["attention_mask"])
 
     def energy(output, mask):
         return 0.5 * (ex.pooled(output["last_hidden_state"], mask) ** 2).sum()
@@ -152,10 +123,9 @@ def main(argv=None) -> dict:
                     print(f"  step {log.step}: loss {log.loss:.4f} {dict((k, round(v, 4)) for k, v in log.parts.items())}, "
                           f"{(ticks[-1] - ticks[-2]) / 100:.3f} s/step", flush=True)
 
-            with engine_loss():
-                rec = graphprune.recover(result, data=data, schedule=schedule, eval_data=held_out, on_step=on_step,
-                                         losses=graphprune.Losses(readout=readout, features=weight,
-                                                                  max_layers=args.max_layers), progress=False)
+            rec = graphprune.recover(result, data=data, schedule=schedule, eval_data=held_out, on_step=on_step,
+                                     losses=graphprune.Losses(readout=readout, features=weight, tokens=args.token_loss,
+                                                              max_layers=args.max_layers), progress=False)
             row = {"level": level, "features": weight, "macs_ratio": result.report.macs_after / macs,
                    "params_ratio": result.report.params_after / result.report.params_before,
                    "cos_before": rec.before.cosine, "cos_after": rec.after.cosine,

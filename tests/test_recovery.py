@@ -231,3 +231,19 @@ def test_bad_input_gives_one_clear_error_and_writes_nothing(tmp_path, case, matc
     with pytest.raises(InputError, match=match):
         graphprune.recover(result, **kwargs)
     assert not directory.exists() or case == "resume_without_checkpoint" and os.listdir(directory) == []
+
+
+def test_the_token_loss_compares_every_real_token_and_leaves_padding_out_of_the_cosine():
+    from graphprune.recovery.losses import Losses, relative_mse, token_loss, token_states
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 4, 8)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    states = token_states(Losses(tokens=1.0), {"last_hidden_state": hidden}, {"attention_mask": mask})
+    assert torch.equal(states[mask == 0], torch.zeros(3, 8)) and torch.equal(states[mask == 1], hidden[mask == 1])
+    student = states + 0.1 * torch.randn_like(states) * mask.unsqueeze(-1)
+    real = student[mask == 1], states[mask == 1]
+    cosine = (1 - torch.nn.functional.cosine_similarity(*real, dim=1)).mean()
+    torch.testing.assert_close(token_loss(student, states), relative_mse(student, states) + cosine)
+    with pytest.raises(graphprune.GraphPruneError, match="Losses.tokens must be a finite number"):
+        Losses(tokens=-1.0)

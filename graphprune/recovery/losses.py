@@ -3,11 +3,14 @@
     output  KL:      T^2 * KL(softmax(t / T) || softmax(s / T)), rows over the last dim (logits)
             HIDDEN:  ||s - t||^2 / ||t||^2 (mean squares) + (1 - cos(s, t)), rows over the last dim
                      (embeddings, hidden states; scale-free, so weights mean the same for any width)
+    tokens           HIDDEN over the per-token states (`token_readout`, default the primary output, e.g.
+                     last_hidden_state, times the batch's attention_mask): every token, not only the pooled
+                     readout; the cosine leaves out the teacher's all-zero (padding) rows
     features         mean over matched layers of ||s_l - view_l(t_l)||^2 / ||view_l(t_l)||^2, the
                      teacher's activation read at the student's kept channels (recovery.taps)
     task             task_fn(output, labels), default cross-entropy of the rows of the primary output
                      against the labels (-100 ignored)
-    total = output_weight * output + features * features + task * task
+    total = output_weight * output + tokens * tokens + features * features + task * task
 """
 from __future__ import annotations
 
@@ -51,7 +54,8 @@ def _weight(value, name: str) -> float:
 class Losses:
     """What recovery minimises (see the module docstring). `task=None`: 1.0 when the batches carry labels,
     else 0; a positive `task` requires labels. `layers`: node names to match (None: recovery.taps'
-    default, at most `max_layers`). `readout(output, batch) -> tensor`: the compared output."""
+    default, at most `max_layers`). `readout(output, batch) -> tensor`: the compared output; `tokens` the weight
+    of the token-level loss, `token_readout(output, batch) -> (..., tokens, width)` its states."""
 
     output: OutputLoss | str = OutputLoss.AUTO
     output_weight: float = 1.0
@@ -62,6 +66,8 @@ class Losses:
     task: float | None = None
     task_fn: Callable | None = None
     readout: Callable | None = None
+    tokens: float = 0.0
+    token_readout: Callable | None = None
 
     def __post_init__(self):
         try:
@@ -69,7 +75,7 @@ class Losses:
         except ValueError:
             raise InputError(f"Losses.output must be one of {[o.value for o in OutputLoss]}, "
                              f"got {self.output!r}") from None
-        _weight(self.output_weight, "output_weight"), _weight(self.features, "features")
+        _weight(self.output_weight, "output_weight"), _weight(self.features, "features"), _weight(self.tokens, "tokens")
         if self.task is not None:
             _weight(self.task, "task")
         if _weight(self.temperature, "temperature") == 0:
@@ -92,6 +98,25 @@ def relative_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def hidden_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return relative_mse(s, t) + (1 - F.cosine_similarity(rows(s), rows(t), dim=1)).mean()
+
+
+def token_states(losses: Losses, output: Any, raw: Any) -> torch.Tensor:
+    """The per-token states the token loss compares: `token_readout`, else the primary output with padding rows
+    zeroed by the batch's attention_mask (when the batch is a mapping that has one)."""
+    if losses.token_readout is not None:
+        return losses.token_readout(output, raw)
+    states = primary_output(output)
+    mask = raw.get("attention_mask") if isinstance(raw, Mapping) else None
+    if isinstance(mask, torch.Tensor) and mask.shape == states.shape[:-1]:
+        states = states * mask.unsqueeze(-1).to(states.dtype)
+    return states
+
+
+def token_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """HIDDEN over token rows; the cosine over the rows the teacher has (its all-zero rows are padding)."""
+    s, t = rows(s), rows(t)
+    real = t.abs().sum(1) > 0
+    return relative_mse(s, t) + (1 - F.cosine_similarity(s[real], t[real], dim=1)).mean()
 
 
 def feature_loss(student: tuple, teacher: tuple, taps: tuple[Tap, ...]) -> torch.Tensor:
