@@ -75,7 +75,7 @@ def _demo_into(args, runtimes, out_path: str, progress: Progress) -> int:
 
     prune_args = argparse.Namespace(model=args.model, input_shape=None, ratio=args.ratio, importance="l2",
                                     scope="local", ignore=[], round_to=args.round_to, target=args.target,
-                                    calibration_batches=1)
+                                    calibration_batches=1, vocab_size=None)
     with StagedDirectory(out_path, replace=args.force) as out:
         summary, loaded, result = prune_loaded(prune_args, out, progress)
         calibration = random_calibration(loaded.inputs, 4)
