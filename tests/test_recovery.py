@@ -247,3 +247,29 @@ def test_the_token_loss_compares_every_real_token_and_leaves_padding_out_of_the_
     torch.testing.assert_close(token_loss(student, states), relative_mse(student, states) + cosine)
     with pytest.raises(graphprune.GraphPruneError, match="Losses.tokens must be a finite number"):
         Losses(tokens=-1.0)
+
+
+def test_a_hugging_face_dataset_is_read_as_torch_batches_with_labels():
+    """A real `datasets.Dataset` (skipped where the package is absent): rows of `batch_size`, keyword inputs from its
+    columns and `labels` as the task's labels, the last batch smaller."""
+    datasets = pytest.importorskip("datasets")
+    from graphprune.recovery.batches import Batches, split
+
+    torch.manual_seed(0)
+    table = datasets.Dataset.from_dict({"x": torch.randn(10, 4).tolist(), "labels": list(range(10))})
+    batches = Batches(table, batch_size=4)
+    assert len(batches) == 3 and [len(b["labels"]) for b in batches] == [4, 4, 2]
+    first = split(next(iter(batches)), positional=0)
+    assert first.kwargs["x"].shape == (4, 4) and first.labels.tolist() == [0, 1, 2, 3]
+
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    dense = Keyword().eval()
+    f = graphprune.fidelity(dense, dense, table)
+    assert f.rows == 10 and f.top1_agreement == 1.0 and f.accuracy == f.dense_accuracy
