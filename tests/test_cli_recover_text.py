@@ -67,6 +67,7 @@ def run(tmp_path_factory, factories):
     return out
 
 
+@pytest.mark.slow  # ~20 s (two ONNX exports and a .pt2); the one-line errors below run in make test
 def test_recover_a_token_model_on_text_lines(tmp_path, factories, run, lines, tokenizer):
     done = run_cli("recover", run, "--text", lines, "--tokenizer", tokenizer, "--steps", "3", "--batch-size", "8",
                    "--out", tmp_path / "rec", "-q", path=[factories])
@@ -82,6 +83,7 @@ def test_recover_a_token_model_on_text_lines(tmp_path, factories, run, lines, to
     assert program.module()(torch.randint(0, 30522, (1, LENGTH))).last_hidden_state.shape == (1, LENGTH, 16)
 
 
+@pytest.mark.slow  # ~22 s
 def test_prune_chains_recovery_on_text(tmp_path, factories, lines, tokenizer):
     done = _prune(tmp_path / "run", factories, "--recover-steps", "2", "--text", lines, "--tokenizer", tokenizer,
                   "--batch-size", "16")
