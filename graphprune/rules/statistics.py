@@ -30,20 +30,20 @@ from .elementwise import ReduceRule
 A = torch.ops.aten
 T = torch.Tensor
 
-_CASTS = frozenset({A._to_copy.default, A.clone.default, A.alias.default, T.to, T.float, T.clone, T.contiguous})
+CASTS = frozenset({A._to_copy.default, A.clone.default, A.alias.default, T.to, T.float, T.clone, T.contiguous})
 _SQUARES = frozenset({A.pow.Tensor_Scalar, torch.pow, T.pow, operator.pow})
 _PRODUCTS = frozenset({A.mul.Tensor, operator.mul, torch.mul, T.mul})
 _ON_STATISTIC = frozenset({
     A.add.Tensor, A.add.Scalar, A.rsqrt.default, A.sqrt.default, A.reciprocal.default, A.mul.Scalar, A.div.Scalar,
     A.pow.Tensor_Scalar, A.clamp.default, operator.add, operator.mul, operator.truediv, operator.pow, torch.add, T.add,
     torch.sqrt, T.sqrt, torch.rsqrt, T.rsqrt, torch.reciprocal, T.reciprocal, torch.clamp, T.clamp, T.clamp_min,
-    torch.clamp_min, torch.pow, T.pow}) | _CASTS
+    torch.clamp_min, torch.pow, T.pow}) | CASTS
 _APPLY = frozenset({A.mul.Tensor, A.div.Tensor, operator.mul, operator.truediv, torch.mul, torch.div, T.mul, T.div})
 
 
 def _root(node) -> object:
     """`node` with casts and copies stripped (x.to(float32) is the same channels as x)."""
-    while isinstance(node, fx.Node) and node.op in ("call_function", "call_method") and callable_of(node) in _CASTS:
+    while isinstance(node, fx.Node) and callable_of(node) in CASTS:
         node = node.args[0]
     return node
 

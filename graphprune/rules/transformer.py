@@ -19,9 +19,9 @@ from ..errors import InputError
 from ..groups import Effect
 from .base import AnalysisContext, describe_node, freeze_inputs
 from .movement import ATEN_RESHAPES, ReshapeRule
+from .statistics import CASTS
 
 A = torch.ops.aten
-_COPIES = (A._to_copy.default, A.clone.default, A.alias.default)
 
 
 class GroupedQuery(enum.Enum):
@@ -76,7 +76,7 @@ class RepeatKVRule(ReshapeRule):
 def _merged_by_a_reshape(node: fx.Node, d: int) -> bool:
     """`node` (through copies) feeds only reshapes that merge dims d and d + 1 (kv heads x repeats -> heads)."""
     users = list(node.users)
-    while len(users) == 1 and users[0].target in _COPIES:
+    while len(users) == 1 and users[0].target in CASTS:
         users = list(users[0].users)
     shape = node.meta["gp_value"].shape
     merged = tuple(shape[:d]) + (shape[d] * shape[d + 1],) + tuple(shape[d + 2:])
