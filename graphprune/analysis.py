@@ -43,7 +43,7 @@ from .planner import Planned, PrunePlan, plan_global, plan_local, producer_parti
 from .report import ModelStats, PruneReport, build_report, renormalised_ops
 from .rules import GraphView, LayerKind, RuleTable, default_rules
 from .rules.base import describe_node
-from .kvcache import check_no_kv_cache, predict_kv_bytes
+from .kvcache import cache_off, check_no_kv_cache, predict_kv_bytes
 from .rules.conv import GroupedConv, conv_rules
 from .rules.transformer import GroupedQuery, RepeatKVRule
 from .runtimes.profiles import resolve_target
@@ -380,7 +380,8 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     `example_inputs`: a tensor or a tuple of the forward's positional arguments (() or None when it
     takes keywords only); `example_kwargs` its keyword arguments (arguments with defaults may be left
     out); not both empty. `model` may also be a
-    torch.export ExportedProgram (always the export frontend). `frontend`: "auto", "fx" or
+    torch.export ExportedProgram (always the export frontend). A Hugging Face model is analysed with its
+    cache off (kvcache.cache_off), whatever its config says. `frontend`: "auto", "fx" or
     "export" (see Frontend); `Analysis.frontend` says which ran and why. With `strict=True` an
     op without a rule raises UnsupportedOpError and a failing rule raises RuleError, instead
     of freezing the channels they touch; the Analysis keeps `strict`, so a rule whose shrink
@@ -401,6 +402,12 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
         return _via_export(model, tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else
                            (example_inputs,), example_kwargs, rules, strict, "an ExportedProgram was given")
     args = check_model_and_inputs(model, example_inputs, example_kwargs)
+    with cache_off(model):
+        return _by_frontend(model, args, example_kwargs, rules, strict, frontend)
+
+
+def _by_frontend(model, args, example_kwargs, rules, strict, frontend: Frontend) -> Analysis:
+    """The analysis by `frontend`; "auto" tries fx first and export when fx fails or meets ops without a rule."""
     if frontend is Frontend.FX:
         return _via_fx(model, args, example_kwargs, rules, strict)
     if frontend is Frontend.EXPORT:

@@ -34,6 +34,7 @@ import torch.fx as fx
 import torch.nn as nn
 from .agreement import call_inputs, graph_outputs, mismatch, output_tensors
 from .errors import GraphPruneError
+from .kvcache import cache_off
 from .rules import RuleTable, default_rules
 
 MAX_TRIALS = 64  # verifications (attributes) or meta-device builds (config) tried before giving up
@@ -405,13 +406,20 @@ def rebuild_module(source: nn.Module, gm: fx.GraphModule, inputs: Iterable, rule
     def check(candidate: nn.Module) -> str | None:
         return mismatch(candidate, gm, inputs, expected)
 
+    with cache_off(module):  # the graph was analysed without the cache; its config keeps use_cache as it was
+        return _verified(module, candidates, changed, check, call_inputs(gm, inputs, source), name, source.training)
+
+
+def _verified(module: nn.Module, candidates, changed: dict, check, inputs: tuple[tuple, dict], name: str,
+              training: bool) -> nn.Module:
+    """`module` once an assignment of `candidates` passes `check`, with its config updated where one states it."""
     problem = _resolve(module, candidates, lambda: check(module))
     if problem is not None:
         raise EagerRebuildError(
             f"cannot rebuild {name} pruned: on the example inputs, {problem}. Its code probably bakes a size that "
             "no attribute holds; use result.model (GraphModule) or result.exported (.pt2, ONNX) instead")
-    config_problem = update_config(module, changed, check, call_inputs(gm, inputs, source))
+    config_problem = update_config(module, changed, check, inputs)
     if config_problem is not None:
         _refuse_save(module, config_problem)
-    module.train(source.training)
+    module.train(training)
     return module

@@ -13,7 +13,9 @@ and predicted for a plan from the kept share of each cached tensor's heads dim.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.fx as fx
@@ -116,11 +118,30 @@ def predict_kv_bytes(layers: tuple[AttentionLayer, ...], graph: DependencyGraph,
 
 
 
+@contextmanager
+def cache_off(*models) -> Iterator[None]:
+    """Within: every Hugging Face config of `models` (their own and their submodules', e.g. a text config) says
+    use_cache=False, so forward returns no KV cache and the graph has only tensors to follow; on exit each
+    config says again what it said. A cache never changes what the model computes, only what it returns."""
+    configs = {id(c): c for model in models for m in _modules(model) if getattr(c := getattr(m, "config", None), "use_cache", False)
+               is True}
+    for config in configs.values():
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        for config in configs.values():
+            config.use_cache = True
+
+
+def _modules(model) -> Iterator:
+    return model.modules() if isinstance(model, torch.nn.Module) else iter(())
+
+
 def check_no_kv_cache(model, kwargs, error: Exception) -> None:
-    """InputError when a model that failed to export returns its KV cache (Hugging Face `use_cache=True`)."""
-    config = getattr(model, "config", None)
-    use_cache = (kwargs or {}).get("use_cache", getattr(config, "use_cache", False))
-    if use_cache:
-        raise InputError(f"{type(model).__name__} runs with use_cache=True, so it returns its KV cache, which "
-                         "graphprune cannot trace (and whose shape would be part of the contract); analyse with the "
-                         "cache off: model.config.use_cache = False, or example_kwargs={'use_cache': False}") from error
+    """InputError when a model that failed to export was asked for its KV cache (`use_cache=True` passed)."""
+    if (kwargs or {}).get("use_cache"):
+        raise InputError(f"{type(model).__name__} was called with use_cache=True, so it returns its KV cache, which "
+                         "graphprune cannot trace (and whose shape would be part of the contract); leave use_cache "
+                         "out of example_kwargs (graphprune analyses with the cache off and the pruned model keeps "
+                         "its config's use_cache)") from error

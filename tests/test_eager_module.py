@@ -118,14 +118,15 @@ LENGTH, PROMPT, NEW = 12, 4, 8
 
 
 def _gpt2(transformers):
+    """As users have it: the config's use_cache defaults to True."""
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64, use_cache=False))
+        vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64))
 
 
 def _llama_gqa(transformers):
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(
         vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, use_cache=False))
+        num_key_value_heads=2, max_position_embeddings=64))
 
 
 def _greedy_with_graph(gm, prompt: torch.Tensor) -> torch.Tensor:
@@ -146,9 +147,11 @@ def test_causal_lm_generates_with_the_kv_cache_and_round_trips_through_save_pret
     ids = torch.randint(0, 100, (1, LENGTH))
     before = _state(model)
     config_before = model.config.to_dict()
+    assert model.config.use_cache  # as the model comes: analysed with the cache off by graphprune itself
     result = graphprune.prune_graph(model, (ids,), ratio=0.5, target="none")
     module = result.module
     assert type(module) is type(model) and _params(module) == result.report.params_after < _params(model)
+    assert module.config.use_cache and module(ids).past_key_values is not None
     with torch.no_grad():
         torch.testing.assert_close(module(ids).logits, result.model(ids).logits, rtol=1e-5, atol=1e-5)
 

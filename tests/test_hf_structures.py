@@ -216,12 +216,22 @@ def test_half_precision_model_prunes_like_float32():
         assert half.model(*x)[0].dtype == torch.float16
 
 
-def test_use_cache_and_unsplittable_heads_get_clear_errors():
+def test_a_cache_asked_for_and_unsplittable_heads_get_clear_errors():
     x = _ids()
-    with pytest.raises(graphprune.errors.InputError, match="use_cache=True.*use_cache = False"):
-        graphprune.prune_graph(_llama(use_cache=True), x, ratio=0.3)
+    with pytest.raises(graphprune.errors.InputError, match="called with use_cache=True.*leave use_cache out"):
+        graphprune.prune_graph(_llama(use_cache=True), x, ratio=0.3, example_kwargs={"use_cache": True})
     with pytest.raises(graphprune.errors.TraceError, match="torch.export cannot export LlamaForCausalLM"):
         graphprune.prune_graph(_llama(num_key_value_heads=3), x, ratio=0.3)  # 4 query heads, 3 KV heads
+
+
+def test_a_model_whose_config_turns_the_cache_on_prunes_like_one_with_it_off():
+    """graphprune analyses with the cache off by itself: the same plan and report, the caller's config as it was."""
+    x = _ids()
+    on, off = _llama(use_cache=True), _llama(use_cache=False)
+    off.load_state_dict(on.state_dict())
+    with_cache, without = (graphprune.prune_graph(m, x, ratio=0.3, target="none") for m in (on, off))
+    assert on.config.use_cache and with_cache.plan.to_json() == without.plan.to_json()
+    assert with_cache.report.params_after == without.report.params_after < with_cache.report.params_before
 
 
 def test_a_tokenizer_given_as_the_model_gets_a_clear_error():

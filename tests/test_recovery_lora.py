@@ -117,8 +117,7 @@ def llama():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                      num_key_value_heads=2, intermediate_size=64, use_cache=False,
-                                      tie_word_embeddings=True)
+                                      num_key_value_heads=2, intermediate_size=64, tie_word_embeddings=True)
     dense = transformers.LlamaForCausalLM(config).eval()
     result = graphprune.prune_graph(dense, (torch.randint(0, 64, (2, 12)),), ratio=0.5, target="none")
     g = torch.Generator().manual_seed(1)
@@ -147,6 +146,7 @@ def test_lora_on_the_rebuilt_llm_keeps_its_class_shapes_and_tied_head(llama, pef
     assert type(rec.model) is type(dense) and "lm_head" not in rec.adapted_layers  # tied: skipped
     assert "model.layers.0.self_attn.q_proj" in rec.adapted_layers
     assert rec.model.lm_head.weight is rec.model.model.embed_tokens.weight
+    assert rec.model.config.use_cache and dense.config.use_cache  # distilled without caches, configs as they were
     after = _weights(rec.model)
     assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in pruned.items()}
     delta = after["model.layers.0.mlp.down_proj.weight"] - pruned["model.layers.0.mlp.down_proj.weight"]

@@ -24,7 +24,8 @@ import copy
 import difflib
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.fx as fx
@@ -33,6 +34,7 @@ from ..analysis import PruneResult
 from ..agreement import differs_from_graph
 from ..eager import EagerRebuildError
 from ..errors import InputError
+from ..kvcache import cache_off
 from ..report import PruneReport
 from ..trace import copy_graph_module
 from .batches import Batches, module_device, positional_inputs, split
@@ -199,8 +201,8 @@ def recover(student: PruneResult | torch.nn.Module, teacher: torch.nn.Module | N
     data = Batches(data, batch_size, "recovery data")
     held_out = Batches(eval_data, batch_size, "eval_data") if eval_data is not None else None
     measured_on = held_out if held_out is not None else data
-    teacher_module, teacher_mode = _on(device, models.teacher), models.teacher.training
-    try:
+    teacher_module = _on(device, models.teacher)
+    with _borrowed(models.teacher, teacher_module, models.student):
         def measure() -> Fidelity:
             return fidelity(teacher_module, models.student, measured_on, readout=losses.readout,
                             max_batches=None if held_out is not None else fidelity_batches)
@@ -225,13 +227,23 @@ def recover(student: PruneResult | torch.nn.Module, teacher: torch.nn.Module | N
         if adapters is not None:
             adapters.merge()
         after = measure()
-    finally:
-        models.teacher.train(teacher_mode)
     model, note = _callers_class(models, models.student)
     return RecoveryResult(model, before, after, history, tuple(evaluations), tuple(t.node for t in taps),
                           "eval_data" if held_out is not None else f"the first {fidelity_batches} batches of data",
                           time.perf_counter() - start, job.dist.world, checkpoint_path(checkpoints), note,
                           _report(models.result, before, after), adapters.names if adapters else ())
+
+
+@contextmanager
+def _borrowed(teacher: torch.nn.Module, *models: torch.nn.Module) -> Iterator[None]:
+    """Within: `teacher` and `models` return no KV cache (distillation compares what they compute); after:
+    `teacher` is back in the train/eval mode it had."""
+    mode = teacher.training
+    try:
+        with cache_off(teacher, *models):
+            yield
+    finally:
+        teacher.train(mode)
 
 
 def _tapped(module: torch.nn.Module, taps) -> torch.nn.Module:
