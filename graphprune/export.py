@@ -3,12 +3,13 @@
 Protocol of :func:`export_onnx`:
 
 1. Run the model in eval mode under ``torch.no_grad()`` on the example inputs: the reference.
-2. Export with the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) at the
+2. Export an ATen GraphModule (the export frontend's graphs) with the dynamo exporter first and any
+   other model with the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) at the
    requested opset, grad enabled and float example inputs marked ``requires_grad``.
    Grad keeps ``nn.MultiheadAttention`` off its fused inference fast path
    (``aten::_native_multi_head_attention`` has no ONNX rule), even when the model's
-   parameters are frozen. If the TorchScript exporter raises, the dynamo exporter
-   (``torch.export`` based) is tried at ``max(opset, 18)`` (the lowest opset it
+   parameters are frozen. If the first exporter raises, the other is tried; the dynamo exporter
+   (``torch.export`` based) runs at ``max(opset, 18)`` (the lowest opset it
    implements); :class:`ExportResult` reports the opset actually written.
 3. ``onnx.checker.check_model(full_check=True)`` on the file.
 4. Run the file in ONNX Runtime (CPUExecutionProvider) on the example inputs (and, with
@@ -304,10 +305,19 @@ def _reference_outputs(model, inputs: tuple, dynamic_batch: bool, where: str) ->
     return reference, reference_b1
 
 
+def _is_aten_graph(model: torch.nn.Module) -> bool:
+    """True for a GraphModule of ATen operators (the export frontend's graphs): the dynamo exporter's input."""
+    return isinstance(model, torch.fx.GraphModule) and any(
+        isinstance(n.target, torch._ops.OpOverload) for n in model.graph.nodes if n.op == "call_function")
+
+
 def _write_onnx(model, inputs, tmp, opset, in_names, out_names, dynamic_batch, where) -> str:
-    """Export with the TorchScript exporter, else the dynamo one; returns which wrote `tmp`."""
+    """Export with the exporter made for the model, else the other; returns which wrote `tmp`. An ATen graph
+    goes to the dynamo exporter first (it translates ATen ops; the TorchScript one re-traces them), any other
+    model to the TorchScript exporter first (it keeps the opset asked for)."""
     errors = []
-    for name, fn in (("torchscript", _export_torchscript), ("dynamo", _export_dynamo)):
+    exporters = (("torchscript", _export_torchscript), ("dynamo", _export_dynamo))
+    for name, fn in (exporters[::-1] if _is_aten_graph(model) else exporters):
         try:
             fn(model, inputs, tmp, opset, in_names, out_names, dynamic_batch)
             return name

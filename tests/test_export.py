@@ -249,3 +249,19 @@ def test_save_torch_artifact_that_cannot_be_verified_leaves_no_file(tmp_path):
         save_torch_artifact(Stateful(), torch.zeros(2, 3), path)
     assert "torch.export" in str(info.value) and "torch.jit.trace" in str(info.value)
     assert os.listdir(tmp_path) == []
+
+
+def test_an_aten_graph_goes_to_the_dynamo_exporter_first_and_falls_back_to_torchscript(tmp_path, monkeypatch):
+    """The export frontend's graphs hold ATen ops, which the dynamo exporter translates directly."""
+    import graphprune
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+    x = torch.randn(2, 6)
+    pruned = graphprune.prune_graph(model, (x,), ratio=0.5, frontend="export", target="none").model
+    assert export_onnx(pruned, (x,), tmp_path / "a.onnx").exporter == "dynamo"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("dynamo exporter unavailable")
+
+    monkeypatch.setattr(export_mod, "_export_dynamo", broken)
+    result = export_onnx(pruned, (x,), tmp_path / "b.onnx")
+    assert result.exporter == "torchscript" and result.max_abs_diff < 1e-4
