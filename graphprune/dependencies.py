@@ -98,9 +98,11 @@ def _channel_counts_as_values(gm: fx.GraphModule, ctx: AnalysisContext, rules: R
 
 
 def _declare_constant(node: fx.Node, ctx: AnalysisContext) -> list[Coupling]:
-    """A parameter/buffer read with get_attr that is a vector (one dim > 1) carries channels on that dim."""
+    """A floating-point parameter/buffer read with get_attr that is a vector (one dim > 1) carries channels on
+    that dim. An integer or bool buffer holds indices or flags (position ids, token type ids, masks): an index
+    space, not channels; an op that mixes it with channels finds no channel dim on it and freezes them."""
     tensor = ctx.constant(node)
-    if tensor is None:
+    if tensor is None or not (tensor.is_floating_point() or tensor.is_complex()):
         return []
     dims = [d for d in range(tensor.ndim) if tensor.shape[d] > 1]
     if len(dims) != 1:

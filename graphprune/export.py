@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import tempfile
@@ -216,11 +217,25 @@ def _export_torchscript(model, inputs, tmp, opset, in_names, out_names, dynamic_
             )
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Within: logger `name` passes errors only (the dynamo exporter logs a line per optional op library
+    it skips, e.g. torchvision's, and per failed constant-folding attempt); its level is restored after."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _export_dynamo(model, inputs, tmp, opset, in_names, out_names, dynamic_batch) -> None:
     dynamic_shapes = (
         tuple({0: torch.export.Dim.DYNAMIC} for _ in inputs) if dynamic_batch else None
     )
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logger("torch.onnx"), \
+            _quiet_logger("onnxscript"):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, tuple(t.detach() for t in inputs), tmp, dynamo=True,

@@ -310,7 +310,7 @@ def copy_graph_module(gm: fx.GraphModule, share_tensors: bool = False, compiled:
     rewrites the graph and recompiles anyway.
     """
     graph = fx.Graph()
-    graph.set_codegen(copy.deepcopy(gm.graph._codegen))  # the export frontend's pytree in/out handling
+    graph.set_codegen(copy.copy(gm.graph._codegen))  # export's pytree in/out handling; its specs are immutable
     output = graph.output(graph.graph_copy(gm.graph, {}))
     output.meta = dict(gm.graph.output_node().meta)
     new = gm.__class__.__new__(gm.__class__)

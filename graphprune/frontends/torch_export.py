@@ -22,6 +22,8 @@ the capture is static and the graph's `BatchDim.static` (graphprune.batch) says 
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.fx as fx
 from torch.fx._pytree import tree_flatten_spec
@@ -78,7 +80,9 @@ def decompose(ep: torch.export.ExportedProgram, name: str = "Exported") -> torch
     """`ep` decomposed to Core ATen (`decomposition_table`), a new program; size-oblivious, so a dynamic
     batch of 1 stays symbolic. A failure is a TraceError naming `name`."""
     try:
-        with dynamic_attempt():
+        with dynamic_attempt(), warnings.catch_warnings():
+            # torch 2.13's own deep copy of the program's pytree specs warns about its deprecated LeafSpec
+            warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
             return ep.run_decompositions(decomposition_table())
     except Exception as exc:
         raise TraceError(f"cannot decompose the exported program of {name}: {type(exc).__name__}: "
