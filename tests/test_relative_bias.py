@@ -9,6 +9,7 @@ shared by every layer and passed to attention as a mask per head) and Hugging Fa
 head of scaled_dot_product_attention). Heads and MLP channels are exact in float64 (graphprune.verify: pruning ==
 hiding the channels from their consumers); frozen groups are counted, each with its reason.
 """
+import copy
 import os
 from types import SimpleNamespace
 
@@ -107,8 +108,6 @@ def _tiny_swin():
 
 def _without_dtype_asserts(gm):
     """A copy of `gm` without its float32 dtype asserts, so that it runs in float64 (verify's precision)."""
-    import copy
-
     gm = copy.deepcopy(gm)
     for node in list(gm.graph.nodes):
         if node.target is torch.ops.aten._assert_tensor_metadata.default:
@@ -263,3 +262,46 @@ def test_a_gather_of_channels_freezes_them_and_a_gather_of_positions_passes_them
     rows = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend=frontend)
     assert [rows.plan.sizes[g] for g in rows.plan.keep] == [8]
     assert max_exactness_error(model, (x,), rows) <= 1e-5
+
+
+def _torchvision_swin(v2: bool):
+    """torchvision's Swin (v1 or v2 blocks) at the smallest size with shifted windows and two stages."""
+    swin = pytest.importorskip("torchvision.models.swin_transformer")
+    torch.manual_seed(0)
+    blocks = dict(block=swin.SwinTransformerBlockV2, downsample_layer=swin.PatchMergingV2) if v2 else {}
+    model = swin.SwinTransformer(patch_size=[4, 4], embed_dim=DIM, depths=[2, 2], num_heads=[HEADS, 2 * HEADS],
+                                 window_size=[WINDOW, WINDOW], num_classes=10, **blocks).eval()
+    return model, (torch.randn(1, 3, 32, 32),)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("v2", [False, True], ids=["swin", "swin_v2"])
+def test_torchvision_swin_heads_are_exact_and_the_pruned_model_exports_with_parity(v2, tmp_path):
+    """torchvision's shifted_window_attention (F.pad of H and W, the table gathered by an index, a shift mask;
+    v2: a table computed by an MLP, logit scales per head, the key's bias zeroed in forward) under torch.export."""
+    from graphprune.export import export_onnx
+
+    model, x = _torchvision_swin(v2)
+    analysis = graphprune.analyse(model, x)
+    assert analysis.frontend.startswith("export")  # fx keeps torchvision's fx.wrap'd attention as one opaque call
+    reasons = [g.frozen_reasons[0] for g in analysis.dependencies.frozen]
+    # the image's channels, the logits, each block's index buffer; v2: the MLP's 2 inputs (constant coordinates)
+    assert len(reasons) == 2 + 4 + (4 if v2 else 0) and sum("as positions" in r for r in reasons) == 4, reasons
+    heads = _groups_with(analysis, "qkv.weight")
+    assert [g.size for g in heads] == [HEADS, HEADS, 2 * HEADS, 2 * HEADS]
+    _prune_exactly(analysis, heads + _groups_with(analysis, "mlp.0.weight"))
+    result = analysis.prune(Ratio(0.5), Strategy("l2"), target="none")
+    assert export_onnx(result.model, x, tmp_path / "swin.onnx").max_abs_diff <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["swin_t", "swin_v2_t"])
+def test_torchvision_swin_t_loses_most_of_its_parameters_at_ratio_half(name):
+    """Issue 22 item 7: at least 60% of the parameters of Swin-T and Swin-V2-T (random init) go at ratio 0.5."""
+    models = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    model = getattr(models, name)().eval()
+    result = graphprune.prune_graph(model, torch.randn(1, 3, 224, 224), ratio=0.5, target="none")
+    after = sum(p.numel() for p in result.model.parameters())
+    assert result.report.params_after == after and result.report.params_before == sum(p.numel() for p in model.parameters())
+    assert 1 - after / result.report.params_before >= 0.6

@@ -13,8 +13,9 @@ rest reuse the fx rules where ATen's argument layout matches theirs:
 - pooling, upsampling, spatial padding act on the trailing 1, 2 or 3 dims: `SpatialRule`.
 - data movement is label-pushed (`MovementRule`, see rules/movement.py); the ops whose
   arguments hold channel counts rewrite them in `shrink`: view/_unsafe_view/reshape/
-  expand sizes (`ReshapeRule`), split sizes, slice bounds; a size computed from the symbolic
-  batch dim (`sym_size`, see frontends.dynamic_batch) keeps its batch factor.
+  expand sizes (`ReshapeRule`), split sizes, slice and slice_scatter bounds; a size computed from
+  the symbolic batch dim (`sym_size`, see frontends.dynamic_batch) keeps its batch factor.
+- a gather by integer index tensors (index.Tensor) is indexing, with getitem (rules/indexing.py).
 - ops that create tensors from nothing (full, arange, rand...) carry no channels.
 
 An op with no rule is never assumed element-wise: its channels are frozen. `FROZEN_BY_DESIGN`
