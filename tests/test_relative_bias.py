@@ -133,7 +133,7 @@ def _prune_exactly(analysis, groups, ratio=0.5):
     return result
 
 
-@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("frontend", ["fx", pytest.param("export", marks=pytest.mark.slow)])
 def test_windowed_attention_slices_the_bias_table_with_the_heads(frontend):
     model, x = _tiny_swin()
     analysis = graphprune.analyse(model, x, frontend=frontend)
@@ -151,6 +151,7 @@ def test_windowed_attention_slices_the_bias_table_with_the_heads(frontend):
     assert result.report.params_after == sum(p.numel() for p in result.model.parameters()) < result.report.params_before
 
 
+@pytest.mark.slow
 def test_windowed_attention_exports_to_onnx_with_parity(tmp_path):
     from graphprune.export import export_onnx
 
@@ -181,6 +182,7 @@ def _hf_swin():
     return model, (torch.randn(1, 3, 32, 32),)
 
 
+@pytest.mark.slow
 def test_t5_bias_shared_by_every_layer_is_sliced_with_their_heads():
     """T5 computes one bias (an embedding of relative-position buckets, (L, L, heads)) in layer 0 and passes it to
     every layer's attention as a mask per head: the heads of both layers and the embedding's columns are one group."""
@@ -197,6 +199,7 @@ def test_t5_bias_shared_by_every_layer_is_sliced_with_their_heads():
     assert bias.shape == (32, len(result.plan.keep[heads[0].id])) and bias.shape[1] < 4
 
 
+@pytest.mark.slow
 def test_hf_swin_bias_is_a_mask_per_head_sliced_with_the_heads():
     model, x = _hf_swin()
     analysis = graphprune.analyse(model, x)
@@ -210,30 +213,36 @@ def test_hf_swin_bias_is_a_mask_per_head_sliced_with_the_heads():
     assert tables == [(49, len(result.plan.keep[g.id])) for g in heads]
 
 
-class ZeroedKeyBias(nn.Module):
-    """Swin-V2's packed qkv: the key's bias is zeroed in forward (torch.export: slice_scatter into a copy)."""
+class BiasedAttention(nn.Module):
+    """One window of Swin-V2-like attention through scaled_dot_product_attention: packed qkv whose key bias is
+    zeroed in forward (torch.export: slice_scatter into a copy), the table gathered by an index buffer as the mask."""
 
     def __init__(self):
         super().__init__()
         self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+        self.table = nn.Parameter(torch.randn((2 * WINDOW - 1) ** 2, 4))
+        self.register_buffer("index", WindowAttention(0, 0).index.clone())
 
-    def forward(self, x):
+    def forward(self, x):  # (B, WINDOW ** 2, 16)
         bias = self.qkv.bias.clone()
         bias[16:32].zero_()
         q, k, v = F.linear(x, self.qkv.weight, bias).view(x.size(0), x.size(1), 3, 4, 4).permute(2, 0, 3, 1, 4)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(x.size(0), x.size(1), 16))
+        mask = self.table[self.index].view(x.size(1), x.size(1), 4).permute(2, 0, 1).unsqueeze(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(x.size(0), x.size(1), 16))
 
 
-def test_a_slice_of_the_channels_written_in_place_is_re_cut_to_the_kept_ones():
+def test_a_bias_as_a_mask_per_head_and_a_bias_written_in_place_are_sliced_with_the_heads():
     torch.manual_seed(0)
-    model, x = ZeroedKeyBias().eval(), (torch.randn(1, 5, 16),)
+    model, x = BiasedAttention().eval(), (torch.randn(1, WINDOW ** 2, 16),)
     analysis = graphprune.analyse(model, x, frontend="export")
     heads = _groups_with(analysis, "qkv.weight")
-    assert [g.size for g in heads] == [4]
+    assert [g.size for g in heads] == [4] and any(s.name == "table" and s.role is Role.PRODUCER for s in heads[0].members)
     result = _prune_exactly(analysis, heads)
-    scatter = next(n for n in result.model.graph.nodes if n.target is torch.ops.aten.slice_scatter.default)
     kept = len(result.plan.keep[heads[0].id])
+    scatter = next(n for n in result.model.graph.nodes if n.target is torch.ops.aten.slice_scatter.default)
     assert scatter.args[2:] == (0, 4 * kept, 8 * kept)  # the keys' rows, among the kept heads' q, k, v rows
+    assert dict(result.model.named_parameters())["table"].shape == ((2 * WINDOW - 1) ** 2, kept)
 
 
 class Gathers(nn.Module):
@@ -250,7 +259,7 @@ class Gathers(nn.Module):
         return self.b(y[:, self.index] if self.dim == 1 else y[:, :, self.index])
 
 
-@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("frontend", ["fx", pytest.param("export", marks=pytest.mark.slow)])
 def test_a_gather_of_channels_freezes_them_and_a_gather_of_positions_passes_them(frontend):
     torch.manual_seed(0)
     x = torch.randn(1, 3, 4, 4)
