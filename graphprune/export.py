@@ -27,6 +27,7 @@ modified: the train/eval flag of every submodule is restored afterwards.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -230,6 +231,24 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _explicit_copy_broadcasts(model: torch.nn.Module) -> torch.nn.Module:
+    """For a Core ATen graph: the same graph (its tensors shared) with every aten.copy(dst, src) reading
+    expand_as(src, dst). The dynamo exporter writes a copy from a smaller src (a scalar written into a slice:
+    torchvision Swin's shift mask) as an Identity of src, whose shape fails onnx.checker; the expand is explicit."""
+    copies = [n for n in model.graph.nodes if n.target is torch.ops.aten.copy.default] if isinstance(
+        model, torch.fx.GraphModule) else []
+    if not copies:
+        return model
+    gm = torch.fx.GraphModule(model, copy.deepcopy(model.graph))
+    for node in gm.graph.nodes:
+        if node.target is torch.ops.aten.copy.default:
+            with gm.graph.inserting_before(node):
+                src = gm.graph.call_function(torch.ops.aten.expand_as.default, (node.args[1], node.args[0]))
+            node.args = (node.args[0], src, *node.args[2:])
+    gm.recompile()
+    return gm
+
+
 def _export_dynamo(model, inputs, tmp, opset, in_names, out_names, dynamic_batch) -> None:
     dynamic_shapes = (
         tuple({0: torch.export.Dim.DYNAMIC} for _ in inputs) if dynamic_batch else None
@@ -238,7 +257,7 @@ def _export_dynamo(model, inputs, tmp, opset, in_names, out_names, dynamic_batch
             _quiet_logger("onnxscript"):
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, tuple(t.detach() for t in inputs), tmp, dynamo=True,
+            _explicit_copy_broadcasts(model), tuple(t.detach() for t in inputs), tmp, dynamo=True,
             # Its lowest implemented opset is 18; asking for 17 triggers a down-conversion
             # that fails on common graphs (ReduceMean axes), so ask for >= 18 directly.
             opset_version=max(opset, 18),

@@ -23,7 +23,7 @@ from .attention import MatMulRule, MultiheadAttentionRule, PrunedMultiheadAttent
 from .base import AnalysisContext, GraphView, LayerKind, MacTerm, Rule, RuleTable, ShrinkContext, WeightedLayer
 from .elementwise import BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule
 from .families import family_rules
-from .movement import GetItemRule, MovementRule, ReshapeRule, RollRule, SplitRule, SqueezeRule
+from .movement import MovementRule, ReshapeRule, RollRule, SplitRule, SqueezeRule
 from .recurrent import PrunedGRU, PrunedLSTM, RecurrentRule
 from .statistics import NormalisingStatisticRule
 
@@ -93,7 +93,6 @@ def default_rules() -> RuleTable:
     add(_RESHAPE, ReshapeRule())
     add(_SPLIT, SplitRule())
     add(_SQUEEZE, SqueezeRule())
-    add((operator.getitem,), GetItemRule())
     add((nn.MultiheadAttention, PrunedMultiheadAttention), MultiheadAttentionRule())
     add((nn.LSTM, nn.GRU, PrunedLSTM, PrunedGRU), RecurrentRule())
     add((operator.matmul, torch.matmul, T.matmul, torch.bmm, T.bmm, torch.mm, T.mm), MatMulRule())

@@ -13,8 +13,9 @@ rest reuse the fx rules where ATen's argument layout matches theirs:
 - pooling, upsampling, spatial padding act on the trailing 1, 2 or 3 dims: `SpatialRule`.
 - data movement is label-pushed (`MovementRule`, see rules/movement.py); the ops whose
   arguments hold channel counts rewrite them in `shrink`: view/_unsafe_view/reshape/
-  expand sizes (`ReshapeRule`), split sizes, slice bounds; a size computed from the symbolic
-  batch dim (`sym_size`, see frontends.dynamic_batch) keeps its batch factor.
+  expand sizes (`ReshapeRule`), split sizes, slice and slice_scatter bounds; a size computed from
+  the symbolic batch dim (`sym_size`, see frontends.dynamic_batch) keeps its batch factor.
+- a gather by integer index tensors (index.Tensor) is indexing, with getitem (rules/indexing.py).
 - ops that create tensors from nothing (full, arange, rand...) carry no channels.
 
 An op with no rule is never assumed element-wise: its channels are frozen. `FROZEN_BY_DESIGN`
@@ -26,6 +27,8 @@ from __future__ import annotations
 import operator
 from types import MappingProxyType
 
+import numpy as np
+
 import torch
 import torch.fx as fx
 
@@ -36,7 +39,8 @@ from .elementwise import (BinaryRule, ElementwiseRule, PadRule, ReduceRule, Shap
                           passthrough)
 from .callsite import arg, kept_bounds
 from .families import family_rules
-from .movement import ATEN_RESHAPES, GetItemRule, MovementRule, ReshapeRule, SplitRule, SqueezeRule, as_aten_split
+from .indexing import GetItemRule
+from .movement import ATEN_RESHAPES, MovementRule, ReshapeRule, SplitRule, SqueezeRule, as_aten_split
 from .statistics import NormalisingStatisticRule
 from .transformer import GroupedQuery, RepeatKVRule
 
@@ -107,6 +111,41 @@ class SliceRule(MovementRule):
 
 def _slice_dim(node: fx.Node, ctx) -> int:
     return arg(node, 1, "dim", 0) % len(ctx.value(node.args[0]).shape)
+
+
+class SliceScatterRule(Rule):
+    """slice_scatter(x, src, dim, start, end, step): y = x, then y[start:end:step along dim] = src (functionalised
+    `x[..., a:b] = src`, `x[a:b].zero_()`). With x's and src's channels on one dim c: if c is not `dim`,
+    y[..., k, ...] is x[..., k, ...] or src[..., k, ...], and channel k of all three goes together; if c is `dim`
+    (step 1), y[k] = src[k - start] for start <= k < end and x[k] elsewhere, so src's position j is y's start + j
+    and `shrink` re-cuts the bounds to the kept positions (as a slice's). Exact either way. A src or x whose
+    channels nothing follows (a constant written into some channels) freezes them."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        x, src = node.args[:2]
+        d = ctx.channel_dim(x)
+        if not isinstance(d, int) and not isinstance(ctx.channel_dim(src), int):
+            return Effect(None)
+        dim = arg(node, 2, "dim", 0) % len(ctx.value(x).shape)
+        if d != ctx.channel_dim(src) or (d == dim and arg(node, 5, "step", 1) != 1):
+            reason = f"{describe_node(node)} writes `{src.name}` into channels graphprune cannot match"
+            return Effect(None, freezes=freeze_inputs(node, ctx, reason))
+        out = ctx.output_slot(node, d)
+        if d != dim:
+            return Effect(d, couplings=(Coupling(ctx.input_slot(x, d), out), Coupling(ctx.input_slot(src, d), out)))
+        start, _, _ = slice(arg(node, 3, "start"), arg(node, 4, "end")).indices(ctx.shape(x)[d])
+        j = np.arange(ctx.shape(src)[d])
+        return Effect(d, couplings=(Coupling(ctx.input_slot(x, d), out), Coupling(out, ctx.input_slot(src, d), start + j, j)))
+
+    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
+        x = node.args[0]
+        dim = arg(node, 2, "dim", 0) % len(ctx.value(x).shape)
+        kept = ctx.kept(x.name, dim) if ctx.declared.get(x.name) == dim else None
+        if kept is None:
+            return
+        start, stop, _ = slice(arg(node, 3, "start"), arg(node, 4, "end")).indices(ctx.value(x).shape[dim])
+        node.args = (x, node.args[1], dim, *kept_bounds(kept, start, stop)) + tuple(node.args[5:])
+        node.kwargs = {k: v for k, v in node.kwargs.items() if k not in ("dim", "start", "end")}
 
 
 class CreationRule(Rule):
@@ -186,10 +225,10 @@ _BY_INDEX = "selects or writes elements by data-dependent indices, so which chan
 _POSITIONS = "returns positions along a dim (indices), whose values change when channels are removed"
 
 FROZEN_BY_DESIGN = MappingProxyType({
-    A.index.Tensor: _BY_INDEX, A.index_put.default: _BY_INDEX,
+    A.index_put.default: _BY_INDEX,
     A.gather.default: _BY_INDEX, A.scatter.src: _BY_INDEX, A.scatter.value: _BY_INDEX, A.scatter_add.default: _BY_INDEX,
     A.scatter_reduce.two: _BY_INDEX, A.masked_scatter.default: _BY_INDEX, A.nonzero.default: _BY_INDEX,
-    A.select_scatter.default: _BY_INDEX, A.slice_scatter.default: _BY_INDEX,
+    A.select_scatter.default: _BY_INDEX,
     A.argmax.default: _POSITIONS, A.argmin.default: _POSITIONS, A.max.dim: _POSITIONS, A.min.dim: _POSITIONS,
     A.sort.default: _POSITIONS, A.topk.default: _POSITIONS,
     A.resize_.default: "resizes a tensor in place to a given shape; its storage, not its channels, decides what is kept",
@@ -254,6 +293,7 @@ def rules_by_op(gqa: GroupedQuery | str = GroupedQuery.KV_GROUPS) -> dict:
     add((A.expand.default,), RepeatKVRule(GroupedQuery.of(gqa)))
     add(SQUEEZES, SqueezeRule())
     add((A.slice.Tensor,), SliceRule())
+    add((A.slice_scatter.default,), SliceScatterRule())
     add((A.split_with_sizes.default, A.split.Tensor), SplitRule(as_aten_split))
     add((operator.getitem,), GetItemRule())
     add(CREATION, CreationRule())

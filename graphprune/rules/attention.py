@@ -217,7 +217,12 @@ class MatMulRule(Rule):
 class ScaledDotProductAttentionRule(Rule):
     """scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa), as F.* and as
     aten.*: whole heads (dim -3) pass through, with masks that broadcast over heads, and grouped-query
-    attention (query head h reads key/value head h // (Hq / Hkv)); head_dim only with an explicit scale."""
+    attention (query head h reads key/value head h // (Hq / Hkv)); head_dim only with an explicit scale.
+
+    A mask per head whose heads dim carries channels (a relative position bias: T5's, Swin's) is tied to the query
+    heads: head h's scores are q_h k_h^T * scale + mask[h], so removing head h removes mask[h], which no other head
+    reads, and every kept head computes what it did (exact). A mask per head whose heads nothing follows freezes.
+    """
 
     reads_heads = True
 
@@ -226,10 +231,12 @@ class ScaledDotProductAttentionRule(Rule):
         mask = arg(node, 3, "attn_mask")
         rank = len(ctx.shape(q))
         hd = rank - 3
+        per_head = isinstance(mask, fx.Node) and _mask_head_size(ctx.shape(mask), rank) > 1
+        mask_heads = len(ctx.shape(mask)) - 3 if per_head else None
         if not isinstance(mask, fx.Node):
             if {ctx.channel_dim(t) for t in (q, k, v)} != {hd} or ctx.shape(k)[hd] == ctx.shape(q)[hd]:
                 return self._one_layout(node, ctx)
-        elif ctx.channel_dim(mask) is not None or _mask_head_size(ctx.shape(mask), rank) > 1:
+        elif ctx.channel_dim(mask) != mask_heads or (per_head and ctx.shape(mask)[mask_heads] != ctx.shape(q)[hd]):
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} has a mask per head"))
         if any(ctx.channel_dim(t) not in (hd, None) for t in (q, k, v)):
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} has channels inside heads"))
@@ -240,6 +247,8 @@ class ScaledDotProductAttentionRule(Rule):
         h = np.arange(hq)
         couplings = [Coupling(ctx.input_slot(q, hd), out)]
         couplings += [Coupling(out, ctx.input_slot(t, hd), h, h // (hq // hk)) for t in dict.fromkeys((k, v))]
+        if per_head:
+            couplings.append(Coupling(out, ctx.input_slot(mask, mask_heads)))
         return Effect(hd, couplings=tuple(couplings))
 
     @staticmethod

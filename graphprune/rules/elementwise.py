@@ -66,18 +66,28 @@ class SpatialRule(Rule):
 
 
 class PadRule(Rule):
-    """F.pad: channels pass through if the pad spec leaves the channel dim alone."""
+    """F.pad(x, pad, mode, value) and aten.constant_pad_nd(x, pad, value): `pad` holds (before, after) amounts for
+    the last dims, last dim first. Every padding mode pads each dim on its own: y[..., c, ...] reads x[..., c, ...]
+    only (or the fill value) when the channel dim's amounts are (0, 0), a pad absent from `pad` included, so
+    channels pass through exactly and nothing is rewritten (the amounts stay 0). Any other amount on the channel
+    dim (a pad, a crop, a symbolic size) freezes them."""
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
-        x = node.args[0]
-        pad = node.args[1] if len(node.args) > 1 else node.kwargs["pad"]
+        x, pad = node.args[0], arg(node, 1, "pad")
         d = ctx.channel_dim(x)
         if not isinstance(d, int):
             return Effect(None)
-        rank = len(ctx.shape(x))
-        if isinstance(pad, fx.Node) or d >= rank - len(pad) // 2:
+        if _channel_pad(pad, len(ctx.shape(x)), d) != (0, 0):
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} pads the channel dim"))
         return passthrough(node, ctx, x, d)
+
+
+def _channel_pad(pad, rank: int, d: int):
+    """The (before, after) amounts `pad` gives dim `d` of a rank-`rank` tensor; None when `pad` is computed."""
+    if isinstance(pad, fx.Node):
+        return None
+    at = 2 * (rank - 1 - d)
+    return tuple(pad[at:at + 2]) if at < len(pad) else (0, 0)
 
 
 class ReduceRule(Rule):

@@ -16,20 +16,26 @@ is tied to every label found at j, which gives the couplings.
 from __future__ import annotations
 
 import operator
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
 import torch.fx as fx
 
 from ..errors import RewriteError
-from ..groups import Coupling, Effect, Freeze, connected_labels
+from ..groups import Coupling, Effect, Freeze, Slot, connected_labels
 from ..trace import META_KEY, TensorMeta, value_meta
 from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, freeze_inputs, queried_dims
-from .callsite import arg, kept_bounds, kept_count
+from .callsite import arg, kept_count
 
 
-def _run_on_labels(node: fx.Node, ctx: AnalysisContext):
-    """Run the node's op on label tensors. Returns (output, [(input node, dim, first label)])."""
+def run_on_labels(node: fx.Node, ctx: AnalysisContext, dims: Mapping[str, int] | None = None,
+                  by_value: frozenset[str] = frozenset()):
+    """Run the node's op on label tensors. Returns (output, [(input node, dim, first label)]).
+
+    `dims`: channel dims to label instead of the declared ones (by node name); `by_value`: the names of tensors
+    the op reads as positions (indices), given as zeros of their shape: never labelled, always valid positions.
+    """
     sources = []
     next_label = 0
 
@@ -38,7 +44,9 @@ def _run_on_labels(node: fx.Node, ctx: AnalysisContext):
         v = ctx.value(a)
         if not isinstance(v, TensorMeta):
             return v
-        d = ctx.channel_dim(a)
+        if a.name in by_value:
+            return torch.zeros(v.shape, dtype=torch.int64)
+        d = (dims or {}).get(a.name, ctx.channel_dim(a))
         if not isinstance(d, int):
             return torch.full(v.shape, -1, dtype=torch.int64)
         n = v.shape[d]
@@ -70,12 +78,14 @@ def _atoms_along(t: np.ndarray, k: int) -> tuple[int, np.ndarray, np.ndarray]:
     return int(comps.max()) + 1, pos, lab
 
 
-def read_channel_dim(t: torch.Tensor, heads=()):
+def read_channel_dim(t: torch.Tensor, heads=(), batch_sized: frozenset[int] = frozenset()):
     """(dim, positions, labels) of a labelled output, or a string saying why there is none.
 
     `heads`: the head_dim sizes of the attention the output leads to; when the innermost of
     several varying dims has one of those sizes (the head_dim of a heads split), it is never
-    the channel dim. Ties go to the inner dim.
+    the channel dim. `batch_sized`: dims whose size the model computes from sizes that are not
+    channel counts (`b * windows * heads` split back into `(b * windows, heads)`): another
+    varying dim is preferred to them. Ties go to the inner dim.
     """
     a = t.numpy()
     known = a >= 0
@@ -91,7 +101,8 @@ def read_channel_dim(t: torch.Tensor, heads=()):
         labels = np.moveaxis(a, k, 0).reshape(a.shape[k], -1)[:, 0]
         return k, np.arange(a.shape[k]), labels
     best = None
-    for k in varying[:-1] if a.shape[varying[-1]] in heads else varying:
+    candidates = varying[:-1] if a.shape[varying[-1]] in heads else varying
+    for k in [k for k in candidates if k not in batch_sized] or candidates:
         atoms, pos, lab = _atoms_along(a, k)
         if best is None or atoms >= best[0]:
             best = (atoms, k, pos, lab)
@@ -108,16 +119,25 @@ class MovementRule(Rule):
     carries_heads = True  # a (heads, head_dim) split on the way into attention keeps the heads (see analysis)
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
-        out, sources = _run_on_labels(node, ctx)
+        return self.labelled(node, ctx)
+
+    def labelled(self, node: fx.Node, ctx: AnalysisContext, dims: Mapping[str, int] | None = None,
+                 by_value: frozenset[str] = frozenset(), slot_of: Callable[[fx.Node, int], Slot] | None = None,
+                 batch_sized: frozenset[int] = frozenset()) -> Effect:
+        """The effect read from the labels' landing places (`run_on_labels` for `dims`, `by_value`; `read_channel_dim`
+        for `batch_sized`); `slot_of(input, dim)` gives an input's slot (default: `ctx.input_slot`; a parameter's own
+        slot for a constant table)."""
+        out, sources = run_on_labels(node, ctx, dims, by_value)
         if not sources:
             return Effect(None)
         bases = np.array([b for _, _, b in sources])
-        in_slots = [ctx.input_slot(a, d) for a, d, _ in sources]
+        in_slots = [(slot_of or ctx.input_slot)(a, d) for a, d, _ in sources]
         tuple_out = isinstance(out, (tuple, list))
         outs = list(out) if tuple_out else [out]
         dims, couplings, freezes = [], [], []
         for i, t in enumerate(outs):
-            read = read_channel_dim(t, ctx.head_splits.get(node.name, ())) if isinstance(t, torch.Tensor) else None
+            heads = ctx.head_splits.get(node.name, ())
+            read = read_channel_dim(t, heads, batch_sized) if isinstance(t, torch.Tensor) else None
             if not isinstance(read, tuple):
                 dims.append(None)
                 if isinstance(read, str):
@@ -157,14 +177,21 @@ class ReshapeRule(MovementRule):
 
     rewrites_size_arguments = True
 
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        """A dim sized from sizes that are no channel counts (the symbolic batch: `x.size(0) // windows`) is the
+        channel dim only when no other dim can be (`read_channel_dim`)."""
+        batch_sized = frozenset(i for i, size in enumerate(_size_arguments(node)) if isinstance(size, fx.Node)
+                                and (read := queried_dims(size)) and all(ctx.declared.get(t) != d for t, d in read))
+        return self.labelled(node, ctx, batch_sized=batch_sized)
+
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         d = ctx.declared.get(node.name)
         old_shape = ctx.value(node).shape
         new_shape = list(old_shape)
         if isinstance(d, int):
             new_shape[d] = kept_count(ctx, node, d) or old_shape[d]
-        packed = node.op == "call_function" or (len(node.args) == 2 and isinstance(node.args[1], (tuple, list)))
-        shape = list(node.args[1]) if packed else list(node.args[1:])
+        packed = _packed(node)
+        shape = _size_arguments(node)
         for i, size in enumerate(shape):
             from_channels = isinstance(size, fx.Node) and any(ctx.kept(t, dim) is not None for t, dim in queried_dims(size))
             if from_channels:
@@ -175,6 +202,17 @@ class ReshapeRule(MovementRule):
             node.args = (node.args[0], tuple(shape)) + tuple(node.args[2:])
         else:
             node.args = (node.args[0], *shape)
+
+
+def _packed(node: fx.Node) -> bool:
+    """The sizes are one list argument (`view(x, [b, n, c])`, `x.view((b, n, c))`), not one argument each."""
+    return node.op == "call_function" or (len(node.args) == 2 and isinstance(node.args[1], (tuple, list)))
+
+
+def _size_arguments(node: fx.Node) -> list:
+    if len(node.args) < 2:
+        return list(node.kwargs.get("shape", node.kwargs.get("size", ())))
+    return list(node.args[1]) if _packed(node) else list(node.args[1:])
 
 
 _SIZE_PRODUCT = (operator.mul, torch.ops.aten.sym_size.int, operator.getitem)
@@ -267,78 +305,3 @@ class RollRule(MovementRule):
                 reason = f"{describe_node(node)} shifts the channel dim (or the flattened tensor)"
                 return Effect(None, freezes=freeze_inputs(node, ctx, reason))
         return super().couple(node, ctx)
-
-
-class GetItemRule(MovementRule):
-    """x[...]: tuple parts pass through; tensor slices with step 1 on the channel dim are re-cut."""
-
-    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
-        src, index = node.args
-        if not ctx.is_tensor(src):  # a part of a split/chunk/tuple: its producer rule did the coupling
-            dims = ctx.channel_dim(src)
-            return Effect(dims[index] if isinstance(dims, tuple) and isinstance(index, int) else None)
-        d = ctx.channel_dim(src)
-        entry = _index_entry(index, d, len(ctx.shape(src)))
-        if isinstance(d, int) and not (entry is None or (isinstance(entry, slice) and entry.step in (None, 1)
-                                                         and not isinstance(entry.start, fx.Node)
-                                                         and not isinstance(entry.stop, fx.Node))):
-            reason = f"{describe_node(node)} indexes the channel dim with {entry!r}"
-            return Effect(None, freezes=freeze_inputs(node, ctx, reason))
-        return super().couple(node, ctx)
-
-    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
-        src, index = node.args
-        d = ctx.declared.get(src.name)
-        if not isinstance(ctx.value(src), TensorMeta) or not isinstance(d, int):
-            return
-        kept = ctx.kept(src.name, d)
-        size = ctx.value(src).shape[d]
-        entry = _index_entry(index, d, len(ctx.value(src).shape))
-        if kept is None or not isinstance(entry, slice):
-            return
-        start, stop, _ = entry.indices(size)
-        new = slice(*kept_bounds(kept, start, stop), None)
-        node.args = (src, _replace_index_entry(index, d, len(ctx.value(src).shape), new))
-
-
-def _expand_index(index, rank: int) -> list:
-    """The index as one entry per input dim (None entries for new axes are dropped, Ellipsis expanded)."""
-    items = list(index) if isinstance(index, tuple) else [index]
-    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
-    out = []
-    for i in items:
-        if i is Ellipsis:
-            out += [slice(None)] * (rank - consumed)
-        elif i is not None:
-            out.append(i)
-    return out + [slice(None)] * (rank - len(out))
-
-
-def _index_entry(index, d, rank: int):
-    if not isinstance(d, int):
-        return None
-    entries = _expand_index(index, rank)
-    entry = entries[d]
-    return None if entry == slice(None) else entry
-
-
-def _replace_index_entry(index, d: int, rank: int, new):
-    items = list(index) if isinstance(index, tuple) else [index]
-    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
-    dim = 0
-    for pos, i in enumerate(items):
-        if i is None:
-            continue
-        if i is Ellipsis:
-            span = rank - consumed
-            if dim <= d < dim + span:
-                items = items[:pos] + [slice(None)] * (d - dim) + [new] + [slice(None)] * (dim + span - d - 1) + items[pos + 1:]
-                return tuple(items) if isinstance(index, tuple) or len(items) > 1 else items[0]
-            dim += span
-            continue
-        if dim == d:
-            items[pos] = new
-            return tuple(items) if isinstance(index, tuple) else items[0]
-        dim += 1
-    items += [slice(None)] * (d - dim) + [new]
-    return tuple(items)

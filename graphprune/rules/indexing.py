@@ -1,0 +1,158 @@
+"""Indexing: x[...] (fx's operator.getitem) and aten.index.Tensor(x, [i0, None, i2, ...]) (torch.export's gather by
+integer tensors), one family.
+
+Basic indexing (ints, slices, None, Ellipsis) is data movement: channels are found by pushing labels (movement.py);
+a slice of the channel dim with step 1 is re-cut to the kept channels in `shrink`.
+
+Integer tensors as indices (advanced indexing): on every dim an index tensor indexes, y reads the positions its
+values hold; the other dims are taken whole. When x's channel dim c is not one of them, the output position k that
+c lands on satisfies y[..., k, ...] = x[..., c, ...] at positions chosen on the other dims by values that are not
+channel positions: removing channel c of x removes channel k of y and changes no other element. Exact, and nothing
+to rewrite. Where c lands is found by pushing labels with every index tensor replaced by zeros of its shape:
+labels are constant along every dim but c, so which positions an index picks cannot change them. Otherwise:
+- an index tensor on the channel dim (a gather of channels) freezes them;
+- an index tensor's own channels (a buffer of positions, declared as a vector) are frozen: its values are positions,
+  and removing some would change which elements are read;
+- a boolean mask (data-dependent shape, and it may span several dims) freezes the channels it touches.
+A constant table with no declared channel dim (a parameter (entries, heads) gathered by a constant index: a relative
+position bias) carries channels on its one whole dim of size > 1: they are coupled to that dim of the parameter,
+so the table is sliced with whatever the output meets (the attention heads it is added to).
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+
+from ..groups import Effect, Freeze, Role
+from ..trace import TensorMeta
+from .base import AnalysisContext, ShrinkContext, describe_node, freeze_inputs
+from .callsite import kept_bounds
+from .movement import MovementRule
+
+
+class IndexRule(MovementRule):
+    """aten.index.Tensor(x, indices): indices[i] (a tensor or None) indexes dim i (module docstring)."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        x, indices = node.args[:2]
+        entries = list(indices) + [None] * (len(ctx.shape(x)) - len(indices))
+        return gather_effect(self, node, ctx, x, entries)
+
+
+def gather_effect(rule: MovementRule, node: fx.Node, ctx: AnalysisContext, x: fx.Node, entries: list) -> Effect:
+    """The effect of indexing `x` with `entries` (one per dim of x: an index tensor, None for a whole dim, or a basic
+    index), at least one of them a tensor (module docstring)."""
+    tensors = [e for e in entries if ctx.is_tensor(e)]
+    described = describe_node(node, ctx.modules)
+    if any(ctx.value(t).dtype == torch.bool for t in tensors):
+        return Effect(None, freezes=freeze_inputs(node, ctx, f"{described} selects by a boolean mask"))
+    freezes = tuple(Freeze(ctx.input_slot(t, ctx.channel_dim(t)), f"{described} reads `{t.name}` as positions: "
+                           "removing some would change which elements are read")
+                    for t in tensors if isinstance(ctx.channel_dim(t), int))
+    by_value = frozenset(t.name for t in tensors)
+    d = ctx.channel_dim(x)
+    if isinstance(d, int) and entries[d] is not None:
+        reason = f"{described} indexes the channel dim of `{x.name}` with {_describe(entries[d])}"
+        return Effect(None, freezes=freeze_inputs(node, ctx, reason))
+    table = _table_dim(ctx, x, entries) if d is None else None
+    if table is None:
+        effect = rule.labelled(node, ctx, by_value=by_value)
+    else:
+        role = Role.PRODUCER if x.target in ctx.params else Role.BUFFER
+
+        def slot_of(a: fx.Node, dim: int):
+            return ctx.param_slot(a.target, dim, role) if a is x else ctx.input_slot(a, dim)
+
+        effect = rule.labelled(node, ctx, dims={x.name: table}, by_value=by_value, slot_of=slot_of)
+    return Effect(effect.out_dim, couplings=effect.couplings, freezes=effect.freezes + freezes)
+
+
+def _table_dim(ctx: AnalysisContext, x: fx.Node, entries: list) -> int | None:
+    """The channel dim of a constant table gathered along its other dims: its one whole dim of size > 1."""
+    if ctx.constant(x) is None:
+        return None
+    whole = [i for i, e in enumerate(entries) if e is None and ctx.shape(x)[i] > 1]
+    return whole[0] if len(whole) == 1 else None
+
+
+def _describe(entry) -> str:
+    return f"the tensor `{entry.name}`" if isinstance(entry, fx.Node) else repr(entry)
+
+
+class GetItemRule(MovementRule):
+    """x[...]: tuple parts pass through; tensor slices with step 1 on the channel dim are re-cut; integer tensors
+    as indices are a gather (module docstring)."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        src, index = node.args
+        if not ctx.is_tensor(src):  # a part of a split/chunk/tuple: its producer rule did the coupling
+            dims = ctx.channel_dim(src)
+            return Effect(dims[index] if isinstance(dims, tuple) and isinstance(index, int) else None)
+        rank = len(ctx.shape(src))
+        entries = [None if e == slice(None) else e for e in _expand_index(index, rank)]
+        if any(ctx.is_tensor(e) for e in entries):
+            return gather_effect(self, node, ctx, src, entries)
+        d = ctx.channel_dim(src)
+        entry = entries[d] if isinstance(d, int) else None
+        if isinstance(d, int) and not (entry is None or (isinstance(entry, slice) and entry.step in (None, 1)
+                                                         and not isinstance(entry.start, fx.Node)
+                                                         and not isinstance(entry.stop, fx.Node))):
+            reason = f"{describe_node(node)} indexes the channel dim with {entry!r}"
+            return Effect(None, freezes=freeze_inputs(node, ctx, reason))
+        return super().couple(node, ctx)
+
+    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
+        src, index = node.args
+        d = ctx.declared.get(src.name)
+        if not isinstance(ctx.value(src), TensorMeta) or not isinstance(d, int):
+            return
+        kept = ctx.kept(src.name, d)
+        size = ctx.value(src).shape[d]
+        entry = _expand_index(index, len(ctx.value(src).shape))[d]
+        if kept is None or not isinstance(entry, slice) or entry == slice(None):
+            return
+        start, stop, _ = entry.indices(size)
+        new = slice(*kept_bounds(kept, start, stop), None)
+        node.args = (src, _replace_index_entry(index, d, len(ctx.value(src).shape), new))
+
+
+def _expand_index(index, rank: int) -> list:
+    """The index as one entry per input dim (None entries for new axes are dropped, Ellipsis expanded)."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    out = []
+    for i in items:
+        if i is Ellipsis:
+            out += [slice(None)] * (rank - consumed)
+        elif i is not None:
+            out.append(i)
+    return out + [slice(None)] * (rank - len(out))
+
+
+def _replace_index_entry(index, d: int, rank: int, new):
+    items = list(index) if isinstance(index, tuple) else [index]
+    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    dim = 0
+    for pos, i in enumerate(items):
+        if i is None:
+            continue
+        if i is Ellipsis:
+            span = rank - consumed
+            if dim <= d < dim + span:
+                items = items[:pos] + [slice(None)] * (d - dim) + [new] + [slice(None)] * (dim + span - d - 1) + items[pos + 1:]
+                return tuple(items) if isinstance(index, tuple) or len(items) > 1 else items[0]
+            dim += span
+            continue
+        if dim == d:
+            items[pos] = new
+            return tuple(items) if isinstance(index, tuple) else items[0]
+        dim += 1
+    items += [slice(None)] * (d - dim) + [new]
+    return tuple(items)
+
+
+def indexing_rules() -> dict:
+    """Both spellings of indexing -> their rules."""
+    return {operator.getitem: GetItemRule(), torch.ops.aten.index.Tensor: IndexRule()}
