@@ -137,10 +137,9 @@ def _prune_exactly(analysis, groups, ratio=0.5):
 def test_windowed_attention_slices_the_bias_table_with_the_heads(frontend):
     model, x = _tiny_swin()
     analysis = graphprune.analyse(model, x, frontend=frontend)
-    # frozen: the image's 3 channels, the 5 logits, and each index buffer (its values are positions)
+    # frozen: the image's 3 channels and the 5 logits; the integer index buffers are index spaces, not groups
     reasons = [g.frozen_reasons[0] for g in analysis.dependencies.frozen]
-    assert len(reasons) == 4, reasons
-    assert sum("as positions" in r for r in reasons) == 2
+    assert len(reasons) == 2, reasons
     heads = _groups_with(analysis, "table")
     assert [g.size for g in heads] == [HEADS, HEADS]  # one group per block: qkv rows, table columns, proj columns
     mlp = _groups_with(analysis, "fc1.weight", "fc1_weight")
@@ -204,8 +203,8 @@ def test_hf_swin_bias_is_a_mask_per_head_sliced_with_the_heads():
     model, x = _hf_swin()
     analysis = graphprune.analyse(model, x)
     reasons = sorted(g.frozen_reasons[0] for g in analysis.dependencies.frozen)
-    # frozen: the image's channels, the last hidden state (the model's output), each index buffer (positions)
-    assert len(reasons) == 2 + 3 and sum("as positions" in r for r in reasons) == 3, reasons
+    # frozen: the image's channels, the last hidden state (the model's output); index buffers are no groups
+    assert len(reasons) == 2, reasons
     heads = _groups_with(analysis, "relative_position_bias_table")
     assert [g.size for g in heads] == [2, 2, 4]
     result = _prune_exactly(analysis, heads + _groups_with(analysis, "fc1.weight"))
@@ -294,8 +293,9 @@ def test_torchvision_swin_heads_are_exact_and_the_pruned_model_exports_with_pari
     analysis = graphprune.analyse(model, x)
     assert analysis.frontend.startswith("export")  # fx keeps torchvision's fx.wrap'd attention as one opaque call
     reasons = [g.frozen_reasons[0] for g in analysis.dependencies.frozen]
-    # the image's channels, the logits, each block's index buffer; v2: the MLP's 2 inputs (constant coordinates)
-    assert len(reasons) == 2 + 4 + (4 if v2 else 0) and sum("as positions" in r for r in reasons) == 4, reasons
+    # the image's channels, the logits (each block's integer index buffer is no group); v2: the MLP's 2 inputs
+    # (constant coordinates)
+    assert len(reasons) == 2 + (4 if v2 else 0), reasons
     heads = _groups_with(analysis, "qkv.weight")
     assert [g.size for g in heads] == [HEADS, HEADS, 2 * HEADS, 2 * HEADS]
     _prune_exactly(analysis, heads + _groups_with(analysis, "mlp.0.weight"))
