@@ -18,6 +18,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from .codesizes import equalise
 from .errors import InputError
 from .groups import ChannelGroup, DependencyGraph, Role
 
@@ -289,6 +290,10 @@ def _assemble(groups_and_quotas, scores, constraints, min_keep, one_block=False)
         if cons:
             kept, floored = _align(g, kept, scores[g.id], cons, floor, one_block)
             rounding[g.id] = Rounding(max(step for _, step in cons), asked, len(kept), floored)
+        kept = equalise(g, kept, scores[g.id], cons)  # equal counts where the caller's code splits equally
+        if kept is None or len(kept) == g.size:
+            rounding.pop(g.id, None)
+            continue
         keep[g.id] = tuple(int(i) for i in kept)
         sizes[g.id] = g.size
     return Planned(PrunePlan(keep, sizes), rounding)
