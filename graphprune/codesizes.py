@@ -12,8 +12,8 @@ input slot (positions); here it becomes a constraint on the group's channels:
     supports disjoint, one multiplicity m  kept(p) = m x (channels kept in p) + common: equal channel counts
     anything else                          the group is frozen (the planner keeps equal channel counts only)
 
-`equalise` then makes a planned group's parts keep equal counts: they share what the plan kept
-(rounded down to a multiple of the parts), each keeping its best channels.
+`equalise` then makes a planned group's parts keep equal counts: they share what the plan kept,
+each keeping its best channels.
 """
 from __future__ import annotations
 
@@ -67,11 +67,12 @@ def _on_channels(group: ChannelGroup, equal: EqualParts) -> EqualCounts | str | 
 def equalise(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray,
              steps: Sequence[tuple[np.ndarray, int]] = ()) -> np.ndarray | None:
     """`kept` with every EqualCounts of `group` holding: the parts of a constraint share its kept total, k =
-    total // parts each (rounded down to `part_step` while one step is left), each part keeping its best k.
+    total / parts each (to the nearest multiple of `part_step`, as `planner._align` rounds layers; below one
+    step, rounded down), each part keeping its best k.
 
-    Coarser constraints first, then finer ones (which keep their union's count unless it does not divide),
-    repeated until none changes: counts only fall after the first pass, so this ends. None when a member slot
-    would be emptied (the group is then kept whole).
+    Coarser constraints first, then finer ones (which keep their union's count where it divides), repeated
+    until none changes, at most `size` rounds. None when they do not settle or a member slot would be emptied
+    (the group is then kept whole).
     """
     if not group.equal_counts:
         return kept
@@ -83,8 +84,8 @@ def equalise(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray,
         changed = False
         for constraint in order:
             here = [int(mask[p].sum()) for p in constraint.parts]
-            step, k = part_step(constraint, steps), sum(here) // len(here)
-            k = k // step * step or k
+            step, share = part_step(constraint, steps), sum(here) / len(here)
+            k = min(int(np.ceil(share / step - 0.5)) * step or int(share), min(len(p) for p in constraint.parts))
             if all(n == k for n in here):
                 continue
             for part, n in zip(constraint.parts, here):

@@ -181,6 +181,8 @@ class ChannelGroup:
             by_module.setdefault(key, []).append(attr)
         if not by_module:
             lines.append("    (no parameters: activations only)")
+        lines += [f"    equal counts in {len(c.parts)} parts of {len(c.parts[0])} channels, for {c.where}"
+                  for c in self.equal_counts]
         for (owner, role, ranges, permuted), attrs in sorted(by_module.items(),
                                                              key=lambda kv: (kv[0][1] != "producer", kv[0][0])):
             order = " (permuted)" if permuted else ""

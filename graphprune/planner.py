@@ -286,14 +286,14 @@ def _assemble(groups_and_quotas, scores, constraints, min_keep, one_block=False)
         if asked >= g.size:
             continue  # nothing asked: rounding alone never prunes
         kept = _keep_best(g, scores[g.id], quotas)
-        cons = constraints.get(g.id, ())
+        cons, floored = constraints.get(g.id, ()), False
         if cons:
             kept, floored = _align(g, kept, scores[g.id], cons, floor, one_block)
-            rounding[g.id] = Rounding(max(step for _, step in cons), asked, len(kept), floored)
         kept = equalise(g, kept, scores[g.id], cons)  # equal counts where the caller's code splits equally
-        if kept is None or len(kept) == g.size:
-            rounding.pop(g.id, None)
+        if kept is None:
             continue
+        if cons:
+            rounding[g.id] = Rounding(max(step for _, step in cons), asked, len(kept), floored)
         keep[g.id] = tuple(int(i) for i in kept)
         sizes[g.id] = g.size
     return Planned(PrunePlan(keep, sizes), rounding)

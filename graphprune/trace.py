@@ -119,7 +119,8 @@ def code_location(node: fx.Node) -> str:
     source = node.meta.get(SOURCE_KEY)
     if source is not None:
         filename, line, function = source
-        return f"{filename}:{line} in {function}: `{linecache.getline(filename, line).strip()}`"
+        code = linecache.getline(filename, line).strip()
+        return f"{filename}:{line} in {function}" + (f": `{code}`" if code else "")
     trace = (node.meta.get("stack_trace") or "").strip().splitlines()
     if trace:
         return trace[-2].strip() + ": `" + trace[-1].strip() + "`" if len(trace) > 1 else trace[-1].strip()
