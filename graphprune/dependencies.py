@@ -20,6 +20,7 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_leaves
 
+from .codesizes import attach_equal_counts
 from .errors import RuleError, UnsupportedOpError
 from .groups import Coupling, DependencyGraph, Effect, Freeze, Role, Slot, build_groups
 from .rules import AnalysisContext, Rule, RuleTable
@@ -181,7 +182,7 @@ def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool
     """
     ctx = AnalysisContext(gm)
     ctx.head_splits = attention_inputs(gm, rules, ctx.modules)
-    couplings, freezes, unsupported, probed = [], [], [], []
+    couplings, freezes, unsupported, probed, equal_parts = [], [], [], [], []
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             couplings.extend(_declare_constant(node, ctx))
@@ -194,6 +195,7 @@ def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool
                 ctx.declared[node.name] = effect.out_dim
                 couplings.extend(effect.couplings)
                 freezes.extend(effect.freezes)
+                equal_parts.extend(effect.equal_parts)
                 _pass_on_input_origin(node, ctx)
             elif ctx.is_tensor(node) or any(ctx.is_tensor(a) for a in node.all_input_nodes):  # touches tensors
                 unsupported.append(problem)
@@ -208,4 +210,4 @@ def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool
     freezes.extend(_channel_counts_as_values(gm, ctx, rules))
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     graph = build_groups(ctx.sizes, couplings + ctx.ties, freezes + ctx.freezes, order, ctx.declared)
-    return replace(graph, unsupported=tuple(unsupported), probed=tuple(probed))
+    return replace(attach_equal_counts(graph, equal_parts), unsupported=tuple(unsupported), probed=tuple(probed))

@@ -27,12 +27,14 @@ import enum
 import itertools
 import sys
 from dataclasses import dataclass
-from typing import Iterable
+from types import MappingProxyType
+from typing import Iterable, Mapping
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 from .agreement import call_inputs, graph_outputs, mismatch, output_tensors
+from .codesizes import SplitSizes, split_sizes, uncomputable_splits
 from .errors import GraphPruneError
 from .kvcache import cache_off
 from .rules import RuleTable, default_rules
@@ -189,13 +191,16 @@ def _dims(module: nn.Module, name: str, changed: dict) -> list[tuple[int, int]]:
     return dims
 
 
-def match_attributes(module: nn.Module, changed: dict, skip: set[str]) -> tuple[dict, list[Candidate]]:
-    """Size matching (module docstring, step 4): ({(module, attr): new value} certain, [Candidate] to verify)."""
+def match_attributes(module: nn.Module, changed: dict, skip: set[str],
+                     splits: Mapping[str, list[SplitSizes]] = MappingProxyType({})) -> tuple[dict, list[Candidate]]:
+    """Size matching (module docstring, step 4): ({(module, attr): new value} certain, [Candidate] to verify).
+    The parts of the splits a module's forward makes (`splits`, by module name) count as its dims: `self.c` in
+    `x.split(self.c, 1)` follows the kept count of each part."""
     certain, candidates = {}, []
     for name, m in module.named_modules():
         if name in skip:
             continue
-        dims = _dims(m, name, changed)
+        dims = _dims(m, name, changed) + [pair for s in splits.get(name, ()) for pair in zip(s.old, s.new)]
         if all(o == n for o, n in dims):
             continue
         ints = {k: v for k, v in vars(m).items() if type(v) is int and v > 1}
@@ -399,7 +404,7 @@ def rebuild_module(source: nn.Module, gm: fx.GraphModule, inputs: Iterable, rule
     handled = adopt_leaves(module, gm)
     changed = swap_tensors(module, gm)
     handled |= resize_layers(module, changed, handled, rules or default_rules())
-    certain, candidates = match_attributes(module, changed, handled)
+    certain, candidates = match_attributes(module, changed, handled, split_sizes(gm))
     _set_attrs(module, certain)
     expected = graph_outputs(gm, inputs)
 
@@ -407,17 +412,21 @@ def rebuild_module(source: nn.Module, gm: fx.GraphModule, inputs: Iterable, rule
         return mismatch(candidate, gm, inputs, expected)
 
     with cache_off(module):  # the graph was analysed without the cache; its config keeps use_cache as it was
-        return _verified(module, candidates, changed, check, call_inputs(gm, inputs, source), name, source.training)
+        return _verified(module, candidates, changed, check, call_inputs(gm, inputs, source), name, source.training,
+                         uncomputable_splits(gm))
 
 
 def _verified(module: nn.Module, candidates, changed: dict, check, inputs: tuple[tuple, dict], name: str,
-              training: bool) -> nn.Module:
-    """`module` once an assignment of `candidates` passes `check`, with its config updated where one states it."""
+              training: bool, splits: list[str]) -> nn.Module:
+    """`module` once an assignment of `candidates` passes `check`, with its config updated where one states it.
+    `splits`: the splits whose new sizes the code cannot compute (codesizes.uncomputable_splits), named first."""
     problem = _resolve(module, candidates, lambda: check(module))
     if problem is not None:
+        cause = "; ".join(splits) + ". So, " if splits else ""
+        hint = "Use" if splits else "Its code probably bakes a size that no attribute holds; use"
         raise EagerRebuildError(
-            f"cannot rebuild {name} pruned: on the example inputs, {problem}. Its code probably bakes a size that "
-            "no attribute holds; use result.model (GraphModule) or result.exported (.pt2, ONNX) instead")
+            f"cannot rebuild {name} pruned: {cause}on the example inputs, {problem}. {hint} result.model "
+            "(GraphModule) or result.exported (.pt2, ONNX) instead")
     config_problem = update_config(module, changed, check, inputs)
     if config_problem is not None:
         _refuse_save(module, config_problem)

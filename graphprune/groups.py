@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -69,9 +69,30 @@ class Freeze:
     reason: str
 
 
+@dataclass(frozen=True, eq=False)
+class EqualParts:
+    """The caller's code computes the sizes of these parts of `slot` from its width (`x.chunk(n)`,
+    `x.split(self.c)`): every part (positions of `slot`) must keep as many positions as the others.
+    `where` names the op and the line of code that bakes the split."""
+
+    slot: Slot
+    parts: tuple[np.ndarray, ...]
+    where: str
+
+
+@dataclass(frozen=True, eq=False)
+class EqualCounts:
+    """An EqualParts on a group: every one of `parts` (disjoint sets of group channels) keeps as many
+    channels as the others, for the code at `where`."""
+
+    parts: tuple[np.ndarray, ...]
+    where: str
+
+
 @dataclass(frozen=True)
 class Effect:
-    """What a rule says about one node: the channel dim of its output, couplings, freezes.
+    """What a rule says about one node: the channel dim of its output, couplings, freezes, and the parts of
+    an input whose kept counts the caller's code needs equal.
 
     `out_dim` is an int, None (no channel dim) or, for ops returning a tuple, a tuple of those.
     """
@@ -79,6 +100,7 @@ class Effect:
     out_dim: int | None | tuple = None
     couplings: tuple[Coupling, ...] = ()
     freezes: tuple[Freeze, ...] = ()
+    equal_parts: tuple[EqualParts, ...] = ()
 
 
 def channel_ranges(channels: np.ndarray) -> str:
@@ -103,6 +125,7 @@ class ChannelGroup:
     size: int
     members: Mapping[Slot, np.ndarray]
     frozen_reasons: tuple[str, ...] = ()
+    equal_counts: tuple[EqualCounts, ...] = ()  # parts the caller's code needs to keep equal counts (codesizes.py)
 
     @property
     def frozen(self) -> bool:
@@ -158,6 +181,8 @@ class ChannelGroup:
             by_module.setdefault(key, []).append(attr)
         if not by_module:
             lines.append("    (no parameters: activations only)")
+        lines += [f"    equal counts in {len(c.parts)} parts of {len(c.parts[0])} channels, for {c.where}"
+                  for c in self.equal_counts]
         for (owner, role, ranges, permuted), attrs in sorted(by_module.items(),
                                                              key=lambda kv: (kv[0][1] != "producer", kv[0][0])):
             order = " (permuted)" if permuted else ""
@@ -186,9 +211,9 @@ class DependencyGraph:
         """A copy where the given groups are frozen with `reason` (e.g. the user's `ignore`)."""
         ids = set(group_ids)
         groups = tuple(
-            ChannelGroup(g.id, g.size, g.members, g.frozen_reasons + (reason,)) if g.id in ids else g for g in self.groups
+            replace(g, frozen_reasons=g.frozen_reasons + (reason,)) if g.id in ids else g for g in self.groups
         )
-        return DependencyGraph(groups, self.slot_edges, self.channel_dims, self.unsupported, self.probed)
+        return replace(self, groups=groups)
 
     @property
     def prunable_channels(self) -> int:

@@ -18,6 +18,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from .codesizes import equalise
 from .errors import InputError
 from .groups import ChannelGroup, DependencyGraph, Role
 
@@ -285,9 +286,13 @@ def _assemble(groups_and_quotas, scores, constraints, min_keep, one_block=False)
         if asked >= g.size:
             continue  # nothing asked: rounding alone never prunes
         kept = _keep_best(g, scores[g.id], quotas)
-        cons = constraints.get(g.id, ())
+        cons, floored = constraints.get(g.id, ()), False
         if cons:
             kept, floored = _align(g, kept, scores[g.id], cons, floor, one_block)
+        kept = equalise(g, kept, scores[g.id], cons)  # equal counts where the caller's code splits equally
+        if kept is None:
+            continue
+        if cons:
             rounding[g.id] = Rounding(max(step for _, step in cons), asked, len(kept), floored)
         keep[g.id] = tuple(int(i) for i in kept)
         sizes[g.id] = g.size

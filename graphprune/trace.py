@@ -8,7 +8,10 @@ tuples, slices) kept as is, so later stages can re-run data-movement ops on labe
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
+import linecache
+import sys
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -17,10 +20,13 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_map
 
+from .agreement import is_user_code
 from .batch import BATCH_KEY, BatchDim, batch_size
 from .errors import InputError, TraceError
 
 META_KEY = "gp_value"
+SOURCE_KEY = "gp_source"  # (file, line, function) of the caller's code that made a node (fx frontend)
+PARTS_KEY = "gp_parts"  # how many parts the tracer assumed when the caller's code iterated a chunk/split
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,88 @@ class LeafTracer(fx.Tracer):
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
         return self._is_rule_module(m) or super().is_leaf_module(m, qualname)
+
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
+        """Every call node records the line of the caller's code that made it (`code_location`)."""
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        if kind.startswith("call_"):
+            frame, depth = sys._getframe(1), 0
+            while frame is not None and depth < 40 and not _user_file(frame.f_code.co_filename):
+                frame, depth = frame.f_back, depth + 1
+            if frame is not None and depth < 40:
+                node.meta[SOURCE_KEY] = (frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+        return node
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _PartsProxy(node, self)
+
+    def iter(self, obj: fx.Proxy):
+        """`list(x.chunk(n, d))`, `for part in x.split([a, b])`: n (or len([a, b])) parts, checked once the
+        values are recorded (`check_parts`); any other iteration of a Proxy cannot be traced."""
+        node = obj.node
+        count = _split_parts(node)
+        if count is None:
+            return super().iter(obj)
+        node.meta[PARTS_KEY] = count
+        return iter([obj[i] for i in range(count)])
+
+
+class _PartsProxy(fx.Proxy):
+    """A Proxy whose len() is known for a chunk or a split with a list of sizes (`list()` asks it first)."""
+
+    def __len__(self) -> int:
+        count = _split_parts(self.node)
+        if count is None:
+            return super().__len__()
+        self.node.meta[PARTS_KEY] = count
+        return count
+
+
+@functools.lru_cache(maxsize=4096)
+def _user_file(filename: str) -> bool:
+    """agreement.is_user_code, once per file (a pure function of the name)."""
+    return is_user_code(filename)
+
+
+def _split_parts(node: fx.Node) -> int | None:
+    """How many parts a chunk (its `chunks`) or a split with a list of sizes returns; None for anything else."""
+    chunk = (node.op == "call_method" and node.target == "chunk") or (node.op == "call_function" and node.target is torch.chunk)
+    split = (node.op == "call_method" and node.target == "split") or (node.op == "call_function" and node.target is torch.split)
+    given = node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks", node.kwargs.get("split_size_or_sections"))
+    if chunk and isinstance(given, int):
+        return given
+    return len(given) if split and isinstance(given, (list, tuple)) else None
+
+
+def check_parts(gm: fx.GraphModule) -> None:
+    """TraceError unless every chunk/split the tracer iterated returned the parts it assumed (a chunk of a
+    dim narrower than its `chunks` returns fewer)."""
+    for node in gm.graph.nodes:
+        assumed, value = node.meta.get(PARTS_KEY), node.meta.get(META_KEY)
+        if assumed is not None and (value is None or len(value) != assumed):
+            got = "fewer" if value is None else len(value)
+            raise TraceError(f"torch.fx cannot trace {type(gm).__name__}: the code iterates `{node.name}` "
+                             f"(at {code_location(node)}), which returns {got} parts, not {assumed}; "
+                             "unpack it into names instead (`a, b = x.chunk(2, 1)`)")
+
+
+def code_location(node: fx.Node) -> str:
+    """Where in the caller's code `node` was made: "file:line in function: `code`" (fx), the last line of its stack
+    trace where one was recorded, else the module that calls it (torch.export keeps `nn_module_stack`)."""
+    source = node.meta.get(SOURCE_KEY)
+    if source is not None:
+        filename, line, function = source
+        code = linecache.getline(filename, line).strip()
+        return f"{filename}:{line} in {function}" + (f": `{code}`" if code else "")
+    trace = (node.meta.get("stack_trace") or "").strip().splitlines()
+    if trace:
+        return trace[-2].strip() + ": `" + trace[-1].strip() + "`" if len(trace) > 1 else trace[-1].strip()
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, cls = list(stack.values())[-1]
+        cls = getattr(cls, "__qualname__", str(cls).rpartition(".")[2])
+        return f"the forward of `{path or '(model)'}` ({cls})"
+    return "an unknown line"
 
 
 def as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
@@ -210,8 +298,12 @@ def trace_with_values(model: torch.nn.Module, args: tuple, kwargs: dict | None, 
     gm.eval()
     try:
         record_values(gm, inputs)
+    except InputError as exc:
+        check_parts(gm)  # a part the tracer assumed and the run lacks is a trace error, not the inputs'
+        raise exc
     finally:
         gm.train(training)
+    check_parts(gm)
     return gm, inputs
 
 

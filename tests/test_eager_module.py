@@ -97,11 +97,15 @@ def test_code_that_bakes_a_size_falls_back_with_its_line():
     assert result.model(torch.randn(3, 8)).shape == (3, 4)  # the fallback still works
 
 
-def test_uneven_split_in_zoo_code_falls_back_naming_the_zoo_file():
+def test_zoo_shufflenet_chunks_equal_halves_so_its_own_class_rebuilds():
+    """x.chunk(2, dim=1) splits at half the pruned width: the plan keeps equal halves (tests/test_code_valid_plans.py)."""
     spec = ZOO["shufflenet_v2_x1_0"]
-    result = graphprune.prune_graph(spec.build(), torch.randn(1, 3, 64, 64), ratio=0.5, frontend="fx")
-    with pytest.raises(EagerRebuildError, match=r"shufflenet\.py:\d+"):
-        _ = result.module
+    model, x = spec.build().eval(), torch.randn(1, 3, 64, 64)
+    result = graphprune.prune_graph(model, x, ratio=0.5, frontend="fx")
+    module = result.module
+    assert type(module) is type(model) and _params(module) == result.report.params_after < _params(model)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), result.model(x), rtol=0, atol=1e-6)
 
 
 def test_an_exported_program_has_no_eager_class():

@@ -46,27 +46,29 @@ class ViewToLinear(nn.Module):
 
 
 class SplitParts(nn.Module):
-    """split([4, 4]): parts are re-cut to the kept counts of each part.
+    """split([3, 5]): parts are re-cut to the kept counts of each part.
 
-    The plan keeps channels 3, 5, 6, 7: the four highest-scored, with 4 traded for 3 so that
-    `a` keeps an input (the planner's member-slot guard); so the parts keep 1 and 3.
+    The plan keeps channels 2, 5, 6, 7: the four highest-scored, with 4 traded for 2 so that
+    `a` keeps an input (the planner's member-slot guard); so the parts keep 1 and 3. (Equal
+    parts would keep equal counts: see ChunkParts.)
     """
 
     def __init__(self):
         super().__init__()
-        self.conv, self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 3, 1), nn.Conv2d(4, 3, 1)
+        self.conv, self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 3, 1), nn.Conv2d(5, 3, 1)
 
     @staticmethod
     def example():
         return torch.randn(1, 3, 4, 4)
 
     def forward(self, x):
-        p, q = torch.split(self.conv(x), [4, 4], dim=1)
+        p, q = torch.split(self.conv(x), [3, 5], dim=1)
         return self.a(p) + self.b(q)
 
 
 class ChunkParts(nn.Module):
-    """chunk(2): becomes an explicit split by the kept counts (1 and 3, as for SplitParts)."""
+    """chunk(2): becomes an explicit split by the kept counts. The caller's code splits at half the
+    width, so the halves keep equal counts: 2, 3 and 6, 7, the best two of each (codesizes.py)."""
 
     def __init__(self):
         super().__init__()
@@ -132,14 +134,14 @@ def forward(self, x):
     ChunkParts: ("""\
 def forward(self, x):
     conv = self.conv(x);  x = None
-    chunk = torch.functional.split(conv, [1, 3], dim = 1);  conv = None
+    chunk = torch.functional.split(conv, [2, 2], dim = 1);  conv = None
     getitem = chunk[0]
     getitem_1 = chunk[1];  chunk = None
     a = self.a(getitem);  getitem = None
     b = self.b(getitem_1);  getitem_1 = None
     add = a + b;  a = b = None
-    return add""", {"conv.weight": (4, 3, 1, 1), "conv.bias": (4,), "a.weight": (3, 1, 1, 1), "a.bias": (3,),
-                    "b.weight": (3, 3, 1, 1), "b.bias": (3,)}),
+    return add""", {"conv.weight": (4, 3, 1, 1), "conv.bias": (4,), "a.weight": (3, 2, 1, 1), "a.bias": (3,),
+                    "b.weight": (3, 2, 1, 1), "b.bias": (3,)}),
     SliceChannels: ("""\
 def forward(self, x):
     conv = self.conv(x);  x = None

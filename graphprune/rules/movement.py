@@ -16,15 +16,17 @@ is tied to every label found at j, which gives the couplings.
 from __future__ import annotations
 
 import operator
+from dataclasses import replace
 from typing import Callable, Mapping
 
 import numpy as np
 import torch
 import torch.fx as fx
 
+from ..codesizes import SPLIT_KEY, SplitSizes
 from ..errors import RewriteError
-from ..groups import Coupling, Effect, Freeze, Slot, connected_labels
-from ..trace import META_KEY, TensorMeta, value_meta
+from ..groups import Coupling, Effect, EqualParts, Freeze, Slot, connected_labels
+from ..trace import META_KEY, TensorMeta, code_location, value_meta
 from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, freeze_inputs, queried_dims
 from .callsite import arg, kept_count
 
@@ -281,6 +283,20 @@ class SplitRule(MovementRule):
     def __init__(self, respell=as_torch_split):
         self.respell = respell
 
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        """MovementRule's coupling, and, for a split of the channel dim into equal parts (`chunk(n)`, `split(c)`,
+        `split([c, c])`), an EqualParts: the caller's code computes those sizes from the width or from one
+        attribute, so the parts must keep equal counts for it to run pruned (the graph's own split takes any)."""
+        effect = super().couple(node, ctx)
+        x = node.args[0]
+        dim = arg(node, 2, "dim", 0) % len(ctx.shape(x))
+        sizes = [part.shape[dim] for part in ctx.value(node)]
+        if ctx.channel_dim(x) != dim or len(sizes) < 2 or len(set(sizes)) != 1:
+            return effect
+        parts = tuple(np.arange(k * sizes[0], (k + 1) * sizes[0]) for k in range(len(sizes)))
+        where = f"{describe_node(node)} at {code_location(node)}"
+        return replace(effect, equal_parts=(EqualParts(ctx.input_slot(x, dim), parts, where),))
+
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         x = node.args[0]
         dim = arg(node, 2, "dim", 0) % len(ctx.value(x).shape)
@@ -289,6 +305,8 @@ class SplitRule(MovementRule):
             return
         bounds = np.cumsum([0] + [part.shape[dim] for part in ctx.value(node)])
         sizes = [int(np.count_nonzero((kept >= lo) & (kept < hi))) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        node.meta[SPLIT_KEY] = SplitSizes(tuple(int(b - a) for a, b in zip(bounds[:-1], bounds[1:])), tuple(sizes),
+                                          f"{describe_node(node)} at {code_location(node)}")
         self.respell(node, x, sizes, dim)
 
 
