@@ -212,9 +212,11 @@ class DependencyGraph:
     probed: tuple[str, ...] = ()  # ops without a rule that probing showed to be channel-wise
 
     def with_frozen(self, group_ids: Iterable[str], reason: str) -> "DependencyGraph":
-        """A copy where the given groups are frozen with `reason` (e.g. the user's `ignore`)."""
+        """A copy where the given groups are frozen whole with `reason` (e.g. the user's `ignore`); their pins'
+        reasons become reasons of the whole freeze."""
         ids = set(group_ids)
-        groups = tuple(replace(g, frozen_reasons=g.frozen_reasons + (reason,)) if g.id in ids else g for g in self.groups)
+        groups = tuple(replace(g, frozen_reasons=g.frozen_reasons + tuple(p.reason for p in g.pins) + (reason,), pins=())
+                       if g.id in ids else g for g in self.groups)
         return DependencyGraph(groups, self.slot_edges, self.channel_dims, self.unsupported, self.probed)
 
     @property

@@ -114,7 +114,7 @@ class PruneReport:
     @property
     def partly_frozen_groups(self) -> tuple[GroupReport, ...]:
         """Groups of which some channels are pinned (kept by a freeze) and the rest were prunable."""
-        return tuple(g for g in self.groups if g.pins)
+        return tuple(g for g in self.groups if g.pins and not g.frozen_reasons)
 
     @property
     def prunable_channels(self) -> int:

@@ -217,3 +217,11 @@ def test_the_report_and_explain_list_the_partial_freeze(capsys):
     printed = capsys.readouterr().out
     assert "partly frozen: channels 20-29 kept: reaches model output through `add`" in printed
     assert "1 prunable (1 partly frozen" in printed
+
+
+def test_ignoring_a_writer_freezes_the_partly_frozen_group_whole_with_both_reasons():
+    _, result = _prune(CatSplit(), ignore=["a"])
+    group = _group_writing(result.graph, "a")
+    assert group.frozen and not group.pins
+    assert group.frozen_reasons == ("reaches model output through `add`", "output channels kept by `ignore`")
+    assert group.id not in result.plan.keep and not result.report.partly_frozen_groups
