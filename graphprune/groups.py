@@ -325,8 +325,11 @@ def iter_pairs(c: Coupling, size_a: int, size_b: int) -> tuple[np.ndarray, np.nd
 def _freezes_of(comp: list[Slot], members: Mapping[Slot, np.ndarray], size: int,
                 reasons: Mapping[Slot, list[str]]) -> tuple[tuple[str, ...], tuple[Pin, ...]]:
     """(whole-group reasons, pins) of one group. A frozen slot keeps its positions when the channels its
-    index map reaches are kept: those channels are pinned, one Pin per reason. When the pins cover every
-    channel (or a frozen slot has no positions), every reason freezes the whole group."""
+    index map reaches are kept: those channels are pinned, one Pin per reason. Every reason freezes the
+    whole group instead when the pins cover every channel, when a frozen slot has no positions, or when
+    no layer's weight writes or reads an unpinned channel: then only activations and buffers would
+    shrink (a position-ids buffer sliced to the example's sequence length), which saves nothing and
+    would bake that length into the model."""
     covered: dict[str, list[np.ndarray]] = {}
     empty = False
     for s in comp:
@@ -336,7 +339,10 @@ def _freezes_of(comp: list[Slot], members: Mapping[Slot, np.ndarray], size: int,
     if not covered:
         return (), ()
     channels = {r: np.unique(np.concatenate(maps)) for r, maps in covered.items()}
-    if empty or len(np.unique(np.concatenate(list(channels.values())))) >= size:
+    free = np.ones(size, dtype=bool)
+    free[np.concatenate(list(channels.values()))] = False
+    weights = (s for s in comp if s.role in (Role.PRODUCER, Role.CONSUMER))
+    if empty or not free.any() or not any(free[members[s]].any() for s in weights):
         return tuple(covered), ()
     return (), tuple(Pin(tuple(c.tolist()), r) for r, c in channels.items())
 

@@ -17,8 +17,9 @@ import torch.nn as nn
 import graphprune
 from graphprune.cli import main as cli_main
 from graphprune.errors import InputError
+from graphprune.groups import Coupling, Freeze, Role, Slot, build_groups
 from graphprune.planner import PrunePlan
-from graphprune.verify import max_exactness_error
+from graphprune.verify import max_exactness_error, zero_dropped_inputs
 from conftest import randomize_norms
 
 
@@ -225,3 +226,57 @@ def test_ignoring_a_writer_freezes_the_partly_frozen_group_whole_with_both_reaso
     assert group.frozen and not group.pins
     assert group.frozen_reasons == ("reaches model output through `add`", "output channels kept by `ignore`")
     assert group.id not in result.plan.keep and not result.report.partly_frozen_groups
+
+
+class PositionIds(nn.Module):
+    """A position-ids buffer sliced to the input's length (to 8 when `length` is given) and read by an embedding:
+    its unread entries belong to no layer, so pinning only the example's positions would shrink nothing but the
+    buffer, and bake the example's length into the model."""
+
+    def __init__(self, length: int | None = None):
+        super().__init__()
+        self.length = length
+        self.register_buffer("position_ids", torch.arange(32).expand(1, -1).clone())
+        self.tok, self.pos = nn.Embedding(100, 16), nn.Embedding(32, 16)
+        self.fc1, self.fc2 = nn.Linear(16, 24), nn.Linear(24, 4)
+
+    def forward(self, ids):
+        h = self.tok(ids) + self.pos(self.position_ids[:, :self.length or ids.shape[1]])
+        return self.fc2(torch.relu(self.fc1(h)))
+
+
+def _position_ids_result(model, frontend):  # (fx folds the sliced buffer into a constant: export only)
+    result = graphprune.prune_graph(model, torch.randint(0, 100, (2, 8)), ratio=0.5, target="none", frontend=frontend)
+    group = next(g for g in result.graph.groups if any(s.name == "position_ids" for s in g.members))
+    assert group.frozen and not group.pins and "reads `" in group.frozen_reasons[0]
+    assert result.model.position_ids.shape == (1, 32)
+    assert result.plan.keep  # the linear layers are still pruned
+    return result
+
+
+def test_a_sliced_buffer_that_no_layer_reads_beyond_the_slice_stays_frozen_whole():
+    """build_groups on the slots of PositionIds: buffer -> get_attr -> slice [0, 8) frozen by the embedding. No weight
+    sees channels 8-31, so the group freezes whole; with a layer reading all 32, channels 0-7 are pinned instead."""
+    buffer, read, sliced = Slot("position_ids", 1, Role.BUFFER), Slot("position_ids", 1), Slot("slice_1", 1)
+    sizes = {buffer: 32, read: 32, sliced: 8}
+    couplings = [Coupling(buffer, read), Coupling(sliced, read, np.arange(8), np.arange(8))]
+    freeze = Freeze(sliced, "`embedding` reads `slice_1` as row indices")
+    order = {"position_ids": 0, "slice_1": 1}
+
+    (group,) = build_groups(sizes, couplings, [freeze], order, {}).groups
+    assert group.frozen_reasons == (freeze.reason,) and not group.pins
+
+    weight = Slot("layer.weight", 1, Role.CONSUMER)
+    graph = build_groups({**sizes, weight: 32}, couplings + [Coupling(read, weight)], [freeze], order, {})
+    (group,) = graph.groups
+    assert not group.frozen and [(p.channels, p.reason) for p in group.pins] == [(tuple(range(8)), freeze.reason)]
+    assert graph.prunable_channels == 24
+
+
+@pytest.mark.slow
+def test_the_caller_class_keeps_every_sequence_length_with_a_sliced_position_buffer():
+    model = PositionIds().eval()
+    result = _position_ids_result(model, "export")
+    longer = torch.randint(0, 100, (2, 32))  # the caller's class still takes every length the dense model takes
+    reference = zero_dropped_inputs(model, result.graph, result.plan).eval()
+    assert torch.allclose(result.module(longer), reference(longer), atol=1e-5)
