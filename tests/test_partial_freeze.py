@@ -247,8 +247,7 @@ class PositionIds(nn.Module):
 
 def _position_ids_result(model, frontend):  # (fx folds the sliced buffer into a constant: export only)
     result = graphprune.prune_graph(model, torch.randint(0, 100, (2, 8)), ratio=0.5, target="none", frontend=frontend)
-    group = next(g for g in result.graph.groups if any(s.name == "position_ids" for s in g.members))
-    assert group.frozen and not group.pins and "reads `" in group.frozen_reasons[0]
+    assert not any(g.pins for g in result.graph.groups if any(s.name == "position_ids" for s in g.members))
     assert result.model.position_ids.shape == (1, 32)
     assert result.plan.keep  # the linear layers are still pruned
     return result
