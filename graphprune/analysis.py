@@ -122,8 +122,10 @@ class Analysis:
         """The channel groups, their members and why any are frozen (what `graphprune explain` prints)."""
         graph = self.dependencies
         probed = "".join(f"\nprobed: {p}" for p in graph.probed)
-        return (graph.describe() + probed + f"\n\n{len(graph.groups)} groups: {len(graph.prunable)} prunable, "
-                f"{len(graph.frozen)} frozen (frontend {self.frontend})")
+        partly = sum(1 for g in graph.prunable if g.pins)
+        return (graph.describe() + probed + f"\n\n{len(graph.groups)} groups: {len(graph.prunable)} prunable"
+                + (f" ({partly} partly frozen: their pinned channels are kept)" if partly else "")
+                + f", {len(graph.frozen)} frozen (frontend {self.frontend})")
 
     def predict(self, plan: PrunePlan) -> Counts:
         """Params and MACs once `plan` is applied, from shapes alone; equal to what `apply` measures."""

@@ -78,6 +78,8 @@ def equalise(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray,
         return kept
     mask = np.zeros(group.size, dtype=bool)
     mask[kept] = True
+    pinned = np.zeros(group.size, dtype=bool)
+    pinned[group.pinned] = True
     slot_channels = group.slot_channel_sets
     order = sorted(group.equal_counts, key=lambda c: -len(c.parts[0]))
     for _ in range(group.size + 1):
@@ -86,12 +88,13 @@ def equalise(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray,
             here = [int(mask[p].sum()) for p in constraint.parts]
             step, share = part_step(constraint, steps), sum(here) / len(here)
             k = min(int(np.ceil(share / step - 0.5)) * step or int(share), min(len(p) for p in constraint.parts))
+            k = max(k, max(int(pinned[p].sum()) for p in constraint.parts))  # pinned channels always stay
             if all(n == k for n in here):
                 continue
             for part, n in zip(constraint.parts, here):
                 if n < k:
                     mask[part[~mask[part]][np.argsort(-scores[part[~mask[part]]], kind="stable")[:k - n]]] = True
-                elif not _drop_worst(mask, part, n - k, scores, slot_channels):
+                elif not _drop_worst(mask, part, n - k, scores, slot_channels, pinned):
                     return None
             changed = True
         if not changed:
@@ -111,9 +114,11 @@ def part_step(constraint: EqualCounts, steps: Sequence[tuple[np.ndarray, int]]) 
     return int(step)
 
 
-def _drop_worst(mask: np.ndarray, part: np.ndarray, n: int, scores: np.ndarray, slot_channels) -> bool:
-    """Drop the `n` worst kept channels of `part`, none a member slot's last; False when that cannot be done."""
-    mine = part[mask[part]]
+def _drop_worst(mask: np.ndarray, part: np.ndarray, n: int, scores: np.ndarray, slot_channels,
+                pinned: np.ndarray) -> bool:
+    """Drop the `n` worst kept channels of `part`, none pinned and none a member slot's last; False when that
+    cannot be done."""
+    mine = part[mask[part] & ~pinned[part]]
     for c in mine[np.argsort(scores[mine], kind="stable")]:
         if n <= 0:
             break

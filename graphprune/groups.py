@@ -90,6 +90,21 @@ class EqualCounts:
 
 
 @dataclass(frozen=True)
+class Pin:
+    """Channels of a group that must be kept because of `reason` (a freeze whose slot covers only them).
+
+    A frozen slot keeps all its positions exactly when every group channel its index map
+    reaches is kept; the group's other channels stay prunable.
+    """
+
+    channels: tuple[int, ...]  # sorted group channels
+    reason: str
+
+    def __str__(self) -> str:
+        return f"channels {channel_ranges(np.asarray(self.channels))} kept: {self.reason}"
+
+
+@dataclass(frozen=True)
 class Effect:
     """What a rule says about one node: the channel dim of its output, couplings, freezes, and the parts of
     an input whose kept counts the caller's code needs equal.
@@ -124,7 +139,8 @@ class ChannelGroup:
     id: str
     size: int
     members: Mapping[Slot, np.ndarray]
-    frozen_reasons: tuple[str, ...] = ()
+    frozen_reasons: tuple[str, ...] = ()  # the whole group is kept
+    pins: tuple[Pin, ...] = ()  # channels kept by freezes that reach only part of the group (never all of it)
     equal_counts: tuple[EqualCounts, ...] = ()  # parts the caller's code needs to keep equal counts (codesizes.py)
 
     @property
@@ -134,6 +150,18 @@ class ChannelGroup:
     @property
     def prunable(self) -> bool:
         return not self.frozen and self.size > 1
+
+    @functools.cached_property
+    def pinned(self) -> np.ndarray:
+        """Sorted group channels that every plan keeps (the union of the pins; empty when none); read-only."""
+        channels = np.unique(np.fromiter((c for p in self.pins for c in p.channels), np.int64))
+        channels.setflags(write=False)
+        return channels
+
+    @property
+    def free_channels(self) -> int:
+        """How many channels a plan may remove: all but the pinned ones (0 for a frozen group)."""
+        return 0 if self.frozen else self.size - len(self.pinned)
 
     @functools.cached_property
     def member_channels(self) -> Mapping[Slot, tuple[np.ndarray, np.ndarray]]:
@@ -171,6 +199,7 @@ class ChannelGroup:
         else:
             state = "prunable" if self.size > 1 else "single channel"
         lines = [f"group {self.id}  size {self.size}  {state}"]
+        lines += [f"    partly frozen: {pin}" for pin in self.pins]
         by_module: dict[tuple, list[str]] = {}
         for slot, index_map in self.members.items():
             if not slot.is_param or not index_map.size:
@@ -208,16 +237,17 @@ class DependencyGraph:
     probed: tuple[str, ...] = ()  # ops without a rule that probing showed to be channel-wise
 
     def with_frozen(self, group_ids: Iterable[str], reason: str) -> "DependencyGraph":
-        """A copy where the given groups are frozen with `reason` (e.g. the user's `ignore`)."""
+        """A copy where the given groups are frozen whole with `reason` (e.g. the user's `ignore`); their pins'
+        reasons become reasons of the whole freeze."""
         ids = set(group_ids)
-        groups = tuple(
-            replace(g, frozen_reasons=g.frozen_reasons + (reason,)) if g.id in ids else g for g in self.groups
-        )
+        groups = tuple(replace(g, frozen_reasons=g.frozen_reasons + tuple(p.reason for p in g.pins) + (reason,), pins=())
+                       if g.id in ids else g for g in self.groups)
         return replace(self, groups=groups)
 
     @property
     def prunable_channels(self) -> int:
-        return sum(g.size for g in self.prunable)
+        """Channels a plan may remove: those of the prunable groups, less their pinned ones."""
+        return sum(g.free_channels for g in self.prunable)
 
     def __post_init__(self):
         object.__setattr__(self, "_by_id", {g.id: g for g in self.groups})
@@ -248,6 +278,7 @@ class DependencyGraph:
                     "id": g.id,
                     "size": g.size,
                     "frozen_reasons": list(g.frozen_reasons),
+                    "pins": [{"channels": list(p.channels), "reason": p.reason} for p in g.pins],
                     "members": [{"name": s.name, "dim": s.dim, "role": s.role.value} for s in sorted(g.members, key=str)],
                 }
                 for g in self.groups
@@ -316,6 +347,31 @@ def iter_pairs(c: Coupling, size_a: int, size_b: int) -> tuple[np.ndarray, np.nd
     return np.asarray(c.a_index, dtype=np.int64), np.asarray(c.b_index, dtype=np.int64)
 
 
+def _freezes_of(comp: list[Slot], members: Mapping[Slot, np.ndarray], size: int,
+                reasons: Mapping[Slot, list[str]]) -> tuple[tuple[str, ...], tuple[Pin, ...]]:
+    """(whole-group reasons, pins) of one group. A frozen slot keeps its positions when the channels its
+    index map reaches are kept: those channels are pinned, one Pin per reason. Every reason freezes the
+    whole group instead when the pins cover every channel, when a frozen slot has no positions, or when
+    no layer's weight writes or reads an unpinned channel: then only activations and buffers would
+    shrink (a position-ids buffer sliced to the example's sequence length), which saves nothing and
+    would bake that length into the model."""
+    covered: dict[str, list[np.ndarray]] = {}
+    empty = False
+    for s in comp:
+        for r in reasons.get(s, ()):
+            covered.setdefault(r, []).append(members[s])
+            empty |= not members[s].size
+    if not covered:
+        return (), ()
+    channels = {r: np.unique(np.concatenate(maps)) for r, maps in covered.items()}
+    free = np.ones(size, dtype=bool)
+    free[np.concatenate(list(channels.values()))] = False
+    weights = (s for s in comp if s.role in (Role.PRODUCER, Role.CONSUMER))
+    if empty or not free.any() or not any(free[members[s]].any() for s in weights):
+        return tuple(covered), ()
+    return (), tuple(Pin(tuple(c.tolist()), r) for r, c in channels.items())
+
+
 def build_groups(
     sizes: Mapping[Slot, int],
     couplings: Iterable[Coupling],
@@ -365,8 +421,9 @@ def build_groups(
         labels = connected_labels(offset, np.concatenate(us) if us else np.empty(0, np.int64),
                                   np.concatenate(vs) if vs else np.empty(0, np.int64))
         members = {s: labels[base[s]: base[s] + sizes[s]] for s in comp}
-        frozen = tuple(dict.fromkeys(r for s in comp for r in reasons.get(s, ())))
+        size = int(labels.max()) + 1 if offset else 0
+        frozen, pins = _freezes_of(comp, members, size, reasons)
         anchor = next((s for s in comp if not s.is_param), comp[0])
         gid = f"{anchor.name}:{anchor.dim}"
-        groups.append(ChannelGroup(gid, int(labels.max()) + 1 if offset else 0, members, frozen))
+        groups.append(ChannelGroup(gid, size, members, frozen, pins))
     return DependencyGraph(tuple(groups), tuple((c.a, c.b) for c in couplings), dict(channel_dims))

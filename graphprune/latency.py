@@ -34,7 +34,7 @@ from .cost import kept_share
 from .errors import InputError
 from .groups import DependencyGraph, Role, Slot
 from .options import CountBudget, ModelCounts, Options
-from .planner import PrunePlan
+from .planner import PrunePlan, locked_mask
 from .runtimes.artifacts import build_artifacts
 from .runtimes.kinds import Precision, Runtime
 from .runtimes.latency_table import LatencyTable
@@ -103,7 +103,7 @@ class LatencyModel:
 
     def channel_costs(self, floor: float = 0.01) -> dict[str, float]:
         """Predicted ms saved per channel of each prunable group: (predict(nothing pruned) - predict(the
-        group alone at half its width)) / channels removed; `Strategy.channel_costs`.
+        group alone at half its width, or half its unpinned channels)) / channels removed; `Strategy.channel_costs`.
 
         A group whose removal saves less than `floor` times the median saving (or nothing: a
         narrower layer that times slower) costs that floor, so its channels are the last to go.
@@ -112,9 +112,11 @@ class LatencyModel:
         full = self.predict(PrunePlan({}, {}))
         saved = {}
         for g in self.graph.prunable:
-            keep = max(1, g.size // 2)
-            half = PrunePlan({g.id: tuple(range(keep))}, {g.id: g.size})
-            saved[g.id] = (full - self.predict(half)) / (g.size - keep) if g.size > keep else 0.0
+            free = np.flatnonzero(~locked_mask(g))  # pinned channels are never removed
+            n_drop = len(free) // 2 if g.pins else g.size - max(1, g.size // 2)
+            half = PrunePlan({g.id: tuple(np.setdiff1d(np.arange(g.size), free[len(free) - n_drop:]).tolist())},
+                             {g.id: g.size})
+            saved[g.id] = (full - self.predict(half)) / n_drop if n_drop else 0.0
         positive = [v for v in saved.values() if v > 0]
         if not positive:
             return {}

@@ -20,7 +20,7 @@ import numpy as np
 
 from .codesizes import equalise
 from .errors import InputError
-from .groups import ChannelGroup, DependencyGraph, Role
+from .groups import ChannelGroup, DependencyGraph, Role, channel_ranges
 
 PLAN_FORMAT = 1
 
@@ -104,6 +104,11 @@ class PrunePlan:
                 raise InputError(f"plan prunes group {gid!r}, which is frozen: {'; '.join(g.frozen_reasons)}")
             if not kept or min(kept) < 0 or max(kept) >= g.size or len(set(kept)) != len(kept):
                 raise InputError(f"plan group {gid!r} keeps invalid indices (need 1..{g.size} distinct indices in [0, {g.size}))")
+            for pin in g.pins:
+                missing = sorted(set(pin.channels) - set(kept))
+                if missing:
+                    raise InputError(f"plan group {gid!r} drops channels {channel_ranges(np.asarray(missing))}, which "
+                                     f"must be kept: {pin.reason}; a plan keeps every pinned channel")
 
 
 def producer_partitions(group: ChannelGroup) -> tuple[np.ndarray, ...]:
@@ -125,16 +130,26 @@ def producer_partitions(group: ChannelGroup) -> tuple[np.ndarray, ...]:
     return (np.arange(group.size),)
 
 
+def locked_mask(group: ChannelGroup) -> np.ndarray:
+    """True at the group's pinned channels: every plan keeps them."""
+    locked = np.zeros(group.size, dtype=bool)
+    locked[group.pinned] = True
+    return locked
+
+
 def _keep_best(group: ChannelGroup, scores: np.ndarray, quotas: list[tuple[np.ndarray, int]]) -> np.ndarray:
-    """The best `n` channels of each (channels, n) quota, adjusted so every member slot keeps a position.
+    """The pinned channels and the best others up to `n` channels of each (channels, n) quota, adjusted so
+    every member slot keeps a position.
 
     A slot left empty gets its best channel back; to stay at the total, the worst kept channels
-    that are not the last one of some slot are dropped instead.
+    that are neither pinned nor the last one of some slot are dropped instead.
     """
     order = np.argsort(-scores, kind="stable")  # best first
-    kept = np.zeros(group.size, dtype=bool)
+    locked = locked_mask(group)
+    kept = locked.copy()
     for channels, n in quotas:
-        kept[channels[np.argsort(-scores[channels], kind="stable")[:n]]] = True
+        free = channels[~locked[channels]]
+        kept[free[np.argsort(-scores[free], kind="stable")[:max(0, n - len(channels) + len(free))]]] = True
     n_keep = int(kept.sum())
     slot_channels = group.slot_channel_sets
     required = set()
@@ -147,7 +162,7 @@ def _keep_best(group: ChannelGroup, scores: np.ndarray, quotas: list[tuple[np.nd
     for c in order[::-1]:
         if excess <= 0:
             break
-        if not kept[c] or int(c) in required:
+        if not kept[c] or locked[c] or int(c) in required:
             continue
         kept[c] = False
         if all(kept[channels].any() for channels in slot_channels):
@@ -213,6 +228,7 @@ class _StepAligner:
         self.mask[kept] = True
         self.budget, self.scores, self.floor = len(kept), scores, floor
         self.slot_channels = group.slot_channel_sets
+        self.locked = locked_mask(group)
 
     def try_drop(self, drop: np.ndarray) -> bool:
         """Drop `drop` unless that breaks the floor or empties a member slot."""
@@ -226,8 +242,14 @@ class _StepAligner:
         return False
 
     def worst_kept(self, channels: np.ndarray, n: int) -> np.ndarray:
-        mine = channels[self.mask[channels]]
+        """Up to `n` kept channels of `channels` with the lowest scores, never a pinned one."""
+        mine = channels[self.mask[channels] & ~self.locked[channels]]
         return mine[np.argsort(self.scores[mine], kind="stable")[:n]]
+
+    def drop_worst(self, channels: np.ndarray, n: int) -> bool:
+        """Drop the `n` worst unpinned kept channels of `channels`, if there are `n` and `try_drop` allows it."""
+        drop = self.worst_kept(channels, n)
+        return len(drop) == n and self.try_drop(drop)
 
     def best_dropped(self, channels: np.ndarray, n: int) -> np.ndarray:
         dropped = channels[~self.mask[channels]]
@@ -250,7 +272,7 @@ class _StepAligner:
                 options = sorted((self.scores[self.worst_kept(*constraints[k])].sum() / constraints[k][1], k)
                                  for k in minimal if mask[constraints[k][0]].sum() >= 2 * constraints[k][1]
                                  and not np.isin(constraints[k][0], channels).any())
-                if not any(self.try_drop(self.worst_kept(*constraints[k])) for _, k in options):
+                if not any(self.drop_worst(*constraints[k]) for _, k in options):
                     break
             if mask.sum() > self.budget and not one_block:
                 mask[:] = before
@@ -270,16 +292,19 @@ class _StepAligner:
                     self.mask[self.best_dropped(channels, step - extra)] = True
                     changed = True
                 else:
-                    changed |= self.try_drop(self.worst_kept(channels, extra))
+                    changed |= self.drop_worst(channels, extra)
             if not changed:
                 break
 
 
 def _assemble(groups_and_quotas, scores, constraints, min_keep, one_block=False) -> Planned:
-    """groups_and_quotas: (group, [(channels, how many of them to keep), ...]) per group."""
+    """groups_and_quotas: (group, [(channels, how many of them to keep), ...]) per group; a quota never keeps
+    fewer than its pinned channels."""
     keep, sizes, rounding = {}, {}, {}
     for g, quotas in groups_and_quotas:
         floor = guard(g, min_keep)
+        locked = locked_mask(g)
+        quotas = [(c, max(n, int(locked[c].sum()))) for c, n in quotas]
         asked = sum(n for _, n in quotas)
         if asked < floor:
             quotas, asked = [(np.arange(g.size), floor)], floor
@@ -302,20 +327,27 @@ def _assemble(groups_and_quotas, scores, constraints, min_keep, one_block=False)
 def plan_local(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio: float | Mapping[str, float],
                constraints: Mapping[str, tuple[Constraint, ...]] | None = None, min_keep: float = 0.0,
                partitions: Mapping[str, tuple[np.ndarray, ...]] | None = None, one_block: bool = False) -> Planned:
-    """Remove ceil(ratio * n) channels of each part of each prunable group (n: the part's size).
+    """Remove ceil(ratio * n) channels of each part of each prunable group (n: the part's unpinned channels).
 
     Parts are `producer_partitions` (computed when not given): every layer that writes
     its own channels of a group loses the ratio, as in a DenseNet block. `ratio` may map
-    group ids to their own ratio.
+    group ids to their own ratio. Pinned channels are kept and do not count in n; a part
+    keeps at least one channel (a pinned one, or one of its own).
     """
     ratio_of = (lambda g: ratio.get(g.id, 0.0)) if isinstance(ratio, Mapping) else (lambda g: ratio)
     parts = partitions or {}
     quotas = []
     for g in graph.prunable:
-        r = ratio_of(g)
-        quotas.append((g, [(c, len(c) - min(len(c) - 1, int(np.ceil(r * len(c) - 1e-9))))
-                           for c in parts.get(g.id) or producer_partitions(g)]))
+        r, locked = ratio_of(g), locked_mask(g)
+        quotas.append((g, [(c, len(c) - _part_removal(c, locked, r)) for c in parts.get(g.id) or producer_partitions(g)]))
     return _assemble(quotas, scores, constraints or {}, min_keep, one_block)
+
+
+def _part_removal(channels: np.ndarray, locked: np.ndarray, ratio: float) -> int:
+    """ceil(ratio * free) of a part's free (unpinned) channels, leaving the part at least one channel."""
+    pinned = int(locked[channels].sum())
+    free = len(channels) - pinned
+    return max(0, min(free - (0 if pinned else 1), int(np.ceil(ratio * free - 1e-9))))
 
 
 def repeated_layers(groups: Sequence[ChannelGroup]) -> list[list[int]]:
@@ -343,7 +375,9 @@ def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio:
     does not name costs the mean), each normalised score is further divided by its group's cost
     over the mean cost: channels are ranked by importance per unit saved, so the channels that
     save the most per unit of importance go first. Each group's `guard` channels with the best
-    scores are never candidates, so no group collapses below the guard however the ranking falls.
+    scores are never candidates, so no group collapses below the guard however the ranking falls;
+    pinned channels are never candidates either, and count towards the guard. `ratio` is a share of
+    the channels that may go (the prunable groups' unpinned channels).
     With `uniform_layers`, a group repeated in every layer of a stack loses, in every layer, the
     mean of what the ranking took from its copies (so configs that hold one size for all layers
     can describe the result).
@@ -353,10 +387,10 @@ def plan_global(graph: DependencyGraph, scores: Mapping[str, np.ndarray], ratio:
     relative_cost = _relative_costs(groups, costs)
     for k, g in enumerate(groups):
         s = scores[g.id] / (scores[g.id].mean() or 1.0) / relative_cost[k]
-        protected = guard(g, min_keep)
-        candidates.append(np.stack([np.sort(s)[: g.size - protected], np.full(g.size - protected, k)], 1))
+        n = g.size - max(guard(g, min_keep), len(g.pinned))  # channels that may go
+        candidates.append(np.stack([np.sort(s[~locked_mask(g)])[:n], np.full(n, k)], 1))
     flat = np.concatenate(candidates) if candidates else np.empty((0, 2))
-    total = sum(g.size for g in groups)
+    total = sum(g.free_channels for g in groups)
     n_remove = min(len(flat), int(np.ceil(ratio * total - 1e-9)))
     removed = np.bincount(flat[np.argsort(flat[:, 0], kind="stable")[:n_remove], 1].astype(int), minlength=len(groups))
     if uniform_layers:

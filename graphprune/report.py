@@ -17,7 +17,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .cost import CostModel, count_macs
-from .groups import DependencyGraph
+from .groups import DependencyGraph, Pin
 from .kvcache import AttentionLayer, attention_layers, query_tokens
 from .planner import PrunePlan, Rounding
 from .passes.shrink import positions_kept_by_slot
@@ -39,6 +39,11 @@ class GroupReport:
     round_step: int = 1  # the target's channel step for this group
     asked_before_rounding: int | None = None  # kept count the strategy asked for, if rounding applied
     one_block_floor: bool = False  # a layer kept one block (the target's floor) although that keeps more than asked
+    pins: tuple[Pin, ...] = ()  # channels kept by freezes that reach only part of the group (ChannelGroup.pins)
+
+    @property
+    def pinned_channels(self) -> int:
+        return len({c for p in self.pins for c in p.channels})
 
 
 @dataclass(frozen=True)
@@ -107,8 +112,14 @@ class PruneReport:
         return tuple(g for g in self.groups if g.frozen_reasons)
 
     @property
+    def partly_frozen_groups(self) -> tuple[GroupReport, ...]:
+        """Groups of which some channels are pinned (kept by a freeze) and the rest were prunable."""
+        return tuple(g for g in self.groups if g.pins and not g.frozen_reasons)
+
+    @property
     def prunable_channels(self) -> int:
-        return sum(g.channels_before for g in self.groups if not g.frozen_reasons and g.channels_before > 1)
+        return sum(g.channels_before - g.pinned_channels for g in self.groups
+                   if not g.frozen_reasons and g.channels_before > 1)
 
     @property
     def removed_channels(self) -> int:
@@ -153,6 +164,7 @@ class PruneReport:
             f"channel groups: {len(self.groups)}, pruned {sum(1 for g in self.groups if g.channels_after < g.channels_before)}, "
             f"frozen {len(self.frozen_groups)}; channels removed {self.removed_channels} of {self.prunable_channels} prunable",
         ]
+        lines += self._pin_lines(full)
         if self.probed_ops:
             lines.append(f"probed (no rule; shown channel-wise on the example inputs): {'; '.join(self.probed_ops)}")
         if self.renormalised:
@@ -173,6 +185,16 @@ class PruneReport:
         if self.recovery:
             lines.append(self._recovery_line())
         return "\n".join(lines)
+
+    def _pin_lines(self, full: bool) -> list[str]:
+        """One line per partly frozen group (the first four unless `full`): its pinned channels and why."""
+        partly = self.partly_frozen_groups
+        shown = partly if full else partly[:4]
+        lines = [f"partly frozen: group {g.id} ({g.channels_before} -> {g.channels_after} channels) "
+                 + "; ".join(str(p) for p in g.pins) for g in shown]
+        if len(shown) < len(partly):
+            lines.append(f"partly frozen: {len(partly) - len(shown)} more groups (summary(full=True) lists all)")
+        return lines
 
     def _recovery_line(self) -> str:
         before, after = self.recovery["before"], self.recovery["after"]
@@ -230,7 +252,7 @@ def build_report(before: ModelStats, cost: CostModel, pruned: fx.GraphModule, ru
         r = rounding.get(g.id)
         groups.append(GroupReport(g.id, g.size, len(kept) if kept is not None else g.size, removed.get(g.id, 0),
                                   g.frozen_reasons, r.step if r else 1, r.asked if r else None,
-                                  r.one_block if r else False))
+                                  r.one_block if r else False, g.pins))
     after = _params_by_module(pruned)
     layers = tuple(LayerReport(name, n, after.get(name, 0)) for name, n in before.params_by_module.items())
     params_after = count_params(pruned)
