@@ -264,3 +264,34 @@ def test_a_hand_made_plan_with_unequal_halves_names_the_chunk():
                                                 r"in forward: `y = list\(self\.cv1\(x\)\.chunk\(2, 1\)\)` splits 32 "
                                                 r"channels into \[16, 16\].*keeps \[10, 6\]"):
         _ = analysis.apply(plan).module
+
+
+class _ChunkWithAPinnedHalf(torch.nn.Module):
+    """chunk(2) after a conv, and the first 3 channels of the second half are also a model output: those are
+    pinned, while the code still needs both halves to keep equal counts."""
+
+    def __init__(self):
+        super().__init__()
+        self.cv1 = torch.nn.Conv2d(3, 16, 1)
+        self.cv2 = torch.nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        a, b = self.cv1(x).chunk(2, 1)
+        return self.cv2(torch.cat([a, b], 1)), b[:, :3]
+
+
+def test_equal_parts_keep_the_channels_a_partial_freeze_pins():
+    torch.manual_seed(0)
+    model = _ChunkWithAPinnedHalf().eval()
+    with torch.no_grad():
+        model.cv1.weight[8:11] *= 1e-3  # the pinned channels score lowest
+    x = torch.randn(1, 3, 4, 4)
+    result = graphprune.prune_graph(model, x, ratio=0.75, target="none")
+    (group,) = [g for g in result.graph.prunable if g.equal_counts]
+    assert list(group.pinned) == [8, 9, 10]
+    kept = result.plan.keep[group.id]
+    assert {8, 9, 10} <= set(kept) and len([c for c in kept if c < 8]) == len([c for c in kept if c >= 8]) == 3
+    module = result.module
+    with torch.no_grad():
+        for got, want in zip(module(x), result.model(x)):
+            torch.testing.assert_close(got, want)
