@@ -73,9 +73,10 @@ def _atoms_along(t: np.ndarray, k: int) -> tuple[int, np.ndarray, np.ndarray]:
 def read_channel_dim(t: torch.Tensor, heads=()):
     """(dim, positions, labels) of a labelled output, or a string saying why there is none.
 
-    `heads`: the head_dim sizes of the attention the output leads to; when the innermost of
-    several varying dims has one of those sizes (the head_dim of a heads split), it is never
-    the channel dim. Ties go to the inner dim.
+    `heads`: the head_dim sizes of the attention the output leads to (or of parts of a head: see
+    `MovementRule.head_dims_of_input`); the trailing dims whose sizes multiply to one of them lie inside a head
+    (head_dim itself, or (2, r/2) of an interleaved rotary's stack), and are never the channel dim when
+    another dim varies. Ties go to the inner dim.
     """
     a = t.numpy()
     known = a >= 0
@@ -90,8 +91,9 @@ def read_channel_dim(t: torch.Tensor, heads=()):
         k = varying[0]
         labels = np.moveaxis(a, k, 0).reshape(a.shape[k], -1)[:, 0]
         return k, np.arange(a.shape[k]), labels
+    inside = next((k for k in range(a.ndim) if int(np.prod(a.shape[k:])) in heads), a.ndim)
     best = None
-    for k in varying[:-1] if a.shape[varying[-1]] in heads else varying:
+    for k in [k for k in varying if k < inside] or varying:
         atoms, pos, lab = _atoms_along(a, k)
         if best is None or atoms >= best[0]:
             best = (atoms, k, pos, lab)
@@ -106,6 +108,18 @@ class MovementRule(Rule):
     """Data movement with no shape constants to rewrite (cat, permute, transpose, flatten, ...)."""
 
     carries_heads = True  # a (heads, head_dim) split on the way into attention keeps the heads (see analysis)
+
+    def head_dims_of_input(self, node: fx.Node, source: fx.Node, head_dim: int) -> tuple[int, ...]:
+        """An output (or part) (..., head_dim) read from a source (..., m) with the same leading dims moved data
+        along the last dim only (a slice, split or concatenation of it): the source's m positions lie inside
+        heads too (q[..., :r] and q[..., r:] of partial rotary; q, k, v chunked from (..., 3 x head_dim))."""
+        src, out = value_meta(source), value_meta(node)
+        if not isinstance(src, TensorMeta) or src.shape[-1:] == (head_dim,):
+            return (head_dim,)
+        parts = out if isinstance(out, (tuple, list)) else (out,)
+        inside = any(isinstance(p, TensorMeta) and p.shape[:-1] == src.shape[:-1] and p.shape[-1:] == (head_dim,)
+                     for p in parts)
+        return (head_dim, src.shape[-1]) if inside else (head_dim,)
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         out, sources = _run_on_labels(node, ctx)
