@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import graphprune
 from graphprune.eager import EagerRebuildError
 from graphprune.options import Ratio, Strategy
+from graphprune.planner import PrunePlan
 from graphprune.verify import max_exactness_error
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -203,3 +204,29 @@ def test_phi3_query_heads_mode_freezes_its_fused_attention_with_the_reason():
     _, _, analysis = analysed("phi3", "query_heads")
     (heads,) = heads_groups(analysis)
     assert heads.frozen and any("repeats key/value heads" in r for r in heads.frozen_reasons)
+
+
+class ConstantIndex(nn.Module):
+    """h[:, idx] with constant indices (the spelling of Falcon's `qkv[..., [-2], :]`): output position j is
+    channel idx[j] of h, so pruning h re-writes the indices to the kept channels' new positions."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.picked, self.whole = nn.Linear(8, 16), nn.Linear(5, 4), nn.Linear(16, 4)
+        self.register_buffer("idx", torch.tensor([1, 3, -2, 9, 3]))
+
+    def forward(self, x):
+        h = torch.relu(self.up(x))
+        return self.picked(h[:, self.idx]) + self.whole(h)
+
+
+def test_constant_index_on_the_channel_dim_selects_channels_exactly():
+    torch.manual_seed(0)
+    model, x = ConstantIndex().eval(), torch.randn(3, 8)
+    analysis = graphprune.analyse(model, x, frontend="export")
+    (group,) = analysis.dependencies.prunable
+    assert group.size == 16 and not analysis.dependencies.unsupported
+    kept = (0, 1, 2, 5, 6, 9, 12, 14)  # drops channel 3, picked twice; keeps 1, 14 (= -2) and 9
+    result = analysis.apply(PrunePlan({group.id: kept}, {group.id: group.size}))
+    assert dict(result.model.named_parameters())["picked.weight"].shape == (4, 3)
+    assert max_exactness_error(without_dtype_asserts(analysis.graph_module), (x,), result) <= 1e-5

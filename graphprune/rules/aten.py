@@ -26,10 +26,12 @@ from __future__ import annotations
 import operator
 from types import MappingProxyType
 
+import numpy as np
 import torch
 import torch.fx as fx
 
 from ..groups import Coupling, Effect, Freeze
+from ..trace import META_KEY, TensorMeta
 from .attention import MatMulRule, ScaledDotProductAttentionRule
 from .base import AnalysisContext, Rule, RuleTable, ShrinkContext, describe_node, freeze_inputs
 from .elementwise import (BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule,
@@ -103,6 +105,56 @@ class SliceRule(MovementRule):
         start, stop, _ = slice(arg(node, 2, "start"), arg(node, 3, "end")).indices(ctx.value(x).shape[dim])
         node.args = (x, dim, *kept_bounds(kept, start, stop)) + tuple(node.args[4:])
         node.kwargs = {k: v for k, v in node.kwargs.items() if k not in ("dim", "start", "end")}
+
+
+class IndexRule(MovementRule):
+    """index.Tensor(x, [None, ..., idx]), one 1-D index tensor at dim p: channels on another dim pass through; on
+    the channel dim, constant indices select channels (Falcon's fused QKV: `qkv[..., [-2], :]` is the key head),
+    output position j being channel idx[j], and `shrink` writes the kept channels' new positions; data-dependent
+    indices on the channel dim are frozen."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        x, indices = node.args[:2]
+        d = ctx.channel_dim(x)
+        if not isinstance(d, int):
+            return Effect(None)
+        given = [(p, i) for p, i in enumerate(indices) if i is not None]
+        p, index = given[0] if len(given) == 1 else (None, None)
+        if p is None or not ctx.is_tensor(index) or len(ctx.shape(index)) != 1:
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} {_BY_INDEX}"))
+        if p != d:
+            return passthrough(node, ctx, x, d)
+        values = _constant_index(index, ctx)
+        if values is None:
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} {_BY_INDEX}"))
+        picked = values.numpy() % ctx.shape(x)[d]
+        coupling = Coupling(ctx.output_slot(node, d), ctx.input_slot(x, d), np.arange(len(picked)), picked)
+        own = ctx.channel_dim(index)  # a vector buffer is declared to carry channels: its entries are values here
+        freezes = (Freeze(ctx.input_slot(index, own), f"{describe_node(node)} reads it as indices"),) if own == 0 else ()
+        return Effect(d, couplings=(coupling,), freezes=freezes)
+
+    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
+        x, indices = node.args[:2]
+        d = ctx.declared.get(x.name)
+        kept, out_kept = ctx.kept(x.name, d), ctx.kept(node.name, d)
+        if kept is None or d >= len(indices) or indices[d] is None:
+            return
+        picked = _constant_index(indices[d], ctx).numpy() % ctx.value(x).shape[d]
+        picked = picked if out_kept is None else picked[out_kept]
+        name = f"{node.name}_kept_index"
+        ctx.gm.register_buffer(name, torch.as_tensor(np.searchsorted(kept, picked), dtype=torch.int64))
+        with ctx.gm.graph.inserting_before(node):
+            constant = ctx.gm.graph.get_attr(name)
+        constant.meta[META_KEY] = TensorMeta((len(picked),), torch.int64)
+        node.args = (x, [constant if i == d else a for i, a in enumerate(indices)]) + tuple(node.args[2:])
+
+
+def _constant_index(index: fx.Node, view) -> torch.Tensor | None:
+    """The values of an index tensor that is a constant (a get_attr, maybe through copies), else None."""
+    while index.op == "call_function" and index.target in (A.clone.default, A.alias.default, A.lift_fresh_copy.default):
+        index = index.args[0]
+    value = view.constant(index)
+    return value.detach().cpu().long() if value is not None else None
 
 
 def _slice_dim(node: fx.Node, ctx) -> int:
@@ -186,7 +238,7 @@ _BY_INDEX = "selects or writes elements by data-dependent indices, so which chan
 _POSITIONS = "returns positions along a dim (indices), whose values change when channels are removed"
 
 FROZEN_BY_DESIGN = MappingProxyType({
-    A.index.Tensor: _BY_INDEX, A.index_put.default: _BY_INDEX,
+    A.index_put.default: _BY_INDEX,
     A.gather.default: _BY_INDEX, A.scatter.src: _BY_INDEX, A.scatter.value: _BY_INDEX, A.scatter_add.default: _BY_INDEX,
     A.scatter_reduce.two: _BY_INDEX, A.masked_scatter.default: _BY_INDEX, A.nonzero.default: _BY_INDEX,
     A.select_scatter.default: _BY_INDEX, A.slice_scatter.default: _BY_INDEX,
@@ -254,6 +306,7 @@ def rules_by_op(gqa: GroupedQuery | str = GroupedQuery.KV_GROUPS) -> dict:
     add((A.expand.default,), RepeatKVRule(GroupedQuery.of(gqa)))
     add(SQUEEZES, SqueezeRule())
     add((A.slice.Tensor,), SliceRule())
+    add((A.index.Tensor,), IndexRule())
     add((A.split_with_sizes.default, A.split.Tensor), SplitRule(as_aten_split))
     add((operator.getitem,), GetItemRule())
     add(CREATION, CreationRule())
