@@ -35,6 +35,9 @@ def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> dict[str,
     A reshape among them that splits channels into (heads, head_dim) keeps the heads as its
     channel dim, so attention is pruned by whole heads; broadcasting ops on the way (rotary
     embeddings: q * cos + rotate_half(q) * sin) and copies keep the path open (rules with `carries_heads`).
+    A slice or concatenation along head_dim (partial rotary: cat([rotate(q[..., :r]), q[..., r:]], -1); a fused
+    (heads, 3 x head_dim) projection chunked into q, k, v) marks its parts' sizes as head_dims too
+    (`Rule.head_dims_of_input`), so those parts keep whole heads as well.
     """
     def rule(n):
         return rules.for_node(n, modules) or Rule()  # no rule: no capability
@@ -48,9 +51,10 @@ def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> dict[str,
     marked: dict[str, set] = {}
     while stack:
         n, head_dim = stack.pop()
-        if head_dim not in marked.get(n.name, ()) and rule(n).carries_heads:
+        carrier = rule(n)
+        if head_dim not in marked.get(n.name, ()) and carrier.carries_heads:
             marked.setdefault(n.name, set()).add(head_dim)
-            stack.extend((a, head_dim) for a in n.all_input_nodes)
+            stack.extend((a, d) for a in n.all_input_nodes for d in carrier.head_dims_of_input(n, a, head_dim))
     return {name: frozenset(dims) for name, dims in marked.items()}
 
 

@@ -16,7 +16,9 @@
                    first: attributes the forward never reads keep their old value.
     5. config      a Hugging Face config gets the field values for which the model class built from it (on
                    the meta device) has exactly the pruned shapes, so save_pretrained/from_pretrained round-trip;
-                   when no uniform config can express them, save_pretrained is disabled with the reason
+                   when no uniform config can express them, save_pretrained is disabled with the reason. Where
+                   no attribute makes the copy verify (its code reads the config at run time: Phi-3's fused
+                   qkv_proj split), the class built from the solved config is the module (graphprune.hfconfig)
     6. verify      the copy and the pruned GraphModule give the same outputs on the example inputs
                    (agreement.mismatch: torch.allclose, rtol = atol = 1e-5); otherwise EagerRebuildError names why and where.
 """
@@ -30,16 +32,16 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Iterable, Mapping
 
-import torch
 import torch.fx as fx
 import torch.nn as nn
-from .agreement import call_inputs, graph_outputs, mismatch, output_tensors
+from .agreement import call_inputs, graph_outputs, mismatch
 from .codesizes import SplitSizes, split_sizes, uncomputable_splits
 from .errors import GraphPruneError
+from .hfconfig import rebuild_from_config, update_config
 from .kvcache import cache_off
 from .rules import RuleTable, default_rules
 
-MAX_TRIALS = 64  # verifications (attributes) or meta-device builds (config) tried before giving up
+MAX_TRIALS = 64  # verifications of attribute candidates tried before giving up
 
 _PLAIN = (int, float, bool, str, tuple, type(None))
 
@@ -226,134 +228,7 @@ def _set_attrs(module: nn.Module, values: dict) -> dict:
     return old
 
 
-# -- 5: Hugging Face config --------------------------------------------------------------------------------
-def _hf_config(module: nn.Module):
-    """The Hugging Face config of a PreTrainedModel, else None (transformers is loaded if the model is one)."""
-    transformers = sys.modules.get("transformers")
-    config = getattr(module, "config", None)
-    if transformers is None or not isinstance(module, transformers.PreTrainedModel):
-        return None
-    return config if isinstance(config, transformers.PretrainedConfig) else None
-
-
-def _built(cls: type, config, device: str) -> nn.Module | None:
-    try:
-        with torch.device(device):
-            return cls(config)
-    except Exception:  # a field combination the class refuses (e.g. hidden % heads != 0) is simply not it
-        return None
-
-
-def _config_trials(config, changed: dict) -> Iterable[dict]:
-    """Field assignments to try, fewest changed fields first: a field of value v may become the new size n of
-    a dim of old size v, or n / d of a dim of old size v * d, d another field or a quotient of two (head size)."""
-    fields = {k: v for k, v in config.to_dict().items() if type(v) is int and v > 1}
-    sizes = set(fields.values()) | {a // b for a in fields.values() for b in fields.values() if a > b and a % b == 0}
-    dims = {(o, n) for old, new in changed.values() for o, n in zip(old, new) if o != n}
-    options = {}
-    for key, v in fields.items():
-        found = {n for o, n in dims if o == v} | {n // d for o, n in dims for d in sizes if o == v * d and n % d == 0}
-        if found - {v}:
-            options[key] = sorted(found - {v})
-    for count in range(1, len(options) + 1):
-        for keys in itertools.combinations(sorted(options), count):
-            for values in itertools.product(*(options[k] for k in keys)):
-                yield dict(zip(keys, values))
-
-
-def _with(config, values: dict):
-    trial = copy.deepcopy(config)
-    for key, value in values.items():
-        setattr(trial, key, value)
-    return trial
-
-
-def _matching(cls: type, config, values: dict, want: dict) -> int:
-    """How many tensors of `cls` built (on the meta device) from `config` with `values` have the wanted shape."""
-    meta = _built(cls, _with(config, values), "meta")
-    return -1 if meta is None else sum(tuple(v.shape) == want.get(k) for k, v in meta.state_dict().items())
-
-
-def _climbs(cls: type, config, changed: dict, want: dict) -> Iterable[dict]:
-    """Greedy searches for many changed fields at once (hidden size, heads, KV heads, MLP width...). Equal
-    shapes can come from other sizes (4 heads of 4 instead of 2 heads of 8), which the check then rejects:
-    so after the first climb, climb again without each field it changed, and try it with one more field."""
-    options = {}
-    for values in _config_trials(config, changed):
-        if len(values) > 1:
-            break
-        ((key, value),) = values.items()
-        options.setdefault(key, []).append(value)
-    first = _climb(cls, config, options, want)
-    if not first:
-        return
-    yield first
-    for key in first:
-        again = _climb(cls, config, {k: v for k, v in options.items() if k != key}, want)
-        if again and again != first:
-            yield again
-    for key, values in options.items():
-        if key not in first:
-            yield from ({**first, key: v} for v in values)
-
-
-def _climb(cls: type, config, options: dict, want: dict) -> dict | None:
-    """Change the one field (of `options`: field -> values) that makes the most tensors match, until all match;
-    None when a step finds no improvement. Costs (fields) x (fields changed) meta-device builds, where the
-    exhaustive search is exponential in the fields changed."""
-    values, best = {}, _matching(cls, config, {}, want)
-    while best < len(want):
-        step = max(((_matching(cls, config, {**values, k: v}, want), k, v)
-                    for k, vs in options.items() if k not in values for v in vs), default=(-1, None, None))
-        if step[0] <= best:
-            return None
-        best, values = step[0], {**values, step[1]: step[2]}
-    return values
-
-
-@torch.no_grad()
-def _same_outputs(a: nn.Module, b: nn.Module, inputs: tuple, kwargs: dict) -> bool:
-    """Bit-equal outputs: two instances of one class with the same tensors compute the same ops in the same
-    order, so a config that is right gives exactly the verified copy's outputs. (A tolerance is not enough:
-    on small random weights, 4 heads of 4 and 2 heads of 8 differed by less than 1e-6.)"""
-    got, want = output_tensors(a.eval()(*inputs, **kwargs)), output_tensors(b.eval()(*inputs, **kwargs))
-    return len(got) == len(want) and all(torch.equal(x, y) for x, y in zip(got, want))
-
-
-def update_config(module: nn.Module, changed: dict, check, inputs: tuple[tuple, dict]) -> str | None:
-    """Set the config fields for which `type(module)(config)`, loaded with the pruned state_dict, gives the
-    verified copy's outputs bit for bit on `inputs` ((args, kwargs)).
-
-    Trials whose meta-device build has other shapes are skipped cheaply; a shape match is then built for
-    real and compared, since equal shapes do not imply equal sizes (GPT-2: heads x head size); `check`
-    re-verifies the copy once its config is set. Returns None when done (or when there is no HF config),
-    else why no config expresses the pruned model."""
-    config = _hf_config(module)
-    if config is None or not changed:
-        return None
-    cls, state = type(module), module.state_dict()
-    want = {k: tuple(v.shape) for k, v in state.items()}
-    trials = itertools.chain(_climbs(cls, config, changed, want),
-                             itertools.islice(_config_trials(config, changed), MAX_TRIALS))
-    for values in trials:
-        trial = _with(config, values)
-        meta = _built(cls, trial, "meta")
-        if meta is None or {k: tuple(v.shape) for k, v in meta.state_dict().items()} != want:
-            continue
-        rebuilt = _built(cls, trial, "cpu")
-        rebuilt.load_state_dict(state, strict=True)
-        if _same_outputs(rebuilt, module, *inputs):  # the copy passed `check`, so an equal rebuild does too
-            old = {key: getattr(config, key) for key in values}
-            for key, value in values.items():
-                setattr(config, key, value)
-            if check(module) is None:
-                return None
-            for key, value in old.items():
-                setattr(config, key, value)
-    return (f"no {type(config).__name__} (tried up to {MAX_TRIALS} field changes) rebuilds the pruned model: "
-            "per-layer counts differ, or the config derives a size pruning changed (e.g. head size = hidden / heads)")
-
-
+# -- 5: Hugging Face config (graphprune.hfconfig) ------------------------------------------------------
 def _refuse_save(module: nn.Module, reason: str) -> None:
     """A stale config would reload as the wrong architecture: save_pretrained raises instead."""
     def save_pretrained(*args, **kwargs):
@@ -412,23 +287,30 @@ def rebuild_module(source: nn.Module, gm: fx.GraphModule, inputs: Iterable, rule
         return mismatch(candidate, gm, inputs, expected)
 
     with cache_off(module):  # the graph was analysed without the cache; its config keeps use_cache as it was
-        return _verified(module, candidates, changed, check, call_inputs(gm, inputs, source), name, source.training,
-                         uncomputable_splits(gm))
+        verified = _verified(module, candidates, changed, check, call_inputs(gm, inputs, source), name,
+                             source.training, uncomputable_splits(gm))
+    if verified is not module and hasattr(getattr(module, "config", None), "use_cache"):  # built from a config copy
+        verified.config.use_cache = module.config.use_cache
+    return verified
 
 
 def _verified(module: nn.Module, candidates, changed: dict, check, inputs: tuple[tuple, dict], name: str,
               training: bool, splits: list[str]) -> nn.Module:
-    """`module` once an assignment of `candidates` passes `check`, with its config updated where one states it.
+    """`module` once an assignment of `candidates` passes `check`, with its config updated where one states it;
+    else the class built from a solved config, where that passes `check` (hfconfig.rebuild_from_config).
     `splits`: the splits whose new sizes the code cannot compute (codesizes.uncomputable_splits), named first."""
     problem = _resolve(module, candidates, lambda: check(module))
-    if problem is not None:
-        cause = "; ".join(splits) + ". So, " if splits else ""
-        hint = "Use" if splits else "Its code probably bakes a size that no attribute holds; use"
-        raise EagerRebuildError(
-            f"cannot rebuild {name} pruned: {cause}on the example inputs, {problem}. {hint} result.model "
-            "(GraphModule) or result.exported (.pt2, ONNX) instead")
-    config_problem = update_config(module, changed, check, inputs)
-    if config_problem is not None:
-        _refuse_save(module, config_problem)
+    if problem is not None:  # the code may read its config at run time: the class built from a solved config
+        module = rebuild_from_config(module, changed, check)
+        if module is None:
+            cause = "; ".join(splits) + ". So, " if splits else ""
+            hint = "Use" if splits else "Its code probably bakes a size that no attribute holds; use"
+            raise EagerRebuildError(
+                f"cannot rebuild {name} pruned: {cause}on the example inputs, {problem}. {hint} result.model "
+                "(GraphModule) or result.exported (.pt2, ONNX) instead")
+    else:
+        config_problem = update_config(module, changed, check, inputs)
+        if config_problem is not None:
+            _refuse_save(module, config_problem)
     module.train(training)
     return module

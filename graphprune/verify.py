@@ -32,8 +32,11 @@ def zero_dropped_inputs(model: torch.nn.Module, graph: DependencyGraph, plan: Pr
 
 
 def _flat(out) -> list[torch.Tensor]:
+    """Every tensor of an output: nested tuples, lists and dicts (a Hugging Face ModelOutput is a dict)."""
     if isinstance(out, torch.Tensor):
         return [out]
+    if isinstance(out, dict):
+        out = tuple(out.values())
     return [t for o in out for t in _flat(o)] if isinstance(out, (tuple, list)) else []
 
 
@@ -49,7 +52,10 @@ def max_exactness_error(model: torch.nn.Module, example_inputs, result, *, rtol:
     reference = zero_dropped_inputs(model, result.graph, result.plan).eval().double()
     pruned = copy.deepcopy(result.model).eval().double()
     worst = -np.inf
-    for a, b in zip(_flat(reference(*inputs)), _flat(pruned(*inputs)), strict=True):
+    want, got = _flat(reference(*inputs)), _flat(pruned(*inputs))
+    if not want:
+        raise AssertionError(f"{type(model).__name__} returned no tensor to compare")
+    for a, b in zip(want, got, strict=True):
         if a.shape != b.shape:
             raise AssertionError(f"output shape changed: {tuple(a.shape)} -> {tuple(b.shape)}")
         worst = max(worst, float(((a - b).abs() - rtol * a.abs()).max()))

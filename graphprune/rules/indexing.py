@@ -10,7 +10,8 @@ c lands on satisfies y[..., k, ...] = x[..., c, ...] at positions chosen on the 
 channel positions: removing channel c of x removes channel k of y and changes no other element. Exact, and nothing
 to rewrite. Where c lands is found by pushing labels with every index tensor replaced by zeros of its shape:
 labels are constant along every dim but c, so which positions an index picks cannot change them. Otherwise:
-- an index tensor on the channel dim (a gather of channels) freezes them;
+- an index tensor on the channel dim (a gather of channels) freezes them, unless it is a constant 1-D index and the
+  only one (IndexRule: a selection of channels, re-written to the kept ones);
 - an index tensor's own channels (a buffer of positions, declared as a vector) are frozen: its values are positions,
   and removing some would change which elements are read;
 - a boolean mask (data-dependent shape, and it may span several dims) freezes the channels it touches.
@@ -22,23 +23,69 @@ from __future__ import annotations
 
 import operator
 
+import numpy as np
 import torch
 import torch.fx as fx
 
-from ..groups import Effect, Freeze, Role
-from ..trace import TensorMeta
+from ..groups import Coupling, Effect, Freeze, Role
+from ..trace import META_KEY, TensorMeta
 from .base import AnalysisContext, ShrinkContext, describe_node, freeze_inputs
 from .callsite import kept_bounds
 from .movement import MovementRule
 
 
 class IndexRule(MovementRule):
-    """aten.index.Tensor(x, indices): indices[i] (a tensor or None) indexes dim i (module docstring)."""
+    """aten.index.Tensor(x, indices): indices[i] (a tensor or None) indexes dim i (module docstring). One constant
+    1-D index on the channel dim d and none elsewhere selects channels (Falcon's fused QKV: `qkv[..., [-2], :]` is
+    the key head): output position j is channel idx[j] of x, and `shrink` writes the kept channels' new positions
+    as a new constant."""
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         x, indices = node.args[:2]
         entries = list(indices) + [None] * (len(ctx.shape(x)) - len(indices))
-        return gather_effect(self, node, ctx, x, entries)
+        d = ctx.channel_dim(x)
+        picked = _selected_channels(ctx, x, entries)
+        if picked is None:
+            return gather_effect(self, node, ctx, x, entries)
+        coupling = Coupling(ctx.output_slot(node, d), ctx.input_slot(x, d), np.arange(len(picked)), picked)
+        return Effect(d, couplings=(coupling,))
+
+    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
+        x, indices = node.args[:2]
+        d = ctx.declared.get(x.name)
+        kept, out_kept = (ctx.kept(x.name, d), ctx.kept(node.name, d)) if isinstance(d, int) else (None, None)
+        if kept is None or d >= len(indices) or indices[d] is None:
+            return
+        picked = constant_index(indices[d], ctx).numpy() % ctx.value(x).shape[d]
+        picked = picked if out_kept is None else picked[out_kept]
+        name = f"{node.name}_kept_index"
+        ctx.gm.register_buffer(name, torch.as_tensor(np.searchsorted(kept, picked), dtype=torch.int64))
+        with ctx.gm.graph.inserting_before(node):
+            constant = ctx.gm.graph.get_attr(name)
+        constant.meta[META_KEY] = TensorMeta((len(picked),), torch.int64)
+        node.args = (x, [constant if i == d else a for i, a in enumerate(indices)]) + tuple(node.args[2:])
+
+
+def _selected_channels(ctx: AnalysisContext, x: fx.Node, entries: list) -> np.ndarray | None:
+    """The channels of x a constant 1-D index on its channel dim picks, in output order, when that index is the only
+    one; else None."""
+    d = ctx.channel_dim(x)
+    tensors = [i for i, e in enumerate(entries) if ctx.is_tensor(e)]
+    if not isinstance(d, int) or tensors != [d] or len(ctx.shape(entries[d])) != 1:
+        return None
+    values = constant_index(entries[d], ctx)
+    return None if values is None else values.numpy() % ctx.shape(x)[d]
+
+
+def constant_index(index: fx.Node, view) -> torch.Tensor | None:
+    """The values of an index tensor that is a constant (a get_attr, maybe through copies), else None."""
+    while index.op == "call_function" and index.target in _COPIES:
+        index = index.args[0]
+    value = view.constant(index)
+    return value.detach().cpu().long() if value is not None else None
+
+
+_COPIES = (torch.ops.aten.clone.default, torch.ops.aten.alias.default, torch.ops.aten.lift_fresh_copy.default)
 
 
 def gather_effect(rule: MovementRule, node: fx.Node, ctx: AnalysisContext, x: fx.Node, entries: list) -> Effect:

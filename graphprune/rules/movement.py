@@ -83,9 +83,10 @@ def _atoms_along(t: np.ndarray, k: int) -> tuple[int, np.ndarray, np.ndarray]:
 def read_channel_dim(t: torch.Tensor, heads=(), batch_sized: frozenset[int] = frozenset()):
     """(dim, positions, labels) of a labelled output, or a string saying why there is none.
 
-    `heads`: the head_dim sizes of the attention the output leads to; when the innermost of
-    several varying dims has one of those sizes (the head_dim of a heads split), it is never
-    the channel dim. `batch_sized`: dims whose size the model computes from sizes that are not
+    `heads`: the head_dim sizes of the attention the output leads to (or of parts of a head: see
+    `MovementRule.head_dims_of_input`); the trailing dims whose sizes multiply to one of them lie inside a head
+    (head_dim itself, or (2, r/2) of an interleaved rotary's stack), and are never the channel dim when
+    another dim varies. `batch_sized`: dims whose size the model computes from sizes that are not
     channel counts (`b * windows * heads` split back into `(b * windows, heads)`): another
     varying dim is preferred to them. Ties go to the inner dim.
     """
@@ -102,8 +103,9 @@ def read_channel_dim(t: torch.Tensor, heads=(), batch_sized: frozenset[int] = fr
         k = varying[0]
         labels = np.moveaxis(a, k, 0).reshape(a.shape[k], -1)[:, 0]
         return k, np.arange(a.shape[k]), labels
+    inside = next((k for k in range(a.ndim) if int(np.prod(a.shape[k:])) in heads), a.ndim)
     best = None
-    candidates = varying[:-1] if a.shape[varying[-1]] in heads else varying
+    candidates = [k for k in varying if k < inside] or varying
     for k in [k for k in candidates if k not in batch_sized] or candidates:
         atoms, pos, lab = _atoms_along(a, k)
         if best is None or atoms >= best[0]:
@@ -119,6 +121,18 @@ class MovementRule(Rule):
     """Data movement with no shape constants to rewrite (cat, permute, transpose, flatten, ...)."""
 
     carries_heads = True  # a (heads, head_dim) split on the way into attention keeps the heads (see analysis)
+
+    def head_dims_of_input(self, node: fx.Node, source: fx.Node, head_dim: int) -> tuple[int, ...]:
+        """An output (or part) (..., head_dim) read from a source (..., m) with the same leading dims moved data
+        along the last dim only (a slice, split or concatenation of it): the source's m positions lie inside
+        heads too (q[..., :r] and q[..., r:] of partial rotary; q, k, v chunked from (..., 3 x head_dim))."""
+        src, out = value_meta(source), value_meta(node)
+        if not isinstance(src, TensorMeta) or src.shape[-1:] == (head_dim,):
+            return (head_dim,)
+        parts = out if isinstance(out, (tuple, list)) else (out,)
+        inside = any(isinstance(p, TensorMeta) and p.shape[:-1] == src.shape[:-1] and p.shape[-1:] == (head_dim,)
+                     for p in parts)
+        return (head_dim, src.shape[-1]) if inside else (head_dim,)
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         return self.labelled(node, ctx)
