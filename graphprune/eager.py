@@ -306,6 +306,13 @@ def _climb(cls: type, config, options: dict, want: dict) -> dict | None:
     return values
 
 
+def config_trials(cls: type, config, changed: dict, want: dict) -> Iterable[dict]:
+    """The field assignments update_config tries, in its order (greedy climbs, then fewest fields first); each is
+    still to be checked. `changed`: {tensor: (old shape, new shape)}; `want`: {state_dict key: pruned shape}."""
+    return itertools.chain(_climbs(cls, config, changed, want), itertools.islice(_config_trials(config, changed),
+                                                                                    MAX_TRIALS))
+
+
 @torch.no_grad()
 def _same_outputs(a: nn.Module, b: nn.Module, inputs: tuple, kwargs: dict) -> bool:
     """Bit-equal outputs: two instances of one class with the same tensors compute the same ops in the same
