@@ -96,9 +96,10 @@ def signature(gm: fx.GraphModule) -> list[tuple]:
 
 def pruned_config(cls: type, config, source: torch.nn.Module, pruned: fx.GraphModule):
     """A copy of `config` whose model has the shapes and graph of `pruned` (source: the unpruned meta model)."""
-    shapes = {k: tuple(v.shape) for k, v in [*pruned.named_parameters(remove_duplicate=False),
-                                             *pruned.named_buffers(remove_duplicate=False)]}
-    want = {k: shapes.get(k, tuple(v.shape)) for k, v in source.state_dict().items()}
+    aliases = alias_names(source)
+    shapes = {aliases.get(k, k): tuple(v.shape) for k, v in [*pruned.named_parameters(remove_duplicate=False),
+                                                            *pruned.named_buffers(remove_duplicate=False)]}
+    want = {k: shapes.get(aliases.get(k, k), tuple(v.shape)) for k, v in source.state_dict().items()}
     changed = {k: (tuple(v.shape), want[k]) for k, v in source.state_dict().items() if tuple(v.shape) != want[k]}
     if not changed:
         return config
