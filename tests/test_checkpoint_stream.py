@@ -132,3 +132,26 @@ def test_float32_untied_single_file_with_l1(tmp_path):
     loaded = T.LlamaForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
     with torch.no_grad():
         assert torch.equal(loaded(_ids()).logits, in_memory.module(_ids()).logits)
+
+
+@pytest.mark.slow
+def test_an_encoder_prunes_its_mlp_and_refuses_heads_its_config_cannot_state(tmp_path):
+    """BERT derives head size = hidden / heads: with the hidden size frozen (it reaches the output), no config
+    states fewer heads, so pruning them fails before writing; with the heads kept, the MLP is pruned."""
+    config = T.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = T.BertModel(config).eval()
+    model.save_pretrained(str(tmp_path / "src"))
+    with pytest.raises(graphprune.GraphPruneError, match="no BertConfig describes the pruned model"):
+        prune_checkpoint(tmp_path / "src", tmp_path / "out", ratio=0.5, target="none")
+    assert sorted(os.listdir(tmp_path)) == ["src"]
+    keep_heads = {"encoder.layer.0.attention": 0.0, "encoder.layer.1.attention": 0.0}
+    streamed = prune_checkpoint(tmp_path / "src", tmp_path / "out", ratio=0.5, target="none", ratios=keep_heads)
+    in_memory = graphprune.prune_graph(model, (_ids(),), ratio=0.5, importance="l2", target="none", ratios=keep_heads)
+    assert streamed.plan.keep == in_memory.plan.keep and streamed.config_changes == {"intermediate_size": 32}
+    loaded = T.BertModel.from_pretrained(str(tmp_path / "out")).eval()
+    expected = in_memory.module.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(loaded(_ids()).last_hidden_state, in_memory.module(_ids()).last_hidden_state)

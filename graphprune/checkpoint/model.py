@@ -24,17 +24,21 @@ BATCH = 2  # a batch of 2 is exported once (a batch of 1 is exported twice, see 
 
 
 def model_class(config) -> type:
-    """The class the checkpoint was saved from (config.architectures[0]), else AutoModelForCausalLM's choice."""
+    """The class the checkpoint was saved from (config.architectures[0]), else what AutoModelForCausalLM (then
+    AutoModel) builds from the config."""
     import transformers
 
     for name in getattr(config, "architectures", None) or ():
         cls = getattr(transformers, name, None)
         if isinstance(cls, type):
             return cls
-    try:
-        return transformers.AutoModelForCausalLM._model_mapping[type(config)]  # noqa: SLF001 (transformers' table)
-    except KeyError:
-        return transformers.AutoModel._model_mapping[type(config)]  # noqa: SLF001
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoModel):
+        try:
+            with torch.device("meta"):
+                return type(auto.from_config(config))
+        except ValueError:  # no such model for this config
+            continue
+    raise InputError(f"transformers has no model class for {type(config).__name__}; set `architectures` in config.json")
 
 
 def load_config(checkpoint: Checkpoint):
@@ -113,5 +117,9 @@ def pruned_config(cls: type, config, source: torch.nn.Module, pruned: fx.GraphMo
             continue
         if signature(export_graph(meta, example_inputs(trial))) == target:
             return trial
-    raise GraphPruneError(f"no {type(config).__name__} describes the pruned model (per-layer counts differ, or the "
-                          "config derives a size pruning changed); prune with uniform_layers=True or scope='local'")
+    sizes = sorted({f"{o}->{n}" for old, new in changed.values() for o, n in zip(old, new) if o != n})
+    raise GraphPruneError(f"no {type(config).__name__} describes the pruned model (sizes {', '.join(sizes)}): the class "
+                          "derives a size pruning changed (e.g. head size = hidden / heads, so heads cannot go while "
+                          "the hidden size stays), or layers differ in their counts (prune with scope='local' or "
+                          "uniform_layers=True); keep such groups whole with ratios={module name or group id: 0.0} "
+                          "or ignore=[module names]")
