@@ -106,12 +106,16 @@ def main() -> None:
         writer = context.Process(target=write_checkpoint, args=(args, src))
         writer.start()
         writer.join()
+        if writer.exitcode != 0:
+            raise SystemExit(f"writing the checkpoint failed (exit code {writer.exitcode})")
         shards = [os.path.getsize(os.path.join(src, n)) for n in os.listdir(src) if n.endswith(".safetensors")]
         queue = context.Queue()
         pruner = context.Process(target=prune, args=(args, src, out, queue))
         pruner.start()
-        measured = queue.get()
-        pruner.join()
+        pruner.join()  # the result is one small dict: it fits the queue's pipe, so joining first cannot deadlock
+        if pruner.exitcode != 0:
+            raise SystemExit(f"prune_checkpoint failed in the child process (exit code {pruner.exitcode})")
+        measured = queue.get(timeout=60)
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)

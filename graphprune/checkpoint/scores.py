@@ -4,7 +4,8 @@ per group exactly as importance.Magnitude sums them in memory.
     s_c = (sum over the group's weight slots (P, d), in member order, of
            sum over positions i of P's dim d with map(i) = c of sum |P[i, ...]|^p)^(1/p)
 
-Per position: powers in the tensor's float32 (or float64) value, one sum over the other dims, then float64:
+Per position: powers (in place) in the tensor's float32 (or float64) value, one sum over the other dims, then
+float64:
 the same operations on the same values as the in-memory criterion, so the scores are bit-equal for float32
 and float64 checkpoints; a bf16/fp16 tensor is first cast to float32 (exact), where the in-memory criterion
 would square in half precision.
@@ -25,13 +26,17 @@ from .source import Checkpoint
 WEIGHT_ROLES = (Role.PRODUCER, Role.CONSUMER)
 
 
-def per_position(tensor: torch.Tensor, dim: int, p: int) -> np.ndarray:
-    """sum over all dims but `dim` of |t|^p, computed in float32 at least, returned as float64."""
+def powered(tensor: torch.Tensor, p: int) -> torch.Tensor:
+    """|t|^p in float32 at least, in place where `tensor` is already float32/float64 (a buffer the reader made)."""
     if tensor.dtype not in (torch.float32, torch.float64):
         tensor = tensor.float()
-    powered = tensor.square() if p == 2 else tensor.abs() if p == 1 else tensor.abs() ** p
-    other = [d for d in range(tensor.ndim) if d != dim]
-    return (powered.sum(dim=other) if other else powered).double().numpy()
+    return tensor.square_() if p == 2 else tensor.abs_() if p == 1 else tensor.abs_().pow_(p)
+
+
+def per_position(power: torch.Tensor, dim: int) -> np.ndarray:
+    """sum over all dims but `dim` of a powered tensor, as float64 (importance.Magnitude's one sum)."""
+    other = [d for d in range(power.ndim) if d != dim]
+    return (power.sum(dim=other) if other else power).double().numpy()
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,11 @@ class StreamedMagnitude(Criterion):
                     dims.setdefault(self._key(slot.name), set()).add(slot.dim)
         sums = {}
         for key, tensor in self.checkpoint.tensors(dims):
+            power = powered(tensor, self.p)
+            del tensor  # a bf16 tensor's buffer goes before the sums: peak = its float32 copy + a sum
             for dim in dims[key]:
-                sums[(key, dim)] = per_position(tensor, dim, self.p)
+                sums[(key, dim)] = per_position(power, dim)
+            del power
         out = {}
         for g in groups:
             total = np.zeros(g.size)

@@ -43,7 +43,7 @@ def write_shards(checkpoint: Checkpoint, staged: StagedDirectory, cuts: Cuts, ex
         out = {key: pruned_tensor(key, t, cuts, expected)
                for key, t in checkpoint.tensors(checkpoint.keys_in(shard))}
         total += sum(t.numel() * t.element_size() for t in out.values())
-        save_file(out, staged.file(shard), metadata=checkpoint.shard_metadata(shard) or {"format": "pt"})
+        save_file(out, staged.file(shard), metadata=dict(checkpoint.metadata[shard] or {"format": "pt"}))
         del out
     return total
 
