@@ -124,14 +124,21 @@ def _climb(cls: type, config, options: dict, want: dict) -> dict | None:
     return values
 
 
+def config_trials(cls: type, config, changed: dict, want: dict) -> Iterable[dict]:
+    """The field assignments update_config tries, in its order (greedy climbs, then fewest fields first), with
+    head_dim pinned where the config derives it; each is still to be checked. `changed`: {tensor: (old shape,
+    new shape)}; `want`: {state_dict key: pruned shape}."""
+    trials = itertools.chain(_climbs(cls, config, changed, want),
+                             itertools.islice(_config_trials(config, changed), MAX_TRIALS))
+    return (_pinned(config, values) for values in trials)
+
+
 def _shaped_builds(module: nn.Module, config, changed: dict) -> Iterable[tuple[dict, nn.Module]]:
     """(field values, the class built from them on the CPU and loaded with `module`'s tensors), for every trial
     whose meta-device build has exactly `module`'s tensor shapes."""
     cls, state = type(module), module.state_dict()
     want = {k: tuple(v.shape) for k, v in state.items()}
-    trials = itertools.chain(_climbs(cls, config, changed, want),
-                             itertools.islice(_config_trials(config, changed), MAX_TRIALS))
-    for values in trials:
+    for values in config_trials(cls, config, changed, want):
         meta = _built(cls, _with(config, values), "meta")
         if meta is None or {k: tuple(v.shape) for k, v in meta.state_dict().items()} != want:
             continue

@@ -1,0 +1,106 @@
+"""prune_checkpoint: prune a Hugging Face checkpoint directory without loading its weights.
+
+    config.json -> the model class on the meta device -> analyse (shapes only: the ordinary analysis)
+    shards      -> StreamedMagnitude scores (each tensor read once, memory-mapped) -> plan (the planner as is)
+    meta graph  -> apply the plan to the meta graph: the final plan (a group whose rewrite breaks is frozen, as
+                   in memory), every tensor's pruned shape, and the config that builds that graph
+    shards      -> pruned shards (same files, same keys, same dtype), index, config, tokenizer files, committed
+                   in one rename (the output directory appears complete or not at all)
+The plan and the tensors equal prune_graph's on the same model in memory with the same magnitude criterion.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from ..analysis import analyse
+from ..atomic import StagedDirectory
+from ..errors import InputError
+from ..options import Budget, Options
+from ..passes.shrink import positions_kept_by_slot
+from ..planner import PrunePlan
+from ..report import PruneReport
+from ..rules import RuleTable
+from .model import alias_names, build_meta, checkpoint_keys, example_inputs, load_config, model_class, pruned_config
+from .scores import StreamedMagnitude
+from .source import Checkpoint
+from .write import copy_side_files, write_index, write_shards
+
+MAGNITUDE = {"l1": 1, "l2": 2}
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    path: str  # the written checkpoint directory
+    plan: PrunePlan
+    report: PruneReport  # params and MACs of the meta graph before and after (shapes only)
+    config_changes: Mapping[str, object]  # config field -> its new value
+    files: tuple[str, ...]  # what the directory holds
+    bytes_written: int  # tensor data in the new shards
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+def cuts_of(result, keys: Mapping[str, str]) -> dict[str, list]:
+    """checkpoint key -> [(dim, kept positions)] of every parameter slot the plan shrinks (once per key and dim)."""
+    cuts: dict[str, list] = {}
+    for slot, positions in sorted(positions_kept_by_slot(result.graph, result.plan).items()):
+        key = keys.get(slot.name)
+        if not slot.is_param or key is None or any(d == slot.dim for d, _ in cuts.get(key, ())):
+            continue  # not stored (a non-persistent buffer), or a tied dim already cut
+        cuts.setdefault(key, []).append((slot.dim, positions))
+    return cuts
+
+
+def expected_shapes(checkpoint: Checkpoint, result, aliases: Mapping[str, str]) -> dict[str, tuple]:
+    """checkpoint key -> its shape in the pruned graph (unchanged when the graph does not hold it)."""
+    gm = result.model
+    pruned = {aliases.get(n, n): tuple(t.shape) for n, t in [*gm.named_parameters(remove_duplicate=False),
+                                                            *gm.named_buffers(remove_duplicate=False)]}
+    return {k: pruned.get(aliases.get(k, k), shape) for k, shape in checkpoint.shapes.items()}
+
+
+def _options(importance, checkpoint, keys, **keywords) -> Options:
+    if importance not in MAGNITUDE:
+        raise InputError(f"prune_checkpoint streams magnitude criteria only ({sorted(MAGNITUDE)}), got {importance!r}; "
+                         "data-driven criteria (wanda, activation) need the model in memory: use prune_graph")
+    return Options.from_keywords(importance=StreamedMagnitude(checkpoint, keys, MAGNITUDE[importance]), **keywords)
+
+
+def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, ratio: float | None = None,
+                     target_params: int | None = None, target_macs: int | None = None, importance: str = "l2",
+                     scope: str = "local", min_keep: float = 0.1, ratios: Mapping[str, float] | None = None,
+                     round_to: int | None = None, target="auto", uniform_layers: bool = False, gqa: str | None = None,
+                     ignore: Iterable[str] = (), rules: RuleTable | None = None, force: bool = False) -> CheckpointResult:
+    """Prune the checkpoint directory `src` (config.json + safetensors) into `out`, streaming its weights.
+
+    Keywords as prune_graph's (`ignore`: module names); `importance` "l1" or "l2". `out` must not exist or be
+    empty (`force=True` replaces it whole). Shards keep their names, keys and dtype; tied weights stay tied."""
+    t0 = time.perf_counter()
+    budget = Budget.from_keywords(ratio, target_params, target_macs, None)
+    with StagedDirectory(out, replace=force, flag="out") as staged:  # before any work: an unwritable out fails first
+        checkpoint = Checkpoint.open(src)
+        config = load_config(checkpoint)
+        cls = model_class(config)
+        meta = build_meta(cls, config)
+        if meta is None:
+            raise InputError(f"{cls.__name__} cannot be built from {checkpoint.path}/config.json on the meta device")
+        aliases = alias_names(meta)
+        keys = checkpoint_keys(aliases, checkpoint)
+        options = _options(importance, checkpoint, keys, scope=scope, min_keep=min_keep, ratios=ratios,
+                           round_to=round_to, target=target, ignore=ignore, uniform_layers=uniform_layers)
+        analysis = analyse(meta, example_inputs(config), frontend="export", gqa=gqa, rules=rules)
+        t1 = time.perf_counter()
+        result = options.prune(analysis, budget)
+        new_config = pruned_config(cls, config, meta, result.model)
+        t2 = time.perf_counter()
+        written = write_shards(checkpoint, staged, cuts_of(result, keys), expected_shapes(checkpoint, result, aliases))
+        write_index(checkpoint, staged, written)
+        new_config.save_pretrained(staged.staging)
+        copy_side_files(checkpoint, staged)
+        files = staged.commit()
+    changes = {k: v for k, v in new_config.to_dict().items() if config.to_dict().get(k) != v}
+    timings = {"analysis": t1 - t0, "plan": t2 - t1, "write": time.perf_counter() - t2}
+    return CheckpointResult(os.path.abspath(os.fspath(out)), result.plan, result.report, changes, tuple(files),
+                            written, timings)

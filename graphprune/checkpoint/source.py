@@ -1,0 +1,137 @@
+"""A Hugging Face checkpoint directory read lazily: config.json and safetensors shards, memory-mapped.
+
+    DIR/config.json
+    DIR/model.safetensors                                   one file, or
+    DIR/model-0000k-of-0000n.safetensors + DIR/model.safetensors.index.json   {"weight_map": {key: file}}
+
+Nothing is loaded when a Checkpoint is opened: only the shards' headers are read (key -> bytes, shape, dtype).
+`tensors(keys)` yields one tensor at a time, shard by shard, each read with plain file reads into its own
+buffer (no mmap, whose touched pages would count as resident while the file is open), so at most one
+tensor of the checkpoint is in memory per step.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping
+
+import torch
+
+from ..errors import InputError
+
+CONFIG = "config.json"
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+    """True when `path` is a directory with config.json and safetensors weights (one file or an index)."""
+    path = os.fspath(path)
+    return (os.path.isfile(os.path.join(path, CONFIG))
+            and any(os.path.isfile(os.path.join(path, name)) for name in (SINGLE, INDEX)))
+
+
+def _read_json(path: str, what: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the {what} {path!r}: {exc}") from exc
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where one tensor lies in its shard: bytes [begin, end) of the file, and its shape and dtype."""
+
+    begin: int
+    end: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _header(path: str) -> tuple[dict[str, Entry], dict[str, str] | None]:
+    """key -> Entry of one safetensors file, and its metadata: the 8-byte little-endian header length, the JSON
+    header, then the data (the format's specification)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    start = 8 + size
+    entries = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if info["dtype"] not in _DTYPES:
+            raise InputError(f"tensor {key!r} of {path!r} has dtype {info['dtype']}, which graphprune cannot read")
+        begin, end = info["data_offsets"]
+        entries[key] = Entry(start + begin, start + end, tuple(info["shape"]), _DTYPES[info["dtype"]])
+    return entries, header.get("__metadata__")
+
+
+def _read(f, entry: Entry) -> torch.Tensor:
+    """One tensor, read into a fresh buffer (no mmap: nothing of the file stays resident after it)."""
+    buffer = torch.empty(entry.end - entry.begin, dtype=torch.uint8)
+    if len(buffer):
+        f.seek(entry.begin)
+        f.readinto(memoryview(buffer.numpy()))
+    return buffer.view(entry.dtype).reshape(entry.shape)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """An opened checkpoint directory: its config (as written), its shards in order, and every tensor's
+    shard, shape and dtype. `index` is the index json when the checkpoint is sharded, else None."""
+
+    path: str
+    config: Mapping
+    shards: tuple[str, ...]
+    entries: Mapping[str, Entry]
+    shard_of: Mapping[str, str]  # key -> shard file name
+    metadata: Mapping[str, Mapping | None]  # shard file name -> its header's __metadata__
+    index: Mapping | None = field(default=None, repr=False)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: e.shape for k, e in self.entries.items()}
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Checkpoint":
+        path = os.path.abspath(os.fspath(path))
+        if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, CONFIG)):
+            raise InputError(f"{path!r} is not a Hugging Face checkpoint directory: it has no {CONFIG}; pass the "
+                             "directory save_pretrained wrote")
+        config = _read_json(os.path.join(path, CONFIG), "model config")
+        index = _read_json(os.path.join(path, INDEX), "shard index") if os.path.isfile(os.path.join(path, INDEX)) \
+            else None
+        if index is None and not os.path.isfile(os.path.join(path, SINGLE)):
+            raise InputError(f"{path!r} has no {SINGLE} and no {INDEX}: graphprune streams safetensors checkpoints "
+                             "only; convert the weights with save_pretrained(..., safe_serialization=True)")
+        shards = tuple(dict.fromkeys(index.get("weight_map", {}).values())) if index else (SINGLE,)
+        entries, shard_of, metadata = {}, {}, {}
+        for shard in shards:
+            file = os.path.join(path, shard)
+            if not os.path.isfile(file):
+                raise InputError(f"shard {shard!r} named by {INDEX} is missing from {path!r}")
+            found, metadata[shard] = _header(file)
+            entries.update(found)
+            shard_of.update(dict.fromkeys(found, shard))
+        return cls(path, config, shards, entries, shard_of, metadata, index)
+
+    def keys_in(self, shard: str) -> list[str]:
+        return [k for k, s in self.shard_of.items() if s == shard]
+
+    def tensors(self, keys: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        """(key, tensor) for each of `keys`, shard by shard, one tensor in memory at a time (the caller's)."""
+        wanted = set(keys)
+        for shard in self.shards:
+            mine = [k for k in self.keys_in(shard) if k in wanted]
+            if not mine:
+                continue
+            with open(os.path.join(self.path, shard), "rb") as f:
+                for key in mine:
+                    yield key, _read(f, self.entries[key])
