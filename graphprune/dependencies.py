@@ -29,7 +29,8 @@ from .trace import value_meta
 
 def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> dict[str, frozenset[int]]:
     """Data-movement and broadcasting nodes on the way into an op whose rule `reads_heads` (matmul,
-    attention), each with the head_dim sizes (the last dim of that op's first operand) it leads to.
+    attention), each with the head_dim sizes it leads to: the first operand's last dim (q in q @ k^T and in
+    attention), which the others share, and each other operand's own last dim (v in weights @ v).
 
     A reshape among them that splits channels into (heads, head_dim) keeps the heads as its
     channel dim, so attention is pruned by whole heads; broadcasting ops on the way (rotary
@@ -41,9 +42,10 @@ def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> dict[str,
     stack = []
     for n in gm.graph.nodes:
         if rule(n).reads_heads and n.all_input_nodes:
-            v = value_meta(n.all_input_nodes[0])
-            head_dim = v.shape[-1] if getattr(v, "shape", None) else None
-            stack += [(a, head_dim) for a in n.all_input_nodes]
+            first, *others = n.all_input_nodes
+            head_dim = _last_dim(first)
+            stack += [(first, d) for d in head_dim]
+            stack += [(a, d) for a in others for d in head_dim | _last_dim(a)]
     marked: dict[str, set] = {}
     while stack:
         n, head_dim = stack.pop()
@@ -51,6 +53,12 @@ def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> dict[str,
             marked.setdefault(n.name, set()).add(head_dim)
             stack.extend((a, head_dim) for a in n.all_input_nodes)
     return {name: frozenset(dims) for name, dims in marked.items()}
+
+
+def _last_dim(node: fx.Node) -> set[int]:
+    """{size of the last dim} of a tensor node, {} for anything else."""
+    shape = getattr(value_meta(node), "shape", None)
+    return {shape[-1]} if shape else set()
 
 
 _INT_ARITHMETIC = (operator.floordiv, operator.mul, operator.add, operator.sub, operator.neg, operator.mod)
