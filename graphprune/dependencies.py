@@ -214,4 +214,30 @@ def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool
     freezes.extend(_channel_counts_as_values(gm, ctx, rules))
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     graph = build_groups(ctx.sizes, couplings + ctx.ties, freezes + ctx.freezes, order, ctx.declared)
-    return replace(graph, unsupported=tuple(unsupported), probed=tuple(probed))
+    groups = _without_constants_kept_whole(graph, gm, freezes + ctx.freezes)
+    kept = {s for g in groups for s in g.members}
+    edges = tuple(e for e in graph.slot_edges if e[0] in kept)
+    return replace(graph, groups=groups, slot_edges=edges, unsupported=tuple(unsupported), probed=tuple(probed))
+
+
+def _constant_nodes(gm: fx.GraphModule) -> set[str]:
+    """Nodes computed from parameters and buffers alone: get_attr, and ops whose every input is such a node."""
+    names: set[str] = set()
+    for n in gm.graph.nodes:
+        if n.op == "get_attr" or (n.op != "output" and n.all_input_nodes
+                                  and all(a.name in names for a in n.all_input_nodes)):
+            names.add(n.name)
+    return names
+
+
+def _without_constants_kept_whole(graph: DependencyGraph, gm: fx.GraphModule, freezes: list[Freeze]) -> tuple:
+    """The groups, less those only constants carry (parameters, and tensors computed from them alone: Gemma's
+    1 + w) that are frozen only as kept whole (Freeze.kept_whole: a per-head norm weight over the head_dim).
+    No tensor computed from the model's inputs carries their channels and no rule cuts them: like the head_dim
+    they span, they are no channel group (their tensors, in no group, are never sliced)."""
+    constants = _constant_nodes(gm)
+    lost = {f.slot for f in freezes if not f.kept_whole}
+
+    def kept_whole(g) -> bool:
+        return g.frozen and all((s.is_param or s.name in constants) and s not in lost for s in g.members)
+    return tuple(g for g in graph.groups if not kept_whole(g))

@@ -1,8 +1,9 @@
 """Per-head q/k norms, (1 + weight) RMSNorm and attention soft-capping (issue 22, items 2 and 3).
 
-- Per-head norms (Qwen3, Gemma3, Olmo-style q_norm/k_norm over the head_dim, after the view to
-  (b, L, heads, head_dim)): whole heads are pruned, exactly; the head_dim and its norm weight stay intact
-  (BinaryRule freezes the weight as kept whole: its channels land on the head_dim, not on the heads).
+- Per-head norms (Qwen3, Gemma3: q_norm/k_norm over the head_dim, after the view to (b, L, heads,
+  head_dim)): whole heads are pruned, exactly; the head_dim and its norm weight stay intact (BinaryRule
+  freezes the weight as kept whole: its channels land on the head_dim, not on the heads; a group only
+  constants carry and kept whole is no channel group, like the head_dim itself, so it is not counted).
 - Gemma's RMSNorm scales by (1 + weight): the weight is tied to the hidden channels and sliced with them.
 - Gemma2's soft-capping c * tanh(x / c), on the attention scores and on the logits: div, tanh and mul by
   their rules (nothing probed, nothing unsupported); heads stay exact through it.
@@ -103,11 +104,12 @@ def prune_exactly(analysis, x, group_ids, ratio):
     return result
 
 
-def assert_head_norms_kept_whole(graph, prefix=""):
+def assert_head_norms_kept_whole(graph, pruned, prefix=""):
+    """The per-head norm weights are in no group (no tensor of the model's data carries their channels), and
+    the pruned model still has them whole."""
     for name in ("q_norm.weight", "k_norm.weight"):
-        group = group_of(graph, prefix + name)
-        assert group.size == HEAD_DIM and group.frozen, name
-        assert all("kept whole" in r for r in group.frozen_reasons), group.frozen_reasons
+        assert group_of(graph, prefix + name) is None, name
+        assert dict(pruned.named_parameters())[prefix + name].shape == (HEAD_DIM,)
 
 
 # -- a hand-written block -----------------------------------------------------------------------------------------
@@ -120,12 +122,11 @@ def test_per_head_norm_prunes_whole_heads_exactly_and_keeps_its_weight(offset):
     heads = group_of(graph, "q.weight")
     assert heads.size == HEADS and heads.prunable
     assert group_of(graph, "k.weight") is heads and group_of(graph, "v.weight") is heads
-    assert_head_norms_kept_whole(graph)
-    # golden: 7 groups (input, hidden, heads, q_norm, k_norm, MLP, output); frozen: input, output, q_norm, k_norm
-    assert (len(graph.groups), len(graph.frozen)) == (7, 4)
+    # golden: 5 groups (input, hidden, heads, MLP, output); frozen: the model's input and output
+    assert (len(graph.groups), len(graph.frozen)) == (5, 2)
     result = prune_exactly(analysis, x, [heads.id], 0.5)
     assert result.model.q.out_features == result.model.k.out_features == 2 * HEAD_DIM
-    assert result.model.q_norm.weight.shape == result.model.k_norm.weight.shape == (HEAD_DIM,)
+    assert_head_norms_kept_whole(graph, result.model)
     rebuilt = result.module  # the caller's class, verified against the pruned graph's outputs
     assert isinstance(rebuilt, Block) and rebuilt.o.in_features == 2 * HEAD_DIM
 
@@ -165,9 +166,37 @@ def test_soft_capped_scores_are_followed_by_rules_and_heads_prune_exactly(fronte
     heads = group_of(graph, "q.weight")
     assert heads.size == HEADS and heads.prunable and group_of(graph, "v.weight") is heads
     assert any(s.name.startswith("tanh") for s in heads.members)  # the capped scores carry the heads
-    assert_head_norms_kept_whole(graph)
-    assert (len(graph.groups), len(graph.frozen)) == (7, 4)
-    prune_exactly(analysis, x, [heads.id], 0.5)
+    assert (len(graph.groups), len(graph.frozen)) == (5, 2)
+    assert_head_norms_kept_whole(graph, prune_exactly(analysis, x, [heads.id], 0.5).model)
+
+
+class SharedNormWeight(nn.Module):
+    """One parameter of size head_dim read twice: as a per-head norm weight over the head_dim, and as a
+    per-channel scale of an 8-wide activation, whose channels it would then be sliced with."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.side = nn.Linear(16, HEADS * HEAD_DIM), nn.Linear(16, HEAD_DIM)
+        self.weight = nn.Parameter(torch.rand(HEAD_DIM) + 0.5)
+        self.out, self.out_side = nn.Linear(HEADS * HEAD_DIM, 4), nn.Linear(HEAD_DIM, 4)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = (self.q(x).view(b, n, -1, HEAD_DIM) * self.weight).transpose(1, 2)  # over the head_dim: kept whole
+        a = F.scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(b, n, -1)
+        return self.out(a) + self.out_side(self.side(x) * self.weight)
+
+
+def test_a_kept_whole_weight_also_scaling_channels_freezes_them():
+    torch.manual_seed(0)
+    model, x = SharedNormWeight().eval(), torch.randn(2, SEQ, 16)
+    result = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend="fx")
+    group = group_of(result.graph, "weight")
+    assert group is group_of(result.graph, "side.weight") and group.frozen  # the side channels keep the weight whole
+    assert any("kept whole" in r for r in group.frozen_reasons)
+    assert result.model.side.out_features == HEAD_DIM and result.model.q.out_features < HEADS * HEAD_DIM
+    with torch.no_grad():
+        assert result.model(x).shape == model(x).shape
 
 
 # -- Hugging Face families (tiny random configs, use_cache=False) ----------------------------------------------------
@@ -177,16 +206,14 @@ def _config(cls, layers, **kw):
 
 
 FAMILIES = {  # name -> (model class, config class, layers, (groups, frozen) golden)
-    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", 1, (7, 4)),  # frozen: inv_freq, vocab, q_norm, k_norm
-    "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig", 1, (7, 4)),  # the same, with (1 + w) norms
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", 1, (5, 2)),  # frozen: rotary inv_freq, vocabulary
+    "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig", 1, (5, 2)),  # the same, with (1 + w) norms
     "gemma2": ("Gemma2ForCausalLM", "Gemma2Config", 2, (7, 2)),  # sliding/global layers, soft-capping: inv_freq, vocab
 }
 
 
 def _kind(group) -> str:
     """Why a frozen group of these families is frozen, in a word."""
-    if all("kept whole" in r for r in group.frozen_reasons):
-        return "kept whole"
     if any(s.name.endswith("inv_freq") for s in group.members):
         return "rotary inv_freq"
     return "vocabulary" if any("reaches model output" in r for r in group.frozen_reasons) else group.frozen_reasons[0]
@@ -210,16 +237,15 @@ def test_family_prunes_heads_exactly_with_its_norms_and_capping(name):
     layers = FAMILIES[name][2]
     assert (len(graph.groups), len(graph.frozen)) == FAMILIES[name][3]
     assert graph.probed == ()  # soft-capping and (1 + w) by rules (the mask's aten.index has none: no channels)
-    kinds = sorted(_kind(g) for g in graph.frozen)
-    assert kinds == sorted(["rotary inv_freq", "vocabulary"] + ["kept whole"] * (0 if name == "gemma2" else 2 * layers))
+    assert sorted(_kind(g) for g in graph.frozen) == ["rotary inv_freq", "vocabulary"]
     heads = [group_of(graph, f"model.layers.{i}.self_attn.q_proj.weight") for i in range(layers)]
     assert all(g.prunable and g.size == 2 for g in heads)  # KV groups, each with its query heads
     hidden = group_of(graph, "model.layers.0.input_layernorm.weight")
     assert hidden.prunable and hidden.size == HIDDEN  # the (1 + w) norms (Gemma) go with the residual stream
+    result = prune_exactly(analysis, x, [g.id for g in heads], 0.5)
     if name != "gemma2":
         for i in range(layers):
-            assert_head_norms_kept_whole(graph, f"model.layers.{i}.self_attn.")
-    result = prune_exactly(analysis, x, [g.id for g in heads], 0.5)
+            assert_head_norms_kept_whole(graph, result.model, f"model.layers.{i}.self_attn.")
     params = dict(result.model.named_parameters())
     assert params["model.layers.0.self_attn.q_proj.weight"].shape[0] == HEADS // 2 * HEAD_DIM
     assert result.module.config.num_key_value_heads == 1  # the caller's class, rebuilt and verified

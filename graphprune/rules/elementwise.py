@@ -170,7 +170,7 @@ def _kept_whole(node: fx.Node, ctx: AnalysisContext, a: fx.Node, out_dim: int) -
     return Freeze(ctx.input_slot(a, d), f"{describe_node(node)} broadcasts `{a.name}` (channels on dim {d}) over dim "
                                         f"{on} of its output, whose channels lie on dim {out_dim}: they are kept whole "
                                         "(e.g. a per-head norm weight or a rotary embedding over the head_dim, which "
-                                        "stays intact)")
+                                        "stays intact)", kept_whole=True)
 
 
 def _main_dim(node: fx.Node, ctx: AnalysisContext, operands: list, candidates: set) -> tuple[set, list]:
