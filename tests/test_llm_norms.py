@@ -249,3 +249,20 @@ def test_family_prunes_heads_exactly_with_its_norms_and_capping(name):
     params = dict(result.model.named_parameters())
     assert params["model.layers.0.self_attn.q_proj.weight"].shape[0] == HEADS // 2 * HEAD_DIM
     assert result.module.config.num_key_value_heads == 1  # the caller's class, rebuilt and verified
+
+
+@pytest.mark.slow
+def test_olmo2_norm_over_every_head_is_sliced_with_the_heads_and_reported_not_exact():
+    """Olmo2's q_norm/k_norm span the whole projection (heads x head_dim), not one head: the weight is sliced with
+    the heads, and the statistic over the kept heads only is reported (valid, not exact, as LayerNorm's)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = _config(transformers.Olmo2Config, 1, eos_token_id=0, bos_token_id=0)
+    model, x = transformers.Olmo2ForCausalLM(config).eval(), (torch.randint(0, 100, (1, SEQ)),)
+    analysis = graphprune.analyse(model, x)
+    heads = group_of(analysis.dependencies, "model.layers.0.self_attn.q_proj.weight")
+    assert heads.prunable and group_of(analysis.dependencies, "model.layers.0.self_attn.q_norm.weight") is heads
+    result = analysis.prune(Ratio(0.0), Strategy("l2", ratios={heads.id: 0.5}), target="none")
+    q_norm = dict(result.model.named_parameters())["model.layers.0.self_attn.q_norm.weight"]
+    assert q_norm.shape == (HEADS // 2 * HEAD_DIM,)
+    assert len(result.report.renormalised) == 2  # the q and k statistics
