@@ -30,7 +30,8 @@ from .trace import value_meta
 
 def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> dict[str, frozenset[int]]:
     """Data-movement and broadcasting nodes on the way into an op whose rule `reads_heads` (matmul,
-    attention), each with the head_dim sizes (the last dim of that op's first operand) it leads to.
+    attention), each with the head_dim sizes it leads to: the first operand's last dim (q in q @ k^T and in
+    attention), which the others share, and each other operand's own last dim (v in weights @ v).
 
     A reshape among them that splits channels into (heads, head_dim) keeps the heads as its
     channel dim, so attention is pruned by whole heads; broadcasting ops on the way (rotary
@@ -45,9 +46,10 @@ def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> dict[str,
     stack = []
     for n in gm.graph.nodes:
         if rule(n).reads_heads and n.all_input_nodes:
-            v = value_meta(n.all_input_nodes[0])
-            head_dim = v.shape[-1] if getattr(v, "shape", None) else None
-            stack += [(a, head_dim) for a in n.all_input_nodes]
+            first, *others = n.all_input_nodes
+            head_dim = _last_dim(first)
+            stack += [(first, d) for d in head_dim]
+            stack += [(a, d) for a in others for d in head_dim | _last_dim(a)]
     marked: dict[str, set] = {}
     while stack:
         n, head_dim = stack.pop()
@@ -56,6 +58,12 @@ def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> dict[str,
             marked.setdefault(n.name, set()).add(head_dim)
             stack.extend((a, d) for a in n.all_input_nodes for d in carrier.head_dims_of_input(n, a, head_dim))
     return {name: frozenset(dims) for name, dims in marked.items()}
+
+
+def _last_dim(node: fx.Node) -> set[int]:
+    """{size of the last dim} of a tensor node, {} for anything else."""
+    shape = getattr(value_meta(node), "shape", None)
+    return {shape[-1]} if shape else set()
 
 
 _INT_ARITHMETIC = (operator.floordiv, operator.mul, operator.add, operator.sub, operator.neg, operator.mod)
@@ -214,4 +222,31 @@ def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool
     freezes.extend(_channel_counts_as_values(gm, ctx, rules))
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     graph = build_groups(ctx.sizes, couplings + ctx.ties, freezes + ctx.freezes, order, ctx.declared)
-    return replace(attach_equal_counts(graph, equal_parts), unsupported=tuple(unsupported), probed=tuple(probed))
+    graph = attach_equal_counts(graph, equal_parts)
+    groups = _without_constants_kept_whole(graph, gm, freezes + ctx.freezes)
+    kept = {s for g in groups for s in g.members}
+    edges = tuple(e for e in graph.slot_edges if e[0] in kept)
+    return replace(graph, groups=groups, slot_edges=edges, unsupported=tuple(unsupported), probed=tuple(probed))
+
+
+def _constant_nodes(gm: fx.GraphModule) -> set[str]:
+    """Nodes computed from parameters and buffers alone: get_attr, and ops whose every input is such a node."""
+    names: set[str] = set()
+    for n in gm.graph.nodes:
+        if n.op == "get_attr" or (n.op != "output" and n.all_input_nodes
+                                  and all(a.name in names for a in n.all_input_nodes)):
+            names.add(n.name)
+    return names
+
+
+def _without_constants_kept_whole(graph: DependencyGraph, gm: fx.GraphModule, freezes: list[Freeze]) -> tuple:
+    """The groups, less those only constants carry (parameters, and tensors computed from them alone: Gemma's
+    1 + w) that are frozen only as kept whole (Freeze.kept_whole: a per-head norm weight over the head_dim).
+    No tensor computed from the model's inputs carries their channels and no rule cuts them: like the head_dim
+    they span, they are no channel group (their tensors, in no group, are never sliced)."""
+    constants = _constant_nodes(gm)
+    lost = {f.slot for f in freezes if not f.kept_whole}
+
+    def kept_whole(g) -> bool:
+        return g.frozen and all((s.is_param or s.name in constants) and s not in lost for s in g.members)
+    return tuple(g for g in graph.groups if not kept_whole(g))

@@ -63,10 +63,15 @@ class Coupling:
 
 @dataclass(frozen=True)
 class Freeze:
-    """The group holding `slot` must keep every channel, because of `reason`."""
+    """The group holding `slot` must keep every channel, because of `reason`.
+
+    `kept_whole`: a rule proved that these channels lie on a dim no group cuts (a per-head norm weight broadcast
+    over the head_dim): they stay whole by construction, and no compression is lost on them.
+    """
 
     slot: Slot
     reason: str
+    kept_whole: bool = False
 
 
 @dataclass(frozen=True, eq=False)

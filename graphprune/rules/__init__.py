@@ -42,6 +42,7 @@ _ELEMENTWISE_FUNCTIONS = (
     F.tanh, F.hardswish, F.hardsigmoid, F.hardtanh, F.leaky_relu, F.elu, F.selu, F.mish, F.softplus, F.dropout,
     F.dropout1d, F.dropout2d, F.dropout3d, T.contiguous, T.clone, torch.clone, torch.exp, T.exp, torch.abs, T.abs,
     operator.neg, torch.neg, torch.sqrt, T.sqrt, torch.rsqrt, T.rsqrt, torch.reciprocal, T.reciprocal,
+    T.to, T.float, T.double, T.half, T.bfloat16, T.type_as,  # casts: type_as(x, other) reads only other's dtype
 )
 _SOFTMAX = (nn.Softmax, nn.LogSoftmax, F.softmax, F.log_softmax, torch.softmax, T.softmax, T.log_softmax)
 _SPATIAL_MODULES = (

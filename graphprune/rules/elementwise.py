@@ -145,12 +145,10 @@ class BinaryRule(Rule):
                       else f"{describe_node(node)} mixes channels with a tensor graphprune cannot follow")
             return Effect(None, freezes=freeze_inputs(node, ctx, reason))
         out_dim = candidates.pop()
+        broadcast += [a for a in operands if a not in broadcast and _lands_elsewhere(ctx, a, out_dim, len(out_shape))]
         out = ctx.output_slot(node, out_dim)
         couplings = []
-        freezes = tuple(Freeze(ctx.input_slot(a, ctx.channel_dim(a)),
-                               f"{describe_node(node)} broadcasts `{a.name}` (channels on dim {ctx.channel_dim(a)}) "
-                               f"over channels on dim {out_dim}: they are kept whole (e.g. a rotary embedding over "
-                               "the head_dim, which stays intact)") for a in broadcast)
+        freezes = tuple(_kept_whole(node, ctx, a, out_dim) for a in broadcast)
         for a in operands:
             if a in broadcast:
                 continue
@@ -165,6 +163,24 @@ class BinaryRule(Rule):
             else:
                 couplings.append(Coupling(out, ctx.input_slot(a, local)))
         return Effect(out_dim, couplings=tuple(couplings), freezes=freezes)
+
+
+def _lands_elsewhere(ctx: AnalysisContext, a: fx.Node, out_dim: int, out_rank: int) -> bool:
+    """`a` has channels (a vector parameter's only dim: a per-head norm weight of size head_dim) that broadcasting
+    puts on an output dim other than `out_dim`: the output's channels do not slice them."""
+    d = ctx.channel_dim(a)
+    return isinstance(d, int) and ctx.shape(a)[d] > 1 and d + out_rank - len(ctx.shape(a)) != out_dim
+
+
+def _kept_whole(node: fx.Node, ctx: AnalysisContext, a: fx.Node, out_dim: int) -> Freeze:
+    """y = x * a with a's channels broadcast over a dim of y that is not y's channel dim (`out_dim`): removing y's
+    channels never removes a's, so a's are kept whole (they span the head_dim, which stays intact)."""
+    d = ctx.channel_dim(a)
+    on = d + len(ctx.shape(node)) - len(ctx.shape(a))
+    return Freeze(ctx.input_slot(a, d), f"{describe_node(node)} broadcasts `{a.name}` (channels on dim {d}) over dim "
+                                        f"{on} of its output, whose channels lie on dim {out_dim}: they are kept whole "
+                                        "(e.g. a per-head norm weight or a rotary embedding over the head_dim, which "
+                                        "stays intact)", kept_whole=True)
 
 
 def _main_dim(node: fx.Node, ctx: AnalysisContext, operands: list, candidates: set) -> tuple[set, list]:
