@@ -36,7 +36,13 @@ FAMILIES = {  # name -> (build, the expert intermediate width)
         num_experts_per_tok=TOP_K)), 24),
     "gpt_oss": (lambda: T.GptOssForCausalLM(T.GptOssConfig(
         **_COMMON, head_dim=8, intermediate_size=24, num_local_experts=EXPERTS, num_experts_per_tok=TOP_K)), 24),
-}
+    "mixtral_batched": (lambda: T.MixtralForCausalLM(T.MixtralConfig(
+        **_COMMON, intermediate_size=24, num_local_experts=EXPERTS, num_experts_per_tok=TOP_K,
+        experts_implementation="batched_mm")), 24),
+    "gpt_oss_batched": (lambda: T.GptOssForCausalLM(T.GptOssConfig(
+        **_COMMON, head_dim=8, intermediate_size=24, num_local_experts=EXPERTS, num_experts_per_tok=TOP_K,
+        experts_implementation="batched_mm")), 24),
+}  # *_batched: transformers' batched_mm experts (each token's expert weights gathered, then bmm)
 # frozen groups at one layer: the rotary frequencies (a buffer broadcast over positions), the router's expert dim
 # (topk over it) and the logits (the model's output)
 FROZEN = 3
@@ -101,7 +107,7 @@ def test_expert_widths_prune_exactly(name):
     down = next(p for n, p in params.items() if n.endswith("experts.down_proj"))
     assert sorted(down.shape[1:]) == sorted((HIDDEN, width // 2))
     removed = sum(p.numel() for p in analysis.graph_module.parameters()) - sum(p.numel() for p in params.values())
-    per_channel = 3 * HIDDEN * EXPERTS + (2 * EXPERTS if name == "gpt_oss" else 0)  # gate, up, down (+ gate, up biases)
+    per_channel = 3 * HIDDEN * EXPERTS + (2 * EXPERTS if name.startswith("gpt_oss") else 0)  # gate, up, down (+ gate, up biases)
     assert removed == result.report.params_before - result.report.params_after == LAYERS * (width // 2) * per_channel
 
 

@@ -285,7 +285,7 @@ def rules_by_op(gqa: GroupedQuery | str = GroupedQuery.KV_GROUPS) -> dict:
             table[key] = rule
 
     table.update((op, rule) for op, rule in family_rules().items() if isinstance(op, torch._ops.OpOverload))
-    add((A.bmm.default, A.matmul.default), MatMulRule())
+    add((A.matmul.default,), MatMulRule())  # bmm: moe.ExpertBmmRule (a matrix product unless it reads expert weights)
     add((A.scaled_dot_product_attention.default,), ScaledDotProductAttentionRule())
     add(UNARY, ElementwiseRule())
     add((A._softmax.default, A._log_softmax.default, A.softmax.int, A.log_softmax.int), SoftmaxRule())

@@ -19,6 +19,8 @@ channels are the columns of its slice of a fused (experts, in, out) weight:
   of every W[e] (CONSUMER) and column j of y comes from column j of every W[e] (PRODUCER), so one channel
   is one position of a fused weight dim in all experts at once (exact: a kept expert channel computes the
   same product). W may be the parameter or its permute/transpose with the expert dim first.
+- `ExpertBmmRule`, bmm with one operand W[expert_ids] gathered from a fused (E, ., .) parameter (transformers'
+  batched_mm experts): the same per-row linear layer, so the same couplings; any other bmm is a matrix product.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import torch.fx as fx
 from ..groups import Coupling, Effect, Freeze, Role
 from .base import (AnalysisContext, GraphView, LayerKind, MacTerm, Rule, Unsupported, WeightedLayer, describe_node,
                    freeze_inputs)
+from .attention import MatMulRule
 from .callsite import arg, channel_factor
 
 A = torch.ops.aten
@@ -198,6 +201,55 @@ class GroupedMmRule(Rule):
         return WeightedLayer(LayerKind.LINEAR, (weight[0],)) if weight is not None else None
 
 
+def _gathered_expert(w: fx.Node, view: GraphView) -> str | None:
+    """The 3-D parameter that `w` gathers by expert id (aten.index.Tensor(param, [ids]), ids on dim 0 only)."""
+    if not (isinstance(w, fx.Node) and w.op == "call_function" and w.target is A.index.Tensor):
+        return None
+    param, indices = w.args[0], w.args[1]
+    tensor = view.constant(param)
+    if tensor is None or tensor.ndim != 3 or len(indices) != 1 or len(view.shape(indices[0])) != 1:
+        return None
+    return param.target
+
+
+class ExpertBmmRule(MatMulRule):
+    """bmm(W[ids] (S, out, in), x (S, in, 1)) or bmm(x (S, 1, in), W[ids] (S, in, out)): each row's expert
+    weight gathered from a fused (E, ., .) parameter (transformers' batched_mm experts), a linear layer per row:
+    x's `in` ~ the parameter's `in` dim (CONSUMER) in every expert, y's `out` ~ its `out` dim (PRODUCER). Any
+    other bmm is a matrix product (MatMulRule)."""
+
+    def _read(self, node: fx.Node, view: GraphView) -> tuple | None:
+        """(x, parameter, x's channel dim, parameter's in dim, parameter's out dim, y's channel dim) or None."""
+        a, b = node.args[0], node.args[1]
+        wa, wb = _gathered_expert(a, view), _gathered_expert(b, view)
+        if wa is not None and wb is None:
+            return b, wa, 1, 2, 1, 1
+        if wb is not None and wa is None:
+            return a, wb, 2, 1, 2, 2
+        return None
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        read = self._read(node, ctx)
+        if read is None:
+            return super().couple(node, ctx)
+        x, name, x_dim, w_in, w_out, out_dim = read
+        role = Role.PRODUCER if name in ctx.params else Role.BUFFER
+        return Effect(out_dim, couplings=(Coupling(ctx.input_slot(x, x_dim), ctx.param_slot(name, w_in, Role.CONSUMER)),
+                                          Coupling(ctx.output_slot(node, out_dim), ctx.param_slot(name, w_out, role))))
+
+    def cost(self, node: fx.Node, view: GraphView) -> tuple[MacTerm, ...]:
+        read = self._read(node, view)
+        if read is None:
+            return super().cost(node, view)
+        x, _, x_dim, _, _, out_dim = read
+        return (MacTerm(math.prod(view.shape(node)) * view.shape(x)[x_dim],
+                        channel_factor(view, node, out_dim) + channel_factor(view, x, x_dim)),)
+
+    def weighted_layer(self, node: fx.Node, view: GraphView) -> WeightedLayer | None:
+        read = self._read(node, view)
+        return WeightedLayer(LayerKind.LINEAR, (read[1],)) if read is not None else None
+
+
 def grouped_mm_ops() -> tuple:
     """The grouped matrix products present in this process: aten._grouped_mm, and transformers' custom
     grouped_mm_fallback once transformers has registered it (torch.ops namespaces are filled at import)."""
@@ -250,4 +302,5 @@ def moe_rules() -> dict:
                   torch.sort: RankRule(1), T.sort: RankRule(1)})
     table.update((op, index_add) for op in (A.index_add.default, T.index_add, T.index_add_, torch.index_add))
     table.update((op, GroupedMmRule()) for op in grouped_mm_ops())
+    table[A.bmm.default] = ExpertBmmRule()
     return table
