@@ -204,12 +204,14 @@ def test_hand_written_moe_gives_each_expert_its_own_group(sparse, frontend):
     assert all(len(_expert_of(g)) == 1 for g in experts)  # independent groups
     frozen = analysis.dependencies.frozen
     assert sorted(g.size for g in frozen) == [3, EXPERTS, 8]  # logits, router over experts, model input
+    hidden = next(g for g in analysis.dependencies.prunable if any(s.name == "embed.weight" for s in g.members))
     ratios = {g.id: 0.2 * (k + 1) for k, g in enumerate(experts)}  # a different width per expert
-    result = analysis.prune(Ratio(0.0), Strategy("l2", ratios=ratios), target="none")
-    assert exactness(analysis, x, result) <= 1e-5
+    result = analysis.prune(Ratio(0.0), Strategy("l2", ratios={**ratios, hidden.id: 0.25}), target="none")
+    assert exactness(analysis, x, result) <= 1e-5  # no norm here: the hidden size is exact too
     params = dict(result.model.named_parameters())
     widths = sorted(p.shape[0] for n, p in params.items() if n.endswith("0.weight") and "experts" in n)
     assert widths == [6, 12, 19, 25]  # 32 less ceil(20/40/60/80%)
+    assert params["embed.weight"].shape == (12, 8) and params["router.weight"].shape == (EXPERTS, 12)
 
 
 def test_hand_written_moe_uniform_layers_keeps_one_width_for_all_experts():
