@@ -113,8 +113,9 @@ class IndexPutRule(Rule):
         x, values = node.args[0], node.args[2]
         entries = _index_tensors(node, ctx)
         d, indexed = ctx.channel_dim(x), [k for k, _ in entries]
-        if not isinstance(d, int) or not entries:
-            return Effect(None)
+        if not isinstance(d, int) or not entries:  # values' channels, if any, would land in untracked positions
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} writes into a tensor "
+                                                                 "whose channels graphprune cannot follow"))
         if d in indexed or any(isinstance(ctx.channel_dim(i), int) for _, i in entries):
             reason = f"{describe_node(node)} writes channels chosen by data-dependent indices"
             return Effect(None, freezes=freeze_inputs(node, ctx, reason))
@@ -123,10 +124,13 @@ class IndexPutRule(Rule):
         gathered = _gathered_dim(d, indexed, index_rank)
         local = gathered - (len(shape) - len(indexed) + index_rank - len(ctx.shape(values)))
         out = ctx.output_slot(node, d)
-        couplings = [Coupling(ctx.input_slot(x, d), out)]
+        couplings, freezes = [Coupling(ctx.input_slot(x, d), out)], ()
         if ctx.is_tensor(values) and local >= 0 and ctx.shape(values)[local] > 1:
-            couplings.append(Coupling(ctx.input_slot(values, local), out))
-        return Effect(d, couplings=tuple(couplings))
+            couplings.append(Coupling(ctx.input_slot(values, local), out))  # freezes values' other channel dims
+        elif ctx.is_tensor(values) and isinstance(ctx.channel_dim(values), int):
+            freezes = (Freeze(ctx.input_slot(values, ctx.channel_dim(values)),
+                              f"{describe_node(node)} broadcasts `{values.name}` over the channels of `{x.name}`"),)
+        return Effect(d, couplings=tuple(couplings), freezes=freezes)
 
 
 class RankRule(Rule):
@@ -181,9 +185,9 @@ class GroupedMmRule(Rule):
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         x, w = node.args[0], node.args[1]
         weight = _expert_weight(w, ctx) if isinstance(w, fx.Node) else None
-        if weight is None or len(ctx.shape(x)) != 2 or len(ctx.shape(node)) != 2:
+        if weight is None or len(ctx.shape(x)) != 2 or len(ctx.shape(node)) != 2 or arg(node, 3, "bias") is not None:
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} has a computed or "
-                                                                 "non-3-D expert weight"))
+                                                                 "non-3-D expert weight, or a bias"))
         name, perm = weight
         role = Role.PRODUCER if name in ctx.params else Role.BUFFER
         couplings = (Coupling(ctx.input_slot(x, 1), ctx.param_slot(name, perm[1], Role.CONSUMER)),
