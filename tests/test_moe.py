@@ -249,3 +249,28 @@ def test_data_dependent_channel_selection_and_partial_strides_freeze():
     reasons = {r for g in analysis.dependencies.groups if g.size == 16 for r in g.frozen_reasons}
     assert any("selects channels by data-dependent indices" in r for r in reasons), reasons
     assert any("every n-th channel of part of the channel dim" in r for r in reasons), reasons
+
+
+class WriteIntoZeros(nn.Module):
+    """Rows written into a tensor created with a fixed width: the writer's channels cannot shrink alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.head = nn.Linear(8, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        rows = torch.argsort(x[:, 0])
+        out = torch.zeros(x.shape[0], 16).index_put((rows,), self.a(x), accumulate=True)
+        return self.head(out)
+
+
+def test_rows_written_into_a_created_tensor_freeze_the_writer():
+    torch.manual_seed(0)
+    model, x = WriteIntoZeros().eval(), (torch.randn(3, 8),)
+    analysis = graphprune.analyse(model, x, frontend="export")
+    group = next(g for g in analysis.dependencies.groups if any(s.name == "a.weight" for s in g.members))
+    assert any("writes into a tensor whose channels graphprune cannot follow" in r for r in group.frozen_reasons)
+    result = analysis.prune(Ratio(0.5), Strategy("l2"), target="none")  # still runs, same output
+    with torch.no_grad():
+        out = result.model(*x)
+        torch.testing.assert_close(out[0] if isinstance(out, (tuple, list)) else out, model(*x))

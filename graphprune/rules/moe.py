@@ -76,6 +76,8 @@ class IndexRule(Rule):
             return Effect(None, freezes=tuple(freezes) + freeze_inputs(node, ctx, reason))
         index_rank = len(ctx.shape(node)) - (len(shape) - len(indexed))
         out_d = _gathered_dim(d, indexed, index_rank)
+        if ctx.shape(node)[out_d] != shape[d]:
+            raise Unsupported(f"puts dim {d} of `{x.name}` where graphprune cannot find it")
         if param is not None:
             role = Role.PRODUCER if param in ctx.params else Role.BUFFER
             source = ctx.param_slot(param, d, role)
