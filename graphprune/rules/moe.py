@@ -4,11 +4,8 @@ A sparse MoE block (Mixtral, Qwen3-MoE, GPT-OSS as Hugging Face writes them) rou
 experts; hidden channels stay on the last dim through every op below, and an expert's intermediate
 channels are the columns of its slice of a fused (experts, in, out) weight:
 
-- `IndexRule`, x[i0, i1, ...] (aten.index.Tensor): y gathers along the dims the index tensors name
-  (tokens, or experts of a fused parameter); a dim no index names keeps its positions, so its channels
-  pass through (moved to where the index result puts them). An index on the channel dim selects channels
-  by data: frozen. A parameter indexed along its expert dim (a fused bias (E, out)[expert_ids]) carries
-  the channels of its one remaining dim, as a slot of the parameter.
+- aten.index.Tensor (tokens gathered by expert, a fused bias (E, out)[expert_ids]) is the indexing family
+  (rules/indexing.py): channels off the indexed dims pass through.
 - `IndexAddRule`, y = x.index_add(dim, index, src): y[..., index[k], ...] += src[..., k, ...] along
   `dim`; every other dim of x, src and y is the same position, so channels off `dim` are tied.
 - `RankRule`, topk/sort/max.dim/min.dim along `dim`: values and indices keep every other dim's positions,
@@ -54,36 +51,6 @@ def _gathered_dim(d: int, indexed: list[int], index_rank: int) -> int:
     if indexed == list(range(indexed[0], indexed[-1] + 1)):
         return d if d < indexed[0] else d - len(indexed) + index_rank
     return index_rank + sum(1 for k in range(d) if k not in indexed)
-
-
-class IndexRule(Rule):
-    """aten.index.Tensor(x, indices): rows (tokens, experts) gathered by data; see the module docstring."""
-
-    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
-        x = node.args[0]
-        entries = _index_tensors(node, ctx)
-        freezes = [f for _, i in entries if isinstance(ctx.channel_dim(i), int)
-                   for f in freeze_inputs(node, ctx, f"{describe_node(node)} reads `{i.name}` as positions")]
-        indexed, shape = [k for k, _ in entries], ctx.shape(x)
-        d, param = ctx.channel_dim(x), None
-        if ctx.constant(x) is not None and not isinstance(d, int):  # a fused parameter gathered by expert
-            free = [k for k in range(len(shape)) if k not in indexed and shape[k] > 1]
-            d, param = (free[0], x.target) if len(free) == 1 else (None, None)
-        if not isinstance(d, int) or not entries:
-            return Effect(None, freezes=tuple(freezes))
-        if d in indexed:
-            reason = f"{describe_node(node)} selects channels by data-dependent indices"
-            return Effect(None, freezes=tuple(freezes) + freeze_inputs(node, ctx, reason))
-        index_rank = len(ctx.shape(node)) - (len(shape) - len(indexed))
-        out_d = _gathered_dim(d, indexed, index_rank)
-        if ctx.shape(node)[out_d] != shape[d]:
-            raise Unsupported(f"puts dim {d} of `{x.name}` where graphprune cannot find it")
-        if param is not None:
-            role = Role.PRODUCER if param in ctx.params else Role.BUFFER
-            source = ctx.param_slot(param, d, role)
-        else:
-            source = ctx.input_slot(x, d)
-        return Effect(out_d, couplings=(Coupling(source, ctx.output_slot(node, out_d)),), freezes=tuple(freezes))
 
 
 class IndexAddRule(Rule):
