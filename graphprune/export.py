@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from graphprune.errors import ExportError
+from graphprune.rules.moe import without_grouped_mm
 
 __all__ = ["ExportResult", "export_onnx", "save_torch_artifact",
            # helpers shared with graphprune.runtimes and graphprune.quantize
@@ -350,6 +351,7 @@ def _write_onnx(model, inputs, tmp, opset, in_names, out_names, dynamic_batch, w
     goes to the dynamo exporter first (it translates ATen ops; the TorchScript one re-traces them), any other
     model to the TorchScript exporter first (it keeps the opset asked for)."""
     errors = []
+    model = without_grouped_mm(model)  # mixture-of-experts products in plain ops (ONNX has no grouped product)
     exporters = (("torchscript", _export_torchscript), ("dynamo", _export_dynamo))
     for name, fn in (exporters[::-1] if _is_aten_graph(model) else exporters):
         try:

@@ -37,9 +37,10 @@ from .attention import MatMulRule, ScaledDotProductAttentionRule
 from .base import AnalysisContext, Rule, RuleTable, ShrinkContext, describe_node, freeze_inputs
 from .elementwise import (BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule,
                           passthrough)
-from .callsite import arg, kept_bounds
+from .callsite import arg, grouped_together, kept_bounds
 from .families import family_rules
 from .indexing import GetItemRule
+from .moe import moe_rules
 from .movement import ATEN_RESHAPES, MovementRule, ReshapeRule, SplitRule, SqueezeRule, as_aten_split
 from .statistics import NormalisingStatisticRule
 from .transformer import GroupedQuery, RepeatKVRule
@@ -89,20 +90,33 @@ class PoolWithIndicesRule(Rule):
 
 
 class SliceRule(MovementRule):
-    """slice.Tensor(x, dim, start, end, step): on the channel dim only with step 1; `shrink` re-cuts the bounds."""
+    """slice.Tensor(x, dim, start, end, step) on the channel dim; `shrink` re-cuts the bounds.
+
+    Step k > 1 (GPT-OSS's interleaved gate/up columns, x[..., 0::2] and x[..., 1::2]) only over the whole dim
+    (0 <= start < k, end >= n, k divides n): the n/k blocks [b*k, (b+1)*k) are tied whole, so a pruned x
+    keeps whole blocks and the same (start, step) takes the same offset in every kept block (exact).
+    """
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         x = node.args[0]
         d = ctx.channel_dim(x)
-        if isinstance(d, int) and _slice_dim(node, ctx) == d and arg(node, 4, "step", 1) != 1:
-            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} takes every n-th channel"))
-        return super().couple(node, ctx)
+        step = arg(node, 4, "step", 1)
+        if not isinstance(d, int) or _slice_dim(node, ctx) != d or step == 1:
+            return super().couple(node, ctx)
+        n = ctx.shape(x)[d]
+        start, stop = arg(node, 2, "start", 0), arg(node, 3, "end", n)
+        if not (0 <= start < step and stop >= n and n % step == 0):
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} takes every n-th channel "
+                                                                 "of part of the channel dim"))
+        effect = super().couple(node, ctx)
+        blocks = grouped_together(ctx.input_slot(x, d), n, step)
+        return Effect(effect.out_dim, couplings=effect.couplings + (blocks,), freezes=effect.freezes)
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         x = node.args[0]
         dim = _slice_dim(node, ctx)
         kept = ctx.kept(x.name, dim) if ctx.declared.get(x.name) == dim else None
-        if kept is None:
+        if kept is None or arg(node, 4, "step", 1) != 1:  # a whole-dim step slice keeps its bounds (couple)
             return
         start, stop, _ = slice(arg(node, 2, "start"), arg(node, 3, "end")).indices(ctx.value(x).shape[dim])
         node.args = (x, dim, *kept_bounds(kept, start, stop)) + tuple(node.args[4:])
@@ -225,12 +239,10 @@ _BY_INDEX = "selects or writes elements by data-dependent indices, so which chan
 _POSITIONS = "returns positions along a dim (indices), whose values change when channels are removed"
 
 FROZEN_BY_DESIGN = MappingProxyType({
-    A.index_put.default: _BY_INDEX,
     A.gather.default: _BY_INDEX, A.scatter.src: _BY_INDEX, A.scatter.value: _BY_INDEX, A.scatter_add.default: _BY_INDEX,
     A.scatter_reduce.two: _BY_INDEX, A.masked_scatter.default: _BY_INDEX, A.nonzero.default: _BY_INDEX,
     A.select_scatter.default: _BY_INDEX,
-    A.argmax.default: _POSITIONS, A.argmin.default: _POSITIONS, A.max.dim: _POSITIONS, A.min.dim: _POSITIONS,
-    A.sort.default: _POSITIONS, A.topk.default: _POSITIONS,
+    A.argmax.default: _POSITIONS, A.argmin.default: _POSITIONS,
     A.resize_.default: "resizes a tensor in place to a given shape; its storage, not its channels, decides what is kept",
     A.as_strided.default: "addresses raw memory by strides; no channel dim can be read from it",
     A.diagonal.default: "takes a diagonal across two dims, mixing a channel dim with another",
@@ -273,7 +285,7 @@ def rules_by_op(gqa: GroupedQuery | str = GroupedQuery.KV_GROUPS) -> dict:
             table[key] = rule
 
     table.update((op, rule) for op, rule in family_rules().items() if isinstance(op, torch._ops.OpOverload))
-    add((A.bmm.default, A.matmul.default), MatMulRule())
+    add((A.matmul.default,), MatMulRule())  # bmm: moe.ExpertBmmRule (a matrix product unless it reads expert weights)
     add((A.scaled_dot_product_attention.default,), ScaledDotProductAttentionRule())
     add(UNARY, ElementwiseRule())
     add((A._softmax.default, A._log_softmax.default, A.softmax.int, A.log_softmax.int), SoftmaxRule())
@@ -300,4 +312,5 @@ def rules_by_op(gqa: GroupedQuery | str = GroupedQuery.KV_GROUPS) -> dict:
     add((A.index_select.default,), AlongDimRule(_BY_INDEX))  # torch.roll decomposes to it
     add((A._assert_tensor_metadata.default,), MetadataAssertRule())
     add((A.sym_size.int,), ShapeQueryRule())  # the dynamic batch dim's size (frontends.dynamic_batch)
+    table.update(moe_rules())  # routing by index, ranking over experts, grouped products over experts
     return table
