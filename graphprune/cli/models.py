@@ -130,8 +130,9 @@ def load_model(spec: str, input_shape: str | None, vocab_size: int | None = None
     spec = os.path.abspath(spec) if kind in (Kind.EXPORTED, Kind.HF_DIR, Kind.ULTRALYTICS, Kind.ONNX) else spec
     if vocab_size is not None and (vocab_size < 1 or kind not in (Kind.FACTORY, Kind.EXPORTED)):
         raise CLIError(f"--vocab-size {vocab_size}: " + ("give the number of token ids, >= 1" if vocab_size < 1 else
-                       f"it is for a package.module:factory or .pt2 model that takes token ids; this MODEL is a "
-                       f"{kind.value}" + (" (its config states the vocabulary)" if kind is Kind.HF_DIR else "")))
+                       "it is for a package.module:factory or .pt2 model that takes token ids; " + (
+                           "built-in models take images" if kind is Kind.BUILTIN else f"this MODEL is a {kind.value}"
+                           + (" (its config states the vocabulary)" if kind is Kind.HF_DIR else ""))))
     if kind is Kind.ONNX:
         raise CLIError(f"MODEL {spec!r} is an ONNX file; pruning needs the PyTorch model: " + ACCEPTED
                        + " (graphprune bench times ONNX files)")
