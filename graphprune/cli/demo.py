@@ -50,7 +50,7 @@ def _demo_artifacts(out: StagedDirectory, runtime: Runtime, loaded: LoadedModel,
                                    min_cosine=TIMING_MIN_COSINE).xml_path for v, path in onnx_files.items()}
     from ..runtimes import export_executorch
 
-    return {"original": export_executorch(loaded.model, loaded.inputs, out.file("original.pte")).path,
+    return {"original": export_executorch(loaded.module, loaded.inputs, out.file("original.pte")).path,
             "pruned": export_executorch(pruned, loaded.inputs, out.file("model.pte")).path,
             "pruned+int8": export_executorch(pruned, loaded.inputs, out.file("model.int8.pte"),
                                              quantize=calibration, min_cosine=TIMING_MIN_COSINE).path}
@@ -75,7 +75,9 @@ def _demo_into(args, runtimes, out_path: str, progress: Progress) -> int:
 
     prune_args = argparse.Namespace(model=args.model, input_shape=None, ratio=args.ratio, importance="l2",
                                     scope="local", ignore=[], round_to=args.round_to, target=args.target,
-                                    calibration_batches=1, vocab_size=None)
+                                    calibration_batches=1, vocab_size=None, target_params=None, target_macs=None,
+                                    target_latency_ms=None, images=None, text=None, tokenizer=None, max_length=None,
+                                    mean=None, std=None, batch_size=16)
     with StagedDirectory(out_path, replace=args.force) as out:
         summary, loaded, result = prune_loaded(prune_args, out, progress)
         calibration = random_calibration(loaded.inputs, 4)

@@ -11,32 +11,43 @@ from .messages import CLIError, Progress
 from .text import text_batches
 
 
-def _check_source(args) -> None:
-    """One source of data: --images DIR, or --text FILE with --tokenizer DIR."""
-    who = "--recover-steps" if args.command == "prune" else "graphprune recover"
+def check_data_flags(args, own_tokenizer: str | None = None) -> None:
+    """One source of data: --images DIR, or --text FILE with --tokenizer DIR (or the model's `own_tokenizer`)."""
     if args.images and args.text:
-        raise CLIError("--images and --text are exclusive: give one source of recovery data")
-    if args.steps and not (args.images or args.text):
-        raise CLIError(f"{who} needs --images DIR or --text FILE --tokenizer DIR: recovery distils on real data")
-    if args.text and not args.tokenizer:
-        raise CLIError("--text needs --tokenizer DIR, the folder of the model's saved Hugging Face tokenizer")
+        raise CLIError("--images and --text are exclusive: give one source of data")
+    if args.text and not (args.tokenizer or own_tokenizer):
+        raise CLIError("--text needs --tokenizer DIR, the folder of the model's saved Hugging Face tokenizer (a "
+                       "Hugging Face model directory with a tokenizer needs none)")
     if args.tokenizer and not args.text:
         raise CLIError("--tokenizer is read only with --text FILE (one sample a line)")
     if args.text and not os.path.isfile(args.text):
         raise CLIError(f"--text {args.text!r} is not a file; pass a UTF-8 text file with one sample a line")
     if args.max_length is not None and args.max_length < 1:
         raise CLIError(f"--max-length must be >= 1, got {args.max_length}")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
 
 
-def check_recovery_args(args) -> None:
+def check_recovery_args(args, own_tokenizer: str | None = None) -> None:
     """One-line errors for the recovery flags, before any work."""
-    _check_source(args)
+    who = "--recover-steps" if args.command == "prune" else "graphprune recover"
+    if args.steps and not (args.images or args.text):
+        raise CLIError(f"{who} needs --images DIR or --text FILE: recovery distils on real data")
+    check_data_flags(args, own_tokenizer)
     if args.steps < 1:
         raise CLIError(f"--steps must be >= 1, got {args.steps}")
     if not 0 < args.eval_share < 1:
         raise CLIError(f"--eval-share must be in (0, 1), got {args.eval_share}")
-    if args.batch_size < 1:
-        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the model states about its data: its own tokenizer, image mean/std, a batch size it is fixed to."""
+
+    tokenizer: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    batch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -47,17 +58,27 @@ class RecoveryData:
     samples: str  # "images" or "lines"
 
 
-def recovery_data(progress: Progress, args, input_shape: tuple[int, ...], vocab_size: int | None) -> RecoveryData:
-    """The batches of args.text (token ids: text.text_batches) or args.images, shaped like the model's input."""
+def recovery_data(progress: Progress, args, input_shape: tuple[int, ...], vocab_size: int | None,
+                  family: Family = Family()) -> RecoveryData:
+    """The batches of args.text (token ids: text.text_batches) or args.images, shaped like the model's input;
+    --tokenizer, --mean and --std default to what `family` states."""
+    batch = family.batch or args.batch_size
     if args.text:
         with progress.step(f"tokenizing {args.text}"):
-            return RecoveryData(text_batches(args.text, args.tokenizer, input_shape, vocab_size, args.batch_size,
-                                             args.max_length), "lines")
+            return RecoveryData(text_batches(args.text, args.tokenizer or family.tokenizer, input_shape, vocab_size,
+                                             batch, args.max_length), "lines")
     channels = input_shape[1] if len(input_shape) > 1 else 1
+    mean = parse_floats(args.mean, channels, "--mean") or _fit(family.mean, channels)
+    std = parse_floats(args.std, channels, "--std") or _fit(family.std, channels)
     with progress.step(f"reading images from {args.images}"):
-        return RecoveryData(image_batches(args.images, input_shape, args.batch_size,
-                                          parse_floats(args.mean, channels, "--mean"),
-                                          parse_floats(args.std, channels, "--std")), "images")
+        return RecoveryData(image_batches(args.images, input_shape, batch, mean, std), "images")
+
+
+def _fit(values: tuple[float, ...] | None, channels: int) -> tuple[float, ...] | None:
+    """A family's per-channel statistics for `channels` channels (None when they do not fit: images.py's)."""
+    if values is None or len(values) not in (1, channels):
+        return None
+    return tuple(values) * (channels // len(values))
 
 
 def recovered(progress: Progress, result, data: RecoveryData, args):

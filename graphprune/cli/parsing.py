@@ -18,6 +18,10 @@ from ..models import DEFAULT_MODEL
 #: --profile NAME: the timing profile it names
 PROFILES = {"cpu": timing.CPU, "edge": timing.EDGE}
 TARGETS = ["auto", "ort-x86", "xnnpack", "arm", "none"]
+MODEL_HELP = ("a built-in model name (graphprune explain --list), package.module:factory (a function returning an eager "
+                        "nn.Module), a .pt2 ExportedProgram (torch.export.save), a Hugging Face model directory "
+                        "(config.json + weights), timm:NAME (needs timm) or an ultralytics .pt/.yaml (needs "
+                        "ultralytics); recognised from what it is")
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,15 +45,14 @@ def version_text() -> str:
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL",
-                   help="a built-in model name (graphprune explain --list) or package.module:factory, a function "
-                        "returning an eager nn.Module (not torch.jit.script/trace)")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--input-shape", metavar="D0,D1,...",
                    help="shape of the random example input, e.g. 1,3,224,224 (required for package.module:factory; "
-                        "a built-in model defaults to its own)")
+                        "the other kinds default to their own; a Hugging Face text model takes 1,LENGTH)")
     p.add_argument("--vocab-size", type=int, metavar="N",
-                   help="the factory's model takes token ids: the example input is random ids in [0, N) of "
-                        "--input-shape (batch, length) instead of random floats; graphprune recover --text needs it")
+                   help="the factory's (or .pt2's) model takes token ids: the example input is random ids in [0, N) "
+                        "of --input-shape (batch, length) instead of random floats; --text needs it (a Hugging Face "
+                        "directory's config states it)")
 
 
 def _add_out(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -92,14 +95,14 @@ def _add_prune(sub) -> None:
                        description="Prune MODEL and write original.onnx, model.onnx, model.pt2, plan.json and "
                                    "report.json to --out.")
     _add_model(p)
-    p.add_argument("--ratio", type=float, required=True, help="share of channels removed per group, in [0, 1)")
+    _add_budget(p)
     p.add_argument("--importance", default="l2", choices=sorted(BUILTIN),
-                   help="how channels are ranked (default l2). activation and apoz are data-driven: the CLI scores "
-                        "them on --calibration-batches batches of RANDOM inputs of the input shape, a proxy for real "
-                        "data (for real data use the Python API). taylor needs labels and a loss and is refused "
-                        "here: use the Python API")
+                   help="how channels are ranked (default l2). activation, apoz and wanda are data-driven: they are "
+                        "scored on --calibration-batches batches of --images or --text, else of RANDOM inputs of the "
+                        "input shape (a poor proxy). taylor needs labels and a loss and is refused here: use the "
+                        "Python API")
     p.add_argument("--calibration-batches", type=int, default=8, metavar="N",
-                   help="random batches for --importance activation/apoz (default 8)")
+                   help="batches (of --images, --text, else random) for a data-driven --importance (default 8)")
     p.add_argument("--scope", default="local", choices=["local", "global"],
                    help="local: every group loses the ratio; global: channels of all groups are ranked together")
     _add_target(p)
@@ -111,24 +114,42 @@ def _add_prune(sub) -> None:
     _add_quiet(p)
 
 
+def _add_budget(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ratio", type=float, help="share of channels removed per group, in [0, 1)")
+    p.add_argument("--target-params", metavar="N",
+                   help="instead of --ratio: prune until at most N parameters are left (k/M/G suffixes: 1.5M)")
+    p.add_argument("--target-macs", metavar="N", help="instead of --ratio: prune until at most N MACs are left")
+    p.add_argument("--target-latency-ms", nargs="+", metavar=("MS", "RUNTIME"),
+                   help="instead of --ratio: prune until the latency measured in RUNTIME (ort, the default; "
+                        "openvino, executorch), fp32, one pinned thread, is about MS (per-layer timings are measured "
+                        "and cached first: this takes minutes)")
+
+
+def _add_data(p: argparse.ArgumentParser, use: str) -> None:
+    p.add_argument("--images", metavar="DIR",
+                   help="a folder of images (jpg, png, ...; subfolders included), resized and centre-cropped to the "
+                        "input's H x W and normalised with --mean/--std (default: the model family's); " + use)
+    p.add_argument("--text", metavar="FILE",
+                   help="instead of --images: a UTF-8 text file, one sample a line, tokenized with --tokenizer or "
+                        "the Hugging Face model directory's own tokenizer (a model that takes token ids); " + use)
+    p.add_argument("--tokenizer", metavar="DIR", help="the folder of the model's saved Hugging Face tokenizer "
+                                                      "(local files only), for --text (default: MODEL's own, if any)")
+    p.add_argument("--max-length", type=int, metavar="N",
+                   help="--text lines are padded or truncated to N tokens (default: the length of the input shape)")
+    p.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean for --images (default: the model family's, "
+                                                     "else ImageNet's for RGB, 0.5 for gray)")
+    p.add_argument("--std", metavar="S[,S,S]", help="per-channel std for --images (default: the model family's, "
+                                                    "else ImageNet's for RGB, 0.5 for gray)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images or lines per batch (default 16)")
+
+
 def _add_recovery(p: argparse.ArgumentParser, steps_flag: str) -> None:
     p.add_argument(steps_flag, dest="steps", type=int, default=200 if steps_flag == "--steps" else 0, metavar="N",
                    help="optimizer steps of distillation from the dense model" + (
                        " (default 200)" if steps_flag == "--steps" else " on --images or --text after pruning "
                                                                          "(default 0: none)"))
-    p.add_argument("--images", metavar="DIR",
-                   help="a folder of images (jpg, png, ...; subfolders included), resized and centre-cropped to the "
-                        "input's H x W and normalised with --mean/--std")
-    p.add_argument("--text", metavar="FILE",
-                   help="instead of --images: a UTF-8 text file, one sample a line, tokenized with --tokenizer (for a "
-                        "model that takes token ids: pruned with --vocab-size)")
-    p.add_argument("--tokenizer", metavar="DIR", help="the folder of the model's saved Hugging Face tokenizer "
-                                                      "(local files only), for --text")
-    p.add_argument("--max-length", type=int, metavar="N",
-                   help="--text lines are padded or truncated to N tokens (default: the length of the input shape)")
-    p.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean (default ImageNet's for RGB, 0.5 for gray)")
-    p.add_argument("--std", metavar="S[,S,S]", help="per-channel std (default ImageNet's for RGB, 0.5 for gray)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images or lines per batch (default 16)")
+    _add_data(p, "the data of a data-driven --importance and of recovery" if steps_flag != "--steps"
+              else "the data recovery distils on")
     p.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate (default 1e-4)")
     p.add_argument("--eval-share", type=float, default=0.2, metavar="F",
                    help="share of the batches held out for the fidelity table (default 0.2)")
@@ -161,8 +182,7 @@ def _add_apply(sub) -> None:
 
 def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="print the channel groups, the modules in them and why any are frozen")
-    p.add_argument("model", nargs="?", metavar="MODEL",
-                   help="a built-in model name or package.module:factory (omit with --list)")
+    p.add_argument("model", nargs="?", metavar="MODEL", help=MODEL_HELP[:-1] + "; omit with --list)")
     p.add_argument("--input-shape", metavar="D0,D1,...", help="shape of the random example input, e.g. 1,3,224,224")
     p.add_argument("--list", action="store_true", help="list the built-in models and their input shapes")
     _add_quiet(p)
@@ -171,19 +191,21 @@ def _add_explain(sub) -> None:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="time models or ONNX files in ONNX Runtime, OpenVINO, ExecuTorch; fp32, int8")
     p.add_argument("sources", nargs="+", metavar="MODEL_OR_ONNX",
-                   help="ONNX files (.onnx) or models (a built-in name or package.module:factory) to time")
+                   help="ONNX files or models to time; a model is " + MODEL_HELP[1:-1] + ", e.g. the model.pt2 "
+                        "graphprune prune wrote")
     p.add_argument("--input-shape", action="append", metavar="[NAME=]D0,D1,...",
                    help="NAME=dims: concrete shape for an ONNX input with dynamic dims, e.g. input_0=1,3,224,224 "
                         "(repeatable; a dynamic dim 0 defaults to 1); dims alone: the input shape of a "
                         "package.module:factory MODEL")
     p.add_argument("--runtime", default="ort", metavar="R[,R...]",
                    help="ort, openvino, executorch, comma-separated (default ort); OpenVINO and ExecuTorch need "
-                        "pip install 'graphprune[edge]'; ExecuTorch needs a MODEL, not an ONNX file")
+                        "pip install 'graphprune[edge]'; ExecuTorch needs a MODEL (e.g. a .pt2), not an ONNX file")
     p.add_argument("--precision", default="fp32", metavar="P[,P...]",
                    help="fp32, int8, comma-separated (default fp32); int8 is static post-training quantisation "
-                        "calibrated on RANDOM batches (timing only)")
+                        "calibrated on --images or --text, else on RANDOM batches (timing only)")
     p.add_argument("--calibration-batches", type=int, default=4, metavar="N",
-                   help="random batches for int8 calibration (default 4)")
+                   help="batches (of --images, --text, else random) for int8 calibration (default 4)")
+    _add_data(p, "int8 calibration data")
     p.add_argument("--plot", metavar="PNG", help="also plot p50 latency against MACs per runtime (needs matplotlib)")
     p.add_argument("--profile", action="append", choices=sorted(PROFILES),
                    help="cpu (all cores) or edge (one pinned thread); repeatable; default edge")

@@ -16,7 +16,9 @@ from ..errors import ExportError, InputError
 from ..export import export_onnx, save_torch_artifact
 from ..importance import BUILTIN, Taylor
 from ..report import PruneReport
-from .distil import check_recovery_args, recovered, recovery_data
+from .budget import CLIBudget, read_budget
+from .distil import Family, RecoveryData, check_data_flags, check_recovery_args, recovered, recovery_data
+from .hf import SAVED_DIR, own_tokenizer
 from .messages import CLIError, Progress, one_line, toolchain_errors
 from .models import LoadedModel, load_model, random_inputs
 
@@ -36,12 +38,26 @@ def _check_importance(args) -> None:
         raise CLIError(f"--calibration-batches must be >= 1, got {args.calibration_batches}")
 
 
-def _calibration(args, loaded: LoadedModel) -> list[tuple[torch.Tensor, ...]]:
-    """Random batches shaped like the example inputs, for the data-driven criteria (see --help)."""
+def _calibration(args, loaded: LoadedModel, data: RecoveryData | None) -> list[tuple[torch.Tensor, ...]]:
+    """The first --calibration-batches batches of --images/--text, else random batches shaped like the example
+    inputs, for the data-driven criteria (see --help)."""
     if not BUILTIN[args.importance].needs_data:
         return []
+    if data is not None:
+        return [(b,) for b in data.batches[:args.calibration_batches]]
     shapes = [tuple(t.shape) for t in loaded.inputs]
     return [random_inputs(shapes, 100 + k, loaded.vocab_size) for k in range(args.calibration_batches)]
+
+
+def family(loaded: LoadedModel) -> Family:
+    return Family(loaded.tokenizer, loaded.mean, loaded.std, loaded.static_batch)
+
+
+def read_data(args, loaded: LoadedModel, progress: Progress) -> RecoveryData | None:
+    """The batches of --images or --text for this model (None when neither is given)."""
+    if not (args.images or args.text):
+        return None
+    return recovery_data(progress, args, tuple(loaded.inputs[0].shape), loaded.vocab_size, family(loaded))
 
 
 def _bytes(n: int) -> str:
@@ -77,7 +93,7 @@ def write_outputs(out: StagedDirectory, loaded: LoadedModel, result, settings: d
            "or report it with the command line")
     with progress.step("exporting the original and pruned models to ONNX, checking parity in ONNX Runtime"), \
             toolchain_errors(ExportError, "ONNX export", fix):
-        original = export_onnx(loaded.model, loaded.inputs, out.file("original.onnx"))
+        original = export_onnx(loaded.module, loaded.inputs, out.file("original.onnx"))
         pruned = export_onnx(result.model, loaded.inputs, out.file("model.onnx"))
     with progress.step("saving the reloadable PyTorch model (model.pt2)"), \
             toolchain_errors(ExportError, "saving model.pt2", fix):
@@ -90,9 +106,14 @@ def write_outputs(out: StagedDirectory, loaded: LoadedModel, result, settings: d
                  "pruned_max_abs_diff": pruned.max_abs_diff, "opset": pruned.opset},
         "torch_artifact": {"file": "model.pt2", "format": fmt},
     }
+    if loaded.save_native is not None:
+        with progress.step("saving the pruned model in its own format"):
+            summary["native"] = loaded.save_native(result, out.file(SAVED_DIR))
     write_json(out.file("report.json"), summary)
     print(result.report.summary(full=settings.get("verbose", False)))
     print(before_after_table(result.report, original.file_bytes, pruned.file_bytes, pruned.max_abs_diff))
+    if "native" in summary:
+        print(summary["native"]["line"])
     return summary
 
 
@@ -101,27 +122,53 @@ def prune_into(args, out: StagedDirectory, progress: Progress) -> dict:
     return prune_loaded(args, out, progress)[0]
 
 
+def _check_data_use(args, recover_steps: int) -> None:
+    """--images/--text are read by recovery, a data-driven --importance, or a Hugging Face text model's example."""
+    if recover_steps:
+        check_recovery_args(args, own_tokenizer(args.model))
+        return
+    check_data_flags(args, own_tokenizer(args.model))
+    reads = BUILTIN[args.importance].needs_data or (args.text and own_tokenizer(args.model))
+    if (args.images or args.text) and not reads:
+        raise CLIError(f"{'--images' if args.images else '--text'} feeds a data-driven --importance (activation, apoz, "
+                       f"wanda) or --recover-steps; with --importance {args.importance} nothing would read it")
+
+
+def _prune(args, budget: CLIBudget, loaded: LoadedModel, calibration, ignore) -> tuple:
+    """(PruneResult, settings of a latency budget) for the budget."""
+    common = dict(importance=args.importance, scope=args.scope, ignore=tuple(ignore), round_to=args.round_to,
+                  target=args.target, calibration=calibration)
+    if budget.latency_ms is None:
+        return graphprune.prune_graph(loaded.model, loaded.inputs, **budget.keywords(), **common), {}
+    from ..latency import prune_to_latency
+
+    got = prune_to_latency(loaded.module, loaded.inputs, budget.latency_ms, runtime=budget.runtime, **common)
+    return got.result, {"latency_ms": {"requested": got.requested_ms, "predicted": got.predicted_ms,
+                                       "measured": got.measured_ms, "original": got.original_ms}}
+
+
 def prune_loaded(args, out: StagedDirectory, progress: Progress) -> tuple[dict, LoadedModel, "graphprune.PruneResult"]:
     """prune_into, also returning the loaded model and the prune result (the demo builds more files from them)."""
     _check_importance(args)
+    budget = read_budget(args)
     recover_steps = getattr(args, "steps", 0)
-    if recover_steps:
-        check_recovery_args(args)
+    _check_data_use(args, recover_steps)
     with progress.step(f"loading {args.model}"):
-        loaded = load_model(args.model, args.input_shape, args.vocab_size)
-    data = recovery_data(progress, args, tuple(loaded.inputs[0].shape), loaded.vocab_size) if recover_steps else None
-    calibration = _calibration(args, loaded)
+        loaded = load_model(args.model, args.input_shape, args.vocab_size, args.text, args.max_length)
+    data = read_data(args, loaded, progress)
+    calibration = _calibration(args, loaded, data)
     if calibration:
-        progress.note(f"--importance {args.importance} scores channels on {len(calibration)} random batches")
+        source = f"{data.samples} of {args.images or args.text}" if data else "RANDOM batches"
+        progress.note(f"--importance {args.importance} scores channels on {len(calibration)} batches of {source}")
     ignore = _ignore_list(args.ignore)
-    result = run_step(progress, f"tracing and pruning {loaded.name} at ratio {args.ratio} ({args.importance}, "
-                            f"{args.scope} scope)",
-                  lambda: graphprune.prune_graph(loaded.model, loaded.inputs, ratio=args.ratio,
-                                                 importance=args.importance, scope=args.scope, ignore=tuple(ignore),
-                                                 round_to=args.round_to, target=args.target, calibration=calibration))
-    settings = {"ratio": args.ratio, "importance": args.importance, "scope": args.scope, "round_to": args.round_to,
+    result, extra = run_step(progress, f"tracing and pruning {loaded.name} {budget.describe()} ({args.importance}, "
+                                       f"{args.scope} scope)", lambda: _prune(args, budget, loaded, calibration, ignore))
+    settings = {**budget.to_json(), "importance": args.importance, "scope": args.scope, "round_to": args.round_to,
                 "target": result.report.target, "target_requested": args.target, "ignore": ignore,
-                "calibration_batches": len(calibration), "verbose": getattr(args, "verbose", False)}
+                "calibration_batches": len(calibration),
+                "calibration_data": (args.images or args.text) if data and calibration else ("random" if calibration
+                                                                                                else None),
+                "verbose": getattr(args, "verbose", False), **extra}
     if recover_steps:
         result, recovery = recovered(progress, result, data, args)
         settings["recovery"] = recovery.to_json()

@@ -14,7 +14,9 @@ import os
 from dataclasses import dataclass
 
 import graphprune
-from .distil import check_recovery_args, recovered, recovery_data
+from .distil import Family, check_recovery_args, recovered, recovery_data
+from .hf import own_tokenizer
+from .sources import Kind, detect
 from .messages import CLIError, Progress
 from .models import load_model, parse_shape
 from .prune import staged_out, read_plan, run_step, write_outputs
@@ -24,7 +26,7 @@ from .prune import staged_out, read_plan, run_step, write_outputs
 class Run:
     """What a directory written by graphprune prune says about its model."""
 
-    spec: str  # MODEL: a built-in name or package.module:factory
+    spec: str  # MODEL as prune was given it (a path made absolute)
     shape: str  # --input-shape, as text
     vocab_size: int | None  # --vocab-size: the model takes token ids below it; None: float inputs
     plan: "graphprune.PrunePlan"
@@ -46,12 +48,13 @@ def read_run(directory: str) -> Run:
 
 def cmd_recover(args) -> int:
     progress = Progress(args.quiet)
-    check_recovery_args(args)
     run = read_run(args.run)
-    data = recovery_data(progress, args, parse_shape(run.shape), run.vocab_size)  # bad data fails before any work
+    check_recovery_args(args, own_tokenizer(run.spec))
+    family = Family(tokenizer=own_tokenizer(run.spec))
+    data = recovery_data(progress, args, parse_shape(run.shape), run.vocab_size, family)  # bad data: before any work
     with staged_out(args) as out:
         with progress.step(f"loading {run.spec}"):
-            loaded = load_model(run.spec, run.shape, run.vocab_size)
+            loaded = load_model(run.spec, run.shape, None if detect(run.spec) is Kind.HF_DIR else run.vocab_size)
         result = run_step(progress, f"tracing {loaded.name} and applying the plan",
                           lambda: graphprune.apply_plan(loaded.model, loaded.inputs, run.plan))
         result, rec = recovered(progress, result, data, args)

@@ -31,18 +31,19 @@ def _lines(path: str) -> list[str]:
     return lines
 
 
-def _tokenizer(directory: str):
+def load_tokenizer(directory: str, flag: str = "--tokenizer"):
+    """The Hugging Face tokenizer saved in `directory` (local files only), padding with its pad (or end) token."""
     if not os.path.isdir(directory):
-        raise CLIError(f"--tokenizer {directory!r} is not a directory; pass a folder with a saved Hugging Face "
+        raise CLIError(f"{flag} {directory!r} is not a directory; pass a folder with a saved Hugging Face "
                        "tokenizer (tokenizer.json or vocab files, as save_pretrained writes them)")
     try:
         from transformers import AutoTokenizer
     except ImportError:
-        raise CLIError("--text needs transformers to read --tokenizer; pip install transformers") from None
+        raise CLIError(f"--text needs transformers to read the tokenizer of {flag}; pip install transformers") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError ... for a folder it cannot read
-        raise CLIError(f"--tokenizer {directory!r} holds no tokenizer transformers can load ({type(exc).__name__}: "
+        raise CLIError(f"{flag} {directory!r} holds no tokenizer transformers can load ({type(exc).__name__}: "
                        f"{first_line(exc)}); pass the folder tokenizer.save_pretrained wrote") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -68,7 +69,7 @@ def text_batches(path: str, tokenizer_dir: str, input_shape: tuple[int, ...], vo
     _check_token_input(input_shape, vocab_size)
     length = max_length or input_shape[1]
     lines = _lines(path)
-    tokenizer = _tokenizer(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
     ids = tokenizer(lines, padding="max_length", truncation=True, max_length=length, return_tensors="pt")["input_ids"]
     if int(ids.max()) >= vocab_size:
         raise CLIError(f"the tokenizer in {tokenizer_dir!r} gives token id {int(ids.max())}, but the model takes ids "
