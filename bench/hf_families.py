@@ -98,7 +98,7 @@ FAMILIES: dict[str, Family] = {
         image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4,
         num_labels=5)), _image(32)),
     "convnext": Family(lambda: T.ConvNextForImageClassification(T.ConvNextConfig(
-        hidden_sizes=[16, 32], depths=[1, 1], num_labels=5)), _image(32)),
+        num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], num_labels=5)), _image(32)),
     "whisper_encoder": Family(lambda: T.WhisperForAudioClassification(T.WhisperConfig(
         num_mel_bins=16, d_model=HIDDEN, encoder_layers=LAYERS, encoder_attention_heads=HEADS,
         encoder_ffn_dim=FFN, max_source_positions=16, num_labels=3)), lambda: (torch.randn(1, 16, 32),)),

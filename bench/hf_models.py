@@ -6,7 +6,8 @@ For each family of bench/hf_families.py (random weights from a small config with
 defaults, `use_cache=True` included; nothing is downloaded) and each ratio: `prune_graph(model,
 inputs, ratio=r, target="none")`, then prints per family:
 - groups frozen / total, and the most frequent freeze reasons (`--reasons` of them, below the table);
-- parameters and MACs per token before -> after, KV-cache bytes per token before -> after (decoders);
+- parameters and MACs per token before -> after (per forward where no scaled_dot_product_attention counts the
+  tokens: eager matmul attention), KV-cache bytes per token before -> after (decoders with SDPA);
 - `result.module`: the caller's class rebuilt and verified against the pruned graph;
 - `generate`: for causal LMs, `result.module.generate(..., use_cache=True)`'s greedy tokens equal the
   pruned graph's greedy tokens (the graph has no cache: the sequence is right-padded to the traced
@@ -92,6 +93,13 @@ def _onnx(result, inputs: tuple, tmp: str) -> str:
         return _short(exc)
 
 
+def _macs(r) -> str:
+    """MACs per token where the report counts tokens (models with scaled_dot_product_attention), else per forward."""
+    if r.tokens:
+        return f"{r.macs_per_token_before:,.0f} -> {r.macs_per_token_after:,.0f}"
+    return f"{r.macs_before:,} -> {r.macs_after:,} per forward"
+
+
 def _row(name: str, ratio: float, reasons: collections.Counter) -> str:
     family = FAMILIES[name]
     torch.manual_seed(0)
@@ -111,7 +119,7 @@ def _row(name: str, ratio: float, reasons: collections.Counter) -> str:
         onnx = _onnx(result, inputs, tmp)
     return (f"| {name} | {ratio} | {len(r.frozen_groups)}/{len(r.groups)} | "
             f"{r.params_before:,} -> {r.params_after:,} ({1 - r.params_after / r.params_before:.0%}) | "
-            f"{r.macs_per_token_before:,.0f} -> {r.macs_per_token_after:,.0f} | {kv} | {module} | {generate} | "
+            f"{_macs(r)} | {kv} | {module} | {generate} | "
             f"{saved} | {onnx} | {seconds:.1f} |")
 
 

@@ -40,8 +40,10 @@ def check_model(name: str, ratio: float, tmp_path) -> None:
         assert _shapes(result.model(*inputs)) == _shapes(model(*inputs))
     assert report.params_after == sum(p.numel() for p in result.model.parameters())
     assert report.params_before - report.params_after == sum(g.params_removed for g in report.groups) + report.params_removed_dead_code
-    for g in report.frozen_groups:  # the zoo must be fully understood: only its inputs and outputs are frozen
-        assert all("model input" in r or "model output" in r for r in g.frozen_reasons), (g.id, g.frozen_reasons)
+    for g in report.frozen_groups:  # the zoo must be fully understood: only its inputs and outputs are frozen, and
+        # groups whose parts the model's own code splits equally (chunk) where no equal counts exist (codesizes.py)
+        assert all("model input" in r or "model output" in r or "sizes the code computes from the width" in r
+                   for r in g.frozen_reasons), (g.id, g.frozen_reasons)
     assert report.removed_channels >= ratio * report.prunable_channels
     if ratio == 0.5 and name not in VIT_STYLE:
         assert report.params_after <= 0.6 * report.params_before
