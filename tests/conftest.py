@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -51,3 +53,14 @@ def _private_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRAPHPRUNE_CACHE", str(tmp_path_factory.getbasetemp() / "graphprune-cache"))
         yield
+
+
+def without_dtype_asserts(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy of an export-frontend graph without its float32 dtype asserts, so that it runs in float64
+    (graphprune.verify's precision)."""
+    gm = copy.deepcopy(gm)
+    for node in list(gm.graph.nodes):
+        if node.target is torch.ops.aten._assert_tensor_metadata.default:
+            gm.graph.erase_node(node)
+    gm.recompile()
+    return gm

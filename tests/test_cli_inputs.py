@@ -108,6 +108,7 @@ def test_prune_an_exported_program(pruned_pt2, files):
     torch.testing.assert_close(got, expected.model(x), rtol=0, atol=0)
 
 
+@pytest.mark.slow  # ~8 s; prune_an_exported_program covers the .pt2 path in make test
 def test_apply_the_plan_to_the_exported_program(pruned_pt2, files, tmp_path):
     cwd = _cwd(tmp_path, files)
     done = run_cli("apply", pruned_pt2 / "plan.json", "tiny.pt2", "--out", "again", cwd=cwd)
@@ -169,7 +170,8 @@ def test_images_nothing_reads_is_one_line(files, tmp_path):
 
 # -- budgets --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flag, value, key", [("--target-params", "2k", "params_after"),
-                                              ("--target-macs", "60000", "macs_after")])
+                                              pytest.param("--target-macs", "60000", "macs_after",
+                                                           marks=pytest.mark.slow)])  # the same path, ~8 s
 def test_count_budgets(files, tmp_path, flag, value, key):
     cwd = _cwd(tmp_path, files)
     done = run_cli("prune", "tiny.pt2", flag, value, "--target", "none", "--out", "out", cwd=cwd)

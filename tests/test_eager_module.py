@@ -193,6 +193,7 @@ def test_bert_with_pruned_heads_runs_but_refuses_save_pretrained(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # ~12 s
 def test_global_ranking_with_uniform_layers_gives_a_config_that_reloads(tmp_path):
     """Global scope ranks channels across layers, so each layer may keep its own count; uniform_layers=True
     gives every copy of a repeated group one count, which a Hugging Face config can state."""

@@ -8,7 +8,6 @@ consumers); the hidden size passes through norms over channels, so it is checked
 running and by ONNX Runtime parity. One representative per model runs by default; the full
 matrix (every model x structure x ratio, with ONNX) is marked slow.
 """
-import copy
 import enum
 import functools
 import os
@@ -21,6 +20,7 @@ import graphprune
 from graphprune.groups import Role
 from graphprune.options import Ratio, Strategy
 from graphprune.verify import max_exactness_error
+from conftest import without_dtype_asserts
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 transformers = pytest.importorskip("transformers")
@@ -88,15 +88,6 @@ def pruned(analysis, group_ids, ratio):
     strategy = Strategy("l2", ratios={gid: ratio for gid in group_ids})
     return analysis.prune(Ratio(0.0), strategy, target="none")
 
-
-def without_dtype_asserts(gm):
-    """A copy of `gm` without its float32 dtype asserts, so that it runs in float64 (verify's precision)."""
-    gm = copy.deepcopy(gm)
-    for node in list(gm.graph.nodes):
-        if node.target is torch.ops.aten._assert_tensor_metadata.default:
-            gm.graph.erase_node(node)
-    gm.recompile()
-    return gm
 
 
 def _outputs(out):
@@ -203,6 +194,7 @@ def test_transformer_targets_are_met(keyword):
     assert measured <= goal
 
 
+@pytest.mark.slow  # ~10 s
 def test_half_precision_model_prunes_like_float32():
     x = _ids()
     torch.manual_seed(0)

@@ -10,7 +10,6 @@
 Exactness: graphprune.verify in float64 (pruning == hiding the dropped channels from their consumers),
 for heads; the hidden size passes through norms over channels, so it is checked by the sliced indices.
 """
-import copy
 import functools
 import os
 from types import SimpleNamespace
@@ -24,6 +23,7 @@ import graphprune
 from graphprune.groups import Role, Slot
 from graphprune.options import Ratio, Strategy
 from graphprune.verify import max_exactness_error
+from conftest import without_dtype_asserts
 
 HIDDEN, HEADS, HEAD_DIM, SEQ = 32, 4, 8, 5  # SEQ != HEAD_DIM: the key length is never mistaken for the head_dim
 
@@ -83,15 +83,6 @@ def group_of(graph, param):
     """The group holding the output channels (dim 0) of parameter `param`."""
     return graph.group_of(Slot(param, 0, Role.PRODUCER))
 
-
-def without_dtype_asserts(gm):
-    """A copy of `gm` without its float32 dtype asserts, so that it runs in float64 (verify's precision)."""
-    gm = copy.deepcopy(gm)
-    for node in list(gm.graph.nodes):
-        if node.target is torch.ops.aten._assert_tensor_metadata.default:
-            gm.graph.erase_node(node)
-    gm.recompile()
-    return gm
 
 
 def prune_exactly(analysis, x, group_ids, ratio):

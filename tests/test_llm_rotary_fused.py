@@ -9,7 +9,6 @@ caller's class, Phi-3's from a config that states the fused layout's sizes.
 
 Heads and MLP units are exact (graphprune.verify, float64); the hidden size passes through norms.
 """
-import copy
 import functools
 import os
 from types import SimpleNamespace
@@ -24,6 +23,7 @@ from graphprune.eager import EagerRebuildError
 from graphprune.options import Ratio, Strategy
 from graphprune.planner import PrunePlan
 from graphprune.verify import max_exactness_error
+from conftest import without_dtype_asserts
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, LENGTH = 32, 4, 2, 8, 8
@@ -91,15 +91,6 @@ def test_hand_written_partial_rotary_prunes_whole_kv_groups_exactly(frontend, in
 
 
 # -- Hugging Face families -----------------------------------------------------------------------------------
-def without_dtype_asserts(gm):
-    """A copy of `gm` without its float32 dtype asserts (export frontend), so that it runs in float64."""
-    gm = copy.deepcopy(gm)
-    for node in list(gm.graph.nodes):
-        if node.target is torch.ops.aten._assert_tensor_metadata.default:
-            gm.graph.erase_node(node)
-    gm.recompile()
-    return gm
-
 
 def _base(**overrides):
     return dict(vocab_size=100, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=1, num_attention_heads=HEADS,

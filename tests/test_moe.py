@@ -8,11 +8,9 @@ MoE with one nn.Linear pair per expert gives every expert its own group. Expert 
 through RMSNorm, so it is checked by shapes, parameter counts and ONNX Runtime parity. The router's expert dim
 stays whole (topk over it: which experts win would change).
 """
-import copy
 import os
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -21,6 +19,7 @@ import graphprune
 from graphprune.groups import Role
 from graphprune.options import Ratio, Strategy
 from graphprune.verify import max_exactness_error
+from conftest import without_dtype_asserts
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 T = pytest.importorskip("transformers")
@@ -75,15 +74,6 @@ def expert_groups(analysis):
 def hidden_group(analysis):
     return next(g for g in analysis.dependencies.groups if any(s.name == "model.embed_tokens.weight" for s in g.members))
 
-
-def without_dtype_asserts(gm):
-    """A copy of `gm` without its float32 dtype asserts, so that it runs in float64 (verify's precision)."""
-    gm = copy.deepcopy(gm)
-    for node in list(gm.graph.nodes):
-        if node.target is torch.ops.aten._assert_tensor_metadata.default:
-            gm.graph.erase_node(node)
-    gm.recompile()
-    return gm
 
 
 def exactness(analysis, x, result):

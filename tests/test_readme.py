@@ -68,7 +68,8 @@ def test_the_walkthrough_covers_every_input_kind():
     assert any(c[1] == "bench" and "out/pt2/model.pt2" in c for c in commands)
 
 
-@pytest.mark.parametrize("every", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["prune", "all"])
+@pytest.mark.slow  # 35 s and more: every input kind through the CLI (make test stays under 10 minutes)
+@pytest.mark.parametrize("every", [False, True], ids=["prune", "all"])
 def test_the_walkthrough_runs_in_a_fresh_directory(tmp_path, every):
     """make_inputs.py, then every command in order; a command whose extra is missing gives its one-line error.
     make test runs make_inputs.py and the prune lines of the .pt2 and of the extras (~30 s of CPU in all); -m slow

@@ -9,7 +9,6 @@ shared by every layer and passed to attention as a mask per head) and Hugging Fa
 head of scaled_dot_product_attention). Heads and MLP channels are exact in float64 (graphprune.verify: pruning ==
 hiding the channels from their consumers); frozen groups are counted, each with its reason.
 """
-import copy
 import os
 from types import SimpleNamespace
 
@@ -22,6 +21,7 @@ import graphprune
 from graphprune.groups import Role
 from graphprune.options import Ratio, Strategy
 from graphprune.verify import max_exactness_error
+from conftest import without_dtype_asserts
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -106,15 +106,6 @@ def _tiny_swin():
     return TinySwin().eval(), (torch.randn(1, 3, 12, 12),)
 
 
-def _without_dtype_asserts(gm):
-    """A copy of `gm` without its float32 dtype asserts, so that it runs in float64 (verify's precision)."""
-    gm = copy.deepcopy(gm)
-    for node in list(gm.graph.nodes):
-        if node.target is torch.ops.aten._assert_tensor_metadata.default:
-            gm.graph.erase_node(node)
-    gm.recompile()
-    return gm
-
 
 def _groups_with(analysis, *names):
     """Prunable groups in which a parameter whose name ends with one of `names` produces channels."""
@@ -127,8 +118,8 @@ def _prune_exactly(analysis, groups, ratio=0.5):
     strategy = Strategy("l2", ratios={g.id: ratio for g in groups})
     result = analysis.prune(Ratio(0.0), strategy, target="none")
     assert set(result.plan.keep) == {g.id for g in groups}
-    assert max_exactness_error(_without_dtype_asserts(analysis.graph_module), analysis.example_inputs,
-                               SimpleNamespace(model=_without_dtype_asserts(result.model), graph=result.graph,
+    assert max_exactness_error(without_dtype_asserts(analysis.graph_module), analysis.example_inputs,
+                               SimpleNamespace(model=without_dtype_asserts(result.model), graph=result.graph,
                                                plan=result.plan)) <= 1e-5
     return result
 
