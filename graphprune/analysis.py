@@ -113,6 +113,7 @@ class Analysis:
     stats: ModelStats
     layers: Mapping[str, LayerKind]  # weight parameter name -> kind of its conv/linear-like layer
     layer_inputs: frozenset[str]  # nodes read by those layers (what activation criteria look at)
+    kernel_steps: Mapping[str, int]  # weight -> channel multiple its op needs to run (WeightedLayer.step > 1)
     frontend: str = "fx"  # which frontend traced the model, and why (Frontend docstring)
     timings: Mapping[str, float] = field(default_factory=dict)
     strict: bool = False  # analyse(strict=True): a rule whose shrink breaks a rewrite raises RuleError in `apply`
@@ -216,7 +217,7 @@ class Analysis:
         t0 = time.perf_counter()
         scores = self.scores(strategy, calibration)
         t1 = time.perf_counter()
-        constraints = {g.id: target.constraints(g, self.layers) for g in graph.prunable}
+        constraints = {g.id: target.constraints(g, self.layers, self.kernel_steps) for g in graph.prunable}
         if strategy.scope is Scope.LOCAL:
             partitions = {g.id: producer_partitions(g) for g in graph.prunable}
 
@@ -311,16 +312,19 @@ class Analysis:
 
 
 def _weighted_layers(gm: fx.GraphModule, rules: RuleTable, graph: DependencyGraph):
-    """(weight name -> layer kind, names of the nodes those layers read), from the rules' `weighted_layer`."""
+    """(weight name -> layer kind, names of the nodes those layers read, weight name -> kernel step > 1), from
+    the rules' `weighted_layer`."""
     view = GraphView(gm, graph.channel_dims)
-    layers, inputs = {}, set()
+    layers, inputs, steps = {}, set(), {}
     for node in gm.graph.nodes:
         rule = rules.for_node(node, view.modules)
         layer = rule.weighted_layer(node, view) if rule is not None else None
         if layer is not None:
             layers.update((w, layer.kind) for w in layer.weights)
             inputs.update(a.name for a in node.all_input_nodes if a.op != "get_attr")
-    return layers, frozenset(inputs)
+            if layer.step > 1:
+                steps.update((w, max(layer.step, steps.get(w, 1))) for w in layer.weights)
+    return layers, frozenset(inputs), steps
 
 
 def _analysed(gm: fx.GraphModule, inputs: tuple, model, rules: RuleTable, strict: bool, frontend: str,
@@ -328,9 +332,9 @@ def _analysed(gm: fx.GraphModule, inputs: tuple, model, rules: RuleTable, strict
     t0 = time.perf_counter()
     graph = build_dependency_graph(gm, rules, strict=strict, probe=ChannelProbe(gm, inputs, rules))
     cost = CostModel.of(gm, rules, graph)
-    layers, layer_inputs = _weighted_layers(gm, rules, graph)
+    layers, layer_inputs, kernel_steps = _weighted_layers(gm, rules, graph)
     stats = ModelStats.measure(gm, cost, model)
-    return Analysis(model, gm, inputs, rules, graph, cost, stats, layers, layer_inputs, frontend,
+    return Analysis(model, gm, inputs, rules, graph, cost, stats, layers, layer_inputs, kernel_steps, frontend,
                     {"trace": trace_seconds, "analysis": time.perf_counter() - t0}, strict)
 
 

@@ -54,10 +54,13 @@ class Target:
             raise InputError(f"round_to must be a positive integer or None (the target decides), got {step!r}")
         return cls(f"round_to={step}", step, step, step)
 
-    def constraints(self, group: ChannelGroup, layers: Mapping[str, LayerKind]) -> tuple[tuple[np.ndarray, int], ...]:
+    def constraints(self, group: ChannelGroup, layers: Mapping[str, LayerKind],
+                    kernel_steps: Mapping[str, int] | None = None) -> tuple[tuple[np.ndarray, int], ...]:
         """(channels, step) per member layer: the count of `channels` kept must be a multiple of `step`.
 
-        `layers` maps the weight parameters of conv/linear-like layers to their kind (Analysis.layers).
+        `layers` maps the weight parameters of conv/linear-like layers to their kind (Analysis.layers);
+        `kernel_steps` the weights whose op needs a channel multiple to run at all (Analysis.kernel_steps):
+        their block is the least common multiple of that and the target's step, whatever the target.
 
         A layer sees the group channels in its slot; each channel may cover w positions
         (flatten, merged heads or shuffled pairs), so its step is block / gcd(block, w).
@@ -69,11 +72,9 @@ class Target:
             if slot.role not in (Role.PRODUCER, Role.CONSUMER):
                 continue
             kind = layers.get(slot.name)
-            if kind is None or self.step(kind) == 1:
+            block = math.lcm(self.step(kind), (kernel_steps or {}).get(slot.name, 1)) if kind is not None else 1
+            if block == 1 or not (counts == counts[0]).all():
                 continue
-            if not (counts == counts[0]).all():
-                continue
-            block = self.step(kind)
             step = block // math.gcd(block, int(counts[0]))
             if step > 1:
                 key = channels.tobytes()

@@ -115,14 +115,19 @@ def test_frozen_groups_and_hidden_size(name):
 
 
 def test_whole_mixtral_prunes_and_exports_to_onnx(tmp_path):
-    """Heads, hidden size and expert widths at 0.3: smaller, same output shapes, ONNX Runtime parity; widths in
-    steps of 4 floats, so that the caller's class can be rebuilt (CPU torch's grouped_mm, which the eager class
-    calls, needs 16-byte strides; the next test)."""
+    """Heads, hidden size and expert widths at 0.3: smaller, same output shapes, ONNX Runtime parity. Even with no
+    target the widths the grouped products read stay in steps of 4 floats (the rule's kernel step: torch's
+    grouped_mm, which the eager class calls, needs 16-byte strides), so the caller's class rebuilds (next test)."""
     from graphprune.export import export_onnx
-    from graphprune.targets import Target
     model, x, analysis = analysed("mixtral")
-    result = analysis.prune(Ratio(0.3), Strategy("l2"), target=Target.uniform(4))
+    assert set(analysis.kernel_steps.values()) == {4}
+    assert {n.rsplit(".", 1)[-1] for n in analysis.kernel_steps} == {"gate_up_proj", "down_proj"}
+    result = analysis.prune(Ratio(0.3), Strategy("l2"), target="none")
     assert hidden_group(analysis).id in result.plan.keep and expert_groups(analysis)[0].id in result.plan.keep
+    fused = [p for n, p in result.model.named_parameters() if n.endswith(("gate_up_proj", "down_proj"))]
+    assert fused and all(d % 4 == 0 for p in fused for d in p.shape[1:])
+    assert any(d % 4 for g in (hidden_group(analysis), expert_groups(analysis)[0])  # not by chance: asked widths
+               for d in [g.size - round(0.3 * g.size)])  # were off the step
     assert result.report.params_after < 0.75 * result.report.params_before
     with torch.no_grad():
         assert result.model(*x)[0].shape == model(*x).logits.shape

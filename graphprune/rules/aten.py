@@ -37,7 +37,7 @@ from .attention import MatMulRule, ScaledDotProductAttentionRule
 from .base import AnalysisContext, Rule, RuleTable, ShrinkContext, describe_node, freeze_inputs
 from .elementwise import (BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule,
                           passthrough)
-from .callsite import arg, grouped_together, kept_bounds
+from .callsite import arg, grouped_together, kept_bounds, kept_on_dim
 from .families import family_rules
 from .indexing import GetItemRule
 from .moe import moe_rules
@@ -115,7 +115,7 @@ class SliceRule(MovementRule):
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         x = node.args[0]
         dim = _slice_dim(node, ctx)
-        kept = ctx.kept(x.name, dim) if ctx.declared.get(x.name) == dim else None
+        kept = kept_on_dim(ctx, x, dim)
         if kept is None or arg(node, 4, "step", 1) != 1:  # a whole-dim step slice keeps its bounds (couple)
             return
         start, stop, _ = slice(arg(node, 2, "start"), arg(node, 3, "end")).indices(ctx.value(x).shape[dim])
@@ -154,7 +154,7 @@ class SliceScatterRule(Rule):
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         x = node.args[0]
         dim = arg(node, 2, "dim", 0) % len(ctx.value(x).shape)
-        kept = ctx.kept(x.name, dim) if ctx.declared.get(x.name) == dim else None
+        kept = kept_on_dim(ctx, x, dim)
         if kept is None:
             return
         start, stop, _ = slice(arg(node, 3, "start"), arg(node, 4, "end")).indices(ctx.value(x).shape[dim])

@@ -44,10 +44,12 @@ class LayerKind(enum.Enum):
 
 @dataclass(frozen=True)
 class WeightedLayer:
-    """A conv/linear-like op: its kind and the qualified names of its weight parameters."""
+    """A conv/linear-like op: its kind, the qualified names of its weight parameters, and the channel multiple
+    `step` its kernel needs to run at all (stride alignment), whatever the deployment target asks."""
 
     kind: LayerKind
     weights: tuple[str, ...]
+    step: int = 1
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,12 @@ def kept_count(ctx: ShrinkContext, node: fx.Node, dim: int) -> int | None:
     return None if kept is None else len(kept)
 
 
+def kept_on_dim(ctx: ShrinkContext, node: fx.Node, dim: int):
+    """The kept positions of `node` on `dim` when `dim` is its declared channel dim and the plan prunes it, else None
+    (a slice, split or scatter along another dim keeps its sizes)."""
+    return ctx.kept(node.name, dim) if ctx.declared.get(node.name) == dim else None
+
+
 def grouped_together(slot: Slot, channels: int, width: int) -> Coupling:
     """Channels c and c' of `slot` go together when c // width == c' // width (a norm group, a conv group)."""
     c = np.arange(channels)

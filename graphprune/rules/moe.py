@@ -148,6 +148,9 @@ def _expert_weight(w: fx.Node, view: GraphView) -> tuple[str, tuple[int, ...]] |
     return w.target, perm
 
 
+_GROUPED_MM_ALIGNMENT = 16  # bytes: torch._grouped_mm checks that strides are multiples of it
+
+
 class GroupedMmRule(Rule):
     """y = grouped_mm(x (S, in), W (E, in, out), offs): see the module docstring. Other layouts freeze."""
 
@@ -170,8 +173,14 @@ class GroupedMmRule(Rule):
                         channel_factor(view, node, 1) + channel_factor(view, x, 1)),)
 
     def weighted_layer(self, node: fx.Node, view: GraphView) -> WeightedLayer | None:
+        """A linear layer per expert. torch's grouped_mm kernels need 16-byte aligned strides, so the kept widths
+        stay multiples of 16 bytes of the weight's dtype (4 float32, 8 bf16), or the caller's class fails to run
+        its own grouped_mm once pruned (the traced graph may hold transformers' fallback, which does not care)."""
         weight = _expert_weight(node.args[1], view) if isinstance(node.args[1], fx.Node) else None
-        return WeightedLayer(LayerKind.LINEAR, (weight[0],)) if weight is not None else None
+        if weight is None:
+            return None
+        itemsize = view.value(node.args[0]).dtype.itemsize
+        return WeightedLayer(LayerKind.LINEAR, (weight[0],), step=max(1, _GROUPED_MM_ALIGNMENT // itemsize))
 
 
 def _gathered_expert(w: fx.Node, view: GraphView) -> str | None:

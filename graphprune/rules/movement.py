@@ -28,7 +28,7 @@ from ..errors import RewriteError
 from ..groups import Coupling, Effect, EqualParts, Freeze, Slot, connected_labels
 from ..trace import META_KEY, TensorMeta, code_location, value_meta
 from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, freeze_inputs, queried_dims
-from .callsite import arg, kept_count
+from .callsite import arg, kept_count, kept_on_dim
 
 
 def run_on_labels(node: fx.Node, ctx: AnalysisContext, dims: Mapping[str, int] | None = None,
@@ -314,7 +314,7 @@ class SplitRule(MovementRule):
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         x = node.args[0]
         dim = arg(node, 2, "dim", 0) % len(ctx.value(x).shape)
-        kept = ctx.kept(x.name, dim) if ctx.declared.get(x.name) == dim else None
+        kept = kept_on_dim(ctx, x, dim)
         if kept is None:
             return
         bounds = np.cumsum([0] + [part.shape[dim] for part in ctx.value(node)])
