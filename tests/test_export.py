@@ -265,3 +265,37 @@ def test_an_aten_graph_goes_to_the_dynamo_exporter_first_and_falls_back_to_torch
     monkeypatch.setattr(export_mod, "_export_dynamo", broken)
     result = export_onnx(pruned, (x,), tmp_path / "b.onnx")
     assert result.exporter == "torchscript" and result.max_abs_diff < 1e-4
+
+
+
+class _BiasedAttentionThenMerge(nn.Module):
+    """T5's pattern: a relative-position bias per head (an embedding of distances) as SDPA's mask, then the heads
+    merged by transpose(1, 2).reshape. torch.export (batch dynamic) decomposes that reshape as a `view` that is
+    valid for the strides it saw but not for those a static re-trace sees."""
+
+    def __init__(self, dim=16, heads=4):
+        super().__init__()
+        self.heads, self.q, self.k, self.v = heads, nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.bias, self.out = nn.Embedding(8, heads), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, s, d = x.shape
+        split = lambda t: t.view(b, -1, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        pos = torch.arange(s)
+        mask = self.bias((pos[:, None] - pos[None, :]).abs().clamp(max=7)).permute(2, 0, 1).unsqueeze(0)
+        y = torch.nn.functional.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)),
+                                                             attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(b, s, -1))
+
+
+def test_export_graph_with_heads_merged_after_biased_sdpa_exports_to_onnx_and_pt2(tmp_path):
+    """The export frontend's graph writes no `view` (only reshapes), so it re-traces under fake tensors: ONNX
+    Runtime parity and a .pt2 of the pruned graph (both failed on T5 and Hugging Face Swin)."""
+    import graphprune
+    torch.manual_seed(0)
+    model, x = _BiasedAttentionThenMerge().eval(), torch.randn(1, 5, 16)
+    result = graphprune.prune_graph(model, (x,), ratio=0.5, target="none", frontend="export")
+    assert result.report.params_after < result.report.params_before
+    assert not any(n.target is torch.ops.aten.view.default for n in result.model.graph.nodes)
+    assert export_onnx(result.model, (x,), tmp_path / "m.onnx").max_abs_diff <= 1e-5
+    assert save_torch_artifact(result.model, (x,), tmp_path / "m.pt2") == "pt2"

@@ -89,10 +89,23 @@ def decompose(ep: torch.export.ExportedProgram, name: str = "Exported") -> torch
                          f"{first_line(exc)}") from exc
 
 
+def _views_as_reshapes(gm: fx.GraphModule) -> None:
+    """Every aten.view as aten.reshape: the same values (the graph is functional: nothing writes through a view).
+    Decomposition writes `reshape` as `view` where the strides the real kernels returned allow it, and those may
+    not be the strides a re-trace under fake tensors sees (CPU scaled_dot_product_attention returns (B, S, H, D)
+    memory under a (B, H, S, D) shape, its meta function does not), so a later torch.export, ONNX or .pt2 of the
+    graph would fail on the `view` after `transpose(1, 2)` (T5, Swin)."""
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target is _A.view.default:
+            node.target = _A.reshape.default
+
+
 def _unguarded(ep: torch.export.ExportedProgram, name: str) -> fx.GraphModule:
-    """The plain fx.GraphModule of `ep` in eval mode (the unlifted module refuses eval()), guards dropped."""
+    """The plain fx.GraphModule of `ep` in eval mode (the unlifted module refuses eval()), guards dropped,
+    views written as reshapes."""
     unlifted = ep.module()
     gm = fx.GraphModule(unlifted, unlifted.graph, name)
+    _views_as_reshapes(gm)
     _drop_guards(gm)
     return gm.eval()
 
