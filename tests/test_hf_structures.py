@@ -43,6 +43,9 @@ MODELS = {
     "gpt2": (lambda: T.GPT2LMHeadModel(T.GPT2Config(vocab_size=100, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS,
                                                     n_positions=64, use_cache=False, bos_token_id=0,
                                                     eos_token_id=0)), _ids),
+    "falcon_mqa": (lambda: T.FalconForCausalLM(T.FalconConfig(  # multi-query: one KV head in a fused QKV
+        vocab_size=100, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+        multi_query=True, new_decoder_architecture=False, use_cache=False)), _ids),
     "llama_gqa": (lambda: T.LlamaForCausalLM(T.LlamaConfig(
         vocab_size=100, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
         num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=64, use_cache=False)), _ids),
@@ -164,6 +167,21 @@ def test_gqa_query_heads_keeps_kv_heads_and_prunes_the_same_query_heads_in_every
     assert result.report.kv_bytes_per_token_after == result.report.kv_bytes_per_token_before
     with pytest.raises(graphprune.GraphPruneError, match="gqa must be one of"):
         graphprune.analyse(model, x, gqa="heads")
+
+
+def test_multi_query_attention_prunes_query_heads_and_keeps_its_one_kv_head():
+    """Falcon's fused QKV holds 4 query heads, then the key head and the value head ([..., :-2], [[-2]], [[-1]]):
+    query heads prune exactly, the key/value rows stay (a partial freeze), the KV cache is unchanged."""
+    _, _, analysis = analysed("falcon_mqa")
+    fused = [g for g in analysis.dependencies.groups
+             if any(s.name.endswith("query_key_value.weight") and s.role is Role.PRODUCER for s in g.members)]
+    assert len(fused) == LAYERS and all(g.prunable and g.size == HEADS + 2 and len(g.pinned) == 2 for g in fused)
+    result = check("falcon_mqa", Structure.HEADS, 0.5)  # exact in float64
+    assert [(a.query_heads_after, a.kv_heads_after) for a in result.report.attention] == [(HEADS // 2, 1)] * LAYERS
+    head_dim = HIDDEN // HEADS
+    rows = [p.shape[0] for n, p in result.model.named_parameters() if n.endswith("query_key_value.weight")]
+    assert rows == [(HEADS // 2 + 2) * head_dim] * LAYERS
+    assert result.report.kv_bytes_per_token_after == result.report.kv_bytes_per_token_before
 
 
 def test_report_measures_kv_cache_bytes_per_token_and_predicts_them():

@@ -22,7 +22,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..groups import Coupling, Effect, Role, Slot
+from ..groups import Coupling, Effect, Freeze, Role, Slot
 from .base import (AnalysisContext, GraphView, LayerKind, MacTerm, Rule, ShrinkContext, WeightedLayer, describe_node,
                    freeze_inputs)
 from .callsite import arg
@@ -218,6 +218,8 @@ class ScaledDotProductAttentionRule(Rule):
     """scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa), as F.* and as
     aten.*: whole heads (dim -3) pass through, with masks that broadcast over heads, and grouped-query
     attention (query head h reads key/value head h // (Hq / Hkv)); head_dim only with an explicit scale.
+    Multi-query attention (one key/value head broadcast over Hq > 1 query heads, Falcon's) keeps its key/value
+    head and prunes query heads alone: each still reads the same k and v (exact).
 
     A mask per head whose heads dim carries channels (a relative position bias: T5's, Swin's) is tied to the query
     heads: head h's scores are q_h k_h^T * scale + mask[h], so removing head h removes mask[h], which no other head
@@ -246,9 +248,14 @@ class ScaledDotProductAttentionRule(Rule):
         out = ctx.output_slot(node, hd)
         h = np.arange(hq)
         couplings = [Coupling(ctx.input_slot(q, hd), out)]
-        couplings += [Coupling(out, ctx.input_slot(t, hd), h, h // (hq // hk)) for t in dict.fromkeys((k, v))]
         if per_head:
             couplings.append(Coupling(out, ctx.input_slot(mask, mask_heads)))
+        if hk == 1 < hq:  # multi-query: one key/value head, broadcast to every query head, which prune alone
+            reason = f"{describe_node(node)} reads one key/value head for every query head (multi-query attention)"
+            kv = tuple(Freeze(ctx.input_slot(t, hd), reason) for t in dict.fromkeys((k, v))
+                       if ctx.channel_dim(t) == hd)
+            return Effect(hd, couplings=tuple(couplings), freezes=kv)
+        couplings += [Coupling(out, ctx.input_slot(t, hd), h, h // (hq // hk)) for t in dict.fromkeys((k, v))]
         return Effect(hd, couplings=tuple(couplings))
 
     @staticmethod
