@@ -189,12 +189,19 @@ def test_gpt_neox_fused_query_key_value_rebuilds_but_its_config_cannot_state_few
 
 
 @pytest.mark.slow
-def test_phi3_query_heads_mode_freezes_its_fused_attention_with_the_reason():
+def test_phi3_query_heads_mode_keeps_the_kv_rows_of_its_fused_attention_and_prunes_query_heads():
     """With gqa='query_heads' every KV head is kept; Phi-3's KV heads are rows of the same fused qkv_proj as its
-    query heads, so one group holds both and freezes, naming the repeat of the KV heads."""
-    _, _, analysis = analysed("phi3", "query_heads")
+    query heads, so one group holds both: the KV rows are pinned (a partial freeze naming the repeat of the KV
+    heads) and the query heads prune, the same ones in every KV group, exactly."""
+    _, x, analysis = analysed("phi3", "query_heads")
     (heads,) = heads_groups(analysis)
-    assert heads.frozen and any("repeats key/value heads" in r for r in heads.frozen_reasons)
+    repeats = HEADS // KV_HEADS
+    assert heads.prunable and heads.size == repeats + 2 * KV_HEADS and len(heads.pinned) == 2 * KV_HEADS
+    assert all("repeats key/value heads" in pin.reason for pin in heads.pins)
+    result = analysis.prune(Ratio(0.0), Strategy("l2", ratios={heads.id: 0.5}), target="none")
+    assert exactness(analysis, x, result) <= 1e-5
+    rows = dict(result.model.named_parameters())["model.layers.0.self_attn.qkv_proj.weight"].shape[0]
+    assert rows == (HEADS // 2 + 2 * KV_HEADS) * HEAD_DIM  # half the query heads, every KV head
 
 
 class ConstantIndex(nn.Module):
