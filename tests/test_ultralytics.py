@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import graphprune
-from cli_support import run_cli
+from cli_support import assert_one_line_error, run_cli
 from conftest import without_dtype_asserts
 from graphprune.integrations.ultralytics import keep_model
 from graphprune.verify import max_exactness_error
@@ -196,3 +196,9 @@ def test_the_cli_prunes_a_bundled_yaml_name_and_a_saved_checkpoint(ultralytics, 
     saved = ultralytics.YOLO(path).model
     assert _params(saved) == report["report"]["params_after"] < 0.6 * report["report"]["params_before"]
     assert report["report"]["params_before"] == _params(ultralytics.YOLO("yolov8n.yaml").model)
+
+
+def test_the_cli_names_a_config_ultralytics_does_not_ship_in_one_line(ultralytics, tmp_path):
+    assert_one_line_error(run_cli("prune", "yolov8q.yaml", "--ratio", "0.5", "--out", "out", cwd=str(tmp_path)),
+                          "MODEL 'yolov8q.yaml' is no file here, nor a config ultralytics ships")
+    assert not (tmp_path / "out").exists()

@@ -62,8 +62,10 @@ def load(path: str, shape) -> tuple[torch.nn.Module, torch.Tensor, dict]:
         try:
             model, ckpt = ultralytics.YOLO(path, verbose=False).model, {}
         except Exception as exc:
-            raise CLIError(f"ultralytics cannot build MODEL {path!r} ({type(exc).__name__}: {first_line(exc)}); pass "
-                           "a model config ultralytics reads: a .yaml file or a name it ships (yolov8n.yaml)") from None
+            what = (f"ultralytics cannot build MODEL {path!r}" if os.path.isfile(path) else
+                    f"MODEL {path!r} is no file here, nor a config ultralytics ships")
+            raise CLIError(f"{what} ({type(exc).__name__}: {first_line(exc)}); pass a model config ultralytics "
+                           "reads: a .yaml file or a name it ships (yolov8n.yaml, yolo11n.yaml)") from None
     x = torch.rand(shape or SHAPE, generator=torch.Generator().manual_seed(1))
     return model.float().eval(), x, ckpt
 
