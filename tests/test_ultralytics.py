@@ -159,10 +159,24 @@ def test_the_trainer_fine_tunes_the_pruned_model_and_its_checkpoints_reload_prun
     trained = yolo.model.state_dict()
     assert any(not torch.equal(trained[k].float(), before[k].float()) for k in before if before[k].is_floating_point())
     last = tmp_path / "runs" / "ft" / "weights" / "last.pt"
-    reloaded = ultralytics.YOLO(str(last)).model
-    assert _shapes(reloaded) == shapes and _params(reloaded) == count
-    for key, value in reloaded.state_dict().items():
+    again = ultralytics.YOLO(str(last))
+    assert _shapes(again.model) == shapes and _params(again.model) == count
+    for key, value in again.model.state_dict().items():
         torch.testing.assert_close(value, trained[key], rtol=0, atol=0)
+    # a YOLO loaded from a .pt goes through get_model(weights=...): it trains on as it is
+    again.train(data=str(tmp_path / "data" / "data.yaml"), trainer=keep_model(again), epochs=1, imgsz=64, batch=2,
+                workers=0, device="cpu", amp=False, plots=False, project=str(tmp_path / "runs"), name="ft2",
+                verbose=False)
+    assert _shapes(again.model) == shapes and _params(again.model) == count
+
+
+def test_keep_model_refuses_a_dataset_with_another_class_count(pruned, ultralytics, tmp_path):
+    name, _, _, result = pruned
+    yolo = ultralytics.YOLO(f"{name}.yaml")
+    yolo.model = copy.deepcopy(result.module)
+    with pytest.raises(graphprune.GraphPruneError, match=r"detects 80 classes but the dataset .* has 28: prune a model"):
+        yolo.train(data=_dataset(tmp_path / "data", 28), trainer=keep_model(yolo), epochs=1, imgsz=64, batch=2,
+                   workers=0, device="cpu", project=str(tmp_path / "runs"), name="nc", verbose=False)
 
 
 def test_yolo_save_writes_a_checkpoint_that_reloads_pruned(pruned, ultralytics, tmp_path):
