@@ -133,6 +133,9 @@ def test_pruned_yolo_predicts_on_the_sample_images(pruned, ultralytics):
                       if isinstance(m, torch.nn.Conv2d)}
 
 
+TRAIN = dict(epochs=1, imgsz=64, batch=2, workers=0, device="cpu", amp=False, plots=False, verbose=False)
+
+
 def _dataset(root, names: int) -> str:
     """A YOLO-format dataset of the two sample photographs with the boxes above (train and val alike); its yaml."""
     from ultralytics.utils import ASSETS
@@ -153,8 +156,8 @@ def test_the_trainer_fine_tunes_the_pruned_model_and_its_checkpoints_reload_prun
     yolo.model = copy.deepcopy(result.module)
     shapes, count, before = _shapes(yolo.model), _params(yolo.model), copy.deepcopy(yolo.model.state_dict())
     assert count < 0.6 * _params(model)
-    yolo.train(data=_dataset(tmp_path / "data", model.model[-1].nc), trainer=keep_model(yolo), epochs=1, imgsz=64, batch=2,
-               workers=0, device="cpu", amp=False, plots=False, project=str(tmp_path / "runs"), name="ft", verbose=False)
+    yolo.train(data=_dataset(tmp_path / "data", model.model[-1].nc), trainer=keep_model(yolo), **TRAIN,
+               project=str(tmp_path / "runs"), name="ft")
     assert _shapes(yolo.model) == shapes and _params(yolo.model) == count  # YOLO.train reloaded it from best.pt
     trained = yolo.model.state_dict()
     assert any(not torch.equal(trained[k].float(), before[k].float()) for k in before if before[k].is_floating_point())
@@ -164,9 +167,8 @@ def test_the_trainer_fine_tunes_the_pruned_model_and_its_checkpoints_reload_prun
     for key, value in again.model.state_dict().items():
         torch.testing.assert_close(value, trained[key], rtol=0, atol=0)
     # a YOLO loaded from a .pt goes through get_model(weights=...): it trains on as it is
-    again.train(data=str(tmp_path / "data" / "data.yaml"), trainer=keep_model(again), epochs=1, imgsz=64, batch=2,
-                workers=0, device="cpu", amp=False, plots=False, project=str(tmp_path / "runs"), name="ft2",
-                verbose=False)
+    again.train(data=str(tmp_path / "data" / "data.yaml"), trainer=keep_model(again), **TRAIN,
+                project=str(tmp_path / "runs"), name="ft2")
     assert _shapes(again.model) == shapes and _params(again.model) == count
 
 
@@ -174,9 +176,9 @@ def test_keep_model_refuses_a_dataset_with_another_class_count(pruned, ultralyti
     name, _, _, result = pruned
     yolo = ultralytics.YOLO(f"{name}.yaml")
     yolo.model = copy.deepcopy(result.module)
-    with pytest.raises(graphprune.GraphPruneError, match=r"detects 80 classes but the dataset .* has 28: prune a model"):
-        yolo.train(data=_dataset(tmp_path / "data", 28), trainer=keep_model(yolo), epochs=1, imgsz=64, batch=2,
-                   workers=0, device="cpu", project=str(tmp_path / "runs"), name="nc", verbose=False)
+    with pytest.raises(graphprune.GraphPruneError, match=r"detects 80 classes but the dataset .* has 28: prune a "):
+        yolo.train(data=_dataset(tmp_path / "data", 28), trainer=keep_model(yolo), **TRAIN,
+                   project=str(tmp_path / "runs"), name="nc")
 
 
 def test_yolo_save_writes_a_checkpoint_that_reloads_pruned(pruned, ultralytics, tmp_path):
