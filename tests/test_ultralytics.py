@@ -5,7 +5,9 @@ the caller's DetectionModel, its outputs equal `result.model`'s in float64, it p
 inside a YOLO object; ultralytics' trainer fine-tunes it one epoch on a dataset made here from those images without
 rebuilding it from the yaml (every parameter shape measured before and after); the checkpoints it writes and
 `YOLO.save` writes reload with `YOLO(path)` in the pruned shapes; the CLI prunes a bundled yaml name and a .pt.
-ultralytics is kept off the network: YOLO_OFFLINE, no auto-install, its settings in a temporary directory.
+ultralytics is kept off the network (YOLO_OFFLINE, no auto-install, no telemetry, settings in a temporary directory,
+a local font where its dataset check would download Arial.ttf), and every test fails if this process or a CLI
+subprocess resolves a host name or connects anywhere.
 """
 import copy
 import json
