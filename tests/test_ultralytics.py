@@ -142,6 +142,7 @@ def _dataset(root, names: int) -> str:
     """A YOLO-format dataset of the two sample photographs with the boxes above (train and val alike); its yaml."""
     from ultralytics.utils import ASSETS
 
+    assert all((ASSETS / f"{name}.jpg").is_file() for name in LABELS), f"ultralytics ships no sample images in {ASSETS}"
     for kind in ("images", "labels"):
         (root / kind / "train").mkdir(parents=True)
     for name, boxes in LABELS.items():
@@ -220,3 +221,12 @@ def test_the_cli_names_a_config_ultralytics_does_not_ship_in_one_line(ultralytic
     assert_one_line_error(run_cli("prune", "yolov8q.yaml", "--ratio", "0.5", "--out", "out", cwd=str(tmp_path)),
                           "MODEL 'yolov8q.yaml' is no file here, nor a config ultralytics ships")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_keeps_ultralytics_offline_by_itself(ultralytics, tmp_path, monkeypatch):
+    """Without YOLO_OFFLINE in the environment, importing ultralytics resolves two host names (its connectivity
+    check): the command line sets it for its own process; the guard above fails the test on any lookup."""
+    monkeypatch.delenv("YOLO_OFFLINE")
+    proc = run_cli("explain", "yolov8n.yaml", "--input-shape", "1,3,64,64", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "47 groups" in proc.stdout

@@ -3,9 +3,10 @@ yolov8.yaml at scale n) built with random weights, or a checkpoint (.pt) read wi
 against ultralytics' own allow-list of classes (torch_safe_load(safe_only=True)). Needs ultralytics.
 
 The example input is pixels in [0, 1] (ultralytics reads pixels / 255), (1, 3, 640, 640) unless --input-shape says
-otherwise. The pruned DetectionModel (result.module) is written as an ultralytics checkpoint, `ultralytics.pt` in
---out, as `YOLO.save` writes one (float16 weights, the source checkpoint's train_args kept): `YOLO(path)` reloads it
-with the pruned shapes, and graphprune.integrations.ultralytics.keep_model fine-tunes it without rebuilding it.
+otherwise; ultralytics is imported with YOLO_OFFLINE=1 unless the environment sets it. The pruned DetectionModel
+(result.module) is written as an ultralytics checkpoint, `ultralytics.pt` in --out, as `YOLO.save` writes one
+(float16 weights, the source checkpoint's train_args kept): `YOLO(path)` reloads it with the pruned shapes, and
+graphprune.integrations.ultralytics.keep_model fine-tunes it without rebuilding it.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ SAVED = "ultralytics.pt"  # the pruned checkpoint inside --out
 
 
 def _import(path: str):
+    """ultralytics, offline unless the user's environment says otherwise: the command line reads local files and the
+    configs ultralytics ships, so its import-time connectivity check (DNS lookups) and telemetry have no use here."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # read once, when ultralytics is first imported (this process only)
     try:
         import ultralytics
     except ImportError:
