@@ -351,6 +351,15 @@ def test_ultralytics_without_ultralytics_names_the_extra(tmp_path, name):
                                 "which is not installed; pip install 'graphprune[ultralytics]'")
 
 
+@pytest.mark.skipif(importlib.util.find_spec("ultralytics") is not None, reason="ultralytics is installed")
+def test_a_config_name_ultralytics_ships_names_the_extra(tmp_path):
+    """yolov8n.yaml, no such file here: the name of a config ultralytics ships (its yolov8.yaml at scale n)."""
+    assert_one_line_error(run_cli("prune", "yolov8n.yaml", "--ratio", "0.5", "--out", "out", cwd=str(tmp_path)),
+                          "MODEL 'yolov8n.yaml' is an ultralytics model (no such file here, so the name of a config "
+                          "ultralytics ships); reading it needs ultralytics, which is not installed; "
+                          "pip install 'graphprune[ultralytics]'")
+
+
 def test_a_yaml_that_is_not_an_ultralytics_model_is_one_line(tmp_path):
     (tmp_path / "config.yaml").write_text("lr: 0.1\nepochs: 3\n")
     assert_one_line_error(run_cli("explain", "config.yaml", cwd=str(tmp_path)),

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import graphprune
 import graphprune.models
 
+from graphprune.batch import BATCH_KEY
 from graphprune.dependencies import build_dependency_graph as analyse
 from graphprune.errors import TraceError
 from graphprune.frontends import export_graph, flat_inputs
@@ -211,6 +212,52 @@ def test_export_failure_is_a_trace_error():
 
     with pytest.raises(TraceError, match="torch.export cannot export DataDependent"):
         export_graph(DataDependent(), (torch.randn(4),))
+
+
+class CachingHead(nn.Module):
+    """YOLO's Detect in small: forward caches its input's shape and a grid built from it (`self.shape`,
+    `self.grid`) and rebuilds them when the shape changes. A trace leaves symbolic sizes there, which no later
+    trace or run can use (Detect's `self.shape != shape` then raised GuardOnDataDependentSymNode): here the
+    forward refuses them outright. The cache starts as class attributes, as Detect's does (torch.export puts back
+    the instance attributes a trace assigns, not those it adds)."""
+
+    shape, grid = None, None
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        if self.shape is not None and not all(type(d) is int for d in self.shape):
+            raise RuntimeError(f"sizes left by another trace: {self.shape}")
+        y = self.conv(x)
+        if self.shape != y.shape:
+            self.grid = torch.arange(y.shape[2] * y.shape[3], dtype=y.dtype).view(1, 1, y.shape[2], y.shape[3])
+            self.shape = y.shape
+        return y + self.grid
+
+
+class WithCachingHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 8, 3, padding=1), CachingHead()
+
+    def forward(self, x):
+        return self.head(torch.relu(self.stem(x)))
+
+
+def test_every_export_attempt_runs_on_a_fresh_copy_of_a_model_that_caches_shapes():
+    torch.manual_seed(0)
+    model, x = WithCachingHead().eval(), torch.randn(1, 3, 8, 8)  # never run: the first trace fills the cache
+    gm = export_graph(model, (x,))
+    assert "shape" not in vars(model.head)  # the caller's model is untouched
+    assert gm.meta[BATCH_KEY].static == ""  # the batch dim stayed dynamic: checked by a run on a clean copy
+    with torch.no_grad():
+        torch.testing.assert_close(gm(torch.cat([x, x])), torch.cat([model(x)] * 2))
+    result = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend="export")
+    assert result.report.params_after < result.report.params_before
+    with torch.no_grad():
+        torch.testing.assert_close(result.module(x), result.model(x))
 
 
 SAME_COUNTS_FAST = ("resnet18", "vit_tiny")

@@ -1,6 +1,5 @@
-"""MODEL kinds that are files or other libraries' names: a .pt2 ExportedProgram, timm:NAME, an ultralytics
-.pt/.yaml (sources.py tells which it is). timm and ultralytics are optional: without them, one line names
-the extra to install.
+"""MODEL kinds that are files or other libraries' names: a .pt2 ExportedProgram, timm:NAME (an ultralytics .pt/.yaml:
+yolo.py; sources.py tells which it is). timm is optional: without it, one line names the extra to install.
 
 An ExportedProgram's example input is the one torch.export.save stored (ExportedProgram.example_inputs),
 else --input-shape (random floats, or random ids below --vocab-size for an integer input); it is pruned as the
@@ -15,8 +14,6 @@ import torch
 
 from ..errors import first_line
 from .messages import CLIError
-
-ULTRALYTICS_SHAPE = (1, 3, 640, 640)
 
 
 @dataclass(frozen=True)
@@ -99,18 +96,3 @@ def load_timm(spec: str, shape) -> Loaded:
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     mean, std = cfg.get("mean"), cfg.get("std")
     return Loaded(model, (x,), model, mean=tuple(mean) if mean else None, std=tuple(std) if std else None)
-
-
-def load_ultralytics(path: str, shape) -> Loaded:
-    try:
-        from ultralytics import YOLO
-    except ImportError:
-        raise CLIError(f"MODEL {path!r} is an ultralytics model; reading it needs ultralytics, which is not "
-                       "installed; pip install 'graphprune[ultralytics]'") from None
-    try:
-        model = YOLO(path).model.float().eval()
-    except Exception as exc:
-        raise CLIError(f"ultralytics cannot build MODEL {path!r} ({type(exc).__name__}: {first_line(exc)}); pass a "
-                       "checkpoint (.pt) or model config (.yaml) that ultralytics.YOLO reads") from None
-    x = torch.rand(shape or ULTRALYTICS_SHAPE, generator=torch.Generator().manual_seed(1))
-    return Loaded(model, (x,), model, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # ultralytics reads pixels / 255

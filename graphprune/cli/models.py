@@ -18,8 +18,8 @@ import torch
 from ..errors import InputError
 from ..inputs import check_model, check_model_and_inputs
 from ..models import get_model
-from . import hf
-from .loaders import load_exported, load_timm, load_ultralytics
+from . import hf, yolo
+from .loaders import load_exported, load_timm
 from .messages import CLIError, one_line
 from .sources import ACCEPTED, Kind, detect
 
@@ -36,7 +36,7 @@ class LoadedModel:
     mean: tuple[float, ...] | None = None  # --images normalisation the model family states (None: images.py's)
     std: tuple[float, ...] | None = None
     tokenizer: str | None = None  # the directory of the model's own tokenizer (--text)
-    save_native: Callable | None = None  # (result, directory) -> line: the pruned model in its own format
+    save_native: Callable | None = None  # (result, StagedDirectory) -> {"format", "line", ...}: in its own format
 
     @property
     def module(self) -> torch.nn.Module:
@@ -105,17 +105,22 @@ def _hf_dir(path: str, shape, text: str | None, max_length: int | None) -> Loade
     tokenizer = loaded.tokenizer
     return LoadedModel(path, loaded.model, inputs, loaded.vocab_size, Kind.HF_DIR, mean=loaded.mean, std=loaded.std,
                        tokenizer=tokenizer,
-                       save_native=lambda result, directory: hf.save_pruned(result, directory, tokenizer))
+                       save_native=lambda result, out: hf.save_pruned(result, out.file(hf.SAVED_DIR), tokenizer))
+
+
+def _ultralytics(path: str, shape) -> LoadedModel:
+    model, x, ckpt = yolo.load(path, shape)
+    return LoadedModel(path, model, check_model_and_inputs(model, (x,)), kind=Kind.ULTRALYTICS,
+                       mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),  # ultralytics reads pixels / 255
+                       save_native=lambda result, out: yolo.save(result, out, ckpt))
 
 
 def _other(kind: Kind, spec: str, shape, vocab_size: int | None) -> LoadedModel:
-    """An ExportedProgram, a timm or an ultralytics model."""
+    """An ExportedProgram or a timm model."""
     if kind is Kind.EXPORTED:
         loaded = load_exported(spec, shape, vocab_size)
-    elif kind is Kind.TIMM:
-        loaded = load_timm(spec, shape)
     else:
-        loaded = load_ultralytics(spec, shape)
+        loaded = load_timm(spec, shape)
     return LoadedModel(spec, loaded.model, loaded.inputs, loaded.vocab_size, kind, loaded.runnable,
                        loaded.static_batch, loaded.mean, loaded.std)
 
@@ -127,7 +132,8 @@ def load_model(spec: str, input_shape: str | None, vocab_size: int | None = None
     `text` and `max_length` (--text, --max-length) give a Hugging Face text model its example input."""
     shape = parse_shape(input_shape) if input_shape else None
     kind = detect(spec)
-    spec = os.path.abspath(spec) if kind in (Kind.EXPORTED, Kind.HF_DIR, Kind.ULTRALYTICS, Kind.ONNX) else spec
+    spec = os.path.abspath(spec) if kind in (Kind.EXPORTED, Kind.HF_DIR, Kind.ULTRALYTICS, Kind.ONNX) \
+        and os.path.exists(spec) else spec  # an ultralytics config name stays a name
     if vocab_size is not None and (vocab_size < 1 or kind not in (Kind.FACTORY, Kind.EXPORTED)):
         raise CLIError(f"--vocab-size {vocab_size}: " + ("give the number of token ids, >= 1" if vocab_size < 1 else
                        "it is for a package.module:factory or .pt2 model that takes token ids; " + (
@@ -142,4 +148,6 @@ def load_model(spec: str, input_shape: str | None, vocab_size: int | None = None
         return _factory(spec, shape, vocab_size)
     if kind is Kind.HF_DIR:
         return _hf_dir(spec, shape, text, max_length)
+    if kind is Kind.ULTRALYTICS:
+        return _ultralytics(spec, shape)
     return _other(kind, spec, shape, vocab_size)

@@ -18,7 +18,7 @@ from ..importance import BUILTIN, Taylor
 from ..report import PruneReport
 from .budget import CLIBudget, read_budget
 from .distil import Family, RecoveryData, check_data_flags, check_recovery_args, recovered, recovery_data
-from .hf import SAVED_DIR, own_tokenizer
+from .hf import own_tokenizer
 from .messages import CLIError, Progress, one_line, toolchain_errors
 from .models import LoadedModel, load_model, random_inputs
 
@@ -108,7 +108,7 @@ def write_outputs(out: StagedDirectory, loaded: LoadedModel, result, settings: d
     }
     if loaded.save_native is not None:
         with progress.step("saving the pruned model in its own format"):
-            summary["native"] = loaded.save_native(result, out.file(SAVED_DIR))
+            summary["native"] = loaded.save_native(result, out)
     write_json(out.file("report.json"), summary)
     print(result.report.summary(full=settings.get("verbose", False)))
     print(before_after_table(result.report, original.file_bytes, pruned.file_bytes, pruned.max_abs_diff))

@@ -7,6 +7,7 @@
       a torch.save zip pickling ultralytics.*   an ultralytics checkpoint (.pt; needs ultralytics)
       YAML with backbone: and head:             an ultralytics model config (.yaml; needs ultralytics)
       an ONNX ModelProto                        an ONNX file (bench times it; prune needs the PyTorch model)
+    NAME.yaml, no such file here              a model config ultralytics ships (yolov8n.yaml; needs ultralytics)
     package.module:factory            a function returning an nn.Module
     anything else                     a built-in model name
 
@@ -148,6 +149,8 @@ def detect(spec: str) -> Kind:
         return _dir_kind(spec)
     if os.path.isfile(spec):
         return _file_kind(spec)
+    if spec.endswith((".yaml", ".yml")) and os.path.basename(spec) == spec:
+        return Kind.ULTRALYTICS  # a bare config name: ultralytics resolves it among the configs it ships
     if looks_like_path(spec):
         raise CLIError(f"MODEL {spec!r} does not exist (no such file or directory); MODEL is " + ACCEPTED)
     return Kind.FACTORY if ":" in spec else Kind.BUILTIN

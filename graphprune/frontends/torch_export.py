@@ -129,6 +129,12 @@ def _graph_differs(gm: fx.GraphModule, model: torch.nn.Module, args: tuple, kwar
                         "its outputs on the example, twice along dim 0"))
 
 
+def fresh(model: torch.nn.Module) -> torch.nn.Module:
+    """New module objects over `model`'s very tensors, in eval mode: what one trace or run assigns to its modules'
+    attributes stays there. `model` is graphprune's own copy, never the caller's model."""
+    return clone_module(model, share_tensors=True).eval()
+
+
 def _dynamic_graph(model: torch.nn.Module, args: tuple, kwargs: dict, name: str) -> tuple[fx.GraphModule | None, str]:
     """The Core ATen graph of `model` with a symbolic batch dim and values recorded, or None and why not.
 
@@ -136,19 +142,21 @@ def _dynamic_graph(model: torch.nn.Module, args: tuple, kwargs: dict, name: str)
     (an op's stride check specialises it, e.g. linear on a transposed input), on the example doubled.
     A graph is kept only when its inputs' dim 0 ranges over [<=2, oo) and `_graph_differs` finds
     nothing: it is checked at a batch of 1 by a run (guards dropped: that run stands for the guard
-    `batch != 1` torch adds when it traces on 2 or more) and at another size.
+    `batch != 1` torch adds when it traces on 2 or more) and at another size. Every trace and run is
+    on `fresh(model)`: a forward that caches on its modules (YOLO's Detect keeps `self.shape` and its
+    anchors) would carry one trace's symbolic sizes into the next.
     """
     tries = [(args, kwargs)] + ([doubled(args, kwargs)] if batch_size((args, kwargs)) == 1 else [])
     reasons = []
     for on_args, on_kwargs in tries:
         try:
-            ep = decompose(export_dynamic(model, on_args, on_kwargs), name)
+            ep = decompose(export_dynamic(fresh(model), on_args, on_kwargs), name)
             why = why_batch_static(ep, lowest=2)
             if why:
                 reasons.append(f"the model's code constrains it ({why})")
                 continue
             gm = _unguarded(ep, name)
-            why = _graph_differs(gm, model, args, kwargs, record_values(gm, flat_inputs(gm, args, kwargs)))
+            why = _graph_differs(gm, fresh(model), args, kwargs, record_values(gm, flat_inputs(gm, args, kwargs)))
             if not why:
                 return gm, ""
             reasons.append(why)
@@ -173,7 +181,7 @@ def export_graph(model: torch.nn.Module, args, kwargs: dict | None = None) -> fx
     gm, static = _dynamic_graph(copy, args, kwargs, name) if batch_size((args, kwargs)) is not None else (None, "")
     if gm is None:
         try:
-            ep = torch.export.export(copy, args, kwargs, strict=False)
+            ep = torch.export.export(fresh(copy), args, kwargs, strict=False)
         except Exception as exc:  # torch.export raises many types; all mean "cannot export"
             raise TraceError(
                 f"torch.export cannot export {name}: {type(exc).__name__}: {first_line(exc)}. "

@@ -1,0 +1,1 @@
+"""Helpers for other libraries' models (each module needs its library; graphprune itself never imports them)."""
