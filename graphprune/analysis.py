@@ -259,7 +259,8 @@ class Analysis:
         report = build_report(self.stats, self.cost, gm, self.rules, self.dependencies, planned.plan,
                               rewritten.sliced_params, planned.rounding)
         report = replace(report, frontend=self.frontend, target=planned.target, probed_ops=self.dependencies.probed,
-                         renormalised=renormalised_ops(self.graph_module, self.rules, self.dependencies, planned.plan))
+                         renormalised=renormalised_ops(self.graph_module, self.rules, self.dependencies, planned.plan,
+                                                      rewritten.kept))
         timings = {**self.timings, **planned.timings, **rewritten.timings, "report": time.perf_counter() - t0}
         return PruneResult(gm, planned.plan, report, self.dependencies, timings, self.example_inputs, self.model,
                            self.graph_module, self.rules)

@@ -81,12 +81,12 @@ class CostModel:
             kept = plan.keep.get(g.id)
             if kept is None:
                 continue
-            total = 0
-            for slot in g.members:
+            total, mask = 0, g.kept_mask(kept)
+            for slot, index_map in g.members.items():
                 if not slot.is_param or slot.name not in shapes:
                     continue  # activations and buffers hold no parameters
                 n = math.prod(shapes[slot.name])
-                shapes[slot.name][slot.dim] = len(g.kept_positions(slot, kept))
+                shapes[slot.name][slot.dim] = int(np.count_nonzero(mask[index_map]))  # len(g.kept_positions(...))
                 total += n - math.prod(shapes[slot.name])
             removed[g.id] = total
         return removed

@@ -224,11 +224,15 @@ class ChannelGroup:
                          f"channels {ranges} of {self.size}{order}")
         return lines
 
-    def kept_positions(self, slot: Slot, kept_channels) -> np.ndarray:
-        """Positions of `slot` whose channel is in `kept_channels` (sorted)."""
+    def kept_mask(self, kept_channels) -> np.ndarray:
+        """True at the group channels in `kept_channels`: a member keeps position i when mask[index_map[i]]."""
         keep = np.zeros(self.size, dtype=bool)
         keep[np.asarray(kept_channels, dtype=np.int64)] = True
-        return np.flatnonzero(keep[self.members[slot]])
+        return keep
+
+    def kept_positions(self, slot: Slot, kept_channels) -> np.ndarray:
+        """Positions of `slot` whose channel is in `kept_channels` (sorted)."""
+        return np.flatnonzero(self.kept_mask(kept_channels)[self.members[slot]])
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,7 +17,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .cost import CostModel, count_macs
-from .groups import DependencyGraph, Pin
+from .groups import DependencyGraph, Pin, Slot
 from .kvcache import AttentionLayer, attention_layers, query_tokens
 from .planner import PrunePlan, Rounding
 from .passes.shrink import positions_kept_by_slot
@@ -207,8 +207,9 @@ class PruneReport:
 
 
 def _params_by_module(model: nn.Module) -> dict[str, int]:
-    return {name: sum(p.numel() for p in m.parameters(recurse=False))
-            for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+    """Module name -> numel of its own parameters (`m.parameters(recurse=False)`: each tensor once), for modules with any."""
+    own = ((name, {id(p): p for p in m._parameters.values() if p is not None}) for name, m in model.named_modules())
+    return {name: sum(p.numel() for p in params.values()) for name, params in own if params}
 
 
 @dataclass(frozen=True)
@@ -280,10 +281,13 @@ def _attention_reports(before: tuple[AttentionLayer, ...], after: tuple[Attentio
                                  b.bytes_per_token, a.bytes_per_token) for b, a in zip(before, after))
 
 
-def renormalised_ops(dense: fx.GraphModule, rules: RuleTable, graph: DependencyGraph, plan: PrunePlan) -> tuple[str, ...]:
+def renormalised_ops(dense: fx.GraphModule, rules: RuleTable, graph: DependencyGraph, plan: PrunePlan,
+                     kept: Mapping[Slot, object] | None = None) -> tuple[str, ...]:
     """The ops of `dense` whose rule `renormalises` over the channels of an input that `plan` prunes: the pruned model
-    takes their statistic over the kept channels only (valid, not exact: rules.statistics states the policy)."""
-    shrinking = {(s.name, s.dim) for s in positions_kept_by_slot(graph, plan) if not s.is_param}
+    takes their statistic over the kept channels only (valid, not exact: rules.statistics states the policy).
+    `kept`: positions_kept_by_slot(graph, plan) where the caller has it already."""
+    kept = positions_kept_by_slot(graph, plan) if kept is None else kept
+    shrinking = {(s.name, s.dim) for s in kept if not s.is_param}
     view = GraphView(dense, graph.channel_dims)
     found = []
     for node in dense.graph.nodes:

@@ -363,15 +363,20 @@ def clone_module(module: torch.nn.Module, share_tensors: bool = False) -> torch.
             return None
         if id(m) not in memo:
             new = m.__class__.__new__(m.__class__)
-            # own copies of the per-module dicts (hooks, state): registering on the clone leaves the original alone
-            new.__dict__ = {k: (v.copy() if isinstance(v, dict) else v) for k, v in m.__dict__.items()}
+            # own copies of the per-module dicts (hooks, state): registering on the clone leaves the original alone;
+            # the three tables are written straight into __dict__ (what Module.__setattr__ does for a dict value)
+            state = {k: (v.copy() if isinstance(v, dict) and k not in _TABLES else v) for k, v in m.__dict__.items()}
+            new.__dict__ = state
             memo[id(m)] = new
-            new._parameters = {k: tensor(p) for k, p in m._parameters.items()}
-            new._buffers = {k: tensor(b) for k, b in m._buffers.items()}
-            new._modules = {k: clone(c) for k, c in m._modules.items()}
+            state["_parameters"] = {k: tensor(p) for k, p in m._parameters.items()}
+            state["_buffers"] = {k: tensor(b) for k, b in m._buffers.items()}
+            state["_modules"] = {k: clone(c) for k, c in m._modules.items()}
         return memo[id(m)]
 
     return clone(module)
+
+
+_TABLES = frozenset({"_parameters", "_buffers", "_modules"})  # a module's tensor and child tables (clone_module)
 
 
 def _copied(t: torch.Tensor) -> torch.Tensor:
@@ -381,8 +386,7 @@ def _copied(t: torch.Tensor) -> torch.Tensor:
 
 def own_tensors(module: torch.nn.Module, shared_with: torch.nn.Module) -> None:
     """Give `module` its own copy of every parameter and buffer it still shares with `shared_with` (ties kept)."""
-    theirs = {id(t) for _, t in (*shared_with.named_parameters(remove_duplicate=False),
-                                 *shared_with.named_buffers(remove_duplicate=False))}
+    theirs = {id(t) for m in shared_with.modules() for table in (m._parameters, m._buffers) for t in table.values()}
     memo: dict[int, torch.Tensor] = {}
     for m in module.modules():
         for table in (m._parameters, m._buffers):

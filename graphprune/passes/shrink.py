@@ -30,9 +30,9 @@ def positions_kept_by_slot(graph: DependencyGraph, plan: PrunePlan) -> dict[Slot
     kept = {}
     for gid, channels in plan.keep.items():
         group = graph.group(gid)
-        channels = np.asarray(channels)
+        mask = group.kept_mask(channels)  # once per group: ChannelGroup.kept_positions for every member
         for slot, index_map in group.members.items():
-            positions = group.kept_positions(slot, channels)
+            positions = np.flatnonzero(mask[index_map])
             if len(positions) < len(index_map):
                 kept[slot] = positions
     return kept
@@ -57,6 +57,12 @@ def _set_tensor(modules: Mapping[str, torch.nn.Module], names: list[str], value:
             owner._buffers[attr] = new
 
 
+def _slot_order(item: tuple[Slot, np.ndarray]) -> tuple:
+    """Slot order (name, dim, role) as a key: one call per slot, not one comparison call per pair."""
+    slot = item[0]
+    return slot.name, slot.dim, slot.role.value
+
+
 class ShrinkChannels(GraphPass):
     def __init__(self, graph: DependencyGraph, plan: PrunePlan, rules: RuleTable, example_inputs):
         super().__init__(example_inputs)
@@ -70,7 +76,7 @@ class ShrinkChannels(GraphPass):
         for name, first in tensor_names(gm).items():
             aliases.setdefault(first, []).append(name)
         current, sliced = {}, set()
-        for slot, positions in sorted(self.kept.items()):
+        for slot, positions in sorted(self.kept.items(), key=_slot_order):
             if not slot.is_param or (slot.name, slot.dim) in sliced:
                 continue  # a tied dim read in two roles is one set of channels: sliced once
             sliced.add((slot.name, slot.dim))
@@ -109,7 +115,8 @@ class EliminateDeadCode(GraphPass):
     """Remove nodes whose results no output reads, and submodules no node calls any more."""
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        changed = graph_module.graph.eliminate_dead_code()
+        # a node with users is never removed: ask Node.is_impure (a submodule lookup per call_module) only of the others
+        changed = graph_module.graph.eliminate_dead_code(lambda node: bool(node.users) or node.is_impure())
         unused = _unused_submodules(graph_module)
         for name in unused:
             graph_module.delete_submodule(name)

@@ -152,21 +152,23 @@ class RuleTable:
 
     def with_rule(self, key: type | Callable, rule: Rule) -> "RuleTable":
         """A new table where `key` (an nn.Module subclass, or a function/method) uses `rule`."""
-        if not isinstance(rule, Rule):
-            raise TypeError(f"rule for {key!r} must be a graphprune Rule instance, got {type(rule).__name__}")
-        if isinstance(key, type) and issubclass(key, torch.nn.Module):
-            return RuleTable({**self._modules, key: rule}, self._functions)
-        if callable(key):
-            return RuleTable(self._modules, {**self._functions, key: rule})
-        raise TypeError(f"rule key must be an nn.Module subclass or a callable, got {key!r}")
+        return self.with_rules({key: rule})
 
     def with_rules(self, rules: Mapping[type | Callable, Rule]) -> "RuleTable":
         """A new table where every key of `rules` uses its rule: one family's spellings, e.g.
-        `{MyGain: rule, torch.ops.my.gain.default: rule}` for a module (fx) and the op it calls (torch.export)."""
-        table = self
+        `{MyGain: rule, torch.ops.my.gain.default: rule}` for a module (fx) and the op it calls (torch.export).
+        The tables are copied once, whatever the number of rules."""
+        modules, functions = dict(self._modules), dict(self._functions)
         for key, rule in rules.items():
-            table = table.with_rule(key, rule)
-        return table
+            if not isinstance(rule, Rule):
+                raise TypeError(f"rule for {key!r} must be a graphprune Rule instance, got {type(rule).__name__}")
+            if isinstance(key, type) and issubclass(key, torch.nn.Module):
+                modules[key] = rule
+            elif callable(key):
+                functions[key] = rule
+            else:
+                raise TypeError(f"rule key must be an nn.Module subclass or a callable, got {key!r}")
+        return RuleTable(modules, functions)
 
     def for_module(self, module: torch.nn.Module) -> Rule | None:
         """The rule of the module's class, or of a base class whose forward it does not override."""
