@@ -311,9 +311,9 @@ class Analysis:
         return self.apply(self.plan(budget, strategy, target, calibration), calibration)
 
 
-def _weighted_layers(gm: fx.GraphModule, rules: RuleTable, graph: DependencyGraph):
+def _weighted_layers(gm: fx.GraphModule, rules: RuleTable, graph: DependencyGraph, tables: GraphView | None = None):
     """(weight name -> layer kind, names of the nodes those layers read), from the rules' `weighted_layer`."""
-    view = GraphView(gm, graph.channel_dims)
+    view = GraphView(gm, graph.channel_dims, tables)
     layers, inputs = {}, set()
     for node in gm.graph.nodes:
         rule = rules.for_node(node, view.modules)
@@ -327,10 +327,11 @@ def _weighted_layers(gm: fx.GraphModule, rules: RuleTable, graph: DependencyGrap
 def _analysed(gm: fx.GraphModule, inputs: tuple, model, rules: RuleTable, strict: bool, frontend: str,
               trace_seconds: float) -> Analysis:
     t0 = time.perf_counter()
-    graph = build_dependency_graph(gm, rules, strict=strict, probe=ChannelProbe(gm, inputs, rules))
-    cost = CostModel.of(gm, rules, graph)
-    layers, layer_inputs = _weighted_layers(gm, rules, graph)
-    stats = ModelStats.measure(gm, cost, model)
+    tables = GraphView(gm)  # the module, parameter and buffer tables every step below reads (none modifies gm)
+    graph = build_dependency_graph(gm, rules, strict=strict, probe=ChannelProbe(gm, inputs, rules), tables=tables)
+    cost = CostModel.of(gm, rules, graph, tables)
+    layers, layer_inputs = _weighted_layers(gm, rules, graph, tables)
+    stats = ModelStats.measure(gm, cost, model, tables.params)
     return Analysis(model, gm, inputs, rules, graph, cost, stats, layers, layer_inputs, frontend,
                     {"trace": trace_seconds, "analysis": time.perf_counter() - t0}, strict)
 

@@ -29,9 +29,10 @@ class Counts:
     macs: int
 
 
-def mac_terms(gm: fx.GraphModule, rules: RuleTable, channel_dims: Mapping[str, object] | None = None) -> tuple[MacTerm, ...]:
-    """Every node's MAC terms, from its rule (nodes without a rule cost nothing)."""
-    view = GraphView(gm, channel_dims)
+def mac_terms(gm: fx.GraphModule, rules: RuleTable, channel_dims: Mapping[str, object] | None = None,
+              tables: GraphView | None = None) -> tuple[MacTerm, ...]:
+    """Every node's MAC terms, from its rule (nodes without a rule cost nothing). `tables`: GraphView's."""
+    view = GraphView(gm, channel_dims, tables)
     terms = []
     for node in gm.graph.nodes:
         if not isinstance(node.meta.get("gp_value"), (TensorMeta, tuple)):
@@ -65,9 +66,12 @@ class CostModel:
     param_shapes: Mapping[str, tuple[int, ...]]
 
     @classmethod
-    def of(cls, gm: fx.GraphModule, rules: RuleTable, graph: DependencyGraph) -> "CostModel":
-        shapes = {name: tuple(p.shape) for name, p in gm.named_parameters(remove_duplicate=False)}
-        return cls(mac_terms(gm, rules, graph.channel_dims), shapes)
+    def of(cls, gm: fx.GraphModule, rules: RuleTable, graph: DependencyGraph,
+           tables: GraphView | None = None) -> "CostModel":
+        """The cost model of `gm`; `tables`: a GraphView of `gm` whose tables are read (GraphView's `tables`)."""
+        view = GraphView(gm, graph.channel_dims, tables)
+        shapes = {name: tuple(p.shape) for name, p in view.params.items()}
+        return cls(mac_terms(gm, rules, graph.channel_dims, view), shapes)
 
     @property
     def macs(self) -> int:

@@ -230,16 +230,20 @@ class ModelStats:
     attention: tuple[AttentionLayer, ...] = ()
 
     @classmethod
-    def measure(cls, gm: fx.GraphModule, cost: CostModel, model: nn.Module | None = None) -> "ModelStats":
-        """Totals of `model` (default: `gm`); MACs are the cost model's terms at full width (counted once)."""
+    def measure(cls, gm: fx.GraphModule, cost: CostModel, model: nn.Module | None = None,
+                traced: Mapping[str, object] | None = None) -> "ModelStats":
+        """Totals of `model` (default: `gm`); MACs are the cost model's terms at full width (counted once).
+        `traced`: `gm`'s parameters by every name (named_parameters(remove_duplicate=False)) where the caller has them."""
         model = model if isinstance(model, nn.Module) else gm
-        traced = {name for name, _ in gm.named_parameters(remove_duplicate=False)}
-        read = {id(p) for name, p in model.named_parameters(remove_duplicate=False) if name in traced}
-        unused = [(name, p) for name, p in model.named_parameters(remove_duplicate=False) if id(p) not in read]
+        traced = dict(gm.named_parameters(remove_duplicate=False)) if traced is None else traced
+        named = list(model.named_parameters(remove_duplicate=False))
+        read = {id(p) for name, p in named if name in traced}
+        unused = [(name, p) for name, p in named if id(p) not in read]
         params_unused = sum(p.numel() for p in {id(p): p for _, p in unused}.values())
         owners = sorted({name.rpartition(".")[0] or "(model)" for name, _ in unused})
-        return cls(count_params(model), cost.macs, _params_by_module(model), params_unused, tuple(owners),
-                   weight_bytes(model), query_tokens(gm), attention_layers(gm))
+        unique = {id(p): p for _, p in named}.values()  # model.parameters(): each tensor once
+        return cls(sum(p.numel() for p in unique), cost.macs, _params_by_module(model), params_unused, tuple(owners),
+                   sum(p.numel() * p.element_size() for p in unique), query_tokens(gm), attention_layers(gm))
 
 
 def build_report(before: ModelStats, cost: CostModel, pruned: fx.GraphModule, rules: RuleTable, graph: DependencyGraph,

@@ -19,7 +19,7 @@ import torch.fx as fx
 from ..errors import RewriteError
 from ..groups import DependencyGraph, Slot
 from ..planner import PrunePlan
-from ..rules import RuleTable, ShrinkContext
+from ..rules import GraphView, RuleTable, ShrinkContext
 from ..rules.base import describe_node, tensor_names
 from ..trace import value_meta
 from .base import GraphPass, PassResult
@@ -71,9 +71,10 @@ class ShrinkChannels(GraphPass):
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         gm = graph_module
-        tensors = {**dict(gm.named_parameters(remove_duplicate=False)), **dict(gm.named_buffers(remove_duplicate=False))}
+        view = GraphView(gm)  # its tables as they are before slicing; slicing rebinds tensors, never modules
+        tensors = {**view.params, **view.buffers}
         aliases: dict[str, list[str]] = {}
-        for name, first in tensor_names(gm).items():
+        for name, first in tensor_names(gm, view).items():
             aliases.setdefault(first, []).append(name)
         current, sliced = {}, set()
         for slot, positions in sorted(self.kept.items(), key=_slot_order):
@@ -82,7 +83,7 @@ class ShrinkChannels(GraphPass):
             sliced.add((slot.name, slot.dim))
             t = current.get(slot.name, tensors[slot.name]).detach()
             current[slot.name] = t.index_select(slot.dim, torch.as_tensor(positions, dtype=torch.long)).contiguous()
-        modules = dict(gm.named_modules())
+        modules = view.modules
         for qualname, value in current.items():
             _set_tensor(modules, aliases.get(qualname, [qualname]), value)  # every alias of a tied tensor: the same one
         ctx = ShrinkContext(gm, self.kept, self.graph.channel_dims)

@@ -222,22 +222,31 @@ def freeze_inputs(node: fx.Node, ctx: "AnalysisContext", reason: str) -> tuple[F
     return tuple(freezes)
 
 
-def tensor_names(gm: fx.GraphModule) -> dict[str, str]:
-    """Every parameter/buffer name -> the first name of the same tensor (aliases of a tied weight share one)."""
+def tensor_names(gm: fx.GraphModule, view: "GraphView | None" = None) -> dict[str, str]:
+    """Every parameter/buffer name -> the first name of the same tensor (aliases of a tied weight share one).
+    `view`: a GraphView of `gm` whose parameter and buffer tables are read instead of walking `gm` again."""
+    if view is None:
+        view = GraphView(gm)
     first: dict[int, str] = {}
     names = {}
-    for name, t in list(gm.named_parameters(remove_duplicate=False)) + list(gm.named_buffers(remove_duplicate=False)):
+    for name, t in [*view.params.items(), *view.buffers.items()]:
         names[name] = first.setdefault(id(t), name)
     return names
 
 
 class GraphView:
-    """Read-only access to a traced graph: node values, modules, parameters and declared channel dims."""
+    """Read-only access to a traced graph: node values, modules, parameters and declared channel dims.
 
-    def __init__(self, gm: fx.GraphModule, declared: Mapping[str, Any] | None = None):
+    `tables`: another view of the same GraphModule, not modified since, whose module, parameter and buffer
+    tables this one shares (each is a walk of the module tree)."""
+
+    def __init__(self, gm: fx.GraphModule, declared: Mapping[str, Any] | None = None,
+                 tables: "GraphView | None" = None):
         self.gm = gm
-        self.modules = dict(gm.named_modules())
+        self.modules = dict(gm.named_modules()) if tables is None else tables.modules
         self.declared: dict[str, Any] = dict(declared or {})
+        if tables is not None:  # the cached properties below, filled from `tables`
+            self.__dict__["params"], self.__dict__["buffers"] = tables.params, tables.buffers
 
     @functools.cached_property
     def params(self) -> dict[str, torch.nn.Parameter]:
@@ -280,9 +289,9 @@ class AnalysisContext(GraphView):
     channels of unknown origin are never pruned.
     """
 
-    def __init__(self, gm: fx.GraphModule):
-        super().__init__(gm)
-        self.canonical = tensor_names(gm)
+    def __init__(self, gm: fx.GraphModule, tables: GraphView | None = None):
+        super().__init__(gm, tables=tables)
+        self.canonical = tensor_names(gm, self)
         names_per_tensor = Counter(self.canonical.values())
         self.tied = frozenset(n for n, first in self.canonical.items() if names_per_tensor[first] > 1)
         self.ties: list[Coupling] = []  # one tensor dim read in two roles: its slots are the same channels
