@@ -140,6 +140,9 @@ class Analysis:
 
     def module_names(self, entries: Iterable, what: str) -> list[str]:
         """Qualified names of modules of the model given as modules or names; InputError with close matches."""
+        entries = list(entries)
+        if not entries:
+            return []
         names = {m: n for n, m in self.model.named_modules()}
         all_names = [n for n in names.values() if n]
         out = []

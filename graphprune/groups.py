@@ -395,6 +395,24 @@ def _components(slots: list[Slot], a: np.ndarray, b: np.ndarray, order: Mapping[
     return sorted((sorted(c, key=rank.__getitem__) for c in found.values()), key=lambda c: rank[c[0]])
 
 
+def _channel_labels(pairs: Iterable[tuple[Coupling, int, int]], comp: list[int], size_of: list[int],
+                    base: Mapping[int, int], offset: int) -> np.ndarray:
+    """The group channel of every position of a component's slots (slot i's at base[i]:base[i] + size_of[i]):
+    connected_labels of the position graph the couplings `pairs` (coupling, slot index a, slot index b) draw.
+    When every coupling is the identity between slots of one size, position p of every slot is channel p."""
+    pairs = list(pairs)
+    sizes = {size_of[i] for i in comp}
+    if len(sizes) == 1 and all(c.a_index is None for c, _, _ in pairs):
+        return np.tile(np.arange(sizes.pop(), dtype=np.int64), len(comp))  # what connected_labels numbers
+    us, vs = [], []
+    for c, i, j in pairs:
+        ia, ib = iter_pairs(c, size_of[i], size_of[j])
+        us.append(ia + base[i])
+        vs.append(ib + base[j])
+    return connected_labels(offset, np.concatenate(us) if us else np.empty(0, np.int64),
+                            np.concatenate(vs) if vs else np.empty(0, np.int64))
+
+
 def build_groups(
     sizes: Mapping[Slot, int],
     couplings: Iterable[Coupling],
@@ -431,13 +449,7 @@ def build_groups(
         for i in comp:
             base[i] = offset
             offset += size_of[i]
-        us, vs = [], []
-        for c, i, j in by_component.get(k, ()):
-            ia, ib = iter_pairs(c, size_of[i], size_of[j])
-            us.append(ia + base[i])
-            vs.append(ib + base[j])
-        labels = connected_labels(offset, np.concatenate(us) if us else np.empty(0, np.int64),
-                                  np.concatenate(vs) if vs else np.empty(0, np.int64))
+        labels = _channel_labels(by_component.get(k, ()), comp, size_of, base, offset)
         members = {slots[i]: labels[base[i]: base[i] + size_of[i]] for i in comp}
         size = int(labels.max()) + 1 if offset else 0
         comp_slots = list(members)

@@ -365,8 +365,8 @@ def clone_module(module: torch.nn.Module, share_tensors: bool = False) -> torch.
             new = m.__class__.__new__(m.__class__)
             # own copies of the per-module dicts (hooks, state): registering on the clone leaves the original alone;
             # the three tables are written straight into __dict__ (what Module.__setattr__ does for a dict value)
-            state = {k: (v.copy() if isinstance(v, dict) and k not in _TABLES else v) for k, v in m.__dict__.items()}
-            new.__dict__ = state
+            state = new.__dict__  # filled in place: assigning __dict__ would go through Module.__setattr__
+            state.update((k, v.copy() if isinstance(v, dict) and k not in _TABLES else v) for k, v in m.__dict__.items())
             memo[id(m)] = new
             state["_parameters"] = {k: tensor(p) for k, p in m._parameters.items()}
             state["_buffers"] = {k: tensor(b) for k, b in m._buffers.items()}
