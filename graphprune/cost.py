@@ -43,9 +43,9 @@ def mac_terms(gm: fx.GraphModule, rules: RuleTable, channel_dims: Mapping[str, o
     return tuple(terms)
 
 
-def count_macs(gm: fx.GraphModule, rules: RuleTable) -> int:
-    """Measured MACs of a GraphModule whose nodes carry recorded values."""
-    return sum(t.macs for t in mac_terms(gm, rules))
+def count_macs(gm: fx.GraphModule, rules: RuleTable, tables: GraphView | None = None) -> int:
+    """Measured MACs of a GraphModule whose nodes carry recorded values (`tables`: a GraphView of it, see GraphView)."""
+    return sum(t.macs for t in mac_terms(gm, rules, tables=tables))
 
 
 def kept_share(graph: DependencyGraph, plan: PrunePlan, slot: Slot) -> tuple[int, int] | None:

@@ -260,18 +260,20 @@ def build_report(before: ModelStats, cost: CostModel, pruned: fx.GraphModule, ru
                                   r.one_block if r else False, g.pins))
     after = _params_by_module(pruned)
     layers = tuple(LayerReport(name, n, after.get(name, 0)) for name, n in before.params_by_module.items())
-    params_after = count_params(pruned)
+    view = GraphView(pruned)  # one walk of the pruned tree for the MACs and the totals
+    unique = {id(p): p for p in view.params.values()}.values()  # pruned.parameters(): each tensor once
+    params_after = sum(p.numel() for p in unique)
     return PruneReport(
         params_before=before.params,
         params_after=params_after,
         macs_before=before.macs,
-        macs_after=count_macs(pruned, rules),
+        macs_after=count_macs(pruned, rules, view),
         groups=tuple(groups),
         layers=layers,
         params_removed_dead_code=sliced_params - params_after + before.params_unused,
         unused_modules=before.unused_modules,
         weight_bytes_before=before.weight_bytes,
-        weight_bytes_after=weight_bytes(pruned),
+        weight_bytes_after=sum(p.numel() * p.element_size() for p in unique),
         tokens=before.tokens,
         attention=_attention_reports(before.attention, attention_layers(pruned)),
     )

@@ -366,7 +366,7 @@ def clone_module(module: torch.nn.Module, share_tensors: bool = False) -> torch.
             # own copies of the per-module dicts (hooks, state): registering on the clone leaves the original alone;
             # the three tables are written straight into __dict__ (what Module.__setattr__ does for a dict value)
             state = new.__dict__  # filled in place: assigning __dict__ would go through Module.__setattr__
-            state.update((k, v.copy() if isinstance(v, dict) and k not in _TABLES else v) for k, v in m.__dict__.items())
+            state.update({k: (v.copy() if isinstance(v, dict) and k not in _TABLES else v) for k, v in m.__dict__.items()})
             memo[id(m)] = new
             state["_parameters"] = {k: tensor(p) for k, p in m._parameters.items()}
             state["_buffers"] = {k: tensor(b) for k, b in m._buffers.items()}
