@@ -295,14 +295,14 @@ def trace_with_values(model: torch.nn.Module, args: tuple, kwargs: dict | None, 
     inputs = bind_inputs(gm, args, kwargs)
     gm.meta[BATCH_KEY] = BatchDim(batch_size(inputs))  # size() calls are nodes: any batch, unless the code bakes one
     training = gm.training
-    gm.eval()
+    set_mode(gm, False)
     try:
         record_values(gm, inputs)
     except InputError as exc:
         check_parts(gm)  # a part the tracer assumed and the run lacks is a trace error, not the inputs'
         raise exc
     finally:
-        gm.train(training)
+        set_mode(gm, training)
     check_parts(gm)
     return gm, inputs
 
@@ -377,6 +377,13 @@ def clone_module(module: torch.nn.Module, share_tensors: bool = False) -> torch.
 
 
 _TABLES = frozenset({"_parameters", "_buffers", "_modules"})  # a module's tensor and child tables (clone_module)
+
+
+def set_mode(module: torch.nn.Module, training: bool) -> None:
+    """`module.train(training)`, skipped where it changes nothing: every submodule is in that mode already and
+    none overrides Module.train (a walk that reads a flag per module, instead of one that sets it)."""
+    if any(m.training is not training or type(m).train is not torch.nn.Module.train for m in module.modules()):
+        module.train(training)
 
 
 def _copied(t: torch.Tensor) -> torch.Tensor:

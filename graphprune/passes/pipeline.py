@@ -16,7 +16,7 @@ import torch.fx as fx
 from ..groups import DependencyGraph, Slot
 from ..planner import PrunePlan
 from ..rules import RuleTable
-from ..trace import own_tensors
+from ..trace import own_tensors, set_mode
 from .recalibrate import RecalibrateBatchNorm
 from .shrink import EliminateDeadCode, ShrinkChannels
 
@@ -51,7 +51,7 @@ def rewrite_in_place(gm: fx.GraphModule, graph: DependencyGraph, plan: PrunePlan
         own_tensors(gm, shared_with)
     for graph_pass in later:
         graph_pass(gm)
-    gm.train(training)
+    set_mode(gm, training)
     passes = [shrink, dead_code] + later
     return Rewritten(sliced_params, {"rewrite": sum(p.timings["call"] for p in passes),
                                      "checks": sum(p.timings["ensures"] for p in passes)}, shrink.kept)
