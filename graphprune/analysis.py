@@ -116,6 +116,8 @@ class Analysis:
     frontend: str = "fx"  # which frontend traced the model, and why (Frontend docstring)
     timings: Mapping[str, float] = field(default_factory=dict)
     strict: bool = False  # analyse(strict=True): a rule whose shrink breaks a rewrite raises RuleError in `apply`
+    tables: GraphView | None = field(default=None, compare=False, repr=False)  # graph_module's module, parameter
+    # and buffer tables (GraphView's `tables`), walked once by the analysis and read again by `apply`'s report
 
     # -- reading ---------------------------------------------------------------------------
     def explain(self) -> str:
@@ -263,7 +265,7 @@ class Analysis:
                               rewritten.sliced_params, planned.rounding)
         report = replace(report, frontend=self.frontend, target=planned.target, probed_ops=self.dependencies.probed,
                          renormalised=renormalised_ops(self.graph_module, self.rules, self.dependencies, planned.plan,
-                                                      rewritten.kept))
+                                                      rewritten.kept, self.tables))
         timings = {**self.timings, **planned.timings, **rewritten.timings, "report": time.perf_counter() - t0}
         return PruneResult(gm, planned.plan, report, self.dependencies, timings, self.example_inputs, self.model,
                            self.graph_module, self.rules)
@@ -336,7 +338,7 @@ def _analysed(gm: fx.GraphModule, inputs: tuple, model, rules: RuleTable, strict
     layers, layer_inputs = _weighted_layers(gm, rules, graph, tables)
     stats = ModelStats.measure(gm, cost, model, tables.params)
     return Analysis(model, gm, inputs, rules, graph, cost, stats, layers, layer_inputs, frontend,
-                    {"trace": trace_seconds, "analysis": time.perf_counter() - t0}, strict)
+                    {"trace": trace_seconds, "analysis": time.perf_counter() - t0}, strict, tables)
 
 
 def _via_fx(model, args, kwargs, rules, strict) -> Analysis:

@@ -288,13 +288,13 @@ def _attention_reports(before: tuple[AttentionLayer, ...], after: tuple[Attentio
 
 
 def renormalised_ops(dense: fx.GraphModule, rules: RuleTable, graph: DependencyGraph, plan: PrunePlan,
-                     kept: Mapping[Slot, object] | None = None) -> tuple[str, ...]:
+                     kept: Mapping[Slot, object] | None = None, tables: GraphView | None = None) -> tuple[str, ...]:
     """The ops of `dense` whose rule `renormalises` over the channels of an input that `plan` prunes: the pruned model
     takes their statistic over the kept channels only (valid, not exact: rules.statistics states the policy).
-    `kept`: positions_kept_by_slot(graph, plan) where the caller has it already."""
+    `kept`: positions_kept_by_slot(graph, plan) where the caller has it already; `tables`: GraphView's."""
     kept = positions_kept_by_slot(graph, plan) if kept is None else kept
     shrinking = {(s.name, s.dim) for s in kept if not s.is_param}
-    view = GraphView(dense, graph.channel_dims)
+    view = GraphView(dense, graph.channel_dims, tables)
     found = []
     for node in dense.graph.nodes:
         rule = rules.for_node(node, view.modules)
