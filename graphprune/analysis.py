@@ -117,6 +117,8 @@ class Analysis:
     frontend: str = "fx"  # which frontend traced the model, and why (Frontend docstring)
     timings: Mapping[str, float] = field(default_factory=dict)
     strict: bool = False  # analyse(strict=True): a rule whose shrink breaks a rewrite raises RuleError in `apply`
+    tables: GraphView | None = field(default=None, compare=False, repr=False)  # graph_module's module, parameter
+    # and buffer tables (GraphView's `tables`), walked once by the analysis and read again by `apply`'s report
 
     # -- reading ---------------------------------------------------------------------------
     def explain(self) -> str:
@@ -141,6 +143,9 @@ class Analysis:
 
     def module_names(self, entries: Iterable, what: str) -> list[str]:
         """Qualified names of modules of the model given as modules or names; InputError with close matches."""
+        entries = list(entries)
+        if not entries:
+            return []
         names = {m: n for n, m in self.model.named_modules()}
         all_names = [n for n in names.values() if n]
         out = []
@@ -260,7 +265,8 @@ class Analysis:
         report = build_report(self.stats, self.cost, gm, self.rules, self.dependencies, planned.plan,
                               rewritten.sliced_params, planned.rounding)
         report = replace(report, frontend=self.frontend, target=planned.target, probed_ops=self.dependencies.probed,
-                         renormalised=renormalised_ops(self.graph_module, self.rules, self.dependencies, planned.plan))
+                         renormalised=renormalised_ops(self.graph_module, self.rules, self.dependencies, planned.plan,
+                                                      rewritten.kept, self.tables))
         timings = {**self.timings, **planned.timings, **rewritten.timings, "report": time.perf_counter() - t0}
         return PruneResult(gm, planned.plan, report, self.dependencies, timings, self.example_inputs, self.model,
                            self.graph_module, self.rules)
@@ -311,10 +317,10 @@ class Analysis:
         return self.apply(self.plan(budget, strategy, target, calibration), calibration)
 
 
-def _weighted_layers(gm: fx.GraphModule, rules: RuleTable, graph: DependencyGraph):
+def _weighted_layers(gm: fx.GraphModule, rules: RuleTable, graph: DependencyGraph, tables: GraphView | None = None):
     """(weight name -> layer kind, names of the nodes those layers read, weight name -> kernel step > 1), from
     the rules' `weighted_layer`."""
-    view = GraphView(gm, graph.channel_dims)
+    view = GraphView(gm, graph.channel_dims, tables)
     layers, inputs, steps = {}, set(), {}
     for node in gm.graph.nodes:
         rule = rules.for_node(node, view.modules)
@@ -330,12 +336,13 @@ def _weighted_layers(gm: fx.GraphModule, rules: RuleTable, graph: DependencyGrap
 def _analysed(gm: fx.GraphModule, inputs: tuple, model, rules: RuleTable, strict: bool, frontend: str,
               trace_seconds: float) -> Analysis:
     t0 = time.perf_counter()
-    graph = build_dependency_graph(gm, rules, strict=strict, probe=ChannelProbe(gm, inputs, rules))
-    cost = CostModel.of(gm, rules, graph)
-    layers, layer_inputs, kernel_steps = _weighted_layers(gm, rules, graph)
-    stats = ModelStats.measure(gm, cost, model)
+    tables = GraphView(gm)  # the module, parameter and buffer tables every step below reads (none modifies gm)
+    graph = build_dependency_graph(gm, rules, strict=strict, probe=ChannelProbe(gm, inputs, rules), tables=tables)
+    cost = CostModel.of(gm, rules, graph, tables)
+    layers, layer_inputs, kernel_steps = _weighted_layers(gm, rules, graph, tables)
+    stats = ModelStats.measure(gm, cost, model, tables.params)
     return Analysis(model, gm, inputs, rules, graph, cost, stats, layers, layer_inputs, kernel_steps, frontend,
-                    {"trace": trace_seconds, "analysis": time.perf_counter() - t0}, strict)
+                    {"trace": trace_seconds, "analysis": time.perf_counter() - t0}, strict, tables)
 
 
 def _via_fx(model, args, kwargs, rules, strict) -> Analysis:

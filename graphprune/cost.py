@@ -29,9 +29,10 @@ class Counts:
     macs: int
 
 
-def mac_terms(gm: fx.GraphModule, rules: RuleTable, channel_dims: Mapping[str, object] | None = None) -> tuple[MacTerm, ...]:
-    """Every node's MAC terms, from its rule (nodes without a rule cost nothing)."""
-    view = GraphView(gm, channel_dims)
+def mac_terms(gm: fx.GraphModule, rules: RuleTable, channel_dims: Mapping[str, object] | None = None,
+              tables: GraphView | None = None) -> tuple[MacTerm, ...]:
+    """Every node's MAC terms, from its rule (nodes without a rule cost nothing). `tables`: GraphView's."""
+    view = GraphView(gm, channel_dims, tables)
     terms = []
     for node in gm.graph.nodes:
         if not isinstance(node.meta.get("gp_value"), (TensorMeta, tuple)):
@@ -42,9 +43,9 @@ def mac_terms(gm: fx.GraphModule, rules: RuleTable, channel_dims: Mapping[str, o
     return tuple(terms)
 
 
-def count_macs(gm: fx.GraphModule, rules: RuleTable) -> int:
-    """Measured MACs of a GraphModule whose nodes carry recorded values."""
-    return sum(t.macs for t in mac_terms(gm, rules))
+def count_macs(gm: fx.GraphModule, rules: RuleTable, tables: GraphView | None = None) -> int:
+    """Measured MACs of a GraphModule whose nodes carry recorded values (`tables`: a GraphView of it, see GraphView)."""
+    return sum(t.macs for t in mac_terms(gm, rules, tables=tables))
 
 
 def kept_share(graph: DependencyGraph, plan: PrunePlan, slot: Slot) -> tuple[int, int] | None:
@@ -65,9 +66,12 @@ class CostModel:
     param_shapes: Mapping[str, tuple[int, ...]]
 
     @classmethod
-    def of(cls, gm: fx.GraphModule, rules: RuleTable, graph: DependencyGraph) -> "CostModel":
-        shapes = {name: tuple(p.shape) for name, p in gm.named_parameters(remove_duplicate=False)}
-        return cls(mac_terms(gm, rules, graph.channel_dims), shapes)
+    def of(cls, gm: fx.GraphModule, rules: RuleTable, graph: DependencyGraph,
+           tables: GraphView | None = None) -> "CostModel":
+        """The cost model of `gm`; `tables`: a GraphView of `gm` whose tables are read (GraphView's `tables`)."""
+        view = GraphView(gm, graph.channel_dims, tables)
+        shapes = {name: tuple(p.shape) for name, p in view.params.items()}
+        return cls(mac_terms(gm, rules, graph.channel_dims, view), shapes)
 
     @property
     def macs(self) -> int:
@@ -81,12 +85,12 @@ class CostModel:
             kept = plan.keep.get(g.id)
             if kept is None:
                 continue
-            total = 0
-            for slot in g.members:
+            total, mask = 0, g.kept_mask(kept)
+            for slot, index_map in g.members.items():
                 if not slot.is_param or slot.name not in shapes:
                     continue  # activations and buffers hold no parameters
                 n = math.prod(shapes[slot.name])
-                shapes[slot.name][slot.dim] = len(g.kept_positions(slot, kept))
+                shapes[slot.name][slot.dim] = int(np.count_nonzero(mask[index_map]))  # len(g.kept_positions(...))
                 total += n - math.prod(shapes[slot.name])
             removed[g.id] = total
         return removed

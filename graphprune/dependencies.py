@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_leaves
 from .codesizes import attach_equal_counts
 from .errors import RuleError, UnsupportedOpError
 from .groups import Coupling, DependencyGraph, Effect, Freeze, Role, Slot, build_groups
-from .rules import AnalysisContext, Rule, RuleTable
+from .rules import AnalysisContext, GraphView, Rule, RuleTable
 from .probing import ChannelProbe
 from .rules.base import Unsupported, describe_node, freeze_inputs, queried_dims
 from .trace import value_meta
@@ -186,13 +186,14 @@ def _effect(node: fx.Node, rules: RuleTable, ctx: AnalysisContext, probe: Channe
 
 
 def build_dependency_graph(gm: fx.GraphModule, rules: RuleTable, *, strict: bool = False,
-                           probe: ChannelProbe | None = None) -> DependencyGraph:
+                           probe: ChannelProbe | None = None, tables: GraphView | None = None) -> DependencyGraph:
     """Channel groups of `gm` (whose nodes carry values from `trace.record_values`). Does not modify `gm`.
 
     With a `probe`, an op without a rule that is shown to be channel-wise (probing.py) carries
-    its channels through, and is listed in `DependencyGraph.probed`.
+    its channels through, and is listed in `DependencyGraph.probed`. `tables`: a GraphView of `gm` whose
+    module, parameter and buffer tables the analysis reads (GraphView's `tables`).
     """
-    ctx = AnalysisContext(gm)
+    ctx = AnalysisContext(gm, tables)
     ctx.head_splits = attention_inputs(gm, rules, ctx.modules)
     couplings, freezes, unsupported, probed, equal_parts = [], [], [], [], []
     for node in gm.graph.nodes:

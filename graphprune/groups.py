@@ -224,11 +224,15 @@ class ChannelGroup:
                          f"channels {ranges} of {self.size}{order}")
         return lines
 
-    def kept_positions(self, slot: Slot, kept_channels) -> np.ndarray:
-        """Positions of `slot` whose channel is in `kept_channels` (sorted)."""
+    def kept_mask(self, kept_channels) -> np.ndarray:
+        """True at the group channels in `kept_channels`: a member keeps position i when mask[index_map[i]]."""
         keep = np.zeros(self.size, dtype=bool)
         keep[np.asarray(kept_channels, dtype=np.int64)] = True
-        return np.flatnonzero(keep[self.members[slot]])
+        return keep
+
+    def kept_positions(self, slot: Slot, kept_channels) -> np.ndarray:
+        """Positions of `slot` whose channel is in `kept_channels` (sorted)."""
+        return np.flatnonzero(self.kept_mask(kept_channels)[self.members[slot]])
 
 
 @dataclass(frozen=True, eq=False)
@@ -256,7 +260,11 @@ class DependencyGraph:
 
     def __post_init__(self):
         object.__setattr__(self, "_by_id", {g.id: g for g in self.groups})
-        object.__setattr__(self, "_by_slot", {s: g for g in self.groups for s in g.members})
+
+    @functools.cached_property
+    def _by_slot(self) -> dict[Slot, ChannelGroup]:
+        """Slot -> its group, built on first use (a graph rebuilt by `replace` may never be asked)."""
+        return {s: g for g in self.groups for s in g.members}
 
     def group(self, group_id: str) -> ChannelGroup:
         return self._by_id[group_id]
@@ -377,6 +385,34 @@ def _freezes_of(comp: list[Slot], members: Mapping[Slot, np.ndarray], size: int,
     return (), tuple(Pin(tuple(c.tolist()), r) for r, c in channels.items())
 
 
+def _components(slots: list[Slot], a: np.ndarray, b: np.ndarray, order: Mapping[str, int]) -> list[list[int]]:
+    """The connected components of the slot graph (slot indices; edges a[k]-b[k]), each sorted by graph order,
+    then slot name and dim (stably), and ordered by their first slot."""
+    found: dict[int, list[int]] = {}
+    for i, label in enumerate(connected_labels(len(slots), a, b).tolist()):
+        found.setdefault(label, []).append(i)
+    rank = [(order.get(s.name, len(order)), s.name, s.dim) for s in slots]
+    return sorted((sorted(c, key=rank.__getitem__) for c in found.values()), key=lambda c: rank[c[0]])
+
+
+def _channel_labels(pairs: Iterable[tuple[Coupling, int, int]], comp: list[int], size_of: list[int],
+                    base: Mapping[int, int], offset: int) -> np.ndarray:
+    """The group channel of every position of a component's slots (slot i's at base[i]:base[i] + size_of[i]):
+    connected_labels of the position graph the couplings `pairs` (coupling, slot index a, slot index b) draw.
+    When every coupling is the identity between slots of one size, position p of every slot is channel p."""
+    pairs = list(pairs)
+    sizes = {size_of[i] for i in comp}
+    if len(sizes) == 1 and all(c.a_index is None for c, _, _ in pairs):
+        return np.tile(np.arange(sizes.pop(), dtype=np.int64), len(comp))  # what connected_labels numbers
+    us, vs = [], []
+    for c, i, j in pairs:
+        ia, ib = iter_pairs(c, size_of[i], size_of[j])
+        us.append(ia + base[i])
+        vs.append(ib + base[j])
+    return connected_labels(offset, np.concatenate(us) if us else np.empty(0, np.int64),
+                            np.concatenate(vs) if vs else np.empty(0, np.int64))
+
+
 def build_groups(
     sizes: Mapping[Slot, int],
     couplings: Iterable[Coupling],
@@ -387,6 +423,7 @@ def build_groups(
     """Group slots by connected component and number each group's channels.
 
     `order` ranks node names (graph order) so group ids and numbering are deterministic.
+    Slots are handled by their index in one list (a Slot's hash is Python code, an int's is not).
     """
     couplings = list(couplings)
     reasons: dict[Slot, list[str]] = {}
@@ -394,41 +431,30 @@ def build_groups(
         reasons.setdefault(f.slot, []).append(f.reason)
     slots = list(dict.fromkeys([*sizes, *reasons, *(s for c in couplings for s in (c.a, c.b))]))
     index = {s: i for i, s in enumerate(slots)}
-    slot_labels = connected_labels(len(slots), np.fromiter((index[c.a] for c in couplings), np.int64, len(couplings)),
-                                   np.fromiter((index[c.b] for c in couplings), np.int64, len(couplings)))
-    found: dict[int, list[Slot]] = {}
-    for s, label in zip(slots, slot_labels.tolist()):
-        found.setdefault(label, []).append(s)
-
-    by_component: dict[int, list[Coupling]] = {}
-    comp_of: dict[Slot, int] = {}
-    components = sorted(
-        (sorted(c, key=lambda s: (order.get(s.name, len(order)), s.name, s.dim)) for c in found.values()),
-        key=lambda c: (order.get(c[0].name, len(order)), c[0].name, c[0].dim),
-    )
+    a = np.fromiter((index[c.a] for c in couplings), np.int64, len(couplings))
+    b = np.fromiter((index[c.b] for c in couplings), np.int64, len(couplings))
+    components = _components(slots, a, b, order)
+    comp_of = [0] * len(slots)
     for k, comp in enumerate(components):
-        for s in comp:
-            comp_of[s] = k
-    for c in couplings:
-        by_component.setdefault(comp_of[c.a], []).append(c)
+        for i in comp:
+            comp_of[i] = k
+    by_component: dict[int, list[tuple[Coupling, int, int]]] = {}
+    for c, i, j in zip(couplings, a.tolist(), b.tolist()):
+        by_component.setdefault(comp_of[i], []).append((c, i, j))
+    size_of = [sizes[s] for s in slots]
 
     groups = []
     for k, comp in enumerate(components):
         base, offset = {}, 0
-        for s in comp:
-            base[s] = offset
-            offset += sizes[s]
-        us, vs = [], []
-        for c in by_component.get(k, ()):
-            ia, ib = iter_pairs(c, sizes[c.a], sizes[c.b])
-            us.append(ia + base[c.a])
-            vs.append(ib + base[c.b])
-        labels = connected_labels(offset, np.concatenate(us) if us else np.empty(0, np.int64),
-                                  np.concatenate(vs) if vs else np.empty(0, np.int64))
-        members = {s: labels[base[s]: base[s] + sizes[s]] for s in comp}
+        for i in comp:
+            base[i] = offset
+            offset += size_of[i]
+        labels = _channel_labels(by_component.get(k, ()), comp, size_of, base, offset)
+        members = {slots[i]: labels[base[i]: base[i] + size_of[i]] for i in comp}
         size = int(labels.max()) + 1 if offset else 0
-        frozen, pins = _freezes_of(comp, members, size, reasons)
-        anchor = next((s for s in comp if not s.is_param), comp[0])
+        comp_slots = list(members)
+        frozen, pins = _freezes_of(comp_slots, members, size, reasons)
+        anchor = next((s for s in comp_slots if not s.is_param), comp_slots[0])
         gid = f"{anchor.name}:{anchor.dim}"
         groups.append(ChannelGroup(gid, size, members, frozen, pins))
     return DependencyGraph(tuple(groups), tuple((c.a, c.b) for c in couplings), dict(channel_dims))

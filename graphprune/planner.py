@@ -319,7 +319,7 @@ def _assemble(groups_and_quotas, scores, constraints, min_keep, one_block=False)
             continue
         if cons:
             rounding[g.id] = Rounding(max(step for _, step in cons), asked, len(kept), floored)
-        keep[g.id] = tuple(int(i) for i in kept)
+        keep[g.id] = tuple(np.asarray(kept, dtype=np.int64).tolist())  # python ints
         sizes[g.id] = g.size
     return Planned(PrunePlan(keep, sizes), rounding)
 

@@ -17,7 +17,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .cost import CostModel, count_macs
-from .groups import DependencyGraph, Pin
+from .groups import DependencyGraph, Pin, Slot
 from .kvcache import AttentionLayer, attention_layers, query_tokens
 from .planner import PrunePlan, Rounding
 from .passes.shrink import positions_kept_by_slot
@@ -207,8 +207,9 @@ class PruneReport:
 
 
 def _params_by_module(model: nn.Module) -> dict[str, int]:
-    return {name: sum(p.numel() for p in m.parameters(recurse=False))
-            for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+    """Module name -> numel of its own parameters (`m.parameters(recurse=False)`: each tensor once), for modules with any."""
+    own = ((name, {id(p): p for p in m._parameters.values() if p is not None}) for name, m in model.named_modules())
+    return {name: sum(p.numel() for p in params.values()) for name, params in own if params}
 
 
 @dataclass(frozen=True)
@@ -229,16 +230,20 @@ class ModelStats:
     attention: tuple[AttentionLayer, ...] = ()
 
     @classmethod
-    def measure(cls, gm: fx.GraphModule, cost: CostModel, model: nn.Module | None = None) -> "ModelStats":
-        """Totals of `model` (default: `gm`); MACs are the cost model's terms at full width (counted once)."""
+    def measure(cls, gm: fx.GraphModule, cost: CostModel, model: nn.Module | None = None,
+                traced: Mapping[str, object] | None = None) -> "ModelStats":
+        """Totals of `model` (default: `gm`); MACs are the cost model's terms at full width (counted once).
+        `traced`: `gm`'s parameters by every name (named_parameters(remove_duplicate=False)) where the caller has them."""
         model = model if isinstance(model, nn.Module) else gm
-        traced = {name for name, _ in gm.named_parameters(remove_duplicate=False)}
-        read = {id(p) for name, p in model.named_parameters(remove_duplicate=False) if name in traced}
-        unused = [(name, p) for name, p in model.named_parameters(remove_duplicate=False) if id(p) not in read]
+        traced = dict(gm.named_parameters(remove_duplicate=False)) if traced is None else traced
+        named = list(model.named_parameters(remove_duplicate=False))
+        read = {id(p) for name, p in named if name in traced}
+        unused = [(name, p) for name, p in named if id(p) not in read]
         params_unused = sum(p.numel() for p in {id(p): p for _, p in unused}.values())
         owners = sorted({name.rpartition(".")[0] or "(model)" for name, _ in unused})
-        return cls(count_params(model), cost.macs, _params_by_module(model), params_unused, tuple(owners),
-                   weight_bytes(model), query_tokens(gm), attention_layers(gm))
+        unique = {id(p): p for _, p in named}.values()  # model.parameters(): each tensor once
+        return cls(sum(p.numel() for p in unique), cost.macs, _params_by_module(model), params_unused, tuple(owners),
+                   sum(p.numel() * p.element_size() for p in unique), query_tokens(gm), attention_layers(gm))
 
 
 def build_report(before: ModelStats, cost: CostModel, pruned: fx.GraphModule, rules: RuleTable, graph: DependencyGraph,
@@ -255,18 +260,20 @@ def build_report(before: ModelStats, cost: CostModel, pruned: fx.GraphModule, ru
                                   r.one_block if r else False, g.pins))
     after = _params_by_module(pruned)
     layers = tuple(LayerReport(name, n, after.get(name, 0)) for name, n in before.params_by_module.items())
-    params_after = count_params(pruned)
+    view = GraphView(pruned)  # one walk of the pruned tree for the MACs and the totals
+    unique = {id(p): p for p in view.params.values()}.values()  # pruned.parameters(): each tensor once
+    params_after = sum(p.numel() for p in unique)
     return PruneReport(
         params_before=before.params,
         params_after=params_after,
         macs_before=before.macs,
-        macs_after=count_macs(pruned, rules),
+        macs_after=count_macs(pruned, rules, view),
         groups=tuple(groups),
         layers=layers,
         params_removed_dead_code=sliced_params - params_after + before.params_unused,
         unused_modules=before.unused_modules,
         weight_bytes_before=before.weight_bytes,
-        weight_bytes_after=weight_bytes(pruned),
+        weight_bytes_after=sum(p.numel() * p.element_size() for p in unique),
         tokens=before.tokens,
         attention=_attention_reports(before.attention, attention_layers(pruned)),
     )
@@ -280,11 +287,14 @@ def _attention_reports(before: tuple[AttentionLayer, ...], after: tuple[Attentio
                                  b.bytes_per_token, a.bytes_per_token) for b, a in zip(before, after))
 
 
-def renormalised_ops(dense: fx.GraphModule, rules: RuleTable, graph: DependencyGraph, plan: PrunePlan) -> tuple[str, ...]:
+def renormalised_ops(dense: fx.GraphModule, rules: RuleTable, graph: DependencyGraph, plan: PrunePlan,
+                     kept: Mapping[Slot, object] | None = None, tables: GraphView | None = None) -> tuple[str, ...]:
     """The ops of `dense` whose rule `renormalises` over the channels of an input that `plan` prunes: the pruned model
-    takes their statistic over the kept channels only (valid, not exact: rules.statistics states the policy)."""
-    shrinking = {(s.name, s.dim) for s in positions_kept_by_slot(graph, plan) if not s.is_param}
-    view = GraphView(dense, graph.channel_dims)
+    takes their statistic over the kept channels only (valid, not exact: rules.statistics states the policy).
+    `kept`: positions_kept_by_slot(graph, plan) where the caller has it already; `tables`: GraphView's."""
+    kept = positions_kept_by_slot(graph, plan) if kept is None else kept
+    shrinking = {(s.name, s.dim) for s in kept if not s.is_param}
+    view = GraphView(dense, graph.channel_dims, tables)
     found = []
     for node in dense.graph.nodes:
         rule = rules.for_node(node, view.modules)

@@ -295,14 +295,14 @@ def trace_with_values(model: torch.nn.Module, args: tuple, kwargs: dict | None, 
     inputs = bind_inputs(gm, args, kwargs)
     gm.meta[BATCH_KEY] = BatchDim(batch_size(inputs))  # size() calls are nodes: any batch, unless the code bakes one
     training = gm.training
-    gm.eval()
+    set_mode(gm, False)
     try:
         record_values(gm, inputs)
     except InputError as exc:
         check_parts(gm)  # a part the tracer assumed and the run lacks is a trace error, not the inputs'
         raise exc
     finally:
-        gm.train(training)
+        set_mode(gm, training)
     check_parts(gm)
     return gm, inputs
 
@@ -363,15 +363,27 @@ def clone_module(module: torch.nn.Module, share_tensors: bool = False) -> torch.
             return None
         if id(m) not in memo:
             new = m.__class__.__new__(m.__class__)
-            # own copies of the per-module dicts (hooks, state): registering on the clone leaves the original alone
-            new.__dict__ = {k: (v.copy() if isinstance(v, dict) else v) for k, v in m.__dict__.items()}
+            # own copies of the per-module dicts (hooks, state): registering on the clone leaves the original alone;
+            # the three tables are written straight into __dict__ (what Module.__setattr__ does for a dict value)
+            state = new.__dict__  # filled in place: assigning __dict__ would go through Module.__setattr__
+            state.update({k: (v.copy() if isinstance(v, dict) and k not in _TABLES else v) for k, v in m.__dict__.items()})
             memo[id(m)] = new
-            new._parameters = {k: tensor(p) for k, p in m._parameters.items()}
-            new._buffers = {k: tensor(b) for k, b in m._buffers.items()}
-            new._modules = {k: clone(c) for k, c in m._modules.items()}
+            state["_parameters"] = {k: tensor(p) for k, p in m._parameters.items()}
+            state["_buffers"] = {k: tensor(b) for k, b in m._buffers.items()}
+            state["_modules"] = {k: clone(c) for k, c in m._modules.items()}
         return memo[id(m)]
 
     return clone(module)
+
+
+_TABLES = frozenset({"_parameters", "_buffers", "_modules"})  # a module's tensor and child tables (clone_module)
+
+
+def set_mode(module: torch.nn.Module, training: bool) -> None:
+    """`module.train(training)`, skipped where it changes nothing: every submodule is in that mode already and
+    none overrides Module.train (a walk that reads a flag per module, instead of one that sets it)."""
+    if any(m.training is not training or type(m).train is not torch.nn.Module.train for m in module.modules()):
+        module.train(training)
 
 
 def _copied(t: torch.Tensor) -> torch.Tensor:
@@ -381,8 +393,7 @@ def _copied(t: torch.Tensor) -> torch.Tensor:
 
 def own_tensors(module: torch.nn.Module, shared_with: torch.nn.Module) -> None:
     """Give `module` its own copy of every parameter and buffer it still shares with `shared_with` (ties kept)."""
-    theirs = {id(t) for _, t in (*shared_with.named_parameters(remove_duplicate=False),
-                                 *shared_with.named_buffers(remove_duplicate=False))}
+    theirs = {id(t) for m in shared_with.modules() for table in (m._parameters, m._buffers) for t in table.values()}
     memo: dict[int, torch.Tensor] = {}
     for m in module.modules():
         for table in (m._parameters, m._buffers):

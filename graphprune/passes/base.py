@@ -15,7 +15,7 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from ..errors import RewriteError
-from ..trace import META_KEY, NodeFailure, record_values
+from ..trace import META_KEY, NodeFailure, record_values, set_mode
 
 __all__ = ["GraphPass", "PassResult"]
 
@@ -56,11 +56,11 @@ class GraphPass(PassBase):
             graph_module.graph.lint()
             graph_module.recompile()
             training = graph_module.training
-            graph_module.eval()
+            set_mode(graph_module, False)
             try:
                 record_values(graph_module, self.example_inputs)
             finally:
-                graph_module.train(training)
+                set_mode(graph_module, training)
             self.check(graph_module)
         except RewriteError:
             raise

@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.fx as fx
 
-from ..groups import DependencyGraph
+from ..groups import DependencyGraph, Slot
 from ..planner import PrunePlan
 from ..rules import RuleTable
-from ..trace import own_tensors
+from ..trace import own_tensors, set_mode
 from .recalibrate import RecalibrateBatchNorm
 from .shrink import EliminateDeadCode, ShrinkChannels
 
@@ -24,6 +25,7 @@ from .shrink import EliminateDeadCode, ShrinkChannels
 class Rewritten:
     sliced_params: int  # parameters after slicing, before dead-code removal (for the report)
     timings: Mapping[str, float]  # "rewrite" (the passes' work) and "checks" (their ensures)
+    kept: Mapping[Slot, np.ndarray]  # positions_kept_by_slot(graph, plan): what ShrinkChannels sliced
 
 
 def rewrite_in_place(gm: fx.GraphModule, graph: DependencyGraph, plan: PrunePlan, rules: RuleTable, inputs: tuple,
@@ -49,7 +51,7 @@ def rewrite_in_place(gm: fx.GraphModule, graph: DependencyGraph, plan: PrunePlan
         own_tensors(gm, shared_with)
     for graph_pass in later:
         graph_pass(gm)
-    gm.train(training)
+    set_mode(gm, training)
     passes = [shrink, dead_code] + later
     return Rewritten(sliced_params, {"rewrite": sum(p.timings["call"] for p in passes),
-                                     "checks": sum(p.timings["ensures"] for p in passes)})
+                                     "checks": sum(p.timings["ensures"] for p in passes)}, shrink.kept)

@@ -19,7 +19,7 @@ import torch.fx as fx
 from ..errors import RewriteError
 from ..groups import DependencyGraph, Slot
 from ..planner import PrunePlan
-from ..rules import RuleTable, ShrinkContext
+from ..rules import GraphView, RuleTable, ShrinkContext
 from ..rules.base import describe_node, tensor_names
 from ..trace import value_meta
 from .base import GraphPass, PassResult
@@ -30,9 +30,9 @@ def positions_kept_by_slot(graph: DependencyGraph, plan: PrunePlan) -> dict[Slot
     kept = {}
     for gid, channels in plan.keep.items():
         group = graph.group(gid)
-        channels = np.asarray(channels)
+        mask = group.kept_mask(channels)  # once per group: ChannelGroup.kept_positions for every member
         for slot, index_map in group.members.items():
-            positions = group.kept_positions(slot, channels)
+            positions = np.flatnonzero(mask[index_map])
             if len(positions) < len(index_map):
                 kept[slot] = positions
     return kept
@@ -57,6 +57,12 @@ def _set_tensor(modules: Mapping[str, torch.nn.Module], names: list[str], value:
             owner._buffers[attr] = new
 
 
+def _slot_order(item: tuple[Slot, np.ndarray]) -> tuple:
+    """Slot order (name, dim, role) as a key: one call per slot, not one comparison call per pair."""
+    slot = item[0]
+    return slot.name, slot.dim, slot.role.value
+
+
 class ShrinkChannels(GraphPass):
     def __init__(self, graph: DependencyGraph, plan: PrunePlan, rules: RuleTable, example_inputs):
         super().__init__(example_inputs)
@@ -65,18 +71,19 @@ class ShrinkChannels(GraphPass):
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         gm = graph_module
-        tensors = {**dict(gm.named_parameters(remove_duplicate=False)), **dict(gm.named_buffers(remove_duplicate=False))}
+        view = GraphView(gm)  # its tables as they are before slicing; slicing rebinds tensors, never modules
+        tensors = {**view.params, **view.buffers}
         aliases: dict[str, list[str]] = {}
-        for name, first in tensor_names(gm).items():
+        for name, first in tensor_names(gm, view).items():
             aliases.setdefault(first, []).append(name)
         current, sliced = {}, set()
-        for slot, positions in sorted(self.kept.items()):
+        for slot, positions in sorted(self.kept.items(), key=_slot_order):
             if not slot.is_param or (slot.name, slot.dim) in sliced:
                 continue  # a tied dim read in two roles is one set of channels: sliced once
             sliced.add((slot.name, slot.dim))
             t = current.get(slot.name, tensors[slot.name]).detach()
             current[slot.name] = t.index_select(slot.dim, torch.as_tensor(positions, dtype=torch.long)).contiguous()
-        modules = dict(gm.named_modules())
+        modules = view.modules
         for qualname, value in current.items():
             _set_tensor(modules, aliases.get(qualname, [qualname]), value)  # every alias of a tied tensor: the same one
         ctx = ShrinkContext(gm, self.kept, self.graph.channel_dims)
@@ -109,7 +116,8 @@ class EliminateDeadCode(GraphPass):
     """Remove nodes whose results no output reads, and submodules no node calls any more."""
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        changed = graph_module.graph.eliminate_dead_code()
+        # a node with users is never removed: ask Node.is_impure (a submodule lookup per call_module) only of the others
+        changed = graph_module.graph.eliminate_dead_code(lambda node: bool(node.users) or node.is_impure())
         unused = _unused_submodules(graph_module)
         for name in unused:
             graph_module.delete_submodule(name)

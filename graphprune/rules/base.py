@@ -154,21 +154,23 @@ class RuleTable:
 
     def with_rule(self, key: type | Callable, rule: Rule) -> "RuleTable":
         """A new table where `key` (an nn.Module subclass, or a function/method) uses `rule`."""
-        if not isinstance(rule, Rule):
-            raise TypeError(f"rule for {key!r} must be a graphprune Rule instance, got {type(rule).__name__}")
-        if isinstance(key, type) and issubclass(key, torch.nn.Module):
-            return RuleTable({**self._modules, key: rule}, self._functions)
-        if callable(key):
-            return RuleTable(self._modules, {**self._functions, key: rule})
-        raise TypeError(f"rule key must be an nn.Module subclass or a callable, got {key!r}")
+        return self.with_rules({key: rule})
 
     def with_rules(self, rules: Mapping[type | Callable, Rule]) -> "RuleTable":
         """A new table where every key of `rules` uses its rule: one family's spellings, e.g.
-        `{MyGain: rule, torch.ops.my.gain.default: rule}` for a module (fx) and the op it calls (torch.export)."""
-        table = self
+        `{MyGain: rule, torch.ops.my.gain.default: rule}` for a module (fx) and the op it calls (torch.export).
+        The tables are copied once, whatever the number of rules."""
+        modules, functions = dict(self._modules), dict(self._functions)
         for key, rule in rules.items():
-            table = table.with_rule(key, rule)
-        return table
+            if not isinstance(rule, Rule):
+                raise TypeError(f"rule for {key!r} must be a graphprune Rule instance, got {type(rule).__name__}")
+            if isinstance(key, type) and issubclass(key, torch.nn.Module):
+                modules[key] = rule
+            elif callable(key):
+                functions[key] = rule
+            else:
+                raise TypeError(f"rule key must be an nn.Module subclass or a callable, got {key!r}")
+        return RuleTable(modules, functions)
 
     def for_module(self, module: torch.nn.Module) -> Rule | None:
         """The rule of the module's class, or of a base class whose forward it does not override."""
@@ -222,22 +224,31 @@ def freeze_inputs(node: fx.Node, ctx: "AnalysisContext", reason: str) -> tuple[F
     return tuple(freezes)
 
 
-def tensor_names(gm: fx.GraphModule) -> dict[str, str]:
-    """Every parameter/buffer name -> the first name of the same tensor (aliases of a tied weight share one)."""
+def tensor_names(gm: fx.GraphModule, view: "GraphView | None" = None) -> dict[str, str]:
+    """Every parameter/buffer name -> the first name of the same tensor (aliases of a tied weight share one).
+    `view`: a GraphView of `gm` whose parameter and buffer tables are read instead of walking `gm` again."""
+    if view is None:
+        view = GraphView(gm)
     first: dict[int, str] = {}
     names = {}
-    for name, t in list(gm.named_parameters(remove_duplicate=False)) + list(gm.named_buffers(remove_duplicate=False)):
+    for name, t in [*view.params.items(), *view.buffers.items()]:
         names[name] = first.setdefault(id(t), name)
     return names
 
 
 class GraphView:
-    """Read-only access to a traced graph: node values, modules, parameters and declared channel dims."""
+    """Read-only access to a traced graph: node values, modules, parameters and declared channel dims.
 
-    def __init__(self, gm: fx.GraphModule, declared: Mapping[str, Any] | None = None):
+    `tables`: another view of the same GraphModule, not modified since, whose module, parameter and buffer
+    tables this one shares (each is a walk of the module tree)."""
+
+    def __init__(self, gm: fx.GraphModule, declared: Mapping[str, Any] | None = None,
+                 tables: "GraphView | None" = None):
         self.gm = gm
-        self.modules = dict(gm.named_modules())
+        self.modules = dict(gm.named_modules()) if tables is None else tables.modules
         self.declared: dict[str, Any] = dict(declared or {})
+        if tables is not None:  # the cached properties below, filled from `tables`
+            self.__dict__["params"], self.__dict__["buffers"] = tables.params, tables.buffers
 
     @functools.cached_property
     def params(self) -> dict[str, torch.nn.Parameter]:
@@ -280,9 +291,9 @@ class AnalysisContext(GraphView):
     channels of unknown origin are never pruned.
     """
 
-    def __init__(self, gm: fx.GraphModule):
-        super().__init__(gm)
-        self.canonical = tensor_names(gm)
+    def __init__(self, gm: fx.GraphModule, tables: GraphView | None = None):
+        super().__init__(gm, tables=tables)
+        self.canonical = tensor_names(gm, self)
         names_per_tensor = Counter(self.canonical.values())
         self.tied = frozenset(n for n, first in self.canonical.items() if names_per_tensor[first] > 1)
         self.ties: list[Coupling] = []  # one tensor dim read in two roles: its slots are the same channels
