@@ -25,14 +25,6 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def peak_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def config_of(args):
     import transformers
 
@@ -80,6 +72,7 @@ def write_checkpoint(args, path: str) -> None:
 
 def prune(args, src: str, out: str, queue) -> None:
     import graphprune
+    from graphprune.timing.memory import peak_rss_bytes
 
     baseline = peak_rss_bytes()
     t0 = time.perf_counter()
