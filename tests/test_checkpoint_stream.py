@@ -159,3 +159,45 @@ def test_an_encoder_prunes_its_mlp_and_refuses_heads_its_config_cannot_state(tmp
     assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
     with torch.no_grad():
         assert torch.equal(loaded(_ids()).last_hidden_state, in_memory.module(_ids()).last_hidden_state)
+
+
+def test_a_shard_written_header_first_reads_back_with_safetensors(tmp_path):
+    """write.shard_header + the tensors' bytes appended in order: what save_file writes, tensor by tensor."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from graphprune.checkpoint.write import shard_header
+
+    tensors = {"b.weight": torch.randn(3, 5).to(torch.bfloat16), "a.ids": torch.arange(7),
+               "c.weight": torch.randn(2, 2, 2, dtype=torch.float64), "empty": torch.ones(0, 4),
+               "h": torch.randn(3).half(), "flag": torch.tensor([True, False])}
+    path = str(tmp_path / "one.safetensors")
+    with open(path, "wb") as f:
+        f.write(shard_header([(k, t.dtype, tuple(t.shape)) for k, t in tensors.items()], {"format": "pt"}))
+        for t in tensors.values():
+            f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    loaded = load_file(path)
+    assert loaded.keys() == tensors.keys()
+    assert all(loaded[k].dtype == t.dtype and torch.equal(loaded[k], t) for k, t in tensors.items())
+    with safe_open(path, framework="pt") as f:
+        assert f.metadata() == {"format": "pt"}
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "lying_offsets"])
+def test_a_corrupt_safetensors_file_is_one_input_error(tmp_path, damage):
+    from safetensors.torch import save_file
+
+    (tmp_path / "config.json").write_text("{}")
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.randn(4, 4)}, str(path))
+    data = path.read_bytes()
+    if damage == "garbage":
+        data = b"\xff" * 8 + data[8:]
+    elif damage == "truncated":
+        data = data[:-10]
+    else:
+        data = data.replace(b'"data_offsets":[0,64]', b'"data_offsets":[0,60]')
+        assert b"[0,60]" in data
+    path.write_bytes(data)
+    with pytest.raises(InputError, match="is not a readable safetensors file"):
+        Checkpoint.open(tmp_path)
