@@ -108,7 +108,7 @@ def test_the_checkpoint_loads_tied_and_computes_result_modules_logits(bf16_run):
         assert torch.equal(loaded(ids).logits, module(ids).logits)
 
 
-def test_an_existing_output_or_a_data_driven_criterion_fails_before_anything_is_written(tmp_path):
+def test_an_existing_output_or_a_criterion_it_cannot_stream_fails_before_anything_is_written(tmp_path):
     _llama(tied=False).save_pretrained(str(tmp_path / "src"))
     assert is_checkpoint_dir(tmp_path / "src") and not is_checkpoint_dir(tmp_path)
     assert Checkpoint.open(tmp_path / "src").shards == ("model.safetensors",)
@@ -117,7 +117,9 @@ def test_an_existing_output_or_a_data_driven_criterion_fails_before_anything_is_
     with pytest.raises(graphprune.GraphPruneError, match="not empty"):
         prune_checkpoint(tmp_path / "src", tmp_path / "full", ratio=0.5)
     assert os.listdir(tmp_path / "full") == ["keep.txt"]
-    with pytest.raises(InputError, match="magnitude criteria only"):
+    with pytest.raises(InputError, match="other criteria need the model in memory"):
+        prune_checkpoint(tmp_path / "src", tmp_path / "out", ratio=0.5, importance="taylor")
+    with pytest.raises(InputError, match="data-driven: pass calibration"):
         prune_checkpoint(tmp_path / "src", tmp_path / "out", ratio=0.5, importance="wanda")
     with pytest.raises(InputError, match="no config.json"):
         prune_checkpoint(tmp_path / "full", tmp_path / "out", ratio=0.5)
