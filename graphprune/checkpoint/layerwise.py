@@ -20,6 +20,7 @@ is refused. Peak memory: the largest of (the input embedding, one layer) in floa
 """
 from __future__ import annotations
 
+import ctypes
 import inspect
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -85,9 +86,21 @@ def materialise(model: nn.Module, modules: Mapping[str, nn.Module], checkpoint: 
 
 
 def release(modules: Iterable[nn.Module]) -> None:
-    """Back to the meta device: the modules' own tensors are freed."""
+    """Back to the meta device: the modules' own tensors are freed, and the C heap's free pages handed back."""
     for module in modules:
         module.to_empty(device="meta", recurse=False)
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """glibc's malloc_trim(0), where the C library has it: without it the pages of freed tensors below the
+    mmap threshold stay resident, and the resident set grew by 0.15 GiB per released 8B-wide layer (measured
+    on bench/llm_checkpoint.py --layers 2: 0.40 -> 0.58 -> 0.72 GiB after each release; 0.39 once trimmed)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to hand back this way
+        return
+    trim(0)
 
 
 class SquareSums:
