@@ -4,9 +4,8 @@ Usage: python bench/checkpoint_stream.py [--layers 22] [--hidden 2048] [--heads 
                                          [--intermediate 5632] [--vocab 32000] [--shard-mb 200] [--ratio 0.3]
                                          [--dir DIR] [--json PATH]
 
-The defaults are TinyLlama-1.1B's shape. A first child process writes the checkpoint shard by shard
-(the model is built on the meta device; each tensor is drawn, cast to bf16 and written with its shard,
-so the writer never holds the model); a second child process runs
+The defaults are TinyLlama-1.1B's shape. A first child process writes the checkpoint tensor by tensor
+(bench/synthetic_llama.py: random bf16 weights, shards of at most --shard-mb); a second child process runs
 `graphprune.prune_checkpoint(DIR/src, DIR/out, ratio=..., importance="l2")` and reports its peak
 resident memory (VmHWM) after imports and at the end. The script prints that peak as a multiple of the
 largest shard and of the whole checkpoint (the issue's goal: a small multiple of the largest shard).
@@ -25,61 +24,17 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def peak_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+def write(args, path: str) -> None:
+    from synthetic_llama import llama_config, write_checkpoint
 
-
-def config_of(args):
-    import transformers
-
-    return transformers.LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        max_position_embeddings=2048, use_cache=False, tie_word_embeddings=False, dtype="bfloat16",
-        architectures=["LlamaForCausalLM"])
-
-
-def write_checkpoint(args, path: str) -> None:
-    """Random bf16 tensors (std 0.02; norm weights 1), shards of at most --shard-mb, an index, the config."""
-    import torch
-    import transformers
-    from safetensors.torch import save_file
-
-    config = config_of(args)
-    with torch.device("meta"):
-        meta = transformers.LlamaForCausalLM(config)
-    os.makedirs(path)
-    generator = torch.Generator().manual_seed(0)
-    groups, current, size = [], {}, 0
-    for key, t in meta.state_dict().items():
-        nbytes = t.numel() * 2
-        if current and size + nbytes > args.shard_mb * 2**20:
-            groups.append(current)
-            current, size = {}, 0
-        current[key] = tuple(t.shape)
-        size += nbytes
-    groups.append(current)
-    weight_map, total = {}, 0
-    for k, shapes in enumerate(groups):
-        name = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
-        tensors = {key: (torch.ones(shape) if key.endswith("norm.weight") else
-                         torch.randn(shape, generator=generator) * 0.02).to(torch.bfloat16)
-                   for key, shape in shapes.items()}
-        save_file(tensors, os.path.join(path, name), metadata={"format": "pt"})
-        total += sum(t.numel() * 2 for t in tensors.values())
-        weight_map.update(dict.fromkeys(shapes, name))
-        del tensors
-    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    config.save_pretrained(path)
+    config = llama_config(layers=args.layers, hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads,
+                          intermediate=args.intermediate, vocab=args.vocab)
+    write_checkpoint(config, path, args.shard_mb * 2**20)
 
 
 def prune(args, src: str, out: str, queue) -> None:
     import graphprune
+    from graphprune.timing.memory import peak_rss_bytes
 
     baseline = peak_rss_bytes()
     t0 = time.perf_counter()
@@ -103,7 +58,7 @@ def main() -> None:
     src, out = os.path.join(root, "src"), os.path.join(root, "out")
     context = multiprocessing.get_context("spawn")
     try:
-        writer = context.Process(target=write_checkpoint, args=(args, src))
+        writer = context.Process(target=write, args=(args, src))
         writer.start()
         writer.join()
         if writer.exitcode != 0:

@@ -22,15 +22,7 @@ import torch  # noqa: E402
 
 import graphprune  # noqa: E402
 from graphprune.timing import cpu_name  # noqa: E402
-
-
-def peak_rss_bytes() -> int:
-    """VmHWM of this process: the peak resident set so far."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+from graphprune.timing.memory import peak_rss_bytes  # noqa: E402
 
 
 def build(args) -> torch.nn.Module:

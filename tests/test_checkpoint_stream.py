@@ -108,7 +108,7 @@ def test_the_checkpoint_loads_tied_and_computes_result_modules_logits(bf16_run):
         assert torch.equal(loaded(ids).logits, module(ids).logits)
 
 
-def test_an_existing_output_or_a_data_driven_criterion_fails_before_anything_is_written(tmp_path):
+def test_an_existing_output_or_a_criterion_it_cannot_stream_fails_before_anything_is_written(tmp_path):
     _llama(tied=False).save_pretrained(str(tmp_path / "src"))
     assert is_checkpoint_dir(tmp_path / "src") and not is_checkpoint_dir(tmp_path)
     assert Checkpoint.open(tmp_path / "src").shards == ("model.safetensors",)
@@ -117,7 +117,9 @@ def test_an_existing_output_or_a_data_driven_criterion_fails_before_anything_is_
     with pytest.raises(graphprune.GraphPruneError, match="not empty"):
         prune_checkpoint(tmp_path / "src", tmp_path / "full", ratio=0.5)
     assert os.listdir(tmp_path / "full") == ["keep.txt"]
-    with pytest.raises(InputError, match="magnitude criteria only"):
+    with pytest.raises(InputError, match="other criteria need the model in memory"):
+        prune_checkpoint(tmp_path / "src", tmp_path / "out", ratio=0.5, importance="taylor")
+    with pytest.raises(InputError, match="data-driven: pass calibration"):
         prune_checkpoint(tmp_path / "src", tmp_path / "out", ratio=0.5, importance="wanda")
     with pytest.raises(InputError, match="no config.json"):
         prune_checkpoint(tmp_path / "full", tmp_path / "out", ratio=0.5)
@@ -159,3 +161,45 @@ def test_an_encoder_prunes_its_mlp_and_refuses_heads_its_config_cannot_state(tmp
     assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
     with torch.no_grad():
         assert torch.equal(loaded(_ids()).last_hidden_state, in_memory.module(_ids()).last_hidden_state)
+
+
+def test_a_shard_written_header_first_reads_back_with_safetensors(tmp_path):
+    """write.shard_header + the tensors' bytes appended in order: what save_file writes, tensor by tensor."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from graphprune.checkpoint.write import shard_header
+
+    tensors = {"b.weight": torch.randn(3, 5).to(torch.bfloat16), "a.ids": torch.arange(7),
+               "c.weight": torch.randn(2, 2, 2, dtype=torch.float64), "empty": torch.ones(0, 4),
+               "h": torch.randn(3).half(), "flag": torch.tensor([True, False])}
+    path = str(tmp_path / "one.safetensors")
+    with open(path, "wb") as f:
+        f.write(shard_header([(k, t.dtype, tuple(t.shape)) for k, t in tensors.items()], {"format": "pt"}))
+        for t in tensors.values():
+            f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    loaded = load_file(path)
+    assert loaded.keys() == tensors.keys()
+    assert all(loaded[k].dtype == t.dtype and torch.equal(loaded[k], t) for k, t in tensors.items())
+    with safe_open(path, framework="pt") as f:
+        assert f.metadata() == {"format": "pt"}
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "lying_offsets"])
+def test_a_corrupt_safetensors_file_is_one_input_error(tmp_path, damage):
+    from safetensors.torch import save_file
+
+    (tmp_path / "config.json").write_text("{}")
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.randn(4, 4)}, str(path))
+    data = path.read_bytes()
+    if damage == "garbage":
+        data = b"\xff" * 8 + data[8:]
+    elif damage == "truncated":
+        data = data[:-10]
+    else:
+        data = data.replace(b'"data_offsets":[0,64]', b'"data_offsets":[0,60]')
+        assert b"[0,60]" in data
+    path.write_bytes(data)
+    with pytest.raises(InputError, match="is not a readable safetensors file"):
+        Checkpoint.open(tmp_path)

@@ -8,7 +8,7 @@ batch x heads x tokens x head size is not. No weight is needed for either check.
 from __future__ import annotations
 
 import copy
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 import torch.fx as fx
@@ -98,6 +98,35 @@ def signature(gm: fx.GraphModule) -> list[tuple]:
              repr(sorted(n.kwargs.items(), key=str)), _shown(n)) for n in nodes]
 
 
+def head_size(config) -> int | None:
+    """The attention head size a config states (head_dim) or derives (hidden / heads); None without heads."""
+    stated = getattr(config, "head_dim", None)
+    if isinstance(stated, int):
+        return stated
+    heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+    return hidden // heads if isinstance(heads, int) and isinstance(hidden, int) and heads > 0 else None
+
+
+def shaped_trials(cls: type, config, changed: dict, want: dict) -> Iterator[tuple[object, torch.nn.Module]]:
+    """(config, its meta model) for each of config_trials' assignments whose model has the `want`ed shapes:
+    those keeping the head size first (graphprune removes whole heads), the others once every trial is seen;
+    each is still to be checked (an export per check: minutes at 8B)."""
+    later = []
+    for values in config_trials(cls, config, changed, want):
+        trial = copy.deepcopy(config)
+        for key, value in values.items():
+            setattr(trial, key, value)
+        meta = build_meta(cls, trial)
+        if meta is None or {k: tuple(v.shape) for k, v in meta.state_dict().items()} != want:
+            continue
+        if head_size(trial) == head_size(config):
+            yield trial, meta
+        else:
+            later.append(trial)
+    for trial in later:
+        yield trial, build_meta(cls, trial)
+
+
 def pruned_config(cls: type, config, source: torch.nn.Module, pruned: fx.GraphModule):
     """A copy of `config` whose model has the shapes and graph of `pruned` (source: the unpruned meta model)."""
     aliases = alias_names(source)
@@ -108,13 +137,7 @@ def pruned_config(cls: type, config, source: torch.nn.Module, pruned: fx.GraphMo
     if not changed:
         return config
     target = signature(pruned)
-    for values in config_trials(cls, config, changed, want):
-        trial = copy.deepcopy(config)
-        for key, value in values.items():
-            setattr(trial, key, value)
-        meta = build_meta(cls, trial)
-        if meta is None or {k: tuple(v.shape) for k, v in meta.state_dict().items()} != want:
-            continue
+    for trial, meta in shaped_trials(cls, config, changed, want):
         if signature(export_graph(meta, example_inputs(trial))) == target:
             return trial
     sizes = sorted({f"{o}->{n}" for old, new in changed.values() for o, n in zip(old, new) if o != n})

@@ -1,12 +1,14 @@
 """prune_checkpoint: prune a Hugging Face checkpoint directory without loading its weights.
 
     config.json -> the model class on the meta device -> analyse (shapes only: the ordinary analysis)
-    shards      -> StreamedMagnitude scores (each tensor read once, memory-mapped) -> plan (the planner as is)
+    [wanda: the calibration batches run one decoder layer at a time (layerwise.py): Linear input norms]
+    shards      -> StreamedMagnitude / StreamedWanda scores (each tensor read once) -> plan (the planner as is)
     meta graph  -> apply the plan to the meta graph: the final plan (a group whose rewrite breaks is frozen, as
                    in memory), every tensor's pruned shape, and the config that builds that graph
     shards      -> pruned shards (same files, same keys, same dtype), index, config, tokenizer files, committed
                    in one rename (the output directory appears complete or not at all)
-The plan and the tensors equal prune_graph's on the same model in memory with the same magnitude criterion.
+The plan and the tensors equal prune_graph's on the same model in memory with the same criterion (and for
+wanda the same calibration batches).
 """
 from __future__ import annotations
 
@@ -18,13 +20,15 @@ from typing import Iterable, Mapping
 from ..analysis import analyse
 from ..atomic import StagedDirectory
 from ..errors import InputError
+from ..importance import Criterion
 from ..options import Budget, Options
 from ..passes.shrink import positions_kept_by_slot
 from ..planner import PrunePlan
 from ..report import PruneReport
 from ..rules import RuleTable
 from .model import alias_names, build_meta, checkpoint_keys, example_inputs, load_config, model_class, pruned_config
-from .scores import StreamedMagnitude
+from .layerwise import LayerwiseRun, calibration_ids
+from .scores import StreamedMagnitude, StreamedWanda
 from .source import Checkpoint
 from .write import copy_side_files, write_index, write_shards
 
@@ -61,22 +65,31 @@ def expected_shapes(checkpoint: Checkpoint, result, aliases: Mapping[str, str]) 
     return {k: pruned.get(aliases.get(k, k), shape) for k, shape in checkpoint.shapes.items()}
 
 
-def _options(importance, checkpoint, keys, **keywords) -> Options:
-    if importance not in MAGNITUDE:
-        raise InputError(f"prune_checkpoint streams magnitude criteria only ({sorted(MAGNITUDE)}), got {importance!r}; "
-                         "data-driven criteria (wanda, activation) need the model in memory: use prune_graph")
-    return Options.from_keywords(importance=StreamedMagnitude(checkpoint, keys, MAGNITUDE[importance]), **keywords)
+def _criterion(importance, checkpoint: Checkpoint, keys, aliases, build, calibration) -> Criterion:
+    """The streamed criterion for `importance`; wanda first runs the calibration batches layer by layer."""
+    if importance in MAGNITUDE:
+        if calibration is not None:
+            raise InputError(f"importance={importance!r} reads weights only; calibration= is for importance='wanda'")
+        return StreamedMagnitude(checkpoint, keys, MAGNITUDE[importance])
+    if importance != "wanda":
+        raise InputError(f"prune_checkpoint streams {sorted(MAGNITUDE) + ['wanda']}, got {importance!r}; other "
+                         "criteria need the model in memory: use prune_graph")
+    batches = calibration_ids(calibration if calibration is not None else ())
+    norms = LayerwiseRun(build().float(), checkpoint, keys).norms(batches)
+    return StreamedWanda(checkpoint, keys, {f"{name}.weight": n for name, n in norms.items()}, aliases)
 
 
 def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, ratio: float | None = None,
                      target_params: int | None = None, target_macs: int | None = None, importance: str = "l2",
                      scope: str = "local", min_keep: float = 0.1, ratios: Mapping[str, float] | None = None,
                      round_to: int | None = None, target="auto", uniform_layers: bool = False, gqa: str | None = None,
-                     ignore: Iterable[str] = (), rules: RuleTable | None = None, force: bool = False) -> CheckpointResult:
+                     ignore: Iterable[str] = (), rules: RuleTable | None = None, force: bool = False,
+                     calibration: Iterable | None = None) -> CheckpointResult:
     """Prune the checkpoint directory `src` (config.json + safetensors) into `out`, streaming its weights.
 
-    Keywords as prune_graph's (`ignore`: module names); `importance` "l1" or "l2". `out` must not exist or be
-    empty (`force=True` replaces it whole). Shards keep their names, keys and dtype; tied weights stay tied."""
+    Keywords as prune_graph's (`ignore`: module names); `importance` "l1", "l2" or "wanda" (with
+    `calibration`: token-id batches, run one decoder layer at a time: layerwise.py). `out` must not exist or
+    be empty (`force=True` replaces it whole). Shards keep their names, keys and dtype; tied weights stay tied."""
     t0 = time.perf_counter()
     budget = Budget.from_keywords(ratio, target_params, target_macs, None)
     with StagedDirectory(out, replace=force, flag="out") as staged:  # before any work: an unwritable out fails first
@@ -88,8 +101,11 @@ def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, ratio: f
             raise InputError(f"{cls.__name__} cannot be built from {checkpoint.path}/config.json on the meta device")
         aliases = alias_names(meta)
         keys = checkpoint_keys(aliases, checkpoint)
-        options = _options(importance, checkpoint, keys, scope=scope, min_keep=min_keep, ratios=ratios,
-                           round_to=round_to, target=target, ignore=ignore, uniform_layers=uniform_layers)
+        t_open = time.perf_counter()
+        criterion = _criterion(importance, checkpoint, keys, aliases, lambda: build_meta(cls, config), calibration)
+        t_calibrated = time.perf_counter()
+        options = Options.from_keywords(importance=criterion, scope=scope, min_keep=min_keep, ratios=ratios,
+                                        round_to=round_to, target=target, ignore=ignore, uniform_layers=uniform_layers)
         analysis = analyse(meta, example_inputs(config), frontend="export", gqa=gqa, rules=rules)
         t1 = time.perf_counter()
         result = options.prune(analysis, budget)
@@ -101,6 +117,7 @@ def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, ratio: f
         copy_side_files(checkpoint, staged)
         files = staged.commit()
     changes = {k: v for k, v in new_config.to_dict().items() if config.to_dict().get(k) != v}
-    timings = {"analysis": t1 - t0, "plan": t2 - t1, "write": time.perf_counter() - t2}
+    timings = {"open": t_open - t0, "calibration": t_calibrated - t_open, "analysis": t1 - t_calibrated, "plan": t2 - t1,
+               "write": time.perf_counter() - t2}
     return CheckpointResult(os.path.abspath(os.fspath(out)), result.plan, result.report, changes, tuple(files),
                             written, timings)

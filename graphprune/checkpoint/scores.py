@@ -1,5 +1,5 @@
-"""Magnitude scores streamed from a checkpoint: each tensor read once, its per-position sums kept, then summed
-per group exactly as importance.Magnitude sums them in memory.
+"""Magnitude and Wanda scores streamed from a checkpoint: each tensor read once, its per-position sums kept, then
+summed per group exactly as importance.Magnitude and importance.Wanda sum them in memory.
 
     s_c = (sum over the group's weight slots (P, d), in member order, of
            sum over positions i of P's dim d with map(i) = c of sum |P[i, ...]|^p)^(1/p)
@@ -9,6 +9,13 @@ float64:
 the same operations on the same values as the in-memory criterion, so the scores are bit-equal for float32
 and float64 checkpoints; a bf16/fp16 tensor is first cast to float32 (exact), where the in-memory criterion
 would square in half precision.
+
+StreamedWanda: s_c = sum over the group's weight slots (P, d) whose layer input is known (importance.layer_reads
+on the meta graph, and an input norm recorded for the nn.Linear owning P: layerwise.py) of
+sum over positions i of P's dim d with map(i) = c of sum |P[i, ...]| * ||X_j||_2 (j: P's input dim), in
+float64 as importance.Wanda computes it; a group with no such slot scores L1 magnitude (Wanda's fallback).
+A tensor of more than CHUNK elements (an 8B model's embeddings) is weighted CHUNK elements' rows at a time,
+its sums added per chunk: the float64 rounding of those sums may differ from one sum in the last bits.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ import torch
 
 from ..errors import InputError
 from ..groups import Role
-from ..importance import Criterion
+from ..importance import Criterion, layer_reads
 from .source import Checkpoint
 
 WEIGHT_ROLES = (Role.PRODUCER, Role.CONSUMER)
@@ -73,4 +80,64 @@ class StreamedMagnitude(Criterion):
                 if slot.role in WEIGHT_ROLES:
                     total += np.bincount(index_map, weights=sums[(self._key(slot.name), slot.dim)], minlength=g.size)
             out[g.id] = total ** (1.0 / self.p)
+        return out
+
+
+CHUNK = 2**26  # elements weighted at a time: 512 MB of float64
+
+
+def weighted_per_position(tensor: torch.Tensor, dim: int, norms: torch.Tensor, weight_dim: int) -> np.ndarray:
+    """sum over all dims but `dim` of |tensor| * norms (along weight_dim), in float64 (importance.Wanda's sums)."""
+    shape = [1] * tensor.ndim
+    shape[weight_dim] = -1
+    norms = norms.view(shape)
+    rows = max(1, CHUNK // max(1, tensor[0].numel())) if tensor.ndim > 1 else len(tensor)
+    if rows >= len(tensor):
+        return per_position(tensor.abs().double().mul_(norms), dim)
+    parts = [per_position(chunk.abs().double().mul_(norms), dim) for chunk in tensor.split(rows)]
+    return np.concatenate(parts) if dim == 0 else np.sum(parts, axis=0)
+
+
+@dataclass(frozen=True)
+class StreamedWanda(Criterion):
+    """Wanda over the checkpoint's tensors (module docstring); `norms`: model weight name -> ||X_j||_2 of the
+    input of the nn.Linear owning it (tied names resolved through `aliases`: name -> first name)."""
+
+    checkpoint: Checkpoint
+    keys: Mapping[str, str]
+    norms: Mapping[str, torch.Tensor]
+    aliases: Mapping[str, str]
+
+    def _norm(self, name: str) -> torch.Tensor | None:
+        first = self.aliases.get(name, name)
+        return next((t for n, t in self.norms.items() if self.aliases.get(n, n) == first), None)
+
+    def __call__(self, groups, ctx):
+        reads = layer_reads(ctx.model, ctx.graph, ctx.layer_inputs)
+        magnitude = StreamedMagnitude(self.checkpoint, self.keys, 1)
+        known, fallback = {}, []
+        for g in groups:
+            slots = [(s, reads[s.name]) for s in g.members if s.role in WEIGHT_ROLES and s.name in reads]
+            slots = [(s, r, self._norm(s.name)) for s, r in slots]
+            slots = [(s, r, n) for s, r, n in slots if n is not None]
+            known[g.id] = slots
+            if not slots:
+                fallback.append(g)
+        wanted = {}
+        for slots in known.values():
+            for slot, read, norms in slots:
+                wanted.setdefault(magnitude._key(slot.name), {})[(slot.dim, read.weight_dim)] = norms
+        sums = {}
+        for key, tensor in self.checkpoint.tensors(wanted):
+            for (dim, weight_dim), norms in wanted[key].items():
+                sums[(key, dim, weight_dim)] = weighted_per_position(tensor, dim, norms, weight_dim)
+            del tensor
+        out = magnitude(fallback, ctx) if fallback else {}
+        for g in groups:
+            if known[g.id]:
+                total = np.zeros(g.size)
+                for slot, read, _ in known[g.id]:
+                    weights = sums[(magnitude._key(slot.name), slot.dim, read.weight_dim)]
+                    total += np.bincount(g.members[slot], weights=weights, minlength=g.size)
+                out[g.id] = total
         return out

@@ -12,6 +12,7 @@ tensor of the checkpoint is in memory per step.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
@@ -40,7 +41,7 @@ def _read_json(path: str, what: str) -> dict:
         raise InputError(f"cannot read the {what} {path!r}: {exc}") from exc
 
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool}
 
@@ -58,19 +59,32 @@ class Entry:
 def _header(path: str) -> tuple[dict[str, Entry], dict[str, str] | None]:
     """key -> Entry of one safetensors file, and its metadata: the 8-byte little-endian header length, the JSON
     header, then the data (the format's specification)."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-    start = 8 + size
-    entries = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        if info["dtype"] not in _DTYPES:
-            raise InputError(f"tensor {key!r} of {path!r} has dtype {info['dtype']}, which graphprune cannot read")
-        begin, end = info["data_offsets"]
-        entries[key] = Entry(start + begin, start + end, tuple(info["shape"]), _DTYPES[info["dtype"]])
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            file_size = os.fstat(f.fileno()).st_size
+            if not 0 < size <= file_size - 8:
+                raise ValueError(f"header length {size} does not fit the file's {file_size} bytes")
+            header = json.loads(f.read(size))
+        start = 8 + size
+        entries = {key: _entry(path, key, info, start, file_size) for key, info in header.items()
+                   if key != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{path!r} is not a readable safetensors file ({type(exc).__name__}: {exc}); write the "
+                         "checkpoint again with save_pretrained(..., safe_serialization=True)") from exc
     return entries, header.get("__metadata__")
+
+
+def _entry(path: str, key: str, info: Mapping, start: int, file_size: int) -> Entry:
+    """One header entry checked: a dtype graphprune reads, and bytes inside the file that fit the shape."""
+    if info["dtype"] not in DTYPES:
+        raise InputError(f"tensor {key!r} of {path!r} has dtype {info['dtype']}, which graphprune cannot read")
+    begin, end = (int(x) for x in info["data_offsets"])
+    shape, dtype = tuple(int(d) for d in info["shape"]), DTYPES[info["dtype"]]
+    if not 0 <= begin <= end <= file_size - start or end - begin != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"tensor {key!r} has bytes [{begin}, {end}), which do not hold its shape {list(shape)} "
+                         f"of {info['dtype']} inside the file")
+    return Entry(start + begin, start + end, shape, dtype)
 
 
 def _read(f, entry: Entry) -> torch.Tensor:
@@ -123,7 +137,8 @@ class Checkpoint:
         return cls(path, config, shards, entries, shard_of, metadata, index)
 
     def keys_in(self, shard: str) -> list[str]:
-        return [k for k, s in self.shard_of.items() if s == shard]
+        """The keys stored in `shard`, in the order of their bytes in the file (reads go forward)."""
+        return sorted((k for k, s in self.shard_of.items() if s == shard), key=lambda k: self.entries[k].begin)
 
     def tensors(self, keys: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
         """(key, tensor) for each of `keys`, shard by shard, one tensor in memory at a time (the caller's)."""

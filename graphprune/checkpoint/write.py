@@ -1,12 +1,16 @@
 """Write a pruned checkpoint shard by shard: the same shard files and key layout, a new index, the new config,
 and the tokenizer/generation files copied; all into a StagedDirectory, committed in one rename.
 
-Per tensor: read (mmap), index_select along every pruned dim, check the shape the pruned graph has, write.
-Peak memory: one output shard plus one input tensor.
+Per tensor: read (plain reads), index_select along every pruned dim, check the shape the pruned graph has,
+append its bytes. A safetensors file is an 8-byte little-endian header length, a JSON header (key -> dtype,
+shape, byte offsets into the data; padded with spaces to 8 bytes) and the tensors' bytes back to back: every
+pruned shape is known before anything is read, so the header is written first and each tensor streamed after
+it. Peak memory: one input tensor and its pruned copy.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from typing import Mapping, Sequence
@@ -16,10 +20,12 @@ import torch
 
 from ..atomic import StagedDirectory
 from ..errors import GraphPruneError
-from .source import CONFIG, INDEX, Checkpoint
+from .source import CONFIG, DTYPES, INDEX, Checkpoint
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".index.json")
 """Files never copied: weights of the unpruned model in any format (stale once the model is pruned)."""
+
+SAFETENSORS_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 Cuts = Mapping[str, Sequence[tuple[int, np.ndarray]]]  # checkpoint key -> [(dim, kept positions)]
 
@@ -34,17 +40,39 @@ def pruned_tensor(key: str, tensor: torch.Tensor, cuts: Cuts, expected: Mapping[
     return tensor.contiguous()
 
 
-def write_shards(checkpoint: Checkpoint, staged: StagedDirectory, cuts: Cuts, expected: Mapping[str, tuple]) -> int:
-    """Each input shard becomes the output shard of the same name; returns the bytes of tensor data written."""
-    from safetensors.torch import save_file
+def shard_header(layout: Sequence[tuple[str, torch.dtype, tuple]], metadata: Mapping[str, str] | None) -> bytes:
+    """The length and JSON header of a safetensors file holding `layout`'s (key, dtype, shape) back to back, in
+    that order."""
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for key, dtype, shape in layout:
+        size = math.prod(shape) * dtype.itemsize
+        header[key] = {"dtype": SAFETENSORS_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
 
+
+def _raw(tensor: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous tensor, without a copy (numpy has no bfloat16: viewed as bytes first)."""
+    return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+
+
+def write_shards(checkpoint: Checkpoint, staged: StagedDirectory, cuts: Cuts, expected: Mapping[str, tuple]) -> int:
+    """Each input shard becomes the output shard of the same name, tensor by tensor; returns the bytes of tensor
+    data written."""
     total = 0
     for shard in checkpoint.shards:
-        out = {key: pruned_tensor(key, t, cuts, expected)
-               for key, t in checkpoint.tensors(checkpoint.keys_in(shard))}
-        total += sum(t.numel() * t.element_size() for t in out.values())
-        save_file(out, staged.file(shard), metadata=dict(checkpoint.metadata[shard] or {"format": "pt"}))
-        del out
+        keys = checkpoint.keys_in(shard)
+        layout = [(k, checkpoint.entries[k].dtype, expected[k]) for k in keys]
+        with open(staged.file(shard), "wb") as f:
+            f.write(shard_header(layout, checkpoint.metadata[shard] or {"format": "pt"}))
+            for key, tensor in checkpoint.tensors(keys):  # in keys' (the header's) order
+                pruned = pruned_tensor(key, tensor, cuts, expected)
+                del tensor  # the input's buffer goes before the next one is read
+                f.write(_raw(pruned))
+                total += pruned.numel() * pruned.element_size()
     return total
 
 

@@ -110,6 +110,11 @@ def _add_prune(sub) -> None:
                    help="module name whose output channels are kept (names as `graphprune explain` prints them); "
                         "repeat the option or give NAME,NAME")
     _add_recovery(p, "--recover-steps")
+    p.add_argument("--stream", action="store_true",
+                   help="MODEL is a Hugging Face checkpoint directory (config.json + safetensors): prune it without "
+                        "loading its weights (they are read tensor by tensor; wanda runs one decoder layer at a "
+                        "time) and write the pruned checkpoint (shards, index, config, tokenizer) to --out instead "
+                        "of ONNX and .pt2; --importance l1, l2 or wanda")
     _add_out(p)
     _add_quiet(p)
 

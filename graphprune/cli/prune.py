@@ -21,6 +21,7 @@ from .distil import Family, RecoveryData, check_data_flags, check_recovery_args,
 from .hf import own_tokenizer
 from .messages import CLIError, Progress, one_line, toolchain_errors
 from .models import LoadedModel, load_model, random_inputs
+from .stream import cmd_prune_stream
 
 
 def _ignore_list(entries: list[str] | None) -> list[str]:
@@ -176,6 +177,8 @@ def prune_loaded(args, out: StagedDirectory, progress: Progress) -> tuple[dict, 
 
 
 def cmd_prune(args) -> int:
+    if args.stream:
+        return cmd_prune_stream(args)
     progress = Progress(args.quiet)
     with staged_out(args) as out:
         prune_into(args, out, progress)

@@ -1,0 +1,90 @@
+"""graphprune prune DIR --stream: prune a Hugging Face checkpoint directory without loading its weights.
+
+DIR holds config.json and safetensors weights (model.safetensors, or shards and their index); the pruned
+checkpoint (same shards, new index, pruned config.json, tokenizer and generation files copied) is written to
+--out by graphprune.prune_checkpoint, which streams the weights tensor by tensor. --importance l1/l2 reads
+weights only; wanda runs --calibration-batches batches of --text (tokenized by DIR's tokenizer, or
+--tokenizer) one decoder layer at a time, else RANDOM token ids (a poor proxy). One line says what was
+written. The flags that need the model in memory (--target-latency-ms, --recover-steps, --images) are refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from ..checkpoint import is_checkpoint_dir, prune_checkpoint
+from .budget import read_budget
+from .distil import check_data_flags
+from .hf import own_tokenizer
+from .messages import CLIError, Progress
+from .text import text_batches
+
+STREAMED = ("l1", "l2", "wanda")
+DEFAULT_LENGTH = 128  # tokens per calibration sequence when --max-length is not given
+
+
+def _check(args) -> None:
+    """One-line errors for what --stream cannot do, before any work."""
+    if not is_checkpoint_dir(args.model):
+        raise CLIError(f"--stream reads a Hugging Face checkpoint directory (config.json and model.safetensors or "
+                       f"model.safetensors.index.json); {args.model!r} is not one: drop --stream or pass the folder "
+                       "save_pretrained wrote")
+    if args.importance not in STREAMED:
+        raise CLIError(f"--stream scores with --importance {', '.join(STREAMED)}; {args.importance} needs the model in "
+                       "memory: drop --stream")
+    for flag, given in (("--target-latency-ms", args.target_latency_ms), ("--recover-steps", args.steps),
+                        ("--images", args.images)):
+        if given:
+            raise CLIError(f"{flag} needs the model in memory; drop it or drop --stream")
+    if args.text and args.importance != "wanda":
+        raise CLIError(f"--text feeds --importance wanda; with --importance {args.importance} nothing would read it")
+    check_data_flags(args, own_tokenizer(args.model))
+    if args.calibration_batches < 1:
+        raise CLIError(f"--calibration-batches must be >= 1, got {args.calibration_batches}")
+
+
+def _vocab_size(directory: str) -> int:
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+    if not isinstance(vocab, int):
+        raise CLIError(f"{directory!r}/config.json states no vocab_size; --importance wanda feeds token ids")
+    return vocab
+
+
+def calibration(args, progress: Progress) -> list[torch.Tensor] | None:
+    """Token-id batches for wanda: --calibration-batches batches of --text, else of random ids."""
+    if args.importance != "wanda":
+        return None
+    vocab, length = _vocab_size(args.model), args.max_length or DEFAULT_LENGTH
+    if args.text:
+        batches = text_batches(args.text, args.tokenizer or args.model, (1, length), vocab, args.batch_size, length)
+        batches = batches[:args.calibration_batches]
+        source = args.text
+    else:
+        g = torch.Generator().manual_seed(100)
+        batches = [torch.randint(0, vocab, (args.batch_size, length), generator=g)
+                   for _ in range(args.calibration_batches)]
+        source = "RANDOM token ids"
+    progress.note(f"--importance wanda scores channels on {len(batches)} batches of {source} ({length} tokens)")
+    return batches
+
+
+def cmd_prune_stream(args) -> int:
+    _check(args)
+    budget = read_budget(args)
+    progress = Progress(args.quiet)
+    batches = calibration(args, progress)
+    ignore = [name.strip() for entry in args.ignore or [] for name in entry.split(",") if name.strip()]
+    with progress.step(f"pruning {args.model} {budget.describe()} ({args.importance}), streaming its shards"):
+        result = prune_checkpoint(args.model, args.out, **budget.keywords(), importance=args.importance,
+                                  scope=args.scope, ignore=ignore, round_to=args.round_to, target=args.target,
+                                  force=args.force, calibration=batches)
+    report = result.report
+    changes = ", ".join(f"{k} {v}" for k, v in result.config_changes.items() if isinstance(v, int)) or "none"
+    print(f"wrote {len(result.files)} files ({result.bytes_written / 2**30:.2f} GiB of tensors) to {args.out}: "
+          f"params {report.params_before:,} -> {report.params_after:,} "
+          f"({1 - report.params_after / report.params_before:.1%} removed); config: {changes}")
+    return 0
