@@ -4,6 +4,7 @@ The oracle is prune_graph(importance="wanda") on the same model in memory with t
 the same plan (kept channels per group), and the same written tensors as its pruned module's.
 """
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -20,14 +21,8 @@ from graphprune.importance import ScoringContext, Wanda, layer_reads
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 T = pytest.importorskip("transformers")
-
-
-def _llama() -> "T.LlamaForCausalLM":
-    config = T.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, use_cache=False,
-                           tie_word_embeddings=False)
-    torch.manual_seed(0)
-    return T.LlamaForCausalLM(config).eval()
+sys.path.insert(0, os.path.dirname(__file__))
+from test_checkpoint_stream import _llama  # noqa: E402
 
 
 def _batches():
@@ -45,7 +40,7 @@ def _stored(directory) -> dict:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("wanda")
-    model = _llama()
+    model = _llama(tied=False)
     model.save_pretrained(str(root / "src"), max_shard_size="20KB")
     return model, root
 
