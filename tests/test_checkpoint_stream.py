@@ -14,7 +14,7 @@ import torch
 
 import graphprune
 from graphprune.checkpoint import Checkpoint, is_checkpoint_dir, prune_checkpoint
-from graphprune.errors import InputError
+from graphprune.errors import GraphPruneError, InputError
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 T = pytest.importorskip("transformers")
@@ -203,3 +203,47 @@ def test_a_corrupt_safetensors_file_is_one_input_error(tmp_path, damage):
     path.write_bytes(data)
     with pytest.raises(InputError, match="is not a readable safetensors file"):
         Checkpoint.open(tmp_path)
+
+
+def _saved_tiny(tmp_path) -> str:
+    src = str(tmp_path / "src")
+    _llama(tied=False).save_pretrained(src)
+    return src
+
+
+def test_a_config_of_an_unknown_architecture_is_one_input_error_and_nothing_is_written(tmp_path):
+    src = _saved_tiny(tmp_path)
+    with open(os.path.join(src, "config.json")) as f:
+        config = json.load(f)
+    with open(os.path.join(src, "config.json"), "w") as f:
+        json.dump({**config, "model_type": "no_such_model", "architectures": ["NoSuchForCausalLM"]}, f)
+    with pytest.raises(InputError, match="config.json"):
+        prune_checkpoint(src, tmp_path / "out", ratio=0.3)
+    assert sorted(os.listdir(tmp_path)) == ["src"]  # no output, no staging directory left
+
+
+def test_a_full_filesystem_is_one_error_and_leaves_no_partial_output(tmp_path, monkeypatch):
+    """The disk fills up in the middle of a shard: one GraphPruneError naming the destination, nothing left."""
+    import errno
+    import graphprune.checkpoint.write as write
+
+    src = _saved_tiny(tmp_path)
+    real, calls = write._raw, []
+
+    def filling_up(tensor):
+        calls.append(1)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensor)
+
+    monkeypatch.setattr(write, "_raw", filling_up)
+    with pytest.raises(GraphPruneError, match="No space left on device.*free space there"):
+        prune_checkpoint(src, tmp_path / "out", ratio=0.3)
+    assert len(calls) == 4 and sorted(os.listdir(tmp_path)) == ["src"]
+
+
+def test_an_out_path_under_a_file_is_one_error_before_any_work(tmp_path):
+    src = _saved_tiny(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(GraphPruneError, match="is a file, not a directory"):
+        prune_checkpoint(src, tmp_path / "afile" / "out", ratio=0.3)

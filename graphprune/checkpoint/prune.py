@@ -19,7 +19,7 @@ from typing import Iterable, Mapping
 
 from ..analysis import analyse
 from ..atomic import StagedDirectory
-from ..errors import InputError
+from ..errors import GraphPruneError, InputError
 from ..importance import Criterion
 from ..options import Budget, Options
 from ..passes.shrink import positions_kept_by_slot
@@ -79,6 +79,21 @@ def _criterion(importance, checkpoint: Checkpoint, keys, aliases, build, calibra
     return StreamedWanda(checkpoint, keys, {f"{name}.weight": n for name, n in norms.items()}, aliases)
 
 
+def _write(checkpoint: Checkpoint, staged: StagedDirectory, result, keys, aliases, new_config) -> int:
+    """Shards, index, config and side files into the staging directory; returns the tensor bytes written. A full
+    or failing filesystem is one GraphPruneError (the staging directory is then removed, `out` never appears)."""
+    try:
+        written = write_shards(checkpoint, staged, cuts_of(result, keys), expected_shapes(checkpoint, result, aliases))
+        write_index(checkpoint, staged, written)
+        new_config.save_pretrained(staged.staging)
+        copy_side_files(checkpoint, staged)
+    except OSError as exc:
+        raise GraphPruneError(f"cannot write the pruned checkpoint for {staged.path!r} (staged in "
+                              f"{os.path.dirname(staged.staging)!r}): {exc.strerror or exc}; free space there or pass "
+                              "an out directory on another filesystem") from exc
+    return written
+
+
 def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, ratio: float | None = None,
                      target_params: int | None = None, target_macs: int | None = None, importance: str = "l2",
                      scope: str = "local", min_keep: float = 0.1, ratios: Mapping[str, float] | None = None,
@@ -111,10 +126,7 @@ def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, ratio: f
         result = options.prune(analysis, budget)
         new_config = pruned_config(cls, config, meta, result.model)
         t2 = time.perf_counter()
-        written = write_shards(checkpoint, staged, cuts_of(result, keys), expected_shapes(checkpoint, result, aliases))
-        write_index(checkpoint, staged, written)
-        new_config.save_pretrained(staged.staging)
-        copy_side_files(checkpoint, staged)
+        written = _write(checkpoint, staged, result, keys, aliases, new_config)
         files = staged.commit()
     changes = {k: v for k, v in new_config.to_dict().items() if config.to_dict().get(k) != v}
     timings = {"open": t_open - t0, "calibration": t_calibrated - t_open, "analysis": t1 - t_calibrated, "plan": t2 - t1,
