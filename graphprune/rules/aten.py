@@ -37,7 +37,7 @@ from .attention import MatMulRule, ScaledDotProductAttentionRule
 from .base import AnalysisContext, Rule, RuleTable, ShrinkContext, describe_node, freeze_inputs
 from .elementwise import (BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule,
                           passthrough)
-from .callsite import arg, grouped_together, kept_bounds, kept_on_dim
+from .callsite import arg, cut_dim, grouped_together, kept_bounds, kept_on_dim
 from .families import family_rules
 from .indexing import GetItemRule
 from .moe import moe_rules
@@ -101,7 +101,7 @@ class SliceRule(MovementRule):
         x = node.args[0]
         d = ctx.channel_dim(x)
         step = arg(node, 4, "step", 1)
-        if not isinstance(d, int) or _slice_dim(node, ctx) != d or step == 1:
+        if not isinstance(d, int) or cut_dim(node, ctx, 1) != d or step == 1:
             return super().couple(node, ctx)
         n = ctx.shape(x)[d]
         start, stop = arg(node, 2, "start", 0), arg(node, 3, "end", n)
@@ -114,17 +114,13 @@ class SliceRule(MovementRule):
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         x = node.args[0]
-        dim = _slice_dim(node, ctx)
+        dim = cut_dim(node, ctx, 1)
         kept = kept_on_dim(ctx, x, dim)
         if kept is None or arg(node, 4, "step", 1) != 1:  # a whole-dim step slice keeps its bounds (couple)
             return
         start, stop, _ = slice(arg(node, 2, "start"), arg(node, 3, "end")).indices(ctx.value(x).shape[dim])
         node.args = (x, dim, *kept_bounds(kept, start, stop)) + tuple(node.args[4:])
         node.kwargs = {k: v for k, v in node.kwargs.items() if k not in ("dim", "start", "end")}
-
-
-def _slice_dim(node: fx.Node, ctx) -> int:
-    return arg(node, 1, "dim", 0) % len(ctx.value(node.args[0]).shape)
 
 
 class SliceScatterRule(Rule):
@@ -140,7 +136,7 @@ class SliceScatterRule(Rule):
         d = ctx.channel_dim(x)
         if not isinstance(d, int) and not isinstance(ctx.channel_dim(src), int):
             return Effect(None)
-        dim = arg(node, 2, "dim", 0) % len(ctx.value(x).shape)
+        dim = cut_dim(node, ctx, 2)
         if d != ctx.channel_dim(src) or (d == dim and arg(node, 5, "step", 1) != 1):
             reason = f"{describe_node(node)} writes `{src.name}` into channels graphprune cannot match"
             return Effect(None, freezes=freeze_inputs(node, ctx, reason))
@@ -152,8 +148,7 @@ class SliceScatterRule(Rule):
         return Effect(d, couplings=(Coupling(ctx.input_slot(x, d), out), Coupling(out, ctx.input_slot(src, d), start + j, j)))
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
-        x = node.args[0]
-        dim = arg(node, 2, "dim", 0) % len(ctx.value(x).shape)
+        x, dim = node.args[0], cut_dim(node, ctx, 2)
         kept = kept_on_dim(ctx, x, dim)
         if kept is None:
             return

@@ -103,6 +103,12 @@ def kept_count(ctx: ShrinkContext, node: fx.Node, dim: int) -> int | None:
     return None if kept is None else len(kept)
 
 
+def cut_dim(node: fx.Node, ctx, position: int) -> int:
+    """The dim (argument `position`, named "dim", default 0; made non-negative) along which a slice, split or
+    scatter `node` cuts its first argument."""
+    return arg(node, position, "dim", 0) % len(ctx.value(node.args[0]).shape)
+
+
 def kept_on_dim(ctx: ShrinkContext, node: fx.Node, dim: int):
     """The kept positions of `node` on `dim` when `dim` is its declared channel dim and the plan prunes it, else None
     (a slice, split or scatter along another dim keeps its sizes)."""

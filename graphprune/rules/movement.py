@@ -28,7 +28,7 @@ from ..errors import RewriteError
 from ..groups import Coupling, Effect, EqualParts, Freeze, Slot, connected_labels
 from ..trace import META_KEY, TensorMeta, code_location, value_meta
 from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, freeze_inputs, queried_dims
-from .callsite import arg, kept_count, kept_on_dim
+from .callsite import arg, cut_dim, kept_count, kept_on_dim
 
 
 def run_on_labels(node: fx.Node, ctx: AnalysisContext, dims: Mapping[str, int] | None = None,
@@ -302,8 +302,7 @@ class SplitRule(MovementRule):
         `split([c, c])`), an EqualParts: the caller's code computes those sizes from the width or from one
         attribute, so the parts must keep equal counts for it to run pruned (the graph's own split takes any)."""
         effect = super().couple(node, ctx)
-        x = node.args[0]
-        dim = arg(node, 2, "dim", 0) % len(ctx.shape(x))
+        x, dim = node.args[0], cut_dim(node, ctx, 2)
         sizes = [part.shape[dim] for part in ctx.value(node)]
         if ctx.channel_dim(x) != dim or len(sizes) < 2 or len(set(sizes)) != 1:
             return effect
@@ -312,8 +311,7 @@ class SplitRule(MovementRule):
         return replace(effect, equal_parts=(EqualParts(ctx.input_slot(x, dim), parts, where),))
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
-        x = node.args[0]
-        dim = arg(node, 2, "dim", 0) % len(ctx.value(x).shape)
+        x, dim = node.args[0], cut_dim(node, ctx, 2)
         kept = kept_on_dim(ctx, x, dim)
         if kept is None:
             return
