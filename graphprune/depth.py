@@ -133,6 +133,12 @@ class DepthResult:
                 f"params {self.params_before:,} -> {self.params_after:,}\n{rows}")
 
 
+def repeated_layer_lists(model: torch.nn.Module) -> list[tuple[str, torch.nn.ModuleList]]:
+    """(qualified name, list) of every nn.ModuleList of two or more modules of one class, in module order."""
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, torch.nn.ModuleList) and len(m) >= 2 and len({type(c) for c in m}) == 1]
+
+
 def find_layer_list(model: torch.nn.Module, layers: str | None = None) -> tuple[str, torch.nn.ModuleList]:
     """(qualified name, ModuleList) of the model's repeated layers; see the module docstring."""
     if layers is not None:
@@ -145,8 +151,7 @@ def find_layer_list(model: torch.nn.Module, layers: str | None = None) -> tuple[
             raise InputError(f"layers={layers!r} is a {type(found).__name__}, not an nn.ModuleList of at least two "
                              "layers; pass the qualified name of the model's layer list")
         return layers, found
-    candidates = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)
-                  and len(m) >= 2 and len({type(c) for c in m}) == 1]
+    candidates = repeated_layer_lists(model)
     if not candidates:
         raise InputError(f"{type(model).__name__} has no nn.ModuleList of repeated layers of one class; depth "
                          "pruning removes whole layers of such a list (e.g. encoder.layer, model.layers); pass "

@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from ..depth import repeated_layer_lists
 from ..errors import InputError
 from .source import Checkpoint
 
@@ -37,8 +38,7 @@ class StopForward(Exception):
 
 def decoder_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """(qualified name, list) of the longest nn.ModuleList of two or more modules of one type."""
-    lists = [(name, m) for name, m in model.named_modules()
-             if isinstance(m, nn.ModuleList) and len(m) >= 2 and len({type(c) for c in m}) == 1]
+    lists = repeated_layer_lists(model)
     if not lists:
         raise InputError(f"{type(model).__name__} has no stack of decoder layers (an nn.ModuleList of two or more "
                          "blocks of one type), which layer-by-layer calibration needs; prune with importance='l2' or "
