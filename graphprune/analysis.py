@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.fx as fx
 
@@ -165,11 +166,20 @@ class Analysis:
                 raise InputError(f"{what} entries must be modules or qualified names, got {type(entry).__name__}")
         return out
 
+    def channels_produced_by(self, module_name: str) -> dict[str, list[np.ndarray]]:
+        """Group id -> the index maps (position -> group channel) of the slots the module (or one of its
+        submodules) writes, for every group it writes."""
+        prefix = module_name + "."
+        out: dict[str, list[np.ndarray]] = {}
+        for g in self.dependencies.groups:
+            maps = [m for s, m in g.members.items() if s.role is Role.PRODUCER and s.name.startswith(prefix)]
+            if maps:
+                out[g.id] = maps
+        return out
+
     def groups_produced_by(self, module_name: str) -> list[str]:
         """Ids of the groups whose channels the module (or one of its submodules) writes."""
-        prefix = module_name + "."
-        return [g.id for g in self.dependencies.groups
-                if any(s.role is Role.PRODUCER and s.name.startswith(prefix) for s in g.members)]
+        return list(self.channels_produced_by(module_name))
 
     def _check_groups_named(self, by_group: Mapping[str, object], what: str) -> None:
         """InputError unless every key of `by_group` is a group id of this model."""
@@ -182,12 +192,16 @@ class Analysis:
                              + "; use the ids of analyse(model, inputs).dependencies.groups")
 
     def with_ignored(self, modules: Iterable) -> "Analysis":
-        """A copy whose groups written by `modules` (modules or qualified names) are frozen: their outputs are kept."""
-        names = self.module_names(modules, "ignore")
-        if not names:
+        """A copy that keeps the output channels of `modules` (modules or qualified names): the group channels
+        they write are pinned, the rest of each group (e.g. the other inputs of a concat) stays prunable."""
+        channels: dict[str, list[np.ndarray]] = {}
+        for name in self.module_names(modules, "ignore"):
+            for gid, maps in self.channels_produced_by(name).items():
+                channels.setdefault(gid, []).extend(maps)
+        if not channels:
             return self
-        ids = [gid for name in names for gid in self.groups_produced_by(name)]
-        return replace(self, dependencies=self.dependencies.with_frozen(ids, "output channels kept by `ignore`"))
+        written = {gid: np.concatenate(maps) for gid, maps in channels.items()}
+        return replace(self, dependencies=self.dependencies.with_pinned(written, "output channels kept by `ignore`"))
 
     def group_ratios(self, ratio: float, overrides: Mapping[str, float]) -> dict[str, float]:
         """Per-group ratio: the default, overridden by group id or by the module that produces the group."""

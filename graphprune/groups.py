@@ -224,6 +224,21 @@ class ChannelGroup:
                          f"channels {ranges} of {self.size}{order}")
         return lines
 
+    def with_pin(self, channels: np.ndarray, reason: str) -> "ChannelGroup":
+        """A copy that keeps `channels` with `reason` (a Pin). As for a freeze the analysis finds, the group is
+        frozen whole instead (all reasons kept) when no channel would stay free, or when no layer's weight
+        writes or reads a free one."""
+        if self.frozen:
+            return replace(self, frozen_reasons=self.frozen_reasons + (reason,))
+        channels = np.unique(np.asarray(channels, dtype=np.int64))
+        free = np.ones(self.size, dtype=bool)
+        free[self.pinned] = False
+        free[channels] = False
+        weights = (m for s, m in self.members.items() if s.role in (Role.PRODUCER, Role.CONSUMER))
+        if _saves_nothing(free, weights):
+            return replace(self, frozen_reasons=tuple(p.reason for p in self.pins) + (reason,), pins=())
+        return replace(self, pins=self.pins + (Pin(tuple(channels.tolist()), reason),))
+
     def kept_mask(self, kept_channels) -> np.ndarray:
         """True at the group channels in `kept_channels`: a member keeps position i when mask[index_map[i]]."""
         keep = np.zeros(self.size, dtype=bool)
@@ -252,6 +267,11 @@ class DependencyGraph:
         groups = tuple(replace(g, frozen_reasons=g.frozen_reasons + tuple(p.reason for p in g.pins) + (reason,), pins=())
                        if g.id in ids else g for g in self.groups)
         return replace(self, groups=groups)
+
+    def with_pinned(self, channels: Mapping[str, np.ndarray], reason: str) -> "DependencyGraph":
+        """A copy where group `id` keeps `channels[id]` with `reason` (ChannelGroup.with_pin)."""
+        return replace(self, groups=tuple(g.with_pin(channels[g.id], reason) if g.id in channels else g
+                                          for g in self.groups))
 
     @property
     def prunable_channels(self) -> int:
@@ -360,6 +380,12 @@ def iter_pairs(c: Coupling, size_a: int, size_b: int) -> tuple[np.ndarray, np.nd
     return np.asarray(c.a_index, dtype=np.int64), np.asarray(c.b_index, dtype=np.int64)
 
 
+def _saves_nothing(free: np.ndarray, weight_maps: Iterable[np.ndarray]) -> bool:
+    """True when pinning everything but the `free` channels leaves nothing worth removing: no channel free, or
+    no layer's weight (its index map) writes or reads a free one."""
+    return not free.any() or not any(free[m].any() for m in weight_maps)
+
+
 def _freezes_of(comp: list[Slot], members: Mapping[Slot, np.ndarray], size: int,
                 reasons: Mapping[Slot, list[str]]) -> tuple[tuple[str, ...], tuple[Pin, ...]]:
     """(whole-group reasons, pins) of one group. A frozen slot keeps its positions when the channels its
@@ -379,8 +405,8 @@ def _freezes_of(comp: list[Slot], members: Mapping[Slot, np.ndarray], size: int,
     channels = {r: np.unique(np.concatenate(maps)) for r, maps in covered.items()}
     free = np.ones(size, dtype=bool)
     free[np.concatenate(list(channels.values()))] = False
-    weights = (s for s in comp if s.role in (Role.PRODUCER, Role.CONSUMER))
-    if empty or not free.any() or not any(free[members[s]].any() for s in weights):
+    weights = (members[s] for s in comp if s.role in (Role.PRODUCER, Role.CONSUMER))
+    if empty or _saves_nothing(free, weights):
         return tuple(covered), ()
     return (), tuple(Pin(tuple(c.tolist()), r) for r, c in channels.items())
 

@@ -36,7 +36,8 @@ def test_explain_shows_names_and_concat_offsets(factories):
 
 
 def test_explain_names_are_what_ignore_accepts(factories):
-    """Every module explain prints as a writer, given to --ignore, freezes the group it writes."""
+    """Every module explain prints as a writer, given to --ignore, keeps the channels it writes: a concat's
+    input keeps its own slice (the other input still prunes), the BatchNorm after it keeps the whole group."""
     sys.path.insert(0, factories)
     try:
         from gp_cli_models.zoo import concat
@@ -46,10 +47,14 @@ def test_explain_names_are_what_ignore_accepts(factories):
     full = graphprune.prune_graph(model, x, ratio=0.5, round_to=1)
     concat = next(g.id for g in full.graph.groups if g.size == 16)
     assert concat in full.plan.keep
-    for name in ("a", "b", "bn"):
+    for name, kept, pruned in (("a", range(8), range(8, 16)), ("b", range(8, 16), range(8)), ("bn", range(16), ())):
         result = graphprune.prune_graph(model, x, ratio=0.5, round_to=1, ignore=[name])
-        assert concat not in result.plan.keep, name
-        assert any("ignore" in r for r in result.graph.group(concat).frozen_reasons)
+        group = result.graph.group(concat)
+        keep = set(result.plan.keep.get(concat, range(16)))
+        assert set(kept) <= keep and len(keep) == len(kept) + len(pruned) // 2, name  # the rest pruned by half
+        reasons = group.frozen_reasons + tuple(p.reason for p in group.pins)
+        assert reasons == ("output channels kept by `ignore`",), name
+        assert group.frozen == (name == "bn"), name
 
 
 def _run_on_terminal(*args, path=()):

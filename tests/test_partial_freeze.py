@@ -279,3 +279,35 @@ def test_the_caller_class_keeps_every_sequence_length_with_a_sliced_position_buf
     longer = torch.randint(0, 100, (2, 32))  # the caller's class still takes every length the dense model takes
     reference = zero_dropped_inputs(model, result.graph, result.plan).eval()
     assert torch.allclose(result.module(longer), reference(longer), atol=1e-5)
+
+
+class Concat(nn.Module):
+    """Two convs concatenated into one 30-channel group that `head` reads whole: nothing freezes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 20, 3, padding=1), nn.Conv2d(3, 10, 3, padding=1)
+        self.bn = nn.BatchNorm2d(30)
+        self.head = nn.Conv2d(30, 8, 1)
+
+    def forward(self, x):
+        return (self.head(torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))),)
+
+
+def test_ignoring_one_input_of_a_concat_pins_only_its_channels():
+    model, result = _prune(Concat(), ignore=["b"])
+    _exact(model, result)
+    group = _group_writing(result.graph, "a")
+    assert not group.frozen and [(p.channels, p.reason) for p in group.pins] == [
+        (tuple(range(20, 30)), "output channels kept by `ignore`")]
+    keep = result.plan.keep[group.id]
+    assert set(range(20, 30)) <= set(keep) and len(keep) == 10 + 10  # a's 20 channels pruned by half
+    assert (result.model.a.out_channels, result.model.b.out_channels) == (10, 10)
+    assert [g.id for g in result.report.partly_frozen_groups] == [group.id]
+
+
+def test_ignoring_every_writer_of_a_group_freezes_it_whole():
+    model, result = _prune(Concat(), ignore=["a", "b"])
+    group = _group_writing(result.graph, "a")
+    assert group.frozen_reasons == ("output channels kept by `ignore`",) and not group.pins
+    assert group.id not in result.plan.keep
