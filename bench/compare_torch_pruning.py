@@ -3,18 +3,21 @@
 Usage:
     python bench/compare_torch_pruning.py [--models a,b,c] [--skip-latency]
         [--warmup 3 --repeats 10 --rounds 2] [--tp-timeout 300] [--json out/compare_tp.json]
-        [--prune-repeats 1] [--torch-threads 1]
+        [--prune-repeats 1] [--torch-threads 1] [--target auto|none|...]
 
 Protocol (one run of this script, every model of ``--models``, default the whole zoo):
 
 * Model and inputs: ``ZOO[name].build()`` (eval mode, seeded weights) and
-  ``ZOO[name].example_inputs()`` (batch 1). Both tools prune a fresh copy of the same model.
+  ``ZOO[name].example_inputs()`` (batch 1), or one of ``GROUPED_EXTRA`` (larger ResNeXt/RegNet-Y shapes,
+  given by name). Both tools prune a fresh copy of the same model.
 * Pruning: ratio 0.5, L2 magnitude importance, local (per group) ranking, once without
   rounding and once with ``round_to=16`` for both tools:
   - graphprune: ``graphprune.prune_graph(model, inputs, ratio=0.5, importance="l2",
-    round_to=1 | 16)``; round_to is always explicit (``None``, the default, lets graphprune
-    pick a per-device channel step). Output shapes are kept by graphprune itself, nothing
-    is ignored.
+    round_to=1 | 16, target=--target)``; round_to is always explicit (``None``, the default, lets
+    graphprune pick a per-device channel step). ``--target none`` frees every layer kind of a
+    channel step, so grouped convolutions are pruned inside every group (Torch-Pruning's way);
+    the default ``auto`` may prune them by whole groups. Output shapes are kept by graphprune
+    itself, nothing is ignored.
   - Torch-Pruning: ``tp.pruner.MetaPruner(model, inputs, importance=
     tp.importance.MagnitudeImportance(p=2)`` (group reduction "mean", its default),
     ``pruning_ratio=0.5, global_pruning=False, round_to=None | 16, ignored_layers=[...])``
@@ -86,7 +89,9 @@ from torch import nn
 import graphprune
 from graphprune import default_rules, timing
 from graphprune.export import export_onnx
-from graphprune.models import ZOO
+from graphprune.models import ZOO, ModelSpec
+from graphprune.models.regnet import RegNet
+from graphprune.models.resnet import Bottleneck, ResNet
 from graphprune.cost import count_macs
 from graphprune.report import count_params
 from graphprune.rules.attention import PrunedMultiheadAttention
@@ -97,6 +102,22 @@ RATIO = 0.5
 ROUNDINGS = (None, 16)  # None: no rounding (graphprune round_to=1, Torch-Pruning round_to=None)
 OUTPUT_LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
 SHORT = 60  # characters of a reason shown in the table; the notes and the JSON keep it all
+
+
+def _regnet_y(depths, widths, group_width):
+    return lambda: RegNet(depths, widths, group_width=group_width, bottleneck_multiplier=1.0, se_ratio=0.25,
+                          stem_width=32)
+
+
+GROUPED_EXTRA = {  # larger grouped-conv models (torchvision's shapes), by name only: not in the default run
+    "resnext101_32x8d": ModelSpec("resnext101_32x8d", lambda: ResNet(Bottleneck, [3, 4, 23, 3], groups=32,
+                                                                     width_per_group=8), (1, 3, 224, 224)),
+    "regnet_y_800mf": ModelSpec("regnet_y_800mf", _regnet_y((1, 3, 8, 2), (64, 144, 320, 784), 16), (1, 3, 224, 224)),
+    "regnet_y_1_6gf": ModelSpec("regnet_y_1_6gf", _regnet_y((2, 6, 17, 2), (48, 120, 336, 888), 24), (1, 3, 224, 224)),
+    "regnet_y_3_2gf": ModelSpec("regnet_y_3_2gf", _regnet_y((2, 5, 13, 1), (72, 216, 576, 1512), 24),
+                                (1, 3, 224, 224)),
+}
+MODELS = {**ZOO, **GROUPED_EXTRA}
 
 
 # ----------------------------------------------------------------------------- results
@@ -267,7 +288,12 @@ def tp_prune(model: nn.Module, inputs: tuple[torch.Tensor, ...], ignored: Sequen
     pruner.step()
 
 
-def worker(tool: str, threads: int) -> int:
+def gp_prune(model: nn.Module, inputs: tuple[torch.Tensor, ...], round_to: int | None, target: str):
+    """graphprune's side: ratio 0.5, L2, round_to explicit (1 for none), `target` as given ("auto": the default)."""
+    return graphprune.prune_graph(model, inputs, ratio=RATIO, importance="l2", round_to=round_to or 1, target=target)
+
+
+def worker(tool: str, threads: int, target: str) -> int:
     """Timing worker (child process): warm up on the tiny model, then time one prune per job line on stdin.
 
     A job is {"model", "round_to", "ignored", "save"}; the reply (one JSON line on stdout) is
@@ -280,19 +306,19 @@ def worker(tool: str, threads: int) -> int:
     sys.stdout = sys.stderr  # anything the tools print must not corrupt the reply channel
     warm, warm_inputs = tiny_model()
     if tool == "graphprune":
-        graphprune.prune_graph(warm, warm_inputs, ratio=RATIO, importance="l2")
+        gp_prune(warm, warm_inputs, None, target)
     else:
         tp_prune(warm, warm_inputs, ["8"], None)
     for line in sys.stdin:
         job = json.loads(line)
-        spec = ZOO[job["model"]]
+        spec = MODELS[job["model"]]
         model, inputs = spec.build(), spec.example_inputs()
         reply: dict[str, Any] = {}
         try:
             before = mha_summary(model)
             t0 = time.perf_counter()
             if tool == "graphprune":
-                graphprune.prune_graph(model, inputs, ratio=RATIO, importance="l2", round_to=job["round_to"] or 1)
+                gp_prune(model, inputs, job["round_to"], target)
             else:
                 tp_prune(model, inputs, job["ignored"], job["round_to"])
             reply["seconds"] = time.perf_counter() - t0
@@ -313,14 +339,14 @@ class Worker:
     """A timing worker process of one tool; a job that does not answer within `timeout` kills it
     (the next job starts a new one)."""
 
-    def __init__(self, tool: str, threads: int, timeout: float):
-        self.tool, self.threads, self.timeout = tool, threads, timeout
+    def __init__(self, tool: str, threads: int, timeout: float, target: str):
+        self.tool, self.threads, self.timeout, self.target = tool, threads, timeout, target
         self.proc: subprocess.Popen | None = None
 
     def run(self, job: dict) -> dict:
         if self.proc is None or self.proc.poll() is not None:
             self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", self.tool,
-                                          "--torch-threads", str(self.threads)],
+                                          "--torch-threads", str(self.threads), "--target", self.target],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                          text=True)
         self.proc.stdin.write(json.dumps(job) + "\n")
@@ -396,7 +422,7 @@ def finish_variant(v: Variant, model: nn.Module, inputs: tuple[torch.Tensor, ...
 def compare_model(name: str, args: argparse.Namespace, tp_error: str | None,
                   workers: dict[str, Worker]) -> ModelResult:
     """Prune `name` with both tools at both rounding settings, measure and benchmark every variant."""
-    spec = ZOO[name]
+    spec = MODELS[name]
     model, inputs = spec.build(), spec.example_inputs()
     notes: list[str] = []
     try:
@@ -429,7 +455,7 @@ def compare_model(name: str, args: argparse.Namespace, tp_error: str | None,
                     if mha:
                         notes.append(f"{v.key}: {mha}")
             if not gp.fail:  # the model itself, pruned once more here (untimed; prune_graph is deterministic)
-                pruned = graphprune.prune_graph(model, inputs, ratio=RATIO, importance="l2", round_to=round_to or 1)
+                pruned = gp_prune(model, inputs, round_to, args.target)
                 finish_variant(gp, pruned.model, inputs, reference, workdir, notes)
                 r = pruned.report
                 for what, own, ours in (("params", r.params_after, gp.params), ("MACs", r.macs_after, gp.macs)):
@@ -487,9 +513,10 @@ def fmt_variant(model: str, v: Variant, base: Variant) -> list[str]:
     round_cell = "-" if v.tool == "original" else str(v.round_to or 1)
     prune = "-" if v.prune_s is None else f"{v.prune_s:.2f}"
     if v.fail:  # pruning failed (no time), or the pruned model does not run (time kept)
-        return [model, tool, round_cell, "FAIL" if v.prune_s is None else prune, "-", "-", "-", "-",
+        return [model, tool, round_cell, "FAIL" if v.prune_s is None else prune, "-", "-", "-", "-", "-",
                 f"FAIL ({short(v.fail)})"]
     params = "-" if v.params is None else f"{v.params:,}"
+    removed = "-" if v.params is None or not base.params else f"{100 * (1 - v.params / base.params):.1f}%"
     macs = "-" if v.macs is None else f"{v.macs / 1e9:.4f}"
     if v.p50_ms is not None:
         p50 = f"{v.p50_ms:.3f}"
@@ -502,7 +529,7 @@ def fmt_variant(model: str, v: Variant, base: Variant) -> list[str]:
         onnx = f"no ({short(v.export_error or '')})"
     else:
         onnx = "-"
-    return [model, tool, round_cell, prune, params, macs, p50, ratio, onnx]
+    return [model, tool, round_cell, prune, params, removed, macs, p50, ratio, onnx]
 
 
 def render(header: list[str], rows: list[list[str]], right: set[int]) -> str:
@@ -516,21 +543,21 @@ def render(header: list[str], rows: list[list[str]], right: set[int]) -> str:
 
 
 def format_results(results: list[ModelResult], skip_latency: bool) -> str:
-    header = ["model", "tool", "round_to", "prune s", "params", "GMACs", "p50 ms", "p50/orig",
+    header = ["model", "tool", "round_to", "prune s", "params", "removed", "GMACs", "p50 ms", "p50/orig",
               "ONNX export + ORT match (max abs diff)"]
     rows: list[list[str]] = []
     for res in results:
         if res.error:
-            rows.append([res.name, "-", "-", "FAIL", "-", "-", "-", "-", f"FAIL ({short(res.error)})"])
+            rows.append([res.name, "-", "-", "FAIL", "-", "-", "-", "-", "-", f"FAIL ({short(res.error)})"])
             continue
         base = res.variants[0]
         for i, v in enumerate(res.variants):
             rows.append(fmt_variant(res.name if i == 0 else "", v, base))
     if skip_latency:
-        header, rows = header[:6] + header[8:], [r[:6] + r[8:] for r in rows]
-        right = {2, 3, 4, 5}
+        header, rows = header[:7] + header[9:], [r[:7] + r[9:] for r in rows]
+        right = {2, 3, 4, 5, 6}
     else:
-        right = {2, 3, 4, 5, 6, 7}
+        right = {2, 3, 4, 5, 6, 7, 8}
     out = [render(header, rows, right), "", "Torch-Pruning seconds / graphprune seconds (> 1: graphprune is faster)"]
     ratio_rows = []
     for res in results:
@@ -584,7 +611,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(ZOO),
-                        help="comma-separated built-in model names (default: the whole zoo)")
+                        help="comma-separated model names (default: the whole zoo; also by name: "
+                             f"{', '.join(GROUPED_EXTRA)})")
     parser.add_argument("--skip-latency", action="store_true", help="no ONNX Runtime latency benchmark")
     parser.add_argument("--warmup", type=int, default=3, help="untimed ORT runs per variant (default 3)")
     parser.add_argument("--repeats", type=int, default=10, help="timed ORT runs per variant (default 10)")
@@ -595,14 +623,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="time each pruning this many times, report the median (default 1)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads while pruning, for both tools (default 1; 0: torch's default)")
+    parser.add_argument("--target", default="auto",
+                        help="graphprune's target (default auto, its default; 'none': no channel step, grouped convs "
+                             "pruned inside every group)")
     parser.add_argument("--json", default=None, help="also write the results here (atomically)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: timing worker mode
     args = parser.parse_args(argv)
     if args.worker is None:
         args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
-        unknown = [m for m in args.model_names if m not in ZOO]
+        unknown = [m for m in args.model_names if m not in MODELS]
         if unknown or not args.model_names:
-            parser.error(f"unknown model(s) {', '.join(unknown) or '(none given)'}; built-in: {', '.join(ZOO)}")
+            parser.error(f"unknown model(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(MODELS)}")
         if args.repeats < args.rounds or args.rounds < 1 or args.warmup < 0:
             parser.error("need --repeats >= --rounds >= 1 and --warmup >= 0")
         if args.prune_repeats < 1 or args.torch_threads < 0:
@@ -613,7 +644,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
-        return worker(args.worker, args.torch_threads or torch.get_num_threads())
+        return worker(args.worker, args.torch_threads or torch.get_num_threads(), args.target)
     started = time.perf_counter()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)  # the timing workers get the same count
@@ -622,8 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if tp_version and tp_version != TP_VERSION:
         progress(f"warning: torch-pruning {tp_version} is installed, this comparison is meant for {TP_VERSION}")
     threads = args.torch_threads or torch.get_num_threads()
-    workers = {"graphprune": Worker("graphprune", threads, args.tp_timeout),
-               "torch-pruning": Worker("torch-pruning", threads, args.tp_timeout)}
+    workers = {tool: Worker(tool, threads, args.tp_timeout, args.target) for tool in ("graphprune", "torch-pruning")}
     results = []
     try:
         for name in args.model_names:
@@ -639,7 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import onnxruntime
 
     protocol = {
-        "ratio": RATIO, "importance": "L2 magnitude, local", "roundings": [1, 16],
+        "ratio": RATIO, "importance": "L2 magnitude, local", "graphprune_target": args.target, "roundings": [1, 16],
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "torch_pruning": tp_version, "onnxruntime": onnxruntime.__version__,
         "graphprune_timing": "whole prune_graph call in a worker process, after a warm-up prune of a tiny model",
