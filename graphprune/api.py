@@ -14,7 +14,6 @@ from .importance import Criterion
 from .options import Budget, Options
 from .planner import PrunePlan
 from .rules import RuleTable
-from .rules.conv import GroupedConv
 from .targets import Target
 
 __all__ = ["prune_graph", "apply_plan", "PruneResult"]
@@ -68,7 +67,7 @@ def prune_graph(
     them. `ignore` keeps the output channels of the given modules. `frontend` ("auto", "fx",
     "export") picks how the model becomes a graph (see analysis.Frontend); `gqa` ("kv_groups",
     "query_heads") how grouped-query attention is pruned, `grouped_convs` ("within" groups, or "whole" groups:
-    GroupedConv.for_step) how grouped convolutions are. `model` may be a torch.export ExportedProgram.
+    the default is Target.grouped_convs) how grouped convolutions are. `model` may be a torch.export ExportedProgram.
     The input and output shapes never change; `model` is not modified.
     """
     budget = Budget.from_keywords(ratio, target_params, target_macs, target_kv_bytes)
@@ -76,7 +75,7 @@ def prune_graph(
                                     round_to=round_to, target=target, calibration=calibration, loss_fn=loss_fn,
                                     recalibrate_bn=recalibrate_bn, ignore=ignore, uniform_layers=uniform_layers,
                                     channel_costs=channel_costs)
-    grouped_convs = GroupedConv.for_step(options.target.grouped_conv) if grouped_convs is None else grouped_convs
+    grouped_convs = options.target.grouped_convs if grouped_convs is None else grouped_convs
     analysis = analyse(model, example_inputs, example_kwargs=example_kwargs, rules=rules, strict=strict,
                        frontend=frontend, gqa=gqa, grouped_convs=grouped_convs)
     return options.prune(analysis, budget)

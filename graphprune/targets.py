@@ -29,6 +29,7 @@ import numpy as np
 from .errors import InputError
 from .groups import ChannelGroup, Role
 from .rules import LayerKind
+from .rules.conv import GroupedConv
 
 __all__ = ["LayerKind", "Target", "ort_x86", "x86_block", "machine_rule", "HAND_WRITTEN", "NONE", "XNNPACK"]
 
@@ -42,6 +43,7 @@ class Target:
     grouped_conv: int = 1
     linear: int = 1
     one_block: bool = False  # keep a layer that would fall below one block at one block (off the fast path otherwise)
+    per_group_steps: bool = True  # grouped convs: the step is on each group's width (a runtime's kernel), not the layer's
 
     def step(self, kind: LayerKind) -> int:
         return {LayerKind.DENSE_CONV: self.dense_conv, LayerKind.GROUPED_CONV: self.grouped_conv,
@@ -52,7 +54,14 @@ class Target:
         """One channel step for every layer kind (`round_to=step`)."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 1:
             raise InputError(f"round_to must be a positive integer or None (the target decides), got {step!r}")
-        return cls(f"round_to={step}", step, step, step)
+        return cls(f"round_to={step}", step, step, step, per_group_steps=False)
+
+    @property
+    def grouped_convs(self) -> GroupedConv:
+        """How grouped convolutions are pruned for this target: by whole groups when each group's width must land
+        on a step > 1 (a runtime's per-group kernel: widths of 4-32 per group cannot land on 8 or 16), else the
+        same channels inside every group (with `round_to`, the layer's width G x k' lands on the step)."""
+        return GroupedConv.WHOLE if self.grouped_conv > 1 and self.per_group_steps else GroupedConv.WITHIN
 
     def constraints(self, group: ChannelGroup, layers: Mapping[str, LayerKind],
                     kernel_steps: Mapping[str, int] | None = None) -> tuple[tuple[np.ndarray, int], ...]:

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 import graphprune
 from graphprune.errors import InputError
+from graphprune.rules.conv import GroupedConv
+from graphprune.targets import Target
 from graphprune.verify import max_exactness_error
 from conftest import randomize_norms
 
@@ -78,3 +80,18 @@ def test_a_functional_grouped_conv_is_pruned_within_groups(frontend):
 def test_a_bad_grouped_convs_value_is_one_clear_error():
     with pytest.raises(InputError, match="grouped_convs must be one of"):
         graphprune.prune_graph(GroupedBlock(), torch.randn(1, 8, 8, 8), ratio=0.5, grouped_convs="halves")
+
+
+def test_round_to_puts_the_layer_width_on_its_step_inside_groups_and_a_runtime_step_prunes_whole_groups():
+    """round_to=8 asks for layer widths that are multiples of 8: 4 groups of 4 (16) is one, so the default stays
+    inside groups, as Torch-Pruning's round_to does. A runtime target's grouped-conv step is on each group's own
+    width (4 cannot land on 8), so its default is whole groups."""
+    model, x = randomize_norms(GroupedBlock()).eval(), torch.randn(2, 8, 8, 8)
+    rounded = graphprune.prune_graph(model, x, ratio=0.5, round_to=8)
+    assert max_exactness_error(model, (x,), rounded) <= 1e-5
+    (conv,) = _grouped(rounded.module)
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (4, 16, 16)
+    runtime = Target("runtime8", dense_conv=8, grouped_conv=8, linear=8)
+    assert (Target.uniform(8).grouped_convs, runtime.grouped_convs) == (GroupedConv.WITHIN, GroupedConv.WHOLE)
+    (conv,) = _grouped(graphprune.prune_graph(model, x, ratio=0.5, target=runtime).module)
+    assert (conv.groups, conv.in_channels // conv.groups) == (2, 8)

@@ -49,12 +49,6 @@ class GroupedConv(enum.Enum):
         except ValueError:
             raise InputError(f"grouped_convs must be one of {[m.value for m in cls]}, got {value!r}") from None
 
-    @classmethod
-    def for_step(cls, step: int) -> "GroupedConv":
-        """prune_graph's default for a target's grouped-conv channel step: inside groups when there is none, whole
-        groups when there is one (per-group widths of 4-32 cannot land on a step of 8 or 16)."""
-        return cls.WITHIN if step == 1 else cls.WHOLE
-
 
 @dataclass(frozen=True)
 class ConvCall:
