@@ -13,13 +13,13 @@ import copy
 import json
 import os
 import shutil
-import socket
 
 import pytest
 import torch
 
 import graphprune
 from cli_support import assert_one_line_error, run_cli
+from offline_support import offline  # noqa: F401  (autouse: every test fails on any network use)
 from conftest import without_dtype_asserts
 from graphprune.integrations.ultralytics import keep_model
 from graphprune.verify import max_exactness_error
@@ -30,18 +30,6 @@ IMGSZ = 256  # the example input's side: a multiple of the largest stride (32)
 # hand-written boxes (class cx cy w h, normalised) for the two sample photographs: COCO's person 0, bus 5, tie 27
 LABELS = {"bus": ["5 0.50 0.47 0.98 0.52", "0 0.19 0.64 0.26 0.52", "0 0.33 0.62 0.16 0.46", "0 0.93 0.64 0.14 0.50"],
           "zidane": ["0 0.74 0.57 0.41 0.86", "0 0.29 0.70 0.47 0.60", "27 0.58 0.49 0.05 0.28"]}
-
-
-# a process that imports this (sitecustomize) fails on any network use and leaves its name in GP_NETWORK_LOG
-NO_NETWORK = """
-import os, socket
-def _refuse(*args, **kwargs):
-    with open(os.environ["GP_NETWORK_LOG"], "a") as f:
-        f.write(repr(args[:2]) + "\\n")
-    raise OSError("network use in a test that must stay offline")
-socket.getaddrinfo = _refuse
-socket.socket.connect = _refuse
-"""
 
 
 @pytest.fixture(scope="module")
@@ -61,26 +49,6 @@ def ultralytics(tmp_path_factory):
 
         shutil.copy(font_manager.findfont("DejaVu Sans"), USER_CONFIG_DIR / "Arial.ttf")
         yield module
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """Every test here fails if anything in this process, or in a CLI subprocess, touches the network."""
-    log = tmp_path / "network.log"
-    (tmp_path / "nonet").mkdir()
-    (tmp_path / "nonet" / "sitecustomize.py").write_text(NO_NETWORK)
-    monkeypatch.setenv("GP_NETWORK_LOG", str(log))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "nonet"), prepend=os.pathsep)
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args[:2])
-        raise OSError("network use in a test that must stay offline")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    yield
-    assert attempts == [] and not log.exists(), (attempts, log.read_text() if log.exists() else "")
 
 
 def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
