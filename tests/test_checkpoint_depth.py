@@ -8,6 +8,7 @@ the same keys and the same config; its checkpoint loads and generates the same g
 import errno
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -121,7 +122,7 @@ def test_the_written_checkpoint_generates_the_in_memory_pruned_models_tokens(run
 
 
 def test_padding_is_left_out_of_the_scores_as_prune_layers_does(tmp_path):
-    src = _save(tmp_path / "src", _config())
+    src = _save(tmp_path / "src", _config(), shard="1GB")  # one model.safetensors, no index
     batches = []
     for k, ids in enumerate(_batches()):
         mask = torch.ones_like(ids)
@@ -131,6 +132,8 @@ def test_padding_is_left_out_of_the_scores_as_prune_layers_does(tmp_path):
     dense = T.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     assert streamed.scores == prune_layers(dense, n=2, calibration=batches).scores
     assert streamed.scores != prune_layers(dense, n=2, calibration=[(b["input_ids"],) for b in batches]).scores
+    assert sorted(n for n in streamed.files if "safetensors" in n) == ["model.safetensors"]
+    assert torch.equal(_stored(tmp_path / "out")["model.norm.weight"], _stored(src)["model.norm.weight"])
 
 
 def test_a_bf16_checkpoint_stays_bf16_and_loses_the_layers_float32_scores_choose(tmp_path):
@@ -145,9 +148,11 @@ def test_a_bf16_checkpoint_stays_bf16_and_loses_the_layers_float32_scores_choose
                                                            source["model.embed_tokens.weight"])
     kept = [k for k in range(LAYERS) if k not in streamed.removed]
     for new, old in enumerate(kept):
-        assert torch.equal(written[f"model.layers.{new}.mlp.up_proj.weight"], source[f"model.layers.{old}.mlp.up_proj.weight"])
+        up = "mlp.up_proj.weight"
+        assert torch.equal(written[f"model.layers.{new}.{up}"], source[f"model.layers.{old}.{up}"])
     loaded = T.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"))
-    assert loaded.dtype == torch.bfloat16 and loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    assert loaded.dtype == torch.bfloat16
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()  # still tied
 
 
 def test_per_layer_config_lists_keep_the_kept_layers_entries(tmp_path):
@@ -205,3 +210,67 @@ def test_a_full_filesystem_is_one_error_and_leaves_no_partial_output(tmp_path, m
 
 def test_the_top_level_package_exports_it():
     assert graphprune.prune_checkpoint_layers is prune_checkpoint_layers
+
+
+def _cli_source(tmp_path) -> str:
+    """A 5-layer checkpoint with a tokenizer in tmp_path/fresh/src, and tmp_path/lines.txt; returns fresh."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_cli_stream import _lines, save_tokenizer
+
+    save_tokenizer(_save(tmp_path / "fresh" / "src", _config()))
+    _lines(tmp_path / "lines.txt")
+    return str(tmp_path / "fresh")
+
+
+def _check_cli_output(fresh, stdout: str) -> None:
+    out = stdout.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("wrote ") and "of 5 layers" in out[0], stdout
+    assert "num_hidden_layers 3" in out[0]
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(os.path.join(fresh, "pruned")))
+    loaded = T.AutoModelForCausalLM.from_pretrained(os.path.join(fresh, "pruned")).eval()
+    assert len(loaded.model.layers) == 3 and loaded.config.num_hidden_layers == 3
+    prompt = torch.zeros(1, 4, dtype=torch.long)
+    with torch.no_grad():
+        assert loaded.generate(prompt, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape == (1, 7)
+    assert sorted(os.listdir(fresh)) == ["pruned", "src"]  # no staging directory left
+
+
+def test_the_cli_removes_layers_of_a_checkpoint_directory_in_one_line(tmp_path, capsys, monkeypatch):
+    """graphprune prune DIR --stream --layers N, the text through DIR's tokenizer (in process)."""
+    from graphprune.cli import main
+
+    fresh = _cli_source(tmp_path)
+    monkeypatch.chdir(fresh)
+    capsys.readouterr()
+    assert main(["prune", "src", "--stream", "--layers", "2", "--text", str(tmp_path / "lines.txt"),
+                 "--max-length", "8", "--out", "pruned", "--quiet"]) == 0
+    _check_cli_output(fresh, capsys.readouterr().out)
+
+
+@pytest.mark.slow  # python -m graphprune imports torch and transformers: 9-17 s on 2 shared cores
+def test_the_cli_subprocess_removes_layers_of_a_checkpoint_directory(tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from cli_support import run_cli
+
+    fresh = _cli_source(tmp_path)
+    proc = run_cli("prune", "src", "--stream", "--layers", "2", "--text", tmp_path / "lines.txt", "--max-length",
+                   "8", "--out", "pruned", cwd=fresh)
+    assert proc.returncode == 0, proc.stderr
+    _check_cli_output(fresh, proc.stdout)
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--layers", "2"], "--layers removes decoder layers of a Hugging Face checkpoint directory: add --stream"),
+    (["--stream", "--layers", "2", "--ratio", "0.5"], "--ratio prunes channels: drop it, or drop --layers"),
+    (["--stream", "--layers", "2", "--importance", "wanda"], "--importance prunes channels"),
+    (["--stream", "--layers", "5"], "n=5 layers to remove: give an integer in [1, 4]"),
+])
+def test_cli_layers_errors_are_one_line(tmp_path, capsys, extra, fragment):
+    from graphprune.cli import main
+
+    src = _save(tmp_path / "src", _config())
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert main(["prune", src, "--out", str(tmp_path / "out"), "--quiet", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("graphprune: error: ") and fragment in err[0], err
+    assert sorted(os.listdir(tmp_path)) == ["src"]
