@@ -28,7 +28,7 @@ from ..atomic import StagedDirectory
 from ..depth import InfluenceSums, check_layer_count, find_layer_list, lowest, shorten_config
 from ..errors import InputError
 from .layerwise import LayerwiseRun, calibration_ids
-from .model import alias_names, build_meta, checkpoint_keys, load_config, model_class
+from .model import alias_names, checkpoint_keys, open_model
 from .prune import filesystem_errors
 from .source import Checkpoint
 from .write import copy_side_files, write_index, write_shards
@@ -136,12 +136,7 @@ def prune_checkpoint_layers(src: str | os.PathLike, out: str | os.PathLike, *, n
     (module docstring), streaming its weights. `out` must not exist or be empty (`force=True` replaces it)."""
     t0 = time.perf_counter()
     with StagedDirectory(out, replace=force, flag="out") as staged:  # before any work: an unwritable out fails first
-        checkpoint = Checkpoint.open(src)
-        config = load_config(checkpoint)
-        cls = model_class(config)
-        meta = build_meta(cls, config)
-        if meta is None:
-            raise InputError(f"{cls.__name__} cannot be built from {checkpoint.path}/config.json on the meta device")
+        checkpoint, config, _, meta = open_model(src)
         run = LayerwiseRun(meta.to(computing_dtype(checkpoint)), checkpoint, checkpoint_keys(alias_names(meta),
                                                                                                checkpoint))
         stack, count = _stack(meta, run), len(run.layers)

@@ -27,7 +27,7 @@ from ..passes.shrink import positions_kept_by_slot
 from ..planner import PrunePlan
 from ..report import PruneReport
 from ..rules import RuleTable
-from .model import alias_names, build_meta, checkpoint_keys, example_inputs, load_config, model_class, pruned_config
+from .model import alias_names, build_meta, checkpoint_keys, example_inputs, open_model, pruned_config
 from .layerwise import LayerwiseRun, calibration_ids
 from .scores import StreamedMagnitude, StreamedWanda
 from .source import Checkpoint
@@ -117,12 +117,7 @@ def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, ratio: f
     t0 = time.perf_counter()
     budget = Budget.from_keywords(ratio, target_params, target_macs, None)
     with StagedDirectory(out, replace=force, flag="out") as staged:  # before any work: an unwritable out fails first
-        checkpoint = Checkpoint.open(src)
-        config = load_config(checkpoint)
-        cls = model_class(config)
-        meta = build_meta(cls, config)
-        if meta is None:
-            raise InputError(f"{cls.__name__} cannot be built from {checkpoint.path}/config.json on the meta device")
+        checkpoint, config, cls, meta = open_model(src)
         aliases = alias_names(meta)
         keys = checkpoint_keys(aliases, checkpoint)
         t_open = time.perf_counter()
