@@ -61,22 +61,36 @@ class LayerScore:
         raise NotImplementedError
 
 
+class InfluenceSums:
+    """Per layer k: the sum over tokens of 1 - cos(h_in, h_out) (float64) and the token count; a token is a
+    position of the layer's input (batch x sequence), padding left out when the batch is a mapping with an
+    `attention_mask` of shape (batch, sequence). scores() = sums / counts: BlockInfluence's score."""
+
+    def __init__(self, layers: int):
+        self.sums, self.counts = np.zeros(layers), np.zeros(layers)
+
+    def add(self, k: int, batch, h_in: torch.Tensor, h_out: torch.Tensor) -> None:
+        cos = torch.nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
+        mask = _token_mask(batch, cos)
+        cos = cos[mask] if mask is not None else cos.flatten()
+        self.sums[k] += (1.0 - cos).sum().item()
+        self.counts[k] += cos.numel()
+
+    def scores(self) -> np.ndarray:
+        return self.sums / np.maximum(self.counts, 1)
+
+
 @dataclass(frozen=True)
 class BlockInfluence(LayerScore):
     """1 - mean cos(h_in, h_out) over calibration tokens: a layer that barely turns its input scores near 0."""
 
     def __call__(self, model, layers, calibration):
-        sums, counts = np.zeros(len(layers)), np.zeros(len(layers))
+        sums = InfluenceSums(len(layers))
         current = {}
 
         def hook(k):
             def record(module, args, kwargs, output):
-                h_in, h_out = _layer_input(args, kwargs), _hidden(output)
-                cos = torch.nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
-                mask = _token_mask(current["batch"], cos)
-                cos = cos[mask] if mask is not None else cos.flatten()
-                sums[k] += (1.0 - cos).sum().item()
-                counts[k] += cos.numel()
+                sums.add(k, current["batch"], _layer_input(args, kwargs), _hidden(output))
             return record
 
         handles = [layer.register_forward_hook(hook(k), with_kwargs=True) for k, layer in enumerate(layers)]
@@ -88,7 +102,7 @@ class BlockInfluence(LayerScore):
         finally:
             for h in handles:
                 h.remove()
-        return sums / np.maximum(counts, 1)
+        return sums.scores()
 
 
 @dataclass(frozen=True)
@@ -170,23 +184,38 @@ def _renumber(model: torch.nn.Module, layers: torch.nn.ModuleList, removed: set[
             if isinstance(getattr(module, "layer_idx", None), int):
                 module.layer_idx = k
     config = getattr(model, "config", None)
-    if config is None:
-        return
+    if config is not None:
+        shorten_config(config, removed, old_count)
+
+
+def shorten_config(config, removed: set[int], old_count: int) -> None:
+    """`config` (in place) without the `removed` of its `old_count` layers: num_hidden_layers and every
+    PER_LAYER_CONFIG list follow."""
     if getattr(config, "num_hidden_layers", None) == old_count:
-        config.num_hidden_layers = len(layers)
+        config.num_hidden_layers = old_count - len(removed)
     for name in PER_LAYER_CONFIG:
         value = getattr(config, name, None)
         if isinstance(value, (list, tuple)) and len(value) == old_count:
             setattr(config, name, type(value)(v for k, v in enumerate(value) if k not in removed))
 
 
+def check_layer_count(n, name: str, count: int) -> None:
+    """An InputError unless `n` is an integer in [1, count - 1] (layers to remove of the `count` of `name`)."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < count:
+        raise InputError(f"n={n!r} layers to remove: give an integer in [1, {count - 1}] ({name} has "
+                         f"{count} layers)")
+
+
+def lowest(scores: np.ndarray, n: int) -> set[int]:
+    """The indices of the n lowest scores (ties: the earlier layer goes first)."""
+    return {int(k) for k in np.argsort(scores, kind="stable")[:n]}
+
+
 def prune_layers(model: torch.nn.Module, *, n: int, calibration: Sequence, score: LayerScore = BlockInfluence(),
                  layers: str | None = None) -> DepthResult:
     """Remove the `n` least important layers of the model's layer list from a copy (module docstring)."""
     name, found = find_layer_list(model, layers)
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < len(found):
-        raise InputError(f"n={n!r} layers to remove: give an integer in [1, {len(found) - 1}] ({name} has "
-                         f"{len(found)} layers)")
+    check_layer_count(n, name, len(found))
     if not calibration:
         raise InputError("prune_layers scores layers on data: pass calibration=[batch, ...] (each batch a tuple of "
                          "forward()'s positional arguments or a dict of its keyword arguments)")
@@ -198,7 +227,7 @@ def prune_layers(model: torch.nn.Module, *, n: int, calibration: Sequence, score
         scores = np.asarray(score(model, found, list(calibration)), dtype=np.float64)
     finally:
         model.train(training)
-    removed = {int(k) for k in np.argsort(scores, kind="stable")[:n]}
+    removed = lowest(scores, n)
     pruned = copy.deepcopy(model)
     old = pruned.get_submodule(name)
     kept = torch.nn.ModuleList([layer for k, layer in enumerate(old) if k not in removed])

@@ -21,13 +21,18 @@ def _save(directory, shard: str | None = None, tokenizer: bool = False) -> None:
     torch.manual_seed(0)
     T.LlamaForCausalLM(config).eval().save_pretrained(str(directory), **({"max_shard_size": shard} if shard else {}))
     if tokenizer:
-        from tokenizers import Tokenizer, models, pre_tokenizers
+        save_tokenizer(directory)
 
-        tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}},
-                                         unk_token="[UNK]"))
-        tok.pre_tokenizer = pre_tokenizers.Whitespace()
-        T.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(
-            str(directory))
+
+def save_tokenizer(directory) -> None:
+    """A word-level tokenizer of WORDS (pad id 0) saved into `directory`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}},
+                                     unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    T.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(
+        str(directory))
 
 
 def _lines(path) -> str:

@@ -17,6 +17,9 @@ last. ||X_j||_2 = sqrt(squares_j): the same sums, batch by batch, as importance.
 The decoder stack is the longest nn.ModuleList of two or more blocks of one type; the recorders check that
 each layer is called on the previous layer's output, so a model whose forward does not chain its layers
 is refused. Peak memory: the largest of (the input embedding, one layer) in float32, plus the hidden states.
+
+observe_layers runs passes 1 and 2 only, without the hooks, and hands every layer call's input and output
+hidden states to an observer (checkpoint/depth.py's block influence).
 """
 from __future__ import annotations
 
@@ -30,6 +33,10 @@ import torch.nn as nn
 from ..depth import repeated_layer_lists
 from ..errors import InputError
 from .source import Checkpoint
+
+
+Observer = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+"""observe(layer index, batch index, the layer's input hidden states, its output hidden states)."""
 
 
 class StopForward(Exception):
@@ -189,12 +196,13 @@ def _stop(module, args):
     raise StopForward
 
 
-def run_model(model: nn.Module, ids: torch.Tensor) -> None:
-    """model(ids) until StopForward (or its end), without a KV cache."""
+def run_model(model: nn.Module, batch: torch.Tensor | Mapping) -> None:
+    """model(ids), or model(**batch) for a mapping (input_ids, attention_mask), until StopForward (or its end),
+    without a KV cache."""
     extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
     try:
         with torch.no_grad():
-            model(ids, **extra)
+            model(**batch, **extra) if isinstance(batch, Mapping) else model(batch, **extra)
     except StopForward:
         pass
 
@@ -224,6 +232,12 @@ class LayerwiseRun:
         self.outside_linears = [n for n in linears if not _within(n, self.stack_name)]
         self.squares = SquareSums(linears)
 
+    def restore(self) -> None:
+        """The decoder layers back in the stack (in place of recorders/replays), everything outside it freed."""
+        for i, layer in enumerate(self.layers):
+            self.stack[i] = layer
+        release(self.outside.values())
+
     def load(self, modules: Mapping[str, nn.Module]) -> None:
         materialise(self.model, modules, self.checkpoint, self.keys)
 
@@ -236,17 +250,18 @@ class LayerwiseRun:
         n = len(self.layers)
         for i in range(n):
             self.stack[i] = Recorder(log, i, i == n - 1, lambda: self.squares.arm(self.outside_linears, False))
-        for b, ids in enumerate(batches):
+        for b, batch in enumerate(batches):
             self.squares.arm(self.outside_linears)
-            run_model(self.model, ids)
+            run_model(self.model, batch)
             if len(log) != (b + 1) * n:
                 raise InputError(f"calibration batch {b} ran {len(log) - b * n} of the {n} layers of "
                                  f"{self.stack_name!r}; layer-by-layer calibration needs a forward through every "
                                  "layer: use prune_graph")
         return [log[b * n:(b + 1) * n] for b in range(len(batches))]
 
-    def run_layers(self, calls: list[list[tuple]]) -> list:
-        """Each layer loaded, run on every batch's hidden states, freed; returns the last layer's outputs."""
+    def run_layers(self, calls: list[list[tuple]], observe: Observer | None = None) -> list:
+        """Each layer loaded, run on every batch's hidden states, freed; returns the last layer's outputs.
+        observe(layer index, batch index, hidden states in, hidden states out) after each call."""
         hidden = [per_layer[0][0] for per_layer in calls]
         outputs: list = []
         for i, layer in enumerate(self.layers):
@@ -259,6 +274,8 @@ class LayerwiseRun:
                 for b, per_layer in enumerate(calls):
                     args, kwargs = with_hidden(per_layer[i][1], per_layer[i][2], hidden[b])
                     output = layer(*args, **kwargs)
+                    if observe is not None:
+                        observe(i, b, hidden[b], output_hidden(output))
                     hidden[b] = output_hidden(output)
                     if i == len(self.layers) - 1:
                         outputs.append(output)
@@ -294,10 +311,19 @@ class LayerwiseRun:
             self.tail(batches, outputs)
         finally:
             self.squares.remove()
-            for i, layer in enumerate(self.layers):
-                self.stack[i] = layer
-            release(self.outside.values())
+            self.restore()
         return {name: sums.sqrt() for name, sums in self.squares.sums.items()}
+
+    def observe_layers(self, batches: Sequence, observe: Observer) -> None:
+        """Passes 1 and 2 only (no Linear input norms): observe(layer, batch, h_in, h_out) per layer call."""
+        self.squares.remove()
+        try:
+            self.load(self.outside)
+            calls = self.record(batches)
+            release(self.outside.values())
+            self.run_layers(calls, observe)
+        finally:
+            self.restore()
 
 
 def calibration_ids(calibration: Iterable) -> list[torch.Tensor]:

@@ -59,6 +59,17 @@ def build_meta(cls: type, config) -> torch.nn.Module | None:
         return None
 
 
+def open_model(src) -> tuple[Checkpoint, object, type, torch.nn.Module]:
+    """(checkpoint, config, model class, the model on the meta device) of the checkpoint directory `src`."""
+    checkpoint = Checkpoint.open(src)
+    config = load_config(checkpoint)
+    cls = model_class(config)
+    meta = build_meta(cls, config)
+    if meta is None:
+        raise InputError(f"{cls.__name__} cannot be built from {checkpoint.path}/config.json on the meta device")
+    return checkpoint, config, cls, meta
+
+
 def example_inputs(config) -> tuple[torch.Tensor]:
     """Token ids on the meta device: what every causal LM and encoder takes."""
     limit = getattr(config, "max_position_embeddings", None) or SEQUENCE

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -26,7 +27,7 @@ from ..passes.shrink import positions_kept_by_slot
 from ..planner import PrunePlan
 from ..report import PruneReport
 from ..rules import RuleTable
-from .model import alias_names, build_meta, checkpoint_keys, example_inputs, load_config, model_class, pruned_config
+from .model import alias_names, build_meta, checkpoint_keys, example_inputs, open_model, pruned_config
 from .layerwise import LayerwiseRun, calibration_ids
 from .scores import StreamedMagnitude, StreamedWanda
 from .source import Checkpoint
@@ -79,18 +80,26 @@ def _criterion(importance, checkpoint: Checkpoint, keys, aliases, build, calibra
     return StreamedWanda(checkpoint, keys, {f"{name}.weight": n for name, n in norms.items()}, aliases)
 
 
-def _write(checkpoint: Checkpoint, staged: StagedDirectory, result, keys, aliases, new_config) -> int:
-    """Shards, index, config and side files into the staging directory; returns the tensor bytes written. A full
-    or failing filesystem is one GraphPruneError (the staging directory is then removed, `out` never appears)."""
+@contextmanager
+def filesystem_errors(staged: StagedDirectory):
+    """A full or failing filesystem while writing into `staged` is one GraphPruneError naming the destination (the
+    staging directory is then removed, `out` never appears)."""
     try:
-        written = write_shards(checkpoint, staged, cuts_of(result, keys), expected_shapes(checkpoint, result, aliases))
-        write_index(checkpoint, staged, written)
-        new_config.save_pretrained(staged.staging)
-        copy_side_files(checkpoint, staged)
+        yield
     except OSError as exc:
         raise GraphPruneError(f"cannot write the pruned checkpoint for {staged.path!r} (staged in "
                               f"{os.path.dirname(staged.staging)!r}): {exc.strerror or exc}; free space there or pass "
                               "an out directory on another filesystem") from exc
+
+
+def _write(checkpoint: Checkpoint, staged: StagedDirectory, result, keys, aliases, new_config) -> int:
+    """Shards, index, config and side files into the staging directory; returns the tensor bytes written
+    (filesystem_errors)."""
+    with filesystem_errors(staged):
+        written = write_shards(checkpoint, staged, cuts_of(result, keys), expected_shapes(checkpoint, result, aliases))
+        write_index(checkpoint, staged, written)
+        new_config.save_pretrained(staged.staging)
+        copy_side_files(checkpoint, staged)
     return written
 
 
@@ -108,12 +117,7 @@ def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, ratio: f
     t0 = time.perf_counter()
     budget = Budget.from_keywords(ratio, target_params, target_macs, None)
     with StagedDirectory(out, replace=force, flag="out") as staged:  # before any work: an unwritable out fails first
-        checkpoint = Checkpoint.open(src)
-        config = load_config(checkpoint)
-        cls = model_class(config)
-        meta = build_meta(cls, config)
-        if meta is None:
-            raise InputError(f"{cls.__name__} cannot be built from {checkpoint.path}/config.json on the meta device")
+        checkpoint, config, cls, meta = open_model(src)
         aliases = alias_names(meta)
         keys = checkpoint_keys(aliases, checkpoint)
         t_open = time.perf_counter()

@@ -115,6 +115,11 @@ def _add_prune(sub) -> None:
                         "loading its weights (they are read tensor by tensor; wanda runs one decoder layer at a "
                         "time) and write the pruned checkpoint (shards, index, config, tokenizer) to --out instead "
                         "of ONNX and .pt2; --importance l1, l2 or wanda")
+    p.add_argument("--layers", type=int, metavar="N",
+                   help="with --stream, instead of a budget: remove the N decoder layers of lowest block influence "
+                        "(1 - mean cos of each layer's input and output hidden states, ShortGPT), scored one layer at "
+                        "a time on --calibration-batches batches of --text, else of RANDOM token ids; the kept "
+                        "layers are renumbered")
     _add_out(p)
     _add_quiet(p)
 

@@ -177,6 +177,9 @@ def prune_loaded(args, out: StagedDirectory, progress: Progress) -> tuple[dict, 
 
 
 def cmd_prune(args) -> int:
+    if args.layers is not None and not args.stream:
+        raise CLIError("--layers removes decoder layers of a Hugging Face checkpoint directory: add --stream (in "
+                       "Python, graphprune.depth.prune_layers prunes a model in memory)")
     if args.stream:
         return cmd_prune_stream(args)
     progress = Progress(args.quiet)

@@ -6,6 +6,8 @@ checkpoint (same shards, new index, pruned config.json, tokenizer and generation
 weights only; wanda runs --calibration-batches batches of --text (tokenized by DIR's tokenizer, or
 --tokenizer) one decoder layer at a time, else RANDOM token ids (a poor proxy). One line says what was
 written. The flags that need the model in memory (--target-latency-ms, --recover-steps, --images) are refused.
+--layers N instead of a budget removes the N decoder layers of lowest block influence
+(graphprune.prune_checkpoint_layers), scored on the same calibration batches as wanda.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import os
 
 import torch
 
-from ..checkpoint import is_checkpoint_dir, prune_checkpoint
+from ..checkpoint import is_checkpoint_dir, prune_checkpoint, prune_checkpoint_layers
 from .budget import read_budget
 from .distil import check_data_flags
 from .hf import own_tokenizer
@@ -38,11 +40,23 @@ def _check(args) -> None:
                         ("--images", args.images)):
         if given:
             raise CLIError(f"{flag} needs the model in memory; drop it or drop --stream")
-    if args.text and args.importance != "wanda":
-        raise CLIError(f"--text feeds --importance wanda; with --importance {args.importance} nothing would read it")
+    if args.layers is not None:
+        _check_layers(args)
+    elif args.text and args.importance != "wanda":
+        raise CLIError(f"--text feeds --importance wanda or --layers; with --importance {args.importance} nothing "
+                       "would read it")
     check_data_flags(args, own_tokenizer(args.model))
     if args.calibration_batches < 1:
         raise CLIError(f"--calibration-batches must be >= 1, got {args.calibration_batches}")
+
+
+def _check_layers(args) -> None:
+    """--layers N is depth pruning's whole budget and criterion: width flags are refused."""
+    given = [flag for flag, v in (("--ratio", args.ratio), ("--target-params", args.target_params),
+                                  ("--target-macs", args.target_macs), ("--ignore", args.ignore)) if v is not None]
+    if given or args.importance != "l2":
+        raise CLIError(f"--layers N removes whole layers, scored by block influence; {(given or ['--importance'])[0]} "
+                       "prunes channels: drop it, or drop --layers")
 
 
 def _vocab_size(directory: str) -> int:
@@ -55,8 +69,8 @@ def _vocab_size(directory: str) -> int:
 
 
 def calibration(args, progress: Progress) -> list[torch.Tensor] | None:
-    """Token-id batches for wanda: --calibration-batches batches of --text, else of random ids."""
-    if args.importance != "wanda":
+    """Token-id batches for wanda or --layers: --calibration-batches batches of --text, else of random ids."""
+    if args.importance != "wanda" and args.layers is None:
         return None
     vocab, length = _vocab_size(args.model), args.max_length or DEFAULT_LENGTH
     if args.text:
@@ -68,12 +82,28 @@ def calibration(args, progress: Progress) -> list[torch.Tensor] | None:
         batches = [torch.randint(0, vocab, (args.batch_size, length), generator=g)
                    for _ in range(args.calibration_batches)]
         source = "RANDOM token ids"
-    progress.note(f"--importance wanda scores channels on {len(batches)} batches of {source} ({length} tokens)")
+    scored = "--layers scores decoder layers" if args.layers is not None else "--importance wanda scores channels"
+    progress.note(f"{scored} on {len(batches)} batches of {source} ({length} tokens)")
     return batches
+
+
+def _prune_layers(args) -> int:
+    progress = Progress(args.quiet)
+    batches = calibration(args, progress)
+    with progress.step(f"removing {args.layers} decoder layers of {args.model}, streaming its shards"):
+        result = prune_checkpoint_layers(args.model, args.out, n=args.layers, calibration=batches, force=args.force)
+    count = len(result.scores)
+    print(f"wrote {len(result.files)} files ({result.bytes_written / 2**30:.2f} GiB of tensors) to {args.out}: "
+          f"removed {result.layers} {', '.join(map(str, result.removed))} of {count} layers, params "
+          f"{result.params_before:,} -> {result.params_after:,} ({1 - result.params_after / result.params_before:.1%} "
+          f"removed); config: num_hidden_layers {count - len(result.removed)}")
+    return 0
 
 
 def cmd_prune_stream(args) -> int:
     _check(args)
+    if args.layers is not None:
+        return _prune_layers(args)
     budget = read_budget(args)
     progress = Progress(args.quiet)
     batches = calibration(args, progress)
