@@ -199,8 +199,9 @@ Constraint = tuple[np.ndarray, int]  # (channels of one layer, step its kept cou
 
 
 def _align(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, constraints: tuple[Constraint, ...],
-           floor: int, one_block: bool) -> tuple[np.ndarray, bool]:
+           floor: int, one_block: bool, budget: int | None = None) -> tuple[np.ndarray, bool]:
     """Put every constrained layer's kept count on its nearest step; returns (kept, one-block floor applied).
+    `budget`: the count asked (default len(kept)), which raising narrow layers may not exceed unless paid back.
 
     1. A layer left with fewer channels than its step (but some) is raised to one step
        with its best dropped channels, if the overshoot can be paid back by dropping whole
@@ -214,7 +215,7 @@ def _align(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, constraint
     when the overshoot cannot be paid back (a layer narrower than one block runs off the
     runtime's fast path, so that "floor" can keep more than asked, and is reported).
     """
-    aligner = _StepAligner(group, kept, scores, floor)
+    aligner = _StepAligner(group, kept, scores, floor, len(kept) if budget is None else budget)
     floored = aligner.raise_small_layers(constraints, one_block)
     aligner.round_to_steps(constraints)
     return np.flatnonzero(aligner.mask), floored
@@ -223,10 +224,10 @@ def _align(group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, constraint
 class _StepAligner:
     """The kept mask of one group while `_align` moves its layers onto their steps (see `_align`)."""
 
-    def __init__(self, group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, floor: int):
+    def __init__(self, group: ChannelGroup, kept: np.ndarray, scores: np.ndarray, floor: int, budget: int):
         self.mask = np.zeros(group.size, dtype=bool)
         self.mask[kept] = True
-        self.budget, self.scores, self.floor = len(kept), scores, floor
+        self.budget, self.scores, self.floor = budget, scores, floor
         self.slot_channels = group.slot_channel_sets
         self.locked = locked_mask(group)
 
@@ -311,9 +312,14 @@ def _assemble(groups_and_quotas, scores, constraints, min_keep, one_block=False)
         if asked >= g.size:
             continue  # nothing asked: rounding alone never prunes
         kept = _keep_best(g, scores[g.id], quotas)
+        budget = len(kept)
         cons, floored = constraints.get(g.id, ()), False
+        if cons and g.equal_counts:  # equal parts first, on their step, so that aligning the layers keeps them equal
+            kept = equalise(g, kept, scores[g.id], cons)
+            if kept is None:
+                continue
         if cons:
-            kept, floored = _align(g, kept, scores[g.id], cons, floor, one_block)
+            kept, floored = _align(g, kept, scores[g.id], cons, floor, one_block, budget)
         kept = equalise(g, kept, scores[g.id], cons)  # equal counts where the caller's code splits equally
         if kept is None:
             continue

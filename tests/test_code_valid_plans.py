@@ -133,6 +133,28 @@ def test_c2f_keeps_equal_halves_on_a_channel_step():
     _rebuilds_exactly(model, x, result)
 
 
+def _second_half_first(group, model):
+    """Scores that favour the second chunk's channels over the first's, and tie-break by position: keeping the best
+    channels alone would keep nearly all of one half and none of the other."""
+    scores = np.linspace(0.0, 0.1, group.size)
+    for constraint in group.equal_counts:
+        scores[constraint.parts[1]] += 1.0
+    return scores
+
+
+def test_unequal_scores_still_give_equal_halves_and_every_layer_on_its_step():
+    """Scores lopsided toward one half: the halves are made equal, then every layer goes to its step within the
+    count asked (an earlier order of those two left a layer below its step here; YOLOv8n: test_ultralytics)."""
+    torch.manual_seed(0)
+    model, x = Net(C2f, shortcut=False).eval(), torch.randn(1, 3, 16, 16)
+    result = graphprune.prune_graph(model, x, ratio=0.5, round_to=8, importance=_second_half_first, frontend="fx")
+    first, second = _kept_per_part(result, _chunked_group(result))
+    assert first == second
+    module = _rebuilds_exactly(model, x, result)
+    widths = {name: m.out_channels for name, m in module.named_modules() if isinstance(m, nn.Conv2d)}
+    assert widths.pop("head") == 4 and all(w % 8 == 0 for w in widths.values()), widths
+
+
 @pytest.mark.parametrize("frontend", ["fx", "export"])
 @pytest.mark.parametrize("block", [C2fSplit, C2fSplitSize])
 def test_split_by_attribute_keeps_equal_parts_and_updates_the_attribute(block, frontend):

@@ -22,6 +22,7 @@ from cli_support import assert_one_line_error, run_cli
 from offline_support import offline  # noqa: F401  (autouse: every test fails on any network use)
 from conftest import without_dtype_asserts
 from graphprune.integrations.ultralytics import keep_model
+from graphprune.targets import Target
 from graphprune.verify import max_exactness_error
 
 pytestmark = pytest.mark.ultralytics
@@ -85,6 +86,21 @@ def test_pruned_yolo_is_a_smaller_detection_model_equal_to_the_graph(pruned, ult
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-9)
     assert max_exactness_error(model, (x,), result) <= 1e-5
+
+
+def test_every_c2f_layer_lands_on_the_avx512_step(ultralytics):
+    """With ONNX Runtime's AVX-512 steps (16 for convs), the C2f blocks keep equal chunk halves AND every one of
+    their convs on the step: the halves are equalised before the layers are aligned (YOLOv8n's head C2f once kept
+    95 of 96 channels: its bottleneck's conv at 31)."""
+    from ultralytics.nn.modules.block import C2f
+
+    model = ultralytics.YOLO("yolov8n.yaml").model.eval()
+    x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(0))
+    target = Target("ort-x86/avx512", dense_conv=16, grouped_conv=16, linear=8, one_block=True)
+    module = graphprune.prune_graph(model, x, ratio=0.5, target=target).module
+    widths = {f"{name}.{inner}": conv.out_channels for name, block in module.named_modules() if isinstance(block, C2f)
+              for inner, conv in block.named_modules() if isinstance(conv, torch.nn.Conv2d)}
+    assert len(widths) > 20 and all(w % 16 == 0 for w in widths.values()), widths
 
 
 def test_pruned_yolo_predicts_on_the_sample_images(pruned, ultralytics):
