@@ -63,7 +63,7 @@ class PruneResult:
     example_inputs: tuple = field(default=(), compare=False)  # one value per placeholder of `model`
     source: torch.nn.Module | None = field(default=None, compare=False, repr=False)  # the caller's model (read only)
     dense: fx.GraphModule | None = field(default=None, compare=False, repr=False)  # the analysed dense graph (read
-    # only; shares its unpruned tensors with `model`): the teacher of recovery, node for node
+    # only; with the fx frontend its parameters are views of `source`'s): the teacher of recovery, node for node
     rules: RuleTable | None = field(default=None, compare=False, repr=False)  # the table the graph was analysed with
 
     @cached_property
@@ -106,7 +106,8 @@ class Analysis:
     """The traced model, its channel groups, its cost model and its measured totals. See the module docstring."""
 
     model: torch.nn.Module  # the caller's model: read for module names, never modified
-    graph_module: fx.GraphModule  # traced copy with recorded values: never mutated by later stages
+    graph_module: fx.GraphModule  # traced copy with recorded values: never mutated by later stages (fx frontend:
+    # own modules and buffers, parameters that view the caller's; trace.trace_with_values)
     example_inputs: tuple  # one value per placeholder of graph_module
     rules: RuleTable
     dependencies: DependencyGraph

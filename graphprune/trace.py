@@ -20,6 +20,11 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_map
 
+try:  # a GraphModule that generates its Python code on first use (forward, .code, pickling), not when built
+    from torch.fx._lazy_graph_module import _LazyGraphModule as DeferredGraphModule
+except ImportError:  # a torch without it: the code is generated at once
+    DeferredGraphModule = fx.GraphModule
+
 from .agreement import is_user_code
 from .batch import BATCH_KEY, BatchDim, batch_size
 from .errors import InputError, TraceError
@@ -155,7 +160,8 @@ def _user_frame(exc: BaseException) -> str:
 
 def trace(model: torch.nn.Module, is_rule_module=lambda m: False, concrete_args: dict | None = None) -> fx.GraphModule:
     """Symbolically trace `model` (`concrete_args`: forward arguments fixed to a value); a failure becomes a
-    TraceError naming the offending code."""
+    TraceError naming the offending code. The GraphModule's Python code is generated when first used (a
+    DeferredGraphModule): the analysis runs the graph node by node (run_graph) and never needs it."""
     tracer = LeafTracer(is_rule_module)
     try:
         graph = tracer.trace(model, concrete_args=concrete_args or None)
@@ -167,7 +173,7 @@ def trace(model: torch.nn.Module, is_rule_module=lambda m: False, concrete_args:
             "or remove Python control flow that depends on tensor values."
         ) from exc
     name = type(model).__name__
-    return fx.GraphModule(tracer.root, graph, name)
+    return DeferredGraphModule(tracer.root, graph, name)
 
 
 def _to_meta(value: Any) -> Any:
@@ -290,8 +296,11 @@ def trace_with_values(model: torch.nn.Module, args: tuple, kwargs: dict | None, 
     """The fx frontend: trace a copy of `model` (never the model itself) and record every node's value in eval mode.
 
     Returns the GraphModule (in the model's train/eval mode) and the inputs bound to its placeholders.
+    The copy's modules and buffers are its own; its parameters are views of the model's (clone_module's
+    `parameter_views`): the analysis only reads them, and every rewrite copies what it does not slice
+    (`own_tensors`), so no weight is copied twice and a pruned model shares no storage with the caller's.
     """
-    gm = trace(clone_module(model), is_rule_module, omitted_none_arguments(model, args, kwargs))
+    gm = trace(clone_module(model, parameter_views=True), is_rule_module, omitted_none_arguments(model, args, kwargs))
     inputs = bind_inputs(gm, args, kwargs)
     gm.meta[BATCH_KEY] = BatchDim(batch_size(inputs))  # size() calls are nodes: any batch, unless the code bakes one
     training = gm.training
@@ -339,13 +348,17 @@ def value_meta(node: fx.Node) -> Any:
     return node.meta[META_KEY]
 
 
-def clone_module(module: torch.nn.Module, share_tensors: bool = False) -> torch.nn.Module:
+def clone_module(module: torch.nn.Module, share_tensors: bool = False, *,
+                 parameter_views: bool = False) -> torch.nn.Module:
     """A deep copy of a module tree: new modules, parameters and buffers; shared tensors stay shared.
 
     Faster than copy.deepcopy (no pickling protocol per attribute). Dict attributes (hooks)
     are copied; other attributes are shared with the original, which is safe because
     rewrites rebind attributes, never mutate them in place. With `share_tensors`, only the
-    modules are new: the copy holds the original's very tensors (see `own_tensors`).
+    modules are new: the copy holds the original's very tensors (see `own_tensors`). With
+    `parameter_views`, each parameter is a new Parameter object over the original's storage
+    (its flags and `.grad` are the copy's own; nothing may write to its values) and each
+    buffer is a copy (a train-mode forward updates BatchNorm statistics in place).
     """
     if isinstance(module, fx.GraphModule) and not share_tensors:  # its class carries generated code
         return copy.deepcopy(module)
@@ -355,7 +368,8 @@ def clone_module(module: torch.nn.Module, share_tensors: bool = False) -> torch.
         if t is None or share_tensors:
             return t
         if id(t) not in memo:
-            memo[id(t)] = _copied(t)
+            viewed = parameter_views and isinstance(t, torch.nn.Parameter)
+            memo[id(t)] = torch.nn.Parameter(t.detach(), t.requires_grad) if viewed else _copied(t)
         return memo[id(t)]
 
     def clone(m):
@@ -410,13 +424,14 @@ def copy_graph_module(gm: fx.GraphModule, share_tensors: bool = False, compiled:
 
     Rewrites work on such a copy, so the analysed GraphModule is never mutated. With `compiled=False`
     the copy's Python code is not generated (it cannot run until `recompile()`): for a caller that
-    rewrites the graph and recompiles anyway.
+    rewrites the graph and recompiles anyway. The copy of a DeferredGraphModule is a plain GraphModule.
     """
     graph = fx.Graph()
     graph.set_codegen(copy.copy(gm.graph._codegen))  # export's pytree in/out handling; its specs are immutable
     output = graph.output(graph.graph_copy(gm.graph, {}))
     output.meta = dict(gm.graph.output_node().meta)
-    new = gm.__class__.__new__(gm.__class__)
+    cls = fx.GraphModule if isinstance(gm, DeferredGraphModule) else gm.__class__
+    new = cls.__new__(cls)
     new.__dict__ = {k: (v.copy() if isinstance(v, dict) else v) for k, v in gm.__dict__.items()}
     holder = torch.nn.Module()  # the root's own tensors and children, cloned as one tree (one memo)
     holder._parameters, holder._buffers, holder._modules = gm._parameters, gm._buffers, gm._modules

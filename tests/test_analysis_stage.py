@@ -53,6 +53,35 @@ def test_a_pruned_model_owns_its_tensors_even_where_a_plan_keeps_them_whole():
     assert all(torch.equal(v, state[k]) for k, v in analysis.graph_module.state_dict().items())
 
 
+def _storages(module):
+    return {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
+
+
+def test_the_analysis_views_the_callers_parameters_and_a_pruned_model_shares_no_storage_with_them():
+    """The fx trace copies no weight: its parameters are new Parameter objects over the caller's storage (own
+    flags and gradients), its buffers are copies; the rewrite copies what it does not slice. A data-driven
+    criterion (gradients, requires_grad toggled) and a pruned model trained in place leave the caller's alone."""
+    model = Residual().eval()
+    model.head.bias.requires_grad_(False)
+    x = example_input(Residual)
+    before = copy.deepcopy(model.state_dict())
+    analysis = graphprune.analyse(model, x)
+    theirs = dict(model.named_parameters())
+    for name, p in analysis.graph_module.named_parameters():
+        assert p is not theirs[name] and p.untyped_storage().data_ptr() == theirs[name].untyped_storage().data_ptr()
+    assert not {b.untyped_storage().data_ptr() for b in analysis.graph_module.buffers()} & _storages(model)
+    calibration = [(x, torch.randn_like(model(x))) for _ in range(2)]
+    result = analysis.prune(graphprune.Ratio(0.25), graphprune.Strategy(importance="taylor"), target="none",
+                            calibration=graphprune.Calibration(calibration, lambda out, y: (out - y).square().mean()))
+    assert result.plan.keep and not _storages(result.model) & _storages(model)
+    assert all(p.grad is None for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == [n != "head.bias" for n, _ in model.named_parameters()]
+    with torch.no_grad():
+        for t in (*result.model.parameters(), *result.model.buffers()):
+            t.add_(1)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_sensitivity_and_explain_from_one_analysis_never_retrace(monkeypatch):
     model = ConvChain().eval()
     analysis = graphprune.analyse(model, example_input(ConvChain))
