@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Mapping, Sequence, Union
 import torch
 
 from .analysis import PruneResult, analyse
+from .gcpause import paused_gc
 from .importance import Criterion
 from .options import Budget, Options
 from .planner import PrunePlan
@@ -68,7 +69,8 @@ def prune_graph(
     "export") picks how the model becomes a graph (see analysis.Frontend); `gqa` ("kv_groups",
     "query_heads") how grouped-query attention is pruned, `grouped_convs` ("within" groups, or "whole" groups:
     the default is Target.grouped_convs) how grouped convolutions are. `model` may be a torch.export ExportedProgram.
-    The input and output shapes never change; `model` is not modified.
+    The input and output shapes never change; `model` is not modified. The cyclic garbage collector is
+    paused during the call (gcpause.paused_gc).
     """
     budget = Budget.from_keywords(ratio, target_params, target_macs, target_kv_bytes)
     options = Options.from_keywords(importance=importance, scope=scope, min_keep=min_keep, ratios=ratios,
@@ -76,13 +78,15 @@ def prune_graph(
                                     recalibrate_bn=recalibrate_bn, ignore=ignore, uniform_layers=uniform_layers,
                                     channel_costs=channel_costs)
     grouped_convs = options.target.grouped_convs if grouped_convs is None else grouped_convs
-    analysis = analyse(model, example_inputs, example_kwargs=example_kwargs, rules=rules, strict=strict,
-                       frontend=frontend, gqa=gqa, grouped_convs=grouped_convs)
-    return options.prune(analysis, budget)
+    with paused_gc():
+        analysis = analyse(model, example_inputs, example_kwargs=example_kwargs, rules=rules, strict=strict,
+                           frontend=frontend, gqa=gqa, grouped_convs=grouped_convs)
+        return options.prune(analysis, budget)
 
 
 def apply_plan(model: torch.nn.Module, example_inputs, plan: PrunePlan | str, *, rules: RuleTable | None = None) -> PruneResult:
     """Rebuild the pruned architecture of `plan` from a fresh copy of `model` (e.g. with retrained weights)."""
     if isinstance(plan, str):
         plan = PrunePlan.from_json(plan)
-    return analyse(model, example_inputs, rules=rules).apply(plan)
+    with paused_gc():
+        return analyse(model, example_inputs, rules=rules).apply(plan)
