@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -75,8 +75,11 @@ class ScoringContext:
             yield batch, inputs, calibration_run(self.model, f"calibration batch {k}", inputs)
 
 
-def _powered(tensor: torch.Tensor, p: int) -> torch.Tensor:
-    return tensor.square() if p == 2 else tensor.abs() if p == 1 else tensor.abs() ** p
+def _powered(tensor: torch.Tensor, p: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """|t|^p, written into `out` (a contiguous tensor of t's shape and dtype) when given."""
+    if p == 2:
+        return torch.square(tensor, out=out)
+    return torch.abs(tensor, out=out) if p == 1 else torch.pow(tensor.abs(), p, out=out)
 
 
 def _per_position(tensor: torch.Tensor, dim: int, p: int, powered: torch.Tensor | None = None) -> np.ndarray:
@@ -99,12 +102,39 @@ def _position_sums(groups: Sequence[ChannelGroup], tensors: Mapping[str, torch.T
         for slot in g.members:
             if slot.role in roles and slot.dim not in dims.setdefault(slot.name, []):
                 dims[slot.name].append(slot.dim)
-    sums = {}
-    for name, wanted in dims.items():
+    sums = _vector_powers([name for name in dims if tensors[name].ndim == 1], tensors, p)
+    matrices = [name for name in dims if tensors[name].ndim > 1]
+    scratch = _scratch(tensors[name] for name in matrices)
+    for name in matrices:
         tensor = tensors[name].detach()
-        powered = _powered(tensor, p)
-        for dim in wanted:
+        out = scratch[(tensor.dtype, tensor.device)][:tensor.numel()].view(tensor.shape) if tensor.is_contiguous() else None
+        powered = _powered(tensor, p, out)
+        for dim in dims[name]:
             sums[(name, dim)] = _per_position(tensor, dim, p, powered)
+    return sums
+
+
+def _scratch(tensors: Iterable[torch.Tensor]) -> dict[tuple, torch.Tensor]:
+    """One flat buffer per dtype and device, as large as the largest of `tensors`: |t|^p of every contiguous
+    weight is written there in turn (the same values as a new tensor each; memory fresh from the OS is
+    paged in once, not once per weight)."""
+    sizes: dict[tuple, int] = {}
+    for t in tensors:
+        sizes[(t.dtype, t.device)] = max(sizes.get((t.dtype, t.device), 0), t.numel())
+    return {(dtype, device): torch.empty(n, dtype=dtype, device=device) for (dtype, device), n in sizes.items()}
+
+
+def _vector_powers(names: Sequence[str], tensors: Mapping[str, torch.Tensor], p: int) -> dict[tuple[str, int], np.ndarray]:
+    """_per_position of 1-D tensors (norm scales, biases: |t|^p itself), the tensors of one dtype and device
+    concatenated and powered as one: elementwise, so the very values of one op per tensor, for a few ops in all."""
+    by_kind: dict[tuple, list[str]] = {}
+    for name in names:
+        by_kind.setdefault((tensors[name].dtype, tensors[name].device), []).append(name)
+    sums = {}
+    for kind_names in by_kind.values():
+        joined = _powered(torch.cat([tensors[n].detach() for n in kind_names]), p).double().numpy()
+        parts = np.split(joined, np.cumsum([tensors[n].numel() for n in kind_names])[:-1])
+        sums.update(((name, 0), part) for name, part in zip(kind_names, parts))
     return sums
 
 

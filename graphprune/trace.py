@@ -7,6 +7,7 @@ tuples, slices) kept as is, so later stages can re-run data-movement ops on labe
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -14,7 +15,7 @@ import linecache
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.fx as fx
@@ -303,15 +304,12 @@ def trace_with_values(model: torch.nn.Module, args: tuple, kwargs: dict | None, 
     gm = trace(clone_module(model, parameter_views=True), is_rule_module, omitted_none_arguments(model, args, kwargs))
     inputs = bind_inputs(gm, args, kwargs)
     gm.meta[BATCH_KEY] = BatchDim(batch_size(inputs))  # size() calls are nodes: any batch, unless the code bakes one
-    training = gm.training
-    set_mode(gm, False)
     try:
-        record_values(gm, inputs)
+        with evaluating(gm):
+            record_values(gm, inputs)
     except InputError as exc:
         check_parts(gm)  # a part the tracer assumed and the run lacks is a trace error, not the inputs'
         raise exc
-    finally:
-        set_mode(gm, training)
     check_parts(gm)
     return gm, inputs
 
@@ -393,11 +391,27 @@ def clone_module(module: torch.nn.Module, share_tensors: bool = False, *,
 _TABLES = frozenset({"_parameters", "_buffers", "_modules"})  # a module's tensor and child tables (clone_module)
 
 
-def set_mode(module: torch.nn.Module, training: bool) -> None:
+def set_mode(module: torch.nn.Module, training: bool) -> bool:
     """`module.train(training)`, skipped where it changes nothing: every submodule is in that mode already and
-    none overrides Module.train (a walk that reads a flag per module, instead of one that sets it)."""
+    none overrides Module.train (a walk that reads a flag per module, instead of one that sets it). Returns
+    whether it called `train`."""
     if any(m.training is not training or type(m).train is not torch.nn.Module.train for m in module.modules()):
         module.train(training)
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def evaluating(module: torch.nn.Module) -> Iterator[None]:
+    """`module` in eval mode inside the block, then back in the mode of its root (`set_mode`), an exception too;
+    when entering changed nothing, there is nothing to change back (no second walk)."""
+    training = module.training
+    changed = set_mode(module, False)
+    try:
+        yield
+    finally:
+        if changed:
+            set_mode(module, training)
 
 
 def _copied(t: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from ..errors import RewriteError
-from ..trace import META_KEY, NodeFailure, record_values, set_mode
+from ..trace import META_KEY, NodeFailure, evaluating, record_values
 
 __all__ = ["GraphPass", "PassResult"]
 
@@ -55,12 +55,8 @@ class GraphPass(PassBase):
         try:
             graph_module.graph.lint()
             graph_module.recompile()
-            training = graph_module.training
-            set_mode(graph_module, False)
-            try:
+            with evaluating(graph_module):
                 record_values(graph_module, self.example_inputs)
-            finally:
-                set_mode(graph_module, training)
             self.check(graph_module)
         except RewriteError:
             raise
