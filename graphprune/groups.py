@@ -26,6 +26,9 @@ class Role(enum.Enum):
     CONSUMER = "consumer"  # conv/linear input columns: zeroing them hides a channel from everything downstream
     BUFFER = "buffer"  # running statistics: sliced, but not part of importance
 
+    __hash__ = object.__hash__  # members are singletons compared by identity: Enum's hash of the name is a Python
+    # call inside every Slot hash (slots key most of the analysis's and planner's tables)
+
     def __lt__(self, other: "Role") -> bool:
         return self.value < other.value
 
