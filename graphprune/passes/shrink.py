@@ -116,8 +116,13 @@ class EliminateDeadCode(GraphPass):
     """Remove nodes whose results no output reads, and submodules no node calls any more."""
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
+        graph = graph_module.graph
+        # fx's elimination lints the graph first (the pass before this one just did) and then removes nodes without
+        # users: it is asked only when such a node exists or a child graph (torch.export's control flow) may hold one
+        candidates = any(not n.users and n.op not in ("placeholder", "output") for n in graph.nodes) or any(
+            isinstance(m, fx.GraphModule) for m in graph_module.children())
         # a node with users is never removed: ask Node.is_impure (a submodule lookup per call_module) only of the others
-        changed = graph_module.graph.eliminate_dead_code(lambda node: bool(node.users) or node.is_impure())
+        changed = candidates and graph.eliminate_dead_code(lambda node: bool(node.users) or node.is_impure())
         unused = _unused_submodules(graph_module)
         for name in unused:
             graph_module.delete_submodule(name)
