@@ -1,11 +1,18 @@
 """`graphprune`'s entry point: parse, run the command, and turn every error into one line and an exit code.
 
 Exit codes: 0 done; 2 a user error (a GraphPruneError: bad argument, model or input; argparse's own
-errors too); 1 a graphprune bug ("internal error", still one line, never a traceback); 130 interrupted.
+errors too); 1 a graphprune bug ("internal error", still one line, never a traceback); 130 interrupted
+(Ctrl-C); 143 terminated (SIGTERM). Both signals unwind the command as an exception does, so the output it
+was staging (atomic.StagedDirectory, temp files) is removed and nothing partial is left behind; SIGTERM's
+default action would kill the process on the spot, staging directory and all left on disk.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from typing import Iterator
 
 from ..errors import GraphPruneError
 from .bench import cmd_bench
@@ -20,16 +27,41 @@ COMMANDS = {"prune": cmd_prune, "apply": cmd_apply, "recover": cmd_recover, "exp
             "bench": cmd_bench, "demo": cmd_demo}
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread; a BaseException, so that no `except Exception` stops the unwinding."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises Terminated while inside (main thread only: elsewhere Python cannot set a handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with sigterm_unwinds():
+            return COMMANDS[args.command](args)
     except GraphPruneError as exc:
         print(f"graphprune: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("graphprune: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("graphprune: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except Exception as exc:  # a graphprune bug: still one line, never a traceback on the terminal
         print(f"graphprune: internal error: {type(exc).__name__}: {one_line(exc)} "
               "(please report this with the command line)", file=sys.stderr)
