@@ -10,9 +10,11 @@ Usage: python bench/checkpoint_identity.py [--dir DIR] [--out DIR] [--importance
    "bit-identical" needs no cast (prune_graph on a bf16 model would square in bf16, prune_checkpoint in float32).
 2. Per --importance, two child processes, each under `/usr/bin/time -v` (wall time, maximum resident set size):
    streamed:  graphprune.prune_checkpoint(DIR, OUT/streamed-IMP, ratio=R, importance=IMP[, calibration=batches])
+              (its progress events are printed: one per shard scored or written, per layer calibrated)
    in memory: AutoModelForCausalLM.from_pretrained(DIR, dtype=float32) -> graphprune.prune_graph(model,
               (batches[0],), ratio=R, importance=IMP[, calibration=[(b,) for b in batches]], frontend="export")
-              -> result.module.save_pretrained(OUT/memory-IMP)
+              -> result.module (rebuilt in the model's class, checked on the example input)
+              -> .save_pretrained(OUT/memory-IMP)
    Every other option is left at its default, which prune_checkpoint and prune_graph share (target "auto",
    round_to None, scope "local", min_keep 0.1); frontend "export" is the one prune_checkpoint uses. batches:
    --calibration sequences of --tokens random token ids (seed 0) in batches of 4 (wanda's calibration; the
@@ -52,10 +54,12 @@ def child_streamed(args) -> None:
     import graphprune
 
     extra = {"calibration": batches(args)} if args.importance == "wanda" else {}
+    events = []
     t0 = time.perf_counter()
-    result = graphprune.prune_checkpoint(args.dir, args.out, ratio=args.ratio, importance=args.importance, **extra)
+    result = graphprune.prune_checkpoint(args.dir, args.out, ratio=args.ratio, importance=args.importance,
+                                         progress=events.append, **extra)
     print(json.dumps({"seconds": time.perf_counter() - t0, "params_after": result.report.params_after,
-                      "params_before": result.report.params_before}))
+                      "params_before": result.report.params_before, "progress": [e.line() for e in events]}))
 
 
 def child_memory(args) -> None:
@@ -72,9 +76,12 @@ def child_memory(args) -> None:
     result = graphprune.prune_graph(model, (calibration[0],), ratio=args.ratio, importance=args.importance,
                                     frontend="export", **extra)
     pruned = time.perf_counter()
-    result.module.save_pretrained(args.out)
+    module = result.module  # the caller's class rebuilt with the pruned tensors, checked on the example input
+    rebuilt = time.perf_counter()
+    module.save_pretrained(args.out)
     print(json.dumps({"seconds": time.perf_counter() - t0, "load_seconds": loaded - t0,
-                      "prune_seconds": pruned - loaded, "save_seconds": time.perf_counter() - pruned,
+                      "prune_seconds": pruned - loaded, "module_seconds": rebuilt - pruned,
+                      "save_seconds": time.perf_counter() - rebuilt,
                       "params_after": result.report.params_after, "params_before": result.report.params_before}))
 
 
@@ -135,6 +142,8 @@ def run_pair(args, importance: str) -> bool:
               f"{': ' + extra if extra else ''}); peak RSS {rss / GIB:.2f} GiB; params "
               f"{measured['params_before']:,} -> {measured['params_after']:,}; output "
               f"{directory_bytes(out) / GIB:.2f} GiB", flush=True)
+        for line in measured.get("progress", ()):
+            print(f"    progress: {line}")
     tensors, config = compare_tensors(outs["streamed"], outs["memory"]), compare_configs(outs["streamed"],
                                                                                          outs["memory"])
     print(f"{importance}: tensors compared {tensors['compared']}, equal (torch.equal, same dtype) {tensors['equal']}, "
