@@ -2,17 +2,12 @@
 
 Exit codes: 0 done; 2 a user error (a GraphPruneError: bad argument, model or input; argparse's own
 errors too); 1 a graphprune bug ("internal error", still one line, never a traceback); 130 interrupted
-(Ctrl-C); 143 terminated (SIGTERM). Both signals unwind the command as an exception does, so the output it
-was staging (atomic.StagedDirectory, temp files) is removed and nothing partial is left behind; SIGTERM's
-default action would kill the process on the spot, staging directory and all left on disk.
+(Ctrl-C); 143 terminated (SIGTERM). Both signals unwind the command as an exception does (signals.py), so
+the output it was staging (atomic.StagedDirectory, temp files) is removed and nothing partial is left.
 """
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-import threading
-from typing import Iterator
 
 from ..errors import GraphPruneError
 from .bench import cmd_bench
@@ -22,30 +17,10 @@ from .messages import one_line
 from .parsing import build_parser
 from .prune import cmd_apply, cmd_prune
 from .recover import cmd_recover
+from .signals import Terminated, sigterm_unwinds
 
 COMMANDS = {"prune": cmd_prune, "apply": cmd_apply, "recover": cmd_recover, "explain": cmd_explain,
             "bench": cmd_bench, "demo": cmd_demo}
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread; a BaseException, so that no `except Exception` stops the unwinding."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated
-
-
-@contextlib.contextmanager
-def sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM raises Terminated while inside (main thread only: elsewhere Python cannot set a handler)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def main(argv: list[str] | None = None) -> int:
