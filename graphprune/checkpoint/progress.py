@@ -8,6 +8,8 @@ elapsed time and an ETA, handed to the caller's callback (none: silent).
 
     eta = elapsed * (total - done) / done    (the rate of the stage so far; seconds)
 
+Wanda scores groups with no known layer input by L1 magnitude: a second SCORING stage when there are any.
+The meta analysis, the plan and the config check between the stages read no tensor and report no steps.
 A callback that raises aborts the run as any error does: nothing is written (atomic.StagedDirectory).
 """
 from __future__ import annotations
