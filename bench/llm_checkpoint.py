@@ -44,31 +44,17 @@ def default_dir(layers: int) -> str:
 
 
 def ensure_checkpoint(path: str, layers: int) -> None:
-    """Write the checkpoint into `path` unless it holds it already (its index is written last)."""
+    """The 8B-shaped checkpoint in `path`, written unless it is there already (synthetic_llama.ensure_checkpoint)."""
     sys.path.insert(0, HERE)
-    from synthetic_llama import INDEX, llama_config, write_checkpoint
+    from synthetic_llama import ensure_checkpoint as ensure, llama_config
 
-    config = llama_config(layers=layers, **SHAPE)
-    if os.path.isfile(os.path.join(path, INDEX)):
-        with open(os.path.join(path, "config.json")) as f:
-            found = json.load(f)
-        fields = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
-                  "intermediate_size", "vocab_size")
-        if any(found.get(k) != getattr(config, k) for k in fields):
-            raise SystemExit(f"--dir {path} holds a checkpoint of another shape "
-                             f"({ {k: found.get(k) for k in fields} }); pass another --dir or delete it")
-        print(f"checkpoint: reusing {path}")
-        return
-    if os.path.exists(path):
-        raise SystemExit(f"--dir {path} exists without {INDEX} (an interrupted write?); delete it first")
-    t0 = time.perf_counter()
-    total = write_checkpoint(config, path, SHARD_BYTES)
-    print(f"checkpoint: wrote {total / GIB:.2f} GiB of bf16 tensors to {path} in {time.perf_counter() - t0:.0f} s")
+    ensure(llama_config(layers=layers, **SHAPE), path, SHARD_BYTES)
 
 
-def timed_child(argv: list[str]) -> tuple[dict, float, float]:
-    """Run this script with `argv` under /usr/bin/time -v: (its JSON result line, wall seconds, max RSS bytes)."""
-    command = ["/usr/bin/time", "-v", sys.executable, os.path.abspath(__file__), *argv]
+def timed_child(argv: list[str], script: str = __file__) -> tuple[dict, float, float]:
+    """Run `script` (this one by default) with `argv` under /usr/bin/time -v: (its last JSON line, wall seconds,
+    max RSS bytes)."""
+    command = ["/usr/bin/time", "-v", sys.executable, os.path.abspath(script), *argv]
     t0 = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - t0

@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from ..depth import repeated_layer_lists
 from ..errors import InputError
+from .progress import SILENT, Stage, Tracker
 from .source import Checkpoint
 
 
@@ -218,8 +219,9 @@ def _name_of(model: nn.Module, module: nn.Module | None) -> str | None:
 class LayerwiseRun:
     """The three passes of the module docstring over one model instance (float32, on the meta device)."""
 
-    def __init__(self, model: nn.Module, checkpoint: Checkpoint, keys: Mapping[str, str]):
-        self.model, self.checkpoint, self.keys = model, checkpoint, keys
+    def __init__(self, model: nn.Module, checkpoint: Checkpoint, keys: Mapping[str, str],
+                 progress: Tracker = SILENT):
+        self.model, self.checkpoint, self.keys, self.progress = model, checkpoint, keys, progress
         self.stack_name, self.stack = decoder_stack(model)
         self.layers = list(self.stack)
         embed = getattr(model, "get_input_embeddings", lambda: None)()
@@ -264,6 +266,7 @@ class LayerwiseRun:
         observe(layer index, batch index, hidden states in, hidden states out) after each call."""
         hidden = [per_layer[0][0] for per_layer in calls]
         outputs: list = []
+        calibrated = self.progress.stage(Stage.CALIBRATION, len(self.layers), len(self.layers))
         for i, layer in enumerate(self.layers):
             prefix = f"{self.stack_name}.{i}"
             modules = dict(layer.named_modules(prefix=prefix))
@@ -281,6 +284,7 @@ class LayerwiseRun:
                         outputs.append(output)
             self.squares.arm(linears, False)
             release(modules.values())
+            calibrated.advance(1)
         return outputs
 
     def tail(self, batches: Sequence[torch.Tensor], outputs: list) -> None:

@@ -29,6 +29,7 @@ from ..report import PruneReport
 from ..rules import RuleTable
 from .model import alias_names, build_meta, checkpoint_keys, example_inputs, open_model, pruned_config
 from .layerwise import LayerwiseRun, calibration_ids
+from .progress import Callback, Tracker
 from .scores import StreamedMagnitude, StreamedWanda
 from .source import Checkpoint
 from .write import copy_side_files, write_index, write_shards
@@ -66,18 +67,18 @@ def expected_shapes(checkpoint: Checkpoint, result, aliases: Mapping[str, str]) 
     return {k: pruned.get(aliases.get(k, k), shape) for k, shape in checkpoint.shapes.items()}
 
 
-def _criterion(importance, checkpoint: Checkpoint, keys, aliases, build, calibration) -> Criterion:
+def _criterion(importance, checkpoint: Checkpoint, keys, aliases, build, calibration, progress: Tracker) -> Criterion:
     """The streamed criterion for `importance`; wanda first runs the calibration batches layer by layer."""
     if importance in MAGNITUDE:
         if calibration is not None:
             raise InputError(f"importance={importance!r} reads weights only; calibration= is for importance='wanda'")
-        return StreamedMagnitude(checkpoint, keys, MAGNITUDE[importance])
+        return StreamedMagnitude(checkpoint, keys, MAGNITUDE[importance], progress)
     if importance != "wanda":
         raise InputError(f"prune_checkpoint streams {sorted(MAGNITUDE) + ['wanda']}, got {importance!r}; other "
                          "criteria need the model in memory: use prune_graph")
     batches = calibration_ids(calibration if calibration is not None else ())
-    norms = LayerwiseRun(build().float(), checkpoint, keys).norms(batches)
-    return StreamedWanda(checkpoint, keys, {f"{name}.weight": n for name, n in norms.items()}, aliases)
+    norms = LayerwiseRun(build().float(), checkpoint, keys, progress).norms(batches)
+    return StreamedWanda(checkpoint, keys, {f"{name}.weight": n for name, n in norms.items()}, aliases, progress)
 
 
 @contextmanager
@@ -92,11 +93,13 @@ def filesystem_errors(staged: StagedDirectory):
                               "an out directory on another filesystem") from exc
 
 
-def _write(checkpoint: Checkpoint, staged: StagedDirectory, result, keys, aliases, new_config) -> int:
+def _write(checkpoint: Checkpoint, staged: StagedDirectory, result, keys, aliases, new_config,
+           progress: Tracker) -> int:
     """Shards, index, config and side files into the staging directory; returns the tensor bytes written
     (filesystem_errors)."""
     with filesystem_errors(staged):
-        written = write_shards(checkpoint, staged, cuts_of(result, keys), expected_shapes(checkpoint, result, aliases))
+        written = write_shards(checkpoint, staged, cuts_of(result, keys), expected_shapes(checkpoint, result, aliases),
+                               progress)
         write_index(checkpoint, staged, written)
         new_config.save_pretrained(staged.staging)
         copy_side_files(checkpoint, staged)
@@ -108,12 +111,14 @@ def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, ratio: f
                      scope: str = "local", min_keep: float = 0.1, ratios: Mapping[str, float] | None = None,
                      round_to: int | None = None, target="auto", uniform_layers: bool = False, gqa: str | None = None,
                      ignore: Iterable[str] = (), rules: RuleTable | None = None, force: bool = False,
-                     calibration: Iterable | None = None) -> CheckpointResult:
+                     calibration: Iterable | None = None, progress: Callback | None = None) -> CheckpointResult:
     """Prune the checkpoint directory `src` (config.json + safetensors) into `out`, streaming its weights.
 
     Keywords as prune_graph's (`ignore`: module names); `importance` "l1", "l2" or "wanda" (with
     `calibration`: token-id batches, run one decoder layer at a time: layerwise.py). `out` must not exist or
-    be empty (`force=True` replaces it whole). Shards keep their names, keys and dtype; tied weights stay tied."""
+    be empty (`force=True` replaces it whole). Shards keep their names, keys and dtype; tied weights stay tied.
+    `progress`: called with a ProgressEvent (progress.py) per shard scored or written and per layer calibrated;
+    if it raises, the run stops and nothing is written."""
     t0 = time.perf_counter()
     budget = Budget.from_keywords(ratio, target_params, target_macs, None)
     with StagedDirectory(out, replace=force, flag="out") as staged:  # before any work: an unwritable out fails first
@@ -121,7 +126,9 @@ def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, ratio: f
         aliases = alias_names(meta)
         keys = checkpoint_keys(aliases, checkpoint)
         t_open = time.perf_counter()
-        criterion = _criterion(importance, checkpoint, keys, aliases, lambda: build_meta(cls, config), calibration)
+        tracker = Tracker(progress)
+        criterion = _criterion(importance, checkpoint, keys, aliases, lambda: build_meta(cls, config), calibration,
+                               tracker)
         t_calibrated = time.perf_counter()
         options = Options.from_keywords(importance=criterion, scope=scope, min_keep=min_keep, ratios=ratios,
                                         round_to=round_to, target=target, ignore=ignore, uniform_layers=uniform_layers)
@@ -130,7 +137,7 @@ def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, ratio: f
         result = options.prune(analysis, budget)
         new_config = pruned_config(cls, config, meta, result.model)
         t2 = time.perf_counter()
-        written = _write(checkpoint, staged, result, keys, aliases, new_config)
+        written = _write(checkpoint, staged, result, keys, aliases, new_config, tracker)
         files = staged.commit()
     changes = {k: v for k, v in new_config.to_dict().items() if config.to_dict().get(k) != v}
     timings = {"open": t_open - t0, "calibration": t_calibrated - t_open, "analysis": t1 - t_calibrated, "plan": t2 - t1,

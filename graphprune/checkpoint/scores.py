@@ -28,6 +28,7 @@ import torch
 from ..errors import InputError
 from ..groups import Role
 from ..importance import Criterion, layer_reads
+from .progress import SILENT, Stage, Tracker
 from .source import Checkpoint
 
 WEIGHT_ROLES = (Role.PRODUCER, Role.CONSUMER)
@@ -53,6 +54,7 @@ class StreamedMagnitude(Criterion):
     checkpoint: Checkpoint
     keys: Mapping[str, str]
     p: int = 2
+    progress: Tracker = SILENT
 
     def _key(self, name: str) -> str:
         if name not in self.keys:
@@ -67,7 +69,8 @@ class StreamedMagnitude(Criterion):
                 if slot.role in WEIGHT_ROLES:
                     dims.setdefault(self._key(slot.name), set()).add(slot.dim)
         sums = {}
-        for key, tensor in self.checkpoint.tensors(dims):
+        scoring = self.progress.stage(Stage.SCORING, *self.checkpoint.extent(dims))
+        for key, tensor in self.checkpoint.tensors(dims, scoring.advance):
             power = powered(tensor, self.p)
             del tensor  # a bf16 tensor's buffer goes before the sums: peak = its float32 copy + a sum
             for dim in dims[key]:
@@ -107,6 +110,7 @@ class StreamedWanda(Criterion):
     keys: Mapping[str, str]
     norms: Mapping[str, torch.Tensor]
     aliases: Mapping[str, str]
+    progress: Tracker = SILENT
 
     def _norm(self, name: str) -> torch.Tensor | None:
         first = self.aliases.get(name, name)
@@ -114,7 +118,7 @@ class StreamedWanda(Criterion):
 
     def __call__(self, groups, ctx):
         reads = layer_reads(ctx.model, ctx.graph, ctx.layer_inputs)
-        magnitude = StreamedMagnitude(self.checkpoint, self.keys, 1)
+        magnitude = StreamedMagnitude(self.checkpoint, self.keys, 1, self.progress)
         known, fallback = {}, []
         for g in groups:
             slots = [(s, reads[s.name]) for s in g.members if s.role in WEIGHT_ROLES and s.name in reads]
@@ -128,7 +132,8 @@ class StreamedWanda(Criterion):
             for slot, read, norms in slots:
                 wanted.setdefault(magnitude._key(slot.name), {})[(slot.dim, read.weight_dim)] = norms
         sums = {}
-        for key, tensor in self.checkpoint.tensors(wanted):
+        scoring = self.progress.stage(Stage.SCORING, *self.checkpoint.extent(wanted))
+        for key, tensor in self.checkpoint.tensors(wanted, scoring.advance):
             for (dim, weight_dim), norms in wanted[key].items():
                 sums[(key, dim, weight_dim)] = weighted_per_position(tensor, dim, norms, weight_dim)
             del tensor

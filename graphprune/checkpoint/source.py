@@ -15,7 +15,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -140,8 +140,15 @@ class Checkpoint:
         """The keys stored in `shard`, in the order of their bytes in the file (reads go forward)."""
         return sorted((k for k, s in self.shard_of.items() if s == shard), key=lambda k: self.entries[k].begin)
 
-    def tensors(self, keys: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
-        """(key, tensor) for each of `keys`, shard by shard, one tensor in memory at a time (the caller's)."""
+    def extent(self, keys: Iterable[str]) -> tuple[int, int]:
+        """(shards holding any of `keys`, bytes of their tensors): what tensors(keys) reads."""
+        keys = set(keys)
+        return len({self.shard_of[k] for k in keys}), sum(self.entries[k].end - self.entries[k].begin for k in keys)
+
+    def tensors(self, keys: Iterable[str], on_shard: Callable[[int], None] | None = None
+                ) -> Iterator[tuple[str, torch.Tensor]]:
+        """(key, tensor) for each of `keys`, shard by shard, one tensor in memory at a time (the caller's);
+        `on_shard(bytes read)` once the caller is done with a shard's last tensor."""
         wanted = set(keys)
         for shard in self.shards:
             mine = [k for k in self.keys_in(shard) if k in wanted]
@@ -150,3 +157,5 @@ class Checkpoint:
             with open(os.path.join(self.path, shard), "rb") as f:
                 for key in mine:
                     yield key, _read(f, self.entries[key])
+            if on_shard is not None:
+                on_shard(sum(self.entries[k].end - self.entries[k].begin for k in mine))

@@ -20,6 +20,7 @@ import torch
 
 from ..atomic import StagedDirectory
 from ..errors import GraphPruneError
+from .progress import SILENT, Stage, Tracker
 from .source import CONFIG, DTYPES, INDEX, Checkpoint
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".index.json")
@@ -59,10 +60,12 @@ def _raw(tensor: torch.Tensor) -> memoryview:
     return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
 
 
-def write_shards(checkpoint: Checkpoint, staged: StagedDirectory, cuts: Cuts, expected: Mapping[str, tuple]) -> int:
+def write_shards(checkpoint: Checkpoint, staged: StagedDirectory, cuts: Cuts, expected: Mapping[str, tuple],
+                 progress: Tracker = SILENT) -> int:
     """Each input shard becomes the output shard of the same name, tensor by tensor; returns the bytes of tensor
-    data written."""
-    total = 0
+    data written (progress: one WRITING step per shard, of the pruned tensors' bytes)."""
+    sizes = {k: math.prod(expected[k]) * e.dtype.itemsize for k, e in checkpoint.entries.items()}
+    writing = progress.stage(Stage.WRITING, len(checkpoint.shards), sum(sizes.values()))
     for shard in checkpoint.shards:
         keys = checkpoint.keys_in(shard)
         layout = [(k, checkpoint.entries[k].dtype, expected[k]) for k in keys]
@@ -72,8 +75,8 @@ def write_shards(checkpoint: Checkpoint, staged: StagedDirectory, cuts: Cuts, ex
                 pruned = pruned_tensor(key, tensor, cuts, expected)
                 del tensor  # the input's buffer goes before the next one is read
                 f.write(_raw(pruned))
-                total += pruned.numel() * pruned.element_size()
-    return total
+        writing.advance(sum(sizes[k] for k in keys))
+    return writing.done
 
 
 def write_index(checkpoint: Checkpoint, staged: StagedDirectory, total_size: int) -> None:

@@ -5,7 +5,9 @@ checkpoint (same shards, new index, pruned config.json, tokenizer and generation
 --out by graphprune.prune_checkpoint, which streams the weights tensor by tensor. --importance l1/l2 reads
 weights only; wanda runs --calibration-batches batches of --text (tokenized by DIR's tokenizer, or
 --tokenizer) one decoder layer at a time, else RANDOM token ids (a poor proxy). One line says what was
-written. The flags that need the model in memory (--target-latency-ms, --recover-steps, --images) are refused.
+written (stdout). Progress on stderr (a terminal, without --quiet): one line per shard scored, decoder layer
+calibrated (wanda) and shard written, with the elapsed time and an ETA (checkpoint/progress.py). The flags
+that need the model in memory (--target-latency-ms, --recover-steps, --images) are refused.
 --layers N instead of a budget removes the N decoder layers of lowest block influence
 (graphprune.prune_checkpoint_layers), scored on the same calibration batches as wanda.
 """
@@ -108,10 +110,10 @@ def cmd_prune_stream(args) -> int:
     progress = Progress(args.quiet)
     batches = calibration(args, progress)
     ignore = [name.strip() for entry in args.ignore or [] for name in entry.split(",") if name.strip()]
-    with progress.step(f"pruning {args.model} {budget.describe()} ({args.importance}), streaming its shards"):
-        result = prune_checkpoint(args.model, args.out, **budget.keywords(), importance=args.importance,
-                                  scope=args.scope, ignore=ignore, round_to=args.round_to, target=args.target,
-                                  force=args.force, calibration=batches)
+    progress.note(f"pruning {args.model} {budget.describe()} ({args.importance}), streaming its shards")
+    result = prune_checkpoint(args.model, args.out, **budget.keywords(), importance=args.importance, scope=args.scope,
+                              ignore=ignore, round_to=args.round_to, target=args.target, force=args.force,
+                              calibration=batches, progress=lambda event: progress.note(event.line()))
     report = result.report
     changes = ", ".join(f"{k} {v}" for k, v in result.config_changes.items() if isinstance(v, int)) or "none"
     print(f"wrote {len(result.files)} files ({result.bytes_written / 2**30:.2f} GiB of tensors) to {args.out}: "
