@@ -67,10 +67,9 @@ def prune_graph(
     needs) for data-driven criteria, and `recalibrate_bn` to re-estimate BatchNorm statistics on
     them. `ignore` keeps the output channels of the given modules. `frontend` ("auto", "fx",
     "export") picks how the model becomes a graph (see analysis.Frontend); `gqa` ("kv_groups",
-    "query_heads") how grouped-query attention is pruned, `grouped_convs` ("within" groups, or "whole" groups:
-    the default is Target.grouped_convs) how grouped convolutions are. `model` may be a torch.export ExportedProgram.
-    The input and output shapes never change; `model` is not modified. The cyclic garbage collector is
-    paused during the call (gcpause.paused_gc).
+    "query_heads") how grouped-query attention is pruned, `grouped_convs` ("within"/"whole" groups; default
+    Target.grouped_convs) how grouped convs are. `model` may be a torch.export ExportedProgram. The input and
+    output shapes never change; `model` is not modified. The cyclic GC is paused during the call (gcpause).
     """
     budget = Budget.from_keywords(ratio, target_params, target_macs, target_kv_bytes)
     options = Options.from_keywords(importance=importance, scope=scope, min_keep=min_keep, ratios=ratios,
