@@ -49,9 +49,8 @@ def prune_graph(
 ) -> PruneResult:
     """Prune whole channels and return a physically smaller GraphModule, its plan and a measured report.
 
-    How much (a Budget): exactly one of `ratio` (share of channels removed per group with
-    scope="local", of all prunable channels with scope="global"), `target_params` or
-    `target_macs` or `target_kv_bytes` (KV-cache bytes per token; prune until the count is at most the target).
+    How much (a Budget): exactly one of `ratio` (share of channels removed per group with scope="local", of all
+    prunable channels with scope="global"), `target_params`, `target_macs` or `target_kv_bytes` (per token).
     Which (a Strategy): `importance` ("l1", "l2", "bn_scale", "taylor", "activation", "apoz", "wanda",
     "random", "flops_l2", a Criterion, or a callable(group, model) -> scores), `scope`,
     `min_keep` (the share every group keeps), `ratios` (local ratio per module name or group id),
