@@ -5,7 +5,6 @@ checkpoint), graphprune.depth.prune_layers with the same calibration batches, sa
 gives the same block-influence scores (bit for bit), removes the same layers, and writes the same tensors under
 the same keys and the same config; its checkpoint loads and generates the same greedy tokens.
 """
-import errno
 import json
 import os
 import sys
@@ -16,6 +15,7 @@ import torch
 import graphprune
 from graphprune.checkpoint import prune_checkpoint_layers
 from graphprune.depth import prune_layers
+from checkpoint_support import calibration_batches as _batches, disk_fills_after, stored_tensors as _stored
 from graphprune.errors import GraphPruneError, InputError
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -35,18 +35,6 @@ def _save(directory, config, dtype=torch.float32, shard="30KB"):
     model = T.AutoModelForCausalLM.from_config(config).eval()
     model.to(dtype).save_pretrained(str(directory), max_shard_size=shard)
     return str(directory)
-
-
-def _batches():
-    g = torch.Generator().manual_seed(3)
-    return [torch.randint(0, 64, (2, 8), generator=g) for _ in range(3)]
-
-
-def _stored(directory) -> dict:
-    from safetensors.torch import load_file
-
-    return {k: v for n in sorted(os.listdir(directory)) if n.endswith(".safetensors")
-            for k, v in load_file(os.path.join(directory, n)).items()}
 
 
 def _in_memory(src, dtype, calibration, out):
@@ -191,18 +179,8 @@ def test_bad_arguments_are_one_input_error_and_leave_no_output(tmp_path, n, cali
 
 
 def test_a_full_filesystem_is_one_error_and_leaves_no_partial_output(tmp_path, monkeypatch):
-    import graphprune.checkpoint.write as write
-
     src = _save(tmp_path / "src", _config())
-    real, calls = write._raw, []
-
-    def filling_up(tensor):
-        calls.append(1)
-        if len(calls) > 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tensor)
-
-    monkeypatch.setattr(write, "_raw", filling_up)
+    calls = disk_fills_after(monkeypatch, 3)
     with pytest.raises(GraphPruneError, match="No space left on device.*free space there"):
         prune_checkpoint_layers(src, tmp_path / "out", n=1, calibration=_batches())
     assert len(calls) == 4 and sorted(os.listdir(tmp_path)) == ["src"]

@@ -14,6 +14,7 @@ import torch
 
 import graphprune
 from graphprune.checkpoint import Checkpoint, is_checkpoint_dir, prune_checkpoint
+from checkpoint_support import disk_fills_after
 from graphprune.errors import GraphPruneError, InputError
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -224,19 +225,8 @@ def test_a_config_of_an_unknown_architecture_is_one_input_error_and_nothing_is_w
 
 def test_a_full_filesystem_is_one_error_and_leaves_no_partial_output(tmp_path, monkeypatch):
     """The disk fills up in the middle of a shard: one GraphPruneError naming the destination, nothing left."""
-    import errno
-    import graphprune.checkpoint.write as write
-
     src = _saved_tiny(tmp_path)
-    real, calls = write._raw, []
-
-    def filling_up(tensor):
-        calls.append(1)
-        if len(calls) > 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tensor)
-
-    monkeypatch.setattr(write, "_raw", filling_up)
+    calls = disk_fills_after(monkeypatch, 3)
     with pytest.raises(GraphPruneError, match="No space left on device.*free space there"):
         prune_checkpoint(src, tmp_path / "out", ratio=0.3)
     assert len(calls) == 4 and sorted(os.listdir(tmp_path)) == ["src"]

@@ -16,6 +16,7 @@ from graphprune.checkpoint.layerwise import LayerwiseRun, decoder_stack
 from graphprune.checkpoint.model import alias_names, checkpoint_keys
 from graphprune.checkpoint.scores import StreamedMagnitude, StreamedWanda
 from graphprune.checkpoint.source import Checkpoint
+from checkpoint_support import calibration_batches as _batches, stored_tensors as _stored
 from graphprune.errors import InputError
 from graphprune.importance import ScoringContext, Wanda, layer_reads
 
@@ -23,18 +24,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 T = pytest.importorskip("transformers")
 sys.path.insert(0, os.path.dirname(__file__))
 from test_checkpoint_stream import _llama  # noqa: E402
-
-
-def _batches():
-    g = torch.Generator().manual_seed(3)
-    return [torch.randint(0, 64, (2, 8), generator=g) for _ in range(3)]
-
-
-def _stored(directory) -> dict:
-    from safetensors.torch import load_file
-
-    return {k: v for n in sorted(os.listdir(directory)) if n.endswith(".safetensors")
-            for k, v in load_file(os.path.join(directory, n)).items()}
 
 
 @pytest.fixture(scope="module")
