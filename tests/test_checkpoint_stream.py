@@ -118,7 +118,7 @@ def test_an_existing_output_or_a_criterion_it_cannot_stream_fails_before_anythin
     with pytest.raises(graphprune.GraphPruneError, match="not empty"):
         prune_checkpoint(tmp_path / "src", tmp_path / "full", ratio=0.5)
     assert os.listdir(tmp_path / "full") == ["keep.txt"]
-    with pytest.raises(InputError, match="other criteria need the model in memory"):
+    with pytest.raises(InputError, match=r"other criteria \(taylor: gradients through the whole model\) need it in memory"):
         prune_checkpoint(tmp_path / "src", tmp_path / "out", ratio=0.5, importance="taylor")
     with pytest.raises(InputError, match="data-driven: pass calibration"):
         prune_checkpoint(tmp_path / "src", tmp_path / "out", ratio=0.5, importance="wanda")

@@ -12,8 +12,10 @@ import torch
 
 import graphprune
 from graphprune.checkpoint import prune_checkpoint
+from graphprune.checkpoint.progress import SILENT
+from graphprune.checkpoint.prune import _criterion
 from graphprune.checkpoint.layerwise import LayerwiseRun, decoder_stack
-from graphprune.checkpoint.model import alias_names, checkpoint_keys
+from graphprune.checkpoint.model import alias_names, build_meta, checkpoint_keys
 from graphprune.checkpoint.scores import StreamedMagnitude, StreamedWanda
 from graphprune.checkpoint.source import Checkpoint
 from checkpoint_support import calibration_batches as _batches, stored_tensors as _stored
@@ -84,12 +86,13 @@ def test_streamed_wanda_scores_equal_wandas(streamed):
 
 
 @pytest.mark.slow  # prune_checkpoint and prune_graph each export the model: about 25 s on 2 cores
-def test_the_streamed_wanda_plan_and_tensors_equal_prune_graphs(saved):
+@pytest.mark.parametrize("importance", ["wanda", "activation"])
+def test_the_streamed_plan_and_tensors_equal_prune_graphs(saved, importance):
     model, root = saved
-    out = root / "out"
-    streamed = prune_checkpoint(root / "src", out, ratio=0.5, importance="wanda", calibration=_batches(),
+    out = root / f"out-{importance}"
+    streamed = prune_checkpoint(root / "src", out, ratio=0.5, importance=importance, calibration=_batches(),
                                 target="none")
-    in_memory = graphprune.prune_graph(model, (_batches()[0],), ratio=0.5, importance="wanda",
+    in_memory = graphprune.prune_graph(model, (_batches()[0],), ratio=0.5, importance=importance,
                                        calibration=[(b,) for b in _batches()], target="none")
     assert streamed.plan.keep == in_memory.plan.keep and streamed.plan.keep
     l2 = graphprune.prune_graph(model, (_batches()[0],), ratio=0.5, importance="l2", target="none")
@@ -98,6 +101,21 @@ def test_the_streamed_wanda_plan_and_tensors_equal_prune_graphs(saved):
     assert set(stored) == set(_stored(root / "src"))
     for key, tensor in stored.items():
         assert torch.equal(tensor, expected[key]), key
+
+
+@pytest.mark.parametrize("importance", ["wanda", "activation"])
+def test_the_streamed_data_driven_criteria_score_as_in_memory(saved, streamed, importance):
+    """The criterion prune_checkpoint builds (a layer-by-layer run, then the shards) scores every prunable group
+    exactly as the in-memory criterion scores the model's graph on the same batches, bit for bit."""
+    model, _ = saved
+    analysis, ctx, checkpoint, keys, aliases, _ = streamed
+    groups = list(analysis.dependencies.prunable)
+    build = lambda: build_meta(type(model), model.config)  # noqa: E731
+    got = _criterion(importance, checkpoint, keys, aliases, build, _batches(), SILENT)(groups, ctx)
+    want = graphprune.importance.BUILTIN[importance](groups, ctx)
+    assert set(got) == set(want) == {g.id for g in groups} and len(groups) >= 4
+    for gid in want:
+        assert np.array_equal(got[gid], want[gid]), gid
 
 
 def test_a_model_without_a_decoder_stack_is_refused():
@@ -119,6 +137,6 @@ def test_bad_calibration_is_refused_before_anything_is_written(saved, tmp_path):
     with pytest.raises(InputError, match="calibration batch 1 is Tensor of shape"):
         prune_checkpoint(root / "src", tmp_path / "out", ratio=0.5, importance="wanda",
                          calibration=[_batches()[0], torch.zeros(2, 8)])
-    with pytest.raises(InputError, match="calibration= is for importance='wanda'"):
+    with pytest.raises(InputError, match="calibration= is for the data-driven criteria"):
         prune_checkpoint(root / "src", tmp_path / "out", ratio=0.5, importance="l2", calibration=_batches())
     assert os.listdir(tmp_path) == []

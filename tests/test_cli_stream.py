@@ -41,10 +41,11 @@ def _lines(path) -> str:
     return str(path)
 
 
-def test_wanda_calibration_is_the_text_through_the_directorys_tokenizer(tmp_path):
+@pytest.mark.parametrize("importance", ["wanda", "activation"])
+def test_calibration_is_the_text_through_the_directorys_tokenizer(tmp_path, importance):
     _save(tmp_path / "src", tokenizer=True)
     args = build_parser().parse_args(["prune", str(tmp_path / "src"), "--stream", "--ratio", "0.5", "--out", "o",
-                                      "--importance", "wanda", "--text", _lines(tmp_path / "lines.txt"),
+                                      "--importance", importance, "--text", _lines(tmp_path / "lines.txt"),
                                       "--max-length", "6", "--batch-size", "4", "--calibration-batches", "2"])
     batches = calibration(args, Progress(quiet=True))
     tokenizer = T.AutoTokenizer.from_pretrained(str(tmp_path / "src"))
@@ -96,7 +97,7 @@ def test_a_missing_shard_is_one_line_and_leaves_no_output(tmp_path):
     (["--importance", "taylor"], "needs the model in memory: drop --stream"),
     (["--recover-steps", "5", "--text", __file__], "--recover-steps needs the model in memory"),
     (["--target-latency-ms", "2"], "--target-latency-ms needs the model in memory"),
-    (["--text", __file__], "--text feeds --importance wanda"),
+    (["--text", __file__], "--text feeds --importance wanda/activation"),
     (["--importance", "wanda", "--calibration-batches", "0"], "--calibration-batches must be >= 1"),
 ])
 def test_stream_refuses_what_it_cannot_do_in_one_line(tmp_path, capsys, extra, fragment):

@@ -10,9 +10,11 @@ Wanda's sequential scheme): the input norms ||X_j||_2 of every nn.Linear, from w
                 free it.
     3. tail:    the input embedding is loaded again and the forward run with every layer replaced by the
                 last layer's stored output, to the output embedding (lm_head), which is never run or loaded.
-Forward pre-hooks on the nn.Linear modules add, per call (one per batch), sum over tokens of x_j^2 (float64)
-to the layer's squares; a Linear outside the stack counts in 1 before the first layer and in 3 after the
-last. ||X_j||_2 = sqrt(squares_j): the same sums, batch by batch, as importance.Wanda takes over the graph.
+Forward pre-hooks on the nn.Linear modules record, per call (one per batch), a statistic of the input per
+channel j: for Wanda the sum over tokens of x_j^2 (float64), ||X_j||_2 = sqrt(the calls' sum), the same sums,
+batch by batch, as importance.Wanda takes over the graph; for activation the mean over tokens of |x_j|
+(importance.ActivationMean's). A Linear outside the stack counts in 1 before the first layer and in 3 after
+the last.
 
 The decoder stack is the longest nn.ModuleList of two or more blocks of one type; the recorders check that
 each layer is called on the previous layer's output, so a model whose forward does not chain its layers
@@ -111,21 +113,42 @@ def trim_heap() -> None:
     trim(0)
 
 
-class SquareSums:
-    """Forward pre-hooks on nn.Linear modules: sums[name] += sum over tokens of x_j^2 (float64), while armed."""
+def square_sums(x: torch.Tensor) -> torch.Tensor:
+    """Per input channel j, sum over tokens of x_j^2 (float64): importance.Wanda's."""
+    x = x.double()
+    return (x.movedim(x.ndim - 1, 0).reshape(x.shape[-1], -1) ** 2).sum(1)
 
-    def __init__(self, linears: Mapping[str, nn.Linear]):
-        self.sums: dict[str, torch.Tensor] = {}
+
+def mean_magnitudes(x: torch.Tensor) -> torch.Tensor:
+    """Per input channel j, mean over tokens of |x_j| in x's float dtype, then float64: importance.ActivationMean's."""
+    return x.abs().movedim(x.ndim - 1, 0).reshape(x.shape[-1], -1).float().mean(1).double()
+
+
+class InputStatistics:
+    """Forward pre-hooks on nn.Linear modules: `statistic(x)` of the input of every call made while armed (one call
+    per batch), per module in call order."""
+
+    def __init__(self, linears: Mapping[str, nn.Linear], statistic: Callable[[torch.Tensor], torch.Tensor]):
+        self.calls: dict[str, list[torch.Tensor]] = {}
+        self.statistic = statistic
         self.armed = {name: False for name in linears}
         self.handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in linears.items()]
 
     def _hook(self, name: str) -> Callable:
         def hook(module, args):
             if self.armed[name]:
-                x = args[0].double()
-                squares = (x.movedim(x.ndim - 1, 0).reshape(x.shape[-1], -1) ** 2).sum(1)  # importance.Wanda's
-                self.sums[name] = self.sums[name] + squares if name in self.sums else squares
+                self.calls.setdefault(name, []).append(self.statistic(args[0]))
         return hook
+
+    def sums(self) -> dict[str, torch.Tensor]:
+        """Per module, its calls' statistics added in call order."""
+        out = {}
+        for name, calls in self.calls.items():
+            total = calls[0]
+            for more in calls[1:]:
+                total = total + more
+            out[name] = total
+        return out
 
     def arm(self, names: Iterable[str], on: bool = True) -> None:
         for name in names:
@@ -220,7 +243,7 @@ class LayerwiseRun:
     """The three passes of the module docstring over one model instance (float32, on the meta device)."""
 
     def __init__(self, model: nn.Module, checkpoint: Checkpoint, keys: Mapping[str, str],
-                 progress: Tracker = SILENT):
+                 progress: Tracker = SILENT, statistic: Callable[[torch.Tensor], torch.Tensor] = square_sums):
         self.model, self.checkpoint, self.keys, self.progress = model, checkpoint, keys, progress
         self.stack_name, self.stack = decoder_stack(model)
         self.layers = list(self.stack)
@@ -232,7 +255,7 @@ class LayerwiseRun:
                         and not _within(n, head_name) and next(_own_tensors(m, ""), None) is not None}
         linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
         self.outside_linears = [n for n in linears if not _within(n, self.stack_name)]
-        self.squares = SquareSums(linears)
+        self.inputs = InputStatistics(linears, statistic)
 
     def restore(self) -> None:
         """The decoder layers back in the stack (in place of recorders/replays), everything outside it freed."""
@@ -251,9 +274,9 @@ class LayerwiseRun:
         log: list = []
         n = len(self.layers)
         for i in range(n):
-            self.stack[i] = Recorder(log, i, i == n - 1, lambda: self.squares.arm(self.outside_linears, False))
+            self.stack[i] = Recorder(log, i, i == n - 1, lambda: self.inputs.arm(self.outside_linears, False))
         for b, batch in enumerate(batches):
-            self.squares.arm(self.outside_linears)
+            self.inputs.arm(self.outside_linears)
             run_model(self.model, batch)
             if len(log) != (b + 1) * n:
                 raise InputError(f"calibration batch {b} ran {len(log) - b * n} of the {n} layers of "
@@ -271,8 +294,8 @@ class LayerwiseRun:
             prefix = f"{self.stack_name}.{i}"
             modules = dict(layer.named_modules(prefix=prefix))
             self.load(modules)
-            linears = [n for n in self.squares.armed if _within(n, prefix)]
-            self.squares.arm(linears)
+            linears = [n for n in self.inputs.armed if _within(n, prefix)]
+            self.inputs.arm(linears)
             with torch.no_grad():
                 for b, per_layer in enumerate(calls):
                     args, kwargs = with_hidden(per_layer[i][1], per_layer[i][2], hidden[b])
@@ -282,7 +305,7 @@ class LayerwiseRun:
                     hidden[b] = output_hidden(output)
                     if i == len(self.layers) - 1:
                         outputs.append(output)
-            self.squares.arm(linears, False)
+            self.inputs.arm(linears, False)
             release(modules.values())
             calibrated.advance(1)
         return outputs
@@ -293,19 +316,23 @@ class LayerwiseRun:
         n = len(self.layers)
         for i in range(n):
             last = i == n - 1
-            self.stack[i] = Replay(outputs, current, lambda last=last: last and self.squares.arm(self.outside_linears))
+            self.stack[i] = Replay(outputs, current, lambda last=last: last and self.inputs.arm(self.outside_linears))
         stop = self.head.register_forward_pre_hook(_stop) if self.head is not None else None
         try:
             for b, ids in enumerate(batches):
                 current[0] = b
-                self.squares.arm(self.outside_linears, False)
+                self.inputs.arm(self.outside_linears, False)
                 run_model(self.model, ids)
         finally:
             if stop is not None:
                 stop.remove()
 
     def norms(self, batches: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Linear module name -> ||X_j||_2 over every calibration token (float64)."""
+        """Linear module name -> ||X_j||_2 over every calibration token (float64; the statistic: square_sums)."""
+        return {name: sums.sqrt() for name, sums in self.input_statistics(batches).sums().items()}
+
+    def input_statistics(self, batches: Sequence[torch.Tensor]) -> InputStatistics:
+        """Passes 1-3: the statistic of every Linear input, per call."""
         try:
             self.load(self.outside)
             calls = self.record(batches)
@@ -314,13 +341,13 @@ class LayerwiseRun:
             self.load(self.embedding())
             self.tail(batches, outputs)
         finally:
-            self.squares.remove()
+            self.inputs.remove()
             self.restore()
-        return {name: sums.sqrt() for name, sums in self.squares.sums.items()}
+        return self.inputs
 
     def observe_layers(self, batches: Sequence, observe: Observer) -> None:
         """Passes 1 and 2 only (no Linear input norms): observe(layer, batch, h_in, h_out) per layer call."""
-        self.squares.remove()
+        self.inputs.remove()
         try:
             self.load(self.outside)
             calls = self.record(batches)
@@ -341,5 +368,5 @@ def calibration_ids(calibration: Iterable) -> list[torch.Tensor]:
                              "; pass token ids: int64 tensors (batch, tokens), or tuples starting with one")
         batches.append(ids)
     if not batches:
-        raise InputError("importance='wanda' is data-driven: pass calibration=[token ids (batch, tokens), ...]")
+        raise InputError("this importance is data-driven: pass calibration=[token ids (batch, tokens), ...]")
     return batches

@@ -1,14 +1,15 @@
 """prune_checkpoint: prune a Hugging Face checkpoint directory without loading its weights.
 
     config.json -> the model class on the meta device -> analyse (shapes only: the ordinary analysis)
-    [wanda: the calibration batches run one decoder layer at a time (layerwise.py): Linear input norms]
+    [wanda, activation: the calibration batches run one decoder layer at a time (layerwise.py): Linear input
+     statistics]
     shards      -> StreamedMagnitude / StreamedWanda scores (each tensor read once) -> plan (the planner as is)
     meta graph  -> apply the plan to the meta graph: the final plan (a group whose rewrite breaks is frozen, as
                    in memory), every tensor's pruned shape, and the config that builds that graph
     shards      -> pruned shards (same files, same keys, same dtype), index, config, tokenizer files, committed
                    in one rename (the output directory appears complete or not at all)
 The plan and the tensors equal prune_graph's on the same model in memory with the same criterion (and for
-wanda the same calibration batches).
+wanda or activation the same calibration batches).
 """
 from __future__ import annotations
 
@@ -28,13 +29,14 @@ from ..planner import PrunePlan
 from ..report import PruneReport
 from ..rules import RuleTable
 from .model import alias_names, build_meta, checkpoint_keys, example_inputs, open_model, pruned_config
-from .layerwise import LayerwiseRun, calibration_ids
+from .layerwise import LayerwiseRun, calibration_ids, mean_magnitudes, square_sums
 from .progress import Callback, Tracker
-from .scores import StreamedMagnitude, StreamedWanda
+from .scores import StreamedActivation, StreamedMagnitude, StreamedWanda
 from .source import Checkpoint
 from .write import copy_side_files, write_index, write_shards
 
 MAGNITUDE = {"l1": 1, "l2": 2}
+LAYERWISE = {"wanda": square_sums, "activation": mean_magnitudes}  # criterion -> the Linear input statistic
 
 
 @dataclass(frozen=True)
@@ -68,17 +70,24 @@ def expected_shapes(checkpoint: Checkpoint, result, aliases: Mapping[str, str]) 
 
 
 def _criterion(importance, checkpoint: Checkpoint, keys, aliases, build, calibration, progress: Tracker) -> Criterion:
-    """The streamed criterion for `importance`; wanda first runs the calibration batches layer by layer."""
+    """The streamed criterion for `importance`; wanda and activation first run the calibration batches layer by
+    layer (Taylor needs gradients through the whole model: not streamed)."""
     if importance in MAGNITUDE:
         if calibration is not None:
-            raise InputError(f"importance={importance!r} reads weights only; calibration= is for importance='wanda'")
+            raise InputError(f"importance={importance!r} reads weights only; calibration= is for the data-driven "
+                             f"criteria {sorted(LAYERWISE)}")
         return StreamedMagnitude(checkpoint, keys, MAGNITUDE[importance], progress)
-    if importance != "wanda":
-        raise InputError(f"prune_checkpoint streams {sorted(MAGNITUDE) + ['wanda']}, got {importance!r}; other "
-                         "criteria need the model in memory: use prune_graph")
+    if importance not in LAYERWISE:
+        raise InputError(f"prune_checkpoint streams {sorted(MAGNITUDE) + sorted(LAYERWISE)}, got {importance!r}; "
+                         "other criteria (taylor: gradients through the whole model) need it in memory: use prune_graph")
     batches = calibration_ids(calibration if calibration is not None else ())
-    norms = LayerwiseRun(build().float(), checkpoint, keys, progress).norms(batches)
-    return StreamedWanda(checkpoint, keys, {f"{name}.weight": n for name, n in norms.items()}, aliases, progress)
+    run = LayerwiseRun(build().float(), checkpoint, keys, progress, statistic=LAYERWISE[importance])
+    calls = run.input_statistics(batches).calls
+    if importance == "activation":
+        return StreamedActivation(checkpoint, keys, {f"{name}.weight": c for name, c in calls.items()}, aliases,
+                                  progress)
+    norms = {f"{name}.weight": total.sqrt() for name, total in run.inputs.sums().items()}
+    return StreamedWanda(checkpoint, keys, norms, aliases, progress)
 
 
 @contextmanager
@@ -114,8 +123,8 @@ def prune_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, ratio: f
                      calibration: Iterable | None = None, progress: Callback | None = None) -> CheckpointResult:
     """Prune the checkpoint directory `src` (config.json + safetensors) into `out`, streaming its weights.
 
-    Keywords as prune_graph's (`ignore`: module names); `importance` "l1", "l2" or "wanda" (with
-    `calibration`: token-id batches, run one decoder layer at a time: layerwise.py). `out` must not exist or
+    Keywords as prune_graph's (`ignore`: module names); `importance` "l1", "l2", "wanda" or
+    "activation" (with `calibration`: token-id batches, run one decoder layer at a time: layerwise.py). `out` must not exist or
     be empty (`force=True` replaces it whole). Shards keep their names, keys and dtype; tied weights stay tied.
     `progress`: called with a ProgressEvent (progress.py) per shard scored or written and per layer calibrated;
     if it raises, the run stops and nothing is written."""

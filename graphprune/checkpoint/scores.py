@@ -1,4 +1,4 @@
-"""Magnitude and Wanda scores streamed from a checkpoint: each tensor read once, its per-position sums kept, then
+"""Magnitude, Wanda and activation scores streamed from a checkpoint: each tensor read once, its per-position sums kept, then
 summed per group exactly as importance.Magnitude and importance.Wanda sum them in memory.
 
     s_c = (sum over the group's weight slots (P, d), in member order, of
@@ -14,6 +14,8 @@ StreamedWanda: s_c = sum over the group's weight slots (P, d) whose layer input 
 on the meta graph, and an input norm recorded for the nn.Linear owning P: layerwise.py) of
 sum over positions i of P's dim d with map(i) = c of sum |P[i, ...]| * ||X_j||_2 (j: P's input dim), in
 float64 as importance.Wanda computes it; a group with no such slot scores L1 magnitude (Wanda's fallback).
+StreamedActivation: importance.ActivationMean (mean |x_j| over tokens of each activation a Linear of the group
+reads), from the per-batch input statistics a layer-by-layer run records (layerwise.py); no tensor is read.
 A tensor of more than CHUNK elements (an 8B model's embeddings) is weighted CHUNK elements' rows at a time,
 its sums added per chunk: the float64 rounding of those sums may differ from one sum in the last bits.
 """
@@ -145,4 +147,45 @@ class StreamedWanda(Criterion):
                     weights = sums[(magnitude._key(slot.name), slot.dim, read.weight_dim)]
                     total += np.bincount(g.members[slot], weights=weights, minlength=g.size)
                 out[g.id] = total
+        return out
+
+
+@dataclass(frozen=True)
+class StreamedActivation(Criterion):
+    """importance.ActivationMean from a layer-by-layer run: `calls` maps a Linear weight name to the per-batch
+    means over tokens of |x_j| of its input (layerwise.mean_magnitudes; tied names resolved through `aliases`).
+    s_c = sum over batches, then over the group's activations read by a Linear (in member order), of the mean
+    of those means over the positions mapped to c, divided by (activations x batches): ActivationMean's sums in
+    its order, so the scores are bit-equal where every activation the group's layers read is a Linear's input.
+    A group no Linear reads scores L2 magnitude (ActivationMean's fallback)."""
+
+    checkpoint: Checkpoint
+    keys: Mapping[str, str]
+    calls: Mapping[str, list]
+    aliases: Mapping[str, str]
+    progress: Tracker = SILENT
+
+    def _calls(self, name: str) -> list | None:
+        first = self.aliases.get(name, name)
+        return next((c for n, c in self.calls.items() if self.aliases.get(n, n) == first), None)
+
+    def __call__(self, groups, ctx):
+        by_input: dict[str, list] = {}  # activation node name -> per-batch statistics of the Linear reading it
+        for weight, read in layer_reads(ctx.model, ctx.graph, ctx.layer_inputs).items():
+            calls = self._calls(weight)
+            if calls is not None:
+                by_input.setdefault(read.reads.name, calls)
+        slots = {g.id: [s for s in g.members if not s.is_param and s.name in by_input] for g in groups}
+        fallback = [g for g in groups if not slots[g.id]]
+        out = StreamedMagnitude(self.checkpoint, self.keys, 2, self.progress)(fallback, ctx) if fallback else {}
+        batches = max((len(c) for c in by_input.values()), default=0)
+        sums = {g.id: np.zeros(g.size) for g in groups if slots[g.id]}
+        for b in range(batches):
+            for g in groups:
+                for slot in slots[g.id]:
+                    counts = np.bincount(g.members[slot], minlength=g.size)
+                    sums[g.id] += np.bincount(g.members[slot], weights=by_input[slot.name][b].numpy(),
+                                              minlength=g.size) / np.maximum(counts, 1)
+        for gid, total in sums.items():
+            out[gid] = total / (len(slots[gid]) * batches)
         return out

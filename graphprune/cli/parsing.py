@@ -114,7 +114,7 @@ def _add_prune(sub) -> None:
                    help="MODEL is a Hugging Face checkpoint directory (config.json + safetensors): prune it without "
                         "loading its weights (they are read tensor by tensor; wanda runs one decoder layer at a "
                         "time) and write the pruned checkpoint (shards, index, config, tokenizer) to --out instead "
-                        "of ONNX and .pt2; --importance l1, l2 or wanda")
+                        "of ONNX and .pt2; --importance l1, l2, wanda or activation")
     p.add_argument("--layers", type=int, metavar="N",
                    help="with --stream, instead of a budget: remove the N decoder layers of lowest block influence "
                         "(1 - mean cos of each layer's input and output hidden states, ShortGPT), scored one layer at "

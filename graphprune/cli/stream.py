@@ -3,7 +3,7 @@
 DIR holds config.json and safetensors weights (model.safetensors, or shards and their index); the pruned
 checkpoint (same shards, new index, pruned config.json, tokenizer and generation files copied) is written to
 --out by graphprune.prune_checkpoint, which streams the weights tensor by tensor. --importance l1/l2 reads
-weights only; wanda runs --calibration-batches batches of --text (tokenized by DIR's tokenizer, or
+weights only; wanda and activation run --calibration-batches batches of --text (tokenized by DIR's tokenizer, or
 --tokenizer) one decoder layer at a time, else RANDOM token ids (a poor proxy). One line says what was
 written (stdout). Progress on stderr (a terminal, without --quiet): one line per shard scored, decoder layer
 calibrated (wanda) and shard written, with the elapsed time and an ETA (checkpoint/progress.py). The flags
@@ -25,7 +25,8 @@ from .hf import own_tokenizer
 from .messages import CLIError, Progress
 from .text import text_batches
 
-STREAMED = ("l1", "l2", "wanda")
+STREAMED = ("l1", "l2", "wanda", "activation")
+DATA_DRIVEN = ("wanda", "activation")  # scored on calibration batches run layer by layer
 DEFAULT_LENGTH = 128  # tokens per calibration sequence when --max-length is not given
 
 
@@ -44,8 +45,8 @@ def _check(args) -> None:
             raise CLIError(f"{flag} needs the model in memory; drop it or drop --stream")
     if args.layers is not None:
         _check_layers(args)
-    elif args.text and args.importance != "wanda":
-        raise CLIError(f"--text feeds --importance wanda or --layers; with --importance {args.importance} nothing "
+    elif args.text and args.importance not in DATA_DRIVEN:
+        raise CLIError(f"--text feeds --importance wanda/activation or --layers; with --importance {args.importance} nothing "
                        "would read it")
     check_data_flags(args, own_tokenizer(args.model))
     if args.calibration_batches < 1:
@@ -66,13 +67,13 @@ def _vocab_size(directory: str) -> int:
         config = json.load(f)
     vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
     if not isinstance(vocab, int):
-        raise CLIError(f"{directory!r}/config.json states no vocab_size; --importance wanda feeds token ids")
+        raise CLIError(f"{directory!r}/config.json states no vocab_size; calibration feeds token ids")
     return vocab
 
 
 def calibration(args, progress: Progress) -> list[torch.Tensor] | None:
-    """Token-id batches for wanda or --layers: --calibration-batches batches of --text, else of random ids."""
-    if args.importance != "wanda" and args.layers is None:
+    """Token-id batches for wanda, activation or --layers: --calibration-batches batches of --text, else of random ids."""
+    if args.importance not in DATA_DRIVEN and args.layers is None:
         return None
     vocab, length = _vocab_size(args.model), args.max_length or DEFAULT_LENGTH
     if args.text:
@@ -84,7 +85,7 @@ def calibration(args, progress: Progress) -> list[torch.Tensor] | None:
         batches = [torch.randint(0, vocab, (args.batch_size, length), generator=g)
                    for _ in range(args.calibration_batches)]
         source = "RANDOM token ids"
-    scored = "--layers scores decoder layers" if args.layers is not None else "--importance wanda scores channels"
+    scored = "--layers scores decoder layers" if args.layers is not None else f"--importance {args.importance} scores channels"
     progress.note(f"{scored} on {len(batches)} batches of {source} ({length} tokens)")
     return batches
 
