@@ -200,5 +200,7 @@ def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, prof
         if abs(measured - target_ms) <= 0.05 * target_ms:
             break
         goal = goal * target_ms / measured  # the prediction's bias at this size, corrected by measurement
+        if goal >= original_ms:  # the correction asks for no pruning at all: keep this result (measured faster)
+            break
     table.save()
     return LatencyResult(result, target_ms, predicted, measured, original_ms, len(table.entries) - before_entries)

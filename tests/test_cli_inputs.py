@@ -205,14 +205,14 @@ def test_budget_errors_are_one_line(files, capsys, argv, fragment):
 @pytest.mark.slow  # measures per-layer and whole-model latencies in ONNX Runtime
 def test_target_latency_in_ort(tmp_path):
     """A target above the model's latency is one line naming that latency (measured here: it depends on the CPU);
-    then 40% of it prunes (shared CPUs measure a run 2x off). The model is wide enough (38M MACs) for its latency to be compute, not overhead."""
+    then half of it prunes. The model is wide enough (38M MACs) for its latency to be compute, not overhead."""
     wide = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
                          nn.Conv2d(64, 8, 1)).eval()
     torch.export.save(torch.export.export(wide, (torch.randn(1, 3, 32, 32),)), str(tmp_path / "wide.pt2"))
     above = run_cli("prune", "wide.pt2", "--target-latency-ms", "1000", "ort", "--out", "out", cwd=tmp_path)
     assert above.returncode == 2 and "must be a positive number below the model's" in above.stderr, above.stderr
     dense_ms = float(re.search(r"below the model's ([0-9.]+) latency", above.stderr).group(1))
-    target = round(0.4 * dense_ms, 6)
+    target = round(0.5 * dense_ms, 6)
     done = run_cli("prune", "wide.pt2", "--target-latency-ms", str(target), "ort", "--out", "out", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
