@@ -11,6 +11,7 @@ import graphprune
 from graphprune import timing
 from graphprune.latency import LatencyModel, LatencyTable
 from graphprune.passes import RecalibrateBatchNorm
+from graphprune.runtimes import Precision, Runtime
 from graphprune.rules import default_rules
 from graphprune.trace import record_values, trace
 from op_models import ConvChain, example_input
@@ -122,3 +123,24 @@ def test_channel_costs_keep_a_group_that_saves_nothing_for_last():
     free, paid = sorted(costs, key=costs.get)
     assert costs[free] == pytest.approx(0.01 * costs[paid])  # the floor of the one positive saving
 
+
+
+class ConstantMacsTable(MacsTable):
+    """MacsTable as prune_to_latency takes a table: ONNX Runtime fp32 entries, nothing to save."""
+
+    runtime, precision, entries = Runtime.ORT, Precision.FP32, {}
+
+    def save(self):
+        pass
+
+
+def test_a_correction_that_would_ask_for_no_pruning_keeps_the_result_it_has(monkeypatch):
+    """The dense model measures 1.0 ms and every pruned one 0.2 ms: the measured correction of a 0.5 ms target,
+    0.5 x 0.5 / 0.2 = 1.25 ms, asks for more than the dense model's latency, i.e. no pruning at all. The result
+    measured below the target is kept (it was an error naming a 1.25 ms target the caller never gave)."""
+    times = iter([1.0] + [0.2] * 3)
+    monkeypatch.setattr(graphprune.latency, "measure_ms", lambda *args, **kwargs: next(times))
+    out = graphprune.latency.prune_to_latency(TwoConvs().eval(), torch.randn(1, 3, 32, 32), 0.5,
+                                              table=ConstantMacsTable(), target="none")
+    assert (out.original_ms, out.measured_ms, out.requested_ms) == (1.0, 0.2, 0.5)
+    assert out.result.report.params_after < out.result.report.params_before
