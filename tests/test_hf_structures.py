@@ -176,6 +176,7 @@ def test_multi_query_attention_prunes_query_heads_and_keeps_its_one_kv_head():
     fused = [g for g in analysis.dependencies.groups
              if any(s.name.endswith("query_key_value.weight") and s.role is Role.PRODUCER for s in g.members)]
     assert len(fused) == LAYERS and all(g.prunable and g.size == HEADS + 2 and len(g.pinned) == 2 for g in fused)
+    assert all("holds a single channel" in p.reason and "multi-query" in p.reason for g in fused for p in g.pins)
     result = check("falcon_mqa", Structure.HEADS, 0.5)  # exact in float64
     assert [(a.query_heads_after, a.kv_heads_after) for a in result.report.attention] == [(HEADS // 2, 1)] * LAYERS
     head_dim = HIDDEN // HEADS

@@ -98,7 +98,8 @@ def read_channel_dim(t: torch.Tensor, heads=(), batch_sized: frozenset[int] = fr
         return "mixes channels with a tensor whose channels graphprune cannot follow"
     varying = [k for k in range(a.ndim) if a.shape[k] > 1 and not (a == a.take([0], axis=k)).all()]
     if not varying:
-        return "selects individual channels by index"
+        return ("holds a single channel of its input (one position, as `x[:, i]` or the one key/value head that "
+                "multi-query attention shares with every query head): that channel stays")
     if len(varying) == 1:
         k = varying[0]
         labels = np.moveaxis(a, k, 0).reshape(a.shape[k], -1)[:, 0]
