@@ -91,6 +91,30 @@ def test_pruned_deberta_v3_rebuilds_its_module_and_exports_to_onnx(tmp_path):
     assert export_onnx(result.model, x, tmp_path / "deberta.onnx").max_abs_diff <= 1e-4
 
 
+class Attention(nn.Module):
+    """Plain multi-head attention written with matmuls: 2 heads of 8."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.out = (nn.Linear(16, 16) for _ in range(4))
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = (f(x).view(b, n, 2, c // 2).transpose(1, 2) for f in (self.q, self.k, self.v))
+        weights = (q @ k.transpose(-1, -2) / (c // 2) ** 0.5).softmax(-1)
+        return self.out((weights @ v).transpose(1, 2).reshape(b, n, c))
+
+
+def test_a_sequence_as_long_as_the_hidden_size_is_no_head_dim():
+    """16 tokens of width 16: k^T's last dim (the tokens) has the size of the split (heads x head_dim)."""
+    torch.manual_seed(0)
+    analysis = graphprune.analyse(Attention().eval(), (torch.randn(1, 16, 16),), frontend="export")
+    assert [g.size for g in analysis.dependencies.prunable] == [2]  # the heads, nothing inside them
+    result = analysis.prune(Ratio(0.5), target="none")
+    assert max_exactness_error(without_dtype_asserts(analysis.graph_module), analysis.example_inputs, result) <= 1e-5
+    assert dict(result.model.named_parameters())["q.weight"].shape == (8, 16)
+
+
 class Gathered(nn.Module):
     """Channels of a conv gathered along the width by positions given as an input: the same for every channel
     (an expand of (1, 1, H, W) positions), different per channel ((1, C, H, W) positions), or along the channels."""

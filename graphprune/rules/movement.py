@@ -140,9 +140,9 @@ def landing_dims(node: fx.Node, source: fx.Node) -> list[set[int]] | None:
         if not isinstance(part, torch.Tensor) or part.dtype != torch.int64 or part.numel() == 0:
             continue
         held = part.numpy()
-        coords = np.unravel_index(np.maximum(held, 1) - 1, src.shape)
-        for j, coord in enumerate(coords):
-            landed[j] |= {k for k in range(held.ndim) if _varies_along(np.where(held > 0, coord, -1), k)}
+        for j, coord in enumerate(np.unravel_index(np.maximum(held, 1) - 1, src.shape)):
+            coord = np.where(held > 0, coord, -1)
+            landed[j] |= {k for k in range(held.ndim) if _varies_along(coord, k)}
     return landed
 
 
