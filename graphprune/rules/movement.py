@@ -140,19 +140,19 @@ def landing_dims(node: fx.Node, source: fx.Node) -> list[set[int]] | None:
         if not isinstance(part, torch.Tensor) or part.dtype != torch.int64 or part.numel() == 0:
             continue
         held = part.numpy()
+        present = held > 0
         for j, coord in enumerate(np.unravel_index(np.maximum(held, 1) - 1, src.shape)):
-            coord = np.where(held > 0, coord, -1)
-            landed[j] |= {k for k in range(held.ndim) if _varies_along(coord, k)}
+            if src.shape[j] > 1:
+                landed[j] |= {k for k in range(held.ndim) if _varies_along(coord, present, k)}
     return landed
 
 
-def _varies_along(a: np.ndarray, k: int) -> bool:
-    """Some line of `a` along dim k holds two different values >= 0 (-1 marks no value)."""
-    rows = np.moveaxis(a, k, -1).reshape(-1, a.shape[k])
-    present = rows >= 0
-    high = np.where(present, rows, -1).max(axis=1)
-    low = np.where(present, rows, np.iinfo(np.int64).max).min(axis=1)
-    return bool((present.any(axis=1) & (high != low)).any())
+def _varies_along(coord: np.ndarray, present: np.ndarray, k: int) -> bool:
+    """Two neighbours along dim k that both hold a source element differ in `coord` (data movement keeps a source's
+    elements next to each other along every dim: a slice, a part of a concatenation)."""
+    before = tuple(slice(None, -1) if i == k else slice(None) for i in range(coord.ndim))
+    after = tuple(slice(1, None) if i == k else slice(None) for i in range(coord.ndim))
+    return bool(((coord[before] != coord[after]) & present[before] & present[after]).any())
 
 
 def _getitem_users(node: fx.Node, index: int):
