@@ -62,8 +62,8 @@ def test_disentangled_attention_prunes_whole_heads_exactly(buckets, share):
         "reaches model output through ", "channels come from constant "}, [g.frozen_reasons for g in frozen]
     heads = _groups_with(analysis, "query_proj.weight")
     assert [g.size for g in heads] == [HEADS]  # whole heads: head_dim is no channel
-    position = {"pos_key_proj.weight", "pos_query_proj.weight"}
-    assert position <= _producers(heads[0]) if not share else not position & _producers(heads[0])
+    position = {"pos_key_proj.weight", "pos_query_proj.weight"}  # the heads' own position projections, if any
+    assert (position <= _producers(heads[0])) == (not share)
     mlp = _groups_with(analysis, "intermediate.dense.weight")
     result = analysis.prune(Ratio(0.0), Strategy("l2", ratios={g.id: 0.5 for g in heads + mlp}), target="none")
     assert max_exactness_error(without_dtype_asserts(analysis.graph_module), x,
