@@ -2,7 +2,8 @@
 
 Every config is the family's own defaults with the sizes made small (hidden 32, 2 layers, 4 heads,
 2 KV heads where the family has grouped-query attention, MLP 64, vocabulary 100, 4 experts top-2):
-nothing else is switched off, so causal LMs come with `use_cache=True`. Nothing is downloaded.
+nothing else is switched off, so causal LMs come with `use_cache=True`. deberta_v3 is DebertaV2Model with the
+attention settings DeBERTa-v3's published configs set on it (disentangled attention). Nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -87,6 +88,10 @@ FAMILIES: dict[str, Family] = {
         max_position_embeddings=64)), _ids),
     "electra": _encoder(T.ElectraModel, T.ElectraConfig, embedding_size=HIDDEN),
     "deberta_v2": _encoder(T.DebertaV2Model, T.DebertaV2Config),
+    # DeBERTa-v3's own settings: disentangled attention, log buckets (256 of 512 positions there: 32 of 64 here)
+    "deberta_v3": _encoder(T.DebertaV2Model, T.DebertaV2Config, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                           position_buckets=32, norm_rel_ebd="layer_norm", share_att_key=True,
+                           max_relative_positions=-1),
     "t5_encoder": Family(lambda: T.T5EncoderModel(T.T5Config(
         vocab_size=VOCAB, d_model=HIDDEN, d_kv=HIDDEN // HEADS, d_ff=FFN, num_layers=LAYERS,
         num_heads=HEADS)), _ids),

@@ -30,15 +30,17 @@ from .trace import value_meta
 
 def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> dict[str, frozenset[int]]:
     """Data-movement and broadcasting nodes on the way into an op whose rule `reads_heads` (matmul,
-    attention), each with the head_dim sizes it leads to: the first operand's last dim (q in q @ k^T and in
-    attention), which the others share, and each other operand's own last dim (v in weights @ v).
+    attention), each with the dims of its output that are no heads dim: the first operand's last dim (q's
+    head_dim in q @ k^T and in attention) and each other operand's last two (k^T's head_dim and positions, the
+    positions and head_dim of v in weights @ v).
 
-    A reshape among them that splits channels into (heads, head_dim) keeps the heads as its
-    channel dim, so attention is pruned by whole heads; broadcasting ops on the way (rotary
-    embeddings: q * cos + rotate_half(q) * sin) and copies keep the path open (rules with `carries_heads`).
-    A slice or concatenation along head_dim (partial rotary: cat([rotate(q[..., :r]), q[..., r:]], -1); a fused
-    (heads, 3 x head_dim) projection chunked into q, k, v) marks its parts' sizes as head_dims too
-    (`Rule.head_dims_of_input`), so those parts keep whole heads as well.
+    Dims are followed, not sizes: each carrier says which dims of its inputs land in the marked dims of its
+    output (`Rule.head_dims_of_input`: a permute moves them, a reshape that splits channels into (heads,
+    head_dim) marks head_dim alone, so the split keeps the heads as its channel dim and attention is pruned by
+    whole heads). Broadcasting ops on the way (rotary embeddings: q * cos + rotate_half(q) * sin) and copies keep
+    the path open (rules with `carries_heads`); a slice or concatenation along head_dim (partial rotary; a fused
+    (heads, 3 x head_dim) projection chunked into q, k, v) marks the dim its parts come from. A size shared by
+    another dim (the positions of a relative embedding as many as the channels) marks nothing it does not reach.
     """
     def rule(n):
         return rules.for_node(n, modules) or Rule()  # no rule: no capability
@@ -47,23 +49,22 @@ def attention_inputs(gm: fx.GraphModule, rules: RuleTable, modules) -> dict[str,
     for n in gm.graph.nodes:
         if rule(n).reads_heads and n.all_input_nodes:
             first, *others = n.all_input_nodes
-            head_dim = _last_dim(first)
-            stack += [(first, d) for d in head_dim]
-            stack += [(a, d) for a in others for d in head_dim | _last_dim(a)]
-    marked: dict[str, set] = {}
+            stack += [(first, _last_dims(first, 1))] + [(a, _last_dims(a, 2)) for a in others]
+    marked: dict[str, frozenset[int]] = {}
     while stack:
-        n, head_dim = stack.pop()
+        n, dims = stack.pop()
         carrier = rule(n)
-        if head_dim not in marked.get(n.name, ()) and carrier.carries_heads:
-            marked.setdefault(n.name, set()).add(head_dim)
-            stack.extend((a, d) for a in n.all_input_nodes for d in carrier.head_dims_of_input(n, a, head_dim))
-    return {name: frozenset(dims) for name, dims in marked.items()}
+        if not carrier.carries_heads or dims <= marked.get(n.name, frozenset()):
+            continue
+        marked[n.name] = dims = dims | marked.get(n.name, frozenset())
+        stack.extend((a, carrier.head_dims_of_input(n, a, dims)) for a in n.all_input_nodes)
+    return marked
 
 
-def _last_dim(node: fx.Node) -> set[int]:
-    """{size of the last dim} of a tensor node, {} for anything else."""
+def _last_dims(node: fx.Node, count: int) -> frozenset[int]:
+    """The last `count` dims of a tensor node, {} for anything else."""
     shape = getattr(value_meta(node), "shape", None)
-    return {shape[-1]} if shape else set()
+    return frozenset(range(max(len(shape) - count, 0), len(shape))) if shape is not None else frozenset()
 
 
 _INT_ARITHMETIC = (operator.floordiv, operator.mul, operator.add, operator.sub, operator.neg, operator.mod)

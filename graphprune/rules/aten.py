@@ -15,7 +15,7 @@ rest reuse the fx rules where ATen's argument layout matches theirs:
   arguments hold channel counts rewrite them in `shrink`: view/_unsafe_view/reshape/
   expand sizes (`ReshapeRule`), split sizes, slice and slice_scatter bounds; a size computed from
   the symbolic batch dim (`sym_size`, see frontends.dynamic_batch) keeps its batch factor.
-- a gather by integer index tensors (index.Tensor) is indexing, with getitem (rules/indexing.py).
+- a gather by integer index tensors (index.Tensor) and aten.gather are indexing, with getitem (rules/indexing.py).
 - ops that create tensors from nothing (full, arange, rand...) carry no channels.
 
 An op with no rule is never assumed element-wise: its channels are frozen. `FROZEN_BY_DESIGN`
@@ -234,7 +234,7 @@ _BY_INDEX = "selects or writes elements by data-dependent indices, so which chan
 _POSITIONS = "returns positions along a dim (indices), whose values change when channels are removed"
 
 FROZEN_BY_DESIGN = MappingProxyType({
-    A.gather.default: _BY_INDEX, A.scatter.src: _BY_INDEX, A.scatter.value: _BY_INDEX, A.scatter_add.default: _BY_INDEX,
+    A.scatter.src: _BY_INDEX, A.scatter.value: _BY_INDEX, A.scatter_add.default: _BY_INDEX,
     A.scatter_reduce.two: _BY_INDEX, A.masked_scatter.default: _BY_INDEX, A.nonzero.default: _BY_INDEX,
     A.select_scatter.default: _BY_INDEX,
     A.argmax.default: _POSITIONS, A.argmin.default: _POSITIONS,

@@ -75,8 +75,8 @@ class Rule:
     Capabilities (class attributes the analysis asks, never the rule's class):
     - `reads_heads`: the op treats a (heads, head_dim) split of channels as heads (matmul, attention);
     - `carries_heads`: the op keeps such a split intact on the way into one (copies, broadcasting ops,
-      reshapes), so the split is kept by whole heads; `head_dims_of_input` says which last-dim sizes of an
-      input lie inside a head (a slice or concatenation along head_dim cuts it into parts);
+      reshapes), so the split is kept by whole heads; `head_dims_of_input` says which dims of an input lie
+      inside a head (or along the sequence) when given dims of the output do: never the heads dim;
     - `rewrites_size_arguments`: `shrink` rewrites the sizes passed as its arguments after the first
       (reshape sizes, split sizes, a layer norm's shape), so a size query feeding them is a shape, not a value.
     """
@@ -88,10 +88,14 @@ class Rule:
     def couple(self, node: fx.Node, ctx: "AnalysisContext") -> Effect:
         raise NotImplementedError
 
-    def head_dims_of_input(self, node: fx.Node, source: fx.Node, head_dim: int) -> tuple[int, ...]:
-        """The sizes of `source`'s last dim that lie inside a head when `node`'s output, on the way into attention,
-        has head_dim `head_dim` last: by default the same size (copies and broadcasting keep head_dim whole)."""
-        return (head_dim,)
+    def head_dims_of_input(self, node: fx.Node, source: fx.Node, dims: frozenset[int]) -> frozenset[int]:
+        """The dims of `source` that are no heads dim when `dims` of `node`'s output, on the way into attention, are
+        none: by default those aligned with them from the right (copies and broadcasting move no dim)."""
+        out, src = value_meta(node), value_meta(source)
+        if not (isinstance(out, TensorMeta) and isinstance(src, TensorMeta)):
+            return frozenset()
+        shift = len(out.shape) - len(src.shape)
+        return frozenset(j for j in range(len(src.shape)) if j + shift in dims)
 
     def shrink(self, node: fx.Node, ctx: "ShrinkContext") -> None:
         return None

@@ -15,6 +15,13 @@ labels are constant along every dim but c, so which positions an index picks can
 - an index tensor's own channels (a buffer of positions, declared as a vector) are frozen: its values are positions,
   and removing some would change which elements are read;
 - a boolean mask (data-dependent shape, and it may span several dims) freezes the channels it touches.
+`gather(x, dim, index)` (y[..., k, ...] = x[..., index[..., k, ...], ...] along `dim`, every other dim read at the
+output's own position) along a dim other than x's channel dim c is channel-wise when the index is the same at every
+position of c: then y[c] = x[c] gathered by one index, so removing channel c of x removes channel c of y and changes
+no other element (exact). That is proven from the graph, never assumed: the index is an `expand` of a tensor of size
+1 on c (DeBERTa's relative positions, expanded over batch x heads), read by the gather alone, whose size on c
+`GatherRule.shrink` rewrites to the kept count (a symbolic batch x heads scaled, as view/reshape do). Any other
+index freezes the channels.
 A constant table with no declared channel dim (a parameter (entries, heads) gathered by a constant index: a relative
 position bias) carries channels on its one whole dim of size > 1: they are coupled to that dim of the parameter,
 so the table is sliced with whatever the output meets (the attention heads it is added to).
@@ -29,9 +36,9 @@ import torch.fx as fx
 
 from ..groups import Coupling, Effect, Freeze, Role
 from ..trace import META_KEY, TensorMeta
-from .base import AnalysisContext, ShrinkContext, describe_node, freeze_inputs
-from .callsite import kept_bounds
-from .movement import MovementRule
+from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, freeze_inputs
+from .callsite import arg, kept_bounds, kept_count
+from .movement import MovementRule, resize_argument
 
 
 class IndexRule(MovementRule):
@@ -200,6 +207,62 @@ def _replace_index_entry(index, d: int, rank: int, new):
     return tuple(items)
 
 
+class GatherRule(Rule):
+    """gather(x, dim, index) (torch.gather, Tensor.gather, aten.gather): channel-wise along a dim other than the
+    channel dim when the index is an expand that repeats one index over every channel (module docstring)."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        x, dim, index = _gather_arguments(node)
+        described = describe_node(node, ctx.modules)
+        if isinstance(ctx.channel_dim(index), int):
+            reason = f"{described} reads `{index.name}` as positions: removing some would change which elements are read"
+            return Effect(None, freezes=freeze_inputs(node, ctx, reason))
+        d = ctx.channel_dim(x)
+        if not isinstance(d, int):
+            return Effect(None)
+        problem = _varying_index(node, ctx, x, dim % len(ctx.shape(x)), index)
+        if problem is not None:
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{described} {problem}"))
+        return Effect(d, couplings=(Coupling(ctx.input_slot(x, d), ctx.output_slot(node, d)),))
+
+    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
+        x, _, index = _gather_arguments(node)
+        d = ctx.declared.get(x.name)
+        count = kept_count(ctx, x, d) if isinstance(d, int) else None
+        if count is not None:
+            resize_argument(index, d, count)
+
+
+def _gather_arguments(node: fx.Node) -> tuple:
+    """(x, dim, index) of a gather, in any spelling."""
+    return arg(node, 0, "input"), arg(node, 1, "dim"), arg(node, 2, "index")
+
+
+_EXPANDS = (torch.ops.aten.expand.default, torch.Tensor.expand)
+
+
+def _varying_index(node: fx.Node, ctx: AnalysisContext, x: fx.Node, dim: int, index: fx.Node) -> str | None:
+    """Why the gather's index may differ between x's channels (its channel dim d), or None when it provably cannot:
+    it gathers along another dim, with an index as long as x on d that expands a tensor of size 1 on d (or without
+    d) and that nothing else reads (its size on d follows the kept channels)."""
+    d = ctx.channel_dim(x)
+    if dim == d:
+        return f"gathers along the channel dim of `{x.name}`"
+    if ctx.shape(index)[d] != ctx.shape(x)[d]:
+        return f"reads part of the channel dim of `{x.name}` (index `{index.name}` is shorter on it)"
+    if callable_of(index) not in _EXPANDS or not ctx.is_tensor(index.args[0]):
+        return f"gathers by `{index.name}`, which is no expand: it may differ between channels"
+    source = ctx.shape(index.args[0])
+    aligned = d - (len(ctx.shape(index)) - len(source))
+    if aligned >= 0 and source[aligned] != 1:
+        return f"gathers by `{index.name}`, which expands a tensor that varies along the channel dim"
+    if len(index.users) != 1:
+        return f"gathers by `{index.name}`, which other ops read too: its size on the channel dim cannot follow"
+    return None
+
+
 def indexing_rules() -> dict:
-    """Both spellings of indexing -> their rules."""
-    return {operator.getitem: GetItemRule(), torch.ops.aten.index.Tensor: IndexRule()}
+    """Every spelling of indexing and gathering -> its family's rule."""
+    gather = GatherRule()
+    return {operator.getitem: GetItemRule(), torch.ops.aten.index.Tensor: IndexRule(),
+            torch.gather: gather, torch.Tensor.gather: gather, torch.ops.aten.gather.default: gather}

@@ -15,6 +15,7 @@ is tied to every label found at j, which gives the couplings.
 """
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import replace
 from typing import Callable, Mapping
@@ -80,15 +81,14 @@ def _atoms_along(t: np.ndarray, k: int) -> tuple[int, np.ndarray, np.ndarray]:
     return int(comps.max()) + 1, pos, lab
 
 
-def read_channel_dim(t: torch.Tensor, heads=(), batch_sized: frozenset[int] = frozenset()):
+def read_channel_dim(t: torch.Tensor, inside: frozenset[int] = frozenset(), batch_sized: frozenset[int] = frozenset()):
     """(dim, positions, labels) of a labelled output, or a string saying why there is none.
 
-    `heads`: the head_dim sizes of the attention the output leads to (or of parts of a head: see
-    `MovementRule.head_dims_of_input`); the trailing dims whose sizes multiply to one of them lie inside a head
-    (head_dim itself, or (2, r/2) of an interleaved rotary's stack), and are never the channel dim when
-    another dim varies. `batch_sized`: dims whose size the model computes from sizes that are not
-    channel counts (`b * windows * heads` split back into `(b * windows, heads)`): another
-    varying dim is preferred to them. Ties go to the inner dim.
+    `inside`: the dims that are no heads dim of the attention the output leads to (head_dim, the two dims of an
+    interleaved rotary's stack, the positions: see `dependencies.attention_inputs`); they are never the channel
+    dim when another dim varies. `batch_sized`: dims whose size the model computes from sizes that are not
+    channel counts (`b * windows * heads` split back into `(b * windows, heads)`): another varying dim is
+    preferred to them. Ties go to the inner dim.
     """
     a = t.numpy()
     known = a >= 0
@@ -104,14 +104,56 @@ def read_channel_dim(t: torch.Tensor, heads=(), batch_sized: frozenset[int] = fr
         k = varying[0]
         labels = np.moveaxis(a, k, 0).reshape(a.shape[k], -1)[:, 0]
         return k, np.arange(a.shape[k]), labels
-    inside = next((k for k in range(a.ndim) if int(np.prod(a.shape[k:])) in heads), a.ndim)
     best = None
-    candidates = [k for k in varying if k < inside] or varying
+    candidates = [k for k in varying if k not in inside] or varying
     for k in [k for k in candidates if k not in batch_sized] or candidates:
         atoms, pos, lab = _atoms_along(a, k)
         if best is None or atoms >= best[0]:
             best = (atoms, k, pos, lab)
     return best[1], best[2], best[3]
+
+
+def landing_dims(node: fx.Node, source: fx.Node) -> list[set[int]] | None:
+    """For each dim j of `source`, the dims of `node`'s output (of every tensor part) along which j's position varies.
+
+    Found by running the op on `source`'s element positions (1 + flat index) and zeros for every other tensor (zeros
+    are valid positions where the op reads indices): each output element > 0 is the source element it holds. None
+    when the op cannot run on them (`source` read as indices)."""
+    src = value_meta(source)
+    if math.prod(src.shape) <= 1:  # a scalar or an empty tensor: no dim to follow
+        return [set() for _ in src.shape]
+
+    def fill(a):
+        v = value_meta(a)
+        if not isinstance(v, TensorMeta):
+            return v
+        if a is source:
+            return torch.arange(1, math.prod(v.shape) + 1, dtype=torch.int64).view(v.shape)
+        return torch.zeros(v.shape, dtype=torch.int64)
+
+    fn = node.graph.owning_module.get_submodule(node.target) if node.op == "call_module" else callable_of(node)
+    try:
+        out = fn(*fx.node.map_arg(node.args, fill), **fx.node.map_arg(node.kwargs, fill))
+    except (RuntimeError, IndexError, TypeError, ValueError):
+        return None
+    landed = [set() for _ in src.shape]
+    for part in (out if isinstance(out, (tuple, list)) else [out]):
+        if not isinstance(part, torch.Tensor) or part.dtype != torch.int64 or part.numel() == 0:
+            continue
+        held = part.numpy()
+        present = held > 0
+        for j, coord in enumerate(np.unravel_index(np.maximum(held, 1) - 1, src.shape)):
+            if src.shape[j] > 1:
+                landed[j] |= {k for k in range(held.ndim) if _varies_along(coord, present, k)}
+    return landed
+
+
+def _varies_along(coord: np.ndarray, present: np.ndarray, k: int) -> bool:
+    """Two neighbours along dim k that both hold a source element differ in `coord` (data movement keeps a source's
+    elements next to each other along every dim: a slice, a part of a concatenation)."""
+    before = tuple(slice(None, -1) if i == k else slice(None) for i in range(coord.ndim))
+    after = tuple(slice(1, None) if i == k else slice(None) for i in range(coord.ndim))
+    return bool(((coord[before] != coord[after]) & present[before] & present[after]).any())
 
 
 def _getitem_users(node: fx.Node, index: int):
@@ -123,17 +165,15 @@ class MovementRule(Rule):
 
     carries_heads = True  # a (heads, head_dim) split on the way into attention keeps the heads (see analysis)
 
-    def head_dims_of_input(self, node: fx.Node, source: fx.Node, head_dim: int) -> tuple[int, ...]:
-        """An output (or part) (..., head_dim) read from a source (..., m) with the same leading dims moved data
-        along the last dim only (a slice, split or concatenation of it): the source's m positions lie inside
-        heads too (q[..., :r] and q[..., r:] of partial rotary; q, k, v chunked from (..., 3 x head_dim))."""
-        src, out = value_meta(source), value_meta(node)
-        if not isinstance(src, TensorMeta) or src.shape[-1:] == (head_dim,):
-            return (head_dim,)
-        parts = out if isinstance(out, (tuple, list)) else (out,)
-        inside = any(isinstance(p, TensorMeta) and p.shape[:-1] == src.shape[:-1] and p.shape[-1:] == (head_dim,)
-                     for p in parts)
-        return (head_dim, src.shape[-1]) if inside else (head_dim,)
+    def head_dims_of_input(self, node: fx.Node, source: fx.Node, dims: frozenset[int]) -> frozenset[int]:
+        """The dims of `source` whose positions land in `dims` of the output alone (`landing_dims`): a permute moves
+        them, a reshape that splits channels into (heads, head_dim) leaves the channels' dim out (its positions
+        also land on the heads), a slice or concatenation along head_dim keeps it. A part of a tuple (getitem of a
+        split) keeps its dims; an op that cannot run on positions marks none."""
+        if not isinstance(value_meta(source), TensorMeta):
+            return dims
+        landed = landing_dims(node, source)
+        return frozenset(j for j, out in enumerate(landed or ()) if out and out <= dims)
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         return self.labelled(node, ctx)
@@ -153,8 +193,8 @@ class MovementRule(Rule):
         outs = list(out) if tuple_out else [out]
         dims, couplings, freezes = [], [], []
         for i, t in enumerate(outs):
-            heads = ctx.head_splits.get(node.name, ())
-            read = read_channel_dim(t, heads, batch_sized) if isinstance(t, torch.Tensor) else None
+            inside = ctx.head_splits.get(node.name, frozenset())
+            read = read_channel_dim(t, inside, batch_sized) if isinstance(t, torch.Tensor) else None
             if not isinstance(read, tuple):
                 dims.append(None)
                 if isinstance(read, str):
@@ -207,7 +247,6 @@ class ReshapeRule(MovementRule):
         new_shape = list(old_shape)
         if isinstance(d, int):
             new_shape[d] = kept_count(ctx, node, d) or old_shape[d]
-        packed = _packed(node)
         shape = _size_arguments(node)
         for i, size in enumerate(shape):
             from_channels = isinstance(size, fx.Node) and any(ctx.kept(t, dim) is not None for t, dim in queried_dims(size))
@@ -215,10 +254,23 @@ class ReshapeRule(MovementRule):
                 shape[i] = new_shape[i]
             elif i == d and size != -1 and new_shape[i] != old_shape[i]:
                 shape[i] = _scaled(node, size, old_shape[i], new_shape[i]) if isinstance(size, fx.Node) else new_shape[i]
-        if packed:
-            node.args = (node.args[0], tuple(shape)) + tuple(node.args[2:])
-        else:
-            node.args = (node.args[0], *shape)
+        _write_size_arguments(node, shape)
+
+
+def resize_argument(node: fx.Node, i: int, new: int) -> None:
+    """Size argument `i` of a view/reshape/expand `node` made `new` where its output had `old` positions on the
+    example: an int is replaced, a symbolic size (batch x heads) scaled by `_scaled`."""
+    shape = _size_arguments(node)
+    old = value_meta(node).shape[i]
+    shape[i] = _scaled(node, shape[i], old, new) if isinstance(shape[i], fx.Node) else new
+    _write_size_arguments(node, shape)
+
+
+def _write_size_arguments(node: fx.Node, shape: list) -> None:
+    if _packed(node):
+        node.args = (node.args[0], tuple(shape)) + tuple(node.args[2:])
+    else:
+        node.args = (node.args[0], *shape)
 
 
 def _packed(node: fx.Node) -> bool:
