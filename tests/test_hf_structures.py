@@ -46,6 +46,9 @@ MODELS = {
     "falcon_mqa": (lambda: T.FalconForCausalLM(T.FalconConfig(  # multi-query: one KV head in a fused QKV
         vocab_size=100, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
         multi_query=True, new_decoder_architecture=False, use_cache=False)), _ids),
+    "gpt_bigcode_mqa": (lambda: T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(  # one KV head, repeated by repeat_kv
+        vocab_size=100, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=64, multi_query=True,
+        use_cache=False)), _ids),
     "llama_gqa": (lambda: T.LlamaForCausalLM(T.LlamaConfig(
         vocab_size=100, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
         num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=64, use_cache=False)), _ids),
@@ -180,6 +183,18 @@ def test_multi_query_attention_prunes_query_heads_and_keeps_its_one_kv_head():
     assert [(a.query_heads_after, a.kv_heads_after) for a in result.report.attention] == [(HEADS // 2, 1)] * LAYERS
     head_dim = HIDDEN // HEADS
     rows = [p.shape[0] for n, p in result.model.named_parameters() if n.endswith("query_key_value.weight")]
+    assert rows == [(HEADS // 2 + 2) * head_dim] * LAYERS
+    assert result.report.kv_bytes_per_token_after == result.report.kv_bytes_per_token_before
+
+
+def test_multi_query_attention_through_repeat_kv_prunes_query_heads_and_keeps_its_one_kv_head():
+    """GPTBigCode (StarCoder) splits one key head and one value head off its fused c_attn and repeats them for every
+    query head ((n, 1, 1, l, d) expanded to (n, 1, r, l, d)): the repeat dim carries the query heads, which prune
+    exactly; the key/value rows stay whole and the KV cache is unchanged."""
+    result = check("gpt_bigcode_mqa", Structure.HEADS, 0.5)  # exact in float64
+    assert [(a.query_heads_after, a.kv_heads_after) for a in result.report.attention] == [(HEADS // 2, 1)] * LAYERS
+    head_dim = HIDDEN // HEADS
+    rows = [p.shape[0] for n, p in result.model.named_parameters() if n.endswith("attn.c_attn.weight")]
     assert rows == [(HEADS // 2 + 2) * head_dim] * LAYERS
     assert result.report.kv_bytes_per_token_after == result.report.kv_bytes_per_token_before
 
