@@ -266,3 +266,30 @@ def test_a_tokenizer_given_as_the_model_gets_a_clear_error():
     tokenizer = T.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))
     with pytest.raises(graphprune.errors.InputError, match="must be a torch.nn.Module.*not its tokenizer"):
         graphprune.prune_graph(tokenizer, _ids(), ratio=0.3)
+
+
+def test_the_config_solver_derives_no_head_size_where_the_config_has_no_hidden_size():
+    """MobileViT's config has num_attention_heads but hidden_sizes per stage: no trial pins head_dim (reading
+    config.hidden_size raised AttributeError out of result.module)."""
+    from graphprune.hfconfig import config_trials
+    config = T.MobileViTConfig(hidden_sizes=[8, 8, 8], neck_hidden_sizes=[8] * 6 + [16], num_attention_heads=4)
+    trials = list(config_trials(T.MobileViTModel, config, {"conv.weight": ((16, 8), (8, 8))}, {}))
+    assert {"num_attention_heads": 2} in trials and not any("head_dim" in t for t in trials)
+
+
+@pytest.mark.slow  # ~10 s
+def test_a_config_with_heads_but_per_stage_hidden_sizes_rebuilds_its_pruned_module():
+    """MobileViT's config has num_attention_heads but hidden_sizes per stage (no hidden_size): the config solver
+    derives no head size from it, and `result.module` (the caller's class, verified against the pruned graph)
+    computes what the pruned graph computes."""
+    torch.manual_seed(0)
+    model = T.MobileViTForImageClassification(T.MobileViTConfig(
+        image_size=32, hidden_sizes=[8, 8, 8], neck_hidden_sizes=[8] * 6 + [16], num_attention_heads=2, expand_ratio=2.0,
+        mlp_ratio=1.0, num_labels=5)).eval()
+    x = (torch.randn(1, 3, 32, 32),)
+    result = graphprune.prune_graph(model, x, ratio=0.3, target="none")
+    assert result.report.params_after < result.report.params_before
+    module = result.module
+    assert type(module) is type(model) and sum(p.numel() for p in module.parameters()) == result.report.params_after
+    with torch.no_grad():
+        torch.testing.assert_close(module(*x).logits, result.model(*x).logits, rtol=1e-5, atol=1e-6)
