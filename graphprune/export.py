@@ -232,20 +232,30 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _explicit_copy_broadcasts(model: torch.nn.Module) -> torch.nn.Module:
-    """For a Core ATen graph: the same graph (its tensors shared) with every aten.copy(dst, src) reading
-    expand_as(src, dst). The dynamo exporter writes a copy from a smaller src (a scalar written into a slice:
-    torchvision Swin's shift mask) as an Identity of src, whose shape fails onnx.checker; the expand is explicit."""
-    copies = [n for n in model.graph.nodes if n.target is torch.ops.aten.copy.default] if isinstance(
-        model, torch.fx.GraphModule) else []
+def _exportable(model: torch.nn.Module) -> torch.nn.Module:
+    """For a Core ATen graph: the same graph (its tensors shared) as the dynamo exporter translates it.
+
+    - every aten.copy(dst, src) reads expand_as(src, dst): the exporter writes a copy from a smaller src (a scalar
+      written into a slice: torchvision Swin's shift mask) as an Identity of src, whose shape fails onnx.checker;
+    - every view or reshape of a permuted tensor reads a contiguous copy of it (an Identity in ONNX): a view traced
+      on the memory layout one kernel returned fails on the layout the exporter's kernel returns (CPU attention's
+      output is (b, L, heads, d) in memory, so T5's `.transpose(1, 2).reshape(b, L, -1)` was traced as a view)."""
+    A = torch.ops.aten
+    reshapes, permutes = (A.view.default, A.reshape.default), (A.permute.default, A.transpose.int)
+    copies = [n for n in model.graph.nodes if n.target is A.copy.default or n.target in reshapes and isinstance(
+        n.args[0], torch.fx.Node) and n.args[0].target in permutes] if isinstance(model, torch.fx.GraphModule) else []
     if not copies:
         return model
     gm = torch.fx.GraphModule(model, copy.deepcopy(model.graph))
-    for node in gm.graph.nodes:
-        if node.target is torch.ops.aten.copy.default:
-            with gm.graph.inserting_before(node):
-                src = gm.graph.call_function(torch.ops.aten.expand_as.default, (node.args[1], node.args[0]))
-            node.args = (node.args[0], src, *node.args[2:])
+    for node in [n for n in gm.graph.nodes if n.name in {c.name for c in copies}]:
+        with gm.graph.inserting_before(node):
+            if node.target is A.copy.default:
+                src = gm.graph.call_function(A.expand_as.default, (node.args[1], node.args[0]))
+                node.args = (node.args[0], src, *node.args[2:])
+            else:
+                dense = gm.graph.call_function(A.clone.default, (node.args[0],),
+                                               {"memory_format": torch.contiguous_format})
+                node.args = (dense, *node.args[1:])
     gm.recompile()
     return gm
 
@@ -258,7 +268,7 @@ def _export_dynamo(model, inputs, tmp, opset, in_names, out_names, dynamic_batch
             _quiet_logger("onnxscript"):
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _explicit_copy_broadcasts(model), tuple(t.detach() for t in inputs), tmp, dynamo=True,
+            _exportable(model), tuple(t.detach() for t in inputs), tmp, dynamo=True,
             # Its lowest implemented opset is 18; asking for 17 triggers a down-conversion
             # that fails on common graphs (ReduceMean axes), so ask for >= 18 directly.
             opset_version=max(opset, 18),

@@ -73,7 +73,8 @@ def _config_trials(config, changed: dict) -> Iterable[dict]:
 
 def _pinned(config, values: dict) -> dict:
     """`values`, with head_dim set to the old hidden / heads where the config derives it and either changes."""
-    derives = getattr(config, "head_dim", None) is None and isinstance(getattr(config, "num_attention_heads", None), int)
+    derives = getattr(config, "head_dim", None) is None and all(
+        isinstance(getattr(config, key, None), int) for key in ("hidden_size", "num_attention_heads"))
     if not derives or not {"hidden_size", "num_attention_heads"} & set(values):
         return values
     return {**values, "head_dim": config.hidden_size // config.num_attention_heads}

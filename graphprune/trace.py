@@ -161,7 +161,8 @@ def _user_frame(exc: BaseException) -> str:
 
 def trace(model: torch.nn.Module, is_rule_module=lambda m: False, concrete_args: dict | None = None) -> fx.GraphModule:
     """Symbolically trace `model` (`concrete_args`: forward arguments fixed to a value); a failure becomes a
-    TraceError naming the offending code. The GraphModule's Python code is generated when first used (a
+    TraceError naming the offending code. A `**kwargs` of forward that nothing reads is no input of the graph
+    (Hugging Face's forwards end with one). The GraphModule's Python code is generated when first used (a
     DeferredGraphModule): the analysis runs the graph node by node (run_graph) and never needs it."""
     tracer = LeafTracer(is_rule_module)
     try:
@@ -173,6 +174,8 @@ def trace(model: torch.nn.Module, is_rule_module=lambda m: False, concrete_args:
             "for it (default_rules().with_rule(MyModule, MyRule())), or wrap the function with torch.fx.wrap, "
             "or remove Python control flow that depends on tensor values."
         ) from exc
+    for unread in [n for n in graph.nodes if n.op == "placeholder" and n.target.startswith("**") and not n.users]:
+        graph.erase_node(unread)
     name = type(model).__name__
     return DeferredGraphModule(tracer.root, graph, name)
 

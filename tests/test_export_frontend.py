@@ -283,19 +283,37 @@ def test_both_frontends_prune_a_zoo_model_to_the_same_counts(name):
 
 
 class NormOverSpace(nn.Module):
-    """LayerNorm over (H, W): the ATen layer-norm rule freezes a norm over more than the last dim."""
+    """LayerNorm over (H, W) of NCHW channels, or over (W, C) of NHWC ones (`channels_last`)."""
 
-    def __init__(self):
+    def __init__(self, channels_last: bool = False):
         super().__init__()
-        self.conv, self.norm, self.head = nn.Conv2d(3, 8, 1), nn.LayerNorm([4, 4]), nn.Conv2d(8, 2, 1)
+        self.channels_last = channels_last
+        self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+        self.norm = nn.LayerNorm([4, 8] if channels_last else [4, 4])
 
     def forward(self, x):
-        return self.head(self.norm(self.conv(x)))
+        y = self.conv(x)
+        if self.channels_last:
+            return self.head(self.norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+        return self.head(self.norm(y))
 
 
 def test_export_rules_freeze_with_a_reason_where_they_do_not_follow():
-    model, x = NormOverSpace().eval(), torch.randn(1, 3, 4, 4)
+    """The ATen layer-norm rule freezes a norm over more than the last dim that spans the channels."""
+    model, x = NormOverSpace(channels_last=True).eval(), torch.randn(1, 3, 4, 4)
     result = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend="export")
     reasons = [r for g in result.report.frozen_groups for r in g.frozen_reasons]
     assert any("normalises over 2 dims" in r for r in reasons), reasons
     assert result.model(x).shape == model(x).shape
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_layer_norm_over_space_passes_the_channels_exactly(frontend):
+    """LayerNorm over (H, W) normalises every channel's map on its own, with one (H, W) weight: channels pass through
+    (exact in float64), the weight is kept whole."""
+    from graphprune.verify import max_exactness_error
+    model, x = randomize_norms(NormOverSpace()).eval(), torch.randn(1, 3, 4, 4)
+    result = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend=frontend)
+    assert result.report.params_after < result.report.params_before and not result.report.renormalised
+    assert tuple(result.model.get_parameter("norm.weight").shape) == (4, 4)
+    assert max_exactness_error(model, (x,), result) <= 1e-5

@@ -75,3 +75,18 @@ def test_prune_graph_takes_hugging_face_models_through_export_at_ratio_0_3(build
     assert 0 < report.macs_after < report.macs_before
     with torch.no_grad():
         assert _main_output(result.model(ids)).shape == _main_output(model(ids)).shape
+
+
+def test_t5_with_an_attention_mask_exports_to_onnx_once_its_heads_are_pruned(tmp_path):
+    """T5's attention output `.transpose(1, 2).reshape(b, L, -1)` re-traces as a view on the layout CPU attention
+    returns, which the dynamo exporter's own attention kernel does not return: the export reads a contiguous copy
+    (an Identity in ONNX), and ONNX Runtime matches the pruned graph (the exporter failed: "Cannot view")."""
+    from graphprune.export import export_onnx
+    torch.manual_seed(0)
+    model = transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=HEADS)).eval()
+    ids = torch.randint(1, 100, (1, 12))
+    x = (ids, torch.ones_like(ids))
+    result = graphprune.prune_graph(model, x, ratio=0.3, target="none")
+    assert [0 < a.query_heads_after < HEADS for a in result.report.attention] == [True]
+    assert export_onnx(result.model, x, tmp_path / "t5.onnx").max_abs_diff <= 1e-4

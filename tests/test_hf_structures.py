@@ -46,6 +46,9 @@ MODELS = {
     "falcon_mqa": (lambda: T.FalconForCausalLM(T.FalconConfig(  # multi-query: one KV head in a fused QKV
         vocab_size=100, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
         multi_query=True, new_decoder_architecture=False, use_cache=False)), _ids),
+    "gpt_bigcode_mqa": (lambda: T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(  # one KV head, repeated by repeat_kv
+        vocab_size=100, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=64, multi_query=True,
+        use_cache=False)), _ids),
     "llama_gqa": (lambda: T.LlamaForCausalLM(T.LlamaConfig(
         vocab_size=100, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
         num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=64, use_cache=False)), _ids),
@@ -185,6 +188,18 @@ def test_multi_query_attention_prunes_query_heads_and_keeps_its_one_kv_head():
     assert result.report.kv_bytes_per_token_after == result.report.kv_bytes_per_token_before
 
 
+def test_multi_query_attention_through_repeat_kv_prunes_query_heads_and_keeps_its_one_kv_head():
+    """GPTBigCode (StarCoder) splits one key head and one value head off its fused c_attn and repeats them for every
+    query head ((n, 1, 1, l, d) expanded to (n, 1, r, l, d)): the repeat dim carries the query heads, which prune
+    exactly; the key/value rows stay whole and the KV cache is unchanged."""
+    result = check("gpt_bigcode_mqa", Structure.HEADS, 0.5)  # exact in float64
+    assert [(a.query_heads_after, a.kv_heads_after) for a in result.report.attention] == [(HEADS // 2, 1)] * LAYERS
+    head_dim = HIDDEN // HEADS
+    rows = [p.shape[0] for n, p in result.model.named_parameters() if n.endswith("attn.c_attn.weight")]
+    assert rows == [(HEADS // 2 + 2) * head_dim] * LAYERS
+    assert result.report.kv_bytes_per_token_after == result.report.kv_bytes_per_token_before
+
+
 def test_report_measures_kv_cache_bytes_per_token_and_predicts_them():
     from graphprune.kvcache import predict_kv_bytes
     model, x, analysis = analysed("llama_gqa")
@@ -252,3 +267,30 @@ def test_a_tokenizer_given_as_the_model_gets_a_clear_error():
     tokenizer = T.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))
     with pytest.raises(graphprune.errors.InputError, match="must be a torch.nn.Module.*not its tokenizer"):
         graphprune.prune_graph(tokenizer, _ids(), ratio=0.3)
+
+
+def test_the_config_solver_derives_no_head_size_where_the_config_has_no_hidden_size():
+    """MobileViT's config has num_attention_heads but hidden_sizes per stage: no trial pins head_dim (reading
+    config.hidden_size raised AttributeError out of result.module)."""
+    from graphprune.hfconfig import config_trials
+    config = T.MobileViTConfig(hidden_sizes=[8, 8, 8], neck_hidden_sizes=[8] * 6 + [16], num_attention_heads=4)
+    trials = list(config_trials(T.MobileViTModel, config, {"conv.weight": ((16, 8), (8, 8))}, {}))
+    assert {"num_attention_heads": 2} in trials and not any("head_dim" in t for t in trials)
+
+
+@pytest.mark.slow  # ~10 s
+def test_a_config_with_heads_but_per_stage_hidden_sizes_rebuilds_its_pruned_module():
+    """MobileViT's config has num_attention_heads but hidden_sizes per stage (no hidden_size): the config solver
+    derives no head size from it, and `result.module` (the caller's class, verified against the pruned graph)
+    computes what the pruned graph computes."""
+    torch.manual_seed(0)
+    model = T.MobileViTForImageClassification(T.MobileViTConfig(
+        image_size=32, hidden_sizes=[8, 8, 8], neck_hidden_sizes=[8] * 6 + [16], num_attention_heads=2, expand_ratio=2.0,
+        mlp_ratio=1.0, num_labels=5)).eval()
+    x = (torch.randn(1, 3, 32, 32),)
+    result = graphprune.prune_graph(model, x, ratio=0.3, target="none")
+    assert result.report.params_after < result.report.params_before
+    module = result.module
+    assert type(module) is type(model) and sum(p.numel() for p in module.parameters()) == result.report.params_after
+    with torch.no_grad():
+        torch.testing.assert_close(module(*x).logits, result.model(*x).logits, rtol=1e-5, atol=1e-6)

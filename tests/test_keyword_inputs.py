@@ -79,3 +79,27 @@ def test_keyword_inputs_are_checked_like_positional_ones(frontend, kwargs, fragm
     model, _ = _model_and_kwargs()
     with pytest.raises(InputError, match=re.escape(fragment)):
         graphprune.prune_graph(model, (), example_kwargs=kwargs, ratio=0.5, frontend=frontend)
+
+
+class ExtraKeywords(nn.Module):
+    """forward(self, x, **kwargs), as Hugging Face's image classifiers spell it: fx traces **kwargs as an input."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.head = nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 4)
+
+    def forward(self, x, **kwargs):
+        return self.head(F.relu(self.bn(self.a(x))))
+
+
+def test_a_forward_with_unread_var_keywords_traces_and_prunes_exactly():
+    """`**kwargs` that forward never reads is no input of the graph (it was a missing one): the fx frontend prunes,
+    exactly in float64, and `result.module` is the caller's class."""
+    model, x = randomize_norms(ExtraKeywords()).eval(), torch.randn(2, 8)
+    result = graphprune.prune_graph(model, (x,), ratio=0.5, frontend="fx", target="none")
+    assert result.report.params_after < result.report.params_before
+    reference = zero_dropped_inputs(model, result.graph, result.plan).double()
+    with torch.no_grad():
+        torch.testing.assert_close(copy.deepcopy(result.model).double()(x.double()), reference(x.double()),
+                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(result.module(x), result.model(x), atol=1e-5, rtol=1e-4)

@@ -4,6 +4,7 @@
   head_dim)): whole heads are pruned, exactly; the head_dim and its norm weight stay intact (BinaryRule
   freezes the weight as kept whole: its channels land on the head_dim, not on the heads; a group only
   constants carry and kept whole is no channel group, like the head_dim itself, so it is not counted).
+  Persimmon's q/k LayerNorm (nn.LayerNorm over the head_dim) the same way, by the layer norm's rule.
 - Gemma's RMSNorm scales by (1 + weight): the weight is tied to the hidden channels and sliced with them.
 - Gemma2's soft-capping c * tanh(x / c), on the attention scores and on the logits: div, tanh and mul by
   their rules (nothing probed, nothing unsupported); heads stay exact through it.
@@ -23,7 +24,7 @@ import graphprune
 from graphprune.groups import Role, Slot
 from graphprune.options import Ratio, Strategy
 from graphprune.verify import max_exactness_error
-from conftest import without_dtype_asserts
+from conftest import randomize_norms, without_dtype_asserts
 
 HIDDEN, HEADS, HEAD_DIM, SEQ = 32, 4, 8, 5  # SEQ != HEAD_DIM: the key length is never mistaken for the head_dim
 
@@ -46,13 +47,14 @@ class RMSNorm(nn.Module):
 class Block(nn.Module):
     """Pre-norm attention with per-head q/k norms (optionally soft-capped scores) and an MLP."""
 
-    def __init__(self, offset=False, softcap=None):
+    def __init__(self, offset=False, softcap=None, layer_norm=False):
         super().__init__()
         self.softcap = softcap
         self.inp = nn.Linear(16, HIDDEN)
         self.norm, self.norm2 = RMSNorm(HIDDEN, offset), RMSNorm(HIDDEN, offset)
         self.q, self.k, self.v = (nn.Linear(HIDDEN, HEADS * HEAD_DIM, bias=False) for _ in range(3))
-        self.q_norm, self.k_norm = RMSNorm(HEAD_DIM, offset), RMSNorm(HEAD_DIM, offset)
+        head_norm = (lambda: nn.LayerNorm(HEAD_DIM)) if layer_norm else (lambda: RMSNorm(HEAD_DIM, offset))
+        self.q_norm, self.k_norm = head_norm(), head_norm()
         self.o = nn.Linear(HEADS * HEAD_DIM, HIDDEN, bias=False)
         self.up, self.down = nn.Linear(HIDDEN, 64), nn.Linear(64, HIDDEN)
         self.out = nn.Linear(HIDDEN, 10)
@@ -76,7 +78,7 @@ class Block(nn.Module):
 
 def block(**kw):
     torch.manual_seed(0)
-    return Block(**kw).eval(), (torch.randn(2, SEQ, 16),)
+    return randomize_norms(Block(**kw)).eval(), (torch.randn(2, SEQ, 16),)
 
 
 def group_of(graph, param):
@@ -120,6 +122,24 @@ def test_per_head_norm_prunes_whole_heads_exactly_and_keeps_its_weight(offset):
     assert_head_norms_kept_whole(graph, result.model)
     rebuilt = result.module  # the caller's class, verified against the pruned graph's outputs
     assert isinstance(rebuilt, Block) and rebuilt.o.in_features == 2 * HEAD_DIM
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_per_head_layer_norm_prunes_whole_heads_exactly_and_keeps_its_weight(frontend):
+    """Persimmon's q/k LayerNorm over the head_dim (nn.LayerNorm; aten.native_layer_norm under export): the heads
+    pass through it (each head is normalised on its own), so whole heads prune exactly; its weight and bias, over
+    the head_dim, are kept whole and counted as no group. (The heads froze: a consumer read the head_dim.)"""
+    model, x = block(layer_norm=True)
+    analysis = graphprune.analyse(model, x, frontend=frontend)
+    graph = analysis.dependencies
+    heads = group_of(graph, "q.weight")
+    assert heads.size == HEADS and heads.prunable and group_of(graph, "k.weight") is heads
+    assert (len(graph.groups), len(graph.frozen)) == (5, 2)  # input, hidden, heads, MLP, output
+    result = prune_exactly(analysis, x, [heads.id], 0.5)
+    assert result.model.get_parameter("q.weight").shape[0] == 2 * HEAD_DIM
+    assert_head_norms_kept_whole(graph, result.model)
+    assert all(result.model.get_parameter(f"{n}_norm.bias").shape == (HEAD_DIM,) for n in "qk")
+    assert result.report.renormalised == ()  # each head normalised on its own: exact, and reported so
 
 
 def _kept_rows(result, group, param):

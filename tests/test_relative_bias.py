@@ -6,7 +6,8 @@ Constructs, each on the smallest model that shows it: a Swin-style block written
 shifted_window_attention: packed qkv, the table indexed by a buffer, F.pad, roll, a shift mask, windows merged with
 heads in the batch of a bmm under torch.export), Hugging Face's T5 encoder (one bias, an embedding of buckets,
 shared by every layer and passed to attention as a mask per head) and Hugging Face's Swin (the bias as a mask per
-head of scaled_dot_product_attention). Heads and MLP channels are exact in float64 (graphprune.verify: pruning ==
+head of scaled_dot_product_attention), and a mask per head computed from no channels (ALiBi-like slopes: read at
+the kept heads through an inserted index_select). Heads and MLP channels are exact in float64 (graphprune.verify: pruning ==
 hiding the channels from their consumers); frozen groups are counted, each with its reason.
 """
 import os
@@ -233,6 +234,39 @@ def test_a_bias_as_a_mask_per_head_and_a_bias_written_in_place_are_sliced_with_t
     scatter = next(n for n in result.model.graph.nodes if n.target is torch.ops.aten.slice_scatter.default)
     assert scatter.args[2:] == (0, 4 * kept, 8 * kept)  # the keys' rows, among the kept heads' q, k, v rows
     assert dict(result.model.named_parameters())["table"].shape == ((2 * WINDOW - 1) ** 2, kept)
+
+
+class SlopedAttention(nn.Module):
+    """Attention whose mask per head is computed from no channels (ALiBi-like slopes times distances, MPT's and
+    T5 cross-attention's kind: sizes written as numbers), read by scaled_dot_product_attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+
+    def forward(self, x):  # (B, L, 16)
+        b, n = x.size(0), x.size(1)
+        q, k, v = self.qkv(x).view(b, n, 3, 4, 4).permute(2, 0, 3, 1, 4)
+        distance = torch.arange(n).view(1, n) - torch.arange(n).view(n, 1)
+        slopes = 2.0 ** -torch.arange(1, 5, dtype=torch.float32)
+        mask = (slopes.view(4, 1, 1) * distance.abs().float().neg()).unsqueeze(0)  # (1, heads, L, L), distinct heads
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, 16))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_mask_per_head_from_no_channels_is_read_at_the_kept_heads(frontend):
+    """The heads prune (they froze: "has a mask per head"), exactly in float64: each kept head reads its own row of
+    the mask, through an index_select of the kept heads inserted before the attention."""
+    torch.manual_seed(0)
+    model, x = SlopedAttention().eval(), (torch.randn(1, 6, 16),)
+    analysis = graphprune.analyse(model, x, frontend=frontend)
+    heads = _groups_with(analysis, "qkv.weight")
+    assert [g.size for g in heads] == [4]
+    result = _prune_exactly(analysis, heads)
+    kept = result.plan.keep[heads[0].id]
+    select = next(n for n in result.model.graph.nodes if n.target is torch.ops.aten.index_select.default)
+    assert select.args[1] == 1 and getattr(result.model, select.args[2].target).tolist() == list(kept)
 
 
 class Gathers(nn.Module):

@@ -23,9 +23,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..groups import Coupling, Effect, Freeze, Role, Slot
+from ..trace import META_KEY, TensorMeta
 from .base import (AnalysisContext, GraphView, LayerKind, MacTerm, Rule, ShrinkContext, WeightedLayer, describe_node,
                    freeze_inputs)
-from .callsite import arg
+from .callsite import arg, set_arg
 
 
 class PrunedMultiheadAttention(nn.Module):
@@ -223,7 +224,9 @@ class ScaledDotProductAttentionRule(Rule):
 
     A mask per head whose heads dim carries channels (a relative position bias: T5's, Swin's) is tied to the query
     heads: head h's scores are q_h k_h^T * scale + mask[h], so removing head h removes mask[h], which no other head
-    reads, and every kept head computes what it did (exact). A mask per head whose heads nothing follows freezes.
+    reads, and every kept head computes what it did (exact). A mask per head whose heads no channels follow (T5's
+    cross-attention bias: zeros of n_heads plus the padding mask) is read through an index_select of the kept heads'
+    rows, inserted by `shrink` (exact for the same reason); one whose heads dim carries other channels freezes.
     """
 
     reads_heads = True
@@ -235,9 +238,12 @@ class ScaledDotProductAttentionRule(Rule):
         hd = rank - 3
         per_head = isinstance(mask, fx.Node) and _mask_head_size(ctx.shape(mask), rank) > 1
         mask_heads = len(ctx.shape(mask)) - 3 if per_head else None
+        selected = per_head and ctx.channel_dim(mask) is None and ctx.shape(mask)[mask_heads] == ctx.shape(q)[hd]
         if not isinstance(mask, fx.Node):
             if {ctx.channel_dim(t) for t in (q, k, v)} != {hd} or ctx.shape(k)[hd] == ctx.shape(q)[hd]:
                 return self._one_layout(node, ctx)
+        elif selected:
+            per_head = False  # its rows are selected by `shrink`, not tied
         elif ctx.channel_dim(mask) != mask_heads or (per_head and ctx.shape(mask)[mask_heads] != ctx.shape(q)[hd]):
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} has a mask per head"))
         if any(ctx.channel_dim(t) not in (hd, None) for t in (q, k, v)):
@@ -257,6 +263,26 @@ class ScaledDotProductAttentionRule(Rule):
             return Effect(hd, couplings=tuple(couplings), freezes=kv)
         couplings += [Coupling(out, ctx.input_slot(t, hd), h, h // (hq // hk)) for t in dict.fromkeys((k, v))]
         return Effect(hd, couplings=tuple(couplings))
+
+    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
+        """A per-head mask no channels follow is read through index_select of the kept heads' rows."""
+        mask, hd = arg(node, 3, "attn_mask"), len(ctx.shape(node.args[0])) - 3
+        kept = ctx.kept(node.name, hd)
+        if kept is None or not isinstance(mask, fx.Node) or ctx.declared.get(mask.name) is not None:
+            return
+        shape = ctx.shape(mask)
+        if _mask_head_size(shape, hd + 3) != ctx.shape(node.args[0])[hd]:
+            return
+        name = f"{node.name}_kept_heads"
+        ctx.gm.register_buffer(name, torch.as_tensor(kept, dtype=torch.int64))
+        dim = len(shape) - 3
+        with ctx.gm.graph.inserting_before(node):
+            index = ctx.gm.graph.get_attr(name)
+            rows = ctx.gm.graph.call_function(torch.ops.aten.index_select.default, (mask, dim, index))
+        index.meta[META_KEY] = TensorMeta((len(kept),), torch.int64)
+        rows.meta[META_KEY] = TensorMeta(tuple(len(kept) if i == dim else n for i, n in enumerate(shape)),
+                                         ctx.value(mask).dtype)
+        set_arg(node, 3, "attn_mask", rows)
 
     @staticmethod
     def _one_layout(node: fx.Node, ctx: AnalysisContext) -> Effect:

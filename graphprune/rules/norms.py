@@ -154,12 +154,34 @@ class LayerNormArguments:
 
 
 class LayerNormRule(NormRule):
-    """Layer norm over the last dim only (module docstring); over more dims it freezes."""
+    """Layer norm over the last dim only (module docstring); over more dims it freezes. Channels on a dim it does
+    not normalise over (heads, for a norm over head_dim: Persimmon's q/k LayerNorm) pass through exactly: every
+    position along that dim is normalised on its own, with the same weight and bias, which are kept whole."""
 
     rewrites_size_arguments = True  # F.layer_norm(x, (c,)): a size query passed as normalized_shape is rewritten
+    carries_heads = True  # a q/k norm over head_dim on the way into attention keeps whole heads
 
     def channel_dim(self, c: NormCall, view: GraphView) -> int:
         return len(view.shape(c.x)) - 1
+
+    @staticmethod
+    def _row_dim(c: NormCall, view: GraphView) -> int | None:
+        """x's channel dim when it is one the norm does not normalise over, else None."""
+        d = view.channel_dim(c.x)
+        return d if isinstance(d, int) and d < len(view.shape(c.x)) - c.normalized_dims else None
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        c = self.spelling.read(node, ctx)
+        d = self._row_dim(c, ctx)
+        if d is None:
+            return super().couple(node, ctx)
+        x_slot = ctx.input_slot(c.x, d)
+        reason = f"{describe_node(node, ctx.modules)} normalises over dims that carry no channels: its weight is kept whole"
+        whole = [Freeze(t.slot(ctx, 0, role), reason, kept_whole=True) for t, role in c.tensors]
+        if c.returns_tuple:
+            couplings, freezes = first_outputs(node, ctx, d, x_slot)
+            return Effect((d, None, None), couplings=tuple(couplings), freezes=tuple(freezes + whole))
+        return Effect(d, couplings=(Coupling(x_slot, ctx.output_slot(node, d)),), freezes=tuple(whole))
 
     def refusal(self, node: fx.Node, c: NormCall, view: GraphView) -> str | None:
         if c.normalized_dims != 1:
@@ -167,7 +189,7 @@ class LayerNormRule(NormRule):
         return None
 
     def renormalises(self, node: fx.Node, view: GraphView) -> bool:
-        return True
+        return self._row_dim(self.spelling.read(node, view), view) is None
 
     def resize(self, module: nn.Module) -> nn.Module | None:
         if not isinstance(module, nn.LayerNorm) or module.weight is None:

@@ -6,7 +6,10 @@
   head to its r query heads (KV_GROUPS: a KV head goes with its query heads; label pushing
   does this), or makes the repeat dim r the channel dim (QUERY_HEADS: query head g*r + i is
   tied to query head g'*r + i of every group, so each group keeps the same query heads and
-  the repeat factor stays an integer; KV heads are kept).
+  the repeat factor stays an integer; KV heads are kept). With one KV head (multi-query attention
+  written as repeat_kv: `(n, 1, 1, l, d) -> (n, 1, r, l, d)`), both modes make r the channel dim:
+  the one KV head is kept whole (its channels lie inside the head) and query heads are pruned alone,
+  query head i reading the same keys and values as before (exact).
 """
 from __future__ import annotations
 
@@ -53,10 +56,15 @@ class RepeatKVRule(ReshapeRule):
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         repeat = self._repeat_dim(node, ctx) if self.gqa is GroupedQuery.QUERY_HEADS else None
+        if repeat is not None:
+            reason = (f"{describe_node(node)} repeats key/value heads for grouped-query attention; with "
+                      "gqa='query_heads' every KV head is kept and query heads are pruned inside each group")
+        else:
+            repeat = self._one_head_repeat_dim(node, ctx)
+            reason = (f"{describe_node(node)} repeats one key/value head for every query head (multi-query "
+                      "attention): it is kept whole and query heads are pruned alone")
         if repeat is None:
             return super().couple(node, ctx)
-        reason = (f"{describe_node(node)} repeats key/value heads for grouped-query attention; with "
-                  "gqa='query_heads' every KV head is kept and query heads are pruned inside each group")
         freezes = freeze_inputs(node, ctx, reason)
         ctx.output_slot(node, repeat)
         return Effect(repeat, freezes=freezes)
@@ -71,6 +79,21 @@ class RepeatKVRule(ReshapeRule):
         before, after = ctx.shape(x), ctx.shape(node)
         grown = [i for i in range(len(after)) if before[i] == 1 and after[i] > 1] if len(before) == len(after) else []
         return grown[0] if grown == [d + 1] else None
+
+    @staticmethod
+    def _one_head_repeat_dim(node: fx.Node, ctx: AnalysisContext) -> int | None:
+        """The expanded dim r of (n, 1, 1, l, d) -> (n, 1, r, l, d) merged into (n, r, l, d): one KV head, whose
+        channels (if any) lie after r, inside the head."""
+        x = node.args[0]
+        if not ctx.is_tensor(x) or len(ctx.shape(x)) != len(ctx.shape(node)):
+            return None
+        before, after = ctx.shape(x), ctx.shape(node)
+        grown = [i for i in range(len(after)) if before[i] == 1 and after[i] > 1]
+        if len(grown) != 1 or grown[0] == 0 or before[grown[0] - 1] != 1:
+            return None
+        d = ctx.channel_dim(x)
+        inside = not isinstance(d, int) or d > grown[0]
+        return grown[0] if inside and _merged_by_a_reshape(node, grown[0] - 1) else None
 
 
 def _merged_by_a_reshape(node: fx.Node, d: int) -> bool:
