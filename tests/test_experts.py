@@ -272,5 +272,14 @@ def test_unknown_layouts_and_router_outputs_are_refused():
     with pytest.raises(InputError, match=r"RouterLoad reads what a router returns, \(logits \(tokens, 4\), top-2 "
                                          r"weights, top-2 indices\); router returned Tensor"):
         prune_experts(HandWrittenMoE(), n=1, calibration=x)
+    nested = HandWrittenMoE()
+    nested.experts.norm = nn.LayerNorm(8)
+    with pytest.raises(InputError, match="the experts module holds tensors in submodules"):
+        prune_experts(nested, n=1, calibration=x)
+    twice = HandWrittenMoE()
+    twice.other = nn.Linear(8, EXPERTS)  # (E, hidden) too: which one routes is not for graphprune to guess
+    with pytest.raises(InputError, match=r"experts: fused experts next to 2 modules that could be their router "
+                                         r"\(router, other\)"):
+        prune_experts(twice, n=1, calibration=x)
     assert [(m.router, m.experts, m.count, m.top_k) for m in find_moe_layers(HandWrittenMoE())] == [
         ("router", "experts", EXPERTS, TOP_K)]
