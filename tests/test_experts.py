@@ -200,6 +200,8 @@ def test_pruned_model_generates_and_saves(name, tmp_path):
     cached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True)
     assert cached.shape == (1, 11) and torch.equal(cached[:, :5], prompt)
     assert torch.equal(cached, model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False))
+    with torch.no_grad():  # the load-balancing loss reads the model's own expert count
+        assert torch.isfinite(model(prompt, labels=prompt, output_router_logits=True).aux_loss)
     model.save_pretrained(tmp_path / "pruned")
     loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
     ids = batches(1, seed=6)[0]
