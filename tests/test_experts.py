@@ -1,5 +1,6 @@
 """Expert pruning (graphprune.experts): whole experts leave every MoE layer of Hugging Face's Mixtral, Qwen3-MoE,
-GPT-OSS and Qwen2-MoE (tiny random configs in float64, no downloads).
+GPT-OSS, Qwen2-MoE (its shared expert stays) and OLMoE (tiny random configs, float64 where exactness is checked;
+no downloads).
 
 Exactness: residual channel 0 is made 1 at every token (embedding column 0 = 1; no attention, expert or shared
 expert writes it) and the routers give chosen experts -1e4 per unit of it, so those experts' logits are about
@@ -33,6 +34,7 @@ FAMILIES = {  # name -> (model class, config class, its sizes)
                                                                      num_experts=EXPERTS, norm_topk_prob=True)),
     "gpt_oss": (T.GptOssForCausalLM, T.GptOssConfig, dict(head_dim=8, intermediate_size=WIDTH,
                                                           num_local_experts=EXPERTS)),
+    "olmoe": (T.OlmoeForCausalLM, T.OlmoeConfig, dict(intermediate_size=WIDTH, num_experts=EXPERTS)),
     "qwen2_moe": (T.Qwen2MoeForCausalLM, T.Qwen2MoeConfig, dict(moe_intermediate_size=WIDTH, num_experts=EXPERTS,
                                                                 shared_expert_intermediate_size=40)),
 }
