@@ -210,15 +210,29 @@ def test_pruned_model_generates_and_saves(name, tmp_path):
     assert loaded.config.num_experts == EXPERTS - 1 and torch.equal(logits(loaded, ids), logits(model, ids))
 
 
-@pytest.mark.slow  # tracing and the ONNX exporter: about 10 s
-def test_pruned_mixtral_prunes_widths_and_exports_to_onnx(tmp_path):
+@pytest.mark.slow  # tracing and the ONNX exporter: about 10 s each
+@pytest.mark.parametrize("name", NAMES)
+def test_pruned_model_prunes_widths_and_exports_to_onnx(name, tmp_path):
     from graphprune.export import export_onnx
-    result = pruned("mixtral")
+    result = pruned(name)
     model, ids = result.model, batches(1, seed=6)[0]
     model.config.use_cache = False
     widths = graphprune.prune_graph(model, (ids,), ratio=0.3, target="none")
     assert widths.report.params_after < widths.report.params_before == result.params_after
-    assert export_onnx(widths.model, (ids,), tmp_path / "pruned.onnx").max_abs_diff <= 1e-4
+    assert export_onnx(widths.model, (ids,), tmp_path / "widths.onnx").max_abs_diff <= 1e-4
+
+
+@pytest.mark.slow
+def test_expert_pruned_mixtral_exports_to_onnx_as_it_is(tmp_path):
+    """The expert-pruned model's graph (no width pruning) gives the model's logits, and ONNX Runtime gives the
+    graph's."""
+    from graphprune.export import export_onnx
+    model, ids = pruned("mixtral").model, batches(1, seed=6)[0]
+    model.config.use_cache = False
+    graph = graphprune.analyse(model, (ids,)).graph_module
+    with torch.no_grad():
+        torch.testing.assert_close(graph(ids)[0], logits(model, ids))
+    assert export_onnx(graph, (ids,), tmp_path / "experts.onnx").max_abs_diff <= 1e-4
 
 
 def test_requests_that_cannot_be_met_are_refused():
