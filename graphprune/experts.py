@@ -214,8 +214,10 @@ class ExpertResult:
     params_after: int
 
     def summary(self) -> str:
-        rows = "\n".join(f"  {name}: {', '.join(f'{s:.5f}' + (' removed' if e in gone else '') for e, s in enumerate(sc))}"
-                         for name, gone, sc in zip(self.layers, self.removed, self.scores))
+        def row(name, gone, scores):
+            return f"  {name}: " + ", ".join(f"{s:.5f}{' removed' if e in gone else ''}" for e, s in enumerate(scores))
+
+        rows = "\n".join(row(*layer) for layer in zip(self.layers, self.removed, self.scores))
         count = len(self.scores[0])
         return (f"expert pruning of {len(self.layers)} MoE layers: {count} -> {count - len(self.removed[0])} experts "
                 f"each, params {self.params_before:,} -> {self.params_after:,}\n{rows}")
@@ -224,8 +226,8 @@ class ExpertResult:
 def _check_request(model: torch.nn.Module, n, calibration, score) -> list[MoELayer]:
     layers = find_moe_layers(model)
     if not layers:
-        raise InputError(f"{type(model).__name__} has no mixture-of-experts layer graphprune recognises: expert pruning "
-                         f"looks for {LOOKED_FOR}; experts written as one module each are not recognised")
+        raise InputError(f"{type(model).__name__} has no mixture-of-experts layer graphprune recognises: expert "
+                         f"pruning looks for {LOOKED_FOR}; experts written as one module each are not recognised")
     counts = {layer.count for layer in layers}
     if len(counts) > 1:
         raise InputError(f"the MoE layers hold different expert counts {sorted(counts)}; expert pruning removes one "

@@ -170,6 +170,8 @@ def test_the_expert_with_the_least_routing_weight_goes(name):
     for k in range(2):
         assert torch.allclose(torch.tensor(result.scores[k], dtype=torch.float64), weights[k] / tokens, rtol=1e-12)
         assert result.removed[k] == (int(weights[k].argmin()),)
+    assert result.summary().startswith("expert pruning of 2 MoE layers: 4 -> 3 experts each")
+    assert result.summary().count(" removed") == 2
     shared = prune_experts(dense, n=1, calibration=[(ids,) for ids in ids_batches], per_layer=False)
     mean = (weights[0] + weights[1]) / 2
     assert shared.removed == ((int(mean.argmin()),),) * 2
