@@ -2,9 +2,9 @@
 
     prune_experts(model, n=1, calibration=[batch, ...], score=RouterLoad(), per_layer=True) -> ExpertResult
 
-1. The MoE layers, found by structure (not by class name): a module with two children, an experts module (not
-   one of torch.nn's own layers) holding fused 3-D parameters with the E experts on dim 0, and a router whose
-   2-D `weight` is (E, hidden), hidden being a dim of those parameters. The layout must be one whose experts
+1. The MoE layers, found by structure (not by class name): a module whose children include an experts module
+   (not one of torch.nn's own layers) holding fused 3-D parameters with the E experts on dim 0, and a router
+   whose 2-D `weight` is (E, hidden), hidden being a dim of those parameters. The layout must be one whose experts
    are exactly dim 0 of every tensor: every tensor of the experts module a parameter (E, ...) of 2 or 3 dims,
    the router holding `weight` (E, hidden) and optionally `bias` (E,) and nothing else, neither holding
    tensors in submodules; a pair that fails this is refused, never guessed (Hugging Face's Mixtral,
@@ -24,8 +24,9 @@
    every module or config attribute named in COUNT_NAMES that held E holds E - n.
 
 With the removed experts never in any token's top-k, a router that renormalises over the top-k (Mixtral,
-GPT-OSS, norm_topk_prob=True) gives the pruned model the dense model's routing weights, hence its outputs;
-one that does not (softmax over all E experts) gives them too, as the removed experts' probabilities are 0.
+GPT-OSS, norm_topk_prob=True) gives the pruned model the dense model's routing weights, hence its outputs. One
+that does not (top-k of a softmax over all E experts: Qwen2/3-MoE's and OLMoE's default) scales the kept weights
+by sum_all exp(logit) / sum_kept exp(logit): the same outputs only where the removed experts' probabilities are 0.
 A batch is a tuple of positional arguments or a mapping of keyword arguments of forward().
 """
 from __future__ import annotations
