@@ -177,6 +177,29 @@ def test_the_expert_with_the_least_routing_weight_goes(name):
     assert shared.removed == ((int(mean.argmin()),),) * 2
 
 
+@pytest.mark.parametrize("name", ["mixtral", "gpt_oss", "qwen3_moe", "qwen3_moe_norm"])
+def test_kept_routing_weights_follow_the_stated_relation(name):
+    """Router by router, on tokens whose dense top-k holds no removed expert: the pruned router picks the same
+    experts (renumbered) with the same weights where it renormalises over the top-k, and with the weights scaled
+    by 1 / (sum of the kept experts' softmax probabilities) where it does not (Qwen3-MoE's default)."""
+    dense = build(name)
+    result = prune_experts(dense, n=1, calibration=[(ids,) for ids in batches(2, seed=1)])
+    x = torch.randn(200, HIDDEN, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    renormalises = name != "qwen3_moe"
+    for layer, gone in zip(find_moe_layers(dense), result.removed):
+        keep = torch.tensor([e for e in range(EXPERTS) if e not in gone])
+        with torch.no_grad():
+            logits_, weights, chosen_ = dense.get_submodule(layer.router)(x)
+            _, kept_weights, kept_chosen = result.model.get_submodule(layer.router)(x)
+        clean = ~torch.isin(chosen_, torch.tensor(gone)).any(-1)
+        assert 50 < clean.sum() < len(x)  # both kinds of token occur
+        assert torch.equal(keep[kept_chosen[clean]], chosen_[clean])
+        p = logits_.float().softmax(-1).double()
+        scale = 1.0 if renormalises else 1 / p[:, keep].sum(-1, keepdim=True)
+        torch.testing.assert_close(kept_weights[clean].double(), (weights * scale)[clean].double(),
+                                   rtol=2e-6, atol=0)  # the routers' softmax runs in float32
+
+
 def test_padding_is_left_out_of_the_router_load():
     dense = build("mixtral")
     ids = batches(1, seed=4, shape=(2, 8))[0]
