@@ -34,7 +34,8 @@ PER_LAYER_CONFIG = ("layer_types",)
 """Config attributes holding one entry per layer; they lose the removed layers' entries."""
 
 
-def _call(model: torch.nn.Module, batch):
+def call_model(model: torch.nn.Module, batch):
+    """model(*batch) for a tuple, model(**batch) for a mapping, model(batch) for anything else."""
     return model(**batch) if isinstance(batch, Mapping) else model(*(batch if isinstance(batch, tuple) else (batch,)))
 
 
@@ -43,11 +44,15 @@ def _hidden(value) -> torch.Tensor:
     return value if isinstance(value, torch.Tensor) else value[0]
 
 
-def _token_mask(batch, hidden: torch.Tensor) -> torch.Tensor | None:
+def attention_mask(batch) -> torch.Tensor | None:
+    """The batch's `attention_mask` of shape (batch, sequence) as booleans, when it is a mapping holding one."""
     mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
-    if isinstance(mask, torch.Tensor) and mask.ndim == 2 and tuple(mask.shape) == tuple(hidden.shape[:2]):
-        return mask.bool()
-    return None
+    return mask.bool() if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+
+
+def _token_mask(batch, hidden: torch.Tensor) -> torch.Tensor | None:
+    mask = attention_mask(batch)
+    return mask if mask is not None and tuple(mask.shape) == tuple(hidden.shape[:2]) else None
 
 
 def _layer_input(args, kwargs) -> torch.Tensor:
@@ -98,7 +103,7 @@ class BlockInfluence(LayerScore):
             with torch.no_grad():
                 for batch in calibration:
                     current["batch"] = batch
-                    _call(model, batch)
+                    call_model(model, batch)
         finally:
             for h in handles:
                 h.remove()
@@ -114,7 +119,7 @@ class LossIncrease(LayerScore):
     def __call__(self, model, layers, calibration):
         def loss() -> float:
             with torch.no_grad():
-                return float(np.mean([float(self.loss_fn(_call(model, b), b)) for b in calibration]))
+                return float(np.mean([float(self.loss_fn(call_model(model, b), b)) for b in calibration]))
 
         def skip(module, args, kwargs, output):
             h_in = _layer_input(args, kwargs)
@@ -173,7 +178,7 @@ def find_layer_list(model: torch.nn.Module, layers: str | None = None) -> tuple[
     return max(candidates, key=lambda c: sum(p.numel() for p in c[1].parameters()))
 
 
-def _count(model: torch.nn.Module) -> int:
+def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
@@ -207,7 +212,7 @@ def check_layer_count(n, name: str, count: int) -> None:
 
 
 def lowest(scores: np.ndarray, n: int) -> set[int]:
-    """The indices of the n lowest scores (ties: the earlier layer goes first)."""
+    """The indices of the n lowest scores (ties: the earlier index goes first)."""
     return {int(k) for k in np.argsort(scores, kind="stable")[:n]}
 
 
@@ -234,5 +239,5 @@ def prune_layers(model: torch.nn.Module, *, n: int, calibration: Sequence, score
     parent, _, attr = name.rpartition(".")
     setattr(pruned.get_submodule(parent) if parent else pruned, attr, kept)
     _renumber(pruned, kept, removed, len(old))
-    return DepthResult(pruned, name, tuple(sorted(removed)), tuple(float(s) for s in scores), _count(model),
-                       _count(pruned))
+    return DepthResult(pruned, name, tuple(sorted(removed)), tuple(float(s) for s in scores), count_params(model),
+                       count_params(pruned))
