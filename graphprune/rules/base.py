@@ -69,6 +69,15 @@ class Unsupported(Exception):
     """Raised by `couple` for a call site the rule does not follow: the analysis freezes it as an op without a rule."""
 
 
+def aligned_dims(out, src, dims: frozenset[int]) -> frozenset[int]:
+    """The dims of `src` aligned from the right with `dims` of `out` (broadcasting moves no dim); none unless both
+    are tensors."""
+    if not (isinstance(out, TensorMeta) and isinstance(src, TensorMeta)):
+        return frozenset()
+    shift = len(out.shape) - len(src.shape)
+    return frozenset(j for j in range(len(src.shape)) if j + shift in dims)
+
+
 class Rule:
     """Base rule: subclasses implement `couple`; `shrink` and `resize` do nothing and `cost` is zero by default.
 
@@ -91,11 +100,7 @@ class Rule:
     def head_dims_of_input(self, node: fx.Node, source: fx.Node, dims: frozenset[int]) -> frozenset[int]:
         """The dims of `source` that are no heads dim when `dims` of `node`'s output, on the way into attention, are
         none: by default those aligned with them from the right (copies and broadcasting move no dim)."""
-        out, src = value_meta(node), value_meta(source)
-        if not (isinstance(out, TensorMeta) and isinstance(src, TensorMeta)):
-            return frozenset()
-        shift = len(out.shape) - len(src.shape)
-        return frozenset(j for j in range(len(src.shape)) if j + shift in dims)
+        return aligned_dims(value_meta(node), value_meta(source), dims)
 
     def shrink(self, node: fx.Node, ctx: "ShrinkContext") -> None:
         return None

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..groups import Coupling, Effect, Freeze, Role
-from .base import AnalysisContext, GraphView, Rule, ShrinkContext, describe_node
+from .base import AnalysisContext, GraphView, Rule, ShrinkContext, aligned_dims, describe_node
+from ..trace import value_meta
 from .callsite import Operand, arg, first_outputs, grouped_together, kept_count, set_arg
 
 A = torch.ops.aten
@@ -163,6 +164,12 @@ class LayerNormRule(NormRule):
 
     def channel_dim(self, c: NormCall, view: GraphView) -> int:
         return len(view.shape(c.x)) - 1
+
+    def head_dims_of_input(self, node: fx.Node, source: fx.Node, dims: frozenset[int]) -> frozenset[int]:
+        """The normalised output has x's shape (under export it is the first part of aten.native_layer_norm's
+        (out, mean, rstd)): the dims of x are the output's, aligned from the right as for any broadcasting op."""
+        out = value_meta(node)
+        return aligned_dims(out[0] if isinstance(out, (tuple, list)) and out else out, value_meta(source), dims)
 
     @staticmethod
     def _row_dim(c: NormCall, view: GraphView) -> int | None:
