@@ -130,7 +130,8 @@ def test_a_sequence_as_long_as_the_hidden_size_is_no_head_dim():
 
 class Gathered(nn.Module):
     """Channels of a conv gathered along the width by positions given as an input: the same for every channel
-    (an expand of (1, 1, H, W) positions), different per channel ((1, C, H, W) positions), or along the channels."""
+    (an expand or a repeat of (1, 1, H, W) positions), different per channel ((1, C, H, W) positions), or along the
+    channels."""
 
     def __init__(self, index: str):
         super().__init__()
@@ -141,6 +142,8 @@ class Gathered(nn.Module):
         y = self.a(x)
         if self.index == "per_channel":
             return self.b(torch.gather(y, 3, positions))
+        if self.index == "repeated":  # ViT-MAE: ids_keep.unsqueeze(-1).repeat(1, 1, dim), dim an int under export
+            return self.b(torch.gather(y, 3, positions.repeat(y.size(0), 8, 1, 1)))
         dim = 1 if self.index == "channels" else -1
         return self.b(torch.gather(y, dim, positions.expand(y.size(0), 8, 4, 4)))
 
@@ -150,16 +153,17 @@ def _positions(per_channel: bool) -> torch.Tensor:
     return torch.stack([torch.randperm(4) for _ in range(32 if per_channel else 4)]).view(1, -1, 4, 4)
 
 
+@pytest.mark.parametrize("shared", ["shared", "repeated"])
 @pytest.mark.parametrize("frontend", ["fx", "export"])
-def test_a_gather_by_one_index_for_every_channel_prunes_them_and_any_other_freezes_them(frontend):
+def test_a_gather_by_one_index_for_every_channel_prunes_them_and_any_other_freezes_them(frontend, shared):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 4, 4)
-    analysis = graphprune.analyse(Gathered("shared").eval(), (x, _positions(False)), frontend=frontend)
+    analysis = graphprune.analyse(Gathered(shared).eval(), (x, _positions(False)), frontend=frontend)
     assert [g.size for g in analysis.dependencies.prunable] == [8]
     result = analysis.prune(Ratio(0.5), target="none")
     assert [len(k) for k in result.plan.keep.values()] == [4]
     assert max_exactness_error(without_dtype_asserts(analysis.graph_module), analysis.example_inputs, result) <= 1e-5
-    for index, reason in (("per_channel", "which is no expand"), ("channels", "gathers along the channel dim")):
+    for index, reason in (("per_channel", "neither an expand nor a repeat"), ("channels", "gathers along the channel dim")):
         inputs = (x, _positions(index == "per_channel"))
         frozen = graphprune.analyse(Gathered(index).eval(), inputs, frontend=frontend).dependencies.frozen
         reasons = [r for g in frozen if g.size == 8 for r in g.frozen_reasons]

@@ -39,7 +39,7 @@ from .elementwise import (BinaryRule, ElementwiseRule, PadRule, ReduceRule, Shap
                           passthrough)
 from .callsite import arg, cut_dim, grouped_together, kept_bounds, kept_on_dim
 from .families import family_rules
-from .indexing import GetItemRule
+from .indexing import GetItemRule, table_effect
 from .moe import moe_rules
 from .movement import ATEN_RESHAPES, MovementRule, ReshapeRule, SplitRule, SqueezeRule, as_aten_split
 from .statistics import NormalisingStatisticRule
@@ -101,6 +101,8 @@ class SliceRule(MovementRule):
         x = node.args[0]
         d = ctx.channel_dim(x)
         step = arg(node, 4, "step", 1)
+        if d is None and (table := table_effect(self, node, ctx, x, self._entries(node, ctx))) is not None:
+            return table
         if not isinstance(d, int) or cut_dim(node, ctx, 1) != d or step == 1:
             return super().couple(node, ctx)
         n = ctx.shape(x)[d]
@@ -111,6 +113,15 @@ class SliceRule(MovementRule):
         effect = super().couple(node, ctx)
         blocks = grouped_together(ctx.input_slot(x, d), n, step)
         return Effect(effect.out_dim, couplings=effect.couplings + (blocks,), freezes=effect.freezes)
+
+    @staticmethod
+    def _entries(node: fx.Node, ctx: AnalysisContext) -> list:
+        """One entry per dim of x, as indexing writes it: None for a whole dim, the slice on the cut dim."""
+        dim, n = cut_dim(node, ctx, 1), ctx.shape(node.args[0])
+        cut = slice(arg(node, 2, "start", 0), arg(node, 3, "end", None), arg(node, 4, "step", 1))
+        bounds = (cut.start, cut.stop, cut.step)
+        whole = all(isinstance(b, (int, type(None))) for b in bounds) and cut.indices(n[dim]) == (0, n[dim], 1)
+        return [None if i != dim or whole else cut for i in range(len(n))]
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         x = node.args[0]

@@ -18,9 +18,10 @@ labels are constant along every dim but c, so which positions an index picks can
 `gather(x, dim, index)` (y[..., k, ...] = x[..., index[..., k, ...], ...] along `dim`, every other dim read at the
 output's own position) along a dim other than x's channel dim c is channel-wise when the index is the same at every
 position of c: then y[c] = x[c] gathered by one index, so removing channel c of x removes channel c of y and changes
-no other element (exact). That is proven from the graph, never assumed: the index is an `expand` of a tensor of size
-1 on c (DeBERTa's relative positions, expanded over batch x heads), read by the gather alone, whose size on c
-`GatherRule.shrink` rewrites to the kept count (a symbolic batch x heads scaled, as view/reshape do). Any other
+no other element (exact). That is proven from the graph, never assumed: the index is an `expand` or a `repeat` of a
+tensor of size 1 on c (DeBERTa's relative positions, expanded over batch x heads; ViT-MAE's kept token ids, repeated
+over the hidden size), read by the gather alone, whose size (or count) on c `GatherRule.shrink` rewrites to the kept
+count (a symbolic batch x heads scaled, as view/reshape do). Any other
 index freezes the channels.
 A constant table with no declared channel dim (a parameter (entries, heads) gathered by a constant index: a relative
 position bias) carries channels on its one whole dim of size > 1: they are coupled to that dim of the parameter,
@@ -110,21 +111,30 @@ def gather_effect(rule: MovementRule, node: fx.Node, ctx: AnalysisContext, x: fx
     if isinstance(d, int) and entries[d] is not None:
         reason = f"{described} indexes the channel dim of `{x.name}` with {_describe(entries[d])}"
         return Effect(None, freezes=freeze_inputs(node, ctx, reason))
-    table = _table_dim(ctx, x, entries) if d is None else None
-    if table is None:
-        effect = rule.labelled(node, ctx, by_value=by_value)
-    else:
-        role = Role.PRODUCER if x.target in ctx.params else Role.BUFFER
-
-        def slot_of(a: fx.Node, dim: int):
-            return ctx.param_slot(a.target, dim, role) if a is x else ctx.input_slot(a, dim)
-
-        effect = rule.labelled(node, ctx, dims={x.name: table}, by_value=by_value, slot_of=slot_of)
+    effect = (table_effect(rule, node, ctx, x, entries, by_value) if d is None else None) \
+        or rule.labelled(node, ctx, by_value=by_value)
     return Effect(effect.out_dim, couplings=effect.couplings, freezes=effect.freezes + freezes)
 
 
+def table_effect(rule: MovementRule, node: fx.Node, ctx: AnalysisContext, x: fx.Node, entries: list,
+                 by_value: frozenset[str] = frozenset()) -> Effect | None:
+    """Indexing or slicing a constant table `x` with no declared channel dim along all its dims but one whole dim of
+    size > 1 (entries: None for a whole dim): that dim carries the channels, coupled to the parameter's own slot, so
+    the table is sliced with whatever the output meets (a relative position bias gathered by positions; ViT-MAE's
+    position embeddings sliced past the class token). None for anything else."""
+    table = _table_dim(ctx, x, entries)
+    if table is None:
+        return None
+    role = Role.PRODUCER if x.target in ctx.params else Role.BUFFER
+
+    def slot_of(a: fx.Node, dim: int):
+        return ctx.param_slot(a.target, dim, role) if a is x else ctx.input_slot(a, dim)
+
+    return rule.labelled(node, ctx, dims={x.name: table}, by_value=by_value, slot_of=slot_of)
+
+
 def _table_dim(ctx: AnalysisContext, x: fx.Node, entries: list) -> int | None:
-    """The channel dim of a constant table gathered along its other dims: its one whole dim of size > 1."""
+    """The channel dim of a constant table indexed along its other dims: its one whole dim of size > 1."""
     if ctx.constant(x) is None:
         return None
     whole = [i for i, e in enumerate(entries) if e is None and ctx.shape(x)[i] > 1]
@@ -149,6 +159,8 @@ class GetItemRule(MovementRule):
         if any(ctx.is_tensor(e) for e in entries):
             return gather_effect(self, node, ctx, src, entries)
         d = ctx.channel_dim(src)
+        if d is None and (table := table_effect(self, node, ctx, src, entries)) is not None:
+            return table
         entry = entries[d] if isinstance(d, int) else None
         if isinstance(d, int) and not (entry is None or (isinstance(entry, slice) and entry.step in (None, 1)
                                                          and not isinstance(entry.start, fx.Node)
@@ -209,7 +221,7 @@ def _replace_index_entry(index, d: int, rank: int, new):
 
 class GatherRule(Rule):
     """gather(x, dim, index) (torch.gather, Tensor.gather, aten.gather): channel-wise along a dim other than the
-    channel dim when the index is an expand that repeats one index over every channel (module docstring)."""
+    channel dim when the index is an expand or repeat of one index over every channel (module docstring)."""
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         x, dim, index = _gather_arguments(node)
@@ -238,24 +250,27 @@ def _gather_arguments(node: fx.Node) -> tuple:
     return arg(node, 0, "input"), arg(node, 1, "dim"), arg(node, 2, "index")
 
 
-_EXPANDS = (torch.ops.aten.expand.default, torch.Tensor.expand)
+_REPEATS_OVER_CHANNELS = (torch.ops.aten.expand.default, torch.Tensor.expand, torch.ops.aten.repeat.default,
+                          torch.Tensor.repeat)
+"""Ops whose size argument on a dim where their input has size 1 is that dim's output size (expand: the size; repeat:
+the count, times 1)."""
 
 
 def _varying_index(node: fx.Node, ctx: AnalysisContext, x: fx.Node, dim: int, index: fx.Node) -> str | None:
     """Why the gather's index may differ between x's channels (its channel dim d), or None when it provably cannot:
-    it gathers along another dim, with an index as long as x on d that expands a tensor of size 1 on d (or without
-    d) and that nothing else reads (its size on d follows the kept channels)."""
+    it gathers along another dim, with an index as long as x on d that expands or repeats a tensor of size 1 on d (or
+    without d) and that nothing else reads (its size on d follows the kept channels)."""
     d = ctx.channel_dim(x)
     if dim == d:
         return f"gathers along the channel dim of `{x.name}`"
     if ctx.shape(index)[d] != ctx.shape(x)[d]:
         return f"reads part of the channel dim of `{x.name}` (index `{index.name}` is shorter on it)"
-    if callable_of(index) not in _EXPANDS or not ctx.is_tensor(index.args[0]):
-        return f"gathers by `{index.name}`, which is no expand: it may differ between channels"
+    if callable_of(index) not in _REPEATS_OVER_CHANNELS or not ctx.is_tensor(index.args[0]):
+        return f"gathers by `{index.name}`, which is neither an expand nor a repeat: it may differ between channels"
     source = ctx.shape(index.args[0])
     aligned = d - (len(ctx.shape(index)) - len(source))
     if aligned >= 0 and source[aligned] != 1:
-        return f"gathers by `{index.name}`, which expands a tensor that varies along the channel dim"
+        return f"gathers by `{index.name}`, which repeats a tensor that varies along the channel dim"
     if len(index.users) != 1:
         return f"gathers by `{index.name}`, which other ops read too: its size on the channel dim cannot follow"
     return None
