@@ -39,6 +39,26 @@ def call_model(model: torch.nn.Module, batch):
     return model(**batch) if isinstance(batch, Mapping) else model(*(batch if isinstance(batch, tuple) else (batch,)))
 
 
+def run_hooked(model: torch.nn.Module, calibration, hooks, *, with_kwargs: bool = False) -> None:
+    """Run every calibration batch through `model` without gradients, with forward hooks attached: `hooks` are
+    (module, fn) pairs, fn called as fn(batch, module, args, [kwargs,] output) with the batch being run. The hooks
+    are removed afterwards, also on error."""
+    current = {}
+
+    def bound(fn):
+        return lambda *hook_args: fn(current["batch"], *hook_args)
+
+    handles = [module.register_forward_hook(bound(fn), with_kwargs=with_kwargs) for module, fn in hooks]
+    try:
+        with torch.no_grad():
+            for batch in calibration:
+                current["batch"] = batch
+                call_model(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _hidden(value) -> torch.Tensor:
     """The hidden state of a layer's input or output: the tensor itself, or the first element of a tuple."""
     return value if isinstance(value, torch.Tensor) else value[0]
@@ -91,22 +111,13 @@ class BlockInfluence(LayerScore):
 
     def __call__(self, model, layers, calibration):
         sums = InfluenceSums(len(layers))
-        current = {}
 
         def hook(k):
-            def record(module, args, kwargs, output):
-                sums.add(k, current["batch"], _layer_input(args, kwargs), _hidden(output))
+            def record(batch, module, args, kwargs, output):
+                sums.add(k, batch, _layer_input(args, kwargs), _hidden(output))
             return record
 
-        handles = [layer.register_forward_hook(hook(k), with_kwargs=True) for k, layer in enumerate(layers)]
-        try:
-            with torch.no_grad():
-                for batch in calibration:
-                    current["batch"] = batch
-                    call_model(model, batch)
-        finally:
-            for h in handles:
-                h.remove()
+        run_hooked(model, calibration, [(layer, hook(k)) for k, layer in enumerate(layers)], with_kwargs=True)
         return sums.scores()
 
 

@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .depth import attention_mask, call_model, count_params, lowest
+from .depth import attention_mask, count_params, lowest, run_hooked
 from .errors import InputError
 
 COUNT_NAMES = ("num_experts", "num_local_experts", "n_routed_experts")
@@ -186,22 +186,14 @@ class RouterLoad(ExpertScore):
     """Mean over calibration tokens of the top-k routing weight each expert receives (0 if never chosen)."""
 
     def __call__(self, model, layers, calibration):
-        sums, current = RoutingSums(layers), {}
+        sums = RoutingSums(layers)
 
         def hook(k):
-            def record(module, args, output):
-                sums.add(k, current["batch"], *_routing(output, layers[k]))
+            def record(batch, module, args, output):
+                sums.add(k, batch, *_routing(output, layers[k]))
             return record
 
-        handles = [model.get_submodule(layer.router).register_forward_hook(hook(k)) for k, layer in enumerate(layers)]
-        try:
-            with torch.no_grad():
-                for batch in calibration:
-                    current["batch"] = batch
-                    call_model(model, batch)
-        finally:
-            for h in handles:
-                h.remove()
+        run_hooked(model, calibration, [(model.get_submodule(layer.router), hook(k)) for k, layer in enumerate(layers)])
         return sums.scores()
 
 
