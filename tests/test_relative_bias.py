@@ -314,7 +314,7 @@ def _torchvision_swin(v2: bool):
     return model, (torch.randn(1, 3, 32, 32),)
 
 
-@pytest.mark.slow
+@pytest.mark.torchvision
 @pytest.mark.parametrize("v2", [False, True], ids=["swin", "swin_v2"])
 def test_torchvision_swin_heads_are_exact_and_the_pruned_model_exports_with_parity(v2, tmp_path):
     """torchvision's shifted_window_attention (F.pad of H and W, the table gathered by an index, a shift mask;
@@ -335,7 +335,7 @@ def test_torchvision_swin_heads_are_exact_and_the_pruned_model_exports_with_pari
     assert export_onnx(result.model, x, tmp_path / "swin.onnx").max_abs_diff <= 1e-4
 
 
-@pytest.mark.slow
+@pytest.mark.torchvision
 @pytest.mark.parametrize("name", ["swin_t", "swin_v2_t"])
 def test_torchvision_swin_t_loses_most_of_its_parameters_at_ratio_half(name):
     """Issue 22 item 7: at least 60% of the parameters of Swin-T and Swin-V2-T (random init) go at ratio 0.5."""
