@@ -9,7 +9,7 @@
                    attributes from their new weight shapes through the rule's `resize`, the one the rewrite
                    calls; Embedding and HF Conv1D, which the frontends trace through, the same way here
     4. attributes  every other module's int attribute `a == v` is matched against the sizes of the tensors the
-                   module and its direct children own: if every dim of size v changed to n, a := n (certain);
+                   module, its children and grandchildren own: if every dim of size v changed to n, a := n (certain);
                    if only some did (hidden == heads x head_dim before pruning), or `v * d` is the size of a
                    changed dim for another int attribute d (a head count, d its head size), a has a
                    candidate. Candidates are decided per (class, attribute) by verification, fewest changes
@@ -179,18 +179,22 @@ class Candidate:
 
 
 def _dims(module: nn.Module, name: str, changed: dict) -> list[tuple[int, int]]:
-    """(old, new) size of every dim of the tensors `module` and its direct children own."""
+    """(old, new) size of every dim of the tensors `module`, its children and their children own (a layer wrapped
+    with its norm is a child whose tensors lie one level down: ultralytics' Conv holds conv and bn)."""
     dims = []
-    for tname, t in itertools.chain(module.named_parameters(recurse=False), module.named_buffers(recurse=False)):
-        full = f"{name}.{tname}" if name else tname
-        old, new = changed.get(full, (tuple(t.shape), tuple(t.shape)))
-        dims += zip(old, new)
-    for child_name, child in module.named_children():
-        prefix = f"{name}.{child_name}" if name else child_name
-        for tname, t in itertools.chain(child.named_parameters(recurse=False), child.named_buffers(recurse=False)):
-            old, new = changed.get(f"{prefix}.{tname}", (tuple(t.shape), tuple(t.shape)))
+    for prefix, owner in _near(module, name, depth=2):
+        for tname, t in itertools.chain(owner.named_parameters(recurse=False), owner.named_buffers(recurse=False)):
+            old, new = changed.get(f"{prefix}.{tname}" if prefix else tname, (tuple(t.shape), tuple(t.shape)))
             dims += zip(old, new)
     return dims
+
+
+def _near(module: nn.Module, name: str, depth: int) -> Iterable[tuple[str, nn.Module]]:
+    """(qualified name, module) of `module` and its descendants down to `depth` levels."""
+    yield name, module
+    if depth:
+        for child_name, child in module.named_children():
+            yield from _near(child, f"{name}.{child_name}" if name else child_name, depth - 1)
 
 
 def match_attributes(module: nn.Module, changed: dict, skip: set[str],

@@ -79,6 +79,50 @@ def test_user_module_gets_its_size_attributes_and_rule_replaced_layers():
     assert _unchanged(model, before) and model.width == 32 and type(model.mha) is nn.MultiheadAttention
 
 
+class ConvNorm(nn.Module):
+    """A conv with its norm, as ultralytics' Conv wraps them: the tensors lie one level below the wrapper."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+class WrappedAttention(nn.Module):
+    """YOLO11's C2PSA attention in small: heads of a fused qkv conv, sized by `num_heads` at run time."""
+
+    def __init__(self, dim=16, num_heads=2):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.stem, self.qkv, self.proj = ConvNorm(3, dim), ConvNorm(dim, 3 * dim), ConvNorm(dim, dim)
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, _, h, w = x.shape
+        q, k, v = self.qkv(x).view(b, self.num_heads, 3 * self.head_dim, h * w).split([self.head_dim] * 3, dim=2)
+        attention = (q.transpose(-2, -1) @ k * self.head_dim ** -0.5).softmax(dim=-1)
+        return self.proj((v @ attention.transpose(-2, -1)).reshape(b, self.num_heads * self.head_dim, h, w))
+
+
+def test_a_head_count_is_matched_against_tensors_one_wrapper_down():
+    """The attention's own children (ConvNorm) hold no tensors; its grandchildren do: `num_heads` follows the
+    pruned heads (it stayed 2 and the rebuilt view failed)."""
+    torch.manual_seed(0)
+    model, x = WrappedAttention().eval(), torch.randn(1, 3, 4, 4)
+    analysis = graphprune.analyse(model, x, frontend="fx")
+    heads = [g for g in analysis.dependencies.prunable
+             if any(s.name == "qkv.conv.weight" and s.role.name == "PRODUCER" for s in g.members)]
+    assert [g.size for g in heads] == [2]
+    result = analysis.prune(graphprune.options.Ratio(0.0), graphprune.options.Strategy(
+        "l2", ratios={heads[0].id: 0.5}), target="none")
+    module = result.module
+    assert module.num_heads == 1 and module.qkv.conv.out_channels == 24 and module.head_dim == 8
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), result.model(x), rtol=0, atol=1e-6)
+
+
 class Baked(nn.Module):
     def __init__(self):
         super().__init__()
