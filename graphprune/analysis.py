@@ -222,7 +222,7 @@ class Analysis:
     def scores(self, strategy: Strategy, calibration: Calibration = Calibration(), groups=None) -> dict:
         """The strategy's criterion on `groups` (default: every prunable group)."""
         ctx = ScoringContext(self.graph_module, self.dependencies, calibration.batches, calibration.loss_fn,
-                             self.cost.channel_macs, self.layer_inputs)
+                             self.cost.channel_macs, self.layer_inputs, self.tables.params if self.tables is not None else None)
         return score_groups(self.dependencies.prunable if groups is None else groups, strategy.criterion, ctx)
 
     def plan(self, budget: Budget, strategy: Strategy = Strategy(), target: str | Target = "auto",

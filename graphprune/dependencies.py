@@ -169,18 +169,19 @@ def _pass_on_input_origin(node: fx.Node, ctx: AnalysisContext) -> None:
 def _effect(node: fx.Node, rules: RuleTable, ctx: AnalysisContext, probe: ChannelProbe | None,
             strict: bool) -> tuple[Effect | None, str | None, str | None]:
     """(effect, problem, probed note) of one op: its rule's effect, a probed one, or why it has none."""
-    described = describe_node(node, ctx.modules)
     rule = rules.for_node(node, ctx.modules)
     if rule is None:
         effect = probe.couple(node, ctx) if probe is not None else None
+        described = describe_node(node, ctx.modules)
         if effect is None:
             return None, f"{described} has no rule", None
         return effect, None, f"{described}: channel-wise on dim {effect.out_dim} (probed)"
     try:
         return rule.couple(node, ctx), None, None
     except Unsupported as exc:
-        return None, f"{described} {exc}", None
+        return None, f"{describe_node(node, ctx.modules)} {exc}", None
     except Exception as exc:  # a bug in the rule: users get a freeze, developers the error
+        described = describe_node(node, ctx.modules)
         if rule_errors_raise(strict):
             raise RuleError(f"rule {type(rule).__name__} failed on {described}: {type(exc).__name__}: {exc}") from exc
         return None, f"{described}: rule {type(rule).__name__} failed ({type(exc).__name__}: {exc})", None

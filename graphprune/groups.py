@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -26,9 +26,6 @@ class Role(enum.Enum):
     CONSUMER = "consumer"  # conv/linear input columns: zeroing them hides a channel from everything downstream
     BUFFER = "buffer"  # running statistics: sliced, but not part of importance
 
-    __hash__ = object.__hash__  # members are singletons compared by identity: Enum's hash of the name is a Python
-    # call inside every Slot hash (slots key most of the analysis's and planner's tables)
-
     def __lt__(self, other: "Role") -> bool:
         return self.value < other.value
 
@@ -37,8 +34,9 @@ class Role(enum.Enum):
     __hash__ = object.__hash__
 
 
-@dataclass(frozen=True, order=True)
-class Slot:
+class Slot(NamedTuple):
+    """A named tuple: slots key most tables of the analysis and the planner, and a tuple hashes in C."""
+
     name: str  # FX node name (activations) or qualified parameter/buffer name
     dim: int
     role: Role = Role.ACTIVATION  # part of identity: a get_attr node may share its parameter's name
@@ -175,15 +173,17 @@ class ChannelGroup:
     def member_channels(self) -> Mapping[Slot, tuple[np.ndarray, np.ndarray]]:
         """Per member slot that has positions: (the group channels it covers, sorted; how many of its
         positions map to each). Computed once per group; the arrays are read-only."""
-        out = {}
+        out, by_map = {}, {}
         for slot, index_map in self.members.items():
             if index_map.size:
-                per_channel = np.bincount(index_map, minlength=self.size)  # np.unique's counts, in O(size)
-                channels = np.flatnonzero(per_channel)
-                counts = per_channel[channels]
-                channels.setflags(write=False)
-                counts.setflags(write=False)
-                out[slot] = (channels, counts)
+                if id(index_map) not in by_map:  # members share equal maps (build_groups)
+                    per_channel = np.bincount(index_map, minlength=self.size)  # np.unique's counts, in O(size)
+                    channels = np.flatnonzero(per_channel)
+                    counts = per_channel[channels]
+                    channels.setflags(write=False)
+                    counts.setflags(write=False)
+                    by_map[id(index_map)] = (channels, counts)
+                out[slot] = by_map[id(index_map)]
         return out
 
     @functools.cached_property
@@ -414,6 +414,17 @@ def _freezes_of(comp: list[Slot], members: Mapping[Slot, np.ndarray], size: int,
     return (), tuple(Pin(tuple(c.tolist()), r) for r, c in channels.items())
 
 
+def _shared_index_maps(members: dict[Slot, np.ndarray]) -> dict[Slot, np.ndarray]:
+    """`members` with equal index maps as one read-only array: most members of a group map their positions alike
+    (a residual stage's convs, norms and activations), so what is derived per map (kept positions, channel
+    counts) is derived once per distinct map (keyed by the array's id)."""
+    distinct: dict[bytes, np.ndarray] = {}
+    shared = {slot: distinct.setdefault(index_map.tobytes(), index_map) for slot, index_map in members.items()}
+    for index_map in distinct.values():
+        index_map.setflags(write=False)
+    return shared
+
+
 def _components(slots: list[Slot], a: np.ndarray, b: np.ndarray, order: Mapping[str, int]) -> list[list[int]]:
     """The connected components of the slot graph (slot indices; edges a[k]-b[k]), each sorted by graph order,
     then slot name and dim (stably), and ordered by their first slot."""
@@ -479,7 +490,7 @@ def build_groups(
             base[i] = offset
             offset += size_of[i]
         labels = _channel_labels(by_component.get(k, ()), comp, size_of, base, offset)
-        members = {slots[i]: labels[base[i]: base[i] + size_of[i]] for i in comp}
+        members = _shared_index_maps({slots[i]: labels[base[i]: base[i] + size_of[i]] for i in comp})
         size = int(labels.max()) + 1 if offset else 0
         comp_slots = list(members)
         frozen, pins = _freezes_of(comp_slots, members, size, reasons)

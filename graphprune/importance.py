@@ -62,6 +62,13 @@ class ScoringContext:
     loss_fn: Callable | None = None  # loss_fn(output, *rest_of_batch) -> scalar tensor
     mac_cost: Callable[[ChannelGroup], np.ndarray] | None = None  # MACs that each channel of a group costs
     layer_inputs: frozenset[str] = frozenset()
+    param_table: Mapping[str, torch.Tensor] | None = None  # `model`'s parameters by name, where the caller has them
+
+    def params(self) -> Mapping[str, torch.Tensor]:
+        """Qualified name -> parameter of `model` (every name of a tied one)."""
+        if self.param_table is not None:
+            return self.param_table
+        return dict(self.model.named_parameters(remove_duplicate=False))
 
     def model_inputs(self, batch: tuple) -> tuple:
         n = sum(1 for node in self.model.graph.nodes if node.op == "placeholder")
@@ -165,7 +172,7 @@ class Magnitude(Criterion):
     p: int = 2
 
     def __call__(self, groups, ctx):
-        params = dict(ctx.model.named_parameters(remove_duplicate=False))
+        params = ctx.params()
         sums = _position_sums(groups, params, self.p)
         return {g.id: _accumulate(g, params, self.p, sums=sums) ** (1.0 / self.p) for g in groups}
 
@@ -173,7 +180,7 @@ class Magnitude(Criterion):
 @dataclass(frozen=True)
 class BNScale(Criterion):
     def __call__(self, groups, ctx):
-        params = dict(ctx.model.named_parameters(remove_duplicate=False))
+        params = ctx.params()
         modules = dict(ctx.model.named_modules())
         fallback = Magnitude(2)
 
@@ -353,7 +360,7 @@ class Wanda(Criterion):
         reads = layer_reads(ctx.model, ctx.graph, ctx.layer_inputs)
         used = {s.name for g in groups for s in g.members if s.role in _WEIGHT_ROLES and s.name in reads}
         norms = self.input_norms(ctx, {reads[w].reads for w in used})
-        params = dict(ctx.model.named_parameters(remove_duplicate=False))
+        params = ctx.params()
         out = {}
         for g in groups:
             total, any_known = np.zeros(g.size), False

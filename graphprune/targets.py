@@ -76,6 +76,8 @@ class Target:
         Layers that see only part of a group (the convs that each add 32 channels to a
         DenseNet block) get their own constraint, so each of them lands on the block.
         """
+        if not kernel_steps and self.dense_conv == self.grouped_conv == self.linear == 1:
+            return ()  # every block is 1: nothing to constrain
         out = {}
         for slot, (channels, counts) in group.member_channels.items():
             if slot.role not in (Role.PRODUCER, Role.CONSUMER):

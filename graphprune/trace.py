@@ -398,9 +398,16 @@ def set_mode(module: torch.nn.Module, training: bool) -> bool:
     """`module.train(training)`, skipped where it changes nothing: every submodule is in that mode already and
     none overrides Module.train (a walk that reads a flag per module, instead of one that sets it). Returns
     whether it called `train`."""
-    if any(m.training is not training or type(m).train is not torch.nn.Module.train for m in module.modules()):
-        module.train(training)
-        return True
+    stack, seen = [module], {id(module)}  # the tree walked with a list, not Module.modules()'s nested generators
+    while stack:
+        m = stack.pop()
+        if m.training is not training or type(m).train is not torch.nn.Module.train:
+            module.train(training)
+            return True
+        for child in m._modules.values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                stack.append(child)
     return False
 
 

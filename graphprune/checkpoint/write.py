@@ -34,7 +34,7 @@ Cuts = Mapping[str, Sequence[tuple[int, np.ndarray]]]  # checkpoint key -> [(dim
 def pruned_tensor(key: str, tensor: torch.Tensor, cuts: Cuts, expected: Mapping[str, tuple]) -> torch.Tensor:
     """`tensor` with only the kept positions of each pruned dim, contiguous, its dtype kept; its shape checked."""
     for dim, positions in cuts.get(key, ()):
-        tensor = tensor.index_select(dim, torch.as_tensor(positions, dtype=torch.long))
+        tensor = tensor.index_select(dim, torch.tensor(positions, dtype=torch.long))
     if tuple(tensor.shape) != expected[key]:
         raise GraphPruneError(f"tensor {key!r} would be written with shape {tuple(tensor.shape)} but the pruned "
                               f"graph has {expected[key]}. This is a graphprune bug.")

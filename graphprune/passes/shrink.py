@@ -31,8 +31,12 @@ def positions_kept_by_slot(graph: DependencyGraph, plan: PrunePlan) -> dict[Slot
     for gid, channels in plan.keep.items():
         group = graph.group(gid)
         mask = group.kept_mask(channels)  # once per group: ChannelGroup.kept_positions for every member
+        by_map: dict[int, np.ndarray] = {}  # members share equal index maps (build_groups): one lookup per map
         for slot, index_map in group.members.items():
-            positions = np.flatnonzero(mask[index_map])
+            if id(index_map) not in by_map:
+                by_map[id(index_map)] = np.flatnonzero(mask[index_map])
+                by_map[id(index_map)].setflags(write=False)  # shared by the members of that map
+            positions = by_map[id(index_map)]
             if len(positions) < len(index_map):
                 kept[slot] = positions
     return kept
@@ -51,10 +55,9 @@ def _set_tensor(modules: Mapping[str, torch.nn.Module], names: list[str], value:
     new = torch.nn.Parameter(value, requires_grad=old.requires_grad) if isinstance(old, torch.nn.Parameter) else value
     for name in names:
         owner, attr = owner_and_attr(name)
-        if isinstance(new, torch.nn.Parameter):
-            setattr(owner, attr, new)
-        else:
-            owner._buffers[attr] = new
+        # the name is registered already: rebinding it in its table is what Module.__setattr__ ends with
+        table = owner._parameters if isinstance(new, torch.nn.Parameter) else owner._buffers
+        table[attr] = new
 
 
 def _slot_order(item: tuple[Slot, np.ndarray]) -> tuple:
@@ -76,13 +79,15 @@ class ShrinkChannels(GraphPass):
         aliases: dict[str, list[str]] = {}
         for name, first in tensor_names(gm, view).items():
             aliases.setdefault(first, []).append(name)
-        current, sliced = {}, set()
-        for slot, positions in sorted(self.kept.items(), key=_slot_order):
-            if not slot.is_param or (slot.name, slot.dim) in sliced:
+        current, sliced, indices = {}, set(), {}
+        for slot, positions in sorted(((s, p) for s, p in self.kept.items() if s.is_param), key=_slot_order):
+            if (slot.name, slot.dim) in sliced:
                 continue  # a tied dim read in two roles is one set of channels: sliced once
             sliced.add((slot.name, slot.dim))
+            if id(positions) not in indices:  # slots share positions arrays (positions_kept_by_slot)
+                indices[id(positions)] = torch.tensor(positions, dtype=torch.long)
             t = current.get(slot.name, tensors[slot.name]).detach()
-            current[slot.name] = t.index_select(slot.dim, torch.as_tensor(positions, dtype=torch.long)).contiguous()
+            current[slot.name] = t.index_select(slot.dim, indices[id(positions)]).contiguous()
         modules = view.modules
         for qualname, value in current.items():
             _set_tensor(modules, aliases.get(qualname, [qualname]), value)  # every alias of a tied tensor: the same one

@@ -97,7 +97,7 @@ def make_taps(names: Iterable[str], graph: DependencyGraph, plan: PrunePlan) -> 
     kept: dict[str, list] = {}
     for slot, positions in positions_kept_by_slot(graph, plan).items():
         if slot.role is Role.ACTIVATION:
-            kept.setdefault(slot.name, []).append((slot.dim, torch.as_tensor(positions, dtype=torch.long)))
+            kept.setdefault(slot.name, []).append((slot.dim, torch.tensor(positions, dtype=torch.long)))
     return tuple(Tap(name, tuple(sorted(kept.get(name, ()), key=lambda p: p[0]))) for name in names)
 
 

@@ -12,6 +12,7 @@ spellings (convolution, linear, norms) has one rule reading each spelling throug
 from __future__ import annotations
 
 import builtins
+import functools
 import operator
 
 import torch
@@ -73,8 +74,9 @@ _SQUEEZE = (torch.squeeze, T.squeeze)
 _SHAPE_QUERIES = (T.size, builtins.getattr, T.dim, T.numel)
 
 
+@functools.cache
 def default_rules() -> RuleTable:
-    """The built-in rule table (a new immutable table each call)."""
+    """The built-in rule table: immutable (RuleTable, stateless rules), so it is built once per process."""
     table: dict = {}
 
     def add(keys, rule: Rule) -> None:

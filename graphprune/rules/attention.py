@@ -274,7 +274,7 @@ class ScaledDotProductAttentionRule(Rule):
         if _mask_head_size(shape, hd + 3) != ctx.shape(node.args[0])[hd]:
             return
         name = f"{node.name}_kept_heads"
-        ctx.gm.register_buffer(name, torch.as_tensor(kept, dtype=torch.int64))
+        ctx.gm.register_buffer(name, torch.tensor(kept, dtype=torch.int64))  # its own copy: kept is read-only
         dim = len(shape) - 3
         with ctx.gm.graph.inserting_before(node):
             index = ctx.gm.graph.get_attr(name)
