@@ -12,7 +12,6 @@ spellings (convolution, linear, norms) has one rule reading each spelling throug
 from __future__ import annotations
 
 import builtins
-import functools
 import operator
 
 import torch
@@ -74,9 +73,9 @@ _SQUEEZE = (torch.squeeze, T.squeeze)
 _SHAPE_QUERIES = (T.size, builtins.getattr, T.dim, T.numel)
 
 
-@functools.cache
 def default_rules() -> RuleTable:
-    """The built-in rule table: immutable (RuleTable, stateless rules), so it is built once per process."""
+    """The built-in rule table (a new immutable table each call: custom ops that a library registers when it is
+    imported, such as transformers' grouped_mm, get their rules only once they exist)."""
     table: dict = {}
 
     def add(keys, rule: Rule) -> None:
