@@ -42,8 +42,9 @@ def positions_kept_by_slot(graph: DependencyGraph, plan: PrunePlan) -> dict[Slot
     return kept
 
 
-def _set_tensor(modules: Mapping[str, torch.nn.Module], names: list[str], value: torch.Tensor) -> None:
-    """Bind `value` (as one new Parameter, or one buffer) under every name of a tensor, so tied stays tied.
+def _set_tensor(modules: Mapping[str, torch.nn.Module], names: list[str], value: torch.Tensor) -> torch.Tensor:
+    """Bind `value` (as one new Parameter, or one buffer) under every name of a tensor, so tied stays tied; returns
+    what was bound.
 
     `modules`: the GraphModule's named_modules() ("" is the root)."""
     def owner_and_attr(qualname):
@@ -58,6 +59,7 @@ def _set_tensor(modules: Mapping[str, torch.nn.Module], names: list[str], value:
         # the name is registered already: rebinding it in its table is what Module.__setattr__ ends with
         table = owner._parameters if isinstance(new, torch.nn.Parameter) else owner._buffers
         table[attr] = new
+    return new
 
 
 def _slot_order(item: tuple[Slot, np.ndarray]) -> tuple:
@@ -74,7 +76,7 @@ class ShrinkChannels(GraphPass):
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         gm = graph_module
-        view = GraphView(gm)  # its tables as they are before slicing; slicing rebinds tensors, never modules
+        view = GraphView(gm)  # its tables, kept up to date below as slicing rebinds tensors (never modules)
         tensors = {**view.params, **view.buffers}
         aliases: dict[str, list[str]] = {}
         for name, first in tensor_names(gm, view).items():
@@ -90,8 +92,11 @@ class ShrinkChannels(GraphPass):
             current[slot.name] = t.index_select(slot.dim, indices[id(positions)]).contiguous()
         modules = view.modules
         for qualname, value in current.items():
-            _set_tensor(modules, aliases.get(qualname, [qualname]), value)  # every alias of a tied tensor: the same one
-        ctx = ShrinkContext(gm, self.kept, self.graph.channel_dims)
+            names = aliases.get(qualname, [qualname])
+            bound = _set_tensor(modules, names, value)  # every alias of a tied tensor: the same one
+            table = view.params if isinstance(bound, torch.nn.Parameter) else view.buffers
+            table.update(dict.fromkeys(names, bound))  # the view's tables as a new walk of the sliced tree reads them
+        ctx = ShrinkContext(gm, self.kept, self.graph.channel_dims, view)
         for node in list(gm.graph.nodes):
             rule = self.rules.for_node(node, modules)
             if rule is not None:

@@ -377,8 +377,9 @@ class AnalysisContext(GraphView):
 class ShrinkContext(GraphView):
     """What a rule may read while rewriting: the graph (values from before the rewrite) and kept positions per slot."""
 
-    def __init__(self, gm: fx.GraphModule, kept: Mapping[Slot, np.ndarray], declared: Mapping[str, Any]):
-        super().__init__(gm, declared)
+    def __init__(self, gm: fx.GraphModule, kept: Mapping[Slot, np.ndarray], declared: Mapping[str, Any],
+                 tables: GraphView | None = None):
+        super().__init__(gm, declared, tables)
         self._kept = {(s.name, s.dim): k for s, k in kept.items() if not s.is_param}
 
     def kept(self, name: str, dim: int) -> np.ndarray | None:
