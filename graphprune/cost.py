@@ -85,14 +85,12 @@ class CostModel:
             kept = plan.keep.get(g.id)
             if kept is None:
                 continue
-            total, mask, counted = 0, g.kept_mask(kept), {}
-            for slot, index_map in g.members.items():
+            total, positions = 0, g.kept_positions_by_slot(kept)
+            for slot in g.members:
                 if not slot.is_param or slot.name not in shapes:
                     continue  # activations and buffers hold no parameters
                 n = math.prod(shapes[slot.name])
-                if id(index_map) not in counted:  # members share equal index maps (build_groups)
-                    counted[id(index_map)] = int(np.count_nonzero(mask[index_map]))  # len(g.kept_positions(...))
-                shapes[slot.name][slot.dim] = counted[id(index_map)]
+                shapes[slot.name][slot.dim] = len(positions[slot])
                 total += n - math.prod(shapes[slot.name])
             removed[g.id] = total
         return removed

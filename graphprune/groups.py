@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -29,8 +29,7 @@ class Role(enum.Enum):
     def __lt__(self, other: "Role") -> bool:
         return self.value < other.value
 
-    # Members are singletons and compare by identity: the identity hash agrees with ==, and is C-fast
-    # (Enum's own __hash__ is Python code; every Slot hash calls it, hundreds of thousands of times).
+    # members are singletons compared by identity: the identity hash agrees with == and runs in C (Enum's is Python)
     __hash__ = object.__hash__
 
 
@@ -160,9 +159,7 @@ class ChannelGroup:
     @functools.cached_property
     def pinned(self) -> np.ndarray:
         """Sorted group channels that every plan keeps (the union of the pins; empty when none); read-only."""
-        channels = np.unique(np.fromiter((c for p in self.pins for c in p.channels), np.int64))
-        channels.setflags(write=False)
-        return channels
+        return _read_only(np.unique(np.fromiter((c for p in self.pins for c in p.channels), np.int64)))
 
     @property
     def free_channels(self) -> int:
@@ -173,18 +170,17 @@ class ChannelGroup:
     def member_channels(self) -> Mapping[Slot, tuple[np.ndarray, np.ndarray]]:
         """Per member slot that has positions: (the group channels it covers, sorted; how many of its
         positions map to each). Computed once per group; the arrays are read-only."""
-        out, by_map = {}, {}
-        for slot, index_map in self.members.items():
-            if index_map.size:
-                if id(index_map) not in by_map:  # members share equal maps (build_groups)
-                    per_channel = np.bincount(index_map, minlength=self.size)  # np.unique's counts, in O(size)
-                    channels = np.flatnonzero(per_channel)
-                    counts = per_channel[channels]
-                    channels.setflags(write=False)
-                    counts.setflags(write=False)
-                    by_map[id(index_map)] = (channels, counts)
-                out[slot] = by_map[id(index_map)]
-        return out
+        def covered(index_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            per_channel = np.bincount(index_map, minlength=self.size)  # np.unique's counts, in O(size)
+            channels = np.flatnonzero(per_channel)
+            return _read_only(channels), _read_only(per_channel[channels])
+
+        return {s: c for s, c in self.per_index_map(covered).items() if self.members[s].size}
+
+    def per_index_map(self, derive: Callable[[np.ndarray], Any]) -> dict[Slot, Any]:
+        """derive(index map) of every member, computed once per distinct map (build_groups shares equal maps)."""
+        done: dict[int, Any] = {}
+        return {s: done[id(m)] if id(m) in done else done.setdefault(id(m), derive(m)) for s, m in self.members.items()}
 
     @functools.cached_property
     def slot_channel_sets(self) -> tuple[np.ndarray, ...]:
@@ -252,6 +248,11 @@ class ChannelGroup:
         """Positions of `slot` whose channel is in `kept_channels` (sorted)."""
         return np.flatnonzero(self.kept_mask(kept_channels)[self.members[slot]])
 
+    def kept_positions_by_slot(self, kept_channels) -> dict[Slot, np.ndarray]:
+        """kept_positions of every member: read-only arrays, one per distinct index map."""
+        mask = self.kept_mask(kept_channels)
+        return self.per_index_map(lambda index_map: _read_only(np.flatnonzero(mask[index_map])))
+
 
 @dataclass(frozen=True, eq=False)
 class DependencyGraph:
@@ -308,18 +309,13 @@ class DependencyGraph:
         return "\n".join(line for g in self.groups for line in g.describe())
 
     def to_json(self) -> dict:
-        return {
-            "groups": [
-                {
-                    "id": g.id,
-                    "size": g.size,
-                    "frozen_reasons": list(g.frozen_reasons),
-                    "pins": [{"channels": list(p.channels), "reason": p.reason} for p in g.pins],
-                    "members": [{"name": s.name, "dim": s.dim, "role": s.role.value} for s in sorted(g.members, key=str)],
-                }
-                for g in self.groups
-            ]
-        }
+        return {"groups": [{
+            "id": g.id,
+            "size": g.size,
+            "frozen_reasons": list(g.frozen_reasons),
+            "pins": [{"channels": list(p.channels), "reason": p.reason} for p in g.pins],
+            "members": [{"name": s.name, "dim": s.dim, "role": s.role.value} for s in sorted(g.members, key=str)],
+        } for g in self.groups]}
 
     def to_graphml(self, path: str) -> None:
         """Export the slot graph (one node per slot, with its group id, role and frozen flag; one edge per
@@ -415,14 +411,15 @@ def _freezes_of(comp: list[Slot], members: Mapping[Slot, np.ndarray], size: int,
 
 
 def _shared_index_maps(members: dict[Slot, np.ndarray]) -> dict[Slot, np.ndarray]:
-    """`members` with equal index maps as one read-only array: most members of a group map their positions alike
-    (a residual stage's convs, norms and activations), so what is derived per map (kept positions, channel
-    counts) is derived once per distinct map (keyed by the array's id)."""
+    """`members` with equal index maps as one read-only array (most members of a group map their positions alike), so
+    ChannelGroup.per_index_map derives what it derives once per distinct map."""
     distinct: dict[bytes, np.ndarray] = {}
-    shared = {slot: distinct.setdefault(index_map.tobytes(), index_map) for slot, index_map in members.items()}
-    for index_map in distinct.values():
-        index_map.setflags(write=False)
-    return shared
+    return {slot: distinct.setdefault(index_map.tobytes(), _read_only(index_map)) for slot, index_map in members.items()}
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
 
 
 def _components(slots: list[Slot], a: np.ndarray, b: np.ndarray, order: Mapping[str, int]) -> list[list[int]]:

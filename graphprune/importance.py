@@ -227,7 +227,7 @@ class Taylor(Criterion):
     def __call__(self, groups, ctx):
         _require_data(self, ctx, loss=True)
         model = ctx.model
-        params = dict(model.named_parameters(remove_duplicate=False))
+        params = ctx.params()
         flags = {n: p.requires_grad for n, p in params.items()}
         sums = {g.id: np.zeros(g.size) for g in groups}
         training = model.training

@@ -30,14 +30,8 @@ def positions_kept_by_slot(graph: DependencyGraph, plan: PrunePlan) -> dict[Slot
     kept = {}
     for gid, channels in plan.keep.items():
         group = graph.group(gid)
-        mask = group.kept_mask(channels)  # once per group: ChannelGroup.kept_positions for every member
-        by_map: dict[int, np.ndarray] = {}  # members share equal index maps (build_groups): one lookup per map
-        for slot, index_map in group.members.items():
-            if id(index_map) not in by_map:
-                by_map[id(index_map)] = np.flatnonzero(mask[index_map])
-                by_map[id(index_map)].setflags(write=False)  # shared by the members of that map
-            positions = by_map[id(index_map)]
-            if len(positions) < len(index_map):
+        for slot, positions in group.kept_positions_by_slot(channels).items():
+            if len(positions) < len(group.members[slot]):
                 kept[slot] = positions
     return kept
 
