@@ -176,8 +176,22 @@ def trace(model: torch.nn.Module, is_rule_module=lambda m: False, concrete_args:
         ) from exc
     for unread in [n for n in graph.nodes if n.op == "placeholder" and n.target.startswith("**") and not n.users]:
         graph.erase_node(unread)
-    name = type(model).__name__
-    return DeferredGraphModule(tracer.root, graph, name)
+    gm = DeferredGraphModule(tracer.root, graph, type(model).__name__)
+    _mirror_container_modes(gm, tracer.root)
+    return gm
+
+
+def _mirror_container_modes(gm: fx.GraphModule, root: torch.nn.Module) -> None:
+    """fx builds the path to each called module out of fresh `nn.Module()` containers, in training mode whatever
+    the model's; each takes the mode of the module of `root` it stands for, so `gm` is in the modes `root` is in."""
+    stack = [(gm, root)]
+    while stack:
+        ours, theirs = stack.pop()
+        for name, child in ours._modules.items():
+            source = theirs._modules.get(name)
+            if child is not source and type(child) is torch.nn.Module and source is not None:
+                child.training = source.training
+                stack.append((child, source))
 
 
 def _to_meta(value: Any) -> Any:

@@ -76,6 +76,16 @@ def test_clone_module_is_independent_and_keeps_sharing():
     assert not model.out._forward_hooks
 
 
+def test_the_containers_fx_builds_are_in_the_modes_of_the_modules_they_stand_for():
+    model = ChannelShuffle().eval()
+    assert not any(m.training for m in trace(model).modules())
+    model.train()
+    model.a.eval()  # a Sequential: fx replaces it by a fresh container holding its called children
+    gm = trace(model)
+    assert type(gm.a) is torch.nn.Module and gm.training and not gm.a.training
+    assert all(m.training is not name.startswith("a") for name, m in gm.named_modules())
+
+
 def test_a_group_whose_rewrite_breaks_is_frozen_with_the_error_and_the_rest_is_pruned():
     """Never fail where we can freeze: prune_graph with a broken reshape rule still returns a correct model."""
     model, x = FlattenHead().eval(), (example_input(FlattenHead),)
