@@ -135,18 +135,19 @@ class EliminateDeadCode(GraphPass):
 
 def _unused_submodules(gm: fx.GraphModule) -> list[str]:
     """Outermost submodules that no node calls or reads an attribute of (what fx's
-    delete_all_unused_submodules removes, found with one set instead of a list scan per module)."""
-    modules = dict(gm.named_modules())
+    delete_all_unused_submodules removes, found with sets instead of a list scan per module)."""
     used: set[str] = set()
+    called: set[str] = set()  # a called module uses everything inside it
     for node in gm.graph.nodes:
         if node.op in ("call_module", "get_attr"):
             parts = node.target.split(".")
             used.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))  # the target and its parents
-            called = modules.get(node.target) if node.op == "call_module" else None
-            if called is not None:  # a called module uses everything inside it
-                used.update(f"{node.target}.{inner}" for inner, _ in called.named_modules() if inner)
-    unused = []
-    for name in modules:  # parents come before their children
-        if name and name not in used and not any(name.startswith(u + ".") for u in unused):
-            unused.append(name)
-    return unused
+            if node.op == "call_module":
+                called.add(node.target)
+    unused: dict[str, None] = {}  # in order
+    for name, _ in gm.named_modules():  # parents come before their children
+        if name and name not in used:
+            parents = [name[:i] for i, char in enumerate(name) if char == "."]
+            if not any(p in called or p in unused for p in parents):
+                unused[name] = None
+    return list(unused)
