@@ -180,6 +180,7 @@ class Rounding:
     asked: int  # channels the strategy asked to keep
     kept: int  # channels kept after rounding every layer to its nearest step
     one_block: bool = False  # a layer was kept at one block although that keeps more than asked
+    off_step: int = 0  # layers left off their step: narrower than one step, and raising them would keep more than asked
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,13 @@ class _StepAligner:
                 break
 
 
+def _off_step(group: ChannelGroup, kept: np.ndarray, constraints: tuple[Constraint, ...]) -> int:
+    """How many constrained layers keep a count of channels that is not a multiple of their step."""
+    mask = np.zeros(group.size, dtype=bool)
+    mask[kept] = True
+    return sum(1 for channels, step in constraints if int(mask[channels].sum()) % step)
+
+
 def _assemble(groups_and_quotas, scores, constraints, min_keep, one_block=False) -> Planned:
     """groups_and_quotas: (group, [(channels, how many of them to keep), ...]) per group; a quota never keeps
     fewer than its pinned channels."""
@@ -324,7 +332,7 @@ def _assemble(groups_and_quotas, scores, constraints, min_keep, one_block=False)
         if kept is None:
             continue
         if cons:
-            rounding[g.id] = Rounding(max(step for _, step in cons), asked, len(kept), floored)
+            rounding[g.id] = Rounding(max(step for _, step in cons), asked, len(kept), floored, _off_step(g, kept, cons))
         keep[g.id] = tuple(np.asarray(kept, dtype=np.int64).tolist())  # python ints
         sizes[g.id] = g.size
     return Planned(PrunePlan(keep, sizes), rounding)

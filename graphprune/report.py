@@ -39,6 +39,7 @@ class GroupReport:
     round_step: int = 1  # the target's channel step for this group
     asked_before_rounding: int | None = None  # kept count the strategy asked for, if rounding applied
     one_block_floor: bool = False  # a layer kept one block (the target's floor) although that keeps more than asked
+    off_step_layers: int = 0  # layers left narrower than one step: raising them would keep more than asked
     pins: tuple[Pin, ...] = ()  # channels kept by freezes that reach only part of the group (ChannelGroup.pins)
 
     @property
@@ -172,19 +173,28 @@ class PruneReport:
         if self.params_removed_dead_code:
             lines.append(f"dead code removed: {self.params_removed_dead_code:,} params"
                          + (f" (never read by the model: {', '.join(self.unused_modules)})" if self.unused_modules else ""))
-        rounded = [g for g in self.groups if g.asked_before_rounding is not None and g.asked_before_rounding != g.channels_after]
-        if rounded:
-            shown = rounded if full else rounded[:4]
-            lines.append(f"rounded to the channel steps of target {self.target or '?'}: {len(rounded)} groups, asked -> kept: "
-                         + ", ".join(f"{g.id} {g.asked_before_rounding}->{g.channels_after}"
-                                     + (" (one-block floor)" if g.one_block_floor else "") for g in shown)
-                         + (f", and {len(rounded) - len(shown)} more (summary(full=True) lists all)"
-                            if len(shown) < len(rounded) else ""))
-        elif self.target:
-            lines.append(f"target {self.target}: no group needed rounding")
+        lines += self._rounding_lines(full)
         if self.recovery:
             lines.append(self._recovery_line())
         return "\n".join(lines)
+
+    def _rounding_lines(self, full: bool) -> list[str]:
+        """The groups rounding changed (asked -> kept) and those left off their step (the first four unless `full`)."""
+        target = self.target or "?"
+        rounded = [g for g in self.groups if g.asked_before_rounding is not None and g.asked_before_rounding != g.channels_after]
+        off_step = [g for g in self.groups if g.off_step_layers]
+        lines = []
+        if rounded:
+            lines.append(f"rounded to the channel steps of target {target}: {len(rounded)} groups, asked -> kept: "
+                         + _listed(rounded, full, lambda g: f"{g.id} {g.asked_before_rounding}->{g.channels_after}"
+                                   + (" (one-block floor)" if g.one_block_floor else "")))
+        if off_step:
+            lines.append(f"off the channel steps of target {target}: {len(off_step)} groups keep a layer whose width is "
+                         "not a multiple of its step (rounding it would break the budget or the group's floor): "
+                         + _listed(off_step, full, lambda g: f"{g.id} ({g.channels_after} kept, step {g.round_step})"))
+        if self.target and not rounded and not off_step:
+            lines.append(f"target {self.target}: no group needed rounding")
+        return lines
 
     def _pin_lines(self, full: bool) -> list[str]:
         """One line per partly frozen group (the first four unless `full`): its pinned channels and why."""
@@ -204,6 +214,13 @@ class PruneReport:
         if after.get("accuracy") is not None:
             line += f", accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f} (dense {after['dense_accuracy']:.4f})"
         return line
+
+
+def _listed(groups: list, full: bool, describe) -> str:
+    """`describe` of each group, the first four unless `full`, and how many more there are."""
+    shown = groups if full else groups[:4]
+    more = f", and {len(groups) - len(shown)} more (summary(full=True) lists all)" if len(shown) < len(groups) else ""
+    return ", ".join(describe(g) for g in shown) + more
 
 
 def _params_by_module(model: nn.Module) -> dict[str, int]:
@@ -257,7 +274,7 @@ def build_report(before: ModelStats, cost: CostModel, pruned: fx.GraphModule, ru
         r = rounding.get(g.id)
         groups.append(GroupReport(g.id, g.size, len(kept) if kept is not None else g.size, removed.get(g.id, 0),
                                   g.frozen_reasons, r.step if r else 1, r.asked if r else None,
-                                  r.one_block if r else False, g.pins))
+                                  r.one_block if r else False, r.off_step if r else 0, g.pins))
     after = _params_by_module(pruned)
     layers = tuple(LayerReport(name, n, after.get(name, 0)) for name, n in before.params_by_module.items())
     view = GraphView(pruned)  # one walk of the pruned tree for the MACs and the totals

@@ -44,6 +44,8 @@ def assert_rounding_kept_its_word(report, ratio):
     for g in rounded:
         if g.asked_before_rounding != g.channels_after:
             assert f"{g.id} {g.asked_before_rounding}->{g.channels_after}" in text
+        if g.off_step_layers:
+            assert f"{g.id} ({g.channels_after} kept, step {g.round_step})" in text
     assert json.loads(json.dumps(report.to_json()))["target"] == report.target
 
 
@@ -75,3 +77,20 @@ def test_the_summary_lists_every_rounding_only_when_asked():
     assert len(rounded) > 4
     assert "summary(full=True) lists all" in report.summary()
     assert all(g.id in report.summary(full=True) for g in rounded)
+
+
+def test_a_layer_left_narrower_than_one_step_is_reported_off_the_step():
+    """round_to=16 on resnet56 at 0.5: each 16-wide layer is asked for 8; rounding up to 16 would keep more than
+    asked and down to 0 would empty it, so it keeps 8, and the report says so instead of "no group needed rounding"."""
+    model, x = ZOO["resnet56"].build(), ZOO["resnet56"].example_inputs()
+    analysis = graphprune.analyse(model, x)
+    report = analysis.prune(graphprune.Ratio(0.5), target=Target.uniform(16)).report
+    off = [g for g in report.groups if g.off_step_layers]
+    assert off and all(g.channels_before == 16 and g.channels_after == 8 and g.round_step == 16 for g in off)
+    on = [g for g in report.groups if g.round_step == 16 and not g.off_step_layers and g.channels_after < g.channels_before]
+    assert on and all(g.channels_after % 16 == 0 for g in on)  # the 32- and 64-wide stages land on the step
+    text = report.summary(full=True)
+    assert f"off the channel steps of target round_to=16: {len(off)} groups" in text
+    assert "no group needed rounding" not in text
+    floored = analysis.prune(graphprune.Ratio(0.5), target=AVX512).report  # the one-block floor keeps 16 instead
+    assert not any(g.off_step_layers for g in floored.groups)
