@@ -16,6 +16,8 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from .modes import evaluating
+
 TOLERANCE = 1e-5
 
 _OWN = os.path.dirname(os.path.abspath(__file__))
@@ -68,15 +70,12 @@ def output_tensors(value) -> list[torch.Tensor]:
 def mismatch(module: nn.Module, gm: fx.GraphModule, inputs: tuple, expected: list[torch.Tensor]) -> str | None:
     """None if `module` (eval mode) gives the pruned graph's outputs on `inputs`, else why not."""
     args, kwargs = call_inputs(gm, inputs, module)
-    training = module.training
-    module.eval()
     try:
-        got = output_tensors(module(*args, **kwargs))
+        with evaluating(module):
+            got = output_tensors(module(*args, **kwargs))
     except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''} " \
                f"(at {user_frame(exc)})"
-    finally:
-        module.train(training)
     if len(got) != len(expected):
         return f"it returns {len(got)} tensors, the pruned graph {len(expected)}"
     for k, (a, b) in enumerate(zip(got, expected)):
@@ -89,12 +88,8 @@ def mismatch(module: nn.Module, gm: fx.GraphModule, inputs: tuple, expected: lis
 
 @torch.no_grad()
 def graph_outputs(gm: fx.GraphModule, inputs: tuple) -> list[torch.Tensor]:
-    training = gm.training
-    gm.eval()
-    try:
+    with evaluating(gm):
         return output_tensors(gm(*inputs))
-    finally:
-        gm.train(training)
 
 
 def differs_from_graph(module: nn.Module, gm: fx.GraphModule, inputs: tuple) -> str | None:

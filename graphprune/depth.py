@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .modes import evaluating
 
 PER_LAYER_CONFIG = ("layer_types",)
 """Config attributes holding one entry per layer; they lose the removed layers' entries."""
@@ -237,12 +238,8 @@ def prune_layers(model: torch.nn.Module, *, n: int, calibration: Sequence, score
                          "forward()'s positional arguments or a dict of its keyword arguments)")
     if not isinstance(score, LayerScore):
         raise InputError(f"score must be BlockInfluence() or LossIncrease(loss_fn), got {type(score).__name__}")
-    training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         scores = np.asarray(score(model, found, list(calibration)), dtype=np.float64)
-    finally:
-        model.train(training)
     removed = lowest(scores, n)
     pruned = copy.deepcopy(model)
     old = pruned.get_submodule(name)

@@ -312,9 +312,9 @@ def _verified(module: nn.Module, candidates, changed: dict, check, inputs: tuple
             raise EagerRebuildError(
                 f"cannot rebuild {name} pruned: {cause}on the example inputs, {problem}. {hint} result.model "
                 "(GraphModule) or result.exported (.pt2, ONNX) instead")
-    else:
+        module.train(training)  # a new model built from its config: the caller's root mode for the whole tree
+    else:  # the caller's model copied: every module is in the mode it has there
         config_problem = update_config(module, changed, check, inputs)
         if config_problem is not None:
             _refuse_save(module, config_problem)
-    module.train(training)
     return module

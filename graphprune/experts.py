@@ -41,6 +41,7 @@ import torch
 
 from .depth import attention_mask, count_params, lowest, run_hooked
 from .errors import InputError
+from .modes import evaluating
 
 COUNT_NAMES = ("num_experts", "num_local_experts", "n_routed_experts")
 """Module and config attributes holding the expert count of a layer; each one equal to E becomes E - n."""
@@ -263,12 +264,8 @@ def prune_experts(model: torch.nn.Module, *, n: int, calibration: Sequence, scor
                   per_layer: bool = True) -> ExpertResult:
     """Remove the `n` least important experts of every MoE layer from a copy (module docstring)."""
     layers = _check_request(model, n, calibration, score)
-    training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         scores = [np.asarray(s, dtype=np.float64) for s in score(model, layers, list(calibration))]
-    finally:
-        model.train(training)
     if len(scores) != len(layers) or any(s.shape != (layer.count,) for s, layer in zip(scores, layers)):
         raise InputError(f"{type(score).__name__} gave {[s.shape for s in scores]}; an ExpertScore gives one array "
                          f"of {layers[0].count} scores per MoE layer ({len(layers)} layers)")

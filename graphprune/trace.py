@@ -7,7 +7,6 @@ tuples, slices) kept as is, so later stages can re-run data-movement ops on labe
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import inspect
@@ -15,7 +14,7 @@ import linecache
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.fx as fx
@@ -29,6 +28,7 @@ except ImportError:  # a torch without it: the code is generated at once
 from .agreement import is_user_code
 from .batch import BATCH_KEY, BatchDim, batch_size
 from .errors import InputError, TraceError
+from .modes import evaluating
 
 META_KEY = "gp_value"
 SOURCE_KEY = "gp_source"  # (file, line, function) of the caller's code that made a node (fx frontend)
@@ -406,36 +406,6 @@ def clone_module(module: torch.nn.Module, share_tensors: bool = False, *,
 
 
 _TABLES = frozenset({"_parameters", "_buffers", "_modules"})  # a module's tensor and child tables (clone_module)
-
-
-def set_mode(module: torch.nn.Module, training: bool) -> bool:
-    """`module.train(training)`, skipped where it changes nothing: every submodule is in that mode already and
-    none overrides Module.train (a walk that reads a flag per module, instead of one that sets it). Returns
-    whether it called `train`."""
-    stack, seen = [module], {id(module)}  # the tree walked with a list, not Module.modules()'s nested generators
-    while stack:
-        m = stack.pop()
-        if m.training is not training or type(m).train is not torch.nn.Module.train:
-            module.train(training)
-            return True
-        for child in m._modules.values():
-            if child is not None and id(child) not in seen:
-                seen.add(id(child))
-                stack.append(child)
-    return False
-
-
-@contextlib.contextmanager
-def evaluating(module: torch.nn.Module) -> Iterator[None]:
-    """`module` in eval mode inside the block, then back in the mode of its root (`set_mode`), an exception too;
-    when entering changed nothing, there is nothing to change back (no second walk)."""
-    training = module.training
-    changed = set_mode(module, False)
-    try:
-        yield
-    finally:
-        if changed:
-            set_mode(module, training)
 
 
 def _copied(t: torch.Tensor) -> torch.Tensor:

@@ -145,3 +145,11 @@ def test_clear_errors():
         prune_layers(model, n=1, calibration=batches, layers="encoder.blocks")
     with pytest.raises(InputError, match="not an nn.ModuleList"):
         prune_layers(model, n=1, calibration=batches, layers="embeddings")
+
+
+def test_scoring_leaves_each_of_the_callers_modules_in_its_own_mode():
+    model = _bert()
+    model.encoder.layer[1].train()  # mixed: the model is in eval mode, one layer trains
+    before = {name: m.training for name, m in model.named_modules()}
+    prune_layers(model, n=1, calibration=_batches())
+    assert {name: m.training for name, m in model.named_modules()} == before

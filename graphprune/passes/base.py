@@ -15,7 +15,8 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from ..errors import RewriteError
-from ..trace import META_KEY, NodeFailure, evaluating, record_values
+from ..modes import evaluating
+from ..trace import META_KEY, NodeFailure, record_values
 
 __all__ = ["GraphPass", "PassResult"]
 

@@ -16,7 +16,8 @@ import torch.fx as fx
 from ..groups import DependencyGraph, Slot
 from ..planner import PrunePlan
 from ..rules import RuleTable
-from ..trace import own_tensors, set_mode
+from ..modes import modes_of, restore_modes
+from ..trace import own_tensors
 from .recalibrate import RecalibrateBatchNorm
 from .shrink import EliminateDeadCode, ShrinkChannels
 
@@ -30,7 +31,7 @@ class Rewritten:
 
 def rewrite_in_place(gm: fx.GraphModule, graph: DependencyGraph, plan: PrunePlan, rules: RuleTable, inputs: tuple,
                      recalibration: Sequence[tuple] = (), shared_with: torch.nn.Module | None = None) -> Rewritten:
-    """Apply `plan` to `gm` (whose nodes carry recorded values); the train/eval mode of `gm` is kept.
+    """Apply `plan` to `gm` (whose nodes carry recorded values); every module keeps its train/eval mode.
 
     `gm` need not be compiled (see copy_graph_module): it is recompiled here, once.
 
@@ -39,7 +40,7 @@ def rewrite_in_place(gm: fx.GraphModule, graph: DependencyGraph, plan: PrunePlan
     dead code is gone and before anything could write to them. Peak memory: the analysed
     model plus the pruned one, not two full copies.
     """
-    training = gm.training
+    modes = modes_of(gm)
     shrink, dead_code = ShrinkChannels(graph, plan, rules, inputs), EliminateDeadCode(inputs)
     later = [RecalibrateBatchNorm(inputs, recalibration)] if recalibration else []
     modified = shrink(gm).modified
@@ -51,7 +52,7 @@ def rewrite_in_place(gm: fx.GraphModule, graph: DependencyGraph, plan: PrunePlan
         own_tensors(gm, shared_with)
     for graph_pass in later:
         graph_pass(gm)
-    set_mode(gm, training)
+    restore_modes(modes)  # modules dead code removed are no longer in gm: setting their flag changes nothing
     passes = [shrink, dead_code] + later
     return Rewritten(sliced_params, {"rewrite": sum(p.timings["call"] for p in passes),
                                      "checks": sum(p.timings["ensures"] for p in passes)}, shrink.kept)

@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 
 from ..batch import calibration_run
+from ..modes import modes_of, restore_modes
 from .base import GraphPass, PassResult
 
 
@@ -24,8 +25,7 @@ def reestimating_batchnorm(module: torch.nn.Module) -> Iterator[bool]:
     (momentum None, a cumulative mean); yields whether there is any. After: modes and momenta restored."""
     norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
              and m.track_running_stats]
-    training = module.training
-    saved = [(m, m.momentum) for m in norms]
+    modes, saved = modes_of(module), [(m, m.momentum) for m in norms]
     module.eval()
     try:
         for m in norms:
@@ -37,7 +37,7 @@ def reestimating_batchnorm(module: torch.nn.Module) -> Iterator[bool]:
     finally:
         for m, momentum in saved:
             m.momentum = momentum
-        module.train(training)
+        restore_modes(modes)
 
 
 class RecalibrateBatchNorm(GraphPass):
