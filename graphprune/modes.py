@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-__all__ = ["evaluating", "modes_of", "restore_modes", "set_mode"]
+__all__ = ["evaluating", "modes_of", "restore_modes"]
 
 Modes = Sequence[tuple[torch.nn.Module, bool]]  # every module of a tree with its `training` flag, the root first
 
@@ -28,14 +28,6 @@ def _all_in(module: torch.nn.Module, training: bool) -> bool:
             if child is not None and id(child) not in seen:
                 seen.add(id(child))
                 stack.append(child)
-    return True
-
-
-def set_mode(module: torch.nn.Module, training: bool) -> bool:
-    """`module.train(training)`, skipped where it changes nothing (`_all_in`); returns whether it called `train`."""
-    if _all_in(module, training):
-        return False
-    module.train(training)
     return True
 
 
