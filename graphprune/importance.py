@@ -46,6 +46,7 @@ import torch.fx as fx
 from .batch import calibration_run
 from .errors import InputError
 from .groups import ChannelGroup, DependencyGraph, Role, Slot
+from .modes import evaluating
 from .trace import capture_values
 
 _WEIGHT_ROLES = (Role.PRODUCER, Role.CONSUMER)
@@ -230,33 +231,31 @@ class Taylor(Criterion):
         params = ctx.params()
         flags = {n: p.requires_grad for n, p in params.items()}
         sums = {g.id: np.zeros(g.size) for g in groups}
-        training = model.training
-        model.eval()
-        try:
-            for p in params.values():
-                p.requires_grad_(True)
-            for batch, inputs, running in ctx.batches():
+        with evaluating(model):
+            try:
+                for p in params.values():
+                    p.requires_grad_(True)
+                for batch, inputs, running in ctx.batches():
+                    model.zero_grad(set_to_none=True)
+                    with running:
+                        output = model(*inputs)
+                    loss = ctx.loss_fn(output, *batch[len(inputs):])
+                    loss.backward()
+                    products = {n: (p.detach() * p.grad) if p.grad is not None else torch.zeros_like(p)
+                                for n, p in params.items()}
+                    for g in groups:
+                        per_channel = np.zeros(g.size)
+                        for slot, index_map in g.members.items():
+                            if slot.role in _WEIGHT_ROLES:
+                                t = products[slot.name]
+                                other = [d for d in range(t.ndim) if d != slot.dim]
+                                summed = t.sum(dim=other) if other else t
+                                per_channel += np.bincount(index_map, weights=summed.double().numpy(), minlength=g.size)
+                        sums[g.id] += per_channel ** 2
+            finally:
                 model.zero_grad(set_to_none=True)
-                with running:
-                    output = model(*inputs)
-                loss = ctx.loss_fn(output, *batch[len(inputs):])
-                loss.backward()
-                products = {n: (p.detach() * p.grad) if p.grad is not None else torch.zeros_like(p)
-                            for n, p in params.items()}
-                for g in groups:
-                    per_channel = np.zeros(g.size)
-                    for slot, index_map in g.members.items():
-                        if slot.role in _WEIGHT_ROLES:
-                            t = products[slot.name]
-                            other = [d for d in range(t.ndim) if d != slot.dim]
-                            summed = t.sum(dim=other) if other else t
-                            per_channel += np.bincount(index_map, weights=summed.double().numpy(), minlength=g.size)
-                    sums[g.id] += per_channel ** 2
-        finally:
-            model.zero_grad(set_to_none=True)
-            for n, p in params.items():
-                p.requires_grad_(flags[n])
-            model.train(training)
+                for n, p in params.items():
+                    p.requires_grad_(flags[n])
         return {gid: s / len(ctx.calibration) for gid, s in sums.items()}
 
 
@@ -277,9 +276,7 @@ class _ActivationStatistic(Criterion):
         slots = {g.id: _consumed_activations(g, ctx.layer_inputs) for g in groups}
         wanted = {s.name for ss in slots.values() for s in ss}
         sums = {g.id: np.zeros(g.size) for g in groups}
-        training = ctx.model.training
-        ctx.model.eval()
-        try:
+        with evaluating(ctx.model):
             with torch.no_grad():
                 for _, inputs, running in ctx.batches():
                     with running:
@@ -289,8 +286,6 @@ class _ActivationStatistic(Criterion):
                             per_position = self.statistic(values[slot.name], slot.dim).double().numpy()
                             counts = np.bincount(g.members[slot], minlength=g.size)
                             sums[g.id] += np.bincount(g.members[slot], weights=per_position, minlength=g.size) / np.maximum(counts, 1)
-        finally:
-            ctx.model.train(training)
         out = {}
         for g in groups:
             n = max(1, len(slots[g.id])) * len(ctx.calibration)
@@ -396,9 +391,7 @@ class Wanda(Criterion):
     def input_norms(ctx: ScoringContext, slots: set[Slot]) -> dict[Slot, torch.Tensor]:
         """||X_j||_2 over every calibration token, per position j of each activation slot's channel dim."""
         squares = {}
-        training = ctx.model.training
-        ctx.model.eval()
-        try:
+        with evaluating(ctx.model):
             with torch.no_grad():
                 for _, inputs, running in ctx.batches():
                     with running:
@@ -407,8 +400,6 @@ class Wanda(Criterion):
                         x = values[s.name].double()
                         sq = (x.movedim(s.dim, 0).reshape(x.shape[s.dim], -1) ** 2).sum(1)
                         squares[s] = squares.get(s, 0) + sq
-        finally:
-            ctx.model.train(training)
         return {s: sq.sqrt() for s, sq in squares.items()}
 
 

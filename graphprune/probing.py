@@ -21,6 +21,7 @@ import torch
 import torch.fx as fx
 
 from .groups import Coupling, Effect
+from .modes import evaluating
 from .rules import AnalysisContext, RuleTable
 from .rules.base import callable_of, is_call
 from .trace import capture_values
@@ -40,14 +41,10 @@ class ChannelProbe:
         if self._values is None:
             modules = dict(self.gm.named_modules())
             rule_less = [n for n in self.gm.graph.nodes if is_call(n) and self.rules.for_node(n, modules) is None]
-            training = self.gm.training
-            self.gm.eval()
-            try:
+            with evaluating(self.gm):
                 with torch.no_grad():
                     self._values = capture_values(self.gm, self.inputs,
                                                   {a.name for n in rule_less for a in n.all_input_nodes})
-            finally:
-                self.gm.train(training)
         return self._values.get(node.name)
 
     def _op(self, node: fx.Node, ctx: AnalysisContext):

@@ -43,10 +43,14 @@ def test_evaluating_puts_each_module_back_in_its_own_mode_after_an_exception_too
     assert modes(model) == before and not model.a[1].training and model.b[3].training
 
 
-def test_a_pruned_model_keeps_the_modes_of_the_callers_modules():
+@pytest.mark.parametrize("importance", ["l2", "taylor", "activation", "wanda"])
+def test_a_pruned_model_keeps_the_modes_of_the_callers_modules(importance):
+    """Data-driven criteria run the analysed model on the calibration batches; that too leaves every mode alone."""
     model = frozen_norms()
     before = modes(model)
-    result = graphprune.prune_graph(model, (torch.randn(1, 3, 8, 8),), ratio=0.5, target="none")
+    calibration = [(torch.randn(2, 3, 8, 8), torch.randn(2, 4))]
+    result = graphprune.prune_graph(model, (torch.randn(1, 3, 8, 8),), ratio=0.5, target="none", importance=importance,
+                                    calibration=calibration, loss_fn=lambda out, y: ((out - y) ** 2).mean())
     assert modes(model) == before  # the caller's model
     assert result.report.params_after < result.report.params_before
     for pruned in (result.model, result.dense, result.module):
