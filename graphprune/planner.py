@@ -301,8 +301,7 @@ class _StepAligner:
 
 def _off_step(group: ChannelGroup, kept: np.ndarray, constraints: tuple[Constraint, ...]) -> int:
     """How many constrained layers keep a count of channels that is not a multiple of their step."""
-    mask = np.zeros(group.size, dtype=bool)
-    mask[kept] = True
+    mask = group.kept_mask(kept)
     return sum(1 for channels, step in constraints if int(mask[channels].sum()) % step)
 
 
