@@ -42,7 +42,7 @@ from .passes import rewrite_in_place
 from .probing import ChannelProbe
 from .planner import Planned, PrunePlan, plan_global, plan_local, producer_partitions
 from .report import ModelStats, PruneReport, build_report, renormalised_ops
-from .rules import GraphView, LayerKind, RuleTable, default_rules
+from .rules import GraphView, RuleTable, WeightedLayer, default_rules
 from .rules.base import describe_node
 from .kvcache import cache_off, check_no_kv_cache, predict_kv_bytes
 from .rules.conv import GroupedConv, conv_rules
@@ -113,7 +113,7 @@ class Analysis:
     dependencies: DependencyGraph
     cost: CostModel
     stats: ModelStats
-    layers: Mapping[str, LayerKind]  # weight parameter name -> kind of its conv/linear-like layer
+    layers: Mapping[str, WeightedLayer]  # weight parameter name -> its conv/linear-like layer (rules' weighted_layer)
     layer_inputs: frozenset[str]  # nodes read by those layers (what activation criteria look at)
     kernel_steps: Mapping[str, int]  # weight -> channel multiple its op needs to run (WeightedLayer.step > 1)
     frontend: str = "fx"  # which frontend traced the model, and why (Frontend docstring)
@@ -333,7 +333,7 @@ class Analysis:
 
 
 def _weighted_layers(gm: fx.GraphModule, rules: RuleTable, graph: DependencyGraph, tables: GraphView | None = None):
-    """(weight name -> layer kind, names of the nodes those layers read, weight name -> kernel step > 1), from
+    """(weight name -> its layer, names of the nodes those layers read, weight name -> kernel step > 1), from
     the rules' `weighted_layer`."""
     view = GraphView(gm, graph.channel_dims, tables)
     layers, inputs, steps = {}, set(), {}
@@ -341,7 +341,7 @@ def _weighted_layers(gm: fx.GraphModule, rules: RuleTable, graph: DependencyGrap
         rule = rules.for_node(node, view.modules)
         layer = rule.weighted_layer(node, view) if rule is not None else None
         if layer is not None:
-            layers.update((w, layer.kind) for w in layer.weights)
+            layers.update((w, layer) for w in layer.weights)
             inputs.update(a.name for a in node.all_input_nodes if a.op != "get_attr")
             if layer.step > 1:
                 steps.update((w, max(layer.step, steps.get(w, 1))) for w in layer.weights)

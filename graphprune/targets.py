@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import InputError
 from .groups import ChannelGroup, Role
-from .rules import LayerKind
+from .rules import LayerKind, WeightedLayer
 from .rules.conv import GroupedConv
 
 __all__ = ["LayerKind", "Target", "ort_x86", "x86_block", "machine_rule", "HAND_WRITTEN", "NONE", "XNNPACK"]
@@ -63,16 +63,18 @@ class Target:
         same channels inside every group (with `round_to`, the layer's width G x k' lands on the step)."""
         return GroupedConv.WHOLE if self.grouped_conv > 1 and self.per_group_steps else GroupedConv.WITHIN
 
-    def constraints(self, group: ChannelGroup, layers: Mapping[str, LayerKind],
+    def constraints(self, group: ChannelGroup, layers: Mapping[str, WeightedLayer],
                     kernel_steps: Mapping[str, int] | None = None) -> tuple[tuple[np.ndarray, int], ...]:
         """(channels, step) per member layer: the count of `channels` kept must be a multiple of `step`.
 
-        `layers` maps the weight parameters of conv/linear-like layers to their kind (Analysis.layers);
+        `layers` maps the weight parameters of conv/linear-like layers to their layer (Analysis.layers);
         `kernel_steps` the weights whose op needs a channel multiple to run at all (Analysis.kernel_steps):
         their block is the least common multiple of that and the target's step, whatever the target.
 
         A layer sees the group channels in its slot; each channel may cover w positions
         (flatten, merged heads or shuffled pairs), so its step is block / gcd(block, w).
+        A grouped conv's weight column stands for G inputs, one per group: with steps on the
+        layer's width (not `per_group_steps`) w is G times the column's positions.
         Layers that see only part of a group (the convs that each add 32 channels to a
         DenseNet block) get their own constraint, so each of them lands on the block.
         """
@@ -82,14 +84,15 @@ class Target:
         for slot, (channels, counts) in group.member_channels.items():
             if slot.role not in (Role.PRODUCER, Role.CONSUMER):
                 continue
-            kind = layers.get(slot.name)
-            block = math.lcm(self.step(kind), (kernel_steps or {}).get(slot.name, 1)) if kind is not None else 1
+            layer = layers.get(slot.name)
+            block = math.lcm(self.step(layer.kind), (kernel_steps or {}).get(slot.name, 1)) if layer is not None else 1
             if block == 1 or not (counts == counts[0]).all():
                 continue
-            step = block // math.gcd(block, int(counts[0]))
+            inputs_per_column = layer.groups if slot.dim == 1 and not self.per_group_steps else 1
+            step = block // math.gcd(block, int(counts[0]) * inputs_per_column)
             if step > 1:
                 key = channels.tobytes()
-                out[key] = (channels, max(step, out.get(key, (None, 1))[1]))
+                out[key] = (channels, math.lcm(step, out.get(key, (None, 1))[1]))  # every layer on these channels
         return tuple(out.values())
 
 

@@ -94,3 +94,34 @@ def test_a_layer_left_narrower_than_one_step_is_reported_off_the_step():
     assert "no group needed rounding" not in text
     floored = analysis.prune(graphprune.Ratio(0.5), target=AVX512).report  # the one-block floor keeps 16 instead
     assert not any(g.off_step_layers for g in floored.groups)
+
+
+class GroupedWithin(nn.Module):
+    """A 4-group conv whose inputs and outputs join one group: each group channel is 4 of `a`'s outputs (one per
+    conv group), one column of `c`'s weight and 8 of `c`'s outputs (the residual add of cat([y, y]))."""
+
+    def __init__(self, width=128, groups=4):
+        super().__init__()
+        self.a = nn.Conv2d(3, width, 3, padding=1)
+        self.c = nn.Conv2d(width, 2 * width, 3, groups=groups, padding=1)
+        self.d = nn.Conv2d(2 * width, 10, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        return self.d(self.c(y) + torch.cat([y, y], 1)).mean((2, 3))
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.3, 0.4, 0.6])
+def test_round_to_puts_a_grouped_conv_within_groups_on_its_layer_widths(ratio):
+    """round_to steps a layer's width, and a grouped conv reads G inputs per weight column: `a` keeps the
+    multiple of 16 nearest to what was asked, every conv's widths are multiples of 16, and none is off its step."""
+    model, x = GroupedWithin().eval(), (torch.randn(1, 3, 8, 8),)
+    result = graphprune.prune_graph(model, x, ratio=ratio, round_to=16)
+    (group,) = [g for g in result.report.groups if g.asked_before_rounding is not None]
+    asked = 4 * group.asked_before_rounding  # a's channels
+    kept = result.model.a.out_channels
+    assert kept % 16 == 0 and abs(kept - asked) <= 8, (asked, kept)
+    assert group.off_step_layers == 0
+    c = result.model.c
+    assert (c.groups, c.in_channels, c.out_channels) == (4, kept, 2 * kept)
+    torch.testing.assert_close(result.model(*x), result.module(*x))

@@ -1,12 +1,15 @@
 """Deployment targets: channel counts land on the runtime's block for each layer kind, never above the original."""
 import platform
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 import graphprune
 from graphprune.errors import InputError
+from graphprune.groups import ChannelGroup, Role, Slot
+from graphprune.rules import WeightedLayer
 from graphprune.models import ZOO
 from graphprune.runtimes.profiles import resolve_target
 from graphprune.targets import LayerKind, Target, x86_block
@@ -77,7 +80,9 @@ def test_layer_kinds_come_from_the_rules():
     model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.BatchNorm2d(8), nn.Flatten(),
                           nn.Linear(8 * 3 * 3, 4))
     layers = graphprune.analyse(model.eval(), torch.randn(1, 4, 7, 7)).layers
-    assert layers == {"0.weight": LayerKind.DENSE_CONV, "1.weight": LayerKind.GROUPED_CONV, "4.weight": LayerKind.LINEAR}
+    assert {w: layer.kind for w, layer in layers.items()} == \
+        {"0.weight": LayerKind.DENSE_CONV, "1.weight": LayerKind.GROUPED_CONV, "4.weight": LayerKind.LINEAR}
+    assert [layers[w].groups for w in ("0.weight", "1.weight", "4.weight")] == [1, 8, 1]
 
 
 def test_target_names(tmp_path, monkeypatch):
@@ -99,3 +104,14 @@ def test_one_block_keeps_narrow_layers_on_the_block():
                                   target=Target("b", 16, 16, 8, one_block=True))
     assert plain.model.get_submodule("a.0").out_channels == 8
     assert wide.model.get_submodule("a.0").out_channels == 16
+
+
+def test_layers_on_the_same_channels_need_the_least_common_multiple_of_their_steps():
+    """Six channels, 8 positions each in `a`'s rows and 3 each in `b`'s columns: with round_to=24, `a` lands on
+    the step every 3 channels and `b` every 8, so the channels move by 24 at a time (the larger step, 8, breaks `a`)."""
+    group = ChannelGroup("a:1", 6, {Slot("a.weight", 0, Role.PRODUCER): np.arange(48) // 8,
+                                    Slot("b.weight", 1, Role.CONSUMER): np.arange(18) // 3})
+    layers = {"a.weight": WeightedLayer(LayerKind.DENSE_CONV, ("a.weight",)),
+              "b.weight": WeightedLayer(LayerKind.LINEAR, ("b.weight",))}
+    ((channels, step),) = Target.uniform(24).constraints(group, layers)
+    assert channels.tolist() == list(range(6)) and step == 24

@@ -44,12 +44,14 @@ class LayerKind(enum.Enum):
 
 @dataclass(frozen=True)
 class WeightedLayer:
-    """A conv/linear-like op: its kind, the qualified names of its weight parameters, and the channel multiple
-    `step` its kernel needs to run at all (stride alignment), whatever the deployment target asks."""
+    """A conv/linear-like op: its kind, the qualified names of its weight parameters, the channel multiple
+    `step` its kernel needs to run at all (stride alignment), whatever the deployment target asks, and its
+    `groups` G: a grouped conv's weight holds one group's inputs in dim 1, so the layer reads G times as many."""
 
     kind: LayerKind
     weights: tuple[str, ...]
     step: int = 1
+    groups: int = 1
 
 
 @dataclass(frozen=True)

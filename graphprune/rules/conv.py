@@ -178,7 +178,8 @@ class ConvRule(Rule):
         weight = c.weight.parameter(view)
         if weight is None:
             return None
-        return WeightedLayer(LayerKind.DENSE_CONV if c.groups == 1 else LayerKind.GROUPED_CONV, (weight,))
+        kind = LayerKind.DENSE_CONV if c.groups == 1 else LayerKind.GROUPED_CONV
+        return WeightedLayer(kind, (weight,), groups=1 if c.transposed else c.groups)
 
 
 def conv_rules(grouped: GroupedConv = GroupedConv.WITHIN) -> dict:
