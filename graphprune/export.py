@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import io
 import logging
 import os
 import re
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -41,11 +43,13 @@ import numpy as np
 import torch
 
 from graphprune.errors import ExportError
+from graphprune.kvcache import cache_off
+from graphprune.modes import evaluating
 from graphprune.rules.moe import without_grouped_mm
 
 __all__ = ["ExportResult", "export_onnx", "save_torch_artifact",
            # helpers shared with graphprune.runtimes and graphprune.quantize
-           "as_input_tuple", "flatten_outputs", "eval_mode", "temp_path_for", "first_line", "compare_outputs"]
+           "as_input_tuple", "flatten_outputs", "temp_path_for", "first_line", "compare_outputs"]
 
 MIN_OPSET = 17
 
@@ -95,18 +99,6 @@ def flatten_outputs(out: Any, where: str) -> list[torch.Tensor]:
         f"{where}: the model returned a {type(out).__name__}; only tensors and (nested) "
         "tuples, lists or dicts of tensors can be exported. Return tensors from forward()."
     )
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Put every submodule in eval mode; restore each one's own flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, was_training in flags:
-            m.training = was_training
 
 
 @contextlib.contextmanager
@@ -205,11 +197,40 @@ def _grad_inputs(inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     )
 
 
+@contextlib.contextmanager
+def _native_output_discarded() -> Iterator[None]:
+    """Within: what native code writes to file descriptors 1 and 2 is discarded. When an op has no translation,
+    the TorchScript exporter's C++ logger prints its whole IR graph to std::cout (hundreds of lines for a Hugging
+    Face decoder), although the dynamo exporter tried next may succeed; the failure itself is still raised.
+    std::cout writes through C's stdio buffer, so it is flushed on the way in (earlier output is kept) and on the
+    way out (the dump goes to the null device). Where C's stdio cannot be reached, nothing is redirected."""
+    try:
+        libc = ctypes.CDLL(None)
+        saved = [os.dup(fd) for fd in (1, 2)]
+    except (OSError, AttributeError):
+        yield
+        return
+    for stream in (sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            stream.flush()
+    libc.fflush(None)
+    try:
+        with open(os.devnull, "wb") as sink:
+            for fd in (1, 2):
+                os.dup2(sink.fileno(), fd)
+        yield
+    finally:
+        libc.fflush(None)
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
 def _export_torchscript(model, inputs, tmp, opset, in_names, out_names, dynamic_batch) -> None:
     dynamic_axes = (
         {n: {0: "batch"} for n in [*in_names, *out_names]} if dynamic_batch else None
     )
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _native_output_discarded():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation / tracer warnings
         with torch.enable_grad():
             torch.onnx.export(
@@ -265,7 +286,7 @@ def _export_dynamo(model, inputs, tmp, opset, in_names, out_names, dynamic_batch
         tuple({0: torch.export.Dim.DYNAMIC} for _ in inputs) if dynamic_batch else None
     )
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logger("torch.onnx"), \
-            _quiet_logger("onnxscript"):
+            _quiet_logger("onnxscript"), _quiet_logger("onnx_ir"):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             _exportable(model), tuple(t.detach() for t in inputs), tmp, dynamo=True,
@@ -275,6 +296,15 @@ def _export_dynamo(model, inputs, tmp, opset, in_names, out_names, dynamic_batch
             input_names=list(in_names), output_names=list(out_names),
             dynamic_shapes=dynamic_shapes, external_data=False, verbose=False,
         )
+
+
+def _export_via_graph(model, inputs, tmp, opset, in_names, out_names, dynamic_batch) -> None:
+    """An eager model through its torch.export graph with the grouped products in plain ops (`without_grouped_mm`):
+    the dynamo exporter has no translation of transformers' grouped_mm_fallback (the experts of its MoE models)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.export's, and the deprecated LeafSpec of its specs when copied
+        graph = without_grouped_mm(torch.export.export(model, tuple(inputs), strict=False).module())
+    _export_dynamo(graph, inputs, tmp, opset, in_names, out_names, dynamic_batch)
 
 
 def _batch_plus_one(inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -305,7 +335,7 @@ def export_onnx(
     path = os.fspath(path)
     where = f"export_onnx({type(model).__name__} -> {path})"
     inputs = _checked_onnx_arguments(model, example_inputs, opset, dynamic_batch, atol, rtol, where)
-    with eval_mode(model):
+    with evaluating(model), cache_off(model):  # a Hugging Face decoder exports its logits, not its KV cache
         reference, reference_b1 = _reference_outputs(model, inputs, dynamic_batch, where)
         in_names = [f"input_{i}" for i in range(len(inputs))]
         out_names = [f"output_{i}" for i in range(len(reference))]
@@ -363,7 +393,10 @@ def _write_onnx(model, inputs, tmp, opset, in_names, out_names, dynamic_batch, w
     errors = []
     model = without_grouped_mm(model)  # mixture-of-experts products in plain ops (ONNX has no grouped product)
     exporters = (("torchscript", _export_torchscript), ("dynamo", _export_dynamo))
-    for name, fn in (exporters[::-1] if _is_aten_graph(model) else exporters):
+    exporters = exporters[::-1] if _is_aten_graph(model) else exporters
+    if not isinstance(model, torch.fx.GraphModule):
+        exporters += (("dynamo", _export_via_graph),)
+    for name, fn in exporters:
         try:
             fn(model, inputs, tmp, opset, in_names, out_names, dynamic_batch)
             return name
@@ -405,7 +438,7 @@ def save_torch_artifact(
     if not isinstance(model, torch.nn.Module):
         raise ExportError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs, where)
-    with eval_mode(model):
+    with evaluating(model), cache_off(model):  # as export_onnx: a Hugging Face decoder saves its logits
         reference, _ = _reference_outputs(model, inputs, False, where)
 
         def check(reloaded: Any, fmt: str) -> None:

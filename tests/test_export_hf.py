@@ -2,6 +2,7 @@
 torch.export frontend, analyse, prune and run. Never downloads (HF_HUB_OFFLINE=1, models built from configs).
 
 Run with -s to see what is prunable and what freezes the rest (input for the transformer work)."""
+import ctypes
 import os
 import sys
 from collections import Counter
@@ -90,3 +91,38 @@ def test_t5_with_an_attention_mask_exports_to_onnx_once_its_heads_are_pruned(tmp
     result = graphprune.prune_graph(model, x, ratio=0.3, target="none")
     assert [0 < a.query_heads_after < HEADS for a in result.report.attention] == [True]
     assert export_onnx(result.model, x, tmp_path / "t5.onnx").max_abs_diff <= 1e-4
+
+
+def test_a_decoder_with_its_cache_on_exports_its_logits_to_onnx(tmp_path, capfd):
+    """from_pretrained gives use_cache=True, and forward then returns a DynamicCache that ONNX cannot hold: the
+    export runs with the cache off (what graphprune analyses and prunes) and leaves the config as it was. The
+    TorchScript exporter, tried first, fails on an op of the attention mask and must not print its IR graph."""
+    from graphprune.export import export_onnx
+
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=HEADS,
+        num_key_value_heads=2, max_position_embeddings=64)).eval()
+    assert model.config.use_cache is True
+    ids = torch.randint(0, 100, (1, 8))
+    exported = export_onnx(model, (ids,), tmp_path / "llama.onnx")
+    assert exported.max_abs_diff <= 1e-4 and model.config.use_cache is True
+    import onnx
+    (logits,) = onnx.load(str(tmp_path / "llama.onnx")).graph.output
+    assert [d.dim_value for d in logits.type.tensor_type.shape.dim] == [1, 8, 100]
+    ctypes.CDLL(None).fflush(None)  # C++ std::cout is buffered by C's stdio: what it holds is written now
+    assert exported.exporter == "dynamo" and "Torch IR graph" not in capfd.readouterr().out
+
+
+def test_an_eager_mixture_of_experts_exports_to_onnx(tmp_path):
+    """transformers runs Mixtral's experts through its grouped_mm_fallback op, which the dynamo exporter cannot
+    translate: the eager model goes through its torch.export graph with the products in plain ops."""
+    from graphprune.export import export_onnx
+
+    torch.manual_seed(0)
+    model = transformers.MixtralForCausalLM(transformers.MixtralConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=HEADS,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64)).eval()
+    ids = torch.randint(0, 100, (1, 8))
+    exported = export_onnx(model, (ids,), tmp_path / "mixtral.onnx")
+    assert exported.exporter == "dynamo" and exported.max_abs_diff <= 1e-4

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import warnings
 
 import torch
 import torch.fx as fx
@@ -264,7 +265,9 @@ def without_grouped_mm(model: torch.nn.Module) -> torch.nn.Module:
     ops = grouped_mm_ops()
     if not isinstance(model, fx.GraphModule) or not any(n.target in ops for n in model.graph.nodes):
         return model
-    graph = copy.deepcopy(model.graph)
+    with warnings.catch_warnings():  # torch 2.13's copy of the graph's pytree specs warns about its deprecated LeafSpec
+        warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
+        graph = copy.deepcopy(model.graph)
     for node in graph.nodes:
         if node.target in ops and arg(node, 3, "bias") is None and arg(node, 4, "out_dtype") is None:
             node.target, node.args, node.kwargs = grouped_mm_as_matmul, (*node.args[:2], arg(node, 2, "offs")), {}

@@ -29,7 +29,8 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from ..errors import ExportError
-from ..export import as_input_tuple, compare_outputs, eval_mode, first_line, flatten_outputs, temp_path_for
+from ..export import as_input_tuple, compare_outputs, first_line, flatten_outputs, temp_path_for
+from ..modes import evaluating
 from ..quantize import agreement, calibration_batches, check_agreement, input_specs
 from .optional import optional_runtime
 
@@ -83,7 +84,7 @@ def _exported(model: Any, inputs: tuple[torch.Tensor, ...], where: str) -> torch
         raise ExportError(
             f"{where}: model must be an nn.Module or a torch.export.ExportedProgram, got {type(model).__name__}")
     try:
-        with eval_mode(model), warnings.catch_warnings():
+        with evaluating(model), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.export.export(model, inputs)
     except Exception as exc:

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from ..errors import ExportError
-from ..export import (as_input_tuple, compare_outputs, eval_mode, export_onnx, first_line, flatten_outputs,
+from ..export import (as_input_tuple, compare_outputs, export_onnx, first_line, flatten_outputs,
                       temp_path_for)
+from ..modes import evaluating
 from ..quantize import agreement, check_agreement, is_quantized_onnx, onnx_inputs, ort_outputs
 from .optional import optional_runtime
 
@@ -95,7 +96,7 @@ def _reference(source: Any, inputs: tuple[torch.Tensor, ...], work: str,
     if isinstance(source, torch.nn.Module):
         onnx_path = os.path.join(work, "model.onnx")
         export_onnx(source, inputs, onnx_path)
-        with eval_mode(source), torch.no_grad():
+        with evaluating(source), torch.no_grad():
             reference = flatten_outputs(source(*inputs), where)
         return onnx_path, [t.detach().cpu().numpy() for t in reference], False
     if not isinstance(source, (str, os.PathLike)):
