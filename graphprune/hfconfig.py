@@ -178,14 +178,36 @@ def update_config(module: nn.Module, changed: dict, check: Callable, inputs: tup
             old = {key: vars(config)[key] for key in values if key in vars(config)}
             for key, value in values.items():
                 setattr(config, key, value)
+            stale = _stale_counts(module, rebuilt)
+            for holder, key, value, _ in stale:
+                setattr(holder, key, value)
             if check(module) is None:
                 return None
+            for holder, key, _, was in stale:
+                setattr(holder, key, was)
             for key in values:
                 if key in old:
                     setattr(config, key, old[key])
                 else:
                     delattr(config, key)
     return unsolved(config)
+
+
+def _stale_counts(module: nn.Module, built: nn.Module) -> list[tuple[nn.Module, str, int, int]]:
+    """(submodule, attribute, value in `built`, value in `module`) for every int attribute that the class built
+    from the solved config derives otherwise than the pruned copy holds it: Llama's num_key_value_groups = heads /
+    KV heads is read only where attention gets a mask, so the copy's forward passed with the old value, and a
+    reload of the saved model would not have it."""
+    twins = dict(built.named_modules())
+    stale = []
+    for name, sub in module.named_modules():
+        twin = twins.get(name)
+        if type(twin) is not type(sub):
+            continue
+        mine = vars(sub)
+        stale += [(sub, key, value, mine[key]) for key, value in vars(twin).items()
+                  if type(value) is int and type(mine.get(key)) is int and mine[key] != value]
+    return stale
 
 
 def rebuild_from_config(module: nn.Module, changed: dict, check: Callable) -> nn.Module | None:

@@ -217,6 +217,27 @@ def test_causal_lm_generates_with_the_kv_cache_and_round_trips_through_save_pret
     assert _unchanged(model, before) and model.config.to_dict() == config_before
 
 
+def test_counts_the_class_derives_from_its_config_follow_the_pruned_heads():
+    """Llama keeps num_key_value_groups = heads / KV heads in each attention and reads it only where attention
+    gets a mask (repeat_kv; without one SDPA repeats the KV heads itself). 2 of 1 heads pruned to 1 of 1: the
+    rebuilt module holds 1, as its reload would, so it runs with a mask and under torch.export."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64)).eval()
+    ids = torch.randint(0, 100, (1, LENGTH))
+    result = graphprune.prune_graph(model, (ids,), ratio=0.5, target="none")
+    module = result.module
+    config = module.config
+    assert (config.num_attention_heads, config.num_key_value_heads) == (1, 1)
+    assert module.model.layers[0].self_attn.num_key_value_groups == 1
+    assert model.model.layers[0].self_attn.num_key_value_groups == 2  # the caller's model is untouched
+    with torch.no_grad():
+        masked = module(ids, attention_mask=torch.ones_like(ids)).logits
+        torch.testing.assert_close(masked, result.model(ids).logits, rtol=1e-5, atol=1e-5)
+
+
 def test_bert_with_pruned_heads_runs_but_refuses_save_pretrained(tmp_path):
     """BERT's config derives head size = hidden / heads, so no BertConfig expresses fewer heads at the same
     hidden size: the eager module works, save_pretrained raises instead of writing a config that lies."""
