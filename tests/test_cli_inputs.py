@@ -65,8 +65,8 @@ def hf_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("hf") / "tiny-llama"
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                                      use_cache=False)
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    assert config.use_cache  # as save_pretrained writes it for most checkpoints: forward returns a KV cache
     transformers.LlamaForCausalLM(config).save_pretrained(directory)
     transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(
         directory)
@@ -257,6 +257,26 @@ def test_prune_a_hugging_face_directory_on_text(hf_dir, files, tmp_path):
         torch.testing.assert_close(reloaded(ids[:1]).logits, got.logits if hasattr(got, "logits") else got[0])
     assert transformers.AutoTokenizer.from_pretrained(out / "hf", local_files_only=True)(lines[0])["input_ids"] == \
         tokenizer(lines[0])["input_ids"]
+
+
+@pytest.mark.slow  # ~25 s: the export frontend, recovery, two ONNX exports, a .pt2 and save_pretrained
+def test_prune_and_recover_a_hugging_face_directory(hf_dir, files, tmp_path):
+    """Recovery returns the caller's class (LlamaForCausalLM): that is what save_pretrained writes, with the
+    recovered weights that model.pt2 also holds, and the directory's config keeps its KV cache on."""
+    transformers = pytest.importorskip("transformers")
+    cwd = _cwd(tmp_path, files)
+    done = run_cli("prune", hf_dir, "--ratio", "0.5", "--target", "none", "--text", "lines.txt", "--max-length",
+                   str(TOKENS), "--batch-size", "8", "--recover-steps", "2", "--out", "out", cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out"
+    report = json.loads((out / "report.json").read_text())
+    assert report["native"]["format"] == "save_pretrained" and report["recovery"]["steps"] == 2
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out / "hf", local_files_only=True).eval()
+    assert reloaded.config.use_cache and sum(p.numel() for p in reloaded.parameters()) == report["report"]["params_after"]
+    ids = torch.randint(0, len(WORDS) + 2, (1, TOKENS), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = torch.export.load(str(out / "model.pt2")).module()(ids)
+        torch.testing.assert_close(reloaded(ids).logits, got.logits if hasattr(got, "logits") else got[0])
 
 
 def test_hugging_face_directory_without_weights_is_one_line(hf_dir, tmp_path):

@@ -132,3 +132,13 @@ def test_report_names_the_resolved_target_and_verbose_lists_every_rounding(tmp_p
     assert len(rounded) > 4
     assert all(f"{g['id']} {g['asked_before_rounding']}->{g['channels_after']}" in proc.stdout for g in rounded)
     assert "summary(full=True) lists all" not in proc.stdout
+
+
+def test_every_command_describes_model_in_whole_words():
+    """The MODEL help is one sentence that commands extend; clipping its ends once left "recognised from what it i"."""
+    from graphprune.cli.parsing import MODEL_HELP, build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in ("prune", "apply", "explain", "bench"):  # recover takes a RUN_DIR
+        model = next(a for a in commands[name]._actions if a.metavar in ("MODEL", "MODEL_OR_ONNX"))
+        assert MODEL_HELP in model.help, name

@@ -201,6 +201,25 @@ def test_the_cli_prunes_a_bundled_yaml_name_and_a_saved_checkpoint(ultralytics, 
     assert report["report"]["params_before"] == _params(ultralytics.YOLO("yolov8n.yaml").model)
 
 
+def test_the_cli_recovers_a_pruned_yolo_and_saves_the_recovered_detection_model(ultralytics, tmp_path):
+    """--recover-steps hands back the DetectionModel itself: that is what ultralytics.pt holds, recovered."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for photo in ("bus.jpg", "zidane.jpg"):
+        for copy in range(2):
+            shutil.copy(ultralytics.utils.ASSETS / photo, images / f"{copy}-{photo}")
+    proc = run_cli("prune", "yolov8n.yaml", "--ratio", "0.5", "--input-shape", f"1,3,{IMGSZ},{IMGSZ}", "--images",
+                   "images", "--recover-steps", "2", "--batch-size", "2", "--out", "out", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["native"]["format"] == "ultralytics" and report["recovery"]["steps"] == 2
+    saved = ultralytics.YOLO(str(tmp_path / "out" / report["native"]["file"])).model
+    assert _params(saved) == report["report"]["params_after"]
+    program = torch.export.load(str(tmp_path / "out" / "model.pt2")).module()
+    assert {k: v.shape for k, v in program.state_dict().items() if k.endswith("weight")} == \
+        {k: v.shape for k, v in saved.state_dict().items() if k.endswith("weight")}
+
+
 def test_the_cli_names_a_config_ultralytics_does_not_ship_in_one_line(ultralytics, tmp_path):
     assert_one_line_error(run_cli("prune", "yolov8q.yaml", "--ratio", "0.5", "--out", "out", cwd=str(tmp_path)),
                           "MODEL 'yolov8q.yaml' is no file here, nor a config ultralytics ships")

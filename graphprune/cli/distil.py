@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
+import torch
+
 import graphprune
 from .images import image_batches, parse_floats
 from .messages import CLIError, Progress
@@ -97,3 +99,9 @@ def recovered(progress: Progress, result, data: RecoveryData, args):
                                  checkpoints=checkpoints, progress=None if not args.quiet else False)
     print(rec.summary())
     return replace(result, model=rec.model, report=rec.report), rec
+
+
+def pruned_module(result) -> torch.nn.Module:
+    """The pruned model in the caller's own class: `result.model` when recovery already returned that class there
+    (`recovered`), else `result.module`, rebuilt from the graph (EagerRebuildError where it cannot be)."""
+    return result.module if isinstance(result.model, torch.fx.GraphModule) else result.model

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import GraphPruneError, first_line
+from .distil import pruned_module
 from .messages import CLIError, one_line
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -123,7 +124,7 @@ def save_pruned(result, directory: str, tokenizer: str | None) -> dict:
     """save_pretrained of the pruned model (and the tokenizer) into `directory`: {"format", "line"}, the line saying
     what was written. When the config cannot state the pruned sizes nothing is written there and the line says why."""
     try:
-        module = result.module
+        module = pruned_module(result)
         module.save_pretrained(directory)
     except GraphPruneError as exc:
         shutil.rmtree(directory, ignore_errors=True)

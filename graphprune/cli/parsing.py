@@ -192,7 +192,7 @@ def _add_apply(sub) -> None:
 
 def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="print the channel groups, the modules in them and why any are frozen")
-    p.add_argument("model", nargs="?", metavar="MODEL", help=MODEL_HELP[:-1] + "; omit with --list)")
+    p.add_argument("model", nargs="?", metavar="MODEL", help=MODEL_HELP + "; omit it with --list")
     p.add_argument("--input-shape", metavar="D0,D1,...", help="shape of the random example input, e.g. 1,3,224,224")
     p.add_argument("--list", action="store_true", help="list the built-in models and their input shapes")
     _add_quiet(p)
@@ -201,7 +201,7 @@ def _add_explain(sub) -> None:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="time models or ONNX files in ONNX Runtime, OpenVINO, ExecuTorch; fp32, int8")
     p.add_argument("sources", nargs="+", metavar="MODEL_OR_ONNX",
-                   help="ONNX files or models to time; a model is " + MODEL_HELP[1:-1] + ", e.g. the model.pt2 "
+                   help="ONNX files or models to time; a model is " + MODEL_HELP + ", e.g. the model.pt2 "
                         "graphprune prune wrote")
     p.add_argument("--input-shape", action="append", metavar="[NAME=]D0,D1,...",
                    help="NAME=dims: concrete shape for an ONNX input with dynamic dims, e.g. input_0=1,3,224,224 "

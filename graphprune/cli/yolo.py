@@ -19,6 +19,7 @@ import torch
 
 from ..atomic import StagedDirectory
 from ..errors import GraphPruneError, first_line
+from .distil import pruned_module
 from .messages import CLIError, one_line
 
 SHAPE = (1, 3, 640, 640)
@@ -79,7 +80,7 @@ def save(result, out: StagedDirectory, ckpt: dict) -> dict:
     import ultralytics
 
     try:
-        module = result.module
+        module = pruned_module(result)
     except GraphPruneError as exc:
         return {"format": "pt2", "line": f"pruned model: model.pt2 only ({SAVED} unavailable: {one_line(exc)})"}
     kept = {k: v for k, v in ckpt.items() if k in ("train_args", "date", "version", "license", "docs")}
