@@ -126,6 +126,34 @@ def test_channels_that_reach_the_output_through_a_split_are_pinned_and_the_rest_
     _exact(model, result)
 
 
+class OneChannelParts(nn.Module):
+    """A fused projection split as multi-query attention splits its QKV: 8 "query" channels, then one "key" and one
+    "value" channel, each broadcast over every query channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.fused = nn.Conv2d(3, 10, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        q, k, v = self.fused(x).split([8, 1, 1], 1)
+        return self.head(torch.relu(q) * k + v)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_split_part_of_one_channel_pins_that_channel_alone(frontend):
+    """The one-channel parts (lowest scores) are pinned, each by itself; half the query channels go."""
+    model, result = _prune(OneChannelParts(), frontend=frontend)
+    group = _group_writing(result.graph, "fused")
+    assert group.size == 10 and group.prunable
+    assert [p.channels for p in group.pins] == [(8,), (9,)]
+    assert all("holds a single channel of its input in part" in p.reason for p in group.pins)
+    assert result.plan.keep[group.id] == (0, 1, 2, 3, 8, 9)
+    assert result.model.get_submodule("fused").weight.shape[0] == 6
+    assert result.model.get_submodule("head").weight.shape[1] == 4
+    _exact(model, result)
+
+
 def test_l2_scores_keep_the_golden_count():
     model, result = _prune(CatSplit(), importance="l2")
     group = _group_writing(result.graph, "a")

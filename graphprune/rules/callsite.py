@@ -8,6 +8,7 @@ rule reads every spelling through an adapter into one view, and meets its tensor
 
 - `arg` / `set_arg`: an argument where the call site passed it, by position or keyword.
 - `Operand`: a tensor a layer reads (a module attribute or a graph node) and its slots.
+- `part_users`, `used_whole`: where the graph reads a tuple output part by part, or whole.
 - `first_outputs`: an op returning (output, statistics...) carries channels on output 0.
 - `channel_factor`: the activation slot a MAC term scales with, if that dim carries channels.
 - `kept_count`, `kept_bounds`: a pruned dim's kept count, a slice of it re-cut.
@@ -83,12 +84,20 @@ class Operand:
         return view.shape(self.node)
 
 
+def part_users(node: fx.Node, index: int) -> list[fx.Node]:
+    """The `getitem(node, index)` nodes: where the graph reads part `index` of a tuple output."""
+    return [u for u in node.users if u.op == "call_function" and u.target is operator.getitem and u.args[1] == index]
+
+
+def used_whole(node: fx.Node) -> bool:
+    """A user of the tuple output `node` reads it other than part by part (so no part can be resized alone)."""
+    return any(u.target is not operator.getitem for u in node.users)
+
+
 def first_outputs(node: fx.Node, ctx: AnalysisContext, dim: int, source: Slot) -> tuple[list, list]:
     """Couplings from `source` to dim `dim` of every `getitem(node, 0)`; a tuple used whole freezes `source`."""
-    users = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
-    couplings = [Coupling(source, ctx.output_slot(u, dim)) for u in users]
-    whole = [u for u in node.users if u.target is not operator.getitem]
-    freezes = [Freeze(source, f"the outputs of {describe_node(node)} are used whole")] if whole else []
+    couplings = [Coupling(source, ctx.output_slot(u, dim)) for u in part_users(node, 0)]
+    freezes = [Freeze(source, f"the outputs of {describe_node(node)} are used whole")] if used_whole(node) else []
     return couplings, freezes
 
 

@@ -29,7 +29,7 @@ from ..errors import RewriteError
 from ..groups import Coupling, Effect, EqualParts, Freeze, Slot, connected_labels
 from ..trace import META_KEY, TensorMeta, code_location, value_meta
 from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, freeze_inputs, queried_dims
-from .callsite import arg, cut_dim, kept_count, kept_on_dim
+from .callsite import arg, cut_dim, kept_count, kept_on_dim, part_users, used_whole
 
 
 LABELS = torch.int32  # the dtype of label tensors: half the memory traffic of int64 on large activations (a
@@ -160,10 +160,6 @@ def _varies_along(coord: np.ndarray, present: np.ndarray, k: int) -> bool:
     return bool(((coord[before] != coord[after]) & present[before] & present[after]).any())
 
 
-def _getitem_users(node: fx.Node, index: int):
-    return [u for u in node.users if u.op == "call_function" and u.target is operator.getitem and u.args[1] == index]
-
-
 class MovementRule(Rule):
     """Data movement with no shape constants to rewrite (cat, permute, transpose, flatten, ...)."""
 
@@ -207,7 +203,7 @@ class MovementRule(Rule):
                 continue
             k, pos, lab = read
             dims.append(k)
-            owners = [node] if not tuple_out else _getitem_users(node, i)
+            owners = [node] if not tuple_out else part_users(node, i)
             src = np.searchsorted(bases, lab, side="right") - 1
             for owner in owners:
                 out_slot = ctx.output_slot(owner, k)
@@ -215,7 +211,7 @@ class MovementRule(Rule):
                     mask = src == j
                     if mask.any():
                         couplings.append(Coupling(out_slot, in_slot, pos[mask], lab[mask] - bases[j]))
-        if tuple_out and any(u.target is not operator.getitem for u in node.users):
+        if tuple_out and used_whole(node):
             reason = f"the parts of {describe_node(node)} are used whole"
             freezes += [Freeze(s, reason) for s in in_slots]
         out_dim = tuple(dims) if tuple_out else dims[0]
@@ -355,17 +351,40 @@ class SplitRule(MovementRule):
         self.respell = respell
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
-        """MovementRule's coupling, and, for a split of the channel dim into equal parts (`chunk(n)`, `split(c)`,
+        """A cut along another dim than the channel dim: MovementRule's coupling (the channels ride through every
+        part). A cut of the channel dim: `cut_channels`, and, for equal parts (`chunk(n)`, `split(c)`,
         `split([c, c])`), an EqualParts: the caller's code computes those sizes from the width or from one
         attribute, so the parts must keep equal counts for it to run pruned (the graph's own split takes any)."""
-        effect = super().couple(node, ctx)
         x, dim = node.args[0], cut_dim(node, ctx, 2)
+        if ctx.channel_dim(x) != dim:
+            return super().couple(node, ctx)
         sizes = [part.shape[dim] for part in ctx.value(node)]
-        if ctx.channel_dim(x) != dim or len(sizes) < 2 or len(set(sizes)) != 1:
+        effect = self.cut_channels(node, ctx, ctx.input_slot(x, dim), dim, sizes)
+        if len(sizes) < 2 or len(set(sizes)) != 1:
             return effect
         parts = tuple(np.arange(k * sizes[0], (k + 1) * sizes[0]) for k in range(len(sizes)))
         where = f"{describe_node(node)} at {code_location(node)}"
         return replace(effect, equal_parts=(EqualParts(ctx.input_slot(x, dim), parts, where),))
+
+    @staticmethod
+    def cut_channels(node: fx.Node, ctx: AnalysisContext, source: Slot, dim: int, sizes: list[int]) -> Effect:
+        """Part i holds the source channels bounds[i]..bounds[i+1] (the running sums of `sizes`) on `dim`, in order.
+        A part of one channel (the key head of a fused multi-query QKV, `split([heads, 1, 1])`) pins that channel
+        alone: it has no channel dim to follow, and `shrink` re-cuts the parts so that it still holds it."""
+        bounds = np.cumsum([0, *sizes])
+        dims, couplings, freezes = [], [], []
+        for i, (lo, hi) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())):
+            dims.append(dim if hi - lo > 1 else None)
+            for part in part_users(node, i) if hi > lo else ():
+                couplings.append(Coupling(ctx.output_slot(part, dim), source, np.arange(hi - lo), np.arange(lo, hi)))
+                if hi - lo == 1:
+                    freezes.append(Freeze(ctx.output_slot(part, dim), (
+                        f"{describe_node(node, ctx.modules)} holds a single channel of its input in part {i} (as the "
+                        "one key/value head that multi-query attention shares with every query head): that channel "
+                        "stays")))
+        if used_whole(node):
+            freezes.append(Freeze(source, f"the parts of {describe_node(node)} are used whole"))
+        return Effect(tuple(dims), couplings=tuple(couplings), freezes=tuple(freezes))
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         x, dim = node.args[0], cut_dim(node, ctx, 2)

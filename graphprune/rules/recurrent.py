@@ -34,8 +34,6 @@ matrix-vector products; bias adds and the gates' element-wise products are not M
 """
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 import torch
 import torch.fx as fx
@@ -44,6 +42,7 @@ import torch.nn.functional as F
 
 from ..groups import Coupling, Effect, Freeze, Role, Slot
 from .base import AnalysisContext, GraphView, MacTerm, Rule, ShrinkContext, describe_node, freeze_inputs
+from .callsite import part_users, used_whole
 
 class PrunedRecurrent(nn.Module):
     """A stack of single-layer recurrent modules, each with its own hidden size.
@@ -183,10 +182,6 @@ def _call(node: fx.Node) -> tuple[fx.Node, object]:
     return values["input"], values.get("hx")
 
 
-def _getitem_users(node: fx.Node, index: int) -> list[fx.Node]:
-    return [u for u in node.users if u.target is operator.getitem and u.args[1] == index]
-
-
 class RecurrentRule(Rule):
     """nn.LSTM / nn.GRU and their pruned stacks (see the module docstring)."""
 
@@ -210,7 +205,7 @@ class RecurrentRule(Rule):
         couplings += [Coupling(x_slot, ctx.param_slot(self._qualname(node, m, 0, "weight_ih", d), 1, Role.CONSUMER))
                       for d in directions(m)]
         last, width = units[-1][0], layer_sizes(m)[-1][1]
-        for u in _getitem_users(node, 0):
+        for u in part_users(node, 0):
             out = ctx.output_slot(u, len(ctx.shape(u)) - 1)
             couplings.append(Coupling(last, out, *_spread(width, len(directions(m)))))
         hx_tensors = () if hx is None else (hx if isinstance(hx, (tuple, list)) else (hx,))
@@ -248,9 +243,9 @@ class RecurrentRule(Rule):
     @staticmethod
     def _state_tensors(node: fx.Node, m: nn.Module) -> list[fx.Node]:
         """The getitem nodes that read h_n (and c_n) out of output[1]."""
-        parts = _getitem_users(node, 1)
+        parts = part_users(node, 1)
         if gates(m) == 4:
-            parts = [p for part in parts for k in (0, 1) for p in _getitem_users(part, k)]
+            parts = [p for part in parts for k in (0, 1) for p in part_users(part, k)]
         return parts
 
     @staticmethod
@@ -260,9 +255,9 @@ class RecurrentRule(Rule):
             return f"has proj_size={m.proj_size} (not supported: the state is projected)"
         if not ctx.is_tensor(x):
             return "is called on a PackedSequence or other non-tensor input"
-        if any(u.target is not operator.getitem for u in node.users):
+        if used_whole(node):
             return "returns an (output, state) tuple that is used whole"
-        if gates(m) == 4 and any(u.target is not operator.getitem for p in _getitem_users(node, 1) for u in p.users):
+        if gates(m) == 4 and any(used_whole(p) for p in part_users(node, 1)):
             return "returns an (h_n, c_n) state tuple that is used whole"
         used_state = [s for s in states if s.users]
         hx_nodes = () if hx is None else (hx if isinstance(hx, (tuple, list)) else (hx,))
@@ -275,7 +270,7 @@ class RecurrentRule(Rule):
     def _frozen(self, node, ctx, reason: str) -> Effect:
         """Freeze the channels of the inputs, output[0] and the states, so every group this layer touches says why."""
         freezes = list(freeze_inputs(node, ctx, reason))
-        for u in _getitem_users(node, 0) + self._state_tensors(node, ctx.module(node)):
+        for u in part_users(node, 0) + self._state_tensors(node, ctx.module(node)):
             if ctx.is_tensor(u) and u.users:
                 freezes.append(Freeze(ctx.output_slot(u, len(ctx.shape(u)) - 1), reason))
         ctx.producer_note[node.name] = reason
@@ -284,7 +279,7 @@ class RecurrentRule(Rule):
     @staticmethod
     def _out_dims(node, m, ctx):
         """Channel dims of (output, state): the last dim of each tensor it returns (a pruned stack's states are tuples)."""
-        out = next((len(ctx.shape(u)) - 1 for u in _getitem_users(node, 0) if ctx.is_tensor(u)), None)
+        out = next((len(ctx.shape(u)) - 1 for u in part_users(node, 0) if ctx.is_tensor(u)), None)
         x = _call(node)[0]
         if isinstance(m, PrunedRecurrent) or not ctx.is_tensor(x):
             return out, None
