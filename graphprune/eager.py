@@ -9,8 +9,8 @@
                    attributes from their new weight shapes through the rule's `resize`, the one the rewrite
                    calls; Embedding and HF Conv1D, which the frontends trace through, the same way here
     4. attributes  every other module's int attribute `a == v` is matched against the sizes of the tensors the
-                   module, its children and grandchildren own: if every dim of size v changed to n, a := n (certain);
-                   if only some did (hidden == heads x head_dim before pruning), or `v * d` is the size of a
+                   module, its children and grandchildren own: if every dim of size v changed to n, a := n (certain
+                   when the module or a child owns such a dim, else a candidate); if only some did (hidden == heads x head_dim before pruning), or `v * d` is the size of a
                    changed dim for another int attribute d (a head count, d its head size), a has a
                    candidate. Candidates are decided per (class, attribute) by verification, fewest changes
                    first: attributes the forward never reads keep their old value.
@@ -178,11 +178,11 @@ class Candidate:
 
 
 
-def _dims(module: nn.Module, name: str, changed: dict) -> list[tuple[int, int]]:
-    """(old, new) size of every dim of the tensors `module`, its children and their children own (a layer wrapped
-    with its norm is a child whose tensors lie one level down: ultralytics' Conv holds conv and bn)."""
+def _dims(module: nn.Module, name: str, changed: dict, depth: int = 2) -> list[tuple[int, int]]:
+    """(old, new) size of every dim of the tensors `module` and its descendants down to `depth` levels own (a layer
+    wrapped with its norm is a child whose tensors lie one level down: ultralytics' Conv holds conv and bn)."""
     dims = []
-    for prefix, owner in _near(module, name, depth=2):
+    for prefix, owner in _near(module, name, depth):
         for tname, t in itertools.chain(owner.named_parameters(recurse=False), owner.named_buffers(recurse=False)):
             old, new = changed.get(f"{prefix}.{tname}" if prefix else tname, (tuple(t.shape), tuple(t.shape)))
             dims += zip(old, new)
@@ -206,13 +206,17 @@ def match_attributes(module: nn.Module, changed: dict, skip: set[str],
     for name, m in module.named_modules():
         if name in skip:
             continue
-        dims = _dims(m, name, changed) + [pair for s in splits.get(name, ()) for pair in zip(s.old, s.new)]
+        parts = [pair for s in splits.get(name, ()) for pair in zip(s.old, s.new)]
+        dims = _dims(m, name, changed) + parts
         if all(o == n for o, n in dims):
             continue
+        own = {o for o, _ in _dims(m, name, changed, depth=1) + parts}
         ints = {k: v for k, v in vars(m).items() if type(v) is int and v > 1}
         for attr, v in ints.items():
             news = {n for o, n in dims if o == v}
-            if news and v not in news and len(news) == 1:
+            # certain only when the module or a child owns a dim of size v: two levels down, a coincidence
+            # (a Swin block's window of 4 and its attention's 4 heads) is a candidate, verified
+            if news and v not in news and len(news) == 1 and v in own:
                 certain[(name, attr)] = news.pop()
                 continue
             candidates += [Candidate(name, attr, n, Evidence.SIZE) for n in sorted(news - {v})]

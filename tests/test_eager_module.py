@@ -300,3 +300,18 @@ def test_a_saved_config_keeps_the_head_size(tmp_path):
     assert all(a.num_heads < 4 for a in heads)
     with torch.no_grad():
         assert torch.equal(reloaded(x).logits, module(x).logits)
+
+
+def test_a_size_two_levels_down_that_equals_an_attribute_by_chance_is_verified_not_taken():
+    """A Swin block's window_size is 4 and its attention (two levels down) has 4 heads, pruned to 2: the block's
+    window must stay 4, so a match found only two levels down is a candidate that verification rejects."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.SwinForImageClassification(transformers.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4, num_labels=5))
+    x = (torch.randn(1, 3, 32, 32),)
+    result = graphprune.prune_graph(model.eval(), x, ratio=0.3, target="none")
+    module = result.module
+    block = module.swin.encoder.layers[1].blocks[0]
+    assert block.attention.num_attention_heads == 2 and block.window_size == 4
+    torch.testing.assert_close(module(*x).logits, result.model(*x).logits)
