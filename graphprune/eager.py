@@ -10,10 +10,11 @@
                    calls; Embedding and HF Conv1D, which the frontends trace through, the same way here
     4. attributes  every other module's int attribute `a == v` is matched against the sizes of the tensors the
                    module, its children and grandchildren own: if every dim of size v changed to n, a := n (certain
-                   when the module or a child owns such a dim, else a candidate); if only some did (hidden == heads x head_dim before pruning), or `v * d` is the size of a
-                   changed dim for another int attribute d (a head count, d its head size), a has a
-                   candidate. Candidates are decided per (class, attribute) by verification, fewest changes
-                   first: attributes the forward never reads keep their old value.
+                   when the module or a child owns such a dim, else a candidate); if only some did (hidden ==
+                   heads x head_dim before pruning), or `v * d` is the size of a changed dim for another int
+                   attribute d (a head count, d its head size), a has a candidate. Candidates are decided per
+                   (class, attribute) by verification, fewest changes first: attributes the forward never reads
+                   keep their old value.
     5. config      a Hugging Face config gets the field values for which the model class built from it (on
                    the meta device) has exactly the pruned shapes, so save_pretrained/from_pretrained round-trip;
                    when no uniform config can express them, save_pretrained is disabled with the reason. Where
@@ -178,23 +179,24 @@ class Candidate:
 
 
 
-def _dims(module: nn.Module, name: str, changed: dict, depth: int = 2) -> list[tuple[int, int]]:
-    """(old, new) size of every dim of the tensors `module` and its descendants down to `depth` levels own (a layer
-    wrapped with its norm is a child whose tensors lie one level down: ultralytics' Conv holds conv and bn)."""
-    dims = []
-    for prefix, owner in _near(module, name, depth):
+def _dims(module: nn.Module, name: str, changed: dict) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(old, new) size of every dim of the tensors that `module` and its children own, and of those its
+    grandchildren own (a layer wrapped with its norm is a child whose tensors lie one level down: ultralytics' Conv
+    holds conv and bn)."""
+    near, below = [], []
+    for prefix, owner, level in _near(module, name, depth=2):
         for tname, t in itertools.chain(owner.named_parameters(recurse=False), owner.named_buffers(recurse=False)):
             old, new = changed.get(f"{prefix}.{tname}" if prefix else tname, (tuple(t.shape), tuple(t.shape)))
-            dims += zip(old, new)
-    return dims
+            (near if level < 2 else below).extend(zip(old, new))
+    return near, below
 
 
-def _near(module: nn.Module, name: str, depth: int) -> Iterable[tuple[str, nn.Module]]:
-    """(qualified name, module) of `module` and its descendants down to `depth` levels."""
-    yield name, module
+def _near(module: nn.Module, name: str, depth: int, level: int = 0) -> Iterable[tuple[str, nn.Module, int]]:
+    """(qualified name, module, level below `module`) of `module` and its descendants down to `depth` levels."""
+    yield name, module, level
     if depth:
         for child_name, child in module.named_children():
-            yield from _near(child, f"{name}.{child_name}" if name else child_name, depth - 1)
+            yield from _near(child, f"{name}.{child_name}" if name else child_name, depth - 1, level + 1)
 
 
 def match_attributes(module: nn.Module, changed: dict, skip: set[str],
@@ -206,11 +208,12 @@ def match_attributes(module: nn.Module, changed: dict, skip: set[str],
     for name, m in module.named_modules():
         if name in skip:
             continue
-        parts = [pair for s in splits.get(name, ()) for pair in zip(s.old, s.new)]
-        dims = _dims(m, name, changed) + parts
+        near, below = _dims(m, name, changed)
+        near += [pair for s in splits.get(name, ()) for pair in zip(s.old, s.new)]
+        dims = near + below
         if all(o == n for o, n in dims):
             continue
-        own = {o for o, _ in _dims(m, name, changed, depth=1) + parts}
+        own = {o for o, _ in near}
         ints = {k: v for k, v in vars(m).items() if type(v) is int and v > 1}
         for attr, v in ints.items():
             news = {n for o, n in dims if o == v}

@@ -8,7 +8,7 @@ rule reads every spelling through an adapter into one view, and meets its tensor
 
 - `arg` / `set_arg`: an argument where the call site passed it, by position or keyword.
 - `Operand`: a tensor a layer reads (a module attribute or a graph node) and its slots.
-- `part_users`, `used_whole`: where the graph reads a tuple output part by part, or whole.
+- `part_users`, `used_whole`, `whole_use_freezes`: where the graph reads a tuple output part by part, or whole.
 - `first_outputs`: an op returning (output, statistics...) carries channels on output 0.
 - `channel_factor`: the activation slot a MAC term scales with, if that dim carries channels.
 - `kept_count`, `kept_bounds`: a pruned dim's kept count, a slice of it re-cut.
@@ -92,6 +92,11 @@ def part_users(node: fx.Node, index: int) -> list[fx.Node]:
 def used_whole(node: fx.Node) -> bool:
     """A user of the tuple output `node` reads it other than part by part (so no part can be resized alone)."""
     return any(u.target is not operator.getitem for u in node.users)
+
+
+def whole_use_freezes(node: fx.Node, slots) -> list[Freeze]:
+    """Freezes of `slots` when the tuple output `node` is used whole (`used_whole`), else none."""
+    return [Freeze(s, f"the parts of {describe_node(node)} are used whole") for s in slots] if used_whole(node) else []
 
 
 def first_outputs(node: fx.Node, ctx: AnalysisContext, dim: int, source: Slot) -> tuple[list, list]:

@@ -29,7 +29,7 @@ from ..errors import RewriteError
 from ..groups import Coupling, Effect, EqualParts, Freeze, Slot, connected_labels
 from ..trace import META_KEY, TensorMeta, code_location, value_meta
 from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, freeze_inputs, queried_dims
-from .callsite import arg, cut_dim, kept_count, kept_on_dim, part_users, used_whole
+from .callsite import arg, cut_dim, kept_count, kept_on_dim, part_users, whole_use_freezes
 
 
 LABELS = torch.int32  # the dtype of label tensors: half the memory traffic of int64 on large activations (a
@@ -211,9 +211,8 @@ class MovementRule(Rule):
                     mask = src == j
                     if mask.any():
                         couplings.append(Coupling(out_slot, in_slot, pos[mask], lab[mask] - bases[j]))
-        if tuple_out and used_whole(node):
-            reason = f"the parts of {describe_node(node)} are used whole"
-            freezes += [Freeze(s, reason) for s in in_slots]
+        if tuple_out:
+            freezes += whole_use_freezes(node, in_slots)
         out_dim = tuple(dims) if tuple_out else dims[0]
         return Effect(out_dim, couplings=tuple(couplings), freezes=tuple(freezes))
 
@@ -358,13 +357,13 @@ class SplitRule(MovementRule):
         x, dim = node.args[0], cut_dim(node, ctx, 2)
         if ctx.channel_dim(x) != dim:
             return super().couple(node, ctx)
-        sizes = [part.shape[dim] for part in ctx.value(node)]
-        effect = self.cut_channels(node, ctx, ctx.input_slot(x, dim), dim, sizes)
+        sizes, source = [part.shape[dim] for part in ctx.value(node)], ctx.input_slot(x, dim)
+        effect = self.cut_channels(node, ctx, source, dim, sizes)
         if len(sizes) < 2 or len(set(sizes)) != 1:
             return effect
         parts = tuple(np.arange(k * sizes[0], (k + 1) * sizes[0]) for k in range(len(sizes)))
         where = f"{describe_node(node)} at {code_location(node)}"
-        return replace(effect, equal_parts=(EqualParts(ctx.input_slot(x, dim), parts, where),))
+        return replace(effect, equal_parts=(EqualParts(source, parts, where),))
 
     @staticmethod
     def cut_channels(node: fx.Node, ctx: AnalysisContext, source: Slot, dim: int, sizes: list[int]) -> Effect:
@@ -376,14 +375,14 @@ class SplitRule(MovementRule):
         for i, (lo, hi) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())):
             dims.append(dim if hi - lo > 1 else None)
             for part in part_users(node, i) if hi > lo else ():
-                couplings.append(Coupling(ctx.output_slot(part, dim), source, np.arange(hi - lo), np.arange(lo, hi)))
+                slot = ctx.output_slot(part, dim)
+                couplings.append(Coupling(slot, source, np.arange(hi - lo), np.arange(lo, hi)))
                 if hi - lo == 1:
-                    freezes.append(Freeze(ctx.output_slot(part, dim), (
+                    freezes.append(Freeze(slot, (
                         f"{describe_node(node, ctx.modules)} holds a single channel of its input in part {i} (as the "
                         "one key/value head that multi-query attention shares with every query head): that channel "
                         "stays")))
-        if used_whole(node):
-            freezes.append(Freeze(source, f"the parts of {describe_node(node)} are used whole"))
+        freezes += whole_use_freezes(node, [source])
         return Effect(tuple(dims), couplings=tuple(couplings), freezes=tuple(freezes))
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
