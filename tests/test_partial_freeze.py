@@ -154,6 +154,45 @@ def test_a_split_part_of_one_channel_pins_that_channel_alone(frontend):
     _exact(model, result)
 
 
+class OneChannelCuts(nn.Module):
+    """OneChannelParts with the query, key and value channels cut out by indexing or narrow instead of a split."""
+
+    CUTS = {"slice": lambda y: (y[:, :8], y[:, 8:9], y[:, 9:10]),
+            "negative slice": lambda y: (y[:, :-2], y[:, -2:-1], y[:, -1:]),
+            "ellipsis": lambda y: (y[:, :8], y[..., 8:9, :, :], y[:, 9:]),
+            "list": lambda y: (y[:, :8], y[:, [8]], y[:, [9]]),
+            "narrow": lambda y: (y.narrow(1, 0, 8), y.narrow(1, 8, 1), torch.narrow(y, 1, -1, 1))}
+
+    def __init__(self, cut: str):
+        super().__init__()
+        self.cut = self.CUTS[cut]
+        self.fused = nn.Conv2d(3, 10, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        q, k, v = self.cut(self.fused(x))
+        return self.head(torch.relu(q) * k + v)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("cut", list(OneChannelCuts.CUTS))
+def test_an_indexed_cut_of_one_channel_keeps_that_channel_and_prunes_the_rest(cut, frontend):
+    """Slices (and narrows) of one channel pin it alone, as a split part does; a list of one position selects it.
+    Every spelling prunes half the query channels, keeps the key and value channels (lowest scores), and runs
+    exactly."""
+    model, result = _prune(OneChannelCuts(cut), frontend=frontend, strict=True)
+    group = _group_writing(result.graph, "fused")
+    assert group.size == 10 and group.prunable
+    if cut != "list":
+        assert [p.channels for p in group.pins] == [(8,), (9,)]
+        assert all("holds a single channel of its input" in p.reason for p in group.pins)
+    kept = result.plan.keep[group.id]
+    assert {8, 9} <= set(kept) and len(kept) <= 6
+    assert result.model.get_submodule("fused").weight.shape[0] == len(kept)
+    assert result.model.get_submodule("head").weight.shape[1] == len(kept) - 2
+    _exact(model, result)
+
+
 def test_l2_scores_keep_the_golden_count():
     model, result = _prune(CatSplit(), importance="l2")
     group = _group_writing(result.graph, "a")

@@ -13,7 +13,7 @@ rest reuse the fx rules where ATen's argument layout matches theirs:
 - pooling, upsampling, spatial padding act on the trailing 1, 2 or 3 dims: `SpatialRule`.
 - data movement is label-pushed (`MovementRule`, see rules/movement.py); the ops whose
   arguments hold channel counts rewrite them in `shrink`: view/_unsafe_view/reshape/
-  expand sizes (`ReshapeRule`), split sizes, slice and slice_scatter bounds; a size computed from
+  expand sizes (`ReshapeRule`), split sizes, slice_scatter bounds (slice bounds: indexing.py); a size computed from
   the symbolic batch dim (`sym_size`, see frontends.dynamic_batch) keeps its batch factor.
 - a gather by integer index tensors (index.Tensor) and aten.gather are indexing, with getitem (rules/indexing.py).
 - ops that create tensors from nothing (full, arange, rand...) carry no channels.
@@ -37,9 +37,9 @@ from .attention import MatMulRule, ScaledDotProductAttentionRule
 from .base import AnalysisContext, Rule, RuleTable, ShrinkContext, describe_node, freeze_inputs
 from .elementwise import (BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule,
                           passthrough)
-from .callsite import arg, cut_dim, grouped_together, kept_bounds, kept_on_dim
+from .callsite import arg, cut_dim, kept_bounds, kept_on_dim
 from .families import family_rules
-from .indexing import GetItemRule, table_effect
+from .indexing import GetItemRule
 from .moe import moe_rules
 from .movement import ATEN_RESHAPES, MovementRule, ReshapeRule, SplitRule, SqueezeRule, as_aten_split
 from .statistics import NormalisingStatisticRule
@@ -87,51 +87,6 @@ class PoolWithIndicesRule(Rule):
         if any(u.target is not operator.getitem for u in node.users):
             return Effect(None, freezes=(Freeze(x_slot, f"the outputs of {describe_node(node)} are used whole"),))
         return Effect((d, d), couplings=tuple(couplings))
-
-
-class SliceRule(MovementRule):
-    """slice.Tensor(x, dim, start, end, step) on the channel dim; `shrink` re-cuts the bounds.
-
-    Step k > 1 (GPT-OSS's interleaved gate/up columns, x[..., 0::2] and x[..., 1::2]) only over the whole dim
-    (0 <= start < k, end >= n, k divides n): the n/k blocks [b*k, (b+1)*k) are tied whole, so a pruned x
-    keeps whole blocks and the same (start, step) takes the same offset in every kept block (exact).
-    """
-
-    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
-        x = node.args[0]
-        d = ctx.channel_dim(x)
-        step = arg(node, 4, "step", 1)
-        if d is None and (table := table_effect(self, node, ctx, x, self._entries(node, ctx))) is not None:
-            return table
-        if not isinstance(d, int) or cut_dim(node, ctx, 1) != d or step == 1:
-            return super().couple(node, ctx)
-        n = ctx.shape(x)[d]
-        start, stop = arg(node, 2, "start", 0), arg(node, 3, "end", n)
-        if not (0 <= start < step and stop >= n and n % step == 0):
-            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} takes every n-th channel "
-                                                                 "of part of the channel dim"))
-        effect = super().couple(node, ctx)
-        blocks = grouped_together(ctx.input_slot(x, d), n, step)
-        return Effect(effect.out_dim, couplings=effect.couplings + (blocks,), freezes=effect.freezes)
-
-    @staticmethod
-    def _entries(node: fx.Node, ctx: AnalysisContext) -> list:
-        """One entry per dim of x, as indexing writes it: None for a whole dim, the slice on the cut dim."""
-        dim, n = cut_dim(node, ctx, 1), ctx.shape(node.args[0])
-        cut = slice(arg(node, 2, "start", 0), arg(node, 3, "end", None), arg(node, 4, "step", 1))
-        bounds = (cut.start, cut.stop, cut.step)
-        whole = all(isinstance(b, (int, type(None))) for b in bounds) and cut.indices(n[dim]) == (0, n[dim], 1)
-        return [None if i != dim or whole else cut for i in range(len(n))]
-
-    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
-        x = node.args[0]
-        dim = cut_dim(node, ctx, 1)
-        kept = kept_on_dim(ctx, x, dim)
-        if kept is None or arg(node, 4, "step", 1) != 1:  # a whole-dim step slice keeps its bounds (couple)
-            return
-        start, stop, _ = slice(arg(node, 2, "start"), arg(node, 3, "end")).indices(ctx.value(x).shape[dim])
-        node.args = (x, dim, *kept_bounds(kept, start, stop)) + tuple(node.args[4:])
-        node.kwargs = {k: v for k, v in node.kwargs.items() if k not in ("dim", "start", "end")}
 
 
 class SliceScatterRule(Rule):
@@ -310,7 +265,6 @@ def rules_by_op(gqa: GroupedQuery | str = GroupedQuery.KV_GROUPS) -> dict:
     add(ATEN_RESHAPES, ReshapeRule())
     add((A.expand.default,), RepeatKVRule(GroupedQuery.of(gqa)))
     add(SQUEEZES, SqueezeRule())
-    add((A.slice.Tensor,), SliceRule())
     add((A.slice_scatter.default,), SliceScatterRule())
     add((A.split_with_sizes.default, A.split.Tensor), SplitRule(as_aten_split))
     add((operator.getitem,), GetItemRule())

@@ -1,8 +1,11 @@
-"""Indexing: x[...] (fx's operator.getitem) and aten.index.Tensor(x, [i0, None, i2, ...]) (torch.export's gather by
-integer tensors), one family.
+"""Indexing: x[...] (fx's operator.getitem), slices (aten.slice.Tensor, torch.narrow) and aten.index.Tensor(x, [i0,
+None, i2, ...]) (torch.export's gather by integer tensors), one family.
 
 Basic indexing (ints, slices, None, Ellipsis) is data movement: channels are found by pushing labels (movement.py);
-a slice of the channel dim with step 1 is re-cut to the kept channels in `shrink`.
+a slice of the channel dim with step 1 is re-cut to the kept channels in `shrink`, and a slice of one channel
+(`x[:, i:i+1]`, the key head of a fused multi-query QKV) pins that channel alone. A constant list or 1-D tensor of
+positions on the channel dim, the only advanced index (`x[:, [8, 2]]`), selects channels: output position j is
+channel picked[j], re-written to the kept channels' new positions.
 
 Integer tensors as indices (advanced indexing): on every dim an index tensor indexes, y reads the positions its
 values hold; the other dims are taken whole. When x's channel dim c is not one of them, the output position k that
@@ -30,6 +33,7 @@ so the table is sliced with whatever the output meets (the attention heads it is
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,8 +42,8 @@ import torch.fx as fx
 from ..groups import Coupling, Effect, Freeze, Role
 from ..trace import META_KEY, TensorMeta
 from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, freeze_inputs
-from .callsite import arg, kept_bounds, kept_count
-from .movement import MovementRule, resize_argument
+from .callsite import arg, cut_dim, grouped_together, kept_bounds, kept_count, kept_on_dim
+from .movement import MovementRule, channel_cut, resize_argument
 
 
 class IndexRule(MovementRule):
@@ -55,23 +59,32 @@ class IndexRule(MovementRule):
         picked = _selected_channels(ctx, x, entries)
         if picked is None:
             return gather_effect(self, node, ctx, x, entries)
-        coupling = Coupling(ctx.output_slot(node, d), ctx.input_slot(x, d), np.arange(len(picked)), picked)
-        return Effect(d, couplings=(coupling,))
+        return selection_effect(node, ctx, x, d, picked)
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
         x, indices = node.args[:2]
         d = ctx.declared.get(x.name)
-        kept, out_kept = (ctx.kept(x.name, d), ctx.kept(node.name, d)) if isinstance(d, int) else (None, None)
-        if kept is None or d >= len(indices) or indices[d] is None:
+        if not isinstance(d, int) or ctx.kept(x.name, d) is None or d >= len(indices) or indices[d] is None:
             return
-        picked = constant_index(indices[d], ctx).numpy() % ctx.value(x).shape[d]
-        picked = picked if out_kept is None else picked[out_kept]
+        picked = kept_selection(ctx, x, node, d, constant_index(indices[d], ctx).numpy() % ctx.value(x).shape[d])
         name = f"{node.name}_kept_index"
-        ctx.gm.register_buffer(name, torch.as_tensor(np.searchsorted(kept, picked), dtype=torch.int64))
+        ctx.gm.register_buffer(name, torch.as_tensor(picked, dtype=torch.int64))
         with ctx.gm.graph.inserting_before(node):
             constant = ctx.gm.graph.get_attr(name)
         constant.meta[META_KEY] = TensorMeta((len(picked),), torch.int64)
         node.args = (x, [constant if i == d else a for i, a in enumerate(indices)]) + tuple(node.args[2:])
+
+
+def selection_effect(node: fx.Node, ctx: AnalysisContext, x: fx.Node, d: int, picked: np.ndarray) -> Effect:
+    """A constant selection of channels: output position j on dim d is channel picked[j] of x (exact)."""
+    coupling = Coupling(ctx.output_slot(node, d), ctx.input_slot(x, d), np.arange(len(picked)), picked)
+    return Effect(d, couplings=(coupling,))
+
+
+def kept_selection(ctx: ShrinkContext, x: fx.Node, node: fx.Node, d: int, picked: np.ndarray) -> np.ndarray:
+    """The positions in pruned x of the picked channels that the pruned output keeps."""
+    out_kept = ctx.kept(node.name, d)
+    return np.searchsorted(ctx.kept(x.name, d), picked if out_kept is None else picked[out_kept])
 
 
 def _selected_channels(ctx: AnalysisContext, x: fx.Node, entries: list) -> np.ndarray | None:
@@ -145,6 +158,105 @@ def _describe(entry) -> str:
     return f"the tensor `{entry.name}`" if isinstance(entry, fx.Node) else repr(entry)
 
 
+@dataclass(frozen=True)
+class SliceCall:
+    """One slice call site, whatever its spelling: x[start:stop:step] along `dim` (bounds as written: ints, None
+    or graph nodes; `dim` non-negative)."""
+
+    x: fx.Node
+    dim: int
+    start: object
+    stop: object
+    step: int
+
+    def bounds(self, size: int) -> tuple[int, int] | None:
+        """[start, stop) made concrete for a dim of `size`, None for bounds the graph computes."""
+        if isinstance(self.start, fx.Node) or isinstance(self.stop, fx.Node):
+            return None
+        start, stop, _ = slice(self.start, self.stop).indices(size)
+        return start, stop
+
+
+class AtenSlice:
+    """aten.slice.Tensor(x, dim=0, start=None, end=None, step=1)."""
+
+    def read(self, node: fx.Node, view) -> SliceCall:
+        return SliceCall(node.args[0], cut_dim(node, view, 1), arg(node, 2, "start"), arg(node, 3, "end"),
+                         arg(node, 4, "step", 1))
+
+    def write(self, node: fx.Node, call: SliceCall, start: int, stop: int) -> None:
+        node.args = (call.x, call.dim, start, stop) + tuple(node.args[4:])
+        node.kwargs = {k: v for k, v in node.kwargs.items() if k not in ("dim", "start", "end")}
+
+
+class Narrow:
+    """torch.narrow / Tensor.narrow(x, dim, start, length): the slice [start, start + length), a negative start
+    counting from the end."""
+
+    def read(self, node: fx.Node, view) -> SliceCall:
+        x, dim, start, length = node.args[0], cut_dim(node, view, 1), arg(node, 2, "start"), arg(node, 3, "length")
+        if not (isinstance(start, int) and isinstance(length, int)):
+            return SliceCall(x, dim, start, length, 1)  # a bound the graph computes: labelled, never re-cut
+        start %= view.shape(x)[dim]
+        return SliceCall(x, dim, start, start + length, 1)
+
+    def write(self, node: fx.Node, call: SliceCall, start: int, stop: int) -> None:
+        node.args = (call.x, call.dim, start, stop - start)
+        node.kwargs = {}
+
+
+class SliceRule(MovementRule):
+    """A slice of x along one dim, read through its spelling (`AtenSlice`, `Narrow`). Along another dim than the
+    channel dim the channels are found by labels. On the channel dim, bounds the graph computes freeze the channels;
+    with step 1 a cut of one channel pins it (`channel_cut`), and `shrink` re-cuts the bounds to the kept channels.
+
+    Step k > 1 (GPT-OSS's interleaved gate/up columns, x[..., 0::2] and x[..., 1::2]) only over the whole dim
+    (0 <= start < k, end >= n, k divides n): the n/k blocks [b*k, (b+1)*k) are tied whole, so a pruned x
+    keeps whole blocks and the same (start, step) takes the same offset in every kept block (exact).
+    """
+
+    def __init__(self, spelling):
+        self.spelling = spelling
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        call = self.spelling.read(node, ctx)
+        d = ctx.channel_dim(call.x)
+        if d is None and (table := table_effect(self, node, ctx, call.x, self._entries(call, ctx))) is not None:
+            return table
+        if not isinstance(d, int) or call.dim != d:
+            return super().couple(node, ctx)
+        n = ctx.shape(call.x)[d]
+        if (bounds := call.bounds(n)) is None:
+            reason = f"{describe_node(node)} cuts the channel dim at bounds the graph computes"
+            return Effect(None, freezes=freeze_inputs(node, ctx, reason))
+        start, stop = bounds
+        if call.step == 1:
+            return channel_cut(node, ctx, ctx.input_slot(call.x, d), d, start, stop, node) if stop - start == 1 \
+                else super().couple(node, ctx)
+        if not (0 <= start < call.step and stop >= n and n % call.step == 0):
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} takes every n-th channel "
+                                                                 "of part of the channel dim"))
+        effect = super().couple(node, ctx)
+        blocks = grouped_together(ctx.input_slot(call.x, d), n, call.step)
+        return Effect(effect.out_dim, couplings=effect.couplings + (blocks,), freezes=effect.freezes)
+
+    @staticmethod
+    def _entries(call: SliceCall, ctx: AnalysisContext) -> list:
+        """One entry per dim of x, as indexing writes it: None for a whole dim, the slice on the cut dim."""
+        shape = ctx.shape(call.x)
+        whole = call.step == 1 and call.bounds(shape[call.dim]) == (0, shape[call.dim])
+        cut = slice(call.start, call.stop, call.step)
+        return [None if i != call.dim or whole else cut for i in range(len(shape))]
+
+    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
+        call = self.spelling.read(node, ctx)
+        kept = kept_on_dim(ctx, call.x, call.dim)
+        bounds = call.bounds(ctx.value(call.x).shape[call.dim])
+        if kept is None or call.step != 1 or bounds is None:  # a whole-dim step slice keeps its bounds (couple)
+            return
+        self.spelling.write(node, call, *kept_bounds(kept, *bounds))
+
+
 class GetItemRule(MovementRule):
     """x[...]: tuple parts pass through; tensor slices with step 1 on the channel dim are re-cut; integer tensors
     as indices are a gather (module docstring)."""
@@ -162,11 +274,15 @@ class GetItemRule(MovementRule):
         if d is None and (table := table_effect(self, node, ctx, src, entries)) is not None:
             return table
         entry = entries[d] if isinstance(d, int) else None
-        if isinstance(d, int) and not (entry is None or (isinstance(entry, slice) and entry.step in (None, 1)
-                                                         and not isinstance(entry.start, fx.Node)
-                                                         and not isinstance(entry.stop, fx.Node))):
+        if (picked := _listed_channels(index, entries, d, ctx.shape(src))) is not None:
+            return selection_effect(node, ctx, src, d, picked)
+        if not (entry is None or _plain_slice(entry)):
             reason = f"{describe_node(node)} indexes the channel dim with {entry!r}"
             return Effect(None, freezes=freeze_inputs(node, ctx, reason))
+        if entry is not None and _keeps_dim_in_place(index, entries, d):
+            start, stop, _ = entry.indices(ctx.shape(src)[d])
+            if stop - start == 1:
+                return channel_cut(node, ctx, ctx.input_slot(src, d), d, start, stop, node)
         return super().couple(node, ctx)
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
@@ -175,13 +291,46 @@ class GetItemRule(MovementRule):
         if not isinstance(ctx.value(src), TensorMeta) or not isinstance(d, int):
             return
         kept = ctx.kept(src.name, d)
-        size = ctx.value(src).shape[d]
-        entry = _expand_index(index, len(ctx.value(src).shape))[d]
-        if kept is None or not isinstance(entry, slice) or entry == slice(None):
+        shape = ctx.value(src).shape
+        entries = _expand_index(index, len(shape))
+        if kept is None:
             return
-        start, stop, _ = entry.indices(size)
-        new = slice(*kept_bounds(kept, start, stop), None)
-        node.args = (src, _replace_index_entry(index, d, len(ctx.value(src).shape), new))
+        if (picked := _listed_channels(index, entries, d, shape)) is not None:
+            new = [int(i) for i in kept_selection(ctx, src, node, d, picked)]
+        elif isinstance(entries[d], slice) and entries[d] != slice(None):
+            start, stop, _ = entries[d].indices(shape[d])
+            new = slice(*kept_bounds(kept, start, stop), None)
+        else:
+            return
+        node.args = (src, _replace_index_entry(index, d, len(shape), new))
+
+
+def _plain_slice(entry) -> bool:
+    """A slice with step 1 and constant bounds."""
+    return isinstance(entry, slice) and entry.step in (None, 1) and not isinstance(entry.start, fx.Node) \
+        and not isinstance(entry.stop, fx.Node)
+
+
+def _keeps_dim_in_place(index, entries: list, d: int) -> bool:
+    """Whether input dim d is output dim d (`entries`: the index, one entry per input dim): the index adds no axis
+    and takes no dim before d by an integer."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    return not any(i is None for i in items) and not any(isinstance(e, int) for e in entries[:d])
+
+
+def _listed_channels(index, entries: list, d, shape) -> np.ndarray | None:
+    """The channels a list of ints on the channel dim d picks (`x[:, [8, 2]]`), in output order, when every other
+    entry is a slice and the index adds no axis (output dim d is then the list's); else None."""
+    if not isinstance(d, int) or not _is_int_list(entries[d]) or not _keeps_dim_in_place(index, entries, d):
+        return None
+    if not all(isinstance(e, slice) or e is None for i, e in enumerate(entries) if i != d):
+        return None
+    return np.asarray(entries[d], dtype=np.int64) % shape[d]
+
+
+def _is_int_list(entry) -> bool:
+    return isinstance(entry, list) and bool(entry) and all(isinstance(i, int) and not isinstance(i, bool)
+                                                           for i in entry)
 
 
 def _expand_index(index, rank: int) -> list:
@@ -278,6 +427,7 @@ def _varying_index(node: fx.Node, ctx: AnalysisContext, x: fx.Node, dim: int, in
 
 def indexing_rules() -> dict:
     """Every spelling of indexing and gathering -> its family's rule."""
-    gather = GatherRule()
+    gather, narrow = GatherRule(), SliceRule(Narrow())
     return {operator.getitem: GetItemRule(), torch.ops.aten.index.Tensor: IndexRule(),
+            torch.ops.aten.slice.Tensor: SliceRule(AtenSlice()), torch.narrow: narrow, torch.Tensor.narrow: narrow,
             torch.gather: gather, torch.Tensor.gather: gather, torch.ops.aten.gather.default: gather}

@@ -160,6 +160,21 @@ def _varies_along(coord: np.ndarray, present: np.ndarray, k: int) -> bool:
     return bool(((coord[before] != coord[after]) & present[before] & present[after]).any())
 
 
+def channel_cut(part: fx.Node, ctx: AnalysisContext, source: Slot, dim: int, lo: int, hi: int,
+                op: fx.Node, which: str = "") -> Effect:
+    """`part` holds the channels lo..hi-1 of `source` on `dim`, in order: a part of the split `op` (`which` says
+    which part), or the slice `op` of the channel dim. A cut of one channel has no channel dim to follow: that
+    channel is pinned alone (the rest of its group stays prunable), and the op's `shrink` re-cuts its bounds so that
+    it still holds it."""
+    slot = ctx.output_slot(part, dim)
+    coupling = Coupling(slot, source, np.arange(hi - lo), np.arange(lo, hi))
+    if hi - lo != 1:
+        return Effect(dim, couplings=(coupling,))
+    reason = (f"{describe_node(op, ctx.modules)} holds a single channel of its input{which} (as the one key/value head "
+              "that multi-query attention shares with every query head, or `x[:, i:i+1]`): that channel stays")
+    return Effect(None, couplings=(coupling,), freezes=(Freeze(slot, reason),))
+
+
 class MovementRule(Rule):
     """Data movement with no shape constants to rewrite (cat, permute, transpose, flatten, ...)."""
 
@@ -367,21 +382,16 @@ class SplitRule(MovementRule):
 
     @staticmethod
     def cut_channels(node: fx.Node, ctx: AnalysisContext, source: Slot, dim: int, sizes: list[int]) -> Effect:
-        """Part i holds the source channels bounds[i]..bounds[i+1] (the running sums of `sizes`) on `dim`, in order.
-        A part of one channel (the key head of a fused multi-query QKV, `split([heads, 1, 1])`) pins that channel
-        alone: it has no channel dim to follow, and `shrink` re-cuts the parts so that it still holds it."""
+        """Part i holds the source channels bounds[i]..bounds[i+1] (the running sums of `sizes`) on `dim`, in order
+        (`channel_cut`); a part of one channel is the key head of a fused multi-query QKV, `split([heads, 1, 1])`."""
         bounds = np.cumsum([0, *sizes])
         dims, couplings, freezes = [], [], []
         for i, (lo, hi) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())):
             dims.append(dim if hi - lo > 1 else None)
             for part in part_users(node, i) if hi > lo else ():
-                slot = ctx.output_slot(part, dim)
-                couplings.append(Coupling(slot, source, np.arange(hi - lo), np.arange(lo, hi)))
-                if hi - lo == 1:
-                    freezes.append(Freeze(slot, (
-                        f"{describe_node(node, ctx.modules)} holds a single channel of its input in part {i} (as the "
-                        "one key/value head that multi-query attention shares with every query head): that channel "
-                        "stays")))
+                cut = channel_cut(part, ctx, source, dim, lo, hi, node, f" in part {i}")
+                couplings += cut.couplings
+                freezes += cut.freezes
         freezes += whole_use_freezes(node, [source])
         return Effect(tuple(dims), couplings=tuple(couplings), freezes=tuple(freezes))
 
