@@ -196,8 +196,8 @@ class Narrow:
     def read(self, node: fx.Node, view) -> SliceCall:
         x, dim, start, length = node.args[0], cut_dim(node, view, 1), arg(node, 2, "start"), arg(node, 3, "length")
         if not (isinstance(start, int) and isinstance(length, int)):
-            return SliceCall(x, dim, start, length, 1)  # a bound the graph computes: labelled, never re-cut
-        start %= view.shape(x)[dim]
+            return SliceCall(x, dim, start, length, 1)  # bounds the graph computes: `bounds` is None
+        start += view.shape(x)[dim] if start < 0 else 0
         return SliceCall(x, dim, start, start + length, 1)
 
     def write(self, node: fx.Node, call: SliceCall, start: int, stop: int) -> None:
@@ -231,8 +231,7 @@ class SliceRule(MovementRule):
             return Effect(None, freezes=freeze_inputs(node, ctx, reason))
         start, stop = bounds
         if call.step == 1:
-            return channel_cut(node, ctx, ctx.input_slot(call.x, d), d, start, stop, node) if stop - start == 1 \
-                else super().couple(node, ctx)
+            return step_one_cut(self, node, ctx, call.x, d, start, stop)
         if not (0 <= start < call.step and stop >= n and n % call.step == 0):
             return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} takes every n-th channel "
                                                                  "of part of the channel dim"))
@@ -255,6 +254,15 @@ class SliceRule(MovementRule):
         if kept is None or call.step != 1 or bounds is None:  # a whole-dim step slice keeps its bounds (couple)
             return
         self.spelling.write(node, call, *kept_bounds(kept, *bounds))
+
+
+def step_one_cut(rule: MovementRule, node: fx.Node, ctx: AnalysisContext, x: fx.Node, d: int, start: int,
+                 stop: int) -> Effect:
+    """The slice [start, stop) of x's channel dim d, step 1, output dim d: a cut of one channel pins it
+    (`channel_cut`); any other is labelled."""
+    if stop - start == 1:
+        return channel_cut(node, ctx, ctx.input_slot(x, d), d, start, stop, node)
+    return rule.labelled(node, ctx)
 
 
 class GetItemRule(MovementRule):
@@ -280,9 +288,7 @@ class GetItemRule(MovementRule):
             reason = f"{describe_node(node)} indexes the channel dim with {entry!r}"
             return Effect(None, freezes=freeze_inputs(node, ctx, reason))
         if entry is not None and _keeps_dim_in_place(index, entries, d):
-            start, stop, _ = entry.indices(ctx.shape(src)[d])
-            if stop - start == 1:
-                return channel_cut(node, ctx, ctx.input_slot(src, d), d, start, stop, node)
+            return step_one_cut(self, node, ctx, src, d, *entry.indices(ctx.shape(src)[d])[:2])
         return super().couple(node, ctx)
 
     def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
@@ -291,10 +297,10 @@ class GetItemRule(MovementRule):
         if not isinstance(ctx.value(src), TensorMeta) or not isinstance(d, int):
             return
         kept = ctx.kept(src.name, d)
-        shape = ctx.value(src).shape
-        entries = _expand_index(index, len(shape))
         if kept is None:
             return
+        shape = ctx.value(src).shape
+        entries = _expand_index(index, len(shape))
         if (picked := _listed_channels(index, entries, d, shape)) is not None:
             new = [int(i) for i in kept_selection(ctx, src, node, d, picked)]
         elif isinstance(entries[d], slice) and entries[d] != slice(None):
