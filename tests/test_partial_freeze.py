@@ -161,7 +161,9 @@ class OneChannelCuts(nn.Module):
             "negative slice": lambda y: (y[:, :-2], y[:, -2:-1], y[:, -1:]),
             "ellipsis": lambda y: (y[:, :8], y[..., 8:9, :, :], y[:, 9:]),
             "list": lambda y: (y[:, :8], y[:, [8]], y[:, [9]]),
-            "narrow": lambda y: (y.narrow(1, 0, 8), y.narrow(1, 8, 1), torch.narrow(y, 1, -1, 1))}
+            "narrow": lambda y: (y.narrow(1, 0, 8), y.narrow(1, 8, 1), torch.narrow(y, 1, -1, 1)),
+            "int": lambda y: (y[:, :8], y[:, 8].unsqueeze(1), y[:, -1, None]),
+            "select": lambda y: (y[:, :8], y.select(1, 8).unsqueeze(1), torch.select(y, 1, -1).unsqueeze(1))}
 
     def __init__(self, cut: str):
         super().__init__()
@@ -177,7 +179,8 @@ class OneChannelCuts(nn.Module):
 @pytest.mark.parametrize("frontend", ["fx", "export"])
 @pytest.mark.parametrize("cut", list(OneChannelCuts.CUTS))
 def test_an_indexed_cut_of_one_channel_keeps_that_channel_and_prunes_the_rest(cut, frontend):
-    """Slices (and narrows) of one channel pin it alone, as a split part does; a list of one position selects it.
+    """Slices (and narrows) of one channel pin it alone, as a split part does, and so does an int or a select, which
+    drops the channel dim; a list of one position selects it.
     Every spelling prunes half the query channels, keeps the key and value channels (lowest scores), and runs
     exactly."""
     model, result = _prune(OneChannelCuts(cut), frontend=frontend, strict=True)

@@ -185,7 +185,7 @@ SPATIAL = {
 
 MOVEMENT = (
     A.permute.default, A.t.default, A.transpose.int, A.unsqueeze.default, A.cat.default, A.stack.default,
-    A.unbind.int, A.select.int, A.flip.default, A.repeat.default, A.pixel_shuffle.default, A.pixel_unshuffle.default,
+    A.unbind.int, A.flip.default, A.repeat.default, A.pixel_shuffle.default, A.pixel_unshuffle.default,
     A.channel_shuffle.default, A.flatten.using_ints,
 )
 SQUEEZES = (A.squeeze.dim, A.squeeze.dims, A.squeeze.default)

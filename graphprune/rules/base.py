@@ -322,6 +322,12 @@ class AnalysisContext(GraphView):
         """The channel dim `dim` of `node`'s own output (which `node`'s rule declares)."""
         return self._register(Slot(node.name, dim), self.shape(node)[dim])
 
+    def picked_slot(self, node: fx.Node, dim: int) -> Slot:
+        """A slot of one position for the channel that `node` takes out of its input's dim `dim`, dropping that dim
+        (`x[:, i]`, `select`): `node`'s output has no channel dim, so the slot is named apart from every node and
+        parameter (`select_1[picked]`), and checks of node shapes pass it by."""
+        return self._register(Slot(f"{node.name}[picked]", dim), 1)
+
     def input_slot(self, node: fx.Node, dim: int) -> Slot:
         """Channel dim `dim` of an input tensor; records a freeze unless its producer declared that dim.
 

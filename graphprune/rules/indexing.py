@@ -1,9 +1,11 @@
-"""Indexing: x[...] (fx's operator.getitem), slices (aten.slice.Tensor, torch.narrow) and aten.index.Tensor(x, [i0,
-None, i2, ...]) (torch.export's gather by integer tensors), one family.
+"""Indexing: x[...] (fx's operator.getitem), slices (aten.slice.Tensor, torch.narrow), selects (torch.select,
+aten.select.int) and aten.index.Tensor(x, [i0, None, i2, ...]) (torch.export's gather by integer tensors), one family.
 
 Basic indexing (ints, slices, None, Ellipsis) is data movement: channels are found by pushing labels (movement.py);
 a slice of the channel dim with step 1 is re-cut to the kept channels in `shrink`, and a slice of one channel
-(`x[:, i:i+1]`, the key head of a fused multi-query QKV) pins that channel alone. A constant list or 1-D tensor of
+(`x[:, i:i+1]`, the key head of a fused multi-query QKV) pins that channel alone. An int on the channel dim
+(`x[:, i]`, `x.select(1, i)`) takes one channel and drops the dim: that channel is pinned alone too, and `shrink`
+rewrites i to its position among the kept channels. A constant list or 1-D tensor of
 positions on the channel dim, the only advanced index (`x[:, [8, 2]]`), selects channels: output position j is
 channel picked[j], re-written to the kept channels' new positions.
 
@@ -265,9 +267,55 @@ def step_one_cut(rule: MovementRule, node: fx.Node, ctx: AnalysisContext, x: fx.
     return rule.labelled(node, ctx)
 
 
+def channel_pick(node: fx.Node, ctx: AnalysisContext, x: fx.Node, d: int, i: int) -> Effect:
+    """`node` takes channel i (non-negative) of x's channel dim d and drops the dim (`x[:, i]`, `x.select(d, i)`): its
+    output has no channel dim to follow, so channel i is pinned alone (the rest of its group stays prunable) and the
+    op's `shrink` rewrites i to that channel's new position (`picked_position`)."""
+    slot = ctx.picked_slot(node, d)
+    reason = (f"{describe_node(node, ctx.modules)} holds a single channel of its input (`x[:, i]`, `select`): "
+              "that channel stays")
+    coupling = Coupling(slot, ctx.input_slot(x, d), np.zeros(1, dtype=np.int64), np.array([i]))
+    return Effect(None, couplings=(coupling,), freezes=(Freeze(slot, reason),))
+
+
+def picked_position(ctx: ShrinkContext, x: fx.Node, d: int, i: int) -> int | None:
+    """The position in pruned x of channel i of its channel dim d (pinned by `channel_pick`); None when x's channels
+    are not pruned."""
+    kept = kept_on_dim(ctx, x, d)
+    return None if kept is None else int(np.searchsorted(kept, i % ctx.value(x).shape[d]))
+
+
+class SelectRule(MovementRule):
+    """select(x, dim, index) (torch.select, Tensor.select; aten.select.int, which is `x[:, i]` under torch.export).
+    Along another dim than the channel dim the channels are found by labels; on the channel dim the one channel it
+    takes is pinned (`channel_pick`), and `shrink` rewrites the index to its new position."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        x, dim, index = _select_arguments(node, ctx)
+        d = ctx.channel_dim(x)
+        if not isinstance(d, int) or dim != d:
+            return super().couple(node, ctx)
+        if not isinstance(index, int):
+            reason = f"{describe_node(node, ctx.modules)} takes a channel at a position the graph computes"
+            return Effect(None, freezes=freeze_inputs(node, ctx, reason))
+        return channel_pick(node, ctx, x, d, index % ctx.shape(x)[d])
+
+    def shrink(self, node: fx.Node, ctx: ShrinkContext) -> None:
+        x, dim, index = _select_arguments(node, ctx)
+        new = picked_position(ctx, x, dim, index) if isinstance(index, int) else None
+        if new is not None:
+            node.args = (x, dim, new)
+            node.kwargs = {}
+
+
+def _select_arguments(node: fx.Node, view) -> tuple:
+    """(x, dim made non-negative, index) of a select, in any spelling."""
+    return node.args[0], cut_dim(node, view, 1), arg(node, 2, "index")
+
+
 class GetItemRule(MovementRule):
-    """x[...]: tuple parts pass through; tensor slices with step 1 on the channel dim are re-cut; integer tensors
-    as indices are a gather (module docstring)."""
+    """x[...]: tuple parts pass through; tensor slices with step 1 on the channel dim are re-cut; an int on it takes
+    one channel (`channel_pick`); integer tensors as indices are a gather (module docstring)."""
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         src, index = node.args
@@ -282,6 +330,8 @@ class GetItemRule(MovementRule):
         if d is None and (table := table_effect(self, node, ctx, src, entries)) is not None:
             return table
         entry = entries[d] if isinstance(d, int) else None
+        if _is_int(entry):
+            return channel_pick(node, ctx, src, d, entry % ctx.shape(src)[d])
         if (picked := _listed_channels(index, entries, d, ctx.shape(src))) is not None:
             return selection_effect(node, ctx, src, d, picked)
         if not (entry is None or _plain_slice(entry)):
@@ -303,6 +353,8 @@ class GetItemRule(MovementRule):
         entries = _expand_index(index, len(shape))
         if (picked := _listed_channels(index, entries, d, shape)) is not None:
             new = [int(i) for i in kept_selection(ctx, src, node, d, picked)]
+        elif _is_int(entries[d]):
+            new = picked_position(ctx, src, d, entries[d])
         elif isinstance(entries[d], slice) and entries[d] != slice(None):
             start, stop, _ = entries[d].indices(shape[d])
             new = slice(*kept_bounds(kept, start, stop), None)
@@ -334,9 +386,12 @@ def _listed_channels(index, entries: list, d, shape) -> np.ndarray | None:
     return np.asarray(entries[d], dtype=np.int64) % shape[d]
 
 
+def _is_int(entry) -> bool:
+    return isinstance(entry, int) and not isinstance(entry, bool)
+
+
 def _is_int_list(entry) -> bool:
-    return isinstance(entry, list) and bool(entry) and all(isinstance(i, int) and not isinstance(i, bool)
-                                                           for i in entry)
+    return isinstance(entry, list) and bool(entry) and all(_is_int(i) for i in entry)
 
 
 def _expand_index(index, rank: int) -> list:
@@ -433,7 +488,8 @@ def _varying_index(node: fx.Node, ctx: AnalysisContext, x: fx.Node, dim: int, in
 
 def indexing_rules() -> dict:
     """Every spelling of indexing and gathering -> its family's rule."""
-    gather, narrow = GatherRule(), SliceRule(Narrow())
+    gather, narrow, select = GatherRule(), SliceRule(Narrow()), SelectRule()
     return {operator.getitem: GetItemRule(), torch.ops.aten.index.Tensor: IndexRule(),
             torch.ops.aten.slice.Tensor: SliceRule(AtenSlice()), torch.narrow: narrow, torch.Tensor.narrow: narrow,
+            torch.select: select, torch.Tensor.select: select, torch.ops.aten.select.int: select,
             torch.gather: gather, torch.Tensor.gather: gather, torch.ops.aten.gather.default: gather}

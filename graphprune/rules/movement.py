@@ -102,8 +102,8 @@ def read_channel_dim(t: torch.Tensor, inside: frozenset[int] = frozenset(), batc
     # torch.equal stops at the first difference and compares with the broadcast first slice in place
     varying = [k for k in range(a.ndim) if a.shape[k] > 1 and not torch.equal(t, t.narrow(k, 0, 1).expand_as(t))]
     if not varying:
-        return ("holds a single channel of its input (one position, as `x[:, i]` or the one key/value head that "
-                "multi-query attention shares with every query head): that channel stays")
+        return ("holds a single channel of its input (one position, as the one key/value head that multi-query "
+                "attention shares with every query head): the channels it reads stay")
     if len(varying) == 1:
         k = varying[0]
         labels = np.moveaxis(a, k, 0).reshape(a.shape[k], -1)[:, 0].astype(np.int64)
