@@ -196,6 +196,45 @@ def test_an_indexed_cut_of_one_channel_keeps_that_channel_and_prunes_the_rest(cu
     _exact(model, result)
 
 
+class PickedChannelsLast(nn.Module):
+    """Channels last: a one-channel slice and a select of the last dim (negative) scale and shift a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3, padding=1)
+        self.lin = nn.Linear(12, 5)
+
+    def forward(self, x):
+        y = self.conv(x).permute(0, 2, 3, 1)
+        return self.lin(y) * y[..., 5:6] + y.select(-1, 7).unsqueeze(-1)
+
+
+class PickedNeurons(nn.Module):
+    """A linear layer's neurons 7 (a one-neuron slice) and 0 (an int index) gate and shift the next layer's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Linear(3 * 8 * 8, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x.flatten(1)))
+        return self.head(h) * torch.sigmoid(h[:, 7:8]) + h[:, 0, None]
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("model, picked", [(PickedChannelsLast, {(5,), (7,)}), (PickedNeurons, {(7,), (0,)})])
+def test_picked_channels_are_pinned_where_the_channel_dim_is_last_or_a_neuron(model, picked, frontend):
+    """The picked channels stay, each pinned alone, and the rest of the group prunes to the ratio (exact)."""
+    model, result = _prune(model(), frontend=frontend, strict=True)
+    group = _group_writing(result.graph, "conv")
+    assert group.prunable and {p.channels for p in group.pins} == picked
+    kept = result.plan.keep[group.id]
+    assert set().union(*picked) <= set(kept) and len(kept) <= group.size // 2 + len(picked)
+    assert result.model.get_submodule("conv").weight.shape[0] == len(kept)
+    _exact(model, result)
+
+
 def test_l2_scores_keep_the_golden_count():
     model, result = _prune(CatSplit(), importance="l2")
     group = _group_writing(result.graph, "a")
