@@ -167,6 +167,39 @@ def test_split_by_attribute_keeps_equal_parts_and_updates_the_attribute(block, f
     assert module.block.c == 8 and model.block.c == 16  # the attribute follows; the caller's model is untouched
 
 
+class Res2NetFirstBlock(nn.Module):
+    """timm's Res2Net first block, in short: `split(self.width)` into scales, a conv on each but the last, the last
+    read from the end (`spx[-1]`) and pooled, all concatenated."""
+
+    def __init__(self, width=8, scales=3):
+        super().__init__()
+        self.width = width
+        self.conv1 = nn.Conv2d(4, width * scales, 1)
+        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(scales - 1))
+        self.pool = nn.AvgPool2d(3, 1, 1)
+        self.conv3 = nn.Conv2d(width * scales, 4, 1)
+
+    def forward(self, x):
+        spx = torch.split(torch.relu(self.conv1(x)), self.width, 1)
+        spo = [torch.relu(conv(spx[i])) for i, conv in enumerate(self.convs)]
+        return self.conv3(torch.cat(spo + [self.pool(spx[-1])], 1))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_split_part_read_from_the_end_carries_its_channels(frontend):
+    """`spx[-1]` is part 2 of 3: its channels are conv1's last third, so conv1, the convs and conv3's columns are one
+    group, pruned together (the negative index was once read as no part: its channels were planned apart from
+    conv1's and the rewrite broke)."""
+    torch.manual_seed(0)
+    model, x = Res2NetFirstBlock().eval(), torch.randn(1, 4, 8, 8)
+    result = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend=frontend, strict=True)
+    (group,) = [g for g in result.graph.groups if g.prunable]
+    assert group.size == 3 * 8 + 2 * 8 and _kept_per_part(result, group) == (4, 4, 4)
+    assert result.model.get_submodule("conv3").weight.shape[1] == 3 * 4
+    module = _rebuilds_exactly(model, x, result)
+    assert module.width == 4 and model.width == 8
+
+
 def test_shufflenet_from_the_zoo_rebuilds_its_eager_module():
     torch.manual_seed(0)
     model, x = ShuffleNetV2((2, 2, 2), (8, 16, 32, 64, 64), num_classes=10).eval(), torch.randn(1, 3, 64, 64)

@@ -22,6 +22,7 @@ import numpy as np
 import torch.fx as fx
 
 from ..groups import Coupling, Freeze, Role, Slot
+from ..trace import META_KEY
 from .base import AnalysisContext, GraphView, ShrinkContext, describe_node
 
 
@@ -85,13 +86,21 @@ class Operand:
 
 
 def part_users(node: fx.Node, index: int) -> list[fx.Node]:
-    """The `getitem(node, index)` nodes: where the graph reads part `index` of a tuple output."""
-    return [u for u in node.users if u.op == "call_function" and u.target is operator.getitem and u.args[1] == index]
+    """The `getitem(node, i)` nodes with i part `index` (a negative i counts from the end of the recorded tuple:
+    `parts[-1]`): where the graph reads part `index` of a tuple output."""
+    count = len(value) if isinstance(value := node.meta.get(META_KEY), (tuple, list)) else None
+    return [u for u in node.users if _reads_one_part(u)
+            and (u.args[1] % count if count and u.args[1] < 0 else u.args[1]) == index]
+
+
+def _reads_one_part(user: fx.Node) -> bool:
+    return user.op == "call_function" and user.target is operator.getitem and isinstance(user.args[1], int)
 
 
 def used_whole(node: fx.Node) -> bool:
-    """A user of the tuple output `node` reads it other than part by part (so no part can be resized alone)."""
-    return any(u.target is not operator.getitem for u in node.users)
+    """A user of the tuple output `node` reads it other than part by part, an int at a time (a slice of the parts,
+    `parts[1:]`, is used whole too): no part can be resized alone."""
+    return any(not _reads_one_part(u) for u in node.users)
 
 
 def whole_use_freezes(node: fx.Node, slots) -> list[Freeze]:
