@@ -30,6 +30,9 @@ size, the number of weights per channel and the scale of the criterion.
 - FlopsRegularized(base, lam): s_c / mean(s_group) - lam * macs_c / mean(macs): prefers
                   removing channels that cost many MACs.
 - a plain callable(group, model) -> scores is wrapped with PerGroup.
+
+Weights are the model's parameters: a buffer that a layer reads as its weight (timm's anti-aliasing blur filter,
+`F.conv2d(x, self.filt, groups=c)`) is sliced with its channels but carries no importance.
 """
 from __future__ import annotations
 
@@ -123,7 +126,7 @@ def _position_sums(groups: Sequence[ChannelGroup], tensors: Mapping[str, torch.T
     dims: dict[str, list[int]] = {}
     for g in groups:
         for slot in g.members:
-            if slot.role in roles and slot.dim not in dims.setdefault(slot.name, []):
+            if slot.role in roles and slot.name in tensors and slot.dim not in dims.setdefault(slot.name, []):
                 dims[slot.name].append(slot.dim)
     sums = _vector_powers([name for name in dims if tensors[name].ndim == 1], tensors, p)
     matrices = [name for name in dims if tensors[name].ndim > 1]
@@ -167,7 +170,7 @@ def _accumulate(group: ChannelGroup, tensors: Mapping[str, torch.Tensor], p: int
     """Per group channel: the sum of |w|^p over the positions of its weight slots (`sums`: _position_sums)."""
     total = np.zeros(group.size)
     for slot, index_map in group.members.items():
-        if slot.role in roles and keep(slot):
+        if slot.role in roles and slot.name in tensors and keep(slot):
             weights = (sums[(slot.name, slot.dim)] if sums is not None
                        else _per_position(tensors[slot.name].detach(), slot.dim, p))
             total += np.bincount(index_map, weights=weights, minlength=group.size)
@@ -246,7 +249,7 @@ class Taylor(Criterion):
                     for g in groups:
                         per_channel = np.zeros(g.size)
                         for slot, index_map in g.members.items():
-                            if slot.role in _WEIGHT_ROLES:
+                            if slot.role in _WEIGHT_ROLES and slot.name in products:
                                 t = products[slot.name]
                                 other = [d for d in range(t.ndim) if d != slot.dim]
                                 summed = t.sum(dim=other) if other else t

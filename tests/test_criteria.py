@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import graphprune
 from graphprune.errors import InputError
 from graphprune.importance import APoZ, ActivationMean, BNScale, FlopsRegularized, Magnitude, Random, ScoringContext, Taylor
+from graphprune.verify import max_exactness_error
 
 
 class TwoConv(nn.Module):
@@ -116,3 +117,40 @@ def test_every_named_criterion_prunes_end_to_end():
         r = graphprune.prune_graph(model, calibration[0][0], ratio=0.5, importance=name, calibration=calibration,
                                    loss_fn=lambda out, y: F.mse_loss(out, y))
         assert r.model.a.out_channels == 2, name
+
+
+class BlurDownsample(nn.Module):
+    """timm's anti-aliased downsampling: a fixed blur filter, a non-persistent buffer, is the weight of a depthwise
+    functional conv after a learned one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        blur = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("filt", (blur[:, None] * blur[None, :] / 16).expand(8, 1, 3, 3).clone(), persistent=False)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = F.pad(F.relu(self.conv(x)), [1, 1, 1, 1], mode="reflect")
+        return self.head(F.conv2d(y, self.filt, stride=2, groups=8))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("importance", ["l2", "taylor"])
+def test_a_buffer_read_as_a_weight_is_sliced_but_not_scored(importance, frontend):
+    """The blur filter's rows go with their channels; the scores are the learned weights' alone (Taylor needs
+    gradients, which a buffer has none of; it used to fail on the buffer's name)."""
+    torch.manual_seed(0)
+    model, x = BlurDownsample().eval(), torch.randn(2, 3, 8, 8)
+    data = {"calibration": [(x, torch.randn(2, 4, 4, 4))], "loss_fn": F.mse_loss} if importance == "taylor" else {}
+    result = graphprune.prune_graph(model, x, ratio=0.5, importance=importance, target="none", frontend=frontend,
+                                    strict=True, **data)
+    (group,) = result.graph.prunable
+    assert any(s.name == "filt" for s in group.members)
+    assert result.model.get_buffer("filt").shape == (4, 1, 3, 3)
+    scores = Magnitude(2)([group], ScoringContext(result.dense, result.graph)) if importance == "l2" else None
+    if scores is not None:
+        learned = sum(w.detach().pow(2).flatten(1).sum(1) for w in (model.conv.weight,)) + model.conv.bias.detach() ** 2
+        learned = learned + model.head.weight.detach().pow(2).sum((0, 2, 3))
+        np.testing.assert_allclose(scores[group.id], learned.sqrt().numpy(), rtol=1e-5)
+    assert max_exactness_error(model, (x,), result) <= 1e-5
