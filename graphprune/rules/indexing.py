@@ -270,12 +270,9 @@ def step_one_cut(rule: MovementRule, node: fx.Node, ctx: AnalysisContext, x: fx.
 def channel_pick(node: fx.Node, ctx: AnalysisContext, x: fx.Node, d: int, i: int) -> Effect:
     """`node` takes channel i (non-negative) of x's channel dim d and drops the dim (`x[:, i]`, `x.select(d, i)`): its
     output has no channel dim to follow, so channel i is pinned alone (the rest of its group stays prunable) and the
-    op's `shrink` rewrites i to that channel's new position (`picked_position`)."""
-    slot = ctx.picked_slot(node, d)
-    reason = (f"{describe_node(node, ctx.modules)} holds a single channel of its input (`x[:, i]`, `select`): "
-              "that channel stays")
-    coupling = Coupling(slot, ctx.input_slot(x, d), np.zeros(1, dtype=np.int64), np.array([i]))
-    return Effect(None, couplings=(coupling,), freezes=(Freeze(slot, reason),))
+    op's `shrink` rewrites i to that channel's new position (`picked_position`): a one-channel `channel_cut` whose
+    part is a slot of its own."""
+    return channel_cut(node, ctx, ctx.input_slot(x, d), d, i, i + 1, node, slot=ctx.picked_slot(node, d))
 
 
 def picked_position(ctx: ShrinkContext, x: fx.Node, d: int, i: int) -> int | None:

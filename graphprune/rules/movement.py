@@ -161,17 +161,18 @@ def _varies_along(coord: np.ndarray, present: np.ndarray, k: int) -> bool:
 
 
 def channel_cut(part: fx.Node, ctx: AnalysisContext, source: Slot, dim: int, lo: int, hi: int,
-                op: fx.Node, which: str = "") -> Effect:
+                op: fx.Node, which: str = "", slot: Slot | None = None) -> Effect:
     """`part` holds the channels lo..hi-1 of `source` on `dim`, in order: a part of the split `op` (`which` says
-    which part), or the slice `op` of the channel dim. A cut of one channel has no channel dim to follow: that
-    channel is pinned alone (the rest of its group stays prunable), and the op's `shrink` re-cuts its bounds so that
-    it still holds it."""
-    slot = ctx.output_slot(part, dim)
+    which part), or the slice or select `op` of the channel dim. A cut of one channel has no channel dim to follow:
+    that channel is pinned alone (the rest of its group stays prunable), and the op's `shrink` re-cuts its bounds (or
+    rewrites its index) so that it still holds it. `slot` stands for the part (default: its output dim `dim`; a
+    select, whose output drops the dim, passes `AnalysisContext.picked_slot`)."""
+    slot = ctx.output_slot(part, dim) if slot is None else slot
     coupling = Coupling(slot, source, np.arange(hi - lo), np.arange(lo, hi))
     if hi - lo != 1:
         return Effect(dim, couplings=(coupling,))
     reason = (f"{describe_node(op, ctx.modules)} holds a single channel of its input{which} (as the one key/value head "
-              "that multi-query attention shares with every query head, or `x[:, i:i+1]`): that channel stays")
+              "that multi-query attention shares with every query head, `x[:, i:i+1]` or `x[:, i]`): that channel stays")
     return Effect(None, couplings=(coupling,), freezes=(Freeze(slot, reason),))
 
 
