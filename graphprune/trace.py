@@ -7,6 +7,7 @@ tuples, slices) kept as is, so later stages can re-run data-movement ops on labe
 """
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import inspect
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 import torch.fx as fx
+from torch.fx.proxy import Scope
 from torch.utils._pytree import tree_map
 
 try:  # a GraphModule that generates its Python code on first use (forward, .code, pickling), not when built
@@ -51,6 +53,7 @@ class LeafTracer(fx.Tracer):
     def __init__(self, is_rule_module):
         super().__init__()
         self._is_rule_module = is_rule_module
+        self.scope, self.module_stack = _Scope("", None), _ModuleStack()
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
         return self._is_rule_module(m) or super().is_leaf_module(m, qualname)
@@ -69,6 +72,21 @@ class LeafTracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _PartsProxy(node, self)
 
+    def create_arg(self, a: Any) -> Any:
+        """What fx.Tracer.create_arg returns, reached without its checks for the arguments nearly every call
+        passes: a proxy of this tracer (its node), a number, string or None (itself), an empty kwargs dict and
+        a plain tuple of them. Anything else (parameters, tensors, namedtuples, lists...) goes to fx."""
+        kind = type(a)
+        if kind is _PartsProxy:
+            return a.node
+        if kind in _PLAIN_ARGS:
+            return a
+        if kind is tuple:
+            return tuple([self.create_arg(item) for item in a])
+        if kind is dict and not a:
+            return {}
+        return super().create_arg(a)
+
     def iter(self, obj: fx.Proxy):
         """`list(x.chunk(n, d))`, `for part in x.split([a, b])`: n (or len([a, b])) parts, checked once the
         values are recorded (`check_parts`); any other iteration of a Proxy cannot be traced."""
@@ -78,6 +96,26 @@ class LeafTracer(fx.Tracer):
             return super().iter(obj)
         node.meta[PARTS_KEY] = count
         return iter([obj[i] for i in range(count)])
+
+
+class _ModuleStack(collections.OrderedDict):
+    """The tracer's stack of module calls. fx stores a copy in every node's meta (`nn_module_stack`) with copy.copy,
+    which would rebuild an OrderedDict through its pickling protocol; this one's copy is a plain OrderedDict of
+    the same items, made by the constructor."""
+
+    def __copy__(self) -> collections.OrderedDict:
+        return collections.OrderedDict(self)
+
+
+class _Scope(Scope):
+    """The tracer's current module scope; fx copies it on entering every module call (copy.copy), here by the
+    constructor instead of the pickling protocol."""
+
+    def __copy__(self) -> Scope:
+        return Scope(self.module_path, self.module_type)
+
+
+_PLAIN_ARGS = frozenset({int, float, bool, str, type(None)})  # arguments fx keeps as they are (LeafTracer.create_arg)
 
 
 class _PartsProxy(fx.Proxy):
