@@ -11,6 +11,9 @@ NORMALISATIONS = {
     "l2 by hand": lambda h: h / h.pow(2).sum(dim=1, keepdim=True).sqrt(),
     "norm": lambda h: h / h.norm(dim=1, keepdim=True),
     "rms": lambda h: h * torch.rsqrt((h * h).mean(1, keepdim=True) + 1e-6),
+    "F.normalize": lambda h: F.normalize(h),  # dim=1 by default; under torch.export: norm, clamp, expand, div
+    "F.normalize p=1": lambda h: F.normalize(h, p=1.0, dim=-3, eps=1e-6),
+    "expanded norm": lambda h: h / h.norm(dim=1, keepdim=True).expand(-1, h.size(1), -1, -1),
 }
 
 
@@ -61,3 +64,16 @@ def test_a_reduction_that_does_not_only_rescale_freezes(frontend):
     assert result.plan.keep == {}
     reasons = [r for g in result.report.frozen_groups for r in g.frozen_reasons]
     assert any("reduces over the channel dim" in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_f_normalize_along_another_dim_is_exact_and_its_caller_class_is_rebuilt(frontend):
+    model, x = Normalised(lambda h: F.normalize(h, dim=-1)).eval(), torch.randn(2, 3, 8, 8)
+    result = graphprune.prune_graph(model, x, ratio=0.5, frontend=frontend, target="none")
+    (kept,) = result.plan.keep.values()
+    k = torch.as_tensor(kept)
+    with torch.no_grad():  # normalising each channel's rows: the kept channels' values are the dense ones
+        reference = F.conv2d(F.normalize(model.a(x), dim=-1)[:, k], model.b.weight[:, k], model.b.bias)
+        torch.testing.assert_close(result.model(x), reference, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(result.module(x), reference, rtol=1e-5, atol=1e-5)
+    assert len(k) == 8 and result.report.renormalised == ()

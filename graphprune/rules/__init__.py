@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .aten import rules_by_op as aten_rules_by_op
 from .attention import MatMulRule, MultiheadAttentionRule, PrunedMultiheadAttention, ScaledDotProductAttentionRule
 from .base import AnalysisContext, GraphView, LayerKind, MacTerm, Rule, RuleTable, ShrinkContext, WeightedLayer
-from .elementwise import BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule
+from .elementwise import BinaryRule, ElementwiseRule, NormaliseAlongRule, PadRule, ReduceRule, ShapeQueryRule, SpatialRule
 from .families import family_rules
 from .movement import MovementRule, ReshapeRule, RollRule, SplitRule, SqueezeRule
 from .recurrent import PrunedGRU, PrunedLSTM, RecurrentRule
@@ -84,7 +84,8 @@ def default_rules() -> RuleTable:
 
     table.update(family_rules())
     add(_ELEMENTWISE_MODULES + _ELEMENTWISE_FUNCTIONS, ElementwiseRule())
-    add(_SOFTMAX, SoftmaxRule())
+    add(_SOFTMAX, NormaliseAlongRule())
+    add((F.normalize,), NormaliseAlongRule(dim_at=2, default_dim=1))
     add(_SPATIAL_MODULES + _SPATIAL_FUNCTIONS, SpatialRule())
     add((F.pad,), PadRule())
     add(_REDUCE, ReduceRule())

@@ -35,8 +35,8 @@ import torch.fx as fx
 from ..groups import Coupling, Effect, Freeze
 from .attention import MatMulRule, ScaledDotProductAttentionRule
 from .base import AnalysisContext, Rule, RuleTable, ShrinkContext, describe_node, freeze_inputs
-from .elementwise import (BinaryRule, ElementwiseRule, PadRule, ReduceRule, ShapeQueryRule, SoftmaxRule, SpatialRule,
-                          passthrough)
+from .elementwise import (BinaryRule, ElementwiseRule, NormaliseAlongRule, PadRule, ReduceRule, ShapeQueryRule,
+                          SpatialRule, passthrough)
 from .callsite import arg, cut_dim, kept_bounds, kept_on_dim
 from .families import family_rules
 from .indexing import GetItemRule
@@ -249,7 +249,7 @@ def rules_by_op(gqa: GroupedQuery | str = GroupedQuery.KV_GROUPS) -> dict:
     add((A.matmul.default,), MatMulRule())  # bmm: moe.ExpertBmmRule (a matrix product unless it reads expert weights)
     add((A.scaled_dot_product_attention.default,), ScaledDotProductAttentionRule())
     add(UNARY, ElementwiseRule())
-    add((A._softmax.default, A._log_softmax.default, A.softmax.int, A.log_softmax.int), SoftmaxRule())
+    add((A._softmax.default, A._log_softmax.default, A.softmax.int, A.log_softmax.int), NormaliseAlongRule())
     add(BROADCASTING, BinaryRule())
     for op, (dim_at, keepdim_at) in REDUCTIONS.items():
         table[op] = ReduceRule(dim_at, keepdim_at)

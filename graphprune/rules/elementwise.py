@@ -37,13 +37,18 @@ class ElementwiseRule(Rule):
         return passthrough(node, ctx, x, d if isinstance(d, int) else None)
 
 
-class SoftmaxRule(ElementwiseRule):
-    """softmax/log_softmax: element-wise across channels unless it normalises over them (then not exact, still valid)."""
+class NormaliseAlongRule(ElementwiseRule):
+    """An op that normalises x along one dim (softmax and log_softmax: `dim` is argument 1; F.normalize(x, p, dim),
+    the p-norm, argument 2, 1 when left out): element-wise across the channels unless it normalises over them,
+    then pruned with its normalisation taken over the kept channels (valid, not exact, as LayerNorm)."""
+
+    def __init__(self, dim_at: int = 1, default_dim: int | None = None):
+        self.dim_at, self.default_dim = dim_at, default_dim
 
     def renormalises(self, node: fx.Node, view: GraphView) -> bool:
         x = node.args[0] if node.args else node.kwargs.get("input")
         d = view.channel_dim(x) if isinstance(x, fx.Node) else None
-        dim = view.module(node).dim if node.op == "call_module" else arg(node, 1, "dim")
+        dim = view.module(node).dim if node.op == "call_module" else arg(node, self.dim_at, "dim", self.default_dim)
         return isinstance(d, int) and isinstance(dim, int) and dim % len(view.shape(x)) == d
 
 

@@ -251,7 +251,12 @@ class ReshapeRule(MovementRule):
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         """A dim sized from sizes that are no channel counts (the symbolic batch: `x.size(0) // windows`) is the
-        channel dim only when no other dim can be (`read_channel_dim`)."""
+        channel dim only when no other dim can be (`read_channel_dim`). An expand that broadcasts a tensor without
+        channels along its users' channel dim (`broadcast_dim`) has that dim, coupled by its users."""
+        broadcast = broadcast_dim(node, ctx)
+        if broadcast is not None:
+            ctx.output_slot(node, broadcast)
+            return Effect(broadcast)
         batch_sized = frozenset(i for i, size in enumerate(_size_arguments(node)) if isinstance(size, fx.Node)
                                 and (read := queried_dims(size)) and all(ctx.declared.get(t) != d for t, d in read))
         return self.labelled(node, ctx, batch_sized=batch_sized)
@@ -270,6 +275,30 @@ class ReshapeRule(MovementRule):
             elif i == d and size != -1 and new_shape[i] != old_shape[i]:
                 shape[i] = _scaled(node, size, old_shape[i], new_shape[i]) if isinstance(size, fx.Node) else new_shape[i]
         _write_size_arguments(node, shape)
+
+
+_EXPANDS = (torch.ops.aten.expand.default, torch.Tensor.expand)
+
+
+def broadcast_dim(node: fx.Node, ctx: AnalysisContext) -> int | None:
+    """The dim g along which an expand copies a tensor that carries no channels (size 1 on g, the one dim it grows),
+    when every user also reads a tensor of the expand's shape whose channels lie on g (F.normalize's statistic
+    expanded for `x / norm` under torch.export). The copies are equal, so any of them may go: the expand's size on g
+    follows those channels (`shrink`), and its users couple them."""
+    x = node.args[0] if node.args else None
+    if callable_of(node) not in _EXPANDS or not (ctx.is_tensor(x) and ctx.is_tensor(node)) or isinstance(
+            ctx.channel_dim(x), int) or len(ctx.shape(x)) != len(ctx.shape(node)):
+        return None
+    shape = ctx.shape(node)
+    grown = [i for i, (before, after) in enumerate(zip(ctx.shape(x), shape)) if before == 1 and after > 1]
+    if len(grown) != 1:
+        return None
+
+    def combines(user: fx.Node) -> bool:
+        return any(other is not node and ctx.is_tensor(other) and ctx.shape(other) == shape
+                   and ctx.channel_dim(other) == grown[0] for other in user.all_input_nodes)
+
+    return grown[0] if node.users and all(combines(user) for user in node.users) else None
 
 
 def resize_argument(node: fx.Node, i: int, new: int) -> None:

@@ -11,9 +11,11 @@ are pruned under the same policy, rules/norms.py).
 `NormalisingStatisticRule` allows a reduction (mean, sum, vector norm) over the channel dim only when
 (1) it reduces the channel dim alone and keeps it, (2) its input is x, x * x or x ** 2 (casts
 stripped), and (3) every use of the statistic, through element-wise ops on the statistic alone (add
-eps, sqrt, rsqrt, reciprocal, clamp, scalar arithmetic, casts), ends in a multiply or divide of that
-same x. Anything else is an ordinary reduction (`ReduceRule`). Both spellings (torch/Tensor methods in
-fx graphs, Core ATen in exported ones) are read through `callable_of`.
+eps, sqrt, rsqrt, reciprocal, clamp, scalar arithmetic, casts, an expand back to x's shape), ends in a
+multiply or divide of that same x. F.normalize, one call in fx graphs, is `elementwise.NormaliseAlongRule`;
+torch.export spells it norm, clamp, expand and divide, read here (the expand: `movement.broadcast_dim`).
+Anything else is an ordinary reduction (`ReduceRule`). Both spellings (torch/Tensor methods in fx graphs,
+Core ATen in exported ones) are read through `callable_of`.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 import torch.fx as fx
 
 from ..groups import Effect
+from ..trace import META_KEY, TensorMeta
 from .base import AnalysisContext, GraphView, callable_of
 from .callsite import arg
 from .elementwise import ReduceRule
@@ -35,9 +38,9 @@ _SQUARES = frozenset({A.pow.Tensor_Scalar, torch.pow, T.pow, operator.pow})
 _PRODUCTS = frozenset({A.mul.Tensor, operator.mul, torch.mul, T.mul})
 _ON_STATISTIC = frozenset({
     A.add.Tensor, A.add.Scalar, A.rsqrt.default, A.sqrt.default, A.reciprocal.default, A.mul.Scalar, A.div.Scalar,
-    A.pow.Tensor_Scalar, A.clamp.default, operator.add, operator.mul, operator.truediv, operator.pow, torch.add, T.add,
+    A.pow.Tensor_Scalar, A.clamp.default, A.expand.default, operator.add, operator.mul, operator.truediv, operator.pow, torch.add, T.add,
     torch.sqrt, T.sqrt, torch.rsqrt, T.rsqrt, torch.reciprocal, T.reciprocal, torch.clamp, T.clamp, T.clamp_min,
-    torch.clamp_min, torch.pow, T.pow}) | CASTS
+    torch.clamp_min, torch.pow, T.pow, T.expand}) | CASTS
 _APPLY = frozenset({A.mul.Tensor, A.div.Tensor, operator.mul, operator.truediv, torch.mul, torch.div, T.mul, T.div})
 
 
@@ -61,6 +64,10 @@ def _base(node) -> object:
     return root
 
 
+def _is_tensor(a) -> bool:
+    return isinstance(a, fx.Node) and isinstance(a.meta.get(META_KEY), TensorMeta)
+
+
 def _only_rescales(stat: fx.Node, x, depth: int = 8) -> bool:
     """Every use of `stat` is element-wise on the statistic alone, ending in `x * f(stat)` or `x / f(stat)`."""
     if depth == 0 or not stat.users:
@@ -72,7 +79,7 @@ def _only_rescales(stat: fx.Node, x, depth: int = 8) -> bool:
         others = [a for a in list(user.args) + list(user.kwargs.values()) if a is not stat]
         if fn in _APPLY and len(others) == 1 and _root(others[0]) is x:
             continue
-        if fn in _ON_STATISTIC and not any(isinstance(a, fx.Node) for a in others):
+        if fn in _ON_STATISTIC and not any(_is_tensor(a) for a in others):  # sizes (h.size(1)) may be nodes
             if _only_rescales(user, x, depth - 1):
                 continue
         return False
