@@ -603,3 +603,48 @@ def test_a_product_over_the_channels_of_two_activations_freezes_them():
         reasons = [r for g in result.report.frozen_groups for r in g.frozen_reasons]
         assert any("contracts the channel dim of two activations" in r for r in reasons), (frontend, reasons)
         assert not result.plan.keep
+
+
+class RepeatInterleaved(nn.Module):
+    """Each channel's positions along `dim` repeated twice (dim 1: the channels themselves, so `b` reads 32)."""
+
+    def __init__(self, dim: int, method: bool):
+        super().__init__()
+        self.dim, self.method = dim, method
+        self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(32 if dim == 1 else 16, 4, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h.repeat_interleave(2, dim=self.dim) if self.method else torch.repeat_interleave(h, 2, self.dim))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("method", [False, True])
+@pytest.mark.parametrize("dim", [0, 1, 3])
+def test_repeat_interleave_carries_the_channels_it_repeats(dim, method, frontend):
+    model, x = RepeatInterleaved(dim, method).eval(), torch.randn(2, 3, 4, 4)
+    result = graphprune.prune_graph(model, x, ratio=0.5, target="none", frontend=frontend, strict=True)
+    (kept,) = [k for gid, k in result.plan.keep.items() if result.graph.group(gid).size == 16]
+    k = torch.as_tensor(kept)
+    columns = torch.stack([2 * k, 2 * k + 1], 1).flatten() if dim == 1 else k  # b's inputs that repeat channel k
+    with torch.no_grad():
+        reference = F.conv2d(model.a(x)[:, k].repeat_interleave(2, dim), model.b.weight[:, columns], model.b.bias)
+        torch.testing.assert_close(result.model(x), reference, rtol=1e-5, atol=1e-5)
+        if frontend == "fx":
+            torch.testing.assert_close(result.module(x), reference, rtol=1e-5, atol=1e-5)
+    assert len(k) == 8
+
+
+def test_repeat_interleave_by_a_tensor_of_counts_freezes_naming_it():
+    class Uneven(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(10, 2, 1)
+
+        def forward(self, x):
+            return self.b(self.a(x).repeat_interleave(torch.tensor([1, 2, 3, 4]), dim=1))
+
+    result = graphprune.prune_graph(Uneven().eval(), torch.randn(1, 3, 4, 4), ratio=0.5, target="none", frontend="fx")
+    reasons = [r for g in result.report.frozen_groups for r in g.frozen_reasons]
+    assert any("repeats by a tensor of counts" in r for r in reasons), reasons
+    assert not result.plan.keep

@@ -23,7 +23,7 @@ from .attention import MatMulRule, MultiheadAttentionRule, PrunedMultiheadAttent
 from .base import AnalysisContext, GraphView, LayerKind, MacTerm, Rule, RuleTable, ShrinkContext, WeightedLayer
 from .elementwise import BinaryRule, ElementwiseRule, NormaliseAlongRule, PadRule, ReduceRule, ShapeQueryRule, SpatialRule
 from .families import family_rules
-from .movement import MovementRule, ReshapeRule, RollRule, SplitRule, SqueezeRule
+from .movement import MovementRule, RepeatInterleaveRule, ReshapeRule, RollRule, SplitRule, SqueezeRule
 from .recurrent import PrunedGRU, PrunedLSTM, RecurrentRule
 from .statistics import NormalisingStatisticRule
 
@@ -95,6 +95,7 @@ def default_rules() -> RuleTable:
     add(_MOVEMENT, MovementRule())
     add(_RESHAPE, ReshapeRule())
     add(_SPLIT, SplitRule())
+    add((torch.repeat_interleave, T.repeat_interleave), RepeatInterleaveRule())
     add(_SQUEEZE, SqueezeRule())
     add((nn.MultiheadAttention, PrunedMultiheadAttention), MultiheadAttentionRule())
     add((nn.LSTM, nn.GRU, PrunedLSTM, PrunedGRU), RecurrentRule())

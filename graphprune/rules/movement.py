@@ -277,6 +277,20 @@ class ReshapeRule(MovementRule):
         _write_size_arguments(node, shape)
 
 
+class RepeatInterleaveRule(MovementRule):
+    """x.repeat_interleave(r, dim): each position along dim repeated r times (the whole tensor flattened first without
+    dim), followed on labels for an int r, a count computed from sizes included (torch.export spells it unsqueeze,
+    expand and view). A tensor of counts (positions repeated unevenly) or an `output_size` is not followed: the
+    channels it reads stay."""
+
+    def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
+        repeats = arg(node, 1, "repeats")
+        if repeats is None or ctx.is_tensor(repeats) or arg(node, 3, "output_size") is not None:
+            return Effect(None, freezes=freeze_inputs(node, ctx, f"{describe_node(node)} repeats by a tensor of counts "
+                                                                 "or to an output_size"))
+        return self.labelled(node, ctx)
+
+
 _EXPANDS = (torch.ops.aten.expand.default, torch.Tensor.expand)
 
 
