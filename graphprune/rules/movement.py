@@ -294,6 +294,14 @@ class RepeatInterleaveRule(MovementRule):
 _EXPANDS = (torch.ops.aten.expand.default, torch.Tensor.expand)
 
 
+def grown_dims(before: tuple[int, ...], after: tuple[int, ...]) -> list[int]:
+    """The dims an expand grows from size 1 (`before`: its input's shape, `after`: its output's); none when the
+    ranks differ."""
+    if len(before) != len(after):
+        return []
+    return [i for i, (b, a) in enumerate(zip(before, after)) if b == 1 and a > 1]
+
+
 def broadcast_dim(node: fx.Node, ctx: AnalysisContext) -> int | None:
     """The dim g along which an expand copies a tensor that carries no channels (size 1 on g, the one dim it grows),
     when every user also reads a tensor of the expand's shape whose channels lie on g (F.normalize's statistic
@@ -301,10 +309,10 @@ def broadcast_dim(node: fx.Node, ctx: AnalysisContext) -> int | None:
     follows those channels (`shrink`), and its users couple them."""
     x = node.args[0] if node.args else None
     if callable_of(node) not in _EXPANDS or not (ctx.is_tensor(x) and ctx.is_tensor(node)) or isinstance(
-            ctx.channel_dim(x), int) or len(ctx.shape(x)) != len(ctx.shape(node)):
+            ctx.channel_dim(x), int):
         return None
     shape = ctx.shape(node)
-    grown = [i for i, (before, after) in enumerate(zip(ctx.shape(x), shape)) if before == 1 and after > 1]
+    grown = grown_dims(ctx.shape(x), shape)
     if len(grown) != 1:
         return None
 

@@ -25,7 +25,6 @@ import torch
 import torch.fx as fx
 
 from ..groups import Effect
-from ..trace import META_KEY, TensorMeta
 from .base import AnalysisContext, GraphView, callable_of
 from .callsite import arg
 from .elementwise import ReduceRule
@@ -38,9 +37,9 @@ _SQUARES = frozenset({A.pow.Tensor_Scalar, torch.pow, T.pow, operator.pow})
 _PRODUCTS = frozenset({A.mul.Tensor, operator.mul, torch.mul, T.mul})
 _ON_STATISTIC = frozenset({
     A.add.Tensor, A.add.Scalar, A.rsqrt.default, A.sqrt.default, A.reciprocal.default, A.mul.Scalar, A.div.Scalar,
-    A.pow.Tensor_Scalar, A.clamp.default, A.expand.default, operator.add, operator.mul, operator.truediv, operator.pow, torch.add, T.add,
-    torch.sqrt, T.sqrt, torch.rsqrt, T.rsqrt, torch.reciprocal, T.reciprocal, torch.clamp, T.clamp, T.clamp_min,
-    torch.clamp_min, torch.pow, T.pow, T.expand}) | CASTS
+    A.pow.Tensor_Scalar, A.clamp.default, A.expand.default, operator.add, operator.mul, operator.truediv,
+    operator.pow, torch.add, T.add, torch.sqrt, T.sqrt, torch.rsqrt, T.rsqrt, torch.reciprocal, T.reciprocal,
+    torch.clamp, T.clamp, T.clamp_min, torch.clamp_min, torch.pow, T.pow, T.expand}) | CASTS
 _APPLY = frozenset({A.mul.Tensor, A.div.Tensor, operator.mul, operator.truediv, torch.mul, torch.div, T.mul, T.div})
 
 
@@ -64,11 +63,7 @@ def _base(node) -> object:
     return root
 
 
-def _is_tensor(a) -> bool:
-    return isinstance(a, fx.Node) and isinstance(a.meta.get(META_KEY), TensorMeta)
-
-
-def _only_rescales(stat: fx.Node, x, depth: int = 8) -> bool:
+def _only_rescales(stat: fx.Node, x, view: GraphView, depth: int = 8) -> bool:
     """Every use of `stat` is element-wise on the statistic alone, ending in `x * f(stat)` or `x / f(stat)`."""
     if depth == 0 or not stat.users:
         return False
@@ -79,8 +74,8 @@ def _only_rescales(stat: fx.Node, x, depth: int = 8) -> bool:
         others = [a for a in list(user.args) + list(user.kwargs.values()) if a is not stat]
         if fn in _APPLY and len(others) == 1 and _root(others[0]) is x:
             continue
-        if fn in _ON_STATISTIC and not any(_is_tensor(a) for a in others):  # sizes (h.size(1)) may be nodes
-            if _only_rescales(user, x, depth - 1):
+        if fn in _ON_STATISTIC and not any(view.is_tensor(a) for a in others):  # sizes (h.size(1)) may be nodes
+            if _only_rescales(user, x, view, depth - 1):
                 continue
         return False
     return True
@@ -107,4 +102,4 @@ class NormalisingStatisticRule(ReduceRule):
             return False
         if any(not isinstance(r, int) for r in dims) or [r % rank for r in dims] != [d]:
             return False
-        return _only_rescales(node, _base(node.args[0]))
+        return _only_rescales(node, _base(node.args[0]), ctx)

@@ -21,7 +21,7 @@ import torch.fx as fx
 from ..errors import InputError
 from ..groups import Effect
 from .base import AnalysisContext, describe_node, freeze_inputs
-from .movement import ATEN_RESHAPES, ReshapeRule
+from .movement import ATEN_RESHAPES, ReshapeRule, grown_dims
 from .statistics import CASTS
 
 A = torch.ops.aten
@@ -77,7 +77,7 @@ class RepeatKVRule(ReshapeRule):
         if not (ctx.is_tensor(x) and isinstance(d, int)) or not _merged_by_a_reshape(node, d):
             return None
         before, after = ctx.shape(x), ctx.shape(node)
-        grown = [i for i in range(len(after)) if before[i] == 1 and after[i] > 1] if len(before) == len(after) else []
+        grown = grown_dims(before, after)
         return grown[0] if grown == [d + 1] else None
 
     @staticmethod
@@ -85,10 +85,10 @@ class RepeatKVRule(ReshapeRule):
         """The expanded dim r of (n, 1, 1, l, d) -> (n, 1, r, l, d) merged into (n, r, l, d): one KV head, whose
         channels (if any) lie after r, inside the head."""
         x = node.args[0]
-        if not ctx.is_tensor(x) or len(ctx.shape(x)) != len(ctx.shape(node)):
+        if not ctx.is_tensor(x):
             return None
         before, after = ctx.shape(x), ctx.shape(node)
-        grown = [i for i in range(len(after)) if before[i] == 1 and after[i] > 1]
+        grown = grown_dims(before, after)  # none when the ranks differ
         if len(grown) != 1 or grown[0] == 0 or before[grown[0] - 1] != 1:
             return None
         d = ctx.channel_dim(x)
