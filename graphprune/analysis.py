@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import gc
+import functools
 import enum
 import time
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,7 @@ from .rules.conv import GroupedConv, conv_rules
 from .rules.transformer import GroupedQuery, RepeatKVRule
 from .runtimes.profiles import resolve_target
 from .targets import Target
+from .standins import record_shapes
 from .trace import copy_graph_module, trace_with_values
 
 
@@ -362,7 +364,8 @@ def _analysed(gm: fx.GraphModule, inputs: tuple, model, rules: RuleTable, strict
 
 def _via_fx(model, args, kwargs, rules, strict) -> Analysis:
     t0 = time.perf_counter()
-    gm, inputs = trace_with_values(model, args, kwargs, rules.has_module_rule)
+    gm, inputs = trace_with_values(model, args, kwargs, rules.has_module_rule,
+                                   functools.partial(record_shapes, rule_of=rules.for_call))
     return _analysed(gm, inputs, model, rules, strict, "fx", time.perf_counter() - t0)
 
 

@@ -265,9 +265,9 @@ def bind_inputs(gm: fx.GraphModule, args: tuple, kwargs: dict | None = None) -> 
 
 
 @torch.no_grad()
-def record_values(gm: fx.GraphModule, inputs: tuple) -> Any:
+def record_values(gm: fx.GraphModule, inputs: tuple, run=None) -> Any:
     """Run `gm` on `inputs` (one value per placeholder, see bind_inputs; in its current train/eval mode),
-    storing each node's value meta; returns the output.
+    storing each node's value meta; returns the output. `run` computes one node (see run_graph).
 
     A real run, not FakeTensors: on batch-1 CNN inputs it is 5-50x faster than FakeTensor
     dispatch, and it proves the rewritten model computes.
@@ -283,7 +283,7 @@ def record_values(gm: fx.GraphModule, inputs: tuple) -> Any:
         node.meta[META_KEY] = _to_meta(value)
 
     try:
-        return run_graph(gm, inputs, record)
+        return run_graph(gm, inputs, record, run)
     except NodeFailure as failure:
         n, exc = failure.node, failure.__cause__
         where = n.meta.get("stack_trace", "").strip().splitlines()[-1:] or [""]
@@ -302,10 +302,12 @@ class NodeFailure(Exception):
         self.node = node
 
 
-def run_graph(gm: fx.GraphModule, inputs: tuple, on_value: Callable[[fx.Node, Any], None]) -> Any:
+def run_graph(gm: fx.GraphModule, inputs: tuple, on_value: Callable[[fx.Node, Any], None], run=None) -> Any:
     """Run `gm`'s nodes on `inputs` (one per placeholder) as fx.Interpreter does, each value dropped after
     its last use, without the Interpreter's per-node overhead; `on_value(node, value)` sees every node's
-    value (the output node's too). Returns the output; a failing node raises NodeFailure from its error."""
+    value (the output node's too). `run(gm, node, env, modules)` computes one node (default `run_node`).
+    Returns the output; a failing node raises NodeFailure from its error."""
+    run = run or run_node
     nodes = list(gm.graph.nodes)
     last_use = {arg: i for i, n in enumerate(nodes) for arg in n.all_input_nodes}
     dies_at: dict[int, list[fx.Node]] = {}
@@ -315,7 +317,7 @@ def run_graph(gm: fx.GraphModule, inputs: tuple, on_value: Callable[[fx.Node, An
     env: dict[fx.Node, Any] = dict(zip((n for n in nodes if n.op == "placeholder"), inputs))
     for i, n in enumerate(nodes):
         try:
-            value = _run_node(gm, n, env, modules)
+            value = run(gm, n, env, modules)
         except Exception as exc:
             raise NodeFailure(n) from exc
         on_value(n, value)
@@ -327,7 +329,7 @@ def run_graph(gm: fx.GraphModule, inputs: tuple, on_value: Callable[[fx.Node, An
     return None
 
 
-def _run_node(gm: fx.GraphModule, n: fx.Node, env: dict, modules: dict) -> Any:
+def run_node(gm: fx.GraphModule, n: fx.Node, env: dict, modules: dict) -> Any:
     """One node's value, as fx.Interpreter computes it."""
     if n.op == "placeholder":
         return env[n]
@@ -338,18 +340,24 @@ def _run_node(gm: fx.GraphModule, n: fx.Node, env: dict, modules: dict) -> Any:
         return obj
     args = fx.node.map_arg(n.args, env.__getitem__)
     kwargs = fx.node.map_arg(n.kwargs, env.__getitem__)
+    if n.op == "output":
+        return args[0]
+    return call_op(n, modules)(*args, **kwargs)
+
+
+def call_op(n: fx.Node, modules: dict) -> Callable:
+    """What a call node calls with its arguments: its function, its module, or its method looked up on the
+    object it is called on (the first argument)."""
     if n.op == "call_function":
-        return n.target(*args, **kwargs)
+        return n.target
     if n.op == "call_module":
-        return modules[n.target](*args, **kwargs)
-    if n.op == "call_method":
-        self_obj, *rest = args
-        return getattr(self_obj, n.target)(*rest, **kwargs)
-    return args[0]  # output
+        return modules[n.target]
+    return lambda self_obj, *rest, **kwargs: getattr(self_obj, n.target)(*rest, **kwargs)
 
 
-def trace_with_values(model: torch.nn.Module, args: tuple, kwargs: dict | None, is_rule_module) -> tuple[fx.GraphModule, tuple]:
-    """The fx frontend: trace a copy of `model` (never the model itself) and record every node's value in eval mode.
+def trace_with_values(model: torch.nn.Module, args: tuple, kwargs: dict | None, is_rule_module,
+                      record: Callable[[fx.GraphModule, tuple], Any] = record_values) -> tuple[fx.GraphModule, tuple]:
+    """The fx frontend: trace a copy of `model` (never the model itself) and `record` every node's value in eval mode.
 
     Returns the GraphModule (in the model's train/eval mode) and the inputs bound to its placeholders.
     The copy's modules and buffers are its own; its parameters are views of the model's (clone_module's
@@ -361,7 +369,7 @@ def trace_with_values(model: torch.nn.Module, args: tuple, kwargs: dict | None, 
     gm.meta[BATCH_KEY] = BatchDim(batch_size(inputs))  # size() calls are nodes: any batch, unless the code bakes one
     try:
         with evaluating(gm):
-            record_values(gm, inputs)
+            record(gm, inputs)
     except InputError as exc:
         check_parts(gm)  # a part the tracer assumed and the run lacks is a trace error, not the inputs'
         raise exc

@@ -78,6 +78,10 @@ def _call_args(node: fx.Node):
 
 
 class MultiheadAttentionRule(Rule):
+    """nn.MultiheadAttention: its input and output embeddings and its heads."""
+
+    reads_values = False
+
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         m = ctx.module(node)
         call = _call_args(node)
@@ -160,6 +164,7 @@ class MultiheadAttentionRule(Rule):
 class MatMulRule(Rule):
     """a (..., n, k) @ b (..., k, m): batch dims, rows of a and columns of b pass to the output; a's k ~ b's k."""
 
+    reads_values = False
     reads_heads = True
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
@@ -228,6 +233,8 @@ class ScaledDotProductAttentionRule(Rule):
     cross-attention bias: zeros of n_heads plus the padding mask) is read through an index_select of the kept heads'
     rows, inserted by `shrink` (exact for the same reason); one whose heads dim carries other channels freezes.
     """
+
+    reads_values = False
 
     reads_heads = True
 

@@ -89,12 +89,17 @@ class Rule:
       reshapes), so the split is kept by whole heads; `head_dims_of_input` says which dims of an input lie
       inside a head (or along the sequence) when given dims of the output do: never the heads dim;
     - `rewrites_size_arguments`: `shrink` rewrites the sizes passed as its arguments after the first
-      (reshape sizes, split sizes, a layer norm's shape), so a size query feeding them is a shape, not a value.
+      (reshape sizes, split sizes, a layer norm's shape), so a size query feeding them is a shape, not a value;
+    - `reads_values`: the op's output shapes or Python results may depend on its tensors' values. False: they
+      follow from its inputs' shapes and its other arguments alone, so inputs of the right shape holding
+      other values (a `stand_in`'s zeros) give them exactly (standins.py); `reads_values_in` answers for
+      one call, where the arguments decide (an index that is a tensor).
     """
 
     reads_heads = False
     carries_heads = False
     rewrites_size_arguments = False
+    reads_values = True
 
     def couple(self, node: fx.Node, ctx: "AnalysisContext") -> Effect:
         raise NotImplementedError
@@ -117,6 +122,15 @@ class Rule:
         return ()
 
     def weighted_layer(self, node: fx.Node, view: "GraphView") -> WeightedLayer | None:
+        return None
+
+    def reads_values_in(self, args: tuple, kwargs: dict) -> bool:
+        """`reads_values` for a call with these argument values."""
+        return self.reads_values
+
+    def stand_in(self, op: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """Zeros shaped as `op(*args, **kwargs)`'s output, found without computing it, where computing it costs
+        more (standins.py); None: compute it. `op` is the module, function or method the node calls."""
         return None
 
     def renormalises(self, node: fx.Node, view: "GraphView") -> bool:
@@ -198,6 +212,10 @@ class RuleTable:
 
     def has_module_rule(self, module: torch.nn.Module) -> bool:
         return self.for_module(module) is not None
+
+    def for_call(self, node: fx.Node, op: Callable) -> Rule | None:
+        """The rule of `node`, a call of `op` (its module, function or method)."""
+        return self.for_module(op) if node.op == "call_module" else self.for_node(node, {})
 
     def for_node(self, node: fx.Node, modules: Mapping[str, torch.nn.Module]) -> Rule | None:
         if node.op == "call_module":

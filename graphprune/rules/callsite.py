@@ -19,6 +19,7 @@ import operator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 import torch.fx as fx
 
 from ..groups import Coupling, Freeze, Role, Slot
@@ -28,9 +29,19 @@ from .base import AnalysisContext, GraphView, ShrinkContext, describe_node
 
 def arg(node: fx.Node, position: int | None, name: str, default=None):
     """The argument at `position` (None: keyword only), else the keyword `name`, else `default`."""
-    if position is not None and len(node.args) > position:
-        return node.args[position]
-    return node.kwargs.get(name, default)
+    return given(node.args, node.kwargs, position, name, default)
+
+
+def given(args: tuple, kwargs: dict, position: int | None, name: str, default=None):
+    """`arg` of a call's argument values."""
+    if position is not None and len(args) > position:
+        return args[position]
+    return kwargs.get(name, default)
+
+
+def holds_tensor(value) -> bool:
+    """Whether an argument value is a tensor or a tuple or list holding one."""
+    return isinstance(value, torch.Tensor) or isinstance(value, (tuple, list)) and any(map(holds_tensor, value))
 
 
 def set_arg(node: fx.Node, position: int, name: str, value) -> None:

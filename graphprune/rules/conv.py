@@ -31,8 +31,9 @@ from torch.nn.modules.conv import _ConvNd
 
 from ..errors import InputError
 from ..groups import Coupling, Effect, Freeze, Role, Slot
+from ..standins import zeros_for
 from .base import AnalysisContext, GraphView, LayerKind, MacTerm, Rule, ShrinkContext, WeightedLayer, describe_node
-from .callsite import Operand, arg, channel_factor, grouped_together, kept_count, set_arg
+from .callsite import Operand, arg, channel_factor, given, grouped_together, kept_count, set_arg
 
 
 class GroupedConv(enum.Enum):
@@ -98,6 +99,8 @@ class ConvArguments:
 
 class ConvRule(Rule):
     """Convolution (module docstring), read through its spelling: a `ConvModule` or `ConvArguments`."""
+
+    reads_values = False
 
     def __init__(self, spelling: ConvModule | ConvArguments, grouped: GroupedConv = GroupedConv.WITHIN):
         self.spelling, self.grouped = spelling, grouped
@@ -173,6 +176,23 @@ class ConvRule(Rule):
         factors = channel_factor(view, node, cdim) + (channel_factor(view, c.x, cdim) if reads_own_inputs else ())
         return (MacTerm(math.prod(view.shape(node)) * taps, factors),)
 
+    def stand_in(self, op, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """Zeros shaped as a convolution's output (`_output_shape`): a module's own sizes or a function's arguments
+        (input, weight, bias, stride, padding, dilation, groups); transposed ones are computed."""
+        x = given(args, kwargs, 0, "input")
+        if isinstance(op, nn.Module):
+            if not isinstance(op, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or len(args) + len(kwargs) != 1:
+                return None
+            weight, bias, sizes = op.weight, op.bias, (op.stride, op.padding, op.dilation, op.groups)
+        elif self.spelling.transposed or self.spelling.transposed_at is not None:
+            return None
+        else:
+            weight, bias = given(args, kwargs, 1, "weight"), given(args, kwargs, 2, "bias")
+            sizes = tuple(given(args, kwargs, i, name, default) for i, (name, default)
+                          in enumerate((("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)), start=3))
+        shape = _output_shape(x, weight, bias, *sizes)
+        return None if shape is None else zeros_for(shape, math.prod(shape) * math.prod(weight.shape[1:]), x, weight, bias)
+
     def weighted_layer(self, node: fx.Node, view: GraphView) -> WeightedLayer | None:
         c = self.spelling.read(node, view)
         weight = c.weight.parameter(view)
@@ -180,6 +200,34 @@ class ConvRule(Rule):
             return None
         kind = LayerKind.DENSE_CONV if c.groups == 1 else LayerKind.GROUPED_CONV
         return WeightedLayer(kind, (weight,), groups=1 if c.transposed else c.groups)
+
+
+def _output_shape(x, weight, bias, stride, padding, dilation, groups) -> tuple[int, ...] | None:
+    """A convolution's output shape: (..., C_out, floor((L + 2 p - d (k - 1) - 1) / s) + 1 per spatial dim), L with
+    padding "same", p = 0 with "valid". None for any call the op would reject, or that this does not read."""
+    if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor) or not isinstance(groups, int):
+        return None
+    n = weight.ndim - 2
+    stride, dilation = _per_dim(stride, n), _per_dim(dilation, n)
+    padding = padding if padding in ("same", "valid") else _per_dim(padding, n)
+    if n < 1 or stride is None or dilation is None or padding is None or x.ndim not in (n + 1, n + 2) or groups < 1:
+        return None
+    if x.shape[-n - 1] != weight.shape[1] * groups or weight.shape[0] % groups or 0 in weight.shape:
+        return None
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != weight.shape[:1]):
+        return None
+    if padding == "same":
+        return tuple(x.shape[:-n - 1]) + (weight.shape[0],) + tuple(x.shape[-n:]) if set(stride) == {1} else None
+    padding = (0,) * n if padding == "valid" else padding
+    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
+           for size, k, s, p, d in zip(x.shape[-n:], weight.shape[2:], stride, padding, dilation)]
+    return tuple(x.shape[:-n - 1]) + (weight.shape[0],) + tuple(out) if min(out) > 0 else None
+
+
+def _per_dim(value, n: int) -> tuple[int, ...] | None:
+    """An int or a sequence of n ints, as n ints; None for anything else."""
+    values = (value,) * n if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else ()
+    return values if len(values) == n and all(isinstance(v, int) and v >= 0 for v in values) else None
 
 
 def conv_rules(grouped: GroupedConv = GroupedConv.WITHIN) -> dict:

@@ -27,6 +27,7 @@ def passthrough(node: fx.Node, ctx: AnalysisContext, x: fx.Node, out_dim: int | 
 class ElementwiseRule(Rule):
     """y = f(x) applied independently to every channel."""
 
+    reads_values = False
     carries_heads = True  # a copy (clone in repeat_kv) on the way into attention
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
@@ -55,6 +56,8 @@ class NormaliseAlongRule(ElementwiseRule):
 class SpatialRule(Rule):
     """Ops on the trailing `spatial` dims (pooling, upsample); for modules `spatial` is read from the input rank."""
 
+    reads_values = False
+
     def __init__(self, spatial: int | None = None):
         self.spatial = spatial
 
@@ -76,6 +79,8 @@ class PadRule(Rule):
     only (or the fill value) when the channel dim's amounts are (0, 0), a pad absent from `pad` included, so
     channels pass through exactly and nothing is rewritten (the amounts stay 0). Any other amount on the channel
     dim (a pad, a crop, a symbolic size) freezes them."""
+
+    reads_values = False
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         x, pad = node.args[0], arg(node, 1, "pad")
@@ -103,6 +108,8 @@ class ReduceRule(Rule):
     `dim_at`/`keepdim_at` are the positions of those arguments.
     """
 
+    reads_values = False
+
     def __init__(self, dim_at: int | None = 1, keepdim_at: int | None = 2):
         self.dim_at, self.keepdim_at = dim_at, keepdim_at
 
@@ -124,6 +131,7 @@ class ReduceRule(Rule):
 class BinaryRule(Rule):
     """Broadcast element-wise binary ops: operands aligned from the right share the output's channel dim."""
 
+    reads_values = False
     carries_heads = True  # rotary embeddings (q * cos + rotate_half(q) * sin) on the way into attention
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
@@ -205,6 +213,8 @@ def _main_dim(node: fx.Node, ctx: AnalysisContext, operands: list, candidates: s
 
 class ShapeQueryRule(Rule):
     """x.size(), x.shape, x.dim(): read metadata, produce no tensor, tie nothing."""
+
+    reads_values = False
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         if isinstance(ctx.value(node), TensorMeta):

@@ -44,7 +44,7 @@ import torch.fx as fx
 from ..groups import Coupling, Effect, Freeze, Role
 from ..trace import META_KEY, TensorMeta
 from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, freeze_inputs
-from .callsite import arg, cut_dim, grouped_together, kept_bounds, kept_count, kept_on_dim
+from .callsite import arg, cut_dim, grouped_together, holds_tensor, kept_bounds, kept_count, kept_on_dim
 from .movement import MovementRule, channel_cut, resize_argument
 
 
@@ -53,6 +53,8 @@ class IndexRule(MovementRule):
     1-D index on the channel dim d and none elsewhere selects channels (Falcon's fused QKV: `qkv[..., [-2], :]` is
     the key head): output position j is channel idx[j] of x, and `shrink` writes the kept channels' new positions
     as a new constant."""
+
+    reads_values = True  # indices are tensors: which positions, and how many, are values
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         x, indices = node.args[:2]
@@ -313,6 +315,10 @@ def _select_arguments(node: fx.Node, view) -> tuple:
 class GetItemRule(MovementRule):
     """x[...]: tuple parts pass through; tensor slices with step 1 on the channel dim are re-cut; an int on it takes
     one channel (`channel_pick`); integer tensors as indices are a gather (module docstring)."""
+
+    def reads_values_in(self, args: tuple, kwargs: dict) -> bool:
+        """x[mask] and x[idx] read values (which positions, and how many); ints, slices and tuple parts do not."""
+        return holds_tensor(args[1:])
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         src, index = node.args

@@ -18,10 +18,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..groups import Coupling, Effect, Role
+from ..standins import zeros_for
 from .attention import MatMulRule
 from .base import AnalysisContext, GraphView, LayerKind, MacTerm, Rule, ShrinkContext, WeightedLayer, describe_node
 from .base import freeze_inputs
-from .callsite import Operand, arg, channel_factor
+from .callsite import Operand, arg, channel_factor, given
 
 A = torch.ops.aten
 _TRANSPOSES = (A.t.default, A.permute.default, A.transpose.int)
@@ -75,6 +76,8 @@ class LinearArguments:
 class LinearRule(Rule):
     """y = x W^T + b on the last dim (module docstring), read through a `LinearModule` or `LinearArguments`."""
 
+    reads_values = False
+
     def __init__(self, spelling: LinearModule | LinearArguments):
         self.spelling = spelling
 
@@ -101,6 +104,19 @@ class LinearRule(Rule):
         weight = self.spelling.read(node, view).weight.parameter(view)
         return WeightedLayer(LayerKind.LINEAR, (weight,)) if weight is not None else None
 
+    def stand_in(self, op, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """Zeros shaped as x W^T + b: (..., out) for x (..., in), W (out, in) and b None or (out,)."""
+        module = isinstance(op, nn.Module)
+        if module and (not isinstance(op, nn.Linear) or len(args) + len(kwargs) != 1):
+            return None
+        x = given(args, kwargs, 0, "input")
+        weight, bias = (op.weight, op.bias) if module else (given(args, kwargs, 1, "weight"), given(args, kwargs, 2, "bias"))
+        if not all(isinstance(t, torch.Tensor) for t in (x, weight)) or x.ndim < 1 or weight.ndim != 2 \
+                or x.shape[-1] != weight.shape[1] or not (bias is None or isinstance(bias, torch.Tensor)
+                                                          and bias.shape == weight.shape[:1]):
+            return None
+        shape = (*x.shape[:-1], weight.shape[0])
+        return zeros_for(shape, math.prod(shape) * weight.shape[1], x, weight, bias)
 
 class MmRule(MatMulRule):
     """mm(a, W) and addmm(b, a, W, beta, alpha) = beta b + alpha a W: a linear layer when W is a parameter

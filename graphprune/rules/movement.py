@@ -29,7 +29,7 @@ from ..errors import RewriteError
 from ..groups import Coupling, Effect, EqualParts, Freeze, Slot, connected_labels
 from ..trace import META_KEY, TensorMeta, code_location, value_meta
 from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, freeze_inputs, queried_dims
-from .callsite import arg, cut_dim, kept_count, kept_on_dim, part_users, whole_use_freezes
+from .callsite import arg, cut_dim, given, kept_count, kept_on_dim, part_users, whole_use_freezes
 
 
 LABELS = torch.int32  # the dtype of label tensors: half the memory traffic of int64 on large activations (a
@@ -179,6 +179,7 @@ def channel_cut(part: fx.Node, ctx: AnalysisContext, source: Slot, dim: int, lo:
 class MovementRule(Rule):
     """Data movement with no shape constants to rewrite (cat, permute, transpose, flatten, ...)."""
 
+    reads_values = False
     carries_heads = True  # a (heads, head_dim) split on the way into attention keeps the heads (see analysis)
 
     def head_dims_of_input(self, node: fx.Node, source: fx.Node, dims: frozenset[int]) -> frozenset[int]:
@@ -282,6 +283,10 @@ class RepeatInterleaveRule(MovementRule):
     dim), followed on labels for an int r, a count computed from sizes included (torch.export spells it unsqueeze,
     expand and view). A tensor of counts (positions repeated unevenly) or an `output_size` is not followed: the
     channels it reads stay."""
+
+    def reads_values_in(self, args: tuple, kwargs: dict) -> bool:
+        """A tensor of counts sets the output's size; an int does not."""
+        return not isinstance(given(args, kwargs, 1, "repeats"), int)
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         repeats = arg(node, 1, "repeats")

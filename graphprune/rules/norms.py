@@ -58,6 +58,8 @@ class NormRule(Rule):
     Subclasses say where the channel dim is, and may tie channels in groups or refuse a call site.
     """
 
+    reads_values = False
+
     def __init__(self, spelling):
         self.spelling = spelling
 

@@ -1,0 +1,243 @@
+"""Stand-ins: the analysed model's heavy layers are not computed, and every recorded shape and value is the one
+a real run records; where a node computed from a stand-in reads values, the graph is recorded for real."""
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import graphprune
+import graphprune.analysis as analysis_module
+from graphprune import standins
+from graphprune.modes import evaluating
+from graphprune.trace import META_KEY, bind_inputs, clone_module, record_values, trace
+
+RULES = graphprune.default_rules()
+
+
+class Heavy(nn.Module):
+    """Convolutions and linear layers above HEAVY_MACS, with norms, an in-place ReLU, a residual add, a concat,
+    pooling and a flatten between them."""
+
+    def __init__(self, tail=None):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.bn = nn.BatchNorm2d(32)
+        self.relu = nn.ReLU(inplace=True)
+        self.body = nn.Conv2d(32, 32, 3, padding=1, padding_mode="reflect")
+        self.side = nn.Conv2d(32, 8, 1)
+        self.head = nn.Linear(40 * 8 * 8, 256)
+        self.tail = tail
+
+    def forward(self, x):
+        h = self.relu(self.bn(self.stem(x)))
+        h = h + self.body(h)
+        h = torch.cat([h, self.side(h)], dim=1)
+        h = F.adaptive_avg_pool2d(h, 8)
+        out = self.head(torch.flatten(h, 1))
+        return self.tail(out) if self.tail is not None else out
+
+
+def recorded(model, x, record):
+    """Every node's recorded meta after `record(gm, inputs)` on a fresh trace of `model`."""
+    gm = trace(clone_module(model, parameter_views=True), RULES.has_module_rule)
+    inputs = bind_inputs(gm, (x,))
+    with evaluating(gm):
+        record(gm, inputs)
+    return gm, {n.name: n.meta[META_KEY] for n in gm.graph.nodes}
+
+
+def with_stand_ins(gm, inputs):
+    standins.record_shapes(gm, inputs, RULES.for_call)
+
+
+def stood_in(model, x) -> set[str]:
+    """The layers of `model` (by name) whose forward did not run while its trace was recorded with stand-ins."""
+    gm = trace(clone_module(model, parameter_views=True), RULES.has_module_rule)
+    ran = set()
+    for name, module in gm.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.forward = lambda *a, _m=module, _n=name, **k: (ran.add(_n), type(_m).forward(_m, *a, **k))[1]
+    with evaluating(gm):
+        with_stand_ins(gm, bind_inputs(gm, (x,)))
+    return {n for n, m in gm.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))} - ran
+
+
+X = torch.randn(1, 3, 64, 64)
+
+
+def test_the_heavy_layers_stand_in_and_every_recorded_meta_is_the_real_one():
+    model = Heavy().eval()
+    _, real = recorded(model, X, record_values)
+    _, fast = recorded(model, X, with_stand_ins)
+    assert fast == real
+    assert stood_in(model, X) == {"stem", "body"}  # 3.5 M and 38 M multiply-adds; side and head under HEAVY_MACS
+
+
+def test_a_layer_below_the_threshold_is_computed():
+    model = Heavy().eval()
+    assert not stood_in(model, torch.randn(1, 3, 8, 8))  # 8x8: body (0.6 M) under HEAVY_MACS too
+
+
+CONVS = {
+    "valid": (nn.Conv2d(32, 32, 3, padding="valid"), (1, 32, 64, 64)),
+    "same even kernel": (nn.Conv2d(32, 32, 4, padding="same", dilation=(1, 2)), (1, 32, 64, 64)),
+    "strides apart": (nn.Conv2d(32, 48, (3, 5), stride=(1, 3), padding=(2, 0)), (1, 32, 64, 64)),
+    "1x1": (nn.Conv2d(64, 128, 1), (2, 64, 32, 32)),
+    "conv2d": (nn.Conv2d(32, 64, 3, stride=2, padding=1), (1, 32, 64, 64)),
+    "dilated groups": (nn.Conv2d(32, 64, 3, padding=2, dilation=2, groups=4), (1, 32, 64, 64)),
+    "same circular": (nn.Conv2d(32, 32, 5, padding="same", padding_mode="circular"), (1, 32, 64, 64)),
+    "depthwise": (nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False), (1, 64, 256, 256)),
+    "conv1d": (nn.Conv1d(64, 128, 7), (2, 64, 4096)),
+    "conv3d": (nn.Conv3d(16, 32, 3, padding=1), (1, 16, 16, 32, 32)),
+    "unbatched": (nn.Conv2d(32, 32, 3), (32, 64, 64)),
+    "linear 3d": (nn.Linear(512, 1024), (2, 100, 512)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_a_stand_in_has_the_shape_dtype_and_strides_of_the_real_output(name):
+    layer, shape = CONVS[name]
+    x = torch.randn(shape)
+    rule = RULES.for_module(layer)
+    stand_in = rule.stand_in(layer, (x,), {})
+    with torch.no_grad():
+        real = layer(x)
+    assert stand_in is not None
+    assert (stand_in.shape, stand_in.stride(), stand_in.dtype) == (real.shape, real.stride(), real.dtype)
+    assert not stand_in.any()
+
+
+def test_a_call_the_op_rejects_is_computed_so_that_its_own_error_speaks():
+    layer = nn.Conv2d(32, 64, 3)
+    assert RULES.for_module(layer).stand_in(layer, (torch.randn(1, 16, 64, 64),), {}) is None  # 16 channels, not 32
+    assert RULES.for_module(layer).stand_in(layer, (torch.randn(1, 32, 2, 64),), {}) is None  # smaller than the kernel
+    linear = nn.Linear(512, 1024)
+    assert RULES.for_module(linear).stand_in(linear, (torch.randn(64, 256),), {}) is None
+
+
+def test_stand_ins_import_nothing_heavy():
+    """Shapes come from the rules, not torch's meta kernels, whose first call imports sympy (~0.4 s)."""
+    code = ("import sys, torch, graphprune\n"
+            "class M(torch.nn.Module):\n"
+            "    def __init__(self):\n"
+            "        super().__init__()\n"
+            "        self.a, self.b = torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.Conv2d(32, 32, 3, padding=1)\n"
+            "    def forward(self, x):\n"
+            "        h = self.b(self.a(x))\n"
+            "        return h[:, :16] + h[:, 16:]\n"  # watched: getitem reads no values, but has no such rule
+            "graphprune.prune_graph(M().eval(), torch.randn(1, 3, 64, 64), ratio=0.5)\n"
+            "print('sympy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_layer_in_another_memory_format_is_computed():
+    layer, x = nn.Conv2d(32, 64, 3, padding=1), torch.randn(1, 32, 64, 64)
+    assert RULES.for_module(layer).stand_in(layer, (x.contiguous(memory_format=torch.channels_last),), {}) is None
+    assert RULES.for_module(layer).stand_in(layer.to(memory_format=torch.channels_last), (x,), {}) is None
+
+
+def test_functional_spellings_stand_in_too():
+    x, w, b = torch.randn(1, 32, 64, 64), torch.randn(64, 8, 3, 3), torch.randn(64)
+    conv = RULES.for_node(trace(_Functional(w, b), RULES.has_module_rule).graph.find_nodes(
+        op="call_function", target=F.conv2d)[0], {})
+    stand_in = conv.stand_in(F.conv2d, (x, w, b, 1, 1, 1, 4), {})
+    assert stand_in.shape == F.conv2d(x, w, b, 1, 1, 1, 4).shape
+    _, real = recorded(_Functional(w, b), x, record_values)
+    _, fast = recorded(_Functional(w, b), x, with_stand_ins)
+    assert fast == real
+
+
+class _Functional(nn.Module):
+    def __init__(self, w, b):
+        super().__init__()
+        self.w, self.b = nn.Parameter(w), nn.Parameter(b)
+
+    def forward(self, x):
+        return F.linear(F.conv2d(x, self.w, self.b, 1, 1, 1, 4).flatten(2), torch.ones(512, 4096))
+
+
+class Masked(nn.Module):
+    """Keeps the positive activations: how many there are is a value."""
+
+    def forward(self, h):
+        return h[h > 0]
+
+
+class ToList(nn.Module):
+    def forward(self, h):
+        return h.mean(1).tolist()
+
+
+class Accumulates(nn.Module):
+    """Writes the activations into a buffer: the model's state, from values."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("seen", torch.zeros(256))
+
+    def forward(self, h):
+        self.seen.add_(h[0])
+        return h
+
+
+class AddsInto(nn.Module):
+    """An add (an op that reads no values) writing its sum into a buffer (`out=`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("total", torch.ones(256))
+
+    def forward(self, h):
+        torch.add(self.total, h[0], out=self.total)
+        return h
+
+
+@torch.fx.wrap
+def _user_reads(h):
+    return h * len([v for v in h.flatten().tolist() if v > 0])
+
+
+class UserFunction(nn.Module):
+    def forward(self, h):
+        return _user_reads(h)
+
+
+@pytest.mark.parametrize("tail", [Masked, ToList, Accumulates, AddsInto, UserFunction])
+def test_an_op_that_reads_the_values_of_a_stand_in_records_for_real(tail):
+    model = Heavy(tail()).eval()
+    assert not stood_in(model, X)  # the stand-in run stopped: recorded again, every layer computed
+    gm_real, real = recorded(model, X, record_values)
+    gm_fast, fast = recorded(model, X, with_stand_ins)
+    assert fast == real
+    for a, b in zip(gm_real.buffers(), gm_fast.buffers()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_hooked_layer_is_computed():
+    model = Heavy().eval()
+    model.body.register_forward_hook(lambda module, args, out: out.mean(1, keepdim=True))  # a new shape, broadcast
+    _, real = recorded(model, X, record_values)
+    _, fast = recorded(model, X, with_stand_ins)
+    assert fast == real
+    assert "body" not in stood_in(model, X)
+
+
+def test_wrong_example_inputs_still_name_the_node_that_failed():
+    with pytest.raises(graphprune.errors.InputError, match="stem"):
+        graphprune.prune_graph(Heavy().eval(), torch.randn(1, 4, 64, 64), ratio=0.5)
+
+
+def test_pruning_with_stand_ins_gives_the_model_a_real_recording_gives(monkeypatch):
+    model = Heavy(nn.Sequential(nn.ReLU(), nn.Linear(256, 10))).eval()
+    fast = graphprune.prune_graph(model, X, ratio=0.5, target="none")
+    monkeypatch.setattr(analysis_module, "record_shapes", lambda gm, inputs, rule_of: record_values(gm, inputs))
+    real = graphprune.prune_graph(model, X, ratio=0.5, target="none")
+    assert fast.plan.keep == real.plan.keep
+    assert fast.report.params_after == real.report.params_after and fast.report.macs_after == real.report.macs_after
+    for (name, a), (_, b) in zip(fast.model.state_dict().items(), real.model.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(fast.model(X), real.model(X), rtol=0, atol=0)
