@@ -110,6 +110,44 @@ def test_a_stand_in_has_the_shape_dtype_and_strides_of_the_real_output(name):
     assert not stand_in.any()
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_self_attention_without_weights_stands_in(batch_first):
+    mha = nn.MultiheadAttention(256, 8, batch_first=batch_first).eval()
+    x = torch.randn(2, 100, 256) if batch_first else torch.randn(100, 2, 256)
+    rule = RULES.for_module(mha)
+    out, weights = rule.stand_in(mha, (x, x, x), {"need_weights": False})
+    with torch.no_grad():
+        real, real_weights = mha(x, x, x, need_weights=False)
+    assert (out.shape, out.stride(), out.dtype, weights) == (real.shape, real.stride(), real.dtype, real_weights)
+    assert rule.stand_in(mha, (x, x, x), {}) is None  # the averaged weights are asked for: computed
+    assert rule.stand_in(mha, (x, x, x), {"need_weights": False, "attn_mask": torch.ones(100, 100)}) is None
+
+
+class Encoder(nn.Module):
+    """A transformer block as torchvision's ViT writes it: attention asked for no weights, an MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm, self.attention = nn.LayerNorm(256), nn.MultiheadAttention(256, 8, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 256))
+
+    def forward(self, x):
+        h = self.norm(x)
+        h, _ = self.attention(h, h, h, need_weights=False)
+        x = x + h
+        return x + self.mlp(x)
+
+
+def test_a_transformer_block_records_the_real_metas_with_its_layers_standing_in():
+    x = torch.randn(2, 100, 256)
+    _, real = recorded(Encoder().eval(), x, record_values)
+    gm, fast = recorded(Encoder().eval(), x, with_stand_ins)
+    assert fast == real
+    gm = trace(clone_module(Encoder().eval(), parameter_views=True), RULES.has_module_rule)
+    with evaluating(gm):
+        assert standins.record_shapes(gm, bind_inputs(gm, (x,)), RULES.for_call) == 3  # attention and both linears
+
+
 def test_a_call_the_op_rejects_is_computed_so_that_its_own_error_speaks():
     layer = nn.Conv2d(32, 64, 3)
     assert RULES.for_module(layer).stand_in(layer, (torch.randn(1, 16, 64, 64),), {}) is None  # 16 channels, not 32

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..groups import Coupling, Effect, Freeze, Role, Slot
+from ..standins import zeros_for
 from ..trace import META_KEY, TensorMeta
 from .base import (AnalysisContext, GraphView, LayerKind, MacTerm, Rule, ShrinkContext, WeightedLayer, describe_node,
                    freeze_inputs)
@@ -159,6 +160,23 @@ class MultiheadAttentionRule(Rule):
 
     def weighted_layer(self, node: fx.Node, view: GraphView) -> WeightedLayer:
         return WeightedLayer(LayerKind.LINEAR, (f"{node.target}.in_proj_weight", f"{node.target}.out_proj.weight"))
+
+    def stand_in(self, op, args: tuple, kwargs: dict):
+        """(zeros shaped as the output, None) for self-attention asked for no weights, without masks: query, key and
+        value of one 3-D shape (..., E_in) give (..., E_out); multiply-adds as `cost` counts them."""
+        call = dict(zip(("query", "key", "value", "key_padding_mask", "need_weights"), args), **kwargs)
+        q, k, v = call.get("query"), call.get("key"), call.get("value")
+        if type(op) is not nn.MultiheadAttention or set(call) != {"query", "key", "value", "need_weights"} \
+                or call["need_weights"] is not False or not op._qkv_same_embed_dim or op.bias_k is not None \
+                or op.add_zero_attn or not all(isinstance(t, torch.Tensor) for t in (q, k, v)) or q.ndim != 3 \
+                or not q.shape == k.shape == v.shape or q.shape[-1] != op.in_proj_weight.shape[1]:
+            return None
+        tokens, length = q.shape[0] * q.shape[1], q.shape[1] if op.batch_first else q.shape[0]
+        e_in, e_out = op.in_proj_weight.shape[1], op.out_proj.weight.shape[0]
+        macs = tokens * (3 * e_in * e_in + 2 * length * e_in + e_in * e_out)
+        out = zeros_for((*q.shape[:2], e_out), macs, q, k, v, op.in_proj_weight, op.in_proj_bias, op.out_proj.weight,
+                        op.out_proj.bias)
+        return None if out is None else (out, None)
 
 
 class MatMulRule(Rule):

@@ -128,9 +128,10 @@ class Rule:
         """`reads_values` for a call with these argument values."""
         return self.reads_values
 
-    def stand_in(self, op: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
-        """Zeros shaped as `op(*args, **kwargs)`'s output, found without computing it, where computing it costs
-        more (standins.py); None: compute it. `op` is the module, function or method the node calls."""
+    def stand_in(self, op: Callable, args: tuple, kwargs: dict) -> Any:
+        """Zeros shaped as `op(*args, **kwargs)`'s output (a tensor, or the tuple the op returns), found without
+        computing it, where computing it costs more (standins.py); None: compute it. `op` is the module, function
+        or method the node calls."""
         return None
 
     def renormalises(self, node: fx.Node, view: "GraphView") -> bool:
