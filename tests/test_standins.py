@@ -152,6 +152,8 @@ def test_a_call_the_op_rejects_is_computed_so_that_its_own_error_speaks():
     layer = nn.Conv2d(32, 64, 3)
     assert RULES.for_module(layer).stand_in(layer, (torch.randn(1, 16, 64, 64),), {}) is None  # 16 channels, not 32
     assert RULES.for_module(layer).stand_in(layer, (torch.randn(1, 32, 2, 64),), {}) is None  # smaller than the kernel
+    for bad in (nn.Conv2d(32, 64, 3, dilation=0), nn.Conv2d(32, 64, 3, stride=0)):
+        assert RULES.for_module(bad).stand_in(bad, (torch.randn(1, 32, 64, 64),), {}) is None
     linear = nn.Linear(512, 1024)
     assert RULES.for_module(linear).stand_in(linear, (torch.randn(64, 256),), {}) is None
 

@@ -208,8 +208,8 @@ def _output_shape(x, weight, bias, stride, padding, dilation, groups) -> tuple[i
     if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor) or not isinstance(groups, int):
         return None
     n = weight.ndim - 2
-    stride, dilation = _per_dim(stride, n), _per_dim(dilation, n)
-    padding = padding if padding in ("same", "valid") else _per_dim(padding, n)
+    stride, dilation = _per_dim(stride, n, least=1), _per_dim(dilation, n, least=1)
+    padding = padding if padding in ("same", "valid") else _per_dim(padding, n, least=0)
     if n < 1 or stride is None or dilation is None or padding is None or x.ndim not in (n + 1, n + 2) or groups < 1:
         return None
     if x.shape[-n - 1] != weight.shape[1] * groups or weight.shape[0] % groups or 0 in weight.shape:
@@ -224,10 +224,10 @@ def _output_shape(x, weight, bias, stride, padding, dilation, groups) -> tuple[i
     return tuple(x.shape[:-n - 1]) + (weight.shape[0],) + tuple(out) if min(out) > 0 else None
 
 
-def _per_dim(value, n: int) -> tuple[int, ...] | None:
-    """An int or a sequence of n ints, as n ints; None for anything else."""
+def _per_dim(value, n: int, least: int) -> tuple[int, ...] | None:
+    """An int or a sequence of n ints, each at least `least`, as n ints; None for anything else (the op's error)."""
     values = (value,) * n if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else ()
-    return values if len(values) == n and all(isinstance(v, int) and v >= 0 for v in values) else None
+    return values if len(values) == n and all(isinstance(v, int) and v >= least for v in values) else None
 
 
 def conv_rules(grouped: GroupedConv = GroupedConv.WITHIN) -> dict:
