@@ -257,6 +257,25 @@ def test_an_op_that_reads_the_values_of_a_stand_in_records_for_real(tail):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+class BiasTable(nn.Module):
+    """A table computed by a layer, then indexed by a constant integer index (Swin-V2's relative position bias)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("index", torch.randint(0, 256, (32, 32)))
+
+    def forward(self, h):
+        return h[:, self.index]
+
+
+def test_a_computed_table_indexed_by_integers_keeps_its_stand_in():
+    model = Heavy(BiasTable()).eval()
+    _, real = recorded(model, X, record_values)
+    _, fast = recorded(model, X, with_stand_ins)
+    assert fast == real
+    assert stood_in(model, X) == {"stem", "body"}
+
+
 def test_a_hooked_layer_is_computed():
     model = Heavy().eval()
     model.body.register_forward_hook(lambda module, args, out: out.mean(1, keepdim=True))  # a new shape, broadcast

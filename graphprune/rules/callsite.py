@@ -39,9 +39,11 @@ def given(args: tuple, kwargs: dict, position: int | None, name: str, default=No
     return kwargs.get(name, default)
 
 
-def holds_tensor(value) -> bool:
-    """Whether an argument value is a tensor or a tuple or list holding one."""
-    return isinstance(value, torch.Tensor) or isinstance(value, (tuple, list)) and any(map(holds_tensor, value))
+def holds_mask(value) -> bool:
+    """Whether an argument value is a boolean (or uint8) tensor, or a tuple or list holding one."""
+    if isinstance(value, torch.Tensor):
+        return value.dtype in (torch.bool, torch.uint8)
+    return isinstance(value, (tuple, list)) and any(map(holds_mask, value))
 
 
 def set_arg(node: fx.Node, position: int, name: str, value) -> None:

@@ -44,7 +44,7 @@ import torch.fx as fx
 from ..groups import Coupling, Effect, Freeze, Role
 from ..trace import META_KEY, TensorMeta
 from .base import AnalysisContext, Rule, ShrinkContext, callable_of, describe_node, freeze_inputs
-from .callsite import arg, cut_dim, grouped_together, holds_tensor, kept_bounds, kept_count, kept_on_dim
+from .callsite import arg, cut_dim, grouped_together, holds_mask, kept_bounds, kept_count, kept_on_dim
 from .movement import MovementRule, channel_cut, resize_argument
 
 
@@ -317,8 +317,9 @@ class GetItemRule(MovementRule):
     one channel (`channel_pick`); integer tensors as indices are a gather (module docstring)."""
 
     def reads_values_in(self, args: tuple, kwargs: dict) -> bool:
-        """x[mask] and x[idx] read values (which positions, and how many); ints, slices and tuple parts do not."""
-        return holds_tensor(args[1:])
+        """x[mask] keeps as many positions as the mask's values say; x[idx] with integer tensors takes idx's shape
+        (its values say which positions, not how many), as ints, slices and tuple parts do."""
+        return holds_mask(args[1:])
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         src, index = node.args
