@@ -71,7 +71,7 @@ def prunes(name: str, repeats: int) -> dict[str, float]:
         finally:
             analysis.record_shapes = with_stand_ins
 
-    def computing(gm, inputs, rule_of):
+    def computing(gm, inputs, rule_of, raise_rule_errors=False):
         record_values(gm, inputs)
 
     prune(with_stand_ins)

@@ -29,7 +29,7 @@ import torch
 import torch.fx as fx
 
 from .cost import CostModel, Counts
-from .dependencies import build_dependency_graph
+from .dependencies import build_dependency_graph, rule_errors_raise
 from .agreement import call_inputs
 from .eager import rebuild_module
 from .errors import InputError, RewriteError, RuleError, TraceError
@@ -365,7 +365,8 @@ def _analysed(gm: fx.GraphModule, inputs: tuple, model, rules: RuleTable, strict
 def _via_fx(model, args, kwargs, rules, strict) -> Analysis:
     t0 = time.perf_counter()
     gm, inputs = trace_with_values(model, args, kwargs, rules.has_module_rule,
-                                   functools.partial(record_shapes, rule_of=rules.for_call))
+                                   functools.partial(record_shapes, rule_of=rules.for_call,
+                                                     raise_rule_errors=rule_errors_raise(strict)))
     return _analysed(gm, inputs, model, rules, strict, "fx", time.perf_counter() - t0)
 
 

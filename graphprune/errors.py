@@ -43,11 +43,11 @@ class BenchError(GraphPruneError):
 
 
 class RuleError(RuntimeError):
-    """A rule failed on a node while analysing it (`couple` raised) or rewriting it (its shrink raised or left a
-    model that fails the pass's check): a bug in the rule, not bad input; names the node and the rule.
+    """A rule failed on a node while analysing it (`couple` or `stand_in` raised) or rewriting it (its shrink raised
+    or left a model that fails the pass's check): a bug in the rule, not bad input; names the node and the rule.
 
-    Raised only with strict=True (a failing `couple` also with GRAPHPRUNE_RULE_ERRORS=raise, as the test suite
-    sets); otherwise the channels it touches freeze.
+    Raised only with strict=True (a failing `couple` or `stand_in` also with GRAPHPRUNE_RULE_ERRORS=raise, as the
+    test suite sets); otherwise the channels it touches freeze (a failing `stand_in`: the layer is computed).
     """
 
 

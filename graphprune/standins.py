@@ -14,6 +14,10 @@ counters; a parameter or buffer written is restored). Any other node, a hooked m
 and an op without a rule stop the run, and the graph is recorded again computing every op
 (`trace.record_values`), as it is when any node fails. Ints computed from shapes are exact. The pruned
 model's own check run always computes every op (passes/base.py).
+
+A rule whose `stand_in` raises has a bug (an invalid call gets None, so that the op's own error speaks): the
+layer is then computed, or, with `raise_rule_errors` (strict=True, GRAPHPRUNE_RULE_ERRORS=raise), RuleError
+names the rule and the node.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 
-from .errors import InputError
+from .errors import InputError, RuleError
 from .trace import call_op, record_values, run_node
 
 __all__ = ["HEAVY_MACS", "record_shapes", "zeros_for", "ValuesRead"]
@@ -53,14 +57,16 @@ def zeros_for(shape: tuple[int, ...], macs: int, *tensors: torch.Tensor | None) 
 
 
 @torch.no_grad()
-def record_shapes(gm: fx.GraphModule, inputs: tuple, rule_of: RuleOf) -> int:
+def record_shapes(gm: fx.GraphModule, inputs: tuple, rule_of: RuleOf, raise_rule_errors: bool = False) -> int:
     """trace.record_values, the layers whose rule (`rule_of(node, op)`) gives a stand-in not computed; recorded
     again computing every op when a node computed from a stand-in reads values or any node fails. Returns how
-    many layers stood in (0 when recorded again)."""
-    run = _StandInRun(rule_of)
+    many layers stood in (0 when recorded again). `raise_rule_errors`: a failing `stand_in` raises RuleError."""
+    run = _StandInRun(rule_of, raise_rule_errors)
     try:
         record_values(gm, inputs, run)
-    except InputError:
+    except InputError as exc:
+        if isinstance(exc.__cause__, RuleError):
+            raise exc.__cause__  # a bug in a rule, not the inputs
         record_values(gm, inputs)
         return 0
     return run.stand_ins
@@ -69,8 +75,8 @@ def record_shapes(gm: fx.GraphModule, inputs: tuple, rule_of: RuleOf) -> int:
 class _StandInRun:
     """run_node for record_values: stand-ins where a rule gives one, the nodes that read them run while they may."""
 
-    def __init__(self, rule_of: RuleOf):
-        self.rule_of = rule_of
+    def __init__(self, rule_of: RuleOf, raise_rule_errors: bool = False):
+        self.rule_of, self.raise_rule_errors = rule_of, raise_rule_errors
         self.derived: set[fx.Node] = set()  # the nodes whose values hold tensors computed from stand-ins
         self.stand_ins = 0
         self._state: frozenset[int] | None = None
@@ -83,13 +89,12 @@ class _StandInRun:
         kwargs = fx.node.map_arg(n.kwargs, env.__getitem__)
         hooked = isinstance(op, torch.nn.Module) and _has_hooks(op)  # a hook may change the output, or read it
         rule = None if hooked else self.rule_of(n, op)
-        value = rule.stand_in(op, args, kwargs) if rule is not None else None
+        value = self.stand_in(rule, n, op, args, kwargs) if rule is not None else None
         if value is not None:
             self.derived.add(n)
             self.stand_ins += 1
             return value
-        derived = [a for a in n.all_input_nodes if a in self.derived] if self.derived else ()
-        if not derived:
+        if not (self.derived and any(a in self.derived for a in n.all_input_nodes)):
             return op(*args, **kwargs)
         if rule is None or rule.reads_values_in(args, kwargs):
             raise ValuesRead(f"{n.name} reads a value computed from a stand-in")
@@ -104,6 +109,16 @@ class _StandInRun:
         if _tensors(value):
             self.derived.add(n)
         return value
+
+    def stand_in(self, rule, n: fx.Node, op: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """`rule.stand_in`; a rule that raises has a bug: the layer is computed, or RuleError is raised."""
+        try:
+            return rule.stand_in(op, args, kwargs)
+        except Exception as exc:
+            if self.raise_rule_errors:
+                raise RuleError(f"rule {type(rule).__name__} failed to stand in for `{n.name}` ({n.op} {n.target}): "
+                                f"{type(exc).__name__}: {exc}") from exc
+            return None
 
     def state(self, gm: fx.GraphModule) -> frozenset[int]:
         """The storages of `gm`'s parameters and buffers (found once)."""

@@ -293,10 +293,53 @@ def test_wrong_example_inputs_still_name_the_node_that_failed():
 def test_pruning_with_stand_ins_gives_the_model_a_real_recording_gives(monkeypatch):
     model = Heavy(nn.Sequential(nn.ReLU(), nn.Linear(256, 10))).eval()
     fast = graphprune.prune_graph(model, X, ratio=0.5, target="none")
-    monkeypatch.setattr(analysis_module, "record_shapes", lambda gm, inputs, rule_of: record_values(gm, inputs))
+    monkeypatch.setattr(analysis_module, "record_shapes",
+                        lambda gm, inputs, rule_of, raise_rule_errors: record_values(gm, inputs))
     real = graphprune.prune_graph(model, X, ratio=0.5, target="none")
     assert fast.plan.keep == real.plan.keep
     assert fast.report.params_after == real.report.params_after and fast.report.macs_after == real.report.macs_after
     for (name, a), (_, b) in zip(fast.model.state_dict().items(), real.model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     torch.testing.assert_close(fast.model(X), real.model(X), rtol=0, atol=0)
+
+
+class _StandInBug(graphprune.rules.linear.LinearRule):
+    """The linear layers' rule with a bug in its stand-in."""
+
+    def stand_in(self, op, args, kwargs):
+        raise ZeroDivisionError("a bug in the rule")
+
+
+WIDE = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 512))  # 105 M multiply-adds each at (2, 100, 512)
+WIDE_X = torch.randn(2, 100, 512)
+
+
+def test_a_stand_in_that_raises_names_its_rule_and_node_when_rule_errors_raise():
+    buggy = RULES.with_rule(nn.Linear, _StandInBug(graphprune.rules.linear.LinearModule()))
+    named = r"_StandInBug failed to stand in for `_0`.*ZeroDivisionError"
+    with pytest.raises(graphprune.errors.RuleError, match=named):  # the suite sets GRAPHPRUNE_RULE_ERRORS=raise
+        graphprune.prune_graph(WIDE.eval(), WIDE_X, ratio=0.5, rules=buggy)
+
+
+def test_a_stand_in_that_raises_leaves_its_layer_computed_otherwise(monkeypatch):
+    monkeypatch.delenv("GRAPHPRUNE_RULE_ERRORS")
+    buggy = RULES.with_rule(nn.Linear, _StandInBug(graphprune.rules.linear.LinearModule()))
+    gm = trace(clone_module(WIDE.eval(), parameter_views=True), buggy.has_module_rule)
+    inputs = bind_inputs(gm, (WIDE_X,))
+    runs = []
+
+    def recording(gm, inputs, run=None):
+        runs.append(run)
+        return record_values(gm, inputs, run)
+    monkeypatch.setattr(standins, "record_values", recording)
+    with evaluating(gm):
+        assert standins.record_shapes(gm, inputs, buggy.for_call) == 0  # no layer stood in ...
+    assert len(runs) == 1  # ... and the graph was recorded once: each layer was computed where its stand-in failed
+    _, real = recorded(WIDE.eval(), WIDE_X, record_values)
+    assert {n.name: n.meta[META_KEY] for n in gm.graph.nodes} == real
+    with pytest.raises(graphprune.errors.RuleError, match="_StandInBug"):
+        graphprune.prune_graph(WIDE.eval(), WIDE_X, ratio=0.5, rules=buggy, strict=True)
+    result = graphprune.prune_graph(WIDE.eval(), WIDE_X, ratio=0.5, rules=buggy)
+    expected = graphprune.prune_graph(WIDE.eval(), WIDE_X, ratio=0.5)
+    assert result.plan.keep == expected.plan.keep
+    assert torch.equal(result.model(WIDE_X), expected.model(WIDE_X))
