@@ -46,7 +46,7 @@ from .report import ModelStats, PruneReport, build_report, renormalised_ops
 from .rules import GraphView, RuleTable, WeightedLayer, default_rules
 from .rules.base import describe_node
 from .kvcache import cache_off, check_no_kv_cache, predict_kv_bytes
-from .rules.conv import GroupedConv, conv_rules
+from .rules.conv import GroupedConv, with_grouped_convs
 from .rules.transformer import GroupedQuery, RepeatKVRule
 from .runtimes.profiles import resolve_target
 from .targets import Target
@@ -429,7 +429,7 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     if gqa is not None:
         rules = rules.with_rule(torch.ops.aten.expand.default, RepeatKVRule(GroupedQuery.of(gqa)))
     if grouped_convs is not None:
-        rules = rules.with_rules(conv_rules(GroupedConv.of(grouped_convs)))
+        rules = with_grouped_convs(rules, GroupedConv.of(grouped_convs))
     if isinstance(model, torch.export.ExportedProgram):
         return _via_export(model, tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else
                            (example_inputs,), example_kwargs, rules, strict, "an ExportedProgram was given")

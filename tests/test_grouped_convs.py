@@ -95,3 +95,25 @@ def test_round_to_puts_the_layer_width_on_its_step_inside_groups_and_a_runtime_s
     assert (Target.uniform(8).grouped_convs, runtime.grouped_convs) == (GroupedConv.WITHIN, GroupedConv.WHOLE)
     (conv,) = _grouped(graphprune.prune_graph(model, x, ratio=0.5, target=runtime).module)
     assert (conv.groups, conv.in_channels // conv.groups) == (2, 8)
+
+
+def test_a_callers_own_convolution_rule_is_kept_and_follows_grouped_convs():
+    """prune_graph's grouped-conv choice changes the convolution rules of the caller's table, not replaces them."""
+    from graphprune.rules.conv import ConvModule, ConvRule
+
+    seen = []
+
+    class Watched(ConvRule):
+        def couple(self, node, ctx):
+            seen.append((node.name, self.grouped))
+            return super().couple(node, ctx)
+
+    rules = graphprune.default_rules().with_rule(nn.Conv2d, Watched(ConvModule()))
+    model, x = randomize_norms(GroupedBlock()).eval(), torch.randn(2, 8, 8, 8)
+    whole = graphprune.prune_graph(model, x, ratio=0.5, target="none", grouped_convs="whole", rules=rules)
+    assert seen == [(name, GroupedConv.WHOLE) for name in ("reduce", "grouped", "expand")]
+    (conv,) = _grouped(whole.module)
+    assert conv.groups == 2
+    seen.clear()
+    graphprune.prune_graph(model, x, ratio=0.5, target="none", rules=rules)
+    assert seen == [(name, GroupedConv.WITHIN) for name in ("reduce", "grouped", "expand")]

@@ -198,6 +198,19 @@ class RuleTable:
                 raise TypeError(f"rule key must be an nn.Module subclass or a callable, got {key!r}")
         return RuleTable(modules, functions)
 
+    def mapped(self, change: Callable[[Rule], Rule]) -> "RuleTable":
+        """The table with `change(rule)` in place of every rule (one family's setting changed, say); a rule
+        shared by several keys is changed once and stays shared. This very table when no rule changes."""
+        changed: dict[int, tuple[Rule, Rule]] = {}  # id -> (rule, its change)
+
+        def once(rule: Rule) -> Rule:
+            if id(rule) not in changed:
+                changed[id(rule)] = (rule, change(rule))
+            return changed[id(rule)][1]
+        modules = {k: once(r) for k, r in self._modules.items()}
+        functions = {k: once(r) for k, r in self._functions.items()}
+        return self if all(old is new for old, new in changed.values()) else RuleTable(modules, functions)
+
     def for_module(self, module: torch.nn.Module) -> Rule | None:
         """The rule of the module's class, or of a base class whose forward it does not override."""
         forward = type(module).forward

@@ -18,6 +18,7 @@ within groups; transposed: both).
 """
 from __future__ import annotations
 
+import copy
 import enum
 import math
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ from torch.nn.modules.conv import _ConvNd
 from ..errors import InputError
 from ..groups import Coupling, Effect, Freeze, Role, Slot
 from ..standins import zeros_for
-from .base import AnalysisContext, GraphView, LayerKind, MacTerm, Rule, ShrinkContext, WeightedLayer, describe_node
+from .base import (AnalysisContext, GraphView, LayerKind, MacTerm, Rule, RuleTable, ShrinkContext, WeightedLayer,
+                   describe_node)
 from .callsite import Operand, arg, channel_factor, given, grouped_together, kept_count, set_arg
 
 
@@ -104,6 +106,14 @@ class ConvRule(Rule):
 
     def __init__(self, spelling: ConvModule | ConvArguments, grouped: GroupedConv = GroupedConv.WITHIN):
         self.spelling, self.grouped = spelling, grouped
+
+    def grouped_as(self, grouped: GroupedConv) -> "ConvRule":
+        """This rule (its class and spelling kept) pruning grouped convolutions as `grouped`."""
+        if grouped is self.grouped:
+            return self
+        changed = copy.copy(self)
+        changed.grouped = grouped
+        return changed
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         c = self.spelling.read(node, ctx)
@@ -240,3 +250,9 @@ def conv_rules(grouped: GroupedConv = GroupedConv.WITHIN) -> dict:
             **dict.fromkeys(functions, ConvRule(ConvArguments(groups_at=6), grouped)),
             **dict.fromkeys(transposed, ConvRule(ConvArguments(groups_at=6, transposed=True), grouped)),
             torch.ops.aten.convolution.default: ConvRule(ConvArguments(groups_at=8, transposed_at=6), grouped)}
+
+
+def with_grouped_convs(rules: RuleTable, grouped: GroupedConv) -> RuleTable:
+    """`rules` with its convolution rules pruning grouped convolutions as `grouped`; a caller's own rule for a
+    convolution stays (a ConvRule subclass keeps its class, any other rule is left as it is)."""
+    return rules.mapped(lambda rule: rule.grouped_as(grouped) if isinstance(rule, ConvRule) else rule)
