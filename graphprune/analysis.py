@@ -123,6 +123,8 @@ class Analysis:
     strict: bool = False  # analyse(strict=True): a rule whose shrink breaks a rewrite raises RuleError in `apply`
     tables: GraphView | None = field(default=None, compare=False, repr=False)  # graph_module's module, parameter
     # and buffer tables (GraphView's `tables`), walked once by the analysis and read again by `apply`'s report
+    analysed_with: Mapping[str, str] = field(default_factory=dict)  # analyse's `grouped_convs` and `gqa` where given,
+    # as values: every plan `apply` applies records them (PrunePlan.analysed_with)
 
     # -- reading ---------------------------------------------------------------------------
     def explain(self) -> str:
@@ -285,7 +287,8 @@ class Analysis:
                          renormalised=renormalised_ops(self.graph_module, self.rules, self.dependencies, planned.plan,
                                                       rewritten.kept, self.tables))
         timings = {**self.timings, **planned.timings, **rewritten.timings, "report": time.perf_counter() - t0}
-        return PruneResult(gm, planned.plan, report, self.dependencies, timings, self.example_inputs, self.model,
+        applied = replace(planned.plan, analysed_with=dict(self.analysed_with))  # how a replay analyses the model
+        return PruneResult(gm, applied, report, self.dependencies, timings, self.example_inputs, self.model,
                            self.graph_module, self.rules)
 
     def _rewritten(self, plan: PrunePlan, recalibration: Sequence[tuple] = ()):
@@ -419,23 +422,28 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     of freezing the channels they touch; the Analysis keeps `strict`, so a rule whose shrink
     breaks a rewrite in `apply` raises RuleError too. `gqa` ("kv_groups" or "query_heads", see GroupedQuery) says how
     grouped-query attention is pruned (the rule table's choice, KV groups, when None); `grouped_convs` ("within" or
-    "whole", see rules.conv.GroupedConv) how grouped convolutions are (the table's choice, within groups, when None).
+    "whole", see rules.conv.GroupedConv) how grouped convolutions are (the table's choice, within groups, when None);
+    those given are `Analysis.analysed_with`, and every plan it applies records them (apply_plan replays them).
     """
     try:
         frontend = Frontend(frontend)
     except ValueError:
         raise InputError(f"frontend must be one of {[f.value for f in Frontend]}, got {frontend!r}") from None
-    rules = rules or default_rules()
+    rules, settings = rules or default_rules(), {}
     if gqa is not None:
+        settings["gqa"] = GroupedQuery.of(gqa).value
         rules = rules.with_rule(torch.ops.aten.expand.default, RepeatKVRule(GroupedQuery.of(gqa)))
     if grouped_convs is not None:
+        settings["grouped_convs"] = GroupedConv.of(grouped_convs).value
         rules = with_grouped_convs(rules, GroupedConv.of(grouped_convs))
     if isinstance(model, torch.export.ExportedProgram):
-        return _via_export(model, tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else
-                           (example_inputs,), example_kwargs, rules, strict, "an ExportedProgram was given")
-    args = check_model_and_inputs(model, example_inputs, example_kwargs)
-    with cache_off(model):
-        return _by_frontend(model, args, example_kwargs, rules, strict, frontend)
+        analysis = _via_export(model, tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else
+                               (example_inputs,), example_kwargs, rules, strict, "an ExportedProgram was given")
+    else:
+        args = check_model_and_inputs(model, example_inputs, example_kwargs)
+        with cache_off(model):
+            analysis = _by_frontend(model, args, example_kwargs, rules, strict, frontend)
+    return replace(analysis, analysed_with=settings)
 
 
 def _by_frontend(model, args, example_kwargs, rules, strict, frontend: Frontend) -> Analysis:

@@ -83,8 +83,10 @@ def prune_graph(
 
 
 def apply_plan(model: torch.nn.Module, example_inputs, plan: PrunePlan | str, *, rules: RuleTable | None = None) -> PruneResult:
-    """Rebuild the pruned architecture of `plan` from a fresh copy of `model` (e.g. with retrained weights)."""
+    """Rebuild the pruned architecture of `plan` from a fresh copy of `model` (e.g. with retrained weights), the
+    model analysed as the plan's was (`PrunePlan.analysed_with`: how grouped convolutions and grouped-query
+    attention were pruned)."""
     if isinstance(plan, str):
         plan = PrunePlan.from_json(plan)
     with paused_gc():
-        return analyse(model, example_inputs, rules=rules).apply(plan)
+        return analyse(model, example_inputs, rules=rules, **plan.analysed_with).apply(plan)

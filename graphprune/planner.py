@@ -23,28 +23,36 @@ from .errors import InputError
 from .groups import ChannelGroup, DependencyGraph, Role, channel_ranges
 
 PLAN_FORMAT = 1
+ANALYSIS_SETTINGS = frozenset({"grouped_convs", "gqa"})  # analyse's keywords that change a model's groups
 
 
 @dataclass(frozen=True)
 class PrunePlan:
-    """Kept channel indices per group id, with each group's original size to check replays."""
+    """Kept channel indices per group id, with each group's original size to check replays, and the settings of
+    the analysis that found the groups where they change them (`analysed_with`: analyse's `grouped_convs` and `gqa`,
+    as values; a replay analyses the model the same way)."""
 
     keep: Mapping[str, tuple[int, ...]]
     sizes: Mapping[str, int]
+    analysed_with: Mapping[str, str] = field(default_factory=dict, compare=False)  # how, not what: plans that keep the
+    # same channels of the same groups are equal
 
     def to_json(self) -> str:
         groups = {gid: {"size": self.sizes[gid], "keep": list(self.keep[gid])} for gid in sorted(self.keep)}
-        return json.dumps({"format": PLAN_FORMAT, "groups": groups}, indent=1)
+        settings = {"analysed_with": dict(sorted(self.analysed_with.items()))} if self.analysed_with else {}
+        return json.dumps({"format": PLAN_FORMAT, **settings, "groups": groups}, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> "PrunePlan":
-        """Parse a plan.json strictly: format PLAN_FORMAT; per group a positive int `size` and a
-        non-empty `keep` of sorted unique ints in [0, size). Anything else is an InputError."""
+        """Parse a plan.json strictly: format PLAN_FORMAT; optionally `analysed_with` (ANALYSIS_SETTINGS ->
+        value); per group a positive int `size` and a non-empty `keep` of sorted unique ints in [0, size).
+        Anything else is an InputError."""
         try:
             data = json.loads(text, object_pairs_hook=cls._no_duplicate_keys)
         except (ValueError, TypeError) as exc:
             raise InputError(f"not a graphprune plan ({type(exc).__name__}: {exc}); pass the text of a plan.json") from exc
-        if not isinstance(data, dict) or set(data) != {"format", "groups"} or not isinstance(data["groups"], dict):
+        if not isinstance(data, dict) or not {"format", "groups"} <= set(data) <= {"format", "groups", "analysed_with"} \
+                or not isinstance(data["groups"], dict):
             raise InputError('not a graphprune plan: expected {"format": %d, "groups": {group id: {"size": n, '
                              '"keep": [...]}}}; pass the text of a plan.json written by graphprune' % PLAN_FORMAT)
         if not cls._is_int(data["format"]) or data["format"] != PLAN_FORMAT:
@@ -53,7 +61,16 @@ class PrunePlan:
         keep, sizes = {}, {}
         for gid, entry in data["groups"].items():
             keep[gid], sizes[gid] = cls._parse_group(gid, entry)
-        return cls(keep, sizes)
+        return cls(keep, sizes, cls._parse_settings(data.get("analysed_with", {})))
+
+    @staticmethod
+    def _parse_settings(settings) -> dict[str, str]:
+        """`analysed_with`: {"grouped_convs": value, "gqa": value}, either or both (values checked by analyse)."""
+        if not isinstance(settings, dict) or not set(settings) <= ANALYSIS_SETTINGS \
+                or not all(isinstance(v, str) for v in settings.values()):
+            raise InputError(f"plan analysed_with must map {sorted(ANALYSIS_SETTINGS)} to strings, "
+                             f"got {settings!r:.80}; fix plan.json or re-create it with graphprune prune")
+        return dict(settings)
 
     @staticmethod
     def _no_duplicate_keys(pairs: list) -> dict:

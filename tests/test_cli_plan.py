@@ -66,3 +66,27 @@ def test_cli_apply_with_a_malformed_plan(tmp_path):
     proc = run_cli("apply", plan, "resnet56", "--out", out)
     assert_one_line_error(proc, f"PLAN '{plan}': plan group 'conv1:1' keeps index 1.7, which is not an integer")
     assert sorted(os.listdir(tmp_path)) == ["plan.json"]
+
+
+GROUPED_MODEL = '''
+import torch.nn as nn
+
+
+def build():
+    return nn.Sequential(nn.Conv2d(3, 32, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.ReLU(),
+                         nn.Conv2d(32, 8, 1))
+'''
+
+
+def test_cli_apply_replays_a_plan_that_pruned_whole_groups(tmp_path):
+    """A runtime target prunes a grouped conv by whole groups; `apply` of its plan.json analyses the model so too."""
+    (tmp_path / "grouped.py").write_text(GROUPED_MODEL)
+    shape = ("--input-shape", "1,3,16,16")
+    made = run_cli("prune", "grouped:build", "--ratio", "0.5", "--target", "ort-x86", *shape,
+                   "--out", tmp_path / "made", path=[tmp_path])
+    assert made.returncode == 0, made.stderr
+    plan = tmp_path / "made" / "plan.json"
+    assert json.loads(plan.read_text())["analysed_with"] == {"grouped_convs": "whole"}
+    again = run_cli("apply", plan, "grouped:build", *shape, "--out", tmp_path / "again", path=[tmp_path])
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again" / "plan.json").read_text() == plan.read_text()

@@ -117,3 +117,17 @@ def test_a_callers_own_convolution_rule_is_kept_and_follows_grouped_convs():
     seen.clear()
     graphprune.prune_graph(model, x, ratio=0.5, target="none", rules=rules)
     assert seen == [(name, GroupedConv.WITHIN) for name in ("reduce", "grouped", "expand")]
+
+
+@pytest.mark.parametrize("how", [{"target": "none", "grouped_convs": "whole"}, {"target": "ort-x86"}])
+def test_a_plan_replays_with_the_grouped_convs_it_was_made_with(how):
+    """A runtime target prunes grouped convs by whole groups; its plan.json says so, and apply_plan replays it so
+    (analysed within groups, the replay would meet other groups: a 4-channel group against a 16-channel one)."""
+    model, x = randomize_norms(GroupedBlock()).eval(), torch.randn(2, 8, 8, 8)
+    result = graphprune.prune_graph(model, x, ratio=0.5, **how)
+    assert result.plan.analysed_with == {"grouped_convs": "whole"}
+    replay = graphprune.apply_plan(model, x, result.plan.to_json())
+    assert replay.plan == result.plan and replay.plan.analysed_with == {"grouped_convs": "whole"}
+    torch.testing.assert_close(replay.model(x), result.model(x), rtol=0, atol=0)
+    (conv,) = _grouped(replay.module)
+    assert conv.groups == 2

@@ -172,6 +172,17 @@ def test_gqa_query_heads_keeps_kv_heads_and_prunes_the_same_query_heads_in_every
         graphprune.analyse(model, x, gqa="heads")
 
 
+def test_a_plan_made_with_gqa_query_heads_replays_so():
+    model, x, analysis = analysed("llama_gqa", "query_heads")
+    result = pruned(analysis, structures(analysis)[Structure.HEADS], 0.5)
+    assert result.plan.analysed_with == {"gqa": "query_heads"}
+    replay = graphprune.apply_plan(model, x, graphprune.PrunePlan.from_json(result.plan.to_json()))
+    assert replay.plan.analysed_with == {"gqa": "query_heads"}
+    assert [(a.query_heads_after, a.kv_heads_after) for a in replay.report.attention] == [(2, 2)] * LAYERS
+    with torch.no_grad():
+        assert torch.equal(_outputs(replay.model(*x))[0], _outputs(result.model(*x))[0])
+
+
 def test_multi_query_attention_prunes_query_heads_and_keeps_its_one_kv_head():
     """Falcon's fused QKV holds 4 query heads, then the key head and the value head ([..., :-2], [[-2]], [[-1]]):
     query heads prune exactly, the key/value rows stay (a partial freeze), the KV cache is unchanged."""

@@ -62,3 +62,19 @@ def test_plan_with_bad_indices_is_rejected():
         apply_plan(model, example_input(DenseBlock), broken)
     with pytest.raises(InputError, match="not a graphprune plan"):
         PrunePlan.from_json("{\"groups\": 3}")
+
+
+def test_analysed_with_round_trips_and_a_bad_one_is_rejected():
+    plan = PrunePlan({"g": (0, 2)}, {"g": 4}, {"grouped_convs": "whole", "gqa": "query_heads"})
+    again = PrunePlan.from_json(plan.to_json())
+    assert again == plan and again.analysed_with == {"grouped_convs": "whole", "gqa": "query_heads"}
+    unset = PrunePlan({"g": (0, 2)}, {"g": 4})
+    assert "analysed_with" not in json.loads(unset.to_json())  # plans without settings are written as they were
+    for bad in ({"grouped": "whole"}, {"grouped_convs": 2}, ["grouped_convs"]):
+        text = json.dumps({"format": 1, "analysed_with": bad, "groups": {"g": {"size": 4, "keep": [0, 2]}}})
+        with pytest.raises(InputError, match="analysed_with must map"):
+            PrunePlan.from_json(text)
+    text = json.dumps({"format": 1, "analysed_with": {"grouped_convs": "halves"},
+                       "groups": {"g": {"size": 4, "keep": [0]}}})
+    with pytest.raises(InputError, match="grouped_convs must be one of"):
+        apply_plan(DenseBlock().eval(), example_input(DenseBlock), text)

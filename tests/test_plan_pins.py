@@ -7,6 +7,7 @@ them all), then updated once, deliberately, when rounding to channel steps chang
 them with the reason in the commit.
 The target is spelled out (the AVX-512 `ort-x86` steps) so the pins do not depend on the CPU.
 """
+import dataclasses
 import hashlib
 import json
 
@@ -36,7 +37,8 @@ def fingerprint(name: str, **options) -> tuple[str, int, int]:
         options["target_macs"] = int(options["target_macs"] * graphprune.prune_graph(
             spec.build(), spec.example_inputs(), ratio=0.0).report.macs_before)
     result = graphprune.prune_graph(spec.build(), spec.example_inputs(), **options)
-    digest = hashlib.sha256(result.plan.to_json().encode()).hexdigest()[:16]
+    kept = dataclasses.replace(result.plan, analysed_with={})  # the pins were taken before plans recorded it
+    digest = hashlib.sha256(kept.to_json().encode()).hexdigest()[:16]
     return digest, result.report.params_after, result.report.macs_after
 
 
