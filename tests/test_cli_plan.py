@@ -76,17 +76,36 @@ def build():
     return nn.Sequential(nn.Conv2d(3, 32, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.ReLU(),
                          nn.Conv2d(32, 8, 1))
 '''
+SHAPE = ("--input-shape", "1,3,16,16")
 
 
-def test_cli_apply_replays_a_plan_that_pruned_whole_groups(tmp_path):
-    """A runtime target prunes a grouped conv by whole groups; `apply` of its plan.json analyses the model so too."""
-    (tmp_path / "grouped.py").write_text(GROUPED_MODEL)
-    shape = ("--input-shape", "1,3,16,16")
-    made = run_cli("prune", "grouped:build", "--ratio", "0.5", "--target", "ort-x86", *shape,
-                   "--out", tmp_path / "made", path=[tmp_path])
+@pytest.fixture(scope="module")
+def grouped_plan(tmp_path_factory):
+    """A grouped model's file (grouped:build) and the plan.json `graphprune prune --target ort-x86` wrote for it."""
+    root = tmp_path_factory.mktemp("grouped")
+    (root / "grouped.py").write_text(GROUPED_MODEL)
+    made = run_cli("prune", "grouped:build", "--ratio", "0.5", "--target", "ort-x86", *SHAPE, "--out", root / "made",
+                   path=[root])
     assert made.returncode == 0, made.stderr
-    plan = tmp_path / "made" / "plan.json"
+    return root, root / "made" / "plan.json"
+
+
+def test_cli_apply_replays_a_plan_that_pruned_whole_groups(grouped_plan, tmp_path):
+    """A runtime target prunes a grouped conv by whole groups; `apply` of its plan.json analyses the model so too."""
+    root, plan = grouped_plan
     assert json.loads(plan.read_text())["analysed_with"] == {"grouped_convs": "whole"}
-    again = run_cli("apply", plan, "grouped:build", *shape, "--out", tmp_path / "again", path=[tmp_path])
+    again = run_cli("apply", plan, "grouped:build", *SHAPE, "--out", tmp_path / "again", path=[root])
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "again" / "plan.json").read_text() == plan.read_text()
+
+
+def test_cli_explain_groups_grouped_convs_as_prune_does(grouped_plan):
+    """explain analyses with the target's grouped-conv mode, so its groups are the ones plan.json names."""
+    root, plan = grouped_plan
+    sizes = {gid: g["size"] for gid, g in json.loads(plan.read_text())["groups"].items()}
+    assert sizes == {"_0:1": 4}  # whole groups: the grouped conv's 4 groups of 8
+    for target, size, how in (("ort-x86", 4, "by whole groups"), ("none", 8, "within groups")):
+        shown = run_cli("explain", "grouped:build", *SHAPE, "--target", target, path=[root])
+        assert shown.returncode == 0, shown.stderr
+        assert f"group _0:1  size {size}  prunable" in shown.stdout
+        assert f"grouped convolutions are pruned {how}" in shown.stdout

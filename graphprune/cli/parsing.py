@@ -195,6 +195,7 @@ def _add_explain(sub) -> None:
     p.add_argument("model", nargs="?", metavar="MODEL", help=MODEL_HELP + "; omit it with --list")
     p.add_argument("--input-shape", metavar="D0,D1,...", help="shape of the random example input, e.g. 1,3,224,224")
     p.add_argument("--list", action="store_true", help="list the built-in models and their input shapes")
+    _add_target(p)
     _add_quiet(p)
 
 
