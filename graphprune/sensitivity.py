@@ -15,6 +15,8 @@ from .atomic import write_atomically, write_json
 from .errors import GraphPruneError, InputError
 from .options import Strategy
 from .planner import plan_local
+from .runtimes.profiles import resolve_target
+from .targets import Target
 
 
 @dataclass(frozen=True)
@@ -87,15 +89,18 @@ class SensitivityTable:
 
 def sensitivity(model: torch.nn.Module | Analysis, example_inputs, metric: Callable[[torch.nn.Module], float], *,
                 ratios: Sequence[float] = (0.25, 0.5, 0.75), importance="l2", groups: Sequence[str] | None = None,
-                higher_is_better: bool = True) -> SensitivityTable:
+                higher_is_better: bool = True, target: str | Target = "auto") -> SensitivityTable:
     """Prune each prunable group (or the listed group ids) alone at each ratio; `metric(pruned_model)` scores it.
 
     `model` is an nn.Module (traced once here) or an existing Analysis (then `example_inputs`
-    is not used and may be None): every pruned variant is rewritten from that one trace.
+    is not used and may be None): every pruned variant is rewritten from that one trace. An nn.Module is
+    analysed with `target`'s grouped-convolution mode (prune_graph's default target "auto", as there), so the
+    table's group ids are those prune_graph's `ratios` take.
     """
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
         raise InputError(f"ratios must be numbers in (0, 1), got {ratios!r}")
-    analysis = model if isinstance(model, Analysis) else analyse(model, example_inputs)
+    analysis = model if isinstance(model, Analysis) else analyse(
+        model, example_inputs, grouped_convs=resolve_target(target).grouped_convs)
     graph = analysis.dependencies
     chosen = [g for g in graph.prunable if groups is None or g.id in groups]
     if groups is not None and len(chosen) != len(set(groups)):

@@ -131,3 +131,14 @@ def test_a_plan_replays_with_the_grouped_convs_it_was_made_with(how):
     torch.testing.assert_close(replay.model(x), result.model(x), rtol=0, atol=0)
     (conv,) = _grouped(replay.module)
     assert conv.groups == 2
+
+
+@pytest.mark.parametrize("target", [{}, {"target": "ort-x86"}, {"target": "none"}])
+def test_sensitivity_names_the_groups_prune_graph_prunes_under_the_same_target(target):
+    """Both default to target "auto" (whole groups on x86): the table's groups are the ones `ratios` takes."""
+    model, x = randomize_norms(GroupedBlock()).eval(), torch.randn(2, 8, 8, 8)
+    table = graphprune.sensitivity(model, x, lambda m: 1.0, ratios=(0.5,), **target)
+    pruned = graphprune.prune_graph(model, x, ratio=0.5, **target)
+    assert sorted({row.group for row in table.rows}) == sorted(g.id for g in pruned.graph.prunable)
+    again = graphprune.prune_graph(model, x, ratio=0.0, ratios={row.group: 0.5 for row in table.rows}, **target)
+    assert again.plan.keep.keys() == pruned.plan.keep.keys()
