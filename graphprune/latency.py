@@ -189,7 +189,7 @@ def prune_to_latency(model: nn.Module, example_inputs, target_ms: float, *, prof
     measure = functools.partial(measure_ms, profile=profile, runtime=runtime, precision=precision)
     before_entries = len(table.entries)
     original_ms = measure(model, inputs)
-    analysis = analyse(model, inputs, rules=rules, strict=strict)
+    analysis = analyse(model, inputs, rules=rules, strict=strict, grouped_convs=options.target.grouped_convs)
     latency = LatencyModel(analysis.graph_module, analysis.dependencies, table, original_ms)
     goal = target_ms
     result = predicted = measured = None

@@ -144,3 +144,16 @@ def test_a_correction_that_would_ask_for_no_pruning_keeps_the_result_it_has(monk
                                               table=ConstantMacsTable(), target="none")
     assert (out.original_ms, out.measured_ms, out.requested_ms) == (1.0, 0.2, 0.5)
     assert out.result.report.params_after < out.result.report.params_before
+
+
+def test_prune_to_latency_groups_grouped_convs_as_prune_graph_does(monkeypatch):
+    """A runtime target prunes grouped convolutions by whole groups in prune_graph; prune_to_latency too."""
+    from test_grouped_convs import GroupedBlock
+
+    times = iter([1.0] + [0.9] * 3)
+    monkeypatch.setattr(graphprune.latency, "measure_ms", lambda *args, **kwargs: next(times))
+    model, x = GroupedBlock().eval(), torch.randn(1, 8, 8, 8)
+    out = graphprune.latency.prune_to_latency(model, x, 0.9, table=ConstantMacsTable(), target="ort-x86")
+    whole = graphprune.prune_graph(model, x, ratio=0.5, target="ort-x86")
+    assert out.result.plan.analysed_with == whole.plan.analysed_with == {"grouped_convs": "whole"}
+    assert sorted(g.id for g in out.result.graph.prunable) == sorted(g.id for g in whole.graph.prunable)
