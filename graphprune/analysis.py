@@ -431,11 +431,13 @@ def analyse(model: torch.nn.Module | torch.export.ExportedProgram, example_input
         raise InputError(f"frontend must be one of {[f.value for f in Frontend]}, got {frontend!r}") from None
     rules, settings = rules or default_rules(), {}
     if gqa is not None:
-        settings["gqa"] = GroupedQuery.of(gqa).value
-        rules = rules.with_rule(torch.ops.aten.expand.default, RepeatKVRule(GroupedQuery.of(gqa)))
+        gqa = GroupedQuery.of(gqa)
+        settings["gqa"] = gqa.value
+        rules = rules.with_rule(torch.ops.aten.expand.default, RepeatKVRule(gqa))
     if grouped_convs is not None:
-        settings["grouped_convs"] = GroupedConv.of(grouped_convs).value
-        rules = with_grouped_convs(rules, GroupedConv.of(grouped_convs))
+        grouped_convs = GroupedConv.of(grouped_convs)
+        settings["grouped_convs"] = grouped_convs.value
+        rules = with_grouped_convs(rules, grouped_convs)
     if isinstance(model, torch.export.ExportedProgram):
         analysis = _via_export(model, tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else
                                (example_inputs,), example_kwargs, rules, strict, "an ExportedProgram was given")
