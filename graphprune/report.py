@@ -19,6 +19,7 @@ import torch.nn as nn
 from .cost import CostModel, count_macs
 from .groups import DependencyGraph, Pin, Slot
 from .kvcache import AttentionLayer, attention_layers, query_tokens
+from .moduletree import tree_tables
 from .planner import PrunePlan, Rounding
 from .passes.shrink import positions_kept_by_slot
 from .rules import GraphView, RuleTable
@@ -223,9 +224,10 @@ def _listed(groups: list, full: bool, describe) -> str:
     return ", ".join(describe(g) for g in shown) + more
 
 
-def _params_by_module(model: nn.Module) -> dict[str, int]:
-    """Module name -> numel of its own parameters (`m.parameters(recurse=False)`: each tensor once), for modules with any."""
-    own = ((name, {id(p): p for p in m._parameters.values() if p is not None}) for name, m in model.named_modules())
+def _params_by_module(modules: Mapping[str, nn.Module]) -> dict[str, int]:
+    """Module name -> numel of its own parameters (`m.parameters(recurse=False)`: each tensor once), for the modules
+    of a tree (`dict(model.named_modules())`) that have any."""
+    own = ((name, {id(p): p for p in m._parameters.values() if p is not None}) for name, m in modules.items())
     return {name: sum(p.numel() for p in params.values()) for name, params in own if params}
 
 
@@ -252,15 +254,17 @@ class ModelStats:
         """Totals of `model` (default: `gm`); MACs are the cost model's terms at full width (counted once).
         `traced`: `gm`'s parameters by every name (named_parameters(remove_duplicate=False)) where the caller has them."""
         model = model if isinstance(model, nn.Module) else gm
-        traced = dict(gm.named_parameters(remove_duplicate=False)) if traced is None else traced
-        named = list(model.named_parameters(remove_duplicate=False))
+        tables = tree_tables(model)
+        traced = tree_tables(gm).params if traced is None else traced
+        named = list(tables.params.items())
         read = {id(p) for name, p in named if name in traced}
         unused = [(name, p) for name, p in named if id(p) not in read]
         params_unused = sum(p.numel() for p in {id(p): p for _, p in unused}.values())
         owners = sorted({name.rpartition(".")[0] or "(model)" for name, _ in unused})
         unique = {id(p): p for _, p in named}.values()  # model.parameters(): each tensor once
-        return cls(sum(p.numel() for p in unique), cost.macs, _params_by_module(model), params_unused, tuple(owners),
-                   sum(p.numel() * p.element_size() for p in unique), query_tokens(gm), attention_layers(gm))
+        return cls(sum(p.numel() for p in unique), cost.macs, _params_by_module(tables.modules), params_unused,
+                   tuple(owners), sum(p.numel() * p.element_size() for p in unique), query_tokens(gm),
+                   attention_layers(gm))
 
 
 def build_report(before: ModelStats, cost: CostModel, pruned: fx.GraphModule, rules: RuleTable, graph: DependencyGraph,
@@ -275,9 +279,9 @@ def build_report(before: ModelStats, cost: CostModel, pruned: fx.GraphModule, ru
         groups.append(GroupReport(g.id, g.size, len(kept) if kept is not None else g.size, removed.get(g.id, 0),
                                   g.frozen_reasons, r.step if r else 1, r.asked if r else None,
                                   r.one_block if r else False, r.off_step if r else 0, g.pins))
-    after = _params_by_module(pruned)
-    layers = tuple(LayerReport(name, n, after.get(name, 0)) for name, n in before.params_by_module.items())
     view = GraphView(pruned)  # one walk of the pruned tree for the MACs and the totals
+    after = _params_by_module(view.modules)
+    layers = tuple(LayerReport(name, n, after.get(name, 0)) for name, n in before.params_by_module.items())
     unique = {id(p): p for p in view.params.values()}.values()  # pruned.parameters(): each tensor once
     params_after = sum(p.numel() for p in unique)
     return PruneReport(

@@ -27,6 +27,7 @@ import torch
 import torch.fx as fx
 
 from .errors import InputError, RuleError
+from .moduletree import tree_tables
 from .trace import call_op, record_values, run_node
 
 __all__ = ["HEAVY_MACS", "record_shapes", "zeros_for", "ValuesRead"]
@@ -100,7 +101,7 @@ class _StandInRun:
             raise ValuesRead(f"{n.name} reads a value computed from a stand-in")
         exact = [t for a in n.all_input_nodes if a not in self.derived for t in _tensors(env[a])]
         versions = [t._version for t in exact]
-        state = [(t, t.clone()) for t in exact if t.untyped_storage().data_ptr() in self.state(gm)]
+        state = [(t, t.clone()) for t in exact if _storage_address(t) in self.state(gm)]
         value = op(*args, **kwargs)
         if any(t._version != v for t, v in zip(exact, versions)):
             for t, before in state:  # the model keeps the values a real run leaves; activations are recomputed
@@ -123,8 +124,15 @@ class _StandInRun:
     def state(self, gm: fx.GraphModule) -> frozenset[int]:
         """The storages of `gm`'s parameters and buffers (found once)."""
         if self._state is None:
-            self._state = frozenset(t.untyped_storage().data_ptr() for t in [*gm.parameters(), *gm.buffers()])
+            tables = tree_tables(gm)
+            self._state = frozenset(_storage_address(t) for t in [*tables.params.values(), *tables.buffers.values()])
         return self._state
+
+
+def _storage_address(t: torch.Tensor) -> int:
+    """Where `t`'s storage starts: `t.untyped_storage().data_ptr()`, without making (and keeping) a Python storage
+    object for every parameter and buffer."""
+    return t.data_ptr() - t.storage_offset() * t.element_size()
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:

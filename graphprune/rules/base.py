@@ -27,10 +27,10 @@ import torch
 import torch.fx as fx
 
 import enum
-import functools
 from dataclasses import dataclass
 
 from ..groups import Coupling, Effect, Freeze, Role, Slot
+from ..moduletree import tree_tables
 from ..trace import TensorMeta, value_meta
 
 
@@ -282,25 +282,16 @@ def tensor_names(gm: fx.GraphModule, view: "GraphView | None" = None) -> dict[st
 class GraphView:
     """Read-only access to a traced graph: node values, modules, parameters and declared channel dims.
 
-    `tables`: another view of the same GraphModule, not modified since, whose module, parameter and buffer
-    tables this one shares (each is a walk of the module tree)."""
+    `modules`, `params` (every name of a tied parameter) and `buffers` are the module tree's tables
+    (moduletree.tree_tables, one walk); `tables`: another view of the same GraphModule, not modified since,
+    whose tables this one shares."""
 
     def __init__(self, gm: fx.GraphModule, declared: Mapping[str, Any] | None = None,
                  tables: "GraphView | None" = None):
         self.gm = gm
-        self.modules = dict(gm.named_modules()) if tables is None else tables.modules
+        self.modules, self.params, self.buffers = tree_tables(gm) if tables is None else (
+            tables.modules, tables.params, tables.buffers)
         self.declared: dict[str, Any] = dict(declared or {})
-        if tables is not None:  # the cached properties below, filled from `tables`
-            self.__dict__["params"], self.__dict__["buffers"] = tables.params, tables.buffers
-
-    @functools.cached_property
-    def params(self) -> dict[str, torch.nn.Parameter]:
-        """Qualified name -> parameter (every name of a tied one); read on first use (one module walk)."""
-        return dict(self.gm.named_parameters(remove_duplicate=False))
-
-    @functools.cached_property
-    def buffers(self) -> dict[str, torch.Tensor]:
-        return dict(self.gm.named_buffers(remove_duplicate=False))
 
     def value(self, node: Any) -> Any:
         return value_meta(node) if isinstance(node, fx.Node) else node
