@@ -48,7 +48,10 @@ Protocol (one run of this script, every model of ``--models``, default the whole
   the order swapped every round: on a shared machine a slow spell (measured here: the same
   call 1.6x slower for minutes) then hits both tools alike instead of one. A failure, crash
   or timeout is reported as ``FAIL (<reason>)`` and the run goes on. graphprune's pruned
-  model for the checks below comes from one more, untimed, call in this process.
+  model for the checks below comes from one more, untimed, call in this process. Each worker
+  logs the cyclic garbage collector's collections (``gc.callbacks``): the JSON keeps every
+  timed run's (``prune_gc``), and the notes name each run that contained a full (generation 2)
+  collection, whose cost is the worker's whole heap wherever in its sequence of jobs it falls due.
 * Params / MACs: the same counter for every variant: ``count_params(model)`` and
   ``count_macs`` of a graphprune trace of a deep copy with values recorded on the example
   inputs. (graphprune's own report is cross-checked against it; mismatches are noted.)
@@ -69,6 +72,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import importlib
 import importlib.metadata
 import json
@@ -133,6 +137,7 @@ class Variant:
     round_to: int | None
     prune_s: float | None = None  # median of prune_runs
     prune_runs: list[float] = field(default_factory=list)
+    prune_gc: list[list] = field(default_factory=list)  # per run: [generation, ms] of each garbage collection in it
     params: int | None = None
     macs: int | None = None
     p50_ms: float | None = None
@@ -154,6 +159,14 @@ class ModelResult:
 
     def get(self, key: str) -> Variant | None:
         return next((v for v in self.variants if v.key == key), None)
+
+
+def full_collections(v: Variant) -> list[str]:
+    """A note per timed run of `v` that contained a full (generation 2) garbage collection: its cost is the whole
+    interpreter's heap, wherever in the worker's sequence of jobs it falls due."""
+    return [f"{v.key}: run {i + 1} ({seconds * 1e3:.1f} ms) contained a full garbage collection of {ms:.1f} ms"
+            for i, (seconds, collections) in enumerate(zip(v.prune_runs, v.prune_gc))
+            for generation, ms in collections if generation == 2]
 
 
 def variant_key(tool: str, round_to: int | None) -> str:
@@ -298,9 +311,10 @@ def worker(tool: str, threads: int, target: str) -> int:
     """Timing worker (child process): warm up on the tiny model, then time one prune per job line on stdin.
 
     A job is {"model", "round_to", "ignored", "save"}; the reply (one JSON line on stdout) is
-    {"seconds": s, "mha": note} or {"error": reason}. Every job prunes a freshly built model (built
-    outside the timer); with "save", Torch-Pruning's pruned module is pickled there (graphprune's
-    result is rebuilt by the parent, which never times it).
+    {"seconds": s, "gc": [[generation, ms], ...], "mha": note} or {"error": reason}, "gc" being the cyclic
+    garbage collector's collections inside the timed call (gc.callbacks). Every job prunes a freshly built
+    model (built outside the timer); with "save", Torch-Pruning's pruned module is pickled there
+    (graphprune's result is rebuilt by the parent, which never times it).
     """
     torch.set_num_threads(threads)
     out = sys.stdout
@@ -310,6 +324,8 @@ def worker(tool: str, threads: int, target: str) -> int:
         gp_prune(warm, warm_inputs, None, target)
     else:
         tp_prune(warm, warm_inputs, ["8"], None)
+    collections = CollectionLog()
+    gc.callbacks.append(collections)
     for line in sys.stdin:
         job = json.loads(line)
         spec = MODELS[job["model"]]
@@ -317,12 +333,14 @@ def worker(tool: str, threads: int, target: str) -> int:
         reply: dict[str, Any] = {}
         try:
             before = mha_summary(model)
+            collections.done.clear()
             t0 = time.perf_counter()
             if tool == "graphprune":
                 gp_prune(model, inputs, job["round_to"], target)
             else:
                 tp_prune(model, inputs, job["ignored"], job["round_to"])
             reply["seconds"] = time.perf_counter() - t0
+            reply["gc"] = list(collections.done)
             if tool != "graphprune" and before:
                 reply["mha"] = f"MHA {before} -> {mha_summary(model)}"
             if job.get("save"):
@@ -334,6 +352,20 @@ def worker(tool: str, threads: int, target: str) -> int:
         out.write(json.dumps(reply) + "\n")
         out.flush()
     return 0
+
+
+class CollectionLog:
+    """A gc.callbacks entry: `done` lists [generation, ms] of every collection of the cyclic garbage collector."""
+
+    def __init__(self):
+        self.done: list[list] = []
+        self.started = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.done.append([info["generation"], round((time.perf_counter() - self.started) * 1e3, 1)])
 
 
 class Worker:
@@ -374,10 +406,12 @@ class Worker:
 
 
 def time_both(workers: dict[str, Worker], name: str, round_to: int | None, ignored: list[str], repeats: int,
-              save: str) -> dict[str, tuple[list[float], str | None, str | None]]:
-    """{tool: (seconds of each run, failure, MHA note)}: the tools' runs alternate (order swapped every
-    round), so a slow spell of a shared machine hits both alike. Torch-Pruning's last run saves its model."""
+              save: str) -> dict[str, tuple[list[float], str | None, str | None, list[list]]]:
+    """{tool: (seconds of each run, failure, MHA note, each run's garbage collections)}: the tools' runs alternate
+    (order swapped every round), so a slow spell of a shared machine hits both alike. Torch-Pruning's last run
+    saves its model."""
     runs: dict[str, list[float]] = {tool: [] for tool in workers}
+    collections: dict[str, list[list]] = {tool: [] for tool in workers}
     fail: dict[str, str | None] = {tool: None for tool in workers}
     mha: str | None = None
     for i in range(repeats):
@@ -391,8 +425,10 @@ def time_both(workers: dict[str, Worker], name: str, round_to: int | None, ignor
                 fail[tool] = reply["error"]
             else:
                 runs[tool].append(reply["seconds"])
+                collections[tool].append(reply.get("gc", []))
                 mha = reply.get("mha") or mha
-    return {tool: (runs[tool], fail[tool], mha if tool == "torch-pruning" else None) for tool in workers}
+    return {tool: (runs[tool], fail[tool], mha if tool == "torch-pruning" else None, collections[tool])
+            for tool in workers}
 
 
 # ----------------------------------------------------------------------------- one model
@@ -451,10 +487,11 @@ def compare_model(name: str, args: argparse.Namespace, tp_error: str | None,
             timed = time_both(tools, name, round_to, ignored, args.prune_repeats, saved)
             for v in (gp, tp):
                 if v.tool in timed:
-                    v.prune_runs, v.fail, mha = timed[v.tool]
+                    v.prune_runs, v.fail, mha, v.prune_gc = timed[v.tool]
                     v.prune_s = statistics.median(v.prune_runs) if v.prune_runs and not v.fail else None
                     if mha:
                         notes.append(f"{v.key}: {mha}")
+                    notes.extend(full_collections(v))
             if not gp.fail:  # the model itself, pruned once more here (untimed; prune_graph is deterministic)
                 pruned = gp_prune(model, inputs, round_to, args.target)
                 finish_variant(gp, pruned.model, inputs, reference, workdir, notes)
