@@ -162,11 +162,15 @@ class ModelResult:
 
 
 def full_collections(v: Variant) -> list[str]:
-    """A note per timed run of `v` that contained a full (generation 2) garbage collection: its cost is the whole
-    interpreter's heap, wherever in the worker's sequence of jobs it falls due."""
-    return [f"{v.key}: run {i + 1} ({seconds * 1e3:.1f} ms) contained a full garbage collection of {ms:.1f} ms"
-            for i, (seconds, collections) in enumerate(zip(v.prune_runs, v.prune_gc))
-            for generation, ms in collections if generation == 2]
+    """A note per timed run of `v` that contained full (generation 2) garbage collections: their cost is the whole
+    interpreter's heap, wherever in the worker's sequence of jobs they fall due."""
+    notes = []
+    for i, (seconds, collections) in enumerate(zip(v.prune_runs, v.prune_gc)):
+        full = [ms for generation, ms in collections if generation == 2]
+        if full:
+            what = "a full garbage collection" if len(full) == 1 else f"{len(full)} full garbage collections"
+            notes.append(f"{v.key}: run {i + 1} ({seconds * 1e3:.1f} ms) contained {what}, {sum(full):.1f} ms")
+    return notes
 
 
 def variant_key(tool: str, round_to: int | None) -> str:
