@@ -413,8 +413,8 @@ def clone_module(module: torch.nn.Module, share_tensors: bool = False, *,
                  parameter_views: bool = False) -> torch.nn.Module:
     """A deep copy of a module tree: new modules, parameters and buffers; shared tensors stay shared.
 
-    Faster than copy.deepcopy (no pickling protocol per attribute). Dict attributes (hooks)
-    are copied; other attributes are shared with the original, which is safe because
+    Faster than copy.deepcopy (no pickling protocol per attribute). Dict and set attributes (hooks, the
+    names of non-persistent buffers) are copied; others are shared with the original, which is safe as
     rewrites rebind attributes, never mutate them in place. With `share_tensors`, only the
     modules are new: the copy holds the original's very tensors (see `own_tensors`). With
     `parameter_views`, each parameter is a new Parameter object over the original's storage
@@ -441,7 +441,7 @@ def clone_module(module: torch.nn.Module, share_tensors: bool = False, *,
             # own copies of the per-module dicts (hooks, state): registering on the clone leaves the original alone;
             # the three tables are written straight into __dict__ (what Module.__setattr__ does for a dict value)
             state = new.__dict__  # filled in place: assigning __dict__ would go through Module.__setattr__
-            state.update({k: (v.copy() if isinstance(v, dict) and k not in _TABLES else v) for k, v in m.__dict__.items()})
+            state.update({k: (v.copy() if isinstance(v, _OWN) and k not in _TABLES else v) for k, v in m.__dict__.items()})
             memo[id(m)] = new
             state["_parameters"] = {k: tensor(p) for k, p in m._parameters.items()}
             state["_buffers"] = {k: tensor(b) for k, b in m._buffers.items()}
@@ -452,6 +452,7 @@ def clone_module(module: torch.nn.Module, share_tensors: bool = False, *,
 
 
 _TABLES = frozenset({"_parameters", "_buffers", "_modules"})  # a module's tensor and child tables (clone_module)
+_OWN = (dict, set)  # attributes a module's copy gets its own copy of: registering hooks or buffers writes to them
 
 
 def _copied(t: torch.Tensor) -> torch.Tensor:
@@ -486,7 +487,7 @@ def copy_graph_module(gm: fx.GraphModule, share_tensors: bool = False, compiled:
     output.meta = dict(gm.graph.output_node().meta)
     cls = fx.GraphModule if isinstance(gm, DeferredGraphModule) else gm.__class__
     new = cls.__new__(cls)
-    new.__dict__ = {k: (v.copy() if isinstance(v, dict) else v) for k, v in gm.__dict__.items()}
+    new.__dict__ = {k: (v.copy() if isinstance(v, _OWN) else v) for k, v in gm.__dict__.items()}
     holder = torch.nn.Module()  # the root's own tensors and children, cloned as one tree (one memo)
     holder._parameters, holder._buffers, holder._modules = gm._parameters, gm._buffers, gm._modules
     cloned = clone_module(holder, share_tensors)

@@ -54,3 +54,18 @@ def test_caller_model_is_untouched():
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_registering_a_buffer_on_the_pruned_model_leaves_the_callers_state_dict_alone():
+    """The pruned model's modules have their own tables: re-registering a BatchNorm statistic as non-persistent on
+    one of them (its set of non-persistent names) changes neither the caller's model nor the analysed copy."""
+    model = randomize_norms(EXACT[0]()).eval()
+    keys = list(model.state_dict())
+    result = graphprune.prune_graph(model, example_input(EXACT[0]), ratio=0.5)
+    dense_keys = list(result.dense.state_dict())
+    for module in result.model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.register_buffer("running_mean", module.running_mean, persistent=False)
+    assert not any(k.endswith("running_mean") for k in result.model.state_dict())
+    assert list(model.state_dict()) == keys and any(k.endswith("running_mean") for k in keys)
+    assert list(result.dense.state_dict()) == dense_keys

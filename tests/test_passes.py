@@ -74,6 +74,8 @@ def test_clone_module_is_independent_and_keeps_sharing():
     assert torch.equal(clone_module(model)(x), model(x))
     clone.out.register_forward_hook(lambda *a: None)
     assert not model.out._forward_hooks
+    clone.out.register_buffer("scale", torch.ones(1), persistent=False)
+    assert "scale" not in model.out._non_persistent_buffers_set and "scale" not in model.out._buffers
 
 
 def test_the_containers_fx_builds_are_in_the_modes_of_the_modules_they_stand_for():
