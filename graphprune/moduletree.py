@@ -25,17 +25,16 @@ class TreeTables(NamedTuple):
 def tree_tables(root: torch.nn.Module) -> TreeTables:
     """`root`'s module, parameter and buffer tables (see the module docstring)."""
     tables = TreeTables({}, {}, {})
-    _visit(tables, set(), "", root, False)
+    _visit(tables, set(), "", root)
     return tables
 
 
-def _visit(tables: TreeTables, seen: set[int], name: str, module: torch.nn.Module, repeated: bool) -> None:
-    """Add `module` (reached as `name`) and its subtree; `repeated`: an ancestor was reached before."""
-    if not repeated:
-        repeated = id(module) in seen
-        if not repeated:
-            seen.add(id(module))
-            tables.modules[name] = module
+def _visit(tables: TreeTables, seen: set[int], name: str, module: torch.nn.Module) -> None:
+    """Add `module` (reached as `name`) and its subtree. A module reached before is not listed again, and neither is
+    anything under it: the first visit, depth first, reached all of it."""
+    if id(module) not in seen:
+        seen.add(id(module))
+        tables.modules[name] = module
     prefix = name + "." if name else ""
     for key, param in module._parameters.items():
         if param is not None:
@@ -45,4 +44,4 @@ def _visit(tables: TreeTables, seen: set[int], name: str, module: torch.nn.Modul
             tables.buffers[prefix + key] = buffer
     for key, child in module._modules.items():
         if child is not None:
-            _visit(tables, seen, prefix + key, child, repeated)
+            _visit(tables, seen, prefix + key, child)

@@ -37,7 +37,17 @@ class Shared(nn.Module):
         self.plain = torch.zeros(2)
 
 
-@pytest.mark.parametrize("build", [Shared, lambda: nn.Module(), lambda: nn.Linear(2, 2),
+class ReachedFirstAlone(nn.Module):
+    """A block registered on its own before the container that holds it: the container's copy of it is the repeat."""
+
+    def __init__(self):
+        super().__init__()
+        inner = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+        self.alone = inner
+        self.stack = nn.Sequential(inner, nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("build", [Shared, ReachedFirstAlone, lambda: nn.Module(), lambda: nn.Linear(2, 2),
                                    ZOO["resnet56"].build, ZOO["vit_tiny"].build])
 def test_tables_equal_torchs_walks(build):
     assert_same_tables(build())
