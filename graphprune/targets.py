@@ -81,17 +81,20 @@ class Target:
         if not kernel_steps and self.dense_conv == self.grouped_conv == self.linear == 1:
             return ()  # every block is 1: nothing to constrain
         out = {}
+        covers: dict[int, tuple[bytes, int | None]] = {}  # per distinct (channels, counts) of the group's slots
         for slot, (channels, counts) in group.member_channels.items():
-            if slot.role not in (Role.PRODUCER, Role.CONSUMER):
-                continue
-            layer = layers.get(slot.name)
+            layer = layers.get(slot.name) if slot.role in (Role.PRODUCER, Role.CONSUMER) else None
             block = math.lcm(self.step(layer.kind), (kernel_steps or {}).get(slot.name, 1)) if layer is not None else 1
-            if block == 1 or not (counts == counts[0]).all():
+            if block == 1:
+                continue
+            if id(counts) not in covers:  # slots of one index map share these arrays (ChannelGroup.member_channels)
+                covers[id(counts)] = channels.tobytes(), int(counts[0]) if (counts == counts[0]).all() else None
+            key, positions = covers[id(counts)]  # positions per channel, when every channel has as many
+            if positions is None:
                 continue
             inputs_per_column = layer.groups if slot.dim == 1 and not self.per_group_steps else 1
-            step = block // math.gcd(block, int(counts[0]) * inputs_per_column)
+            step = block // math.gcd(block, positions * inputs_per_column)
             if step > 1:
-                key = channels.tobytes()
                 out[key] = (channels, math.lcm(step, out.get(key, (None, 1))[1]))  # every layer on these channels
         return tuple(out.values())
 
