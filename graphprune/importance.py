@@ -37,10 +37,9 @@ Weights are the model's parameters: a buffer that a layer reads as its weight (t
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,10 +48,10 @@ import torch.fx as fx
 from .batch import calibration_run
 from .errors import InputError
 from .groups import ChannelGroup, DependencyGraph, Role, Slot
+from .magnitudes import WEIGHT_ROLES, accumulate, per_position, position_sums
 from .modes import evaluating
 from .trace import capture_values
 
-_WEIGHT_ROLES = (Role.PRODUCER, Role.CONSUMER)
 _NORMS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
 
 
@@ -87,96 +86,6 @@ class ScoringContext:
             yield batch, inputs, calibration_run(self.model, f"calibration batch {k}", inputs)
 
 
-def _powered(tensor: torch.Tensor, p: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """|t|^p, written into `out` (a contiguous tensor of t's shape and dtype) when given."""
-    if p == 2:
-        return torch.square(tensor, out=out)
-    return torch.abs(tensor, out=out) if p == 1 else torch.pow(tensor.abs(), p, out=out)
-
-
-def _per_position(tensor: torch.Tensor, dim: int, p: int, powered: torch.Tensor | None = None) -> np.ndarray:
-    """sum over all dims but `dim` of |t|^p (`powered`: |t|^p, where the caller has it).
-
-    Powers first, then one sum: torch.linalg.vector_norm reducing over a tensor's leading dim (a
-    Linear weight's input columns) runs 10-35x slower than this on CPU (measured: 3072x768, dim 0).
-    """
-    powered = _powered(tensor, p) if powered is None else powered
-    other = [d for d in range(powered.ndim) if d != dim]
-    return (powered.sum(dim=other) if other else powered).double().numpy()
-
-
-def _trailing_summed(powered: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
-    """`powered` summed over its trailing dims that no slot reads (a conv weight's kernel), as one matrix-vector
-    product; the sums over the read dims are then taken on that small matrix. On CPU, torch's reduction of a
-    large conv weight over its output and kernel dims (the input channels' sums) is strided and 1.5-4x slower
-    (measured: UNet, VGG-16). Small or non-float tensors are returned as they are."""
-    keep = max(dims) + 1
-    trailing = math.prod(powered.shape[keep:])
-    if (trailing == 1 or powered.numel() < 1 << 16 or not powered.is_contiguous()
-            or powered.dtype not in (torch.float32, torch.float64)):
-        return powered
-    ones = torch.ones(trailing, dtype=powered.dtype, device=powered.device)
-    return torch.mv(powered.view(-1, trailing), ones).view(powered.shape[:keep])
-
-
-def _position_sums(groups: Sequence[ChannelGroup], tensors: Mapping[str, torch.Tensor], p: int,
-                   roles=_WEIGHT_ROLES) -> dict[tuple[str, int], np.ndarray]:
-    """_per_position of every (tensor, dim) that a slot of `groups` in `roles` reads, each tensor powered once for all
-    its dims (a weight is read as producer and as consumer): the same sums, one |t|^p in memory at a time."""
-    dims: dict[str, list[int]] = {}
-    for g in groups:
-        for slot in g.members:
-            if slot.role in roles and slot.name in tensors and slot.dim not in dims.setdefault(slot.name, []):
-                dims[slot.name].append(slot.dim)
-    sums = _vector_powers([name for name in dims if tensors[name].ndim == 1], tensors, p)
-    matrices = [name for name in dims if tensors[name].ndim > 1]
-    scratch = _scratch(tensors[name] for name in matrices)
-    for name in matrices:
-        tensor = tensors[name].detach()
-        out = scratch[(tensor.dtype, tensor.device)][:tensor.numel()].view(tensor.shape) if tensor.is_contiguous() else None
-        powered = _trailing_summed(_powered(tensor, p, out), dims[name])
-        for dim in dims[name]:
-            sums[(name, dim)] = _per_position(tensor, dim, p, powered)
-    return sums
-
-
-def _scratch(tensors: Iterable[torch.Tensor]) -> dict[tuple, torch.Tensor]:
-    """One flat buffer per dtype and device, as large as the largest of `tensors`: |t|^p of every contiguous
-    weight is written there in turn (the same values as a new tensor each; memory fresh from the OS is
-    paged in once, not once per weight)."""
-    sizes: dict[tuple, int] = {}
-    for t in tensors:
-        sizes[(t.dtype, t.device)] = max(sizes.get((t.dtype, t.device), 0), t.numel())
-    return {(dtype, device): torch.empty(n, dtype=dtype, device=device) for (dtype, device), n in sizes.items()}
-
-
-def _vector_powers(names: Sequence[str], tensors: Mapping[str, torch.Tensor], p: int) -> dict[tuple[str, int], np.ndarray]:
-    """_per_position of 1-D tensors (norm scales, biases: |t|^p itself), the tensors of one dtype and device
-    concatenated and powered as one: elementwise, so the very values of one op per tensor, for a few ops in all."""
-    by_kind: dict[tuple, list[str]] = {}
-    for name in names:
-        by_kind.setdefault((tensors[name].dtype, tensors[name].device), []).append(name)
-    sums = {}
-    for kind_names in by_kind.values():
-        joined = _powered(torch.cat([tensors[n].detach() for n in kind_names]), p).double().numpy()
-        parts = np.split(joined, np.cumsum([tensors[n].numel() for n in kind_names])[:-1])
-        sums.update(((name, 0), part) for name, part in zip(kind_names, parts))
-    return sums
-
-
-def _accumulate(group: ChannelGroup, tensors: Mapping[str, torch.Tensor], p: int, roles=_WEIGHT_ROLES,
-                keep: Callable[[Slot], bool] = lambda s: True,
-                sums: Mapping[tuple[str, int], np.ndarray] | None = None) -> np.ndarray:
-    """Per group channel: the sum of |w|^p over the positions of its weight slots (`sums`: _position_sums)."""
-    total = np.zeros(group.size)
-    for slot, index_map in group.members.items():
-        if slot.role in roles and slot.name in tensors and keep(slot):
-            weights = (sums[(slot.name, slot.dim)] if sums is not None
-                       else _per_position(tensors[slot.name].detach(), slot.dim, p))
-            total += np.bincount(index_map, weights=weights, minlength=group.size)
-    return total
-
-
 class Criterion:
     """Base class: `needs_data` criteria require calibration batches."""
 
@@ -192,8 +101,8 @@ class Magnitude(Criterion):
 
     def __call__(self, groups, ctx):
         params = ctx.params()
-        sums = _position_sums(groups, params, self.p)
-        return {g.id: _accumulate(g, params, self.p, sums=sums) ** (1.0 / self.p) for g in groups}
+        sums = position_sums(groups, params, self.p)
+        return {g.id: accumulate(g, params, self.p, sums=sums) ** (1.0 / self.p) for g in groups}
 
 
 @dataclass(frozen=True)
@@ -210,7 +119,7 @@ class BNScale(Criterion):
         out = {}
         for g in groups:
             if any(is_gamma(s) for s in g.members):
-                out[g.id] = _accumulate(g, params, 1, (Role.PRODUCER,), is_gamma)
+                out[g.id] = accumulate(g, params, 1, (Role.PRODUCER,), is_gamma)
             else:
                 out[g.id] = fallback([g], ctx)[g.id]
         return out
@@ -249,7 +158,7 @@ class Taylor(Criterion):
                     for g in groups:
                         per_channel = np.zeros(g.size)
                         for slot, index_map in g.members.items():
-                            if slot.role in _WEIGHT_ROLES and slot.name in products:
+                            if slot.role in WEIGHT_ROLES and slot.name in products:
                                 t = products[slot.name]
                                 other = [d for d in range(t.ndim) if d != slot.dim]
                                 summed = t.sum(dim=other) if other else t
@@ -371,21 +280,21 @@ class Wanda(Criterion):
     def __call__(self, groups, ctx):
         _require_data(self, ctx)
         reads = layer_reads(ctx.model, ctx.graph, ctx.layer_inputs)
-        used = {s.name for g in groups for s in g.members if s.role in _WEIGHT_ROLES and s.name in reads}
+        used = {s.name for g in groups for s in g.members if s.role in WEIGHT_ROLES and s.name in reads}
         norms = self.input_norms(ctx, {reads[w].reads for w in used})
         params = ctx.params()
         out = {}
         for g in groups:
             total, any_known = np.zeros(g.size), False
             for slot, index_map in g.members.items():
-                if slot.role not in _WEIGHT_ROLES or slot.name not in reads:
+                if slot.role not in WEIGHT_ROLES or slot.name not in reads:
                     continue
                 read = reads[slot.name]
                 w = params[slot.name].detach().abs().double()
                 shape = [1] * w.ndim
                 shape[read.weight_dim] = -1
                 weighted = w * norms[read.reads].view(shape)
-                total += np.bincount(index_map, weights=_per_position(weighted, slot.dim, 1), minlength=g.size)
+                total += np.bincount(index_map, weights=per_position(weighted, slot.dim, 1), minlength=g.size)
                 any_known = True
             out[g.id] = total if any_known else Magnitude(1)([g], ctx)[g.id]
         return out

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import graphprune
+from graphprune import magnitudes
 from graphprune.errors import InputError
 from graphprune.importance import APoZ, ActivationMean, BNScale, FlopsRegularized, Magnitude, Random, ScoringContext, Taylor
 from graphprune.verify import max_exactness_error
@@ -154,3 +155,67 @@ def test_a_buffer_read_as_a_weight_is_sliced_but_not_scored(importance, frontend
         learned = learned + model.head.weight.detach().pow(2).sum((0, 2, 3))
         np.testing.assert_allclose(scores[group.id], learned.sqrt().numpy(), rtol=1e-5)
     assert max_exactness_error(model, (x,), result) <= 1e-5
+
+
+class SameShapeStack(nn.Module):
+    """Runs of convolutions of one shape (stacked by the magnitude sums) at three sizes: under torch's one-thread
+    reduction grain, several per grain, and one per grain."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.small = nn.Sequential(*[nn.Conv2d(8, 8, 3, padding=1) for _ in range(5)])
+        self.widen = nn.Conv2d(8, 32, 1)
+        self.mid = nn.Sequential(*[nn.Conv2d(32, 32, 3, padding=1) for _ in range(5)])
+        self.widen2 = nn.Conv2d(32, 48, 1)
+        self.large = nn.Sequential(*[nn.Conv2d(48, 48, 3, padding=1) for _ in range(4)])
+
+    def forward(self, x):
+        for block in (self.stem, self.small, self.widen, self.mid, self.widen2, self.large):
+            x = F.relu(block(x))
+        return x
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("p", [1, 2])
+def test_magnitude_of_stacked_weights_equals_each_weight_summed_alone(threads, p, monkeypatch):
+    """Weights of one shape are powered and summed as one stacked tensor: every score equals, bit for bit, the sum of
+    each weight's own per-channel sums (magnitudes.accumulate without precomputed sums)."""
+    model = SameShapeStack()
+    analysis = graphprune.analyse(model, torch.randn(1, 3, 8, 8))
+    groups = analysis.dependencies.prunable
+    ctx = ScoringContext(analysis.graph_module, analysis.dependencies)
+    stacked, stacked_sums = [], magnitudes._stacked_sums
+    monkeypatch.setattr(magnitudes, "_stacked_sums", lambda names, *a: stacked.append(len(names)) or
+                        stacked_sums(names, *a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        scores = Magnitude(p)(groups, ctx)
+    finally:
+        torch.set_num_threads(before)
+    params = ctx.params()
+    alone = {g.id: magnitudes.accumulate(g, params, p) ** (1.0 / p) for g in groups}
+    assert stacked and max(stacked) > 1  # weights were stacked
+    assert scores.keys() == alone.keys()
+    assert all(np.array_equal(scores[gid], alone[gid]) for gid in scores)
+
+
+def test_stacked_sums_on_several_threads_reduce_as_each_weight_alone():
+    """On more than one thread torch may split a large reduction between threads, in another order than the one
+    thread that reduces each small weight: runs of stacked weights stay under its grain (1, 4000, 3, 3 weights
+    summed over dim 0 come out different in the last bit when three are stacked and reduced on two threads)."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"w{k}": torch.randn(1, 4000, 3, 3, generator=g) for k in range(3)}
+    names = list(tensors)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = magnitudes._runs(names, tensors)
+        sums = {key: value for run in runs for key, value in magnitudes._stacked_sums(run, tensors, [0, 1], 2).items()}
+    finally:
+        torch.set_num_threads(before)
+    assert [name for run in runs for name in run] == names
+    for name in names:
+        for dim in (0, 1):
+            assert np.array_equal(sums[(name, dim)], magnitudes.per_position(tensors[name], dim, 2))
