@@ -410,13 +410,6 @@ def _freezes_of(comp: list[Slot], members: Mapping[Slot, np.ndarray], size: int,
     return (), tuple(Pin(tuple(c.tolist()), r) for r, c in channels.items())
 
 
-def _shared_index_maps(members: dict[Slot, np.ndarray]) -> dict[Slot, np.ndarray]:
-    """`members` with equal index maps as one read-only array (most members of a group map their positions alike), so
-    ChannelGroup.per_index_map derives what it derives once per distinct map."""
-    distinct: dict[bytes, np.ndarray] = {}
-    return {slot: distinct.setdefault(index_map.tobytes(), _read_only(index_map)) for slot, index_map in members.items()}
-
-
 def _read_only(a: np.ndarray) -> np.ndarray:
     a.setflags(write=False)
     return a
@@ -432,22 +425,33 @@ def _components(slots: list[Slot], a: np.ndarray, b: np.ndarray, order: Mapping[
     return sorted((sorted(c, key=rank.__getitem__) for c in found.values()), key=lambda c: rank[c[0]])
 
 
-def _channel_labels(pairs: Iterable[tuple[Coupling, int, int]], comp: list[int], size_of: list[int],
-                    base: Mapping[int, int], offset: int) -> np.ndarray:
-    """The group channel of every position of a component's slots (slot i's at base[i]:base[i] + size_of[i]):
-    connected_labels of the position graph the couplings `pairs` (coupling, slot index a, slot index b) draw.
-    When every coupling is the identity between slots of one size, position p of every slot is channel p."""
+def _index_maps(pairs: Iterable[tuple[Coupling, int, int]], comp: list[int], slots: list[Slot],
+                size_of: list[int]) -> tuple[dict[Slot, np.ndarray], int]:
+    """(each slot's index map, the group's size) of a component (slot indices `comp`): the group channel of every
+    position, connected_labels of the position graph the couplings `pairs` (coupling, slot index a, slot index b)
+    draw. Equal maps are one read-only array (most members of a group map their positions alike), so
+    ChannelGroup.per_index_map derives what it derives once per distinct map. When every coupling is the identity
+    between slots of one size, position p of every slot is channel p."""
     pairs = list(pairs)
     sizes = {size_of[i] for i in comp}
     if len(sizes) == 1 and all(c.a_index is None for c, _, _ in pairs):
-        return np.tile(np.arange(sizes.pop(), dtype=np.int64), len(comp))  # what connected_labels numbers
+        size = sizes.pop()  # what connected_labels numbers
+        return dict.fromkeys((slots[i] for i in comp), _read_only(np.arange(size, dtype=np.int64))), size
+    base, offset = {}, 0
+    for i in comp:
+        base[i] = offset
+        offset += size_of[i]
     us, vs = [], []
     for c, i, j in pairs:
         ia, ib = iter_pairs(c, size_of[i], size_of[j])
         us.append(ia + base[i])
         vs.append(ib + base[j])
-    return connected_labels(offset, np.concatenate(us) if us else np.empty(0, np.int64),
-                            np.concatenate(vs) if vs else np.empty(0, np.int64))
+    labels = connected_labels(offset, np.concatenate(us) if us else np.empty(0, np.int64),
+                              np.concatenate(vs) if vs else np.empty(0, np.int64))
+    distinct: dict[bytes, np.ndarray] = {}
+    members = {slots[i]: distinct.setdefault((m := labels[base[i]: base[i] + size_of[i]]).tobytes(), _read_only(m))
+               for i in comp}
+    return members, int(labels.max()) + 1 if offset else 0
 
 
 def build_groups(
@@ -482,13 +486,7 @@ def build_groups(
 
     groups = []
     for k, comp in enumerate(components):
-        base, offset = {}, 0
-        for i in comp:
-            base[i] = offset
-            offset += size_of[i]
-        labels = _channel_labels(by_component.get(k, ()), comp, size_of, base, offset)
-        members = _shared_index_maps({slots[i]: labels[base[i]: base[i] + size_of[i]] for i in comp})
-        size = int(labels.max()) + 1 if offset else 0
+        members, size = _index_maps(by_component.get(k, ()), comp, slots, size_of)
         comp_slots = list(members)
         frozen, pins = _freezes_of(comp_slots, members, size, reasons)
         anchor = next((s for s in comp_slots if not s.is_param), comp_slots[0])
