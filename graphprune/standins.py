@@ -1,4 +1,4 @@
-"""Recording shapes with stand-ins: the analysed model's heavy layers are not computed.
+"""Recording shapes with stand-ins: the analysed model's heavy layers, and the light ops past them, are not computed.
 
 The analysis reads each node's shape and dtype and the ints computed from shapes, never a tensor's
 values (trace.TensorMeta). So where a layer's rule offers a stand-in (`Rule.stand_in`: convolutions
@@ -7,8 +7,11 @@ op's definition (the formula torch documents, after the checks the op makes) and
 zeros of that shape: the layer is not computed. (Not torch's meta kernels, whose first call imports
 sympy, nor a dispatch mode to watch the ops, whose first use imports torch._dynamo: ~0.4 s and more.)
 
-A tensor computed from a stand-in then has the right shape, and its values are zeros. A node that reads
-one runs where its rule says its op reads no values for these arguments (`Rule.reads_values_in`: the
+A tensor computed from a stand-in then has the right shape, and its values are zeros. A light op that reads
+one (a batch norm, an activation, a sum: computing it would give no real values either) stands in too where
+its rule offers `Rule.stand_in_past_stand_ins`: what the op returns but its values, an input it returns (in
+place, identity) only where that input holds a stand-in's values. Any other node that reads one runs where
+its rule says its op reads no values for these arguments (`Rule.reads_values_in`: the
 shapes it returns follow from shapes alone) and it writes into no other tensor it reads (their version
 counters; a parameter or buffer written is restored). Any other node, a hooked module
 and an op without a rule stop the run, and the graph is recorded again computing every op
@@ -30,7 +33,7 @@ from .errors import InputError, RuleError
 from .moduletree import tree_tables
 from .trace import call_op, record_values, run_node
 
-__all__ = ["HEAVY_MACS", "record_shapes", "zeros_for", "ValuesRead"]
+__all__ = ["HEAVY_MACS", "record_shapes", "zeros_for", "dense_float", "zeros_laid_out_as", "ValuesRead"]
 
 # From about this many multiply-adds up, a layer costs more to compute than a stand-in (its shape and zeros) on one
 # x86 core: a 3x3 convolution of 2.4 M takes 0.12-0.16 ms (bench/standins.py prints what the zoo saves)
@@ -43,6 +46,19 @@ _FULL_PRECISION = frozenset({torch.float32, torch.float64})
 
 class ValuesRead(Exception):
     """A node reads a tensor computed from a stand-in in a way that may need its values."""
+
+
+def dense_float(x: Any) -> bool:
+    """`x` is a float32/float64 tensor laid out densely (contiguous, or channels-last): an element-wise op's output on
+    it has its shape, dtype and strides (`zeros_laid_out_as`)."""
+    return isinstance(x, torch.Tensor) and x.dtype in _FULL_PRECISION and (
+        x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+        or (x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)))
+
+
+def zeros_laid_out_as(x: Any) -> torch.Tensor | None:
+    """Zeros of `x`'s shape, dtype, device and strides where `x` is `dense_float`, else None."""
+    return torch.zeros_like(x) if dense_float(x) else None
 
 
 def zeros_for(shape: tuple[int, ...], macs: int, *tensors: torch.Tensor | None) -> torch.Tensor | None:
@@ -99,6 +115,10 @@ class _StandInRun:
             return op(*args, **kwargs)
         if rule is None or rule.reads_values_in(args, kwargs):
             raise ValuesRead(f"{n.name} reads a value computed from a stand-in")
+        value = self.stand_in(rule, n, op, args, kwargs, past_stand_ins=True)
+        if value is not None and not any(value is env[a] for a in n.all_input_nodes if a not in self.derived):
+            self.derived.add(n)  # (an input computed for real that the op writes into is no stand-in: computed below)
+            return value
         exact = [t for a in n.all_input_nodes if a not in self.derived for t in _tensors(env[a])]
         versions = [t._version for t in exact]
         state = [(t, t.clone()) for t in exact if _storage_address(t) in self.state(gm)]
@@ -111,10 +131,12 @@ class _StandInRun:
             self.derived.add(n)
         return value
 
-    def stand_in(self, rule, n: fx.Node, op: Callable, args: tuple, kwargs: dict) -> torch.Tensor | None:
-        """`rule.stand_in`; a rule that raises has a bug: the layer is computed, or RuleError is raised."""
+    def stand_in(self, rule, n: fx.Node, op: Callable, args: tuple, kwargs: dict,
+                 past_stand_ins: bool = False) -> Any:
+        """`rule.stand_in` (`rule.stand_in_past_stand_ins` for a node that reads a stand-in's output); a rule that
+        raises has a bug: the layer is computed, or RuleError is raised."""
         try:
-            return rule.stand_in(op, args, kwargs)
+            return (rule.stand_in_past_stand_ins if past_stand_ins else rule.stand_in)(op, args, kwargs)
         except Exception as exc:
             if self.raise_rule_errors:
                 raise RuleError(f"rule {type(rule).__name__} failed to stand in for `{n.name}` ({n.op} {n.target}): "

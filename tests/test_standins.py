@@ -1,5 +1,6 @@
 """Stand-ins: the analysed model's heavy layers are not computed, and every recorded shape and value is the one
 a real run records; where a node computed from a stand-in reads values, the graph is recorded for real."""
+import operator
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 import graphprune
 import graphprune.analysis as analysis_module
 from graphprune import standins
+from graphprune.models import ZOO
 from graphprune.modes import evaluating
 from graphprune.trace import META_KEY, bind_inputs, clone_module, record_values, trace
 
@@ -41,9 +43,9 @@ class Heavy(nn.Module):
 
 
 def recorded(model, x, record):
-    """Every node's recorded meta after `record(gm, inputs)` on a fresh trace of `model`."""
+    """Every node's recorded meta after `record(gm, inputs)` on a fresh trace of `model` (`x`: a tensor or a tuple)."""
     gm = trace(clone_module(model, parameter_views=True), RULES.has_module_rule)
-    inputs = bind_inputs(gm, (x,))
+    inputs = bind_inputs(gm, x if isinstance(x, tuple) else (x,))
     with evaluating(gm):
         record(gm, inputs)
     return gm, {n.name: n.meta[META_KEY] for n in gm.graph.nodes}
@@ -343,3 +345,162 @@ def test_a_stand_in_that_raises_leaves_its_layer_computed_otherwise(monkeypatch)
     expected = graphprune.prune_graph(WIDE.eval(), WIDE_X, ratio=0.5)
     assert result.plan.keep == expected.plan.keep
     assert torch.equal(result.model(WIDE_X), expected.model(WIDE_X))
+
+
+# -- light ops past a stand-in: norms, activations and sums read a stand-in's values, so they stand in too -----------
+LIGHT_MODULES = [nn.ReLU(), nn.ReLU(inplace=True), nn.ReLU6(inplace=True), nn.GELU(), nn.GELU("tanh"), nn.SiLU(),
+                 nn.SiLU(inplace=True), nn.Sigmoid(), nn.Tanh(), nn.Hardswish(), nn.Hardswish(inplace=True),
+                 nn.Hardsigmoid(), nn.Hardtanh(-2.0, 2.0), nn.LeakyReLU(0.1, inplace=True), nn.ELU(), nn.SELU(inplace=True),
+                 nn.Mish(), nn.Softplus(beta=2.0), nn.Identity(), nn.Dropout(0.3).eval(), nn.BatchNorm2d(8).eval()]
+LAYOUTS = {
+    "contiguous": lambda: torch.randn(2, 8, 5, 6),
+    "channels last": lambda: torch.randn(2, 8, 5, 6).to(memory_format=torch.channels_last),
+    "float64": lambda: torch.randn(2, 8, 5, 6, dtype=torch.float64),
+}
+
+
+def _light_stand_in(op, args):
+    return RULES.for_call(_call_node(op), op).stand_in_past_stand_ins(op, args, {})
+
+
+def _call_node(op):
+    """A call node of `op` (module or function) in a throwaway graph, for the rule table's lookup."""
+    graph = torch.fx.Graph()
+    if isinstance(op, nn.Module):
+        return graph.call_module("m", (graph.placeholder("x"),))
+    return graph.call_function(op, (graph.placeholder("a"), graph.placeholder("b")))
+
+
+def _same_output(stand_in, real, inputs):
+    """The stand-in is what the op returns but its values: the input itself where the op returns it, else zeros of
+    the real output's shape, dtype and strides."""
+    assert stand_in is not None
+    assert [stand_in is x for x in inputs] == [real is x for x in inputs]
+    assert (stand_in.shape, stand_in.stride(), stand_in.dtype) == (real.shape, real.stride(), real.dtype)
+    if all(real is not x for x in inputs):
+        assert not stand_in.any()
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("index", range(len(LIGHT_MODULES)), ids=lambda i: repr(LIGHT_MODULES[i]))
+def test_a_light_module_past_a_stand_in_stands_in_as_what_it_returns(index, layout):
+    module = LIGHT_MODULES[index].to(LAYOUTS[layout]().dtype)
+    x = LAYOUTS[layout]()
+    stand_in = _light_stand_in(module, (x,))
+    with torch.no_grad():
+        real = module(x)
+    _same_output(stand_in, real, (x,))
+
+
+ARITHMETIC = [operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div]
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("op", ARITHMETIC, ids=lambda op: op.__name__)
+def test_a_sum_past_a_stand_in_stands_in_as_what_it_returns(op, layout):
+    a, b = LAYOUTS[layout](), LAYOUTS[layout]()
+    stand_in = _light_stand_in(op, (a, b))
+    with torch.no_grad():
+        real = op(a, b)
+    _same_output(stand_in, real, (a, b))
+
+
+@pytest.mark.parametrize("op, args", [
+    (nn.BatchNorm2d(8), (torch.randn(2, 8, 5, 6),)),  # training mode: batch statistics, and the running ones move
+    (nn.BatchNorm2d(8).eval(), (torch.randn(2, 6, 5, 6),)),  # the op's own error about the channel count must speak
+    (nn.BatchNorm2d(8).eval(), (torch.randn(8, 5, 6),)),  # and about the dims it takes
+    (nn.BatchNorm1d(8).eval().double(), (torch.randn(2, 8),)),  # dtypes that do not match
+    (nn.ReLU(), (torch.randint(0, 5, (2, 8, 5, 6)),)),  # not a float tensor
+    (nn.ReLU(), (torch.randn(2, 8, 5, 12)[..., ::2],)),  # not laid out densely: the output's strides differ
+    (type("MyReLU", (nn.ReLU,), {})(), (torch.randn(2, 8, 5, 6),)),  # a subclass may compute anything
+    (nn.Dropout(0.3), (torch.randn(2, 8, 5, 6),)),  # training mode
+    (operator.add, (torch.randn(2, 8, 5, 6), torch.randn(8, 1, 1))),  # broadcasts
+    (operator.add, (torch.randn(2, 8, 5, 6), torch.randn(2, 8, 5, 6, dtype=torch.float64))),  # promotes
+    (operator.add, (torch.randn(2, 8, 5, 6), torch.randn(2, 8, 5, 6).to(memory_format=torch.channels_last))),
+    (operator.add, (torch.randn(2, 8, 5, 6), 1.0)),
+    (operator.pow, (torch.randn(2, 8, 5, 6), torch.randn(2, 8, 5, 6))),
+    (operator.iadd, (torch.randn(2, 8, 5, 6), torch.randn(2, 8, 5, 6))),  # in place
+])
+def test_a_light_op_is_computed_where_a_stand_in_could_differ_from_what_it_returns(op, args):
+    assert _light_stand_in(op, args) is None
+
+
+class LightAfterHeavy(nn.Module):
+    """A heavy convolution (stood in) and a light one (computed), each followed by a norm, an activation and a sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.heavy, self.light = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(3, 32, 1)
+        self.heavy_bn, self.light_bn = nn.BatchNorm2d(32), nn.BatchNorm2d(32)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        light = self.relu(self.light_bn(self.light(x)))
+        return light + self.relu(self.heavy_bn(self.heavy(x)))
+
+
+def test_light_ops_stand_in_only_past_a_stand_in():
+    model = LightAfterHeavy().eval()
+    gm = trace(clone_module(model, parameter_views=True), RULES.has_module_rule)
+    ran = []
+    for name in ("heavy_bn", "light_bn"):
+        module = gm.get_submodule(name)
+        module.forward = lambda *a, _m=module, _n=name: (ran.append(_n), type(_m).forward(_m, *a))[1]
+    with evaluating(gm):
+        with_stand_ins(gm, bind_inputs(gm, (X,)))
+    assert ran == ["light_bn"]  # its input was computed: so is it
+    _, real = recorded(model, X, record_values)
+    _, fast = recorded(model, X, with_stand_ins)
+    assert fast == real
+
+
+class SumInto(nn.Module):
+    """total.add_(h) as a layer: writes the sum into its first input and returns it."""
+
+    def forward(self, total, h):
+        return total.add_(h)
+
+
+class SumIntoRule(graphprune.rules.elementwise.BinaryRule):
+    """Stands in for SumInto as what it returns: its first input."""
+
+    def stand_in_past_stand_ins(self, op, args, kwargs):
+        return args[0] if isinstance(op, SumInto) else None
+
+
+class SumsIntoBuffer(nn.Module):
+    """A buffer that a layer sums a stand-in into: a tensor computed for real."""
+
+    def __init__(self):
+        super().__init__()
+        self.heavy, self.sum_into = nn.Conv2d(3, 32, 3, padding=1), SumInto()
+        self.register_buffer("total", torch.ones(1, 32, 64, 64))
+
+    def forward(self, x):
+        return self.sum_into(self.total, self.heavy(x)) * 2
+
+
+def test_a_stand_in_returning_an_input_computed_for_real_is_not_taken():
+    """An op that writes a stand-in's values into a tensor computed for real (here a buffer) is computed, whatever its
+    rule's stand-in, so the model keeps the state a real run leaves."""
+    rules = RULES.with_rule(SumInto, SumIntoRule())
+    model = SumsIntoBuffer().eval()
+    runs = {}
+    for name, record in (("real", record_values), ("fast", lambda gm, inputs: standins.record_shapes(gm, inputs, rules.for_call))):
+        gm = trace(clone_module(model, parameter_views=True), rules.has_module_rule)
+        with evaluating(gm):
+            record(gm, bind_inputs(gm, (X,)))
+        runs[name] = gm, {n.name: n.meta[META_KEY] for n in gm.graph.nodes}
+    (gm_real, real), (gm_fast, fast) = runs["real"], runs["fast"]
+    assert fast == real
+    torch.testing.assert_close(gm_fast.total, gm_real.total, rtol=0, atol=0)
+    assert not torch.equal(gm_fast.total, model.total)  # the sum was written
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_zoo_model_records_the_real_metas_with_stand_ins(name):
+    spec = ZOO[name]
+    model, x = spec.build().eval(), spec.example_inputs()
+    _, real = recorded(model, x, record_values)
+    _, fast = recorded(model, x, with_stand_ins)
+    assert fast == real

@@ -134,6 +134,13 @@ class Rule:
         or method the node calls."""
         return None
 
+    def stand_in_past_stand_ins(self, op: Callable, args: tuple, kwargs: dict) -> Any:
+        """What `op(*args, **kwargs)` returns, but its values, for a call that reads a stand-in's output (standins.py):
+        the values computed would be no real values either, so a light op (a norm, an activation, a sum) stands in
+        whatever it costs. Its output where it returns one of its arguments (in place, identity), else zeros of the
+        output's shape, dtype and strides; None: compute it."""
+        return None
+
     def renormalises(self, node: fx.Node, view: "GraphView") -> bool:
         """The op takes a statistic over the channel dim of its first input (LayerNorm, a normalisation written by
         hand, softmax over channels): pruning those channels keeps the model valid, not exact (the report says)."""

@@ -10,9 +10,14 @@
 """
 from __future__ import annotations
 
+import operator
+
+import torch
 import torch.fx as fx
+import torch.nn as nn
 
 from ..groups import Coupling, Effect, Freeze, Role
+from ..standins import dense_float, zeros_laid_out_as
 from ..trace import TensorMeta
 from .base import AnalysisContext, GraphView, Rule, describe_node, freeze_inputs
 from .callsite import arg
@@ -24,11 +29,27 @@ def passthrough(node: fx.Node, ctx: AnalysisContext, x: fx.Node, out_dim: int | 
     return Effect(out_dim, couplings=(Coupling(ctx.input_slot(x, ctx.channel_dim(x)), ctx.output_slot(node, out_dim)),))
 
 
+# torch's activation modules: a float tensor in, one of its shape, dtype and strides out (in place: the input itself)
+_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
+                       nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.SELU, nn.Mish, nn.Softplus)
+
+
 class ElementwiseRule(Rule):
     """y = f(x) applied independently to every channel."""
 
     reads_values = False
     carries_heads = True  # a copy (clone in repeat_kv) on the way into attention
+
+    def stand_in_past_stand_ins(self, op, args: tuple, kwargs: dict):
+        """torch's activation modules, nn.Identity and an nn.Dropout in eval mode (which return their input) on one
+        dense float tensor (standins.dense_float); their subclasses and everything else are computed."""
+        if not isinstance(op, nn.Module) or len(args) != 1 or kwargs or not dense_float(args[0]):
+            return None
+        if type(op) is nn.Identity or (type(op) is nn.Dropout and not op.training):
+            return args[0]
+        if type(op) in _ACTIVATION_MODULES:
+            return args[0] if getattr(op, "inplace", False) else torch.zeros_like(args[0])
+        return None
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         x = node.args[0] if node.args else next(iter(node.kwargs.values()))
@@ -128,11 +149,28 @@ class ReduceRule(Rule):
         return passthrough(node, ctx, x, d if keepdim else d - sum(1 for r in dims if r < d))
 
 
+# a + b, a - b, a * b and a / b as fx traces them (`a += b` too: a Proxy has no in-place operators) and as torch functions
+_ARITHMETIC = frozenset({operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul,
+                         torch.div})
+
+
 class BinaryRule(Rule):
     """Broadcast element-wise binary ops: operands aligned from the right share the output's channel dim."""
 
     reads_values = False
     carries_heads = True  # rotary embeddings (q * cos + rotate_half(q) * sin) on the way into attention
+
+    def stand_in_past_stand_ins(self, op, args: tuple, kwargs: dict):
+        """+, -, *, / (operators or torch functions, without keywords) of two dense float tensors
+        (standins.dense_float) of one shape, dtype, device and strides, which broadcast nothing: zeros laid out as
+        they are."""
+        if op not in _ARITHMETIC or kwargs or len(args) != 2:
+            return None
+        a, b = args
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and (a.shape, a.dtype, a.device, a.stride()) == (b.shape, b.dtype, b.device, b.stride())):
+            return None
+        return zeros_laid_out_as(a)
 
     def couple(self, node: fx.Node, ctx: AnalysisContext) -> Effect:
         if not ctx.is_tensor(node):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..groups import Coupling, Effect, Freeze, Role
+from ..standins import dense_float
 from .base import AnalysisContext, GraphView, Rule, ShrinkContext, aligned_dims, describe_node
 from ..trace import value_meta
 from .callsite import Operand, arg, first_outputs, grouped_together, kept_count, set_arg
@@ -120,8 +121,25 @@ class BatchNormArguments:
         return None  # the channel count is read from x
 
 
+_BATCH_NORM_DIMS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}  # the input dims each takes
+
+
 class BatchNormRule(NormRule):
     """Batch and instance norm: per channel on dim 1 (module docstring)."""
+
+    def stand_in_past_stand_ins(self, op, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """An nn.BatchNorm1d/2d/3d in eval mode with running statistics, on one dense float tensor
+        (standins.dense_float) of the dims it takes, whose C matches its per-channel tensors (dtype and device too):
+        zeros laid out as the input. Anything else is computed, so that the op's own error speaks."""
+        dims = _BATCH_NORM_DIMS.get(type(op))
+        if dims is None or op.training or op.running_mean is None or op.running_var is None or len(args) != 1 or kwargs:
+            return None
+        x = args[0]
+        if not dense_float(x) or x.dim() not in dims or any(
+                t is not None and (t.shape != (x.shape[1],) or t.dtype != x.dtype or t.device != x.device)
+                for t in (op.weight, op.bias, op.running_mean, op.running_var)):
+            return None
+        return torch.zeros_like(x)
 
     def resize(self, module: nn.Module) -> nn.Module | None:
         if not isinstance(module, (_BatchNorm, nn.modules.instancenorm._InstanceNorm)):
