@@ -3,6 +3,7 @@ user runs it, a subprocess in a fresh directory, on a small model built here: a 
 torch.export.save, a tiny Hugging Face Llama saved with save_pretrained (and a word-level tokenizer), a folder of
 generated images, a file of sentences. timm and ultralytics are optional: without them their one-line errors are
 tested; the edge runtimes likewise (``-m edge`` runs the ExecuTorch/OpenVINO bench)."""
+import dataclasses
 import importlib.util
 import json
 import os
@@ -123,6 +124,52 @@ def test_bench_times_a_pruned_pt2_in_ort(pruned_pt2, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = json.loads((tmp_path / "b.json").read_text())[0]["rows"]
     assert [r["name"] for r in rows] == ["model.pt2", "model"] and all(len(r["latencies_ms"]) == 2 for r in rows)
+
+
+class _ReturnsModelOutput(nn.Module):
+    """Two convolutions returning a transformers BaseModelOutput (`output`), as Hugging Face models return theirs."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.a, self.b, self.output = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1), output
+
+    def forward(self, x):
+        return self.output(last_hidden_state=self.b(torch.relu(self.a(x))))
+
+
+def test_a_pt2_returning_transformers_outputs_loads_in_a_fresh_process(tmp_path):
+    """torch.export.load rebuilds BaseModelOutput only once transformers.modeling_outputs is imported, which a fresh
+    `graphprune` process has not done: it imports it, as the archive names it, then prunes and benches the program."""
+    outputs = pytest.importorskip("transformers.modeling_outputs")
+    model = _ReturnsModelOutput(outputs.BaseModelOutput).eval()
+    x = torch.randn(1, 3, 8, 8)
+    torch.export.save(torch.export.export(model, (x,)), str(tmp_path / "hf.pt2"))
+    done = run_cli("prune", "hf.pt2", "--ratio", "0.5", "--target", "none", "--out", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    pruned = torch.export.load(str(tmp_path / "out" / "model.pt2")).module()(x)
+    assert type(pruned).__name__ == "BaseModelOutput" and pruned.last_hidden_state.shape == (1, 8, 8, 8)
+    done = run_cli("bench", tmp_path / "out" / "model.pt2", *FAST, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+@dataclasses.dataclass
+class _Pair:
+    first: torch.Tensor
+    second: torch.Tensor
+
+
+torch.export.register_dataclass(_Pair, serialized_type_name="graphprune_tests.Pair")
+
+
+class _ReturnsPair(nn.Module):
+    def forward(self, x):
+        return _Pair(x * 2, x + 1)
+
+
+def test_a_pt2_of_types_no_process_can_rebuild_is_one_line_naming_them(tmp_path):
+    torch.export.save(torch.export.export(_ReturnsPair(), (torch.randn(1, 3, 8, 8),)), str(tmp_path / "pair.pt2"))
+    done = run_cli("bench", "pair.pt2", *FAST, cwd=tmp_path)
+    assert_one_line_error(done, "returns graphprune_tests.Pair, which torch.export.load rebuilds only once")
 
 
 @pytest.mark.skipif(Runtime.EXECUTORCH.installed(), reason="the edge extra is installed: the edge test runs instead")

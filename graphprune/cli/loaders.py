@@ -7,12 +7,15 @@ graph it is, and run (ONNX export, bench) as a plain GraphModule of its unlifted
 """
 from __future__ import annotations
 
+import logging
+import sys
 import warnings
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import first_line
+from .archive_types import REGISTERING_LIBRARIES, import_registering_modules, unbuilt_types
 from .messages import CLIError
 
 
@@ -64,14 +67,32 @@ def _exported_inputs(path: str, ep, shape, vocab_size) -> tuple[torch.Tensor, ..
     raise CLIError(f"the program in {path!r} stores no example inputs and has dynamic shapes; pass --input-shape")
 
 
-def load_exported(path: str, shape, vocab_size: int | None) -> Loaded:
+def _read_program(path: str) -> torch.export.ExportedProgram:
+    """torch.export.load, after importing the modules that register the archive's transformers output types
+    (archive_types); its failure is one CLIError, naming the types no process rebuilds without other code."""
+    import_registering_modules(path)
+    torch_log = logging.getLogger("torch.export")
+    level = torch_log.level
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's own deprecation notes while unpickling its tree specs
-            ep = torch.export.load(path)
+            torch_log.setLevel(logging.ERROR)  # a failed load logs its traceback as a warning: the error below says it
+            return torch.export.load(path)
     except Exception as exc:
+        unbuilt = [t for t in unbuilt_types(path) if t.rpartition(".")[0] not in sys.modules]
+        if unbuilt:
+            raise CLIError(f"MODEL {path!r} takes or returns {', '.join(unbuilt)}, which torch.export.load rebuilds "
+                           "only once the code registering it with torch's pytree has run (graphprune imports "
+                           f"{' and '.join(sorted(REGISTERING_LIBRARIES))} output classes itself, where installed): "
+                           "load it in Python after that code, or export the model returning tensors") from None
         raise CLIError(f"MODEL {path!r} is a PT2 archive, but torch.export.load cannot read an ExportedProgram from "
                        f"it ({type(exc).__name__}: {first_line(exc)}); pass a file torch.export.save wrote") from None
+    finally:
+        torch_log.setLevel(level)
+
+
+def load_exported(path: str, shape, vocab_size: int | None) -> Loaded:
+    ep = _read_program(path)
     inputs = _exported_inputs(path, ep, shape, vocab_size)
     unlifted = ep.module()
     runnable = torch.fx.GraphModule(unlifted, unlifted.graph)  # a plain GraphModule: eval() and export work
