@@ -40,10 +40,9 @@ def unbuilt_types(path: str) -> list[str]:
     return sorted(t for t in pytree_types(path) if not t.startswith(_TORCH_KNOWS))
 
 
-def import_registering_modules(path: str) -> list[str]:
-    """Import the not yet imported modules of REGISTERING_LIBRARIES that define the archive's types; returns their
-    names (a module that fails to import is left out: loading then says which type it could not rebuild)."""
-    imported = []
+def import_registering_modules(path: str) -> None:
+    """Import the not yet imported modules of REGISTERING_LIBRARIES that define the archive's types (a module that
+    fails to import is skipped: loading then says which type it could not rebuild)."""
     for module in sorted({t.rpartition(".")[0] for t in unbuilt_types(path)}):
         library = module.partition(".")[0]
         if library in REGISTERING_LIBRARIES and module not in sys.modules and importlib.util.find_spec(library):
@@ -51,8 +50,6 @@ def import_registering_modules(path: str) -> list[str]:
                 importlib.import_module(module)
             except Exception:  # noqa: BLE001 (any failure of a library's import: the load names the type)
                 continue
-            imported.append(module)
-    return imported
 
 
 def _specs(obj: Any) -> Iterator[Any]:
