@@ -22,7 +22,8 @@ from graphprune import analysis, standins
 from graphprune.models import ZOO
 from graphprune.modes import evaluating
 from graphprune.timing import cpu_name
-from graphprune.trace import META_KEY, bind_inputs, clone_module, record_values, trace
+from graphprune.copies import clone_module
+from graphprune.trace import META_KEY, bind_inputs, record_values, trace
 
 RULES = graphprune.default_rules()
 

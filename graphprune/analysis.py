@@ -51,7 +51,8 @@ from .rules.transformer import GroupedQuery, RepeatKVRule
 from .runtimes.profiles import resolve_target
 from .targets import Target
 from .standins import record_shapes
-from .trace import copy_graph_module, trace_with_values
+from .copies import copy_graph_module
+from .trace import trace_with_values
 
 
 

@@ -26,7 +26,8 @@ from graphprune.passes import EliminateDeadCode, ShrinkChannels
 from graphprune.planner import plan_local
 from graphprune.rules import default_rules
 from graphprune.rules.aten import aten_rules
-from graphprune.trace import clone_module, record_values, trace
+from graphprune.copies import clone_module
+from graphprune.trace import record_values, trace
 from graphprune.verify import max_exactness_error
 from conftest import randomize_norms
 

@@ -60,7 +60,7 @@ def test_broken_rewrite_fails_inside_the_pass_that_caused_it():
 
 
 def test_clone_module_is_independent_and_keeps_sharing():
-    from graphprune.trace import clone_module  # noqa: PLC0415
+    from graphprune.copies import clone_module  # noqa: PLC0415
 
     model = ChannelShuffle().eval()
     model.shared = model.out  # the same module twice: its parameters must stay shared in the clone

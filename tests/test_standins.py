@@ -14,7 +14,8 @@ import graphprune.analysis as analysis_module
 from graphprune import standins
 from graphprune.models import ZOO
 from graphprune.modes import evaluating
-from graphprune.trace import META_KEY, bind_inputs, clone_module, record_values, trace
+from graphprune.copies import clone_module
+from graphprune.trace import META_KEY, bind_inputs, record_values, trace
 
 RULES = graphprune.default_rules()
 

@@ -29,8 +29,9 @@ import torch.fx as fx
 from torch.fx._pytree import tree_flatten_spec
 
 from ..batch import BATCH_KEY, BatchDim, batch_size
+from ..copies import clone_module
 from ..errors import InputError, TraceError, first_line
-from ..trace import clone_module, record_values
+from ..trace import record_values
 from .dynamic_batch import (doubled, dynamic_attempt, export_dynamic, first_sample, mismatch, run_both,
                             tensors, why_batch_static)
 

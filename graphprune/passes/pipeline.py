@@ -17,7 +17,7 @@ from ..groups import DependencyGraph, Slot
 from ..planner import PrunePlan
 from ..rules import RuleTable
 from ..modes import modes_of, restore_modes
-from ..trace import own_tensors
+from ..copies import own_tensors
 from .recalibrate import RecalibrateBatchNorm
 from .shrink import EliminateDeadCode, ShrinkChannels
 

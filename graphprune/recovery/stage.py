@@ -36,7 +36,7 @@ from ..eager import EagerRebuildError
 from ..errors import InputError
 from ..kvcache import cache_off
 from ..report import PruneReport
-from ..trace import copy_graph_module
+from ..copies import copy_graph_module
 from .batches import Batches, module_device, positional_inputs, split
 from .distributed import Distributed
 from .engine import Objective, StepLog, TrainingJob, checkpoint_path, prepare_checkpoints, train
