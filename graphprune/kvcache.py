@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.fx as fx
@@ -123,8 +123,7 @@ def cache_off(*models) -> Iterator[None]:
     """Within: every Hugging Face config of `models` (their own and their submodules', e.g. a text config) says
     use_cache=False, so forward returns no KV cache and the graph has only tensors to follow; on exit each
     config says again what it said. A cache never changes what the model computes, only what it returns."""
-    configs = {id(c): c for model in models for m in _modules(model) if getattr(c := getattr(m, "config", None), "use_cache", False)
-               is True}
+    configs = {id(c): c for model in models for m in _modules(model) if getattr(c := _config(m), "use_cache", False) is True}
     for config in configs.values():
         config.use_cache = False
     try:
@@ -136,6 +135,12 @@ def cache_off(*models) -> Iterator[None]:
 
 def _modules(model) -> Iterator:
     return model.modules() if isinstance(model, torch.nn.Module) else iter(())
+
+
+def _config(module: torch.nn.Module) -> Any:
+    """`module.config`, None where it has none, asked only of a module that holds one or whose class defines one:
+    nn.Module.__getattr__ raises and formats an AttributeError for every other (0.2 ms over resnet56's modules)."""
+    return getattr(module, "config", None) if "config" in module.__dict__ or hasattr(type(module), "config") else None
 
 
 def check_no_kv_cache(model, kwargs, error: Exception) -> None:

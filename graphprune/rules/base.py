@@ -184,6 +184,7 @@ class RuleTable:
     def __init__(self, modules: Mapping[type, Rule] | None = None, functions: Mapping[Callable, Rule] | None = None):
         self._modules = MappingProxyType(dict(modules or {}))
         self._functions = MappingProxyType(dict(functions or {}))
+        self._by_class: dict[tuple[type, Any], Rule | None] = {}  # (class, its forward) -> for_module's answer
 
     def with_rule(self, key: type | Callable, rule: Rule) -> "RuleTable":
         """A new table where `key` (an nn.Module subclass, or a function/method) uses `rule`."""
@@ -219,12 +220,15 @@ class RuleTable:
         return self if all(old is new for old, new in changed.values()) else RuleTable(modules, functions)
 
     def for_module(self, module: torch.nn.Module) -> Rule | None:
-        """The rule of the module's class, or of a base class whose forward it does not override."""
-        forward = type(module).forward
-        for cls in type(module).__mro__:
-            if cls in self._modules and (cls is type(module) or cls.forward is forward):
-                return self._modules[cls]
-        return None
+        """The rule of the module's class, or of a base class whose forward it does not override (remembered per
+        class and forward: an analysis asks about every node several times)."""
+        key = (type(module), type(module).forward)
+        try:
+            return self._by_class[key]
+        except KeyError:
+            rule = self._by_class[key] = next((self._modules[cls] for cls in key[0].__mro__ if cls in self._modules
+                                               and (cls is key[0] or cls.forward is key[1])), None)
+            return rule
 
     def for_class(self, module: torch.nn.Module) -> Rule | None:
         """The rule of the module's class or of its nearest base class with one, whatever forward it runs: who
