@@ -202,3 +202,17 @@ def test_constants_that_meet_an_untracked_tensor_are_frozen(frontend):
     assert any("cannot follow" in r for r in reasons), reasons
     assert result.model.get_buffer("freq").shape == (8,)
     assert torch.allclose(result.model(x), model(x), atol=1e-5)
+
+
+def test_a_subclass_gets_its_base_rule_only_while_it_runs_the_base_forward():
+    """for_module remembers its answers per class and forward: a subclass that overrides forward, or whose forward
+    is replaced after the table answered, gets no rule of its base; given the base forward back, it has it again."""
+    class Scaled(ChannelScale):
+        pass
+
+    rules = default_rules().with_rule(ChannelScale, ChannelScaleRule())
+    assert isinstance(rules.for_module(Scaled(2)), ChannelScaleRule)
+    Scaled.forward = lambda self, x: x * 2
+    assert rules.for_module(Scaled(2)) is None
+    del Scaled.forward
+    assert isinstance(rules.for_module(Scaled(2)), ChannelScaleRule)
