@@ -44,14 +44,21 @@ Protocol (one run of this script, every model of ``--models``, default the whole
   Each tool is timed in its own worker process (Torch-Pruning can run out of memory or hang;
   a job that does not answer within ``--tp-timeout`` seconds kills the worker), after one
   warm-up prune of a tiny model there (so import and first-call costs are excluded); every
-  run prunes a freshly built model (built outside the timer). The two tools' runs ALTERNATE,
+  run prunes a freshly built model (built outside the timer), after a full collection of the cyclic garbage
+  collector (``gc.collect()``, outside the timer): a run's time is its own prune, not the freeing of earlier
+  jobs' garbage. graphprune's results hold fx graphs, reference cycles that only the collector frees, with
+  the pruned weights; without this collection, one of its later runs paid for freeing them (measured: a
+  generation-1 collection of 48 ms in a resnet56 run after the ResNet-50s' jobs; one of 22 ms in a
+  wide_resnet50_2 run that freed 17,333 objects of earlier results; RSS 1,380 MB before that run, 1,262 after), while Torch-Pruning's pruned
+  modules are freed by reference counting when their job ends. The two tools' runs ALTERNATE,
   the order swapped every round: on a shared machine a slow spell (measured here: the same
   call 1.6x slower for minutes) then hits both tools alike instead of one. A failure, crash
   or timeout is reported as ``FAIL (<reason>)`` and the run goes on. graphprune's pruned
   model for the checks below comes from one more, untimed, call in this process. Each worker
   logs the cyclic garbage collector's collections (``gc.callbacks``): the JSON keeps every
   timed run's (``prune_gc``), and the notes name each run that contained a full (generation 2)
-  collection, whose cost is the worker's whole heap wherever in its sequence of jobs it falls due.
+  collection, whose cost is the worker's whole heap wherever in its sequence of jobs it falls due
+  (before the collection between jobs, at least one graphprune or Torch-Pruning run of 73-161 ms held one).
 * Params / MACs: the same counter for every variant: ``count_params(model)`` and
   ``count_macs`` of a graphprune trace of a deep copy with values recorded on the example
   inputs. (graphprune's own report is cross-checked against it; mismatches are noted.)
@@ -334,6 +341,7 @@ def worker(tool: str, threads: int, target: str) -> int:
         job = json.loads(line)
         spec = MODELS[job["model"]]
         model, inputs = spec.build(), spec.example_inputs()
+        gc.collect()  # the earlier jobs' garbage is freed here, outside the timer (see the protocol)
         reply: dict[str, Any] = {}
         try:
             before = mha_summary(model)
