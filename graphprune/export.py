@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from graphprune.errors import ExportError
+from graphprune.frontends import export_program
 from graphprune.kvcache import cache_off
 from graphprune.modes import evaluating
 from graphprune.rules.moe import without_grouped_mm
@@ -426,8 +427,9 @@ def save_torch_artifact(
 ) -> str:
     """Save ``model`` so that it reloads without graphprune; return the format written.
 
-    First ``torch.export.export`` + ``torch.export.save`` (returns ``"pt2"``; reload with
-    ``torch.export.load(path).module()``). If that fails or the reloaded program does not
+    First ``torch.export`` + ``torch.export.save`` (returns ``"pt2"``; reload with
+    ``torch.export.load(path).module()``), its batch dim dynamic where the model takes any batch
+    (``frontends.export_program``, as ``PruneResult.exported``). If that fails or the reloaded program does not
     match the model (atol 1e-5, rtol 1e-4), ``torch.jit.trace`` + ``torch.jit.save``
     (returns ``"torchscript"``; reload with ``torch.jit.load(path)``). The model is saved
     in eval mode; the caller's model is not modified. Atomic like :func:`export_onnx`.
@@ -465,10 +467,11 @@ def save_torch_artifact(
 
 
 def _save_pt2(model: torch.nn.Module, inputs: tuple, tmp: str):
-    """torch.export.export + save to `tmp`; returns the program reloaded from it."""
+    """torch.export (the batch dim dynamic where the model takes any batch: frontends.export_program) + save to
+    `tmp`; returns the program reloaded from it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.export.save(torch.export.export(model, inputs), tmp)
+        torch.export.save(export_program(model, inputs)[0], tmp)
         return torch.export.load(tmp).module()
 
 

@@ -64,6 +64,17 @@ def test_exported_onnx_matches_pytorch(pruned_dir):
     assert os.path.getsize(out / "model.onnx") < os.path.getsize(out / "original.onnx")
 
 
+def test_the_pt2_takes_any_batch_and_equals_the_pruned_model(pruned_dir):
+    """model.pt2 keeps the batch dim dynamic where the model takes any batch (the example has one sample)."""
+    out, _ = pruned_dir
+    spec = get_model(MODEL)
+    assert spec.example_inputs()[0].shape[0] == 1
+    x = torch.randn(3, *spec.example_inputs()[0].shape[1:])
+    expected = graphprune.prune_graph(spec.build(), spec.example_inputs(), ratio=0.5).model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.load(str(out / "model.pt2")).module()(x), expected(x))
+
+
 def test_apply_replaces_a_non_empty_out_with_force(pruned_dir, tmp_path):
     """apply replays plan.json into the same files as prune; --force swaps the old directory out whole."""
     src, _ = pruned_dir
