@@ -53,6 +53,7 @@ __all__ = ["ExportResult", "export_onnx", "save_torch_artifact",
            "as_input_tuple", "flatten_outputs", "temp_path_for", "first_line", "compare_outputs"]
 
 MIN_OPSET = 17
+PARITY_ATOL = 1e-4  # export_onnx's default absolute tolerance of ONNX Runtime against PyTorch
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class ExportResult:
 
     ``opset`` is the default-domain opset actually in the file, ``max_abs_diff`` the largest
     absolute difference between ONNX Runtime and PyTorch over all outputs, ``exporter`` is
-    ``"torchscript"`` or ``"dynamo"``.
+    ``"torchscript"`` or ``"dynamo"``, ``largest_output`` the largest absolute value of PyTorch's
+    outputs: where it is below the tolerance, parity holds whatever the file computes.
     """
 
     path: str
@@ -69,6 +71,7 @@ class ExportResult:
     max_abs_diff: float
     file_bytes: int
     exporter: str = "torchscript"
+    largest_output: float = float("nan")
 
 
 # ----------------------------------------------------------------------------- helpers (shared)
@@ -323,7 +326,7 @@ def export_onnx(
     *,
     opset: int = 17,
     dynamic_batch: bool = False,
-    atol: float = 1e-4,
+    atol: float = PARITY_ATOL,
     rtol: float = 1e-3,
 ) -> ExportResult:
     """Export ``model`` (nn.Module or fx.GraphModule) to ONNX at ``path``, checked and verified.
@@ -349,8 +352,9 @@ def export_onnx(
                 got, names = _ort_run(tmp, in_names, _batch_plus_one(inputs), where + " [batch+1]")
                 max_diff = max(max_diff, compare_outputs(got, reference_b1, names, atol, rtol, where + " [batch+1]"))
             os.replace(tmp, path)
+    largest = max((float(t.detach().abs().max()) for t in reference if t.numel()), default=0.0)
     return ExportResult(path=path, opset=actual_opset, max_abs_diff=max_diff, file_bytes=os.path.getsize(path),
-                        exporter=exporter)
+                        exporter=exporter, largest_output=largest)
 
 
 def _checked_onnx_arguments(model, example_inputs, opset, dynamic_batch, atol, rtol, where) -> tuple:

@@ -142,3 +142,18 @@ def test_every_command_describes_model_in_whole_words():
     for name in ("prune", "apply", "explain", "bench"):  # recover takes a RUN_DIR
         model = next(a for a in commands[name]._actions if a.metavar in ("MODEL", "MODEL_OR_ONNX"))
         assert MODEL_HELP in model.help, name
+
+
+def test_parity_on_outputs_below_the_tolerance_is_flagged(tmp_path, factories):
+    """ORT parity within 1e-4 of outputs that are all smaller than that shows little: prune says so, and
+    report.json keeps the largest output; a model with outputs of ordinary size gets no such line."""
+    lines = {}
+    for name in ("whisper", "concat"):
+        proc = run_cli("prune", f"gp_cli_models.zoo:{name}", "--input-shape", "1,3,8,8", "--ratio", "0.5",
+                       "--out", tmp_path / name, path=[factories])
+        assert proc.returncode == 0, proc.stderr
+        lines[name] = [line for line in proc.stdout.splitlines() if line.startswith("warning: the pruned model's outputs")]
+        largest = json.loads((tmp_path / name / "report.json").read_text())["onnx"]["pruned_largest_output"]
+        assert (largest < 1e-6) if name == "whisper" else (largest > 1e-3), (name, largest)
+    assert len(lines["whisper"]) == 1 and "so this parity shows little" in lines["whisper"][0]
+    assert lines["concat"] == []

@@ -109,6 +109,7 @@ def test_export_cnn_matches_pytorch_and_keeps_model_untouched(tmp_path):
     with torch.no_grad():
         want = model(x).numpy()
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+    assert result.largest_output == float(np.abs(want).max())
     model.train()
     model.fc.eval()
     # caller's model: same flags, same weights and BN stats

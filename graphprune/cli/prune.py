@@ -13,7 +13,7 @@ import torch
 import graphprune
 from ..atomic import StagedDirectory, write_atomically, write_json
 from ..errors import ExportError, InputError
-from ..export import export_onnx, save_torch_artifact
+from ..export import PARITY_ATOL, ExportResult, export_onnx, save_torch_artifact
 from ..importance import BUILTIN, Taylor
 from ..report import PruneReport
 from .budget import CLIBudget, read_budget
@@ -65,15 +65,18 @@ def _bytes(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def before_after_table(report: PruneReport, original_bytes: int, pruned_bytes: int, parity: float) -> str:
+def before_after_table(report: PruneReport, original_bytes: int, pruned: ExportResult) -> str:
     rows = [
         ("params", f"{report.params_before:,}", f"{report.params_after:,}", report.params_after / report.params_before),
         ("MACs", f"{report.macs_before:,}", f"{report.macs_after:,}", report.macs_after / max(report.macs_before, 1)),
-        ("ONNX file", _bytes(original_bytes), _bytes(pruned_bytes), pruned_bytes / original_bytes),
+        ("ONNX file", _bytes(original_bytes), _bytes(pruned.file_bytes), pruned.file_bytes / original_bytes),
     ]
     lines = [f"{'':12s}{'original':>18s}{'pruned':>18s}{'ratio':>8s}"]
     lines += [f"{name:12s}{a:>18s}{b:>18s}{r:8.3f}" for name, a, b, r in rows]
-    lines.append(f"ORT parity (pruned ONNX vs PyTorch): max abs diff {parity:.2e}")
+    lines.append(f"ORT parity (pruned ONNX vs PyTorch): max abs diff {pruned.max_abs_diff:.2e}")
+    if pruned.largest_output < PARITY_ATOL:
+        lines.append(f"warning: the pruned model's outputs on the example are all below {PARITY_ATOL:g} in size (largest "
+                     f"{pruned.largest_output:.2e}), so this parity shows little; the weights may be untrained")
     return "\n".join(lines)
 
 
@@ -104,7 +107,8 @@ def write_outputs(out: StagedDirectory, loaded: LoadedModel, result, settings: d
         "model": loaded.name, **settings, "input_shape": list(loaded.inputs[0].shape), "vocab_size": loaded.vocab_size,
         "report": result.report.to_json(),
         "onnx": {"original_bytes": original.file_bytes, "pruned_bytes": pruned.file_bytes,
-                 "pruned_max_abs_diff": pruned.max_abs_diff, "opset": pruned.opset},
+                 "pruned_max_abs_diff": pruned.max_abs_diff, "pruned_largest_output": pruned.largest_output,
+                 "opset": pruned.opset},
         "torch_artifact": {"file": "model.pt2", "format": fmt},
     }
     if loaded.save_native is not None:
@@ -112,7 +116,7 @@ def write_outputs(out: StagedDirectory, loaded: LoadedModel, result, settings: d
             summary["native"] = loaded.save_native(result, out)
     write_json(out.file("report.json"), summary)
     print(result.report.summary(full=settings.get("verbose", False)))
-    print(before_after_table(result.report, original.file_bytes, pruned.file_bytes, pruned.max_abs_diff))
+    print(before_after_table(result.report, original.file_bytes, pruned))
     if "native" in summary:
         print(summary["native"]["line"])
     return summary
