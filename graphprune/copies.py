@@ -110,7 +110,8 @@ def copy_graph_module(gm: fx.GraphModule, share_tensors: bool = False, compiled:
 def copy_graph(source: fx.Graph) -> fx.Graph:
     """`source`'s nodes in a new Graph, as Graph.__deepcopy__ makes them (names, types, a shallow copy of each meta) but
     faster: each node is created without arguments and given them after, as Graph.create_node walks a call's
-    arguments for raw SymInts to warn of, which a copy of a valid graph adds none of (a third of graph_copy's time on resnet56)."""
+    arguments for raw SymInts to warn of, which a copy of a valid graph adds none of (a third of graph_copy's time
+    on resnet56)."""
     graph = fx.Graph()
     graph.set_codegen(copy.copy(source._codegen))  # export's pytree in/out handling; its specs are immutable
     copies: dict[fx.Node, fx.Node] = {}

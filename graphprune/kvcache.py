@@ -123,7 +123,8 @@ def cache_off(*models) -> Iterator[None]:
     """Within: every Hugging Face config of `models` (their own and their submodules', e.g. a text config) says
     use_cache=False, so forward returns no KV cache and the graph has only tensors to follow; on exit each
     config says again what it said. A cache never changes what the model computes, only what it returns."""
-    configs = {id(c): c for model in models for m in _modules(model) if getattr(c := _config(m), "use_cache", False) is True}
+    configs = {id(c): c for model in models for m in _modules(model)
+               if getattr(c := _config(m), "use_cache", False) is True}
     for config in configs.values():
         config.use_cache = False
     try:

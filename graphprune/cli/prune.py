@@ -75,8 +75,8 @@ def before_after_table(report: PruneReport, original_bytes: int, pruned: ExportR
     lines += [f"{name:12s}{a:>18s}{b:>18s}{r:8.3f}" for name, a, b, r in rows]
     lines.append(f"ORT parity (pruned ONNX vs PyTorch): max abs diff {pruned.max_abs_diff:.2e}")
     if pruned.largest_output < PARITY_ATOL:
-        lines.append(f"warning: the pruned model's outputs on the example are all below {PARITY_ATOL:g} in size (largest "
-                     f"{pruned.largest_output:.2e}), so this parity shows little; the weights may be untrained")
+        lines.append(f"warning: the pruned model's outputs on the example are all below {PARITY_ATOL:g} in size "
+                     f"(largest {pruned.largest_output:.2e}), so this parity shows little; the weights may be untrained")
     return "\n".join(lines)
 
 
